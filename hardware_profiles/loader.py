@@ -1,0 +1,81 @@
+"""Find and load device, link and cluster profiles: bundled by name, or any YAML by path."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from moesim.errors import ConfigError, unknown_name
+from moesim.hardware_profiles.schema import ClusterSpec, DeviceSpec, LinkSpec
+from moesim.yaml_io import load_yaml, validate
+
+PROFILE_DIR = Path(__file__).resolve().parent
+_KINDS: dict[str, type[BaseModel]] = {"devices": DeviceSpec, "links": LinkSpec, "clusters": ClusterSpec}
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@lru_cache(maxsize=None)
+def _bundled(kind: str) -> dict[str, Path]:
+    """name (as written in the file) -> path, for every bundled profile of a kind."""
+    out: dict[str, Path] = {}
+    for path in sorted((PROFILE_DIR / kind).glob("*.yaml")):
+        name = load_yaml(path).get("name", path.stem)
+        out[str(name)] = path
+    return out
+
+
+def list_profiles(kind: str) -> list[str]:
+    """Names of the bundled profiles of a kind ('devices', 'links' or 'clusters')."""
+    return sorted(_bundled(kind))
+
+
+def _resolve(kind: str, name_or_path: str | Path) -> Path:
+    text = str(name_or_path)
+    path = Path(text)
+    if text.endswith((".yaml", ".yml")) and path.exists():
+        return path
+    table = _bundled(kind)
+    lookup = {k.lower(): v for k, v in table.items()}
+    if text.lower() in lookup:
+        return lookup[text.lower()]
+    raise ConfigError(unknown_name(kind[:-1], text, table))
+
+
+@lru_cache(maxsize=None)
+def _load(kind: str, path: Path) -> BaseModel:
+    return validate(_KINDS[kind], load_yaml(path), path)
+
+
+def load_device(name_or_path: str | Path) -> DeviceSpec:
+    """A device profile by bundled name (case-insensitive) or YAML path."""
+    return _load("devices", _resolve("devices", name_or_path))  # type: ignore[return-value]
+
+
+def load_link(name_or_path: str | Path) -> LinkSpec:
+    return _load("links", _resolve("links", name_or_path))  # type: ignore[return-value]
+
+
+def load_cluster(name_or_path: str | Path) -> ClusterSpec:
+    """A cluster profile; its device, link and host names must resolve too."""
+    path = _resolve("clusters", name_or_path)
+    cluster: ClusterSpec = _load("clusters", path)  # type: ignore[assignment]
+    node = cluster.node
+    checks = [("node.device", "devices", node.device), ("node.intra_node.link", "links", node.intra_node.link)]
+    if node.nic:
+        checks += [("node.nic.link", "links", node.nic.link), ("node.nic.attach", "links", node.nic.attach)]
+    if node.host:
+        checks += [("node.host.device", "devices", node.host.device), ("node.host.link", "links", node.host.link)]
+    for field, kind, name in checks:
+        try:
+            _resolve(kind, name)
+        except ConfigError as err:
+            raise ConfigError(err.detail, file=path, field=field) from None
+    return cluster
+
+
+def profile_path(kind: str, name: str) -> Path:
+    return _resolve(kind, name)

@@ -1,0 +1,120 @@
+"""Pydantic schema of device, link and cluster profiles (the YAML files beside this module).
+
+Profiles are pure data: a device says how fast it computes and moves memory, a link how fast
+it moves bytes between two endpoints, a cluster how devices, links, NICs and hosts connect.
+Every measured or published number carries its public source in the profile's `sources` map,
+keyed by the field path ("memory.bandwidth", "compute.bf16").
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from moesim.units import Bandwidth, Bytes, FlopRate, Seconds
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MemorySpec(_Strict):
+    capacity: Bytes = Field(gt=0, description="device memory capacity in bytes")
+    bandwidth: Bandwidth = Field(gt=0, description="peak memory bandwidth in B/s")
+
+
+class EfficiencySpec(_Strict):
+    """Default achievable fractions of peak, used until a calibration table replaces them."""
+
+    compute: float = Field(0.7, gt=0, le=1)
+    memory: float = Field(0.8, gt=0, le=1)
+
+
+class DeviceSpec(_Strict):
+    name: str
+    kind: Literal["gpu", "npu", "cpu", "pim"]
+    vendor: str = ""
+    memory: MemorySpec
+    compute: dict[str, FlopRate] = Field(description="dense peak FLOP/s per dtype (no sparsity)")
+    efficiency: EfficiencySpec = EfficiencySpec()
+    overhead: Seconds = Field(5e-6, ge=0, description="fixed cost per op (kernel launch)")
+    gemm_tile: int = Field(64, ge=1, description="token-dimension tile a GEMM pads to")
+    sources: dict[str, str] = Field(default_factory=dict)
+    notes: str = ""
+
+    def peak_flops(self, dtype: str) -> float:
+        """Peak FLOP/s for a dtype, falling back to the nearest wider type the device has."""
+        for candidate in _DTYPE_FALLBACK.get(dtype, (dtype,)):
+            if candidate in self.compute:
+                return self.compute[candidate]
+        raise KeyError(f"device {self.name} lists no compute rate for dtype {dtype!r}")
+
+
+# A device without native support for a narrow type computes it in the next wider one.
+_DTYPE_FALLBACK: dict[str, tuple[str, ...]] = {
+    "fp4": ("fp4", "fp8", "bf16", "fp16", "fp32"),
+    "mxfp4": ("mxfp4", "fp4", "fp8", "bf16", "fp16", "fp32"),
+    "nvfp4": ("nvfp4", "fp4", "fp8", "bf16", "fp16", "fp32"),
+    "int4": ("int4", "int8", "fp8", "bf16", "fp16", "fp32"),
+    "fp8": ("fp8", "int8", "bf16", "fp16", "fp32"),
+    "int8": ("int8", "fp8", "bf16", "fp16", "fp32"),
+    "bf16": ("bf16", "fp16", "fp32"),
+    "fp16": ("fp16", "bf16", "fp32"),
+    "fp32": ("fp32", "tf32", "bf16"),
+}
+
+
+class LinkSpec(_Strict):
+    name: str
+    kind: Literal["nvlink", "pcie", "infiniband", "roce", "hccs", "ethernet", "c2c", "storage"]
+    bandwidth: Bandwidth = Field(gt=0, description="per direction, per endpoint, in B/s")
+    latency: Seconds = Field(ge=0, description="one-way latency per message")
+    efficiency: float = Field(0.8, gt=0, le=1, description="achievable fraction of bandwidth")
+    sources: dict[str, str] = Field(default_factory=dict)
+    notes: str = ""
+
+
+class IntraNodeSpec(_Strict):
+    topology: Literal["switch", "full_mesh", "none"]
+    link: str
+
+
+class NicSpec(_Strict):
+    link: str = Field(description="the network link a NIC drives (e.g. InfiniBand-NDR)")
+    devices_per_nic: int = Field(1, ge=1)
+    attach: str = Field(description="link between a device and its NIC (e.g. PCIe5-x16)")
+
+
+class HostSpec(_Strict):
+    device: str = Field(description="CPU device profile of the host")
+    count: int = Field(1, ge=1, description="CPU sockets per node; devices split evenly")
+    link: str = Field(description="link between a device and its host (e.g. PCIe5-x16)")
+
+
+class NodeSpec(_Strict):
+    device: str
+    devices_per_node: int = Field(ge=1)
+    intra_node: IntraNodeSpec
+    nic: NicSpec | None = None
+    host: HostSpec | None = None
+
+
+class ClusterSpec(_Strict):
+    name: str
+    description: str = ""
+    nodes: int = Field(1, ge=1)
+    node: NodeSpec
+    network: Literal["switch"] = Field("switch", description="non-blocking fabric between NICs")
+    sources: dict[str, str] = Field(default_factory=dict)
+    notes: str = ""
+
+    @model_validator(mode="after")
+    def _multi_node_needs_nic(self) -> "ClusterSpec":
+        if self.nodes > 1 and self.node.nic is None:
+            raise ValueError(f"{self.nodes} nodes need node.nic to connect them")
+        return self
+
+    @property
+    def num_devices(self) -> int:
+        return self.nodes * self.node.devices_per_node

@@ -1,0 +1,129 @@
+"""The cluster as a networkx graph: devices, switches, NICs, hosts; directed links.
+
+Every physical link becomes two directed edges (one per direction) carrying that direction's
+bandwidth, its latency, its link profile name and its class (nvlink, pcie, infiniband, ...).
+Paths between devices are fewest-hop routes, which is how NVSwitch, rail-optimised IB and
+PCIe trees route in practice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+
+from moesim.hardware_profiles.loader import load_device, load_link
+from moesim.hardware_profiles.schema import ClusterSpec, DeviceSpec, LinkSpec
+
+
+def device_node(index: int, per_node: int) -> str:
+    return f"n{index // per_node}.d{index % per_node}"
+
+
+def build_topology(cluster: ClusterSpec, link_bandwidth_scale: float = 1.0) -> nx.DiGraph:
+    """Build the directed topology graph of a cluster profile."""
+    g = nx.DiGraph(name=cluster.name)
+    node = cluster.node
+    per = node.devices_per_node
+
+    def connect(a: str, b: str, link: LinkSpec) -> None:
+        bw = link.bandwidth * link_bandwidth_scale
+        for u, v in ((a, b), (b, a)):
+            g.add_edge(u, v, bandwidth=bw, efficiency=link.efficiency, latency=link.latency,
+                       link=link.name, link_class=link.kind)
+
+    intra = load_link(node.intra_node.link)
+    if cluster.nodes > 1:
+        g.add_node("net", kind="switch")
+    for n in range(cluster.nodes):
+        devs = [f"n{n}.d{j}" for j in range(per)]
+        for j, name in enumerate(devs):
+            g.add_node(name, kind="device", index=n * per + j, node=n, profile=node.device)
+        if node.intra_node.topology == "switch" and per > 1:
+            sw = f"n{n}.switch"
+            g.add_node(sw, kind="switch", node=n)
+            for name in devs:
+                connect(name, sw, intra)
+        elif node.intra_node.topology == "full_mesh":
+            for a in range(per):
+                for b in range(a + 1, per):
+                    connect(devs[a], devs[b], intra)
+        if node.host:
+            host_link = load_link(node.host.link)
+            for h in range(node.host.count):
+                g.add_node(f"n{n}.host{h}", kind="host", node=n, profile=node.host.device)
+            for j, name in enumerate(devs):
+                connect(name, f"n{n}.host{j * node.host.count // per}", host_link)
+        if node.nic and cluster.nodes > 1:
+            nic_link, attach = load_link(node.nic.link), load_link(node.nic.attach)
+            for j, name in enumerate(devs):
+                nic = f"n{n}.nic{j // node.nic.devices_per_nic}"
+                if nic not in g:
+                    g.add_node(nic, kind="nic", node=n)
+                    connect(nic, "net", nic_link)
+                connect(name, nic, attach)
+    return g
+
+
+@dataclass(frozen=True)
+class Routes:
+    """Device-to-device paths flattened into arrays the network fabric can index quickly.
+
+    Links are numbered 0..num_links-1. For the ordered device pair p = src * N + dst, the
+    links of its path are `pair_links[pair_ptr[p]:pair_ptr[p + 1]]`.
+    """
+
+    num_devices: int
+    link_names: list[tuple[str, str]]
+    link_bandwidth: np.ndarray  # achievable B/s per directed link (bandwidth x efficiency)
+    link_class: list[str]
+    pair_ptr: np.ndarray
+    pair_links: np.ndarray
+    pair_latency: np.ndarray  # (N, N) seconds, sum of link latencies on the path
+    pair_hops: np.ndarray  # (N, N)
+    pair_inter_node: np.ndarray  # (N, N) bool
+
+
+def compute_routes(g: nx.DiGraph) -> Routes:
+    devices = sorted((d for d, a in g.nodes(data=True) if a.get("kind") == "device"),
+                     key=lambda d: g.nodes[d]["index"])
+    n = len(devices)
+    edges = list(g.edges)
+    edge_index = {e: i for i, e in enumerate(edges)}
+    ptr = [0]
+    links: list[int] = []
+    latency = np.zeros((n, n))
+    hops = np.zeros((n, n), dtype=np.int64)
+    inter = np.zeros((n, n), dtype=bool)
+    for s, src in enumerate(devices):
+        paths = nx.single_source_shortest_path(g, src)
+        for d, dst in enumerate(devices):
+            if s != d:
+                if dst not in paths:
+                    raise ValueError(f"no path from {src} to {dst} in topology {g.graph.get('name')}")
+                path = paths[dst]
+                ids = [edge_index[(u, v)] for u, v in zip(path[:-1], path[1:])]
+                links.extend(ids)
+                latency[s, d] = sum(g.edges[edges[i]]["latency"] for i in ids)
+                hops[s, d] = len(ids)
+                inter[s, d] = g.nodes[src]["node"] != g.nodes[dst]["node"]
+            ptr.append(len(links))
+    bw = np.array([g.edges[e]["bandwidth"] * g.edges[e]["efficiency"] for e in edges])
+    return Routes(
+        num_devices=n,
+        link_names=edges,
+        link_bandwidth=bw,
+        link_class=[g.edges[e]["link_class"] for e in edges],
+        pair_ptr=np.asarray(ptr, dtype=np.int64),
+        pair_links=np.asarray(links, dtype=np.int64),
+        pair_latency=latency,
+        pair_hops=hops,
+        pair_inter_node=inter,
+    )
+
+
+def cluster_devices(cluster: ClusterSpec) -> list[DeviceSpec]:
+    """The device profile of each accelerator, in global index order."""
+    spec = load_device(cluster.node.device)
+    return [spec] * cluster.num_devices

@@ -1,0 +1,31 @@
+"""moesim: a discrete-event simulator and performance modeler for Mixture-of-Experts systems.
+
+The package root holds only the version, the shared base (units, errors) and the CLI; the
+public API functions are imported lazily so `import moesim` and `moesim --help` stay fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_scenario": ("moesim.simulator.config", "load_scenario"),
+    "simulate": ("moesim.simulator.run", "simulate"),
+    "load_device": ("moesim.hardware_profiles", "load_device"),
+    "load_cluster": ("moesim.hardware_profiles", "load_cluster"),
+    "load_model": ("moesim.workloads", "load_model"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'moesim' has no attribute {name!r}")
+
+
+__all__ = ["__version__", *_LAZY]

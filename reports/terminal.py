@@ -1,0 +1,91 @@
+"""Rich terminal output: the headline metrics of a run and the bundled profiles."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from moesim.units import fmt_bytes, fmt_time
+
+
+def print_summary(result: Any, console: Console) -> None:
+    """Headline metrics and where the time went, from a SimResult."""
+    s = result.summary
+    sc = result.scenario
+    head = Table(title=f"{sc.name}: {sc.model.name} on {sc.cluster.name} "
+                       f"(ep={sc.ep}, tp={sc.tp}, dp={sc.dp}) — simulated", show_header=False)
+    head.add_column("metric", style="bold")
+    head.add_column("value", justify="right")
+    lat = s["step_latency_s"]
+    head.add_row("step latency mean / p99", f"{fmt_time(lat['mean'])} / {fmt_time(lat['p99'])}")
+    head.add_row("throughput", f"{s['throughput_tokens_per_s']:,.0f} tokens/s")
+    head.add_row("tokens per step", f"{s['tokens_per_step']:,}")
+    head.add_row("straggler ratio mean / max", f"{s['straggler_ratio']['mean']:.3f} / {s['straggler_ratio']['max']:.3f}")
+    tok = s["tokens"]
+    head.add_row("dropped (token, expert) rows", f"{tok['dropped_assignments']:,} of {tok['routed_assignments']:,}")
+    pay = s["all_to_all_payload_bytes"]
+    head.add_row("all-to-all bytes (inter-node)",
+                 f"{fmt_bytes(pay['dispatch'] + pay['combine'])} ({fmt_bytes(pay['dispatch_inter_node'] + pay['combine_inter_node'])})")
+    mem = s["memory_per_device_bytes"]
+    head.add_row("memory per device", f"{fmt_bytes(mem['max'])} of {fmt_bytes(mem['capacity'])}")
+    console.print(head)
+    share = Table(title="where the time went (share of device time)")
+    share.add_column("phase")
+    share.add_column("share", justify="right")
+    for phase, frac in sorted(s["time_share"].items(), key=lambda kv: -kv[1]):
+        if frac > 0.0005:
+            share.add_row(phase, f"{frac:6.1%}")
+    console.print(share)
+
+
+def print_profile_list(console: Console) -> None:
+    from moesim.hardware_profiles import list_profiles
+    from moesim.workloads import list_models
+
+    for kind in ("devices", "links", "clusters"):
+        console.print(f"[bold]{kind}[/bold]: " + ", ".join(list_profiles(kind)))
+    console.print("[bold]models[/bold]: " + ", ".join(list_models()))
+
+
+def print_profile(name: str, console: Console) -> None:
+    """Show one profile or model (searched in devices, links, clusters, models) as YAML."""
+    import yaml
+
+    from moesim.errors import ConfigError, unknown_name
+    from moesim.hardware_profiles import list_profiles, profile_path
+    from moesim.workloads import list_models
+    from moesim.workloads.models import MODEL_DIR
+
+    for kind in ("devices", "links", "clusters"):
+        names = {n.lower(): n for n in list_profiles(kind)}
+        if name.lower() in names:
+            console.print(f"[bold]{kind[:-1]} {names[name.lower()]}[/bold] ({profile_path(kind, names[name.lower()])})")
+            console.print(profile_path(kind, names[name.lower()]).read_text(), markup=False, highlight=False)
+            if kind == "clusters":
+                _print_topology(names[name.lower()], console)
+            return
+    models = {n.lower(): n for n in list_models()}
+    if name.lower() in models:
+        for path in MODEL_DIR.glob("*.yaml"):
+            if yaml.safe_load(path.read_text()).get("name", "").lower() == name.lower():
+                console.print(f"[bold]model {models[name.lower()]}[/bold] ({path})")
+                console.print(path.read_text(), markup=False, highlight=False)
+                return
+    every = [n for kind in ("devices", "links", "clusters") for n in list_profiles(kind)] + list_models()
+    raise ConfigError(unknown_name("profile", name, every))
+
+
+def _print_topology(name: str, console: Console) -> None:
+    from moesim.hardware_profiles import build_topology, load_cluster
+
+    g = build_topology(load_cluster(name))
+    kinds: dict[str, int] = {}
+    for _, attrs in g.nodes(data=True):
+        kinds[attrs["kind"]] = kinds.get(attrs["kind"], 0) + 1
+    links: dict[str, int] = {}
+    for _, _, attrs in g.edges(data=True):
+        links[attrs["link"]] = links.get(attrs["link"], 0) + 1
+    console.print("topology: " + ", ".join(f"{v} {k}s" for k, v in kinds.items())
+                  + "; directed links: " + ", ".join(f"{v} x {k}" for k, v in links.items()))

@@ -1,0 +1,158 @@
+"""The scenario config schema (one YAML file per scenario) and its loading into a Scenario.
+
+The schema is validated with pydantic on load; every error names the file, the field path
+and what was expected. Cross-field checks that need the model and the cluster (ep divides the
+experts, tp x dp equals the device count, the workload fits in memory) run in `resolve` and
+report the same way. Relative paths inside a config resolve against the config file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from moesim.errors import ConfigError
+from moesim.yaml_io import load_yaml, validate
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HardwareScale(_Strict):
+    """What-if multipliers on the profile numbers (2.0 = twice as fast)."""
+
+    flops: float = Field(1.0, gt=0)
+    memory_bandwidth: float = Field(1.0, gt=0)
+    link_bandwidth: float = Field(1.0, gt=0)
+
+
+class HardwareConfig(_Strict):
+    cluster: str = Field(description="bundled cluster name or a cluster YAML path")
+    scale: HardwareScale = HardwareScale()
+
+
+class ParallelismConfig(_Strict):
+    ep: int | None = Field(None, ge=1, description="expert parallel group size; default all devices")
+    tp: int = Field(1, ge=1, description="tensor parallel degree of attention and dense layers")
+    dp: int | None = Field(None, ge=1, description="attention data-parallel replicas; default devices / tp")
+
+
+class PlacementConfig(_Strict):
+    policy: Literal["contiguous", "round_robin"] | None = None
+    file: str | None = Field(None, description="placement file (YAML) written by `moesim place` or by hand")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "PlacementConfig":
+        if self.policy and self.file:
+            raise ValueError("give either placement.policy or placement.file, not both")
+        if not self.policy and not self.file:
+            self.policy = "contiguous"
+        return self
+
+
+class RoutingConfig(_Strict):
+    generator: Literal["uniform", "zipf", "fixed"] = "uniform"
+    alpha: float = Field(1.2, gt=0, description="Zipf exponent")
+    shuffle: bool = Field(True, description="Zipf: hot experts differ per layer")
+    counts: list[list[int]] | None = Field(
+        None, description="fixed: counts[source_device][expert], the same for every MoE layer and step"
+    )
+
+    @model_validator(mode="after")
+    def _fixed_needs_counts(self) -> "RoutingConfig":
+        if self.generator == "fixed" and self.counts is None:
+            raise ValueError("routing.generator 'fixed' needs routing.counts")
+        return self
+
+
+class WorkloadConfig(_Strict):
+    phase: Literal["prefill", "decode"]
+    batch_size: int | None = Field(None, ge=1, description="sequences per attention (DP) replica")
+    tokens_per_device: int | None = Field(None, ge=1, description="MoE tokens per device per step")
+    seq_len: int | None = Field(None, ge=1, description="prompt length of a prefill sequence")
+    kv_len: int | None = Field(None, ge=0, description="context already cached, for decode")
+    steps: int = Field(1, ge=1)
+    routing: RoutingConfig = RoutingConfig()
+
+    @model_validator(mode="after")
+    def _shape(self) -> "WorkloadConfig":
+        if (self.batch_size is None) == (self.tokens_per_device is None):
+            raise ValueError("give exactly one of workload.batch_size or workload.tokens_per_device")
+        if self.phase == "prefill" and self.seq_len is None:
+            raise ValueError("prefill needs workload.seq_len (the prompt length)")
+        if self.phase == "decode" and self.kv_len is None:
+            raise ValueError("decode needs workload.kv_len (tokens already in the KV cache)")
+        return self
+
+
+class PoliciesConfig(_Strict):
+    capacity_factor: float | None = Field(None, gt=0, description="None: no capacity limit")
+    overflow: Literal["keep", "drop"] = "keep"
+    overlap_shared_experts: bool = Field(True, description="shared experts run while dispatch is in flight")
+    dispatch_dtype: str = Field("bf16", description="activation dtype sent by dispatch (fp8 in DeepSeek-V3)")
+    combine_dtype: str = Field("bf16")
+    memory_reserve: float = Field(0.1, ge=0, lt=1, description="fraction of device memory kept free")
+
+
+class OutputsConfig(_Strict):
+    dir: str | None = Field(None, description="run directory; default runs/<name>")
+    trace_steps: int = Field(2, ge=0, description="steps written to trace.json (0: none)")
+
+
+class ScenarioConfig(_Strict):
+    name: str | None = None
+    model: str = Field(description="bundled model name, model YAML or Hugging Face config.json path")
+    hardware: HardwareConfig
+    parallelism: ParallelismConfig = ParallelismConfig()
+    placement: PlacementConfig = PlacementConfig()
+    workload: WorkloadConfig
+    policies: PoliciesConfig = PoliciesConfig()
+    outputs: OutputsConfig = OutputsConfig()
+    seed: int = 0
+
+
+@dataclass
+class ScenarioFile:
+    """A validated config plus where it came from (for relative paths and error messages)."""
+
+    config: ScenarioConfig
+    path: Path | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent if self.path else Path.cwd()
+
+    def resolve_path(self, value: str) -> str:
+        """A path relative to the config file; names without a path suffix are left alone."""
+        p = Path(value)
+        if p.is_absolute() or p.suffix not in (".yaml", ".yml", ".json"):
+            return value
+        return str((self.base_dir / p).resolve())
+
+
+def load_config(path: str | Path) -> ScenarioFile:
+    """Read and validate a scenario config file (schema only; see `resolve` for the rest)."""
+    path = Path(path)
+    data = load_yaml(path)
+    cfg = validate(ScenarioConfig, data, path)
+    if cfg.name is None:
+        cfg.name = path.stem
+    return ScenarioFile(cfg, path, data)
+
+
+def config_from_dict(data: dict[str, Any], base_dir: str | Path | None = None) -> ScenarioFile:
+    """Validate a config given as a mapping (notebooks, tests)."""
+    cfg = validate(ScenarioConfig, data, None)
+    if cfg.name is None:
+        cfg.name = "scenario"
+    path = Path(base_dir) / "scenario.yaml" if base_dir else None
+    return ScenarioFile(cfg, path, data)
+
+
+def config_error(sf: ScenarioFile, field: str, message: str) -> ConfigError:
+    return ConfigError(message, file=sf.path if sf.path else "<config>", field=field)

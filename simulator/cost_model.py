@@ -1,0 +1,112 @@
+"""The one op-cost function (DESIGN.md "Op cost"), shared by the engine and roofline reports.
+
+    time = max(F_padded / (peak_d x eff_c), B / (bw_d x eff_m)) + overhead_d
+
+F_padded pads a GEMM's token dimension up to the device's tile (a 3-token expert GEMM runs a
+full 64-row tile), which is why small token counts run at low efficiency. The efficiencies
+come from an `Efficiency` object: constants from the device profile by default, calibration
+tables later. Everything is vectorised over numpy arrays so the engine can cost thousands of
+expert GEMMs per step in one call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from moesim.hardware_profiles.schema import DeviceSpec
+from moesim.simulator.ops import Op
+
+
+class Efficiency(Protocol):
+    """Achievable fractions of peak compute and memory bandwidth for an op kind and shape."""
+
+    def compute(self, kind: str, rows: np.ndarray) -> np.ndarray | float: ...
+
+    def memory(self, kind: str, nbytes: np.ndarray) -> np.ndarray | float: ...
+
+
+@dataclass(frozen=True)
+class ProfileEfficiency:
+    """The device profile's default efficiencies, independent of shape (before calibration)."""
+
+    compute_eff: float
+    memory_eff: float
+
+    def compute(self, kind: str, rows: np.ndarray) -> float:
+        return self.compute_eff
+
+    def memory(self, kind: str, nbytes: np.ndarray) -> float:
+        return self.memory_eff
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """The cost of one op, with the terms that explain it (a roofline row)."""
+
+    time: float
+    compute_time: float
+    memory_time: float
+    overhead: float
+    bound: str  # "compute" | "memory" | "overhead" | "none"
+
+
+class CostModel:
+    """Costs ops on one device profile, with optional what-if scaling of its peaks."""
+
+    def __init__(self, device: DeviceSpec, efficiency: Efficiency | None = None,
+                 flops_scale: float = 1.0, memory_bandwidth_scale: float = 1.0):
+        self.device = device
+        self.efficiency = efficiency or ProfileEfficiency(device.efficiency.compute, device.efficiency.memory)
+        self.flops_scale = flops_scale
+        self.bandwidth = device.memory.bandwidth * memory_bandwidth_scale
+
+    @property
+    def dtypes(self) -> set[str]:
+        return set(self.device.compute)
+
+    def peak(self, dtype: str) -> float:
+        return self.device.peak_flops(dtype) * self.flops_scale
+
+    def terms(self, kind: str, flops, nbytes, rows=0.0, dtype: str = "bf16"
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(compute time, memory time, overhead) arrays; ops with no work cost nothing."""
+        flops = np.asarray(flops, dtype=float)
+        nbytes = np.asarray(nbytes, dtype=float)
+        rows = np.asarray(rows, dtype=float)
+        tile = self.device.gemm_tile
+        if kind == "gemm":
+            padded_rows = np.ceil(rows / tile) * tile
+            scale = np.divide(padded_rows, rows, out=np.ones_like(rows * flops), where=rows > 0)
+            flops = flops * scale
+        compute = flops / (self.peak(dtype) * self.efficiency.compute(kind, rows))
+        memory = nbytes / (self.bandwidth * self.efficiency.memory(kind, nbytes))
+        busy = (flops > 0) | (nbytes > 0)
+        overhead = np.where(busy, self.device.overhead, 0.0)
+        return compute, memory, overhead
+
+    def times(self, kind: str, flops, nbytes, rows=0.0, dtype: str = "bf16") -> np.ndarray:
+        """Vectorised op time: max(compute, memory) + overhead, elementwise."""
+        compute, memory, overhead = self.terms(kind, flops, nbytes, rows, dtype)
+        return np.maximum(compute, memory) + overhead
+
+    def op_cost(self, op: Op) -> OpCost:
+        """Cost of one compute op with its explanation (comm ops are costed by the fabric)."""
+        if op.kind == "comm":
+            raise ValueError(f"{op.name} is communication; the network fabric costs it")
+        c, m, o = (float(x) for x in self.terms(op.kind, op.flops, op.bytes, op.rows, op.dtype))
+        if c == m == o == 0.0:
+            bound = "none"
+        elif max(c, m) < o:
+            bound = "overhead"
+        else:
+            bound = "compute" if c >= m else "memory"
+        return OpCost(max(c, m) + o, c, m, o, bound)
+
+    def op_time(self, op: Op) -> float:
+        return self.op_cost(op).time
+
+    def ops_time(self, ops: list[Op]) -> float:
+        return sum(self.op_time(op) for op in ops if op.kind != "comm")

@@ -1,0 +1,126 @@
+"""Headline metrics and tables of a run, computed from the engine's timeline.
+
+Every number here comes from the simulation (model output), never from a measurement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from moesim.simulator.engine import COMPUTE_PHASES, PHASES, EngineResult
+from moesim.simulator.scenario import Scenario
+
+
+@dataclass
+class SimResult:
+    scenario: Scenario
+    summary: dict[str, Any]
+    phases: pd.DataFrame  # one row per (step, layer, device, phase) that ran
+    utilization: pd.DataFrame  # one row per device
+    layers: pd.DataFrame  # one row per (step, layer): time, straggler ratio, traffic
+    raw: EngineResult
+
+
+def phase_table(raw: EngineResult) -> pd.DataFrame:
+    s, l, d, p = np.nonzero(~np.isnan(raw.start) & ~np.isnan(raw.end))
+    start = raw.start[s, l, d, p]
+    end = raw.end[s, l, d, p]
+    return pd.DataFrame({
+        "step": s.astype(np.int32), "layer": l.astype(np.int32), "device": d.astype(np.int32),
+        "phase": pd.Categorical.from_codes(p, PHASES), "start_s": start, "end_s": end,
+        "duration_s": end - start,
+    })
+
+
+def _durations(raw: EngineResult) -> np.ndarray:
+    dur = raw.end - raw.start
+    return np.where(np.isnan(dur), 0.0, dur)
+
+
+def straggler_ratios(sc: Scenario, raw: EngineResult) -> np.ndarray:
+    """(steps, moe_layers): max over mean modeled expert time across the devices of each EP group."""
+    moe = np.array(sc.model.moe_layers, dtype=np.int64)
+    if moe.size == 0:
+        return np.zeros((sc.steps, 0))
+    exp = np.stack([p.expert[moe] for p in raw.plans])  # (S, Lm, N)
+    groups = exp.reshape(*exp.shape[:2], -1, sc.ep)
+    mean = groups.mean(axis=3)
+    ratio = np.divide(groups.max(axis=3), mean, out=np.ones_like(mean), where=mean > 0)
+    return ratio.max(axis=2)
+
+
+def summarize(sc: Scenario, raw: EngineResult) -> SimResult:
+    n = sc.num_devices
+    dur = _durations(raw)
+    step_start = np.nanmin(raw.start[:, 0, :, 0], axis=1)
+    step_end = np.nanmax(np.nanmax(raw.end, axis=(1, 3)), axis=1)
+    step_latency = step_end - step_start
+    makespan = float(np.nanmax(raw.end))
+    phase_total = dur.sum(axis=(0, 1, 2))  # (P,)
+    device_time = n * makespan
+    shares = {p: float(phase_total[i] / device_time) for i, p in enumerate(PHASES)}
+    shares["idle"] = max(0.0, 1.0 - sum(shares.values()))
+
+    wl = sc.config.workload
+    tokens_per_step = int(sc.batch_per_replica * sc.dp * (wl.seq_len if wl.phase == "prefill" else 1))
+    ratios = straggler_ratios(sc, raw)
+    routed = int(sum(p.rows_routed.sum() for p in raw.plans))
+    dropped = int(sum(p.rows_dropped.sum() for p in raw.plans))
+    computed = float(sum(p.rows_computed.sum() for p in raw.plans))
+
+    routes = sc.routes
+    by_class: dict[str, float] = {}
+    for cls, b in zip(routes.link_class, raw.fabric.link_bytes):
+        by_class[cls] = by_class.get(cls, 0.0) + float(b)
+    inter = routes.pair_inter_node
+    payload = {"dispatch": 0.0, "combine": 0.0, "dispatch_inter_node": 0.0, "combine_inter_node": 0.0}
+    for p in raw.plans:
+        off = ~np.eye(n, dtype=bool)
+        payload["dispatch"] += float(p.dispatch[:, off].sum())
+        payload["combine"] += float(p.combine[:, off].sum())
+        payload["dispatch_inter_node"] += float(p.dispatch[:, inter].sum())
+        payload["combine_inter_node"] += float(p.combine[:, inter].sum())
+
+    compute_idx = [PHASES.index(p) for p in COMPUTE_PHASES]
+    busy = dur[..., compute_idx].sum(axis=(0, 1, 3))
+    per_phase_dev = dur.sum(axis=(0, 1))  # (N, P)
+    util = pd.DataFrame({"device": np.arange(n), "compute_busy_s": busy, "utilization": busy / makespan})
+    for i, p in enumerate(PHASES):
+        util[f"{p}_s"] = per_phase_dev[:, i]
+    util["memory_bytes"] = np.tile(sc.memory.per_device, n // sc.ep)
+
+    moe = sc.model.moe_layers
+    layer_rows = []
+    for s, p in enumerate(raw.plans):
+        for i, layer in enumerate(moe):
+            layer_rows.append((s, layer, float(p.expert[layer].max()), float(p.expert[layer].mean()),
+                               float(ratios[s, i]), float(p.dispatch[i].sum()), int(p.rows_dropped[i]),
+                               float(p.experts_active[i].mean())))
+    layers = pd.DataFrame(layer_rows, columns=["step", "layer", "expert_time_max_s", "expert_time_mean_s",
+                                               "straggler_ratio", "dispatch_bytes", "dropped_rows",
+                                               "active_experts_per_device"])
+    summary: dict[str, Any] = {
+        "makespan_s": makespan,
+        "step_latency_s": {"mean": float(step_latency.mean()), "p50": float(np.median(step_latency)),
+                           "p99": float(np.percentile(step_latency, 99)), "max": float(step_latency.max())},
+        "tokens_per_step": tokens_per_step,
+        "throughput_tokens_per_s": tokens_per_step * sc.steps / makespan,
+        "time_per_output_token_s": float(step_latency.mean()) if wl.phase == "decode" else None,
+        "time_share": shares,
+        "straggler_ratio": {"mean": float(ratios.mean()) if ratios.size else 1.0,
+                            "max": float(ratios.max()) if ratios.size else 1.0},
+        "bytes_by_link_class": by_class,
+        "all_to_all_payload_bytes": payload,
+        "tokens": {"routed_assignments": routed, "computed_assignments": computed,
+                   "dropped_assignments": dropped},
+        "cache_hit_rate": None,
+        "memory_per_device_bytes": {"max": sc.memory.total, "weights": sc.memory.weights,
+                                    "kv_cache": sc.memory.kv_cache, "activations": sc.memory.activations,
+                                    "capacity": sc.device.memory.capacity},
+        "source": "model (simulated); costs from the datasheet profile with default efficiencies",
+    }
+    return SimResult(sc, summary, phase_table(raw), util, layers, raw)

@@ -1,0 +1,166 @@
+"""Resolve a validated config into a Scenario: model, cluster, topology, placement, routing.
+
+This is where cross-field rules live (they need the model and the cluster): tp x dp equals
+the device count, ep divides the devices and the experts, tp divides the attention heads,
+and the workload fits in device memory. Every failure names the config file and field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from moesim.errors import ConfigError
+from moesim.hardware_profiles import ClusterSpec, DeviceSpec, load_cluster, load_device
+from moesim.hardware_profiles.topology import Routes, build_topology, compute_routes
+from moesim.placement import Placement, contiguous, load_placement_file, round_robin
+from moesim.simulator.config import ScenarioConfig, ScenarioFile, config_error, load_config
+from moesim.simulator.cost_model import CostModel
+from moesim.simulator.memory import MemoryEstimate, estimate_memory
+from moesim.units import dtype_bytes, fmt_bytes
+from moesim.workloads import ModelSpec, load_model
+from moesim.workloads.routing import FixedRouting, RoutingSource, uniform_routing, zipf_routing
+
+
+@dataclass
+class Scenario:
+    """Everything one simulation needs, resolved and checked."""
+
+    name: str
+    config: ScenarioConfig
+    source: ScenarioFile
+    model: ModelSpec
+    cluster: ClusterSpec
+    device: DeviceSpec
+    routes: Routes
+    cost: CostModel
+    ep: int
+    tp: int
+    dp: int
+    placement: Placement
+    routing: RoutingSource
+    batch_per_replica: int  # sequences per attention replica
+    moe_tokens: np.ndarray  # (devices,) tokens each device sends into each MoE layer
+    memory: MemoryEstimate
+
+    @property
+    def num_devices(self) -> int:
+        return self.cluster.num_devices
+
+    @property
+    def steps(self) -> int:
+        return self.config.workload.steps
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+
+def _wrap(sf: ScenarioFile, field: str, err: ConfigError) -> ConfigError:
+    """Re-anchor a loader error on the config field that named the missing thing."""
+    if err.file is None:
+        return config_error(sf, field, err.detail)
+    return ConfigError(f"{err.detail} (while loading '{field}' from {sf.path})", file=err.file, field=err.field)
+
+
+def resolve(sf: ScenarioFile) -> Scenario:
+    """Turn a validated config into a Scenario, checking the rules that span sections."""
+    cfg = sf.config
+    try:
+        model = load_model(sf.resolve_path(cfg.model))
+    except ConfigError as err:
+        raise _wrap(sf, "model", err) from None
+    try:
+        cluster = load_cluster(sf.resolve_path(cfg.hardware.cluster))
+        device = load_device(cluster.node.device)
+    except ConfigError as err:
+        raise _wrap(sf, "hardware.cluster", err) from None
+    n = cluster.num_devices
+    par = cfg.parallelism
+    tp = par.tp
+    dp = par.dp if par.dp is not None else n // tp
+    if tp * dp != n:
+        raise config_error(sf, "parallelism", f"tp x dp = {tp} x {dp} = {tp * dp} must equal the "
+                           f"{n} devices of cluster '{cluster.name}'")
+    ep = par.ep if par.ep is not None else n
+    if n % ep:
+        raise config_error(sf, "parallelism.ep", f"ep={ep} must divide the {n} devices of cluster '{cluster.name}'")
+    experts = model.moe.num_experts
+    if cfg.placement.policy and experts % ep:
+        raise config_error(sf, "parallelism.ep", f"ep={ep} does not divide the {experts} experts of "
+                           f"{model.name}; choose ep among {[d for d in range(1, n + 1) if experts % d == 0 and n % d == 0]} "
+                           "or give a placement file")
+    heads = model.attention.num_heads
+    if heads % tp:
+        raise config_error(sf, "parallelism.tp", f"tp={tp} must divide the {heads} attention heads of {model.name}")
+    for field, dtype in (("policies.dispatch_dtype", cfg.policies.dispatch_dtype),
+                         ("policies.combine_dtype", cfg.policies.combine_dtype)):
+        try:
+            dtype_bytes(dtype)
+        except ValueError as err:
+            raise config_error(sf, field, str(err)) from None
+
+    n_moe = len(model.moe_layers)
+    if cfg.placement.file:
+        path = Path(sf.resolve_path(cfg.placement.file))
+        if not path.exists():
+            raise config_error(sf, "placement.file", f"placement file {path} not found")
+        placement = load_placement_file(path, experts, ep, n_moe)
+    elif cfg.placement.policy == "round_robin":
+        placement = round_robin(experts, ep, n_moe)
+    else:
+        placement = contiguous(experts, ep, n_moe)
+
+    wl = cfg.workload
+    if wl.batch_size is not None:
+        batch = wl.batch_size
+        replica_tokens = batch * (wl.seq_len if wl.phase == "prefill" else 1)
+    else:
+        replica_tokens = wl.tokens_per_device * tp
+        seq = wl.seq_len if wl.phase == "prefill" else 1
+        if replica_tokens % seq:
+            raise config_error(sf, "workload.tokens_per_device", f"tokens_per_device x tp = {replica_tokens} "
+                               f"is not a whole number of sequences of seq_len={seq}")
+        batch = replica_tokens // seq
+    split = np.array([len(a) for a in np.array_split(np.arange(replica_tokens), tp)], dtype=np.int64)
+    moe_tokens = np.tile(split, dp)
+
+    rc = wl.routing
+    if rc.generator == "uniform":
+        routing: RoutingSource = uniform_routing(experts, model.moe.top_k, n_moe, cfg.seed)
+    elif rc.generator == "zipf":
+        routing = zipf_routing(experts, model.moe.top_k, n_moe, rc.alpha, cfg.seed, rc.shuffle)
+    else:
+        counts = np.asarray(rc.counts)
+        if counts.shape != (n, experts):
+            raise config_error(sf, "workload.routing.counts", f"expected {n} rows (devices) of {experts} "
+                               f"counts (experts), got shape {counts.shape}")
+        if (counts < 0).any() or not np.array_equal(counts.sum(axis=1), moe_tokens * model.moe.top_k):
+            raise config_error(sf, "workload.routing.counts", "each device's row must be non-negative and "
+                               f"sum to top_k x its tokens = {(moe_tokens * model.moe.top_k).tolist()}")
+        routing = FixedRouting(experts, model.moe.top_k, counts)
+
+    scale = cfg.hardware.scale
+    cost = CostModel(device, flops_scale=scale.flops, memory_bandwidth_scale=scale.memory_bandwidth)
+    routes = compute_routes(build_topology(cluster, scale.link_bandwidth))
+    kv_len = (wl.kv_len or 0) + wl.steps if wl.phase == "decode" else wl.seq_len
+    memory = estimate_memory(model, placement, tp, batch, kv_len, replica_tokens, int(moe_tokens.max()))
+    budget = device.memory.capacity * (1 - cfg.policies.memory_reserve)
+    if memory.total > budget:
+        field = "workload.batch_size" if wl.batch_size is not None else "workload.tokens_per_device"
+        raise config_error(sf, field, f"the workload does not fit in memory: each {device.name} needs "
+                           f"{fmt_bytes(memory.total)} ({memory.describe()}) but has {fmt_bytes(budget)} usable "
+                           f"({fmt_bytes(device.memory.capacity)} less the {cfg.policies.memory_reserve:.0%} "
+                           "reserve); lower the batch or kv_len, or raise ep/tp")
+    return Scenario(
+        name=cfg.name or "scenario", config=cfg, source=sf, model=model, cluster=cluster, device=device,
+        routes=routes, cost=cost, ep=ep, tp=tp, dp=dp, placement=placement, routing=routing,
+        batch_per_replica=batch, moe_tokens=moe_tokens, memory=memory,
+    )
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Load, validate and resolve a scenario config file."""
+    return resolve(load_config(path))
