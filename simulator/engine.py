@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Generator
 
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import numpy as np
 import simpy
 
@@ -49,6 +51,8 @@ class Engine:
         self.start = np.full((steps, L, n, len(PHASES)), np.nan)
         self.end = np.full((steps, L, n, len(PHASES)), np.nan)
         self._plans: dict[int, StepPlan] = {}
+        self._futures: dict[int, Future] = {}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moesim-plan")
         self._collectives: dict[tuple, Collective] = {}
         self._moe_index = self.planner.moe_index
         self._is_moe = [scenario.model.is_moe_layer(layer) for layer in range(L)]
@@ -66,9 +70,17 @@ class Engine:
         self._done_steps = 0
 
     def _plan(self, step: int) -> StepPlan:
+        """The plan of a step; the next step's plan is built in a worker thread meanwhile
+        (numpy releases the GIL, so routing sampling overlaps the event loop on a second core).
+        Plans depend only on (seed, step), so this does not change results."""
         plan = self._plans.get(step)
         if plan is None:
-            plan = self._plans[step] = self.planner.plan(step)
+            future = self._futures.pop(step, None)
+            plan = future.result() if future else self.planner.plan(step)
+            self._plans[step] = plan
+            nxt = step + 1
+            if nxt < self.sc.steps and nxt not in self._plans and nxt not in self._futures:
+                self._futures[nxt] = self._pool.submit(self.planner.plan, nxt)
         return plan
 
     def _collective(self, key: tuple, matrix: Callable[[], np.ndarray], extra_latency: float = 0.0) -> Collective:
@@ -79,7 +91,7 @@ class Engine:
 
     def _release(self, key: tuple, coll: Collective) -> None:
         if coll.consumed == self.sc.num_devices:
-            del self._collectives[key]
+            self._collectives.pop(key, None)
 
     def _tp_allreduce(self, d: int, key: tuple, nbytes: float) -> Generator:
         coll = self._collective(key, lambda: self._tp_ring * nbytes, self._tp_extra_latency)
@@ -88,16 +100,22 @@ class Engine:
         self._release(key, coll)
 
     def _device(self, d: int) -> Generator:
+        """One device's stream. Compute that directly follows a wait shares its wake-up
+        (the wait fires when the bytes have arrived plus the compute time), so a MoE layer
+        costs two SimPy events per device."""
         env, start, end = self.env, self.start, self.end
         overlap = self.sc.config.policies.overlap_shared_experts
         tp = self.sc.tp
+        pending_attention = False  # the previous wait already ran this layer's attention
         for s in range(self.sc.steps):
             plan = self._plan(s)
             for layer, is_moe in enumerate(self._is_moe):
                 st, en = start[s, layer, d], end[s, layer, d]
-                st[_ATT] = env.now
-                yield env.timeout(plan.attention[layer, d])
+                if not pending_attention:
+                    st[_ATT] = env.now
+                    yield env.timeout(plan.attention[layer, d])
                 en[_ATT] = st[_TP] = env.now
+                pending_attention = False
                 if tp > 1:
                     yield from self._tp_allreduce(d, (s, layer, "tp"), plan.tp_bytes)
                     en[_TP] = env.now
@@ -113,22 +131,29 @@ class Engine:
                 key = (s, layer, "dispatch")
                 disp = self._collective(key, lambda: plan.dispatch[m])
                 disp.submit(d)
-                if overlap:
+                busy_until = env.now
+                if overlap:  # shared experts compute while the dispatch bytes travel
                     st[_SHARED] = env.now
-                    yield env.timeout(plan.shared_expert[layer, d])
-                    en[_SHARED] = env.now
-                st[_DISP] = env.now
-                yield from disp.inbound(d)
+                    busy_until = en[_SHARED] = env.now + plan.shared_expert[layer, d]
+                expert = plan.expert[layer, d]
+                yield from disp.inbound(d, not_before=busy_until, then=expert)
                 self._release(key, disp)
-                en[_DISP] = st[_EXP] = env.now
-                yield env.timeout(plan.expert[layer, d])
+                st[_DISP] = busy_until
+                en[_DISP] = st[_EXP] = disp.received_at(d, busy_until)
                 en[_EXP] = st[_COMB] = env.now
                 key = (s, layer, "combine")
                 comb = self._collective(key, lambda: plan.combine[m])
                 comb.submit(d)
-                yield from comb.inbound(d)
+                # the next layer's attention (if it follows directly) runs in the same wake-up
+                nxt = self._next_attention(s, layer, d, plan)
+                chain = nxt is not None and overlap
+                yield from comb.inbound(d, then=nxt if chain else 0.0)
                 self._release(key, comb)
-                en[_COMB] = env.now
+                en[_COMB] = comb.received_at(d)
+                if chain:
+                    pending_attention = True
+                    ns, nl = (s, layer + 1) if layer + 1 < len(self._is_moe) else (s + 1, 0)
+                    start[ns, nl, d, _ATT] = en[_COMB]
                 if not overlap:
                     st[_SHARED] = env.now
                     yield env.timeout(plan.shared_expert[layer, d])
@@ -136,10 +161,21 @@ class Engine:
             if d == 0 and self.progress:
                 self.progress(s + 1)
 
+    def _next_attention(self, s: int, layer: int, d: int, plan: StepPlan) -> float | None:
+        """Attention time of the layer that runs after (s, layer) on device d, if any."""
+        if layer + 1 < len(self._is_moe):
+            return float(plan.attention[layer + 1, d])
+        if s + 1 < self.sc.steps:
+            return float(self._plan(s + 1).attention[0, d])
+        return None
+
     def run(self) -> EngineResult:
         for d in range(self.sc.num_devices):
             self.env.process(self._device(d))
-        self.env.run()
+        try:
+            self.env.run()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
         plans = [self._plans[s] for s in range(self.sc.steps)]
         self._split_straggler_wait(plans)
         return EngineResult(self.start, self.end, plans, self.fabric)

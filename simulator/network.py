@@ -29,6 +29,30 @@ import simpy
 from moesim.hardware_profiles.topology import Routes
 
 
+def _dominant_entries(entry_pair: np.ndarray, entry_link: np.ndarray, bandwidth: np.ndarray,
+                      n_links: int) -> np.ndarray:
+    """Mask of the (pair, link) entries that can matter for timing.
+
+    Links crossed by exactly the same set of device pairs (a GPU's PCIe link to its own NIC
+    and that NIC's port, say) carry identical traffic in identical order, so only the slowest
+    of them can delay a flow; the others are dropped from the per-wave computation (their
+    bytes are still counted). This roughly halves the work for multi-node clusters.
+    """
+    signature: dict[int, tuple] = {}
+    order = np.argsort(entry_link, kind="stable")
+    links, pairs = entry_link[order], entry_pair[order]
+    bounds = np.flatnonzero(np.diff(links, prepend=-1))
+    for b, e in zip(bounds, np.append(bounds[1:], links.size)):
+        signature[int(links[b])] = tuple(pairs[b:e].tolist())
+    best: dict[tuple, int] = {}
+    for link, sig in signature.items():
+        if sig not in best or bandwidth[link] < bandwidth[best[sig]]:
+            best[sig] = link
+    keep_links = np.zeros(n_links, dtype=bool)
+    keep_links[list(best.values())] = True
+    return keep_links[entry_link]
+
+
 class Fabric:
     """All links of the cluster; keeps when each link drains and the bytes it carried."""
 
@@ -37,55 +61,61 @@ class Fabric:
         n_links = len(routes.link_names)
         self.free_at = np.zeros(n_links)
         self.link_bytes = np.zeros(n_links)
-        self._n = routes.num_devices
-        self._lens = np.diff(routes.pair_ptr)
+        n = self._n = routes.num_devices
+        # every (pair, link) entry of every device-to-device path, sorted by pair id
+        lens = np.diff(routes.pair_ptr)
+        entry_pair = np.repeat(np.arange(n * n), lens)
+        keep = _dominant_entries(entry_pair, routes.pair_links, routes.link_bandwidth, n_links)
+        self._entry_pair = entry_pair[keep]
+        self._entry_link = routes.pair_links[keep]
+        self._entry_src = self._entry_pair // n
+        self._all_pair, self._all_link = entry_pair, routes.pair_links
+        self._pair_latency = routes.pair_latency.ravel()
+        self._entry_inv_bw = 1.0 / routes.link_bandwidth[self._entry_link]
+        self._n_links = n_links
 
-    def transfer(self, src: np.ndarray, start: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Cost a wave of flows. rows[i, d] bytes go from device src[i] (ready at start[i]) to d.
+    def transfer(self, src: np.ndarray, start: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+        """Cost a wave of flows: devices `src` (ready at `start`) send rows matrix[src] of bytes.
 
-        Returns arrival[i, d]: the time the flow's last byte arrives (nan where nothing is sent;
-        a device's bytes to itself stay local and cost nothing on the network).
+        Returns, per destination device, the time the last byte of this wave destined to it
+        arrives (-inf where it receives nothing). A device's bytes to itself stay local.
         """
         n = self._n
-        arrival = np.full(rows.shape, np.nan)
-        mask = rows > 0
-        mask[np.arange(len(src)), src] = False
-        fi, fd = np.nonzero(mask)
-        if fi.size == 0:
-            return arrival
-        fs = src[fi]
-        fbytes = rows[fi, fd]
-        fstart = start[fi]
-        pair = fs * n + fd
-        lens = self._lens[pair]
-        first = self.routes.pair_ptr[pair]
-        total = int(lens.sum())
-        cum = np.cumsum(lens)
-        entry = np.repeat(first - (cum - lens), lens) + np.arange(total)
-        e_link = self.routes.pair_links[entry]
-        e_flow = np.repeat(np.arange(fi.size), lens)
-        e_t = fstart[e_flow]
-        e_b = fbytes[e_flow]
-        e_w = e_b / self.routes.link_bandwidth[e_link]
-        np.add.at(self.link_bytes, e_link, e_b)
+        if len(src) == n:
+            full = matrix.copy()
+        else:
+            full = np.zeros((n, n))
+            full[src] = matrix[src]
+        np.fill_diagonal(full, 0.0)
+        t_src = np.zeros(n)
+        t_src[src] = start
+        rank = np.empty(n, dtype=np.int64)  # FIFO order of sources on every link
+        rank[src[np.argsort(start, kind="stable")]] = np.arange(len(src))
+        flat = full.ravel()
+        sel = flat[self._entry_pair] > 0
+        if not sel.any():
+            return np.full(n, -np.inf)
+        self.link_bytes += np.bincount(self._all_link, weights=flat[self._all_pair], minlength=self._n_links)
+        e_pair = self._entry_pair[sel]
+        e_link = self._entry_link[sel]
+        e_src = self._entry_src[sel]
 
-        order = np.lexsort((e_b, e_t, e_link))
-        link, t, w = e_link[order], e_t[order], e_w[order]
+        order = np.argsort(e_link * n + rank[e_src], kind="stable")
+        link = e_link[order]
+        t = t_src[e_src[order]]
+        w = (flat[e_pair] * self._entry_inv_bw[sel])[order]
+        total = link.size
         new_group = np.empty(total, dtype=bool)
         new_group[0] = True
-        new_group[1:] = link[1:] != link[:-1]
-        idx = np.arange(total)
-        gstart = np.maximum.accumulate(np.where(new_group, idx, 0))
+        np.not_equal(link[1:], link[:-1], out=new_group[1:])
+        gstart = np.maximum.accumulate(np.where(new_group, np.arange(total), 0))
         cs = np.cumsum(w)
-        before_group = cs[gstart] - w[gstart]
-        done_work = cs - before_group  # work of the group up to and including this entry
-        prev_work = done_work - w
+        done_work = cs - (cs[gstart] - w[gstart])  # group's work up to and including this entry
         begin = np.where(new_group, np.maximum(t, self.free_at[link]), t)
-        v = begin - prev_work
+        v = begin - (done_work - w)
         gid = np.cumsum(new_group)
         span = float(v.max() - v.min()) + 1.0
-        cm = np.maximum.accumulate(v + gid * span) - gid * span
-        busy = cm + done_work  # when the link has drained this entry (FIFO max-plus recursion)
+        busy = np.maximum.accumulate(v + gid * span) - gid * span + done_work  # FIFO max-plus recursion
         last = np.empty(total, dtype=bool)
         last[:-1] = new_group[1:]
         last[-1] = True
@@ -93,9 +123,24 @@ class Fabric:
 
         entry_done = np.empty(total)
         entry_done[order] = busy
-        flow_done = np.maximum.reduceat(entry_done, np.concatenate(([0], cum[:-1])))
-        arrival[fi, fd] = flow_done + self.routes.pair_latency[fs, fd]
-        return arrival
+        bounds = np.flatnonzero(np.diff(e_pair, prepend=-1))
+        pairs = e_pair[bounds]
+        arrival = np.full(n * n, -np.inf)
+        arrival[pairs] = np.maximum.reduceat(entry_done, bounds) + self._pair_latency[pairs]
+        return arrival.reshape(n, n).max(axis=0)
+
+
+class _Arrival(simpy.Event):
+    """An event whose firing time is set later, when the network knows the arrival time.
+
+    Saves a second wake-up per wait (wait for readiness, then for the bytes): the same
+    mechanism SimPy's own Timeout uses, triggered from the collective's wave instead.
+    """
+
+    def fire_after(self, delay: float) -> None:
+        self._ok = True
+        self._value = None
+        self.env.schedule(self, delay=max(0.0, delay))
 
 
 class Collective:
@@ -125,7 +170,8 @@ class Collective:
         self.arrival = np.full(n, -np.inf)
         self._queue: list[int] = []
         self._times: list[float] = []
-        self._waiters: dict[int, simpy.Event] = {}
+        self._waiters: dict[int, _Arrival] = {}
+        self._not_before: dict[int, tuple[float, float]] = {}
         self.consumed = 0
 
     def submit(self, src: int) -> None:
@@ -143,25 +189,33 @@ class Collective:
 
     def _wave(self) -> None:
         src = np.asarray(self._queue, dtype=np.int64)
-        arr = self.fabric.transfer(src, np.asarray(self._times), self.matrix[src])
+        inbound = self.fabric.transfer(src, np.asarray(self._times), self.matrix)
         self._queue, self._times = [], []
-        with np.errstate(invalid="ignore"):
-            inbound = np.nanmax(np.where(np.isnan(arr), -np.inf, arr), axis=0)
         self.arrival = np.maximum(self.arrival, inbound + self.extra_latency)
         now_ready = np.nonzero(~self.ready & (self.pending == 0))[0] if not self.dense else np.nonzero(~self.ready)[0]
         self.ready[now_ready] = True
+        now = self.env.now
         for d in now_ready:
             ev = self._waiters.pop(int(d), None)
             if ev is not None:
-                ev.succeed()
+                not_before, then = self._not_before.pop(int(d))
+                ev.fire_after(max(self.arrival[d], not_before) + then - now)
 
-    def inbound(self, dst: int) -> Generator[simpy.Event, None, None]:
-        """Process step: wait until every byte destined to `dst` has arrived."""
+    def received_at(self, dst: int, not_before: float = 0.0) -> float:
+        """When `dst` could use its inbound bytes: their arrival, and not before `not_before`."""
+        return max(self.arrival[dst], not_before)
+
+    def inbound(self, dst: int, not_before: float = 0.0, then: float = 0.0) -> Generator[simpy.Event, None, None]:
+        """Process step: wait until every byte destined to `dst` has arrived, and at least until
+        `not_before` (the device may still be busy, e.g. with its shared experts); then stay
+        busy for `then` seconds (the compute that consumes the bytes) in the same wake-up."""
+        self.consumed += 1
         if not self.ready[dst]:
-            ev = self.env.event()
+            ev = _Arrival(self.env)
             self._waiters[dst] = ev
+            self._not_before[dst] = (not_before, then)
             yield ev
-        delay = self.arrival[dst] - self.env.now
+            return
+        delay = max(self.arrival[dst], not_before) + then - self.env.now
         if delay > 0:
             yield self.env.timeout(delay)
-        self.consumed += 1
