@@ -62,7 +62,7 @@ def load_link(name_or_path: str | Path) -> LinkSpec:
 def load_cluster(name_or_path: str | Path) -> ClusterSpec:
     """A cluster profile; its device, link and host names must resolve too."""
     path = _resolve("clusters", name_or_path)
-    cluster: ClusterSpec = _load("clusters", path)  # type: ignore[assignment]
+    cluster: ClusterSpec = _absolute_paths(_load("clusters", path), path.parent)  # type: ignore[arg-type]
     node = cluster.node
     checks = [("node.device", "devices", node.device), ("node.intra_node.link", "links", node.intra_node.link)]
     if node.nic:
@@ -75,6 +75,22 @@ def load_cluster(name_or_path: str | Path) -> ClusterSpec:
         except ConfigError as err:
             raise ConfigError(err.detail, file=path, field=field) from None
     return cluster
+
+
+def _absolute_paths(cluster: ClusterSpec, base: Path) -> ClusterSpec:
+    """Make device/link names that are YAML paths relative to the cluster file absolute."""
+
+    def fix(name: str) -> str:
+        return str((base / name).resolve()) if name.endswith((".yaml", ".yml")) and not Path(name).is_absolute() else name
+
+    node = cluster.node
+    update = {"device": fix(node.device),
+              "intra_node": node.intra_node.model_copy(update={"link": fix(node.intra_node.link)})}
+    if node.nic:
+        update["nic"] = node.nic.model_copy(update={"link": fix(node.nic.link), "attach": fix(node.nic.attach)})
+    if node.host:
+        update["host"] = node.host.model_copy(update={"device": fix(node.host.device), "link": fix(node.host.link)})
+    return cluster.model_copy(update={"node": node.model_copy(update=update)})
 
 
 def profile_path(kind: str, name: str) -> Path:

@@ -147,9 +147,9 @@ class Engine:
                 # the next layer's attention (if it follows directly) runs in the same wake-up
                 nxt = self._next_attention(s, layer, d, plan)
                 chain = nxt is not None and overlap
-                yield from comb.inbound(d, then=nxt if chain else 0.0)
+                yield from comb.inbound(d, not_before=env.now, then=nxt if chain else 0.0)
                 self._release(key, comb)
-                en[_COMB] = comb.received_at(d)
+                en[_COMB] = comb.received_at(d, not_before=st[_COMB])
                 if chain:
                     pending_attention = True
                     ns, nl = (s, layer + 1) if layer + 1 < len(self._is_moe) else (s + 1, 0)

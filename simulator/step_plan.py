@@ -79,7 +79,7 @@ class Planner:
         wl = scenario.config.workload
         self.phase = wl.phase
         tokens_group = scenario.moe_tokens.reshape(-1, scenario.ep).sum(axis=1)
-        if pol.capacity_factor is not None:
+        if pol.capacity_factor is not None and pol.overflow == "drop":  # "keep" runs overflow anyway
             cap = np.ceil(pol.capacity_factor * tokens_group * m.moe.top_k / m.moe.num_experts)
             self.capacity = cap.astype(np.int64)
         else:

@@ -1,0 +1,107 @@
+"""Bad configs get one-paragraph errors naming the file and field; the CLI shows no traceback."""
+
+import copy
+import subprocess
+import sys
+
+import pytest
+
+from moesim.errors import ConfigError
+from moesim.simulator.scenario import load_scenario
+
+from conftest import example_config, write_config
+
+
+def _error(tmp_path, cfg) -> str:
+    path = write_config(tmp_path, cfg)
+    with pytest.raises(ConfigError) as info:
+        load_scenario(path)
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message
+    return message
+
+
+def test_malformed_yaml(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: Mixtral-8x7B\nhardware: {cluster: dgx-h100\n")
+    with pytest.raises(ConfigError, match=r"malformed YAML at line \d+"):
+        load_scenario(path)
+
+
+def test_unknown_field_names_its_path(tmp_path):
+    cfg = example_config("mixtral-decode-8xh100.yaml")
+    cfg["workload"]["batchsize"] = 3
+    assert "workload.batchsize" in _error(tmp_path, cfg)
+
+
+def test_unknown_model_lists_valid_names(tmp_path):
+    cfg = example_config("mixtral-decode-8xh100.yaml")
+    cfg["model"] = "Mixtral-8x8B"
+    msg = _error(tmp_path, cfg)
+    assert "'model'" in msg and "Mixtral-8x7B" in msg and "DeepSeek-V3" in msg
+
+
+def test_unknown_cluster_and_device_list_valid_names(tmp_path):
+    cfg = example_config("mixtral-decode-8xh100.yaml")
+    cfg["hardware"]["cluster"] = "dgx-h1000"
+    msg = _error(tmp_path, cfg)
+    assert "hardware.cluster" in msg and "dgx-h100" in msg
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text("name: c\nnode: {device: H900, devices_per_node: 8, intra_node: {topology: switch, link: NVLink4}}\n")
+    cfg["hardware"]["cluster"] = "c.yaml"
+    msg = _error(tmp_path, cfg) if False else None
+    with pytest.raises(ConfigError) as info:
+        load_scenario(write_config(tmp_path, cfg))
+    assert "node.device" in str(info.value) and "H100-SXM" in str(info.value)
+
+
+def test_ep_must_divide_experts(tmp_path):
+    cfg = example_config("mixtral-decode-8xh100.yaml")
+    cfg["parallelism"] = {"ep": 4, "tp": 1, "dp": 8}
+    ok = _error  # ep=4 divides 8 experts and 8 devices: valid
+    load_scenario(write_config(tmp_path, cfg))
+    cfg = example_config("deepseek-v3-prefill-4x8-h800.yaml")
+    cfg["model"] = "Mixtral-8x7B"
+    cfg["parallelism"] = {"ep": 32, "tp": 1, "dp": 32}
+    msg = _error(tmp_path, cfg)
+    assert "parallelism.ep" in msg and "does not divide the 8 experts" in msg
+
+
+def test_parallelism_must_match_cluster(tmp_path):
+    cfg = example_config("mixtral-decode-8xh100.yaml")
+    cfg["parallelism"] = {"ep": 8, "tp": 2, "dp": 8}
+    assert "must equal the 8 devices" in _error(tmp_path, cfg)
+
+
+def test_workload_that_does_not_fit_memory(tmp_path):
+    cfg = example_config("mixtral-decode-8xh100.yaml")
+    cfg["workload"]["batch_size"] = 4096
+    msg = _error(tmp_path, cfg)
+    assert "workload.batch_size" in msg and "does not fit in memory" in msg and "KV cache" in msg
+
+
+def test_missing_and_conflicting_workload_fields(tmp_path):
+    cfg = example_config("mixtral-decode-8xh100.yaml")
+    del cfg["workload"]["kv_len"]
+    assert "kv_len" in _error(tmp_path, cfg)
+    cfg = example_config("mixtral-decode-8xh100.yaml")
+    cfg["workload"]["tokens_per_device"] = 8
+    assert "exactly one of" in _error(tmp_path, cfg)
+
+
+def test_bad_placement_file_names_expert(tmp_path):
+    cfg = example_config("mixtral-decode-8xh100.yaml")
+    (tmp_path / "p.yaml").write_text("experts: [0, 1, 2, 3, 4, 5, 6, 9]\n")
+    cfg["placement"] = {"file": "p.yaml"}
+    with pytest.raises(ConfigError, match=r"experts\[7\].*\[0, 8\)"):
+        load_scenario(write_config(tmp_path, cfg))
+
+
+def test_cli_prints_error_without_traceback(tmp_path):
+    cfg = example_config("mixtral-decode-8xh100.yaml")
+    cfg["model"] = "NoSuchModel"
+    path = write_config(tmp_path, cfg)
+    proc = subprocess.run([sys.executable, "-m", "moesim.cli", "simulate", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and "unknown model 'NoSuchModel'" in proc.stderr
