@@ -1,0 +1,88 @@
+"""Engine speed: DeepSeek-V3 decode on 4 x 8 H800 (EP32), 128 tokens per GPU, all 61 layers,
+100 steps (target: at most 10 s wall on a 2-core machine), and how wall time grows with
+steps, layers, devices and tokens per device.
+
+Run:  python benchmarks/bench_engine_speed.py [--repeats 3] [--quick]
+Prints the median wall time of repeated runs (simulation only: config load to SimResult,
+without writing the run directory) and the scaling tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import yaml
+
+from moesim.simulator.config import config_from_dict
+from moesim.simulator.run import simulate
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def base_config() -> dict:
+    return yaml.safe_load((EXAMPLES / "deepseek-v3-decode-4x8-h800.yaml").read_text())
+
+
+def wall(cfg: dict, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        simulate(config_from_dict(cfg, EXAMPLES))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def variant(**changes) -> dict:
+    cfg = base_config()
+    for dotted, value in changes.items():
+        node = cfg
+        *path, last = dotted.split("__")
+        for key in path:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return cfg
+
+
+def layers_model(layers: int) -> str:
+    """A DeepSeek-V3 spec truncated to `layers` layers (written next to the benchmark run)."""
+    spec = yaml.safe_load((Path(__file__).resolve().parent.parent / "workloads" / "models" / "deepseek-v3.yaml").read_text())
+    spec["num_layers"] = layers
+    spec["name"] = f"DeepSeek-V3-{layers}L"
+    out = Path("/tmp") / f"moesim-bench-dsv3-{layers}.yaml"
+    out.write_text(yaml.safe_dump(spec))
+    return str(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="skip the scaling sweeps")
+    args = parser.parse_args()
+
+    headline = wall(base_config(), args.repeats)
+    print(f"DeepSeek-V3 decode, h800-4x8 EP32, 128 tokens/GPU, 61 layers, 100 steps, uniform routing: "
+          f"median {headline:.2f} s over {args.repeats} runs (target <= 10 s)")
+    zipf = wall(variant(workload__routing={"generator": "zipf", "alpha": 1.0}), args.repeats)
+    print(f"  same with Zipf(1.0) routing: median {zipf:.2f} s")
+    if args.quick:
+        return
+    print("\nscaling (median wall seconds; each row changes one factor of the headline run):")
+    rows = []
+    for steps in (25, 50, 100):
+        rows.append(("steps", steps, wall(variant(workload__steps=steps), args.repeats)))
+    for layers in (16, 31, 61):
+        rows.append(("layers", layers, wall(variant(model=layers_model(layers)), args.repeats)))
+    for nodes_cluster, devices in (("dgx-h100", 8), ("h800-4x8", 32)):
+        rows.append(("devices", devices, wall(variant(hardware__cluster=nodes_cluster,
+                                                      parallelism={"ep": devices, "tp": 1, "dp": devices}), args.repeats)))
+    for tokens in (32, 128, 512):
+        rows.append(("tokens/device", tokens, wall(variant(workload__batch_size=tokens, workload__kv_len=512), args.repeats)))
+    for factor, value, seconds in rows:
+        print(f"  {factor:>14} = {value:>4}: {seconds:6.2f} s")
+
+
+if __name__ == "__main__":
+    main()
