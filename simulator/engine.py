@@ -54,6 +54,7 @@ class Engine:
         self._futures: dict[int, Future] = {}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moesim-plan")
         self._collectives: dict[tuple, Collective] = {}
+        self._by_step: dict[int, list[tuple[Collective, Collective]]] = {}
         self._moe_index = self.planner.moe_index
         self._is_moe = [scenario.model.is_moe_layer(layer) for layer in range(L)]
         tp = scenario.tp
@@ -82,6 +83,20 @@ class Engine:
             if nxt < self.sc.steps and nxt not in self._plans and nxt not in self._futures:
                 self._futures[nxt] = self._pool.submit(self.planner.plan, nxt)
         return plan
+
+    def _step_collectives(self, step: int, plan: StepPlan) -> list[tuple[Collective, Collective]]:
+        """(dispatch, combine) of every MoE layer of a step, made when the first device needs them.
+
+        A device entering step s has received step s-1's combines, so every device has left
+        step s-2: its collectives are dropped then."""
+        colls = self._by_step.get(step)
+        if colls is None:
+            colls = self._by_step[step] = [
+                (Collective(self.env, self.fabric, plan.dispatch[m]), Collective(self.env, self.fabric, plan.combine[m]))
+                for m in range(plan.dispatch.shape[0])
+            ]
+            self._by_step.pop(step - 2, None)
+        return colls
 
     def _collective(self, key: tuple, matrix: Callable[[], np.ndarray], extra_latency: float = 0.0) -> Collective:
         coll = self._collectives.get(key)
@@ -128,8 +143,7 @@ class Engine:
                         en[_TP] = env.now
                     continue
                 m = self._moe_index[layer]
-                key = (s, layer, "dispatch")
-                disp = self._collective(key, lambda: plan.dispatch[m])
+                disp, comb = self._step_collectives(s, plan)[m]
                 disp.submit(d)
                 busy_until = env.now
                 if overlap:  # shared experts compute while the dispatch bytes travel
@@ -137,18 +151,14 @@ class Engine:
                     busy_until = en[_SHARED] = env.now + plan.shared_expert[layer, d]
                 expert = plan.expert[layer, d]
                 yield from disp.inbound(d, not_before=busy_until, then=expert)
-                self._release(key, disp)
                 st[_DISP] = busy_until
                 en[_DISP] = st[_EXP] = disp.received_at(d, busy_until)
                 en[_EXP] = st[_COMB] = env.now
-                key = (s, layer, "combine")
-                comb = self._collective(key, lambda: plan.combine[m])
                 comb.submit(d)
                 # the next layer's attention (if it follows directly) runs in the same wake-up
                 nxt = self._next_attention(s, layer, d, plan)
                 chain = nxt is not None and overlap
                 yield from comb.inbound(d, not_before=env.now, then=nxt if chain else 0.0)
-                self._release(key, comb)
                 en[_COMB] = comb.received_at(d, not_before=st[_COMB])
                 if chain:
                     pending_attention = True

@@ -56,7 +56,7 @@ def _dominant_entries(entry_pair: np.ndarray, entry_link: np.ndarray, bandwidth:
 class Fabric:
     """All links of the cluster; keeps when each link drains and the bytes it carried."""
 
-    def __init__(self, routes: Routes):
+    def __init__(self, routes: Routes, prune_links: bool = True):
         self.routes = routes
         n_links = len(routes.link_names)
         self.free_at = np.zeros(n_links)
@@ -65,11 +65,16 @@ class Fabric:
         # every (pair, link) entry of every device-to-device path, sorted by pair id
         lens = np.diff(routes.pair_ptr)
         entry_pair = np.repeat(np.arange(n * n), lens)
-        keep = _dominant_entries(entry_pair, routes.pair_links, routes.link_bandwidth, n_links)
+        keep = (_dominant_entries(entry_pair, routes.pair_links, routes.link_bandwidth, n_links) if prune_links
+                else np.ones(entry_pair.size, dtype=bool))
         self._entry_pair = entry_pair[keep]
         self._entry_link = routes.pair_links[keep]
         self._entry_src = self._entry_pair // n
         self._all_pair, self._all_link = entry_pair, routes.pair_links
+        # when every pair sends (the usual dense all-to-all) the flow boundaries are static
+        self._dense_bounds = np.flatnonzero(np.diff(self._entry_pair, prepend=-1))
+        self._dense_pairs = self._entry_pair[self._dense_bounds]
+        self._entry_index = np.arange(self._entry_pair.size)
         self._pair_latency = routes.pair_latency.ravel()
         self._entry_inv_bw = 1.0 / routes.link_bandwidth[self._entry_link]
         self._n_links = n_links
@@ -92,18 +97,23 @@ class Fabric:
         rank = np.empty(n, dtype=np.int64)  # FIFO order of sources on every link
         rank[src[np.argsort(start, kind="stable")]] = np.arange(len(src))
         flat = full.ravel()
-        sel = flat[self._entry_pair] > 0
-        if not sel.any():
+        e_bytes = flat[self._entry_pair]
+        sel = e_bytes > 0
+        dense = bool(sel.all())
+        if not dense and not sel.any():
             return np.full(n, -np.inf)
         self.link_bytes += np.bincount(self._all_link, weights=flat[self._all_pair], minlength=self._n_links)
-        e_pair = self._entry_pair[sel]
-        e_link = self._entry_link[sel]
-        e_src = self._entry_src[sel]
-
-        order = np.argsort(e_link * n + rank[e_src], kind="stable")
+        if dense:
+            e_pair, e_link, e_src, inv_bw = self._entry_pair, self._entry_link, self._entry_src, self._entry_inv_bw
+        else:
+            e_pair, e_link, e_src = self._entry_pair[sel], self._entry_link[sel], self._entry_src[sel]
+            inv_bw, e_bytes = self._entry_inv_bw[sel], e_bytes[sel]
+        # unique keys (link, FIFO rank, entry) let the faster unstable sort stay deterministic
+        key = (e_link * n + rank[e_src]) * e_pair.size + self._entry_index[: e_pair.size]
+        order = np.argsort(key)
         link = e_link[order]
         t = t_src[e_src[order]]
-        w = (flat[e_pair] * self._entry_inv_bw[sel])[order]
+        w = (e_bytes * inv_bw)[order]
         total = link.size
         new_group = np.empty(total, dtype=bool)
         new_group[0] = True
@@ -123,8 +133,11 @@ class Fabric:
 
         entry_done = np.empty(total)
         entry_done[order] = busy
-        bounds = np.flatnonzero(np.diff(e_pair, prepend=-1))
-        pairs = e_pair[bounds]
+        if dense:
+            bounds, pairs = self._dense_bounds, self._dense_pairs
+        else:
+            bounds = np.flatnonzero(np.diff(e_pair, prepend=-1))
+            pairs = e_pair[bounds]
         arrival = np.full(n * n, -np.inf)
         arrival[pairs] = np.maximum.reduceat(entry_done, bounds) + self._pair_latency[pairs]
         return arrival.reshape(n, n).max(axis=0)
