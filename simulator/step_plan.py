@@ -96,6 +96,12 @@ class Planner:
             self.shared_time = cost.times("gemm", flops, mem, tokens, shared.dtype)
         router = [router_op(m, float(t)) for t in tokens]
         self.router_time = np.array([cost.op_time(op) for op in router])
+        pl = scenario.placement
+        self.onehot = np.zeros((pl.num_layers, pl.slot_device.shape[1], scenario.ep))
+        np.put_along_axis(self.onehot, pl.slot_device[:, :, None], 1.0, axis=2)
+        self.identity_slots = bool(pl.slot_expert.shape[1] == m.moe.num_experts
+                                   and (pl.slot_expert == np.arange(m.moe.num_experts)).all()
+                                   and (pl.slot_share == 1.0).all())
         self.expert_dtype = gemm_dtype(m.routed_expert_dtype, dt, act_dtype(m))
 
     @lru_cache(maxsize=64)
@@ -142,8 +148,7 @@ class Planner:
         rows_dropped = np.zeros(Lm, dtype=np.int64)
         rows_computed = np.zeros((Lm, n))
         active = np.zeros((Lm, n), dtype=np.int64)
-        onehot = np.zeros((Lm, pl.slot_device.shape[1], ep))
-        np.put_along_axis(onehot, pl.slot_device[:, :, None], 1.0, axis=2)
+        onehot, identity = self.onehot, self.identity_slots
         lidx = np.arange(Lm)[:, None]
         for g in range(n // ep):
             devs = slice(g * ep, (g + 1) * ep)
@@ -158,7 +163,10 @@ class Planner:
             expert_time[moe, devs] = np.einsum("lj,ljd->ld", slot_time, onehot)
             rows_computed[:, devs] = np.einsum("lj,ljd->ld", slot_tokens, onehot)
             active[:, devs] = np.einsum("lj,ljd->ld", (slot_tokens > 0).astype(float), onehot).astype(np.int64)
-            sent = np.take_along_axis(kept, pl.slot_expert[:, None, :], axis=2) * pl.slot_share[:, None, :]
+            if identity:  # slot j holds expert j with all of its tokens
+                sent = kept.astype(float)
+            else:
+                sent = np.take_along_axis(kept, pl.slot_expert[:, None, :], axis=2) * pl.slot_share[:, None, :]
             dispatch[:, devs, devs] = np.matmul(sent, onehot)  # rows (token, expert) from src to dst
         rows_routed = counts.sum(axis=(1, 2))
         return StepPlan(

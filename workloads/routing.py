@@ -11,6 +11,7 @@ which the simulator asks for steps.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Protocol
 
 import numpy as np
@@ -90,6 +91,15 @@ def sampling_tables(inclusion: np.ndarray, top_k: int) -> np.ndarray:
     return np.stack([inverse_cdf_table(row / top_k, resolution) for row in inclusion])
 
 
+@lru_cache(maxsize=8)
+def _row_offsets(layers: int, per_row: tuple[int, ...], experts: int) -> np.ndarray:
+    """Bin offset (layer x sources + source) x experts of every draw, cached per shape."""
+    rows = np.repeat(np.arange(len(per_row), dtype=np.int64), per_row)
+    out = (np.arange(layers, dtype=np.int64)[:, None] * len(per_row) + rows[None, :]) * experts
+    out.setflags(write=False)
+    return out
+
+
 def uniform_tables(tables: np.ndarray, experts: int) -> bool:
     """True when every table maps equal-width ranges to experts in order (uniform routing)."""
     resolution = tables.shape[1]
@@ -115,18 +125,18 @@ def sample_counts(rng: np.random.Generator, tokens: np.ndarray, tables: np.ndarr
     tokens = np.asarray(tokens, dtype=np.int64)
     per_row = tokens * top_k
     total = int(per_row.sum())
-    if resolution == 1 << 16:  # raw random bytes are the cheapest uniform 16-bit integers
+    offsets = _row_offsets(layers, tuple(per_row.tolist()), experts)  # (layer, source) bin of each draw
+    if uniform_tables(tables, experts) and resolution == 1 << 16:
+        # every expert equally likely: the high bits of a uniform 16-bit draw are the expert
         draws = np.frombuffer(rng.bytes(2 * layers * total), dtype=np.uint16).reshape(layers, total)
-        draws = draws + (np.arange(layers, dtype=np.int64) * resolution)[:, None]
+        chosen = offsets + (draws // (resolution // experts))
+    elif resolution == 1 << 16:  # raw random bytes are the cheapest uniform 16-bit integers
+        draws = np.frombuffer(rng.bytes(2 * layers * total), dtype=np.uint16).reshape(layers, total)
+        chosen = offsets + tables.ravel().take(draws + (np.arange(layers, dtype=np.int64) * resolution)[:, None])
     else:
         draws = rng.integers(0, resolution, size=(layers, total), dtype=np.int64)
         draws += (np.arange(layers, dtype=np.int64) * resolution)[:, None]
-    if uniform_tables(tables, experts):  # every expert equally likely: the draw is the expert
-        chosen = (draws % resolution) // (resolution // experts)
-    else:
-        chosen = tables.ravel().take(draws)
-    rows = np.arange(layers, dtype=np.int64)[:, None] * tokens.size + np.repeat(np.arange(tokens.size), per_row)[None, :]
-    chosen += rows * experts
+        chosen = offsets + tables.ravel().take(draws)
     counts = np.bincount(chosen.ravel(), minlength=layers * tokens.size * experts).reshape(layers, tokens.size, experts)
     cap = tokens[None, :, None]
     excess = np.clip(counts - cap, 0, None)
