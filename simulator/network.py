@@ -99,9 +99,9 @@ class Fabric:
         flat = full.ravel()
         e_bytes = flat[self._entry_pair]
         sel = e_bytes > 0
-        dense = bool(sel.all())
-        if not dense and not sel.any():
+        if not sel.any():  # nothing crosses the network (also: a single device)
             return np.full(n, -np.inf)
+        dense = bool(sel.all())
         self.link_bytes += np.bincount(self._all_link, weights=flat[self._all_pair], minlength=self._n_links)
         if dense:
             e_pair, e_link, e_src, inv_bw = self._entry_pair, self._entry_link, self._entry_src, self._entry_inv_bw

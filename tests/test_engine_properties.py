@@ -101,3 +101,30 @@ def test_small_batch_decode_time_follows_distinct_experts(tmp_path):
     touched = layers.active_experts_per_device * 8
     assert touched.max() <= 8 and touched.min() >= 1
     assert (total / touched).to_numpy() == pytest.approx(one_read, rel=0.01)
+
+
+def test_tensor_parallel_attention_adds_all_reduce(tmp_path):
+    cfg = _small_mixtral()
+    cfg["parallelism"] = {"ep": 8, "tp": 2, "dp": 4}
+    res = _run(tmp_path, cfg)
+    assert res.summary["time_share"]["tp_allreduce"] > 0
+    assert res.scenario.moe_tokens.tolist() == [32] * 8  # each TP rank dispatches half its replica's tokens
+    tokens = res.summary["tokens"]
+    assert tokens["computed_assignments"] == tokens["routed_assignments"] == 3 * 8 * 32 * 2 * 32
+
+
+@pytest.mark.parametrize("cluster", ["dgx-h100", "h800-4x8", "gpu-host-pcie", "ascend-910b-8"])
+def test_every_bundled_cluster_simulates(tmp_path, cluster):
+    from moesim.hardware_profiles import load_cluster
+
+    n = load_cluster(cluster).num_devices
+    cfg = {
+        "model": "Qwen3-30B-A3B", "hardware": {"cluster": cluster},
+        "parallelism": {"ep": n, "tp": 1, "dp": n},
+        "workload": {"phase": "decode", "batch_size": 8, "kv_len": 512, "steps": 2},
+    }
+    res = _run(tmp_path, cfg)
+    assert res.summary["step_latency_s"]["mean"] > 0
+    assert res.summary["tokens"]["computed_assignments"] == 2 * n * 8 * 8 * 48
+    if n == 1:
+        assert res.summary["all_to_all_payload_bytes"]["dispatch"] == 0
