@@ -56,6 +56,16 @@ def layers_model(layers: int) -> str:
     return str(out)
 
 
+def h800_cluster(nodes: int) -> str:
+    """The bundled h800-4x8 cluster with another node count (written to /tmp)."""
+    spec = yaml.safe_load((Path(__file__).resolve().parent.parent / "hardware_profiles" / "clusters" / "h800-4x8.yaml").read_text())
+    spec["nodes"] = nodes
+    spec["name"] = f"h800-{nodes}x8"
+    out = Path("/tmp") / f"moesim-bench-h800-{nodes}x8.yaml"
+    out.write_text(yaml.safe_dump(spec))
+    return str(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -75,8 +85,9 @@ def main() -> None:
         rows.append(("steps", steps, wall(variant(workload__steps=steps), args.repeats)))
     for layers in (16, 31, 61):
         rows.append(("layers", layers, wall(variant(model=layers_model(layers)), args.repeats)))
-    for nodes_cluster, devices in (("dgx-h100", 8), ("h800-4x8", 32)):
-        rows.append(("devices", devices, wall(variant(hardware__cluster=nodes_cluster,
+    for nodes in (2, 4, 8):  # DeepSeek-V3 needs at least 16 H800 to fit
+        devices = 8 * nodes
+        rows.append(("devices", devices, wall(variant(hardware__cluster=h800_cluster(nodes),
                                                       parallelism={"ep": devices, "tp": 1, "dp": devices}), args.repeats)))
     for tokens in (32, 128, 512):
         rows.append(("tokens/device", tokens, wall(variant(workload__batch_size=tokens, workload__kv_len=512), args.repeats)))

@@ -2,7 +2,8 @@
 
 Sharing model. Every directed link of the topology is a work-conserving queue that drains at
 its achievable bandwidth (bandwidth x efficiency); flows are served in the order they start
-(FIFO by start time, ties by smaller flow first). A flow puts its bytes on every link of its
+(FIFO by start time; ties by the order in which devices handed their bytes over, then by
+destination). A flow puts its bytes on every link of its
 path and completes when the last of those links has drained them, plus the path latency
 (cut-through: a flow runs at the pace of its slowest link).
 

@@ -1,4 +1,4 @@
-"""Workloads: MoE model specs, routing (generators and traces) and request arrivals."""
+"""Workloads: MoE model specs and routing (the interface and its generators)."""
 
 from moesim.workloads.model_spec import ModelSpec
 from moesim.workloads.models import list_models, load_model
