@@ -57,8 +57,8 @@ _DTYPE_FALLBACK: dict[str, tuple[str, ...]] = {
     "mxfp4": ("mxfp4", "fp4", "fp8", "bf16", "fp16", "fp32"),
     "nvfp4": ("nvfp4", "fp4", "fp8", "bf16", "fp16", "fp32"),
     "int4": ("int4", "int8", "fp8", "bf16", "fp16", "fp32"),
-    "fp8": ("fp8", "int8", "bf16", "fp16", "fp32"),
-    "int8": ("int8", "fp8", "bf16", "fp16", "fp32"),
+    "fp8": ("fp8", "bf16", "fp16", "fp32"),  # int8 units cannot run fp8 GEMMs
+    "int8": ("int8", "bf16", "fp16", "fp32"),
     "bf16": ("bf16", "fp16", "fp32"),
     "fp16": ("fp16", "bf16", "fp32"),
     "fp32": ("fp32", "tf32", "bf16"),

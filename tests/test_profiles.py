@@ -70,3 +70,10 @@ def test_h800_cluster_routes_inter_node_through_nics():
     assert routes.pair_inter_node[0, 8] and not routes.pair_inter_node[0, 7]
     classes = {routes.link_class[i] for i in routes.pair_links[routes.pair_ptr[8]:routes.pair_ptr[9]]}
     assert "infiniband" in classes
+
+
+def test_narrow_dtypes_fall_back_to_a_type_the_device_computes():
+    a100 = load_device("A100-80GB")  # no fp8 tensor cores: fp8 GEMMs run at the bf16 rate
+    assert a100.peak_flops("fp8") == a100.peak_flops("bf16")
+    h100 = load_device("H100-SXM")
+    assert h100.peak_flops("mxfp4") == h100.peak_flops("fp8")
