@@ -80,19 +80,20 @@ def main() -> None:
     if args.quick:
         return
     print("\nscaling (median wall seconds; each row changes one factor of the headline run):")
-    rows = []
+
+    def row(factor: str, value: int, cfg: dict) -> None:
+        print(f"  {factor:>14} = {value:>4}: {wall(cfg, args.repeats):6.2f} s", flush=True)
+
     for steps in (25, 50, 100):
-        rows.append(("steps", steps, wall(variant(workload__steps=steps), args.repeats)))
+        row("steps", steps, variant(workload__steps=steps))
     for layers in (16, 31, 61):
-        rows.append(("layers", layers, wall(variant(model=layers_model(layers)), args.repeats)))
-    for nodes in (2, 4, 8):  # DeepSeek-V3 needs at least 16 H800 to fit
+        row("layers", layers, variant(model=layers_model(layers)))
+    for nodes in (2, 4, 8):  # DeepSeek-V3 needs 16 H800 at least; kv_len 1024 so that 16 fit
         devices = 8 * nodes
-        rows.append(("devices", devices, wall(variant(hardware__cluster=h800_cluster(nodes),
-                                                      parallelism={"ep": devices, "tp": 1, "dp": devices}), args.repeats)))
+        row("devices", devices, variant(hardware__cluster=h800_cluster(nodes), workload__kv_len=1024,
+                                        parallelism={"ep": devices, "tp": 1, "dp": devices}))
     for tokens in (32, 128, 512):
-        rows.append(("tokens/device", tokens, wall(variant(workload__batch_size=tokens, workload__kv_len=512), args.repeats)))
-    for factor, value, seconds in rows:
-        print(f"  {factor:>14} = {value:>4}: {seconds:6.2f} s")
+        row("tokens/device", tokens, variant(workload__batch_size=tokens, workload__kv_len=512))
 
 
 if __name__ == "__main__":
