@@ -19,10 +19,17 @@ from moesim.simulator.scenario import Scenario
 class SimResult:
     scenario: Scenario
     summary: dict[str, Any]
-    phases: pd.DataFrame  # one row per (step, layer, device, phase) that ran
     utilization: pd.DataFrame  # one row per device
     layers: pd.DataFrame  # one row per (step, layer): time, straggler ratio, traffic
     raw: EngineResult
+    _phases: pd.DataFrame | None = None
+
+    @property
+    def phases(self) -> pd.DataFrame:
+        """One row per (step, layer, device, phase) that ran; built on first use (it is large)."""
+        if self._phases is None:
+            self._phases = phase_table(self.raw)
+        return self._phases
 
 
 def phase_table(raw: EngineResult) -> pd.DataFrame:
@@ -123,4 +130,4 @@ def summarize(sc: Scenario, raw: EngineResult) -> SimResult:
                                     "capacity": sc.device.memory.capacity},
         "source": "model (simulated); costs from the datasheet profile with default efficiencies",
     }
-    return SimResult(sc, summary, phase_table(raw), util, layers, raw)
+    return SimResult(sc, summary, util, layers, raw)

@@ -61,7 +61,6 @@ class Fabric:
         self.routes = routes
         n_links = len(routes.link_names)
         self.free_at = np.zeros(n_links)
-        self.link_bytes = np.zeros(n_links)
         n = self._n = routes.num_devices
         # every (pair, link) entry of every device-to-device path, sorted by pair id
         lens = np.diff(routes.pair_ptr)
@@ -76,6 +75,8 @@ class Fabric:
         self._dense_bounds = np.flatnonzero(np.diff(self._entry_pair, prepend=-1))
         self._dense_pairs = self._entry_pair[self._dense_bounds]
         self._entry_index = np.arange(self._entry_pair.size)
+        self._dense_groups = _LinkGroups(np.sort(self._entry_link, kind="stable")) if self._entry_link.size else None
+        self._pair_bytes = np.zeros(n * n)
         self._pair_latency = routes.pair_latency.ravel()
         self._entry_inv_bw = 1.0 / routes.link_bandwidth[self._entry_link]
         self._n_links = n_links
@@ -102,8 +103,8 @@ class Fabric:
         sel = e_bytes > 0
         if not sel.any():  # nothing crosses the network (also: a single device)
             return np.full(n, -np.inf)
+        self._pair_bytes += flat
         dense = bool(sel.all())
-        self.link_bytes += np.bincount(self._all_link, weights=flat[self._all_pair], minlength=self._n_links)
         if dense:
             e_pair, e_link, e_src, inv_bw = self._entry_pair, self._entry_link, self._entry_src, self._entry_inv_bw
         else:
@@ -112,27 +113,21 @@ class Fabric:
         # unique keys (link, FIFO rank, entry) let the faster unstable sort stay deterministic
         key = (e_link * n + rank[e_src]) * e_pair.size + self._entry_index[: e_pair.size]
         order = np.argsort(key)
-        link = e_link[order]
+        # sorting by link first keeps each link's entries at the same positions in every
+        # dense wave, so the group structure is computed once
+        groups = self._dense_groups if dense else _LinkGroups(e_link[order])
         t = t_src[e_src[order]]
         w = (e_bytes * inv_bw)[order]
-        total = link.size
-        new_group = np.empty(total, dtype=bool)
-        new_group[0] = True
-        np.not_equal(link[1:], link[:-1], out=new_group[1:])
-        gstart = np.maximum.accumulate(np.where(new_group, np.arange(total), 0))
         cs = np.cumsum(w)
-        done_work = cs - (cs[gstart] - w[gstart])  # group's work up to and including this entry
-        begin = np.where(new_group, np.maximum(t, self.free_at[link]), t)
+        done_work = cs - groups.base_of(cs, w)  # the link's work up to and including this entry
+        begin = t.copy()
+        begin[groups.first] = np.maximum(t[groups.first], self.free_at[groups.links])
         v = begin - (done_work - w)
-        gid = np.cumsum(new_group)
         span = float(v.max() - v.min()) + 1.0
-        busy = np.maximum.accumulate(v + gid * span) - gid * span + done_work  # FIFO max-plus recursion
-        last = np.empty(total, dtype=bool)
-        last[:-1] = new_group[1:]
-        last[-1] = True
-        self.free_at[link[last]] = busy[last]
+        busy = np.maximum.accumulate(v + groups.gid * span) - groups.gid * span + done_work  # FIFO max-plus
+        self.free_at[groups.links] = busy[groups.last]
 
-        entry_done = np.empty(total)
+        entry_done = np.empty(busy.size)
         entry_done[order] = busy
         if dense:
             bounds, pairs = self._dense_bounds, self._dense_pairs
@@ -142,6 +137,30 @@ class Fabric:
         arrival = np.full(n * n, -np.inf)
         arrival[pairs] = np.maximum.reduceat(entry_done, bounds) + self._pair_latency[pairs]
         return arrival.reshape(n, n).max(axis=0)
+
+    @property
+    def link_bytes(self) -> np.ndarray:
+        """Bytes each directed link carried so far (every link of every path, pruned or not)."""
+        return np.bincount(self._all_link, weights=self._pair_bytes[self._all_pair], minlength=self._n_links)
+
+
+class _LinkGroups:
+    """Where each link's entries start and end in an array of entries sorted by link."""
+
+    def __init__(self, sorted_links: np.ndarray):
+        total = sorted_links.size
+        new_group = np.empty(total, dtype=bool)
+        new_group[0] = True
+        np.not_equal(sorted_links[1:], sorted_links[:-1], out=new_group[1:])
+        self.first = np.flatnonzero(new_group)
+        self.last = np.append(self.first[1:] - 1, total - 1)
+        self.links = sorted_links[self.first]
+        self.gid = np.cumsum(new_group).astype(float)
+        self._start_of = np.repeat(self.first, np.diff(np.append(self.first, total)))
+
+    def base_of(self, cs: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """Cumulative work before each entry's group began."""
+        return cs[self._start_of] - w[self._start_of]
 
 
 class _Arrival(simpy.Event):
