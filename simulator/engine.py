@@ -48,9 +48,12 @@ class Engine:
         self.planner = Planner(scenario)
         self.progress = progress
         steps, L, n = scenario.steps, scenario.model.num_layers, scenario.num_devices
-        self.start = np.full((steps, L, n, len(PHASES)), np.nan)
-        self.end = np.full((steps, L, n, len(PHASES)), np.nan)
+        self._shape = (steps, L, n, len(PHASES))
         self._plans: dict[int, StepPlan] = {}
+        self._step_lists: dict[int, tuple] = {}
+        size = steps * L * n * len(PHASES)
+        self._st: list[float] = [float("nan")] * size
+        self._en: list[float] = [float("nan")] * size
         self._futures: dict[int, Future] = {}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moesim-plan")
         self._collectives: dict[tuple, Collective] = {}
@@ -114,70 +117,82 @@ class Engine:
         yield from coll.inbound(d)
         self._release(key, coll)
 
+    def _lists(self, step: int) -> tuple[list, list, list, list]:
+        """A step's per-device times as nested Python lists [device][layer] (fast scalar reads)."""
+        lists = self._step_lists.get(step)
+        if lists is None:
+            plan = self._plan(step)
+            lists = self._step_lists[step] = tuple(  # type: ignore[assignment]
+                a.T.tolist() for a in (plan.attention, plan.dense_ffn, plan.shared_expert, plan.expert))
+            self._step_lists.pop(step - 2, None)
+        return lists  # type: ignore[return-value]
+
     def _device(self, d: int) -> Generator:
         """One device's stream. Compute that directly follows a wait shares its wake-up
         (the wait fires when the bytes have arrived plus the compute time), so a MoE layer
-        costs two SimPy events per device."""
-        env, start, end = self.env, self.start, self.end
+        costs two SimPy events per device. Times are recorded into flat Python lists indexed
+        ((step x L + layer) x N + device) x P + phase: the hot loop touches no numpy scalars."""
+        env, st, en = self.env, self._st, self._en
         overlap = self.sc.config.policies.overlap_shared_experts
         tp = self.sc.tp
+        n_layers, n, P = len(self._is_moe), self.sc.num_devices, len(PHASES)
+        steps = self.sc.steps
         pending_attention = False  # the previous wait already ran this layer's attention
-        for s in range(self.sc.steps):
+        for s in range(steps):
             plan = self._plan(s)
+            att, dense, shared, expert = (x[d] for x in self._lists(s))
+            colls = self._step_collectives(s, plan)
             for layer, is_moe in enumerate(self._is_moe):
-                st, en = start[s, layer, d], end[s, layer, d]
+                i = ((s * n_layers + layer) * n + d) * P
                 if not pending_attention:
-                    st[_ATT] = env.now
-                    yield env.timeout(plan.attention[layer, d])
-                en[_ATT] = st[_TP] = env.now
+                    st[i + _ATT] = env.now
+                    yield env.timeout(att[layer])
+                en[i + _ATT] = env.now
                 pending_attention = False
                 if tp > 1:
+                    st[i + _TP] = env.now
                     yield from self._tp_allreduce(d, (s, layer, "tp"), plan.tp_bytes)
-                    en[_TP] = env.now
+                    en[i + _TP] = env.now
                 if not is_moe:
-                    st[_DENSE] = env.now
-                    yield env.timeout(plan.dense_ffn[layer, d])
-                    en[_DENSE] = env.now
+                    st[i + _DENSE] = env.now
+                    yield env.timeout(dense[layer])
+                    en[i + _DENSE] = env.now
                     if tp > 1:
                         yield from self._tp_allreduce(d, (s, layer, "tp_ffn"), plan.tp_bytes)
-                        en[_TP] = env.now
+                        en[i + _TP] = env.now
                     continue
-                m = self._moe_index[layer]
-                disp, comb = self._step_collectives(s, plan)[m]
+                disp, comb = colls[self._moe_index[layer]]
                 disp.submit(d)
-                busy_until = env.now
+                now = env.now
+                busy_until = now
                 if overlap:  # shared experts compute while the dispatch bytes travel
-                    st[_SHARED] = env.now
-                    busy_until = en[_SHARED] = env.now + plan.shared_expert[layer, d]
-                expert = plan.expert[layer, d]
-                yield from disp.inbound(d, not_before=busy_until, then=expert)
-                st[_DISP] = busy_until
-                en[_DISP] = st[_EXP] = disp.received_at(d, busy_until)
-                en[_EXP] = st[_COMB] = env.now
+                    st[i + _SHARED] = now
+                    busy_until = en[i + _SHARED] = now + shared[layer]
+                yield from disp.inbound(d, not_before=busy_until, then=expert[layer])
+                now = env.now
+                st[i + _DISP] = busy_until
+                en[i + _DISP] = st[i + _EXP] = disp.received_at(d, busy_until)
+                en[i + _EXP] = st[i + _COMB] = now
                 comb.submit(d)
                 # the next layer's attention (if it follows directly) runs in the same wake-up
-                nxt = self._next_attention(s, layer, d, plan)
+                if layer + 1 < n_layers:
+                    nxt, j = att[layer + 1], i + n * P
+                elif s + 1 < steps:
+                    nxt, j = self._lists(s + 1)[0][d][0], (((s + 1) * n_layers) * n + d) * P
+                else:
+                    nxt = None
                 chain = nxt is not None and overlap
-                yield from comb.inbound(d, not_before=env.now, then=nxt if chain else 0.0)
-                en[_COMB] = comb.received_at(d, not_before=st[_COMB])
+                yield from comb.inbound(d, not_before=now, then=nxt if chain else 0.0)
+                en[i + _COMB] = done = comb.received_at(d, not_before=now)
                 if chain:
                     pending_attention = True
-                    ns, nl = (s, layer + 1) if layer + 1 < len(self._is_moe) else (s + 1, 0)
-                    start[ns, nl, d, _ATT] = en[_COMB]
+                    st[j + _ATT] = done
                 if not overlap:
-                    st[_SHARED] = env.now
-                    yield env.timeout(plan.shared_expert[layer, d])
-                    en[_SHARED] = env.now
+                    st[i + _SHARED] = env.now
+                    yield env.timeout(shared[layer])
+                    en[i + _SHARED] = env.now
             if d == 0 and self.progress:
                 self.progress(s + 1)
-
-    def _next_attention(self, s: int, layer: int, d: int, plan: StepPlan) -> float | None:
-        """Attention time of the layer that runs after (s, layer) on device d, if any."""
-        if layer + 1 < len(self._is_moe):
-            return float(plan.attention[layer + 1, d])
-        if s + 1 < self.sc.steps:
-            return float(self._plan(s + 1).attention[0, d])
-        return None
 
     def run(self) -> EngineResult:
         for d in range(self.sc.num_devices):
@@ -186,6 +201,8 @@ class Engine:
             self.env.run()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
+        self.start = np.array(self._st, dtype=float).reshape(self._shape)
+        self.end = np.array(self._en, dtype=float).reshape(self._shape)
         plans = [self._plans[s] for s in range(self.sc.steps)]
         self._split_straggler_wait(plans)
         return EngineResult(self.start, self.end, plans, self.fabric)
