@@ -46,24 +46,26 @@ def variant(**changes) -> dict:
     return cfg
 
 
-def layers_model(layers: int) -> str:
-    """A DeepSeek-V3 spec truncated to `layers` layers (written next to the benchmark run)."""
-    spec = yaml.safe_load((Path(__file__).resolve().parent.parent / "workloads" / "models" / "deepseek-v3.yaml").read_text())
-    spec["num_layers"] = layers
-    spec["name"] = f"DeepSeek-V3-{layers}L"
-    out = Path("/tmp") / f"moesim-bench-dsv3-{layers}.yaml"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _edited_copy(relative: str, name: str, **changes) -> str:
+    """A bundled YAML (model or cluster) with some top-level fields changed, written to /tmp."""
+    spec = yaml.safe_load((ROOT / relative).read_text())
+    spec.update(changes, name=name)
+    out = Path("/tmp") / f"moesim-bench-{name}.yaml"
     out.write_text(yaml.safe_dump(spec))
     return str(out)
+
+
+def layers_model(layers: int) -> str:
+    """DeepSeek-V3 truncated to `layers` layers."""
+    return _edited_copy("workloads/models/deepseek-v3.yaml", f"DeepSeek-V3-{layers}L", num_layers=layers)
 
 
 def h800_cluster(nodes: int) -> str:
-    """The bundled h800-4x8 cluster with another node count (written to /tmp)."""
-    spec = yaml.safe_load((Path(__file__).resolve().parent.parent / "hardware_profiles" / "clusters" / "h800-4x8.yaml").read_text())
-    spec["nodes"] = nodes
-    spec["name"] = f"h800-{nodes}x8"
-    out = Path("/tmp") / f"moesim-bench-h800-{nodes}x8.yaml"
-    out.write_text(yaml.safe_dump(spec))
-    return str(out)
+    """The bundled h800-4x8 cluster with another node count."""
+    return _edited_copy("hardware_profiles/clusters/h800-4x8.yaml", f"h800-{nodes}x8", nodes=nodes)
 
 
 def main() -> None:
