@@ -141,7 +141,7 @@ class Planner:
 
         routing = sc.routing.step(step, sc.moe_tokens, len(moe))
         counts = routing.counts  # (Lm, N, E)
-        Lm, E, ep = len(moe), m.moe.num_experts, sc.ep
+        Lm, ep = len(moe), sc.ep
         pl = sc.placement
         expert_time = np.zeros((L, n))
         dispatch = np.zeros((Lm, n, n))
