@@ -30,6 +30,14 @@ _ATT, _TP, _DENSE, _SHARED, _DISP, _EXP, _STRAG, _COMB = range(len(PHASES))
 
 
 @dataclass
+class StepCollectives:
+    """A step's collectives: (dispatch, combine) per MoE layer; (attention, FFN) all-reduce per layer."""
+
+    moe: list[tuple[Collective, Collective]]
+    tp: list[tuple[Collective, Collective]]
+
+
+@dataclass
 class EngineResult:
     """Raw timeline: start/end of every (step, layer, device, phase); nan where a phase did not run."""
 
@@ -56,8 +64,7 @@ class Engine:
         self._en: list[float] = [float("nan")] * size
         self._futures: dict[int, Future] = {}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moesim-plan")
-        self._collectives: dict[tuple, Collective] = {}
-        self._by_step: dict[int, list[tuple[Collective, Collective]]] = {}
+        self._by_step: dict[int, StepCollectives] = {}
         self._moe_index = self.planner.moe_index
         self._is_moe = [scenario.model.is_moe_layer(layer) for layer in range(L)]
         tp = scenario.tp
@@ -87,35 +94,29 @@ class Engine:
                 self._futures[nxt] = self._pool.submit(self.planner.plan, nxt)
         return plan
 
-    def _step_collectives(self, step: int, plan: StepPlan) -> list[tuple[Collective, Collective]]:
-        """(dispatch, combine) of every MoE layer of a step, made when the first device needs them.
+    def _step_collectives(self, step: int, plan: StepPlan) -> "StepCollectives":
+        """Every collective of a step, made when the first device needs them.
 
         A device entering step s has received step s-1's combines, so every device has left
         step s-2: its collectives are dropped then."""
         colls = self._by_step.get(step)
         if colls is None:
-            colls = self._by_step[step] = [
-                (Collective(self.env, self.fabric, plan.dispatch[m]), Collective(self.env, self.fabric, plan.combine[m]))
-                for m in range(plan.dispatch.shape[0])
-            ]
+            colls = self._by_step[step] = StepCollectives(
+                moe=[(Collective(self.env, self.fabric, plan.dispatch[m]),
+                      Collective(self.env, self.fabric, plan.combine[m]))
+                     for m in range(plan.dispatch.shape[0])],
+                tp=[(Collective(self.env, self.fabric, self._tp_ring * plan.tp_bytes, self._tp_extra_latency),
+                     Collective(self.env, self.fabric, self._tp_ring * plan.tp_bytes, self._tp_extra_latency))
+                    for _ in self._is_moe] if self._tp_ring is not None else [],
+            )
             self._by_step.pop(step - 2, None)
         return colls
 
-    def _collective(self, key: tuple, matrix: Callable[[], np.ndarray], extra_latency: float = 0.0) -> Collective:
-        coll = self._collectives.get(key)
-        if coll is None:
-            coll = self._collectives[key] = Collective(self.env, self.fabric, matrix(), extra_latency)
-        return coll
-
-    def _release(self, key: tuple, coll: Collective) -> None:
-        if coll.consumed == self.sc.num_devices:
-            self._collectives.pop(key, None)
-
-    def _tp_allreduce(self, d: int, key: tuple, nbytes: float) -> Generator:
-        coll = self._collective(key, lambda: self._tp_ring * nbytes, self._tp_extra_latency)
+    @staticmethod
+    def _all_reduce(d: int, coll: Collective) -> Generator:
+        """Ring all-reduce within the TP group: hand over this rank's bytes, wait for the neighbour's."""
         coll.submit(d)
         yield from coll.inbound(d)
-        self._release(key, coll)
 
     def _lists(self, step: int) -> tuple[list, list, list, list]:
         """A step's per-device times as nested Python lists [device][layer] (fast scalar reads)."""
@@ -151,17 +152,17 @@ class Engine:
                 pending_attention = False
                 if tp > 1:
                     st[i + _TP] = env.now
-                    yield from self._tp_allreduce(d, (s, layer, "tp"), plan.tp_bytes)
+                    yield from self._all_reduce(d, colls.tp[layer][0])
                     en[i + _TP] = env.now
                 if not is_moe:
                     st[i + _DENSE] = env.now
                     yield env.timeout(dense[layer])
                     en[i + _DENSE] = env.now
                     if tp > 1:
-                        yield from self._tp_allreduce(d, (s, layer, "tp_ffn"), plan.tp_bytes)
+                        yield from self._all_reduce(d, colls.tp[layer][1])
                         en[i + _TP] = env.now
                     continue
-                disp, comb = colls[self._moe_index[layer]]
+                disp, comb = colls.moe[self._moe_index[layer]]
                 disp.submit(d)
                 now = env.now
                 busy_until = now

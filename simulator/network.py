@@ -205,7 +205,6 @@ class Collective:
         self._times: list[float] = []
         self._waiters: dict[int, _Arrival] = {}
         self._not_before: dict[int, tuple[float, float]] = {}
-        self.consumed = 0
 
     def submit(self, src: int) -> None:
         """Device `src` hands its outgoing bytes to the network now."""
@@ -242,7 +241,6 @@ class Collective:
         """Process step: wait until every byte destined to `dst` has arrived, and at least until
         `not_before` (the device may still be busy, e.g. with its shared experts); then stay
         busy for `then` seconds (the compute that consumes the bytes) in the same wake-up."""
-        self.consumed += 1
         if not self.ready[dst]:
             ev = _Arrival(self.env)
             self._waiters[dst] = ev

@@ -58,11 +58,15 @@ def act_dtype(model: ModelSpec) -> str:
     return model.dtype if model.dtype in ("bf16", "fp16", "fp32") else "bf16"
 
 
+_DEQUANTIZED = ("mxfp4", "nvfp4", "int4")  # weight-only formats, computed in the activation dtype
+
+
 def gemm_dtype(weight_dtype: str, device_dtypes: set[str] | None, activation: str) -> str:
-    """The dtype a GEMM runs in: its weights' dtype where the device computes in it natively."""
-    if device_dtypes is None or weight_dtype in device_dtypes:
-        return weight_dtype if weight_dtype not in ("mxfp4", "nvfp4", "int4") or device_dtypes else activation
-    return activation
+    """The dtype a GEMM runs in: its weights' dtype where the device computes in it natively
+    (with no device given: unless it is a weight-only format), else the activation dtype."""
+    if device_dtypes is None:
+        return activation if weight_dtype in _DEQUANTIZED else weight_dtype
+    return weight_dtype if weight_dtype in device_dtypes else activation
 
 
 def _gemm(name: str, phase: str, m: float, k: float, n: float, wbytes: float, abytes: float,
