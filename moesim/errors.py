@@ -34,3 +34,16 @@ def unknown_name(kind: str, name: str, valid: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     return f"unknown {kind} '{name}'.{hint} Valid names: {', '.join(valid)}."
+
+
+class TraceError(MoesimError):
+    """A routing trace is corrupt or does not match the model: names the file and where (layer, row)."""
+
+    def __init__(self, message: str, *, file: str | Path | None = None, where: str | None = None):
+        self.file = str(file) if file is not None else None
+        self.where = where
+        self.detail = message
+        prefix = f"trace {self.file}" if self.file else "trace"
+        if where:
+            prefix += f" ({where})"
+        super().__init__(f"{prefix}: {message}")
