@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from moesim.errors import ConfigError
+from moesim.workloads.synthetic_routing import RoutingModelConfig
 from moesim.yaml_io import load_yaml, validate
 
 
@@ -55,17 +56,27 @@ class PlacementConfig(_Strict):
 
 
 class RoutingConfig(_Strict):
-    generator: Literal["uniform", "zipf", "fixed"] = "uniform"
+    generator: Literal["uniform", "zipf", "fixed", "trace", "synthetic"] = "uniform"
     alpha: float = Field(1.2, gt=0, description="Zipf exponent")
     shuffle: bool = Field(True, description="Zipf: hot experts differ per layer")
     counts: list[list[int]] | None = Field(
         None, description="fixed: counts[source_device][expert], the same for every MoE layer and step"
     )
+    trace: str | None = Field(None, description="trace: a routing trace file (.parquet, .npz, .jsonl, .npy, .pt)")
+    source_map: Literal["auto", "identity", "modulo", "replica"] = Field(
+        "auto", description="trace: how trace sources map onto devices (see workloads/trace_routing.py)")
+    repeat: bool = Field(False, description="trace: start over when the simulation outlasts the trace")
+    synthetic: RoutingModelConfig | str | None = Field(
+        None, description="synthetic: the generator model, inline or a YAML path (e.g. from `moesim trace fit`)")
 
     @model_validator(mode="after")
-    def _fixed_needs_counts(self) -> "RoutingConfig":
+    def _source_given(self) -> "RoutingConfig":
         if self.generator == "fixed" and self.counts is None:
             raise ValueError("routing.generator 'fixed' needs routing.counts")
+        if self.generator == "trace" and not self.trace:
+            raise ValueError("routing.generator 'trace' needs routing.trace (a trace file)")
+        if self.generator == "synthetic" and self.synthetic is None:
+            raise ValueError("routing.generator 'synthetic' needs routing.synthetic (inline or a YAML path)")
         return self
 
 
@@ -80,8 +91,11 @@ class WorkloadConfig(_Strict):
 
     @model_validator(mode="after")
     def _shape(self) -> "WorkloadConfig":
-        if (self.batch_size is None) == (self.tokens_per_device is None):
-            raise ValueError("give exactly one of workload.batch_size or workload.tokens_per_device")
+        both = self.batch_size is not None and self.tokens_per_device is not None
+        neither = self.batch_size is None and self.tokens_per_device is None
+        if both or (neither and self.routing.generator != "trace"):
+            raise ValueError("give exactly one of workload.batch_size or workload.tokens_per_device "
+                             "(with a trace, neither: the trace's first step sets the tokens per device)")
         if self.phase == "prefill" and self.seq_len is None:
             raise ValueError("prefill needs workload.seq_len (the prompt length)")
         if self.phase == "decode" and self.kv_len is None:
@@ -130,7 +144,8 @@ class ScenarioFile:
     def resolve_path(self, value: str) -> str:
         """A path relative to the config file; names without a path suffix are left alone."""
         p = Path(value)
-        if p.is_absolute() or p.suffix not in (".yaml", ".yml", ".json"):
+        if p.is_absolute() or p.suffix not in (".yaml", ".yml", ".json", ".parquet", ".pq", ".npz", ".npy", ".pt",
+                                                ".pth", ".jsonl"):
             return value
         return str((self.base_dir / p).resolve())
 

@@ -60,6 +60,19 @@ def straggler_ratios(sc: Scenario, raw: EngineResult) -> np.ndarray:
     return ratio.max(axis=2)
 
 
+def _routing_provenance(sc: Scenario) -> dict[str, Any]:
+    """Where the routing came from (a generator and its parameters, or a trace file)."""
+    rc = sc.config.workload.routing
+    out: dict[str, Any] = {"generator": rc.generator}
+    if rc.generator == "trace":
+        out.update(trace=str(sc.routing.trace.path), source_map=sc.routing.mode, repeat=rc.repeat)
+    elif rc.generator == "zipf":
+        out.update(alpha=rc.alpha, shuffle=rc.shuffle)
+    elif rc.generator == "synthetic":
+        out["model"] = sc.routing.cfg.model_dump(exclude={"popularity": {"weights"}})
+    return out
+
+
 def summarize(sc: Scenario, raw: EngineResult) -> SimResult:
     n = sc.num_devices
     dur = _durations(raw)
@@ -112,6 +125,8 @@ def summarize(sc: Scenario, raw: EngineResult) -> SimResult:
                                                "active_experts_per_device"])
     summary: dict[str, Any] = {
         "makespan_s": makespan,
+        "steps": sc.steps,
+        "routing": _routing_provenance(sc),
         "step_latency_s": {"mean": float(step_latency.mean()), "p50": float(np.median(step_latency)),
                            "p99": float(np.percentile(step_latency, 99)), "max": float(step_latency.max())},
         "tokens_per_step": tokens_per_step,

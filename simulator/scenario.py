@@ -21,7 +21,11 @@ from moesim.simulator.cost_model import CostModel
 from moesim.simulator.memory import MemoryEstimate, estimate_memory
 from moesim.units import dtype_bytes, fmt_bytes
 from moesim.workloads import ModelSpec, load_model
+from moesim.errors import TraceError
 from moesim.workloads.routing import FixedRouting, RoutingSource, uniform_routing, zipf_routing
+from moesim.workloads.synthetic_routing import RoutingModelConfig, SyntheticRouting, load_routing_model
+from moesim.workloads.trace_reader import open_trace
+from moesim.workloads.trace_routing import TraceRouting, trace_tokens_per_device
 
 
 @dataclass
@@ -114,6 +118,21 @@ def resolve(sf: ScenarioFile) -> Scenario:
         placement = contiguous(experts, ep, n_moe)
 
     wl = cfg.workload
+    rc = wl.routing
+    trace = None
+    if rc.generator == "trace":
+        trace_path = Path(sf.resolve_path(rc.trace))
+        try:
+            trace = open_trace(trace_path, model)
+            if wl.steps > trace.num_steps and not rc.repeat:
+                raise config_error(sf, "workload.steps", f"{wl.steps} steps asked but the trace {trace_path.name} "
+                                   f"has {trace.num_steps}; simulate fewer or set workload.routing.repeat: true")
+            if wl.batch_size is None and wl.tokens_per_device is None:
+                per_device = trace_tokens_per_device(trace, n, tp, rc.source_map)
+                wl.tokens_per_device = max(1, -(-int(per_device.sum()) // n))
+        except TraceError as err:
+            raise ConfigError(f"{err} (while loading 'workload.routing.trace' of {sf.path or '<config>'})",
+                              file=err.file, field=err.where) from None
     if wl.batch_size is not None:
         batch = wl.batch_size
         replica_tokens = batch * (wl.seq_len if wl.phase == "prefill" else 1)
@@ -127,20 +146,27 @@ def resolve(sf: ScenarioFile) -> Scenario:
     split = np.array([len(a) for a in np.array_split(np.arange(replica_tokens), tp)], dtype=np.int64)
     moe_tokens = np.tile(split, dp)
 
-    rc = wl.routing
+    top_k = model.moe.top_k
     if rc.generator == "uniform":
-        routing: RoutingSource = uniform_routing(experts, model.moe.top_k, n_moe, cfg.seed)
+        routing: RoutingSource = uniform_routing(experts, top_k, n_moe, cfg.seed)
     elif rc.generator == "zipf":
-        routing = zipf_routing(experts, model.moe.top_k, n_moe, rc.alpha, cfg.seed, rc.shuffle)
+        routing = zipf_routing(experts, top_k, n_moe, rc.alpha, cfg.seed, rc.shuffle)
+    elif rc.generator == "trace":
+        try:
+            routing = TraceRouting(trace, n, tp, rc.source_map, rc.repeat)
+        except TraceError as err:
+            raise config_error(sf, "workload.routing.source_map", str(err)) from None
+    elif rc.generator == "synthetic":
+        routing = _synthetic_routing(sf, rc.synthetic, experts, top_k, n_moe, cfg.seed)
     else:
         counts = np.asarray(rc.counts)
         if counts.shape != (n, experts):
             raise config_error(sf, "workload.routing.counts", f"expected {n} rows (devices) of {experts} "
                                f"counts (experts), got shape {counts.shape}")
-        if (counts < 0).any() or not np.array_equal(counts.sum(axis=1), moe_tokens * model.moe.top_k):
+        if (counts < 0).any() or not np.array_equal(counts.sum(axis=1), moe_tokens * top_k):
             raise config_error(sf, "workload.routing.counts", "each device's row must be non-negative and "
-                               f"sum to top_k x its tokens = {(moe_tokens * model.moe.top_k).tolist()}")
-        routing = FixedRouting(experts, model.moe.top_k, counts)
+                               f"sum to top_k x its tokens = {(moe_tokens * top_k).tolist()}")
+        routing = FixedRouting(experts, top_k, counts)
 
     scale = cfg.hardware.scale
     cost = CostModel(device, flops_scale=scale.flops, memory_bandwidth_scale=scale.memory_bandwidth)
@@ -159,6 +185,21 @@ def resolve(sf: ScenarioFile) -> Scenario:
         routes=routes, cost=cost, ep=ep, tp=tp, dp=dp, placement=placement, routing=routing,
         batch_per_replica=batch, moe_tokens=moe_tokens, memory=memory,
     )
+
+
+def _synthetic_routing(sf: ScenarioFile, spec: RoutingModelConfig | str, experts: int, top_k: int, layers: int,
+                       seed: int) -> SyntheticRouting:
+    """The composable generator from an inline config or a generator YAML (e.g. `moesim trace fit`)."""
+    field = "workload.routing.synthetic"
+    if isinstance(spec, str):
+        path = Path(sf.resolve_path(spec))
+        if not path.exists():
+            raise config_error(sf, field, f"generator file {path} not found")
+        spec = load_routing_model(path)
+    try:
+        return SyntheticRouting(spec, experts, top_k, layers, seed)
+    except ValueError as err:
+        raise config_error(sf, field + ".popularity", str(err)) from None
 
 
 def load_scenario(path: str | Path) -> Scenario:

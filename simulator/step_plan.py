@@ -46,6 +46,7 @@ class StepPlan:
     rows_dropped: np.ndarray  # (L_moe,) assignments dropped for capacity
     rows_computed: np.ndarray  # (L_moe, N) assignments each device's experts computed
     experts_active: np.ndarray  # (L_moe, N) distinct local experts with at least one token
+    expert_tokens: np.ndarray  # (L_moe, E) assignments each expert computed, summed over EP groups
 
 
 def apply_capacity(counts: np.ndarray, capacity: int | None) -> np.ndarray:
@@ -148,6 +149,7 @@ class Planner:
         rows_dropped = np.zeros(Lm, dtype=np.int64)
         rows_computed = np.zeros((Lm, n))
         active = np.zeros((Lm, n), dtype=np.int64)
+        expert_tokens = np.zeros((Lm, m.moe.num_experts), dtype=np.int64)
         onehot, identity = self.onehot, self.identity_slots
         lidx = np.arange(Lm)[:, None]
         for g in range(n // ep):
@@ -156,6 +158,7 @@ class Planner:
             cap = None if self.capacity is None else int(self.capacity[g])
             kept = apply_capacity(c, cap)
             rows_dropped += (c.sum(axis=(1, 2)) - kept.sum(axis=(1, 2)))
+            expert_tokens += kept.sum(axis=1)
             load = kept.sum(axis=1).astype(float)  # (Lm, E)
             slot_tokens = load[lidx, pl.slot_expert] * pl.slot_share  # (Lm, J)
             flops, mem = ffn_flops_bytes(m, slot_tokens, m.moe.expert_intermediate_size, m.routed_expert_dtype)
@@ -175,5 +178,5 @@ class Planner:
             dispatch=dispatch * self.dispatch_bytes,
             combine=np.transpose(dispatch, (0, 2, 1)) * self.combine_bytes,
             rows_routed=rows_routed, rows_dropped=rows_dropped, rows_computed=rows_computed,
-            experts_active=active,
+            experts_active=active, expert_tokens=expert_tokens,
         )

@@ -73,17 +73,19 @@ class StepRows:
     def num_rows(self) -> int:
         return int(self.token.size)
 
-    def counts(self, num_layers: int, num_sources: int, num_experts: int,
-               source_to_device: np.ndarray | None = None) -> np.ndarray:
-        """counts[l, d, e]: assignments of tokens from device d (sources mapped through
-        `source_to_device`, identity when None) to expert e at MoE layer l."""
-        dev = self.source if source_to_device is None else source_to_device[self.source]
-        base = (self.layer.astype(np.int64) * num_sources + dev.astype(np.int64)) * num_experts
+    def counts(self, num_layers: int, num_devices: int, num_experts: int,
+               device: np.ndarray | None = None) -> np.ndarray:
+        """counts[l, d, e]: assignments of tokens on device d to expert e at MoE layer l.
+
+        `device` gives each row's device (default: the row's source)."""
+        dev = self.source if device is None else device
+        base = (self.layer.astype(np.int64) * num_devices + dev.astype(np.int64)) * num_experts
         flat = (base[:, None] + self.experts.astype(np.int64)).ravel()
-        size = num_layers * num_sources * num_experts
+        size = num_layers * num_devices * num_experts
         out = np.bincount(flat, minlength=size)
-        assert out.size == size, "expert or layer ids outside the validated range"
-        return out.reshape(num_layers, num_sources, num_experts)
+        if out.size != size:
+            raise ValueError("layer, device or expert ids outside the range given")
+        return out.reshape(num_layers, num_devices, num_experts)
 
     def token_experts(self, num_layers: int) -> tuple[np.ndarray, list[np.ndarray]]:
         """(token ids in ascending order, per-layer (tokens, k) expert ids aligned to them)."""

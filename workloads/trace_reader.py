@@ -144,8 +144,9 @@ class Trace:
         order = np.argsort(key, kind="stable")
         dup = np.flatnonzero(key[order][1:] == key[order][:-1])
         if dup.size:
-            i = int(order[dup[0] + 1])
-            raise TraceError(f"token {int(rows.token[i])} appears twice at this layer", file=self.path,
+            i, j = int(order[dup[0]]), int(order[dup[0] + 1])
+            raise TraceError(f"token {int(rows.token[i])} appears twice at this layer (rows {rows.first_row + i} "
+                             f"and {rows.first_row + j})", file=self.path,
                              where=f"row {rows.first_row + i}, step {rows.step}, moe_layer {int(rows.layer[i])}")
 
 
