@@ -44,6 +44,113 @@ def _profiles(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trace_model(name: str | None):
+    from moesim.workloads import load_model
+
+    return load_model(name) if name else None
+
+
+def _trace_stats(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from moesim.reports.terminal import print_trace_stats
+    from moesim.workloads.trace_reader import open_trace
+    from moesim.workloads.trace_stats import compute_stats, tally
+
+    console = Console()
+    trace = open_trace(args.file, _trace_model(args.model))
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(f"reading {args.file.name}", total=trace.num_rows)
+        t = tally(trace, args.max_steps, progress=lambda steps, rows: bar.update(task, completed=rows))
+    stats = compute_stats(t, args.devices)
+    print_trace_stats(stats.summary, console)
+    if args.out:
+        from moesim.reports.trace_plots import write_stats_dir
+
+        files = write_stats_dir(stats, t, args.out)
+        console.print(f"wrote {len(files)} files to [bold]{args.out}[/bold]")
+    return 0
+
+
+def _trace_fit(args: argparse.Namespace) -> int:
+    import json
+
+    import yaml
+
+    from moesim.workloads.trace_fit import fit_routing_model
+    from moesim.workloads.trace_reader import open_trace
+    from moesim.workloads.trace_stats import tally
+
+    trace = open_trace(args.file, _trace_model(args.model))
+    cfg, report = fit_routing_model(tally(trace, args.max_steps), source=str(args.file), seed=args.seed)
+    out = args.out or args.file.with_suffix(".generator.yaml")
+    header = ("# Routing generator fitted by `moesim trace fit` (estimates from the trace; see\n"
+              f"# workloads/trace_fit.py). Use as workload.routing: {{generator: synthetic, synthetic: {out.name}}}\n")
+    out.write_text(header + yaml.safe_dump({"synthetic": cfg.model_dump(exclude_none=True, exclude_defaults=True)}, sort_keys=False,
+                                                default_flow_style=None, width=120))
+    print(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+def _trace_synth(args: argparse.Namespace) -> int:
+    from moesim.workloads import load_model
+    from moesim.workloads.synthetic_routing import load_routing_model
+    from moesim.workloads.trace_synth import synthesize_trace
+
+    model = load_model(args.model)
+    cfg = load_routing_model(args.generator)
+    path = synthesize_trace(args.out, cfg, len(model.moe_layers), model.moe.num_experts, model.moe.top_k,
+                            [args.tokens] * args.sources, args.steps, args.seed, model.name, args.source_kind)
+    print(f"wrote {path}")
+    return 0
+
+
+def _trace_convert(args: argparse.Namespace) -> int:
+    import pyarrow.parquet as pq
+
+    from moesim.workloads.trace_format import write_trace
+    from moesim.workloads.trace_reader import open_trace
+
+    trace = open_trace(args.file, _trace_model(args.model), num_sources=args.sources, source_kind=args.source_kind)
+    if args.sort:
+        import pyarrow.compute as pc
+
+        table = trace._table if trace._table is not None else pq.read_table(args.file)
+        table = table.take(pc.sort_indices(table, [("step", "ascending"), ("moe_layer", "ascending"),
+                                                   ("token", "ascending")]))
+        pq.write_table(table.replace_schema_metadata({b"moesim.trace": trace.meta.to_json()}), args.out)
+        trace = open_trace(args.out, _trace_model(args.model))
+        n = sum(1 for _ in trace.steps())
+    else:
+        n = 0
+
+        def counted():
+            nonlocal n
+            for rows in trace.steps():
+                n += 1
+                yield rows
+
+        write_trace(args.out, trace.meta, counted())
+    print(f"wrote {args.out}: {n} steps, checked against the model" if args.model else f"wrote {args.out}: {n} steps")
+    return 0
+
+
+def _requests(args: argparse.Namespace) -> int:
+    import json
+
+    from moesim.workloads.arrivals import describe_requests, generate_requests, load_requests_config
+
+    cfg = load_requests_config(args.config)
+    df = generate_requests(cfg, args.seed, base_dir=args.config.parent)
+    print(json.dumps(describe_requests(df), indent=2))
+    if args.out:
+        df.to_csv(args.out, index=False) if args.out.suffix == ".csv" else df.to_parquet(args.out, index=False)
+        print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from moesim import __version__
 
@@ -60,6 +167,46 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("action", choices=["list", "show"])
     prof.add_argument("name", nargs="?")
     prof.set_defaults(func=_profiles)
+
+    trace = sub.add_parser("trace", help="routing traces: statistics, fitting a generator, synthesis, conversion")
+    tsub = trace.add_subparsers(dest="trace_command", required=True)
+    st = tsub.add_parser("stats", help="imbalance, inter-layer affinity, drift and locality of a trace")
+    st.add_argument("file", type=Path)
+    st.add_argument("--model", help="check the trace against this model (name or YAML)")
+    st.add_argument("--devices", type=int, default=8, help="devices for the co-location statistics")
+    st.add_argument("--max-steps", type=int, default=None)
+    st.add_argument("--out", type=Path, default=None, help="folder for stats.json, tables and plots")
+    st.set_defaults(func=_trace_stats)
+    fit = tsub.add_parser("fit", help="estimate the synthetic generator's parameters from a trace")
+    fit.add_argument("file", type=Path)
+    fit.add_argument("--model")
+    fit.add_argument("--max-steps", type=int, default=None)
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--out", type=Path, default=None, help="generator YAML (default FILE.generator.yaml)")
+    fit.set_defaults(func=_trace_fit)
+    syn = tsub.add_parser("synth", help="write a trace drawn from a generator YAML")
+    syn.add_argument("generator", type=Path)
+    syn.add_argument("--model", required=True)
+    syn.add_argument("--steps", type=int, default=16)
+    syn.add_argument("--tokens", type=int, default=256, help="tokens per source per step")
+    syn.add_argument("--sources", type=int, default=8)
+    syn.add_argument("--source-kind", choices=["device", "request"], default="device")
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--out", type=Path, required=True)
+    syn.set_defaults(func=_trace_synth)
+    conv = tsub.add_parser("convert", help="convert a .npz/.jsonl/.npy/.pt dump (or a Parquet file) to a trace")
+    conv.add_argument("file", type=Path)
+    conv.add_argument("out", type=Path)
+    conv.add_argument("--model")
+    conv.add_argument("--sources", type=int, default=None, help="number of sources (default: max id + 1)")
+    conv.add_argument("--source-kind", choices=["device", "request"], default=None)
+    conv.add_argument("--sort", action="store_true", help="sort rows by step first (loads the file whole)")
+    conv.set_defaults(func=_trace_convert)
+    req = sub.add_parser("requests", help="generate request arrivals and lengths from a requests YAML")
+    req.add_argument("config", type=Path)
+    req.add_argument("--seed", type=int, default=0)
+    req.add_argument("--out", type=Path, default=None, help=".csv or .parquet")
+    req.set_defaults(func=_requests)
     return parser
 
 
