@@ -8,9 +8,11 @@ Each step, for MoE layer l and token source s, a token picks top-k distinct expe
 
 where base is uniform, Zipf(alpha) (hot experts shuffled per layer), Dirichlet(concentration)
 or explicit weights, and q[l, s] ~ Dirichlet(E * base[l]) is a fixed per-source preference.
-Inter-layer affinity is a latent position u in [0, 1) per top-k slot: the expert is the
-inverse CDF of p[l, s] at u (experts in a fixed random order per layer), and u carries over
-from layer l to l+1 with probability `affinity`, else is redrawn. Marginals stay exactly p,
+Inter-layer affinity is a latent position u in [0, 1) per token: the experts are those under
+u, u+1, ..., u+k-1 when the top-k inclusion probabilities of p[l, s] are laid end to end in a
+fixed random expert order per layer (systematic sampling: k distinct experts, exact inclusion
+probabilities), and u carries over from layer l to l+1 with probability `affinity`, else is
+redrawn. Marginals stay exactly p,
 while P(expert at l+1 | expert at l) concentrates as affinity -> 1 (MoETuner/ExFlow-style
 structure). With no affinity the counts are drawn directly (multinomial, no per-token loop).
 """
@@ -94,13 +96,6 @@ def base_popularity(cfg: PopularityConfig, num_layers: int, num_experts: int, se
     return w / w.sum(axis=1, keepdims=True)
 
 
-def _duplicate_slots(experts: np.ndarray) -> np.ndarray:
-    """(tokens, k) mask of slots that repeat an expert already chosen in an earlier slot."""
-    k = experts.shape[1]
-    earlier = np.tril(np.ones((k, k), dtype=bool), -1)
-    return ((experts[:, :, None] == experts[:, None, :]) & earlier).any(axis=2)
-
-
 @dataclass
 class SyntheticRouting:
     """RoutingSource for `RoutingModelConfig`; step s is reproducible on its own under the seed."""
@@ -181,41 +176,31 @@ class SyntheticRouting:
         return counts
 
     def _per_token(self, rng: np.random.Generator, tokens: np.ndarray, incl: np.ndarray) -> RoutingStep:
-        """Token-level draws through the latent position u (affinity) with distinct top-k."""
+        """Token-level draws: systematic sampling at the token's latent position u.
+
+        Laid end to end in the layer's expert order, the inclusion probabilities (each <= 1,
+        summing to k) cover [0, k); the token takes the experts under u, u + 1, ..., u + k - 1.
+        That gives k distinct experts with exactly the intended inclusion probabilities, and a u
+        carried to the next layer (affinity) makes the next choice depend on this one.
+        """
         L, S, E = incl.shape
         k = self.top_k
         src = np.repeat(np.arange(S), tokens)
         T = src.size
-        # cdf over each layer's expert order, one block per source, shifted by the source index so a
-        # single searchsorted serves every source
         ordered = np.take_along_axis(incl, np.broadcast_to(self.order[:, None, :], incl.shape), axis=2)
         cdf = np.cumsum(ordered, axis=2)
-        cdf /= cdf[:, :, -1:]
-        cdf += np.arange(S)[None, :, None]
-        u = rng.random((T, k))
+        cdf *= k / cdf[:, :, -1:]
+        cdf += (np.arange(S) * k)[None, :, None]  # one block per source: a single searchsorted serves all
+        offsets = (src * k)[:, None] + np.arange(k)[None, :]
+        u = rng.random(T)
         layers = []
         counts = np.zeros((L, S, E), dtype=np.int64)
         for l in range(L):
             if l:
-                fresh = rng.random((T, k))
-                u = np.where(rng.random((T, k)) < self.cfg.affinity, u, fresh)
-            rank = self._ranks(cdf[l].ravel(), u, src, E)
-            for _ in range(8):  # redraw a slot that repeats an expert of the same token
-                dup = _duplicate_slots(rank)
-                if not dup.any():
-                    break
-                u = np.where(dup, rng.random((T, k)), u)
-                rank = np.where(dup, self._ranks(cdf[l].ravel(), u, src, E), rank)
-            dup = _duplicate_slots(rank)
-            while dup.any():  # tiny experts or k close to E: step to the next expert in order
-                rank = np.where(dup, (rank + 1) % E, rank)
-                dup = _duplicate_slots(rank)
+                u = np.where(rng.random(T) < self.cfg.affinity, u, rng.random(T))
+            idx = np.searchsorted(cdf[l].ravel(), u[:, None] + offsets, side="right")
+            rank = np.clip(idx - (src * E)[:, None], 0, E - 1)
             experts = self.order[l][rank]
             layers.append(experts.astype(np.int32))
             counts[l] = np.bincount((src[:, None] * E + experts).ravel(), minlength=S * E).reshape(S, E)
         return RoutingStep(counts=counts, token_experts=layers, token_source=src)
-
-    @staticmethod
-    def _ranks(flat_cdf: np.ndarray, u: np.ndarray, src: np.ndarray, experts: int) -> np.ndarray:
-        idx = np.searchsorted(flat_cdf, u + src[:, None], side="right")
-        return np.minimum(idx - src[:, None] * experts, experts - 1)

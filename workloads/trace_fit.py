@@ -22,7 +22,7 @@ from moesim.workloads.routing import inclusion_probabilities
 from moesim.workloads.synthetic_routing import DriftConfig, PopularityConfig, RoutingModelConfig, SyntheticRouting
 from moesim.workloads.trace_stats import TraceTally, conditional_concentration, layer_pairs, shares, zipf_alpha
 
-MAX_LAG = 8
+MAX_LAG = 32
 AFFINITY_PAIRS = 4
 
 
@@ -49,7 +49,7 @@ def fit_drift_and_batch(t: TraceTally, locality: float = 0.0) -> tuple[float, fl
     x = shares(t.step_counts)  # (S, L, E)
     p = shares(t.layer_counts)
     draws = float(t.step_tokens.mean()) * t.meta.top_k
-    lags = min(MAX_LAG, S - 1)
+    lags = min(MAX_LAG, max(S // 2, 1))
     sigmas, concs = [], []
     for l in range(x.shape[1]):
         d = variogram(x[:, l], lags)
