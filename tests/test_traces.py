@@ -192,3 +192,24 @@ def test_a_trace_for_another_model_is_a_config_error(tmp_path):
     cfg["workload"]["routing"] = {"generator": "trace", "trace": "trace.parquet"}
     with pytest.raises(ConfigError, match="num_moe_layers=4 but model Mixtral-8x7B has 32"):
         load_scenario(write_config(tmp_path, cfg))
+
+
+def test_cli_stats_fit_and_simulate_from_the_fitted_generator(tmp_path):
+    from moesim.cli import main
+    from moesim.simulator.run import simulate
+
+    synthesize_trace(tmp_path / "t.parquet", SKEWED, 32, 8, 2, [8] * 8, steps=4, model_name="Mixtral-8x7B")
+    assert main(["trace", "stats", str(tmp_path / "t.parquet"), "--model", "Mixtral-8x7B", "--out",
+                 str(tmp_path / "stats")]) == 0
+    for name in ("stats.json", "layers.csv", "pairs.csv", "load_heatmap.png", "drift.png",
+                 "affinity_layer0_to_1.png"):
+        assert (tmp_path / "stats" / name).stat().st_size > 0, name
+    summary = json.loads((tmp_path / "stats" / "stats.json").read_text())
+    assert summary["rows"] == 4 * 64 * 32 and summary["source"] == "measured from the trace"
+    assert main(["trace", "fit", str(tmp_path / "t.parquet"), "--out", str(tmp_path / "gen.yaml")]) == 0
+    cfg = example_config("mixtral-decode-8xh100.yaml")
+    cfg["workload"].update(steps=2, routing={"generator": "synthetic", "synthetic": "gen.yaml"})
+    result = simulate(load_scenario(write_config(tmp_path, cfg)))
+    assert result.summary["routing"]["generator"] == "synthetic"
+    assert result.summary["tokens"]["routed_assignments"] == 2 * 32 * 64 * 8 * 2
+    assert main(["trace", "stats", str(tmp_path / "missing.parquet")]) == 2
