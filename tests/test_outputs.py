@@ -8,7 +8,9 @@ import jsonschema
 import pandas as pd
 import pytest
 
+from moesim.simulator.config import config_from_dict
 from moesim.simulator.run import simulate, write_run_dir
+from moesim.simulator.scenario import resolve
 
 from conftest import EXAMPLES, example_config, write_config
 
@@ -81,7 +83,8 @@ def test_trace_validates_against_trace_event_format(run_dir):
 def test_every_bundled_example_runs(tmp_path, example):
     cfg = example_config(example)
     cfg["workload"]["steps"] = min(cfg["workload"]["steps"], 2)
-    res = simulate(write_config(tmp_path, cfg))
+    cfg["outputs"] = {"dir": str(tmp_path / "run")}
+    res = simulate(resolve(config_from_dict(cfg, EXAMPLES)))  # relative paths as in the example folder
     assert res.summary["step_latency_s"]["mean"] > 0
 
 

@@ -138,6 +138,12 @@ def sample_counts(rng: np.random.Generator, tokens: np.ndarray, tables: np.ndarr
         draws += (np.arange(layers, dtype=np.int64) * resolution)[:, None]
         chosen = offsets + tables.ravel().take(draws)
     counts = np.bincount(chosen.ravel(), minlength=layers * tokens.size * experts).reshape(layers, tokens.size, experts)
+    return cap_at_tokens(counts, tokens)
+
+
+def cap_at_tokens(counts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """Move any count above its source's token count (impossible with distinct top-k) to the
+    experts of that (layer, source) with the most room; row sums are unchanged."""
     cap = tokens[None, :, None]
     excess = np.clip(counts - cap, 0, None)
     if excess.any():

@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from moesim.workloads.routing import RoutingStep, inclusion_probabilities, zipf_popularity
+from moesim.workloads.routing import RoutingStep, cap_at_tokens, inclusion_probabilities, zipf_popularity
 
 
 class _Strict(BaseModel):
@@ -162,18 +162,7 @@ class SyntheticRouting:
     def _counts_direct(self, rng: np.random.Generator, tokens: np.ndarray, incl: np.ndarray) -> np.ndarray:
         """Multinomial counts per (layer, source); a count above the source's tokens moves elsewhere."""
         counts = rng.multinomial(np.broadcast_to(tokens * self.top_k, incl.shape[:2]), incl)
-        over = np.clip(counts - tokens[None, :, None], 0, None)
-        for l, s in zip(*np.nonzero(over.sum(axis=2))):
-            extra = int(over[l, s].sum())
-            counts[l, s] -= over[l, s]
-            room = tokens[s] - counts[l, s]
-            for e in np.argsort(-room, kind="stable"):
-                take = min(extra, int(room[e]))
-                counts[l, s, e] += take
-                extra -= take
-                if not extra:
-                    break
-        return counts
+        return cap_at_tokens(counts, tokens)
 
     def _per_token(self, rng: np.random.Generator, tokens: np.ndarray, incl: np.ndarray) -> RoutingStep:
         """Token-level draws: systematic sampling at the token's latent position u.
