@@ -117,10 +117,10 @@ def _trace_convert(args: argparse.Namespace) -> int:
     if args.sort:
         import pyarrow.compute as pc
 
-        table = trace._table if trace._table is not None else pq.read_table(args.file)
+        table = trace.to_table()
         table = table.take(pc.sort_indices(table, [("step", "ascending"), ("moe_layer", "ascending"),
                                                    ("token", "ascending")]))
-        pq.write_table(table.replace_schema_metadata({b"moesim.trace": trace.meta.to_json()}), args.out)
+        pq.write_table(table, args.out)
         trace = open_trace(args.out, _trace_model(args.model))
         n = sum(1 for _ in trace.steps())
     else:

@@ -117,6 +117,10 @@ def test_mismatched_model_and_unsorted_steps_and_garbage_are_clear(tmp_path):
     pq.write_table(table.take(np.argsort(-table.column("step").to_numpy(), kind="stable")), tmp_path / "u.parquet")
     with pytest.raises(TraceError, match="not sorted by step"):
         list(open_trace(tmp_path / "u.parquet", MIXTRAL).steps())
+    from moesim.cli import main
+
+    assert main(["trace", "convert", str(tmp_path / "u.parquet"), str(tmp_path / "s.parquet"), "--sort"]) == 0
+    assert [r.step for r in open_trace(tmp_path / "s.parquet", MIXTRAL).steps()] == [0, 10, 20]
     pq.write_table(table.drop(["moe_layer"]), tmp_path / "m.parquet")
     with pytest.raises(TraceError, match="missing column 'moe_layer'"):
         open_trace(tmp_path / "m.parquet", MIXTRAL)

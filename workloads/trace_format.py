@@ -19,7 +19,7 @@ against it either way.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -67,7 +67,6 @@ class StepRows:
     experts: np.ndarray
     weights: np.ndarray | None = None
     first_row: int = 0  # row number of the first row in the file (for error messages)
-    extra: dict = field(default_factory=dict)
 
     @property
     def num_rows(self) -> int:

@@ -58,6 +58,11 @@ class Trace:
             self._step_ids = ids
         return self._step_ids
 
+    def to_table(self) -> pa.Table:
+        """The whole trace as one Arrow table with its metadata (loads it all: small traces only)."""
+        table = self._table if self._table is not None else self._parquet.read()
+        return table.replace_schema_metadata({META_KEY: self.meta.to_json()})
+
     @property
     def num_steps(self) -> int:
         return int(self.step_ids().size)
@@ -262,7 +267,3 @@ def open_trace(path: str | Path, model: ModelSpec | None = None, *, batch_rows: 
     trace.meta = meta
     return trace
 
-
-def read_all(trace: Trace) -> list[StepRows]:
-    """Every step in memory (small traces, tests)."""
-    return list(trace.steps())
