@@ -29,6 +29,46 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _place(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from moesim.errors import ConfigError
+    from moesim.placement.ilp import IlpOptions
+    from moesim.placement.methods import METHODS
+    from moesim.reports.terminal import print_placement_table
+    from moesim.simulator.placement_study import run_study, write_study
+    from moesim.simulator.scenario import load_scenario
+
+    console = Console()
+    scenario = load_scenario(args.config)
+    if args.steps_sim:
+        scenario.config.workload.steps = args.steps_sim
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"unknown placement method(s) {unknown}; choose from {', '.join(METHODS)}", field="--methods")
+    opts = IlpOptions(solver=args.solver, time_limit=args.time_limit, traffic_weight=args.traffic_weight,
+                      decomposition=args.decomposition)
+    try:
+        with console.status("placing") as status:
+            study = run_study(scenario, methods, steps=args.steps, redundant=args.redundant, slots=args.slots,
+                              time_model=args.objective, options=opts, simulate=args.simulate,
+                              progress=lambda msg: status.update(msg))
+    except ValueError as err:
+        raise ConfigError(f"cannot place experts for {args.config}: {err}") from None
+    out = args.out or Path("runs") / f"{scenario.name}-placement"
+    write_study(study, out)
+    print_placement_table(study, console)
+    if args.report:
+        from moesim.reports.placement_report import write_placement_report
+
+        page = write_placement_report(study, out)
+        console.print(f"report: [bold]{page}[/bold]")
+    console.print(f"placement files and methods.csv in [bold]{out}[/bold] "
+                  f"(use with `placement: {{file: {out / 'placement.yaml'}}}`)")
+    return 0
+
+
 def _profiles(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -163,6 +203,26 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--steps", type=int, default=None, help="override workload.steps")
     sim.add_argument("--quiet", action="store_true")
     sim.set_defaults(func=_simulate)
+    place = sub.add_parser("place", help="expert placement: ILP and baselines on a scenario's routing")
+    place.add_argument("config", type=Path, help="scenario config: model, cluster, parallelism, routing")
+    place.add_argument("--methods", default="contiguous,round_robin,random,eplb,eplb_hierarchical,ilp_load,ilp",
+                       help="comma-separated: contiguous, round_robin, random, eplb, eplb_hierarchical, ilp, "
+                            "ilp_load, ilp_affinity")
+    place.add_argument("--steps", type=int, default=16, help="routing steps the placement is fitted on")
+    place.add_argument("--redundant", type=int, default=0, help="expert copies beyond one each (EPLB's redundant experts)")
+    place.add_argument("--slots", type=int, default=None, help="expert copies per device (default ceil((E+R)/ep), "
+                       "never above memory)")
+    place.add_argument("--objective", choices=["time", "tokens"], default="time",
+                       help="balance modelled expert time (default) or assigned tokens")
+    place.add_argument("--solver", choices=["auto", "highs", "cbc"], default="auto")
+    place.add_argument("--time-limit", type=float, default=10.0, help="seconds per layer for the ILP")
+    place.add_argument("--traffic-weight", type=float, default=1.0, help="weight of all-to-all traffic in the ILP")
+    place.add_argument("--decomposition", choices=["auto", "flat", "neighbourhood"], default="auto")
+    place.add_argument("--simulate", action="store_true", help="simulate every placement and add its step time")
+    place.add_argument("--steps-sim", type=int, default=None, help="override workload.steps for --simulate")
+    place.add_argument("--report", action="store_true", help="write report.html / report.md with plots")
+    place.add_argument("--out", type=Path, default=None, help="output folder (default runs/<name>-placement)")
+    place.set_defaults(func=_place)
     prof = sub.add_parser("profiles", help="list or show bundled hardware profiles and models")
     prof.add_argument("action", choices=["list", "show"])
     prof.add_argument("name", nargs="?")

@@ -46,12 +46,35 @@ class Placement:
             np.add.at(out[layer], self.slot_device[layer][live], 1)
         return out
 
+    def share_matrix(self, layer: int) -> np.ndarray:
+        """(experts, devices) share of each expert's tokens each device serves (rows sum to 1)."""
+        out = np.zeros((self.num_experts, self.num_devices))
+        np.add.at(out, (self.slot_expert[layer], self.slot_device[layer]), self.slot_share[layer])
+        return out
+
+    def shares(self) -> np.ndarray:
+        """(layers, experts, devices) share matrices of every MoE layer."""
+        return np.stack([self.share_matrix(layer) for layer in range(self.num_layers)])
+
+    def expert_shares(self, layer: int) -> list[list[float]]:
+        """Share of each replica, in the order of `expert_devices(layer)`."""
+        out: list[list[float]] = [[] for _ in range(self.num_experts)]
+        for e, share in zip(self.slot_expert[layer], self.slot_share[layer]):
+            if share > 0:
+                out[int(e)].append(float(share))
+        return out
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """The placement-file form; `shares` only where some replica split is uneven."""
+        out: dict[str, Any] = {
             "num_experts": self.num_experts,
             "num_devices": self.num_devices,
             "layers": [self.expert_devices(layer) for layer in range(self.num_layers)],
         }
+        shares = [self.expert_shares(layer) for layer in range(self.num_layers)]
+        if any(not np.allclose(s, 1.0 / len(s)) for layer in shares for s in layer):
+            out["shares"] = [[[round(x, 6) for x in s] for s in layer] for layer in shares]
+        return out
 
 
 def _from_assignment(assign: np.ndarray, num_devices: int) -> Placement:
@@ -66,9 +89,9 @@ def _from_assignment(assign: np.ndarray, num_devices: int) -> Placement:
 
 
 def contiguous(num_experts: int, num_devices: int, num_layers: int) -> Placement:
-    """Experts [i*E/ep, (i+1)*E/ep) on device i, as Megatron and DeepSpeed lay them out."""
-    per = num_experts // num_devices
-    assign = np.arange(num_experts) // per
+    """Experts [i*E/ep, (i+1)*E/ep) on device i, as Megatron and DeepSpeed lay them out
+    (chunks differ by at most one expert when ep does not divide E)."""
+    assign = np.arange(num_experts) * num_devices // num_experts
     return _from_assignment(np.broadcast_to(assign, (num_layers, num_experts)), num_devices)
 
 
@@ -96,6 +119,19 @@ def from_expert_devices(layers: list[list[list[int]]], num_devices: int,
                 j += 1
         # padding slots: expert 0 on device 0 with no share (carry no tokens)
     return Placement(num_experts, num_devices, se, sd, ss)
+
+
+def from_share_matrices(shares: np.ndarray, tol: float = 1e-9) -> Placement:
+    """Build from (layers, experts, devices) token shares; entries below `tol` hold no copy."""
+    shares = np.where(shares > tol, shares, 0.0)
+    devices_of, weights = [], []
+    for layer in shares:
+        devs = [[int(d) for d in np.flatnonzero(row)] for row in layer]
+        if any(not d for d in devs):
+            raise ValueError(f"expert {next(i for i, d in enumerate(devs) if not d)} has no device")
+        devices_of.append(devs)
+        weights.append([list(row[d] / row[d].sum()) for row, d in zip(layer, devs)])
+    return from_expert_devices(devices_of, shares.shape[2], weights)
 
 
 def load_placement_file(path: str | Path, num_experts: int, num_devices: int, num_layers: int) -> Placement:
@@ -137,7 +173,32 @@ def load_placement_file(path: str | Path, num_experts: int, num_devices: int, nu
                 raise ConfigError(f"expert {e} lists a device twice: {devs}", file=path, field=f"{where}[{e}]")
             layer.append(devs)
         layers.append(layer)
-    return from_expert_devices(layers, num_devices)
+    shares = _read_shares(data, layers, path) if "shares" in data else None
+    return from_expert_devices(layers, num_devices, shares)
+
+
+def _read_shares(data: dict, layers: list[list[list[int]]], path: Path) -> list[list[list[float]]]:
+    """Optional `shares:` with the shape of `layers` (or of `experts`): each replica's token share."""
+    raw = data["shares"]
+    raw_layers = raw if "layers" in data else [raw] * len(layers)
+    if not isinstance(raw_layers, list) or len(raw_layers) != len(layers):
+        raise ConfigError("'shares' must have one entry per layer, like 'layers'", file=path, field="shares")
+    out: list[list[list[float]]] = []
+    for l, (row, devs) in enumerate(zip(raw_layers, layers)):
+        if not isinstance(row, list) or len(row) != len(devs):
+            raise ConfigError(f"expected one share list per expert ({len(devs)})", file=path, field=f"shares[{l}]")
+        layer = []
+        for e, (s, d) in enumerate(zip(row, devs)):
+            s = s if isinstance(s, list) else [s]
+            where = f"shares[{l}][{e}]"
+            if len(s) != len(d) or not all(isinstance(x, (int, float)) and x >= 0 for x in s):
+                raise ConfigError(f"expert {e} has {len(d)} device(s) {d}; give as many non-negative shares, "
+                                  f"got {s!r}", file=path, field=where)
+            if abs(sum(s) - 1.0) > 1e-3:
+                raise ConfigError(f"shares of expert {e} sum to {sum(s):.4g}, not 1", file=path, field=where)
+            layer.append([float(x) / sum(s) for x in s])
+        out.append(layer)
+    return out
 
 
 def save_placement_file(placement: Placement, path: str | Path) -> None:

@@ -115,3 +115,34 @@ def print_trace_stats(summary: dict, console: Console) -> None:
     t.add_row("first vs last quarter TV", f(drift["first_vs_last_quarter_tv"]))
     t.add_row(f"{summary['source_kind']} popularity TV from the layer's", f(summary["locality"]["source_tv"]))
     console.print(t)
+
+
+def print_placement_table(study: Any, console: Console) -> None:
+    """One row per placement method: balance, bottleneck, traffic, solve time, gap, simulated step."""
+    p = study.problem
+    unit = p.time_model.unit
+    console.print(f"[bold]Expert placement[/bold]: {p.num_experts} experts on {p.num_devices} devices in "
+                  f"{p.num_nodes} node(s), {p.num_layers} MoE layers, {p.redundant} redundant copies; "
+                  f"loads from routing steps {p.provenance.get('steps')}"
+                  f"{' (in-sample: the simulation replays them)' if study.in_sample else ''}")
+    table = Table()
+    cols = ["method", "balance", "bottleneck", "remote", "inter-node", "x-dev flow", "solve", "gap"]
+    if study.simulated:
+        cols += ["sim step", "straggler"]
+    for c in cols:
+        table.add_column(c, justify="left" if c == "method" else "right")
+    for _, row in study.table().iterrows():
+        bott = row["bottleneck_tokens"] if unit == "tokens" else fmt_time(row["bottleneck_time"])
+        cells = [row["method"], f"{row['balancedness']:.3f}", f"{bott:.0f}" if unit == "tokens" else bott,
+                 f"{row['dispatch_remote']:.1%}", f"{row['dispatch_inter_node']:.1%}",
+                 f"{row['flow_cross_device']:.1%}", fmt_time(row["solve_s"]),
+                 "-" if row["gap"] != row["gap"] else f"{row['gap']:.2%}"]
+        if study.simulated:
+            cells += [fmt_time(row["sim_step_s"]), f"{row['sim_straggler']:.2f}"]
+        table.add_row(*cells)
+    console.print(table)
+    console.print(f"balance = mean/max device tokens (1 is perfect); bottleneck = slowest device's modelled "
+                  f"{'tokens' if unit == 'tokens' else 'expert time'} summed over MoE layers; remote / inter-node = "
+                  "dispatched tokens leaving their device / node; x-dev flow = consecutive-layer expert pairs on "
+                  "different devices; gap = worst layer's (objective - bound) / objective"
+                  + ("; sim step = simulated mean step latency" if study.simulated else ""))

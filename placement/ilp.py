@@ -1,0 +1,385 @@
+"""The integer program for expert placement (PuLP; HiGHS when installed, else the bundled CBC).
+
+Per MoE layer, with x[e,d] = 1 if device d holds a copy of expert e and f[e,d] the share of
+e's tokens that copy serves:
+
+    minimise   T + w * sum_{e,d} f[e,d] * (C_dispatch[e,d] + C_affinity[e,d]) / D
+    subject to sum_d f[e,d] = 1              every expert served in full
+               f[e,d] <= x[e,d]              only by devices holding a copy
+               sum_e x[e,d] <= slots[d]      memory
+               sum_{e,d} x[e,d] <= E + R     redundant-copy budget
+               T >= sum_e fixed*x[e,d] + per_token*load[e]*f[e,d]   for every device d
+
+T is the bottleneck device's expert time (the problem's linear time model), C_dispatch[e,d]
+the cost of moving e's tokens from their source devices to d (dispatch + combine), and
+C_affinity[e,d] the cost of moving tokens that were at layer l-1's experts (placed already) to
+d: solving layers in order makes inter-layer affinity a linear term (ExFlow and MoETuner solve
+the same co-location in one quadratic program; the sequential form scales to 256 experts).
+With `bottleneck_slack` a second solve minimises traffic while keeping T within (1 + slack) of
+the load-only optimum. Every solve is warm-started from the EPLB greedy placement and keeps it
+when the solver finds nothing better, so the ILP is never worse than the greedy on its own
+objective; each solve reports status, objective, best bound and gap.
+
+Layers too big for one MILP (experts x devices above `flat_limit`; 256 x 64 has 16k binaries
+and HiGHS does not improve on the greedy in a minute) are solved by neighbourhood
+decomposition: repeatedly re-solve, exactly, the MILP restricted to a few devices (the
+slowest, the least loaded, and random others for traffic) with everything else fixed, keeping
+each improvement. The bound then comes from the LP relaxation of the whole layer.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from contextlib import contextmanager
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pulp
+
+from moesim.placement.baselines import eplb_global
+from moesim.placement.placement import Placement, from_share_matrices
+from moesim.placement.problem import ExpertTimeModel, PlacementProblem
+
+
+@dataclass(frozen=True)
+class IlpOptions:
+    solver: str = "auto"  # auto | highs | cbc
+    time_limit: float = 10.0  # seconds per subproblem
+    traffic_weight: float = 1.0  # weight of the all-to-all estimate against the bottleneck time
+    affinity: bool = True  # cost the layer-to-layer flow (needs the previous layer's placement)
+    bottleneck_slack: float | None = None  # two-phase: traffic at T <= (1 + slack) * T_load_only
+    decomposition: str = "auto"  # auto | flat | neighbourhood
+    flat_limit: int = 4096  # experts x devices above which `auto` uses neighbourhoods
+    neighbourhood: int = 8  # devices re-solved together in one neighbourhood MILP
+    seed: int = 0
+    gap: float = 1e-4  # relative gap at which a solve stops
+    threads: int | None = None
+    msg: bool = False
+
+
+@dataclass
+class SolveReport:
+    """What one subproblem's solve achieved (for the table `moesim place` prints)."""
+
+    layer: int
+    part: str  # "flat", "nodes", "node 3", ...
+    solver: str
+    status: str
+    objective: float
+    bound: float
+    seconds: float
+    variables: int
+    constraints: int
+    kept_warm_start: bool = False
+
+    @property
+    def gap(self) -> float:
+        if not np.isfinite(self.bound) or self.objective <= 0:
+            return float("nan")
+        return max(0.0, (self.objective - self.bound) / abs(self.objective))
+
+
+@dataclass
+class IlpResult:
+    placement: Placement
+    reports: list[SolveReport] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return sum(r.seconds for r in self.reports)
+
+    @property
+    def worst_gap(self) -> float:
+        gaps = [r.gap for r in self.reports if np.isfinite(r.gap)]
+        return max(gaps) if gaps else float("nan")
+
+    @property
+    def statuses(self) -> str:
+        names = sorted({r.status for r in self.reports})
+        return ",".join(names)
+
+
+def available_solvers() -> list[str]:
+    names = pulp.listSolvers(onlyAvailable=True)
+    return [n for n, key in (("highs", "HiGHS"), ("cbc", "PULP_CBC_CMD")) if key in names]
+
+
+def pick_solver(name: str) -> str:
+    have = available_solvers()
+    if name == "auto":
+        if not have:
+            raise ValueError("no MILP solver found: PuLP's bundled CBC is missing and highspy is not installed "
+                             "(pip install highspy)")
+        return have[0]
+    if name not in ("highs", "cbc"):
+        raise ValueError(f"unknown solver '{name}'; choose auto, highs or cbc")
+    if name not in have:
+        hint = "pip install highspy" if name == "highs" else "reinstall pulp (it bundles CBC)"
+        raise ValueError(f"solver '{name}' is not available here ({hint}); available: {have or 'none'}")
+    return name
+
+
+class _WarmHiGHS(pulp.HiGHS):
+    """PuLP's HiGHS interface plus a warm start from the variables' initial values."""
+
+    def callSolver(self, lp):  # noqa: N802 (PuLP's name)
+        import highspy
+
+        values = [v.varValue if v.varValue is not None else 0.0 for v in lp.variables()]
+        sol = highspy.HighsSolution()
+        sol.col_value = values
+        sol.value_valid = True
+        lp.solverModel.setSolution(sol)
+        lp.solverModel.run()
+
+
+@contextmanager
+def _quiet_stdout(enabled: bool):
+    """Silence a native library's stdout (HiGHS prints a banner even with output off)."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def _run_solver(prob: pulp.LpProblem, solver: str, opts: IlpOptions) -> tuple[str, float]:
+    """Solve; return (status, best lower bound)."""
+    if solver == "highs":
+        s = _WarmHiGHS(msg=opts.msg, timeLimit=opts.time_limit, gapRel=opts.gap, threads=opts.threads)
+        with _quiet_stdout(not opts.msg):
+            prob.solve(s)
+        info = prob.solverModel.getInfo()
+        status = prob.solverModel.modelStatusToString(prob.solverModel.getModelStatus())
+        bound = float(info.mip_dual_bound)
+        return status, bound if np.isfinite(bound) else float("-inf")
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "cbc.log"
+        s = pulp.PULP_CBC_CMD(msg=False, timeLimit=opts.time_limit, gapRel=opts.gap, warmStart=True,
+                              threads=opts.threads, logPath=str(log))
+        prob.solve(s)
+        text = log.read_text() if log.exists() else ""
+    status = pulp.LpStatus[prob.status]
+    m = re.search(r"^Result - (.+)$", text, re.M)
+    if m:
+        status = m.group(1).strip()
+    bound = float("-inf")
+    b = re.search(r"^Lower bound:\s+([-\d.eE+]+)", text, re.M)
+    if b:
+        bound = float(b.group(1))
+    elif "Optimal solution found" in text and prob.objective is not None:
+        bound = float(pulp.value(prob.objective))
+    return status, bound
+
+
+def _layer_costs(problem: PlacementProblem, layer: int, prev_shares: np.ndarray | None,
+                 opts: IlpOptions) -> np.ndarray:
+    """(E, D) traffic cost of serving all of expert e's tokens on device d, per device."""
+    c = problem.token_cost
+    if problem.time_model.unit == "tokens":  # tokens: an inter-node move counts as one token of work
+        c = c / c.max() if c.max() > 0 else c
+    cost = problem.dispatch[layer].T @ c  # (E, D): sum_s dispatch[s, e] * c[s, d]
+    if opts.affinity and prev_shares is not None and layer > 0 and problem.flow.shape[0] >= layer:
+        flow = problem.flow[layer - 1] / problem.top_k  # token moves into each next-layer expert
+        cost = cost + flow.T @ (prev_shares @ c)  # sum_i flow[i, j] sum_d0 prev[i, d0] c[d0, d]
+    return cost / problem.num_devices
+
+
+def _objective(shares: np.ndarray, load: np.ndarray, cost: np.ndarray, tm: ExpertTimeModel, w: float) -> float:
+    held = (shares > 1e-9) & (load[:, None] > 0)
+    bottleneck = (tm.fixed * held.sum(axis=0) + tm.per_token * load @ shares).max()
+    return float(bottleneck + w * (shares * cost).sum())
+
+
+def solve_layer(load: np.ndarray, cost: np.ndarray, slots: np.ndarray, budget: int, tm: ExpertTimeModel,
+                warm: np.ndarray, opts: IlpOptions, solver: str, weight: float,
+                max_bottleneck: float | None = None, relax: bool = False
+                ) -> tuple[np.ndarray, str, float, float, int, int]:
+    """One flat MILP (or its LP relaxation): (shares (E, D), status, objective, bound, #vars, #constraints)."""
+    E, D = cost.shape
+    prob = pulp.LpProblem("expert_placement", pulp.LpMinimize)
+    cat = "Continuous" if relax else "Binary"
+    x = [[pulp.LpVariable(f"x_{e}_{d}", 0, 1, cat=cat) for d in range(D)] for e in range(E)]
+    f = [[pulp.LpVariable(f"f_{e}_{d}", 0, 1) for d in range(D)] for e in range(E)]
+    T = pulp.LpVariable("T", 0)
+    prob += pulp.LpAffineExpression([(T, 1.0)] + [(f[e][d], weight * float(cost[e, d]))
+                                                  for e in range(E) for d in range(D) if cost[e, d] != 0])
+    for e in range(E):
+        prob += pulp.LpAffineExpression([(f[e][d], 1.0) for d in range(D)]) == 1, f"serve_{e}"
+        for d in range(D):
+            prob += f[e][d] - x[e][d] <= 0, f"copy_{e}_{d}"
+    for d in range(D):
+        prob += pulp.LpAffineExpression([(x[e][d], 1.0) for e in range(E)]) <= int(slots[d]), f"slots_{d}"
+        terms = [(T, -1.0)]
+        terms += [(x[e][d], tm.fixed) for e in range(E) if tm.fixed and load[e] > 0]
+        terms += [(f[e][d], tm.per_token * float(load[e])) for e in range(E) if load[e] > 0]
+        prob += pulp.LpAffineExpression(terms) <= 0, f"time_{d}"
+        if max_bottleneck is not None:
+            prob += pulp.LpAffineExpression(terms[1:]) <= max_bottleneck, f"cap_{d}"
+    prob += pulp.LpAffineExpression([(x[e][d], 1.0) for e in range(E) for d in range(D)]) <= budget, "budget"
+    held = (warm > 1e-9)
+    for e in range(E):
+        for d in range(D):
+            x[e][d].setInitialValue(1 if held[e, d] else 0)
+            f[e][d].setInitialValue(min(1.0, max(0.0, float(warm[e, d]))))
+    T.setInitialValue(float((tm.fixed * (held & (load[:, None] > 0)).sum(axis=0) + tm.per_token * load @ warm).max()))
+    if relax:
+        status, bound = _run_solver(prob, "highs" if "highs" in available_solvers() else solver, opts)
+        obj = float(pulp.value(prob.objective) or np.nan)
+        return np.full((E, D), np.nan), status, obj, obj, len(prob.variables()), len(prob.constraints)
+    status, bound = _run_solver(prob, solver, opts)
+    values = np.array([[f[e][d].varValue or 0.0 for d in range(D)] for e in range(E)])
+    xs = np.array([[x[e][d].varValue or 0.0 for d in range(D)] for e in range(E)]) > 0.5
+    shares = np.where(xs, np.clip(values, 0, 1), 0.0)
+    ok = (shares.sum(axis=1) > 1 - 1e-6).all() and (xs.sum(axis=0) <= slots).all() and xs.sum() <= budget
+    if ok:
+        shares /= shares.sum(axis=1, keepdims=True)
+    else:
+        shares = np.full((E, D), np.nan)  # no usable solution: the caller keeps the warm start
+    return shares, status, float(pulp.value(prob.objective) or np.nan), bound, len(prob.variables()), \
+        len(prob.constraints)
+
+
+def _solve_part(load, cost, slots, budget, tm, warm, opts, solver, layer, part
+                ) -> tuple[np.ndarray, list[SolveReport]]:
+    """Solve one subproblem (optionally two-phase) and keep the warm start if it is better."""
+    reports = []
+    cap = None
+    weight = opts.traffic_weight
+    if opts.bottleneck_slack is not None:
+        t0 = time.perf_counter()
+        shares, status, obj, bound, nv, nc = solve_layer(load, cost, slots, budget, tm, warm, opts, solver, 0.0)
+        if np.isnan(shares).any():
+            shares = warm
+        best_t = _objective(shares, load, cost, tm, 0.0)
+        reports.append(SolveReport(layer, part + " (load)", solver, status, best_t, bound,
+                                   time.perf_counter() - t0, nv, nc))
+        cap = best_t * (1 + opts.bottleneck_slack)
+        if _objective(warm, load, cost, tm, 0.0) > cap:  # greedy no longer feasible: warm-start phase 1
+            warm = shares
+    t0 = time.perf_counter()
+    shares, status, obj, bound, nv, nc = solve_layer(load, cost, slots, budget, tm, warm, opts, solver, weight, cap)
+    kept = bool(np.isnan(shares).any())
+    ours = np.inf if kept else _objective(shares, load, cost, tm, weight)
+    theirs = _objective(warm, load, cost, tm, weight)
+    if ours > theirs + 1e-12 * max(1.0, abs(theirs)):
+        shares, kept = warm, True
+    final = _objective(shares, load, cost, tm, weight)
+    reports.append(SolveReport(layer, part, solver, status, final, min(bound, final), time.perf_counter() - t0,
+                               nv, nc, kept))
+    return shares, reports
+
+
+def _device_times(shares: np.ndarray, load: np.ndarray, tm: ExpertTimeModel) -> np.ndarray:
+    held = (shares > 1e-9) & (load[:, None] > 0)
+    return tm.fixed * held.sum(axis=0) + tm.per_token * load @ shares
+
+
+def _better(obj: float, times: np.ndarray, best_obj: float, best_times: np.ndarray) -> bool:
+    """Lexicographic acceptance: a lower objective, or an equal one with a lower sorted device-time
+    profile (fewer devices at the bottleneck), so the search can cross plateaus of min-max."""
+    tol = 1e-9 * max(1.0, abs(best_obj))
+    if abs(obj - best_obj) > tol:
+        return obj < best_obj
+    a, b = np.sort(times)[::-1], np.sort(best_times)[::-1]
+    diff = np.flatnonzero(np.abs(a - b) > 1e-9 * max(1.0, float(b.max())))
+    return bool(diff.size) and a[diff[0]] < b[diff[0]]
+
+
+def _solve_neighbourhoods(load: np.ndarray, cost: np.ndarray, slots: np.ndarray, budget: int,
+                          tm: ExpertTimeModel, warm: np.ndarray, opts: IlpOptions, solver: str, layer: int,
+                          cap: float | None = None) -> tuple[np.ndarray, list[SolveReport]]:
+    """Large layers: LP bound of the whole layer, then exact MILPs over small device neighbourhoods
+    (with `cap`, every device's expert time stays within it)."""
+    t_start = time.perf_counter()
+    E, D = cost.shape
+    weight = opts.traffic_weight
+    _, status, lp_obj, _, nv, nc = solve_layer(load, cost, slots, budget, tm, warm, opts, solver, weight, cap, relax=True)
+    best = warm.copy()
+    best_obj = _objective(best, load, cost, tm, weight)
+    rng = np.random.default_rng((opts.seed, layer))
+    m = min(opts.neighbourhood, D)
+    sub_opts = replace(opts, time_limit=min(2.0, max(0.3, opts.time_limit / 40)))
+    tries = improved = stale = 0
+    while time.perf_counter() - t_start < opts.time_limit and stale < 3 * D // m + 3:
+        if best_obj - lp_obj <= opts.gap * abs(best_obj):
+            break
+        times = _device_times(best, load, tm)
+        order = np.argsort(-times, kind="stable")
+        pick = list(order[: max(1, m // 4)]) + list(order[::-1][: max(1, m // 4)])
+        rest = [d for d in rng.permutation(D) if d not in pick]
+        devs = np.array(sorted(set(pick) | set(rest[: m - len(set(pick))])))
+        inside = best[:, devs]
+        portion = inside.sum(axis=1)
+        mine = np.flatnonzero(portion > 1e-9)
+        held_outside = int((np.delete(best, devs, axis=1) > 1e-9).sum())
+        sub_budget = budget - held_outside
+        sub_load = load[mine] * portion[mine]
+        sub_cost = cost[np.ix_(mine, devs)] * portion[mine][:, None]
+        sub_warm = inside[mine] / portion[mine][:, None]
+        shares, st, *_ = solve_layer(sub_load, sub_cost, slots[devs], sub_budget, tm, sub_warm, sub_opts, solver,
+                                     weight, cap)
+        tries += 1
+        if np.isnan(shares).any():
+            stale += 1
+            continue
+        cand = best.copy()
+        cand[np.ix_(mine, devs)] = shares * portion[mine][:, None]
+        obj = _objective(cand, load, cost, tm, weight)
+        if _better(obj, _device_times(cand, load, tm), best_obj, _device_times(best, load, tm)):
+            best, best_obj, improved, stale = cand, obj, improved + 1, 0
+        else:
+            stale += 1
+    status = f"neighbourhoods: {improved} improving of {tries}"
+    report = SolveReport(layer, "neighbourhood", solver, status, best_obj, min(lp_obj, best_obj),
+                         time.perf_counter() - t_start, nv, nc, kept_warm_start=improved == 0)
+    return best, [report]
+
+
+def solve_ilp(problem: PlacementProblem, options: IlpOptions | None = None, progress=None) -> IlpResult:
+    """Solve every MoE layer in order (affinity to the layer before); return the placement and reports."""
+    opts = options or IlpOptions()
+    problem.check()
+    solver = pick_solver(opts.solver)
+    if opts.decomposition not in ("auto", "flat", "neighbourhood"):
+        raise ValueError(f"unknown decomposition '{opts.decomposition}'; choose auto, flat or neighbourhood")
+    E, D, L = problem.num_experts, problem.num_devices, problem.num_layers
+    large = opts.decomposition == "neighbourhood" or (opts.decomposition == "auto" and E * D > opts.flat_limit)
+    warm_all = eplb_global(problem).shares()
+    shares = np.zeros((L, E, D))
+    reports: list[SolveReport] = []
+    tm = problem.time_model
+    for l in range(L):
+        prev = shares[l - 1] if l > 0 else None
+        cost = _layer_costs(problem, l, prev, opts)
+        if large and opts.bottleneck_slack is not None:
+            load_only = replace(opts, traffic_weight=0.0, bottleneck_slack=None)
+            first, rep = _solve_neighbourhoods(problem.load[l], cost, problem.slots, problem.budget, tm, warm_all[l],
+                                               load_only, solver, l)
+            rep[0].part += " (load)"
+            reports.extend(rep)
+            cap = _objective(first, problem.load[l], cost, tm, 0.0) * (1 + opts.bottleneck_slack)
+            shares[l], rep = _solve_neighbourhoods(problem.load[l], cost, problem.slots, problem.budget, tm, first,
+                                                   opts, solver, l, cap)
+        elif large:
+            shares[l], rep = _solve_neighbourhoods(problem.load[l], cost, problem.slots, problem.budget, tm,
+                                                   warm_all[l], opts, solver, l)
+        else:
+            shares[l], rep = _solve_part(problem.load[l], cost, problem.slots, problem.budget, tm,
+                                         warm_all[l], opts, solver, l, "flat")
+        reports.extend(rep)
+        if progress:
+            progress(l + 1, L)
+    return IlpResult(from_share_matrices(shares), reports)

@@ -1,0 +1,160 @@
+"""The expert-placement problem: what every placement method (baseline or ILP) is given.
+
+Per MoE layer: the mean load of each expert, the tokens each (group-local) source device
+sends to each expert, and the layer-to-layer flow of tokens between experts. Per device: its
+node, its expert slots (memory) and the cost of moving one token to every other device. The
+expert-time model turns a device's slots and tokens into seconds, so "bottleneck" means the
+slowest device's expert time, the quantity the simulator's straggler waits on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from moesim.workloads.routing import RoutingSource
+
+
+@dataclass(frozen=True)
+class ExpertTimeModel:
+    """Seconds for one expert copy on one device: `fixed` if it gets any tokens (weight read,
+    launch) plus `per_token` x tokens. Linear so that the ILP can use it exactly; fitted to the
+    simulator's cost function by `fit_expert_time` (or tokens only: fixed=0, per_token=1)."""
+
+    fixed: float
+    per_token: float
+    unit: str = "s"  # "s" for a fitted time model, "tokens" for token balancing
+
+    def time(self, tokens: np.ndarray, copies: np.ndarray) -> np.ndarray:
+        return self.fixed * copies + self.per_token * tokens
+
+
+TOKENS_MODEL = ExpertTimeModel(0.0, 1.0, "tokens")
+
+
+@dataclass(frozen=True)
+class PlacementProblem:
+    """One expert-parallel group's placement problem (every group gets the same placement)."""
+
+    load: np.ndarray  # (L, E) mean assignments per step each expert receives
+    dispatch: np.ndarray  # (L, D, E) mean assignments per step from group-local source s to expert e
+    flow: np.ndarray  # (L-1, E, E) mean (expert at l, expert at l+1) pairs per step, k x k per token
+    top_k: int
+    node_of: np.ndarray  # (D,) node index of each device
+    token_cost: np.ndarray  # (D, D) seconds to move one token s -> d (dispatch + combine), 0 on diagonal
+    slots: np.ndarray  # (D,) most expert copies a device can hold (memory)
+    redundant: int = 0  # copies allowed beyond one per expert, summed over devices
+    time_model: ExpertTimeModel = TOKENS_MODEL
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        return self.load.shape[0]
+
+    @property
+    def num_experts(self) -> int:
+        return self.load.shape[1]
+
+    @property
+    def num_devices(self) -> int:
+        return self.node_of.size
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.node_of.max()) + 1
+
+    @property
+    def budget(self) -> int:
+        """Total expert copies allowed: one per expert plus the redundant ones."""
+        return self.num_experts + self.redundant
+
+    def layer(self, l: int) -> "PlacementProblem":
+        """The single-layer problem of MoE layer l (no flow)."""
+        E = self.num_experts
+        return PlacementProblem(self.load[l:l + 1], self.dispatch[l:l + 1], np.zeros((0, E, E)), self.top_k,
+                                self.node_of, self.token_cost, self.slots, self.redundant, self.time_model,
+                                self.provenance)
+
+    def with_time_model(self, model: ExpertTimeModel) -> "PlacementProblem":
+        return PlacementProblem(self.load, self.dispatch, self.flow, self.top_k, self.node_of, self.token_cost,
+                                self.slots, self.redundant, model, self.provenance)
+
+    def check(self) -> None:
+        """Raise ValueError with an explanation when no placement can satisfy the problem."""
+        E, D = self.num_experts, self.num_devices
+        if self.redundant < 0:
+            raise ValueError(f"redundant slots must be >= 0, got {self.redundant}")
+        capacity = int(self.slots.sum())
+        if capacity < E:
+            raise ValueError(f"{E} experts do not fit: the {D} devices hold {capacity} expert copies in all "
+                             f"(slots per device: {sorted(set(self.slots.tolist()))}); add devices or memory, "
+                             "or quantize the experts")
+        if self.redundant > capacity - E:
+            raise ValueError(f"{self.redundant} redundant copies asked but only {capacity - E} slots are left "
+                             f"after one copy of each of the {E} experts ({D} devices x slots {sorted(set(self.slots.tolist()))})")
+        if (self.load < 0).any() or not np.isfinite(self.load).all():
+            raise ValueError("expert loads must be finite and non-negative")
+
+
+def uniform_slots(num_experts: int, num_devices: int, redundant: int, memory_slots: int | None = None) -> np.ndarray:
+    """Slots per device as DeepSeek's EPLB lays them out: ceil((E + R) / D) physical experts
+    each, capped by what memory allows."""
+    per = -(-(num_experts + redundant) // num_devices)
+    if memory_slots is not None:
+        per = min(per, memory_slots)
+    return np.full(num_devices, per, dtype=np.int64)
+
+
+def routing_statistics(routing: RoutingSource, tokens: np.ndarray, num_layers: int, group_size: int,
+                       steps: int, first_step: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """Mean per-step dispatch (L, group, E) and consecutive-layer flow (L-1, E, E) over `steps`
+    steps, averaged over expert-parallel groups. The flow is measured from per-token expert
+    ids when the source has them, else the independent-layers expectation. Returns
+    (dispatch, flow, how the flow was obtained)."""
+    E = routing.num_experts
+    groups = tokens.size // group_size
+    dispatch = np.zeros((num_layers, group_size, E))
+    flow = np.zeros((max(num_layers - 1, 0), E, E))
+    measured = True
+    for step in range(first_step, first_step + steps):
+        r = routing.step(step, tokens, num_layers)
+        dispatch += r.counts.reshape(num_layers, groups, group_size, E).sum(axis=1)
+        if r.token_experts is not None and num_layers > 1:
+            for l in range(num_layers - 1):
+                a = r.token_experts[l].astype(np.int64)
+                b = r.token_experts[l + 1].astype(np.int64)
+                flat = (a[:, :, None] * E + b[:, None, :]).ravel()
+                flow[l] += np.bincount(flat, minlength=E * E).reshape(E, E)
+        else:
+            measured = False
+    dispatch /= steps * groups
+    if measured:
+        flow /= steps * groups
+        how = "measured from per-token routing"
+    else:
+        load = dispatch.sum(axis=1)
+        total_tokens = float(tokens.sum()) / groups
+        flow = np.einsum("li,lj->lij", load[:-1], load[1:]) / max(total_tokens, 1.0)
+        how = "independent layers (the routing source has no per-token ids)"
+    return dispatch, flow, how
+
+
+def problem_from_routing(routing: RoutingSource, tokens: np.ndarray, num_layers: int, *, node_of: np.ndarray,
+                         token_cost: np.ndarray, redundant: int = 0, slots: np.ndarray | None = None,
+                         steps: int = 16, first_step: int = 0, time_model: ExpertTimeModel = TOKENS_MODEL,
+                         provenance: dict[str, Any] | None = None) -> PlacementProblem:
+    """Sample `steps` steps of a routing source (trace or generator) into a placement problem.
+
+    `tokens[s]` is what each device sends per step; devices beyond one group (len(node_of))
+    are further expert-parallel groups whose routing is averaged in.
+    """
+    D = node_of.size
+    dispatch, flow, how = routing_statistics(routing, np.asarray(tokens, dtype=np.int64), num_layers, D, steps,
+                                             first_step)
+    E = routing.num_experts
+    slot_arr = uniform_slots(E, D, redundant) if slots is None else np.asarray(slots, dtype=np.int64)
+    prov = {"steps": [first_step, first_step + steps], "flow": how, **(provenance or {})}
+    return PlacementProblem(dispatch.sum(axis=1), dispatch, flow, routing.top_k, np.asarray(node_of), token_cost,
+                            slot_arr, redundant, time_model, prov)

@@ -1,0 +1,87 @@
+"""Build a placement problem from a resolved scenario, so `moesim place` sees what the simulator sees.
+
+Token costs come from the cluster's routes (bytes of dispatch + combine over the slowest link
+of each device pair), expert slots from the memory left after the scenario's non-expert memory,
+and the expert-time model from the simulator's own cost function (a least-squares line through
+the grouped-GEMM time of one expert over the token counts the routing produces).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from moesim.placement.problem import ExpertTimeModel, PlacementProblem, problem_from_routing, uniform_slots
+from moesim.simulator.ops import act_dtype, ffn_flops_bytes, gemm_dtype, token_bytes
+from moesim.simulator.scenario import Scenario
+from moesim.units import dtype_bytes
+
+
+def pair_token_cost(sc: Scenario) -> np.ndarray:
+    """(ep, ep) seconds to move one token's dispatch and combine payload between group-local devices."""
+    ep, r = sc.ep, sc.routes
+    per_token = token_bytes(sc.model, sc.config.policies.dispatch_dtype) + token_bytes(sc.model, sc.config.policies.combine_dtype)
+    cost = np.zeros((ep, ep))
+    for s in range(ep):
+        for d in range(ep):
+            if s != d:
+                p = s * r.num_devices + d
+                links = r.pair_links[r.pair_ptr[p]:r.pair_ptr[p + 1]]
+                cost[s, d] = per_token / r.link_bandwidth[links].min()
+    return cost
+
+
+def expert_bytes(sc: Scenario) -> float:
+    m = sc.model
+    return m.ffn_matrices * m.hidden_size * m.moe.expert_intermediate_size * dtype_bytes(m.routed_expert_dtype)
+
+
+def memory_slots(sc: Scenario) -> int:
+    """Expert copies one device can hold next to everything else the scenario keeps in memory."""
+    mem = sc.memory
+    budget = sc.device.memory.capacity * (1 - sc.config.policies.memory_reserve)
+    placed = sc.placement.experts_per_device().sum(axis=0)
+    other = mem.per_device - placed * expert_bytes(sc)
+    return max(0, int((budget - float(other.max())) // expert_bytes(sc)))
+
+
+def fit_expert_time(sc: Scenario, max_tokens: float) -> ExpertTimeModel:
+    """Line fixed + per_token x n through the simulator's expert time at n = 1..max_tokens."""
+    m = sc.model
+    n = np.unique(np.linspace(1, max(2.0, max_tokens), 64).round())
+    flops, mem = ffn_flops_bytes(m, n, m.moe.expert_intermediate_size, m.routed_expert_dtype)
+    dtype = gemm_dtype(m.routed_expert_dtype, sc.cost.dtypes, act_dtype(m))
+    t = sc.cost.times("gemm", flops, mem, n, dtype)
+    A = np.stack([np.ones_like(n), n], axis=1)
+    (fixed, slope), *_ = np.linalg.lstsq(A, t, rcond=None)
+    if fixed < 0:  # compute-bound from the first token: a line through the origin
+        fixed, slope = 0.0, float((n @ t) / (n @ n))
+    return ExpertTimeModel(float(fixed), max(float(slope), 0.0), "s")
+
+
+def problem_from_scenario(sc: Scenario, steps: int = 16, redundant: int = 0, slots: int | None = None,
+                          time_model: str = "time", first_step: int = 0) -> PlacementProblem:
+    """The placement problem of a scenario's first expert-parallel group over `steps` routing steps.
+
+    `slots` caps expert copies per device (default: ceil((E + redundant) / ep) as EPLB lays them
+    out, never more than memory allows). `time_model` is "time" (the simulator's expert time)
+    or "tokens" (balance assignments, EPLB's criterion).
+    """
+    E, ep = sc.model.moe.num_experts, sc.ep
+    mem = memory_slots(sc)
+    if slots is not None and slots > mem:
+        raise ValueError(f"{slots} expert slots per device asked but each {sc.device.name} has memory for {mem} "
+                         f"({expert_bytes(sc) / 2**20:.0f} MiB per expert) next to weights, KV cache and activations")
+    per_device = uniform_slots(E, ep, redundant, mem)
+    if slots is not None:
+        per_device = np.full(ep, slots, dtype=np.int64)
+    node_of = np.arange(ep) // sc.cluster.node.devices_per_node
+    prov = {"scenario": sc.name, "model": sc.model.name, "cluster": sc.cluster.name, "ep": ep,
+            "routing": sc.config.workload.routing.generator, "memory_slots_per_device": mem}
+    problem = problem_from_routing(sc.routing, sc.moe_tokens, len(sc.model.moe_layers), node_of=node_of,
+                                   token_cost=pair_token_cost(sc), redundant=redundant, slots=per_device,
+                                   steps=steps, first_step=first_step, provenance=prov)
+    if time_model == "time":
+        problem = problem.with_time_model(fit_expert_time(sc, float(problem.load.max())))
+    elif time_model != "tokens":
+        raise ValueError(f"unknown time model '{time_model}'; choose time or tokens")
+    return problem

@@ -1,0 +1,114 @@
+"""`moesim place` as a library call: build the problem from a scenario, run placement methods,
+optionally simulate each placement, and write placement files and tables.
+
+The placement is fitted on routing steps the simulation does not replay where the routing
+source has them (generators always; traces when they have more steps than are simulated), so
+the simulated step time is an out-of-sample check; otherwise the study says it is in-sample.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from moesim.placement import save_placement_file
+from moesim.placement.ilp import IlpOptions
+from moesim.placement.methods import MethodResult, compare_methods, results_table
+from moesim.placement.placement import Placement
+from moesim.placement.problem import PlacementProblem
+from moesim.simulator.memory import estimate_memory
+from moesim.simulator.placement_inputs import problem_from_scenario
+from moesim.simulator.scenario import Scenario
+from moesim.workloads.trace_routing import TraceRouting
+
+
+@dataclass
+class PlacementStudy:
+    scenario: Scenario
+    problem: PlacementProblem
+    results: list[MethodResult]
+    in_sample: bool
+    simulated: dict[str, dict] = field(default_factory=dict)  # method -> summary metrics
+
+    def table(self) -> pd.DataFrame:
+        df = results_table(self.results)
+        if self.simulated:
+            df["sim_step_s"] = [self.simulated[r.method]["step_latency_s"]["mean"] for r in self.results]
+            df["sim_straggler"] = [self.simulated[r.method]["straggler_ratio"]["mean"] for r in self.results]
+        return df
+
+
+def with_placement(sc: Scenario, placement: Placement) -> Scenario:
+    """The scenario with another placement (memory re-estimated for the new copies)."""
+    wl = sc.config.workload
+    kv_len = (wl.kv_len or 0) + wl.steps if wl.phase == "decode" else wl.seq_len
+    replica_tokens = sc.batch_per_replica * (wl.seq_len if wl.phase == "prefill" else 1)
+    memory = estimate_memory(sc.model, placement, sc.tp, sc.batch_per_replica, kv_len, replica_tokens,
+                             int(sc.moe_tokens.max()))
+    return replace(sc, placement=placement, memory=memory)
+
+
+def fit_window(sc: Scenario, steps: int) -> tuple[int, bool]:
+    """First routing step to fit the placement on, and whether that overlaps the simulated steps."""
+    sim = sc.steps
+    if isinstance(sc.routing, TraceRouting) and sc.routing.num_steps < sim + steps:
+        return 0, True
+    return sim, False
+
+
+def run_study(sc: Scenario, methods: list[str], *, steps: int = 16, redundant: int = 0, slots: int | None = None,
+              time_model: str = "time", options: IlpOptions | None = None, simulate: bool = False,
+              progress: Callable[[str], None] | None = None) -> PlacementStudy:
+    """Build the scenario's placement problem, run each method, and (optionally) simulate each."""
+    first, in_sample = fit_window(sc, steps)
+    problem = problem_from_scenario(sc, steps, redundant, slots, time_model, first_step=first)
+    problem.check()
+    results = []
+    for name in methods:
+        if progress:
+            progress(f"placing with {name}")
+        results.extend(compare_methods(problem, [name], options, seed=sc.seed))
+    study = PlacementStudy(sc, problem, results, in_sample)
+    if simulate:
+        from moesim.simulator.run import simulate as run_simulation
+
+        for r in results:
+            if progress:
+                progress(f"simulating {r.method}")
+            study.simulated[r.method] = run_simulation(with_placement(sc, r.placement)).summary
+    return study
+
+
+def write_study(study: PlacementStudy, out: str | Path, best: str | None = None) -> Path:
+    """placement-<method>.yaml for every method, placement.yaml (the best), methods.csv, problem.json."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for r in study.results:
+        save_placement_file(r.placement, out / f"placement-{r.method}.yaml")
+    table = study.table()
+    table.to_csv(out / "methods.csv", index=False)
+    chosen = best or pick_best(study)
+    save_placement_file(next(r for r in study.results if r.method == chosen).placement, out / "placement.yaml")
+    p = study.problem
+    info = {
+        "chosen": chosen,
+        "in_sample": study.in_sample,
+        "experts": p.num_experts, "devices": p.num_devices, "nodes": p.num_nodes, "layers": p.num_layers,
+        "slots_per_device": p.slots.tolist(), "redundant": p.redundant, "top_k": p.top_k,
+        "time_model": {"fixed": p.time_model.fixed, "per_token": p.time_model.per_token, "unit": p.time_model.unit},
+        "provenance": p.provenance,
+        "ilp_reports": {r.method: [vars(x) for x in r.ilp.reports] for r in study.results if r.ilp},
+    }
+    (out / "problem.json").write_text(json.dumps(info, indent=2, default=float))
+    return out
+
+
+def pick_best(study: PlacementStudy) -> str:
+    """Lowest simulated step time when simulated, else lowest modelled bottleneck time + traffic."""
+    if study.simulated:
+        return min(study.simulated, key=lambda m: study.simulated[m]["step_latency_s"]["mean"])
+    return min(study.results, key=lambda r: r.score.bottleneck_time + r.score.traffic_time).method
