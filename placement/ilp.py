@@ -33,6 +33,7 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 from contextlib import contextmanager
 import time
 from dataclasses import dataclass, field, replace
@@ -167,8 +168,10 @@ def _run_solver(prob: pulp.LpProblem, solver: str, opts: IlpOptions) -> tuple[st
         return status, bound if np.isfinite(bound) else float("-inf")
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "cbc.log"
-        s = pulp.PULP_CBC_CMD(msg=False, timeLimit=opts.time_limit, gapRel=opts.gap, warmStart=True,
-                              threads=opts.threads, logPath=str(log))
+        with warnings.catch_warnings():  # PuLP 3 deprecates its bundled CBC; it is still the no-install solver
+            warnings.simplefilter("ignore", DeprecationWarning)
+            s = pulp.PULP_CBC_CMD(msg=False, timeLimit=opts.time_limit, gapRel=opts.gap, warmStart=True,
+                                  threads=opts.threads, logPath=str(log))
         prob.solve(s)
         text = log.read_text() if log.exists() else ""
     status = pulp.LpStatus[prob.status]
@@ -203,6 +206,14 @@ def _objective(shares: np.ndarray, load: np.ndarray, cost: np.ndarray, tm: Exper
     return float(bottleneck + w * (shares * cost).sum())
 
 
+def _variable(prob: pulp.LpProblem, name: str, low: float | None, high: float | None,
+              cat: str = "Continuous") -> pulp.LpVariable:
+    """A model variable (PuLP >= 3.3 attaches it to the problem; older PuLP builds it free-standing)."""
+    if hasattr(prob, "add_variable"):
+        return prob.add_variable(name, low, high, cat=cat)
+    return pulp.LpVariable(name, low, high, cat=cat)
+
+
 def solve_layer(load: np.ndarray, cost: np.ndarray, slots: np.ndarray, budget: int, tm: ExpertTimeModel,
                 warm: np.ndarray, opts: IlpOptions, solver: str, weight: float,
                 max_bottleneck: float | None = None, relax: bool = False
@@ -211,9 +222,9 @@ def solve_layer(load: np.ndarray, cost: np.ndarray, slots: np.ndarray, budget: i
     E, D = cost.shape
     prob = pulp.LpProblem("expert_placement", pulp.LpMinimize)
     cat = "Continuous" if relax else "Binary"
-    x = [[pulp.LpVariable(f"x_{e}_{d}", 0, 1, cat=cat) for d in range(D)] for e in range(E)]
-    f = [[pulp.LpVariable(f"f_{e}_{d}", 0, 1) for d in range(D)] for e in range(E)]
-    T = pulp.LpVariable("T", 0)
+    x = [[_variable(prob, f"x_{e}_{d}", 0, 1, cat) for d in range(D)] for e in range(E)]
+    f = [[_variable(prob, f"f_{e}_{d}", 0, 1) for d in range(D)] for e in range(E)]
+    T = _variable(prob, "T", 0, None)
     prob += pulp.LpAffineExpression([(T, 1.0)] + [(f[e][d], weight * float(cost[e, d]))
                                                   for e in range(E) for d in range(D) if cost[e, d] != 0])
     for e in range(E):
@@ -238,7 +249,7 @@ def solve_layer(load: np.ndarray, cost: np.ndarray, slots: np.ndarray, budget: i
     if relax:
         status, bound = _run_solver(prob, "highs" if "highs" in available_solvers() else solver, opts)
         obj = float(pulp.value(prob.objective) or np.nan)
-        return np.full((E, D), np.nan), status, obj, obj, len(prob.variables()), len(prob.constraints)
+        return np.full((E, D), np.nan), status, obj, obj, len(prob.variables()), prob.numConstraints()
     status, bound = _run_solver(prob, solver, opts)
     values = np.array([[f[e][d].varValue or 0.0 for d in range(D)] for e in range(E)])
     xs = np.array([[x[e][d].varValue or 0.0 for d in range(D)] for e in range(E)]) > 0.5
@@ -249,7 +260,7 @@ def solve_layer(load: np.ndarray, cost: np.ndarray, slots: np.ndarray, budget: i
     else:
         shares = np.full((E, D), np.nan)  # no usable solution: the caller keeps the warm start
     return shares, status, float(pulp.value(prob.objective) or np.nan), bound, len(prob.variables()), \
-        len(prob.constraints)
+        prob.numConstraints()
 
 
 def _solve_part(load, cost, slots, budget, tm, warm, opts, solver, layer, part
