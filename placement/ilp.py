@@ -309,6 +309,28 @@ def _better(obj: float, times: np.ndarray, best_obj: float, best_times: np.ndarr
     return bool(diff.size) and a[diff[0]] < b[diff[0]]
 
 
+def _load_neighbourhood(shares: np.ndarray, load: np.ndarray, tm: ExpertTimeModel, m: int,
+                        rng: np.random.Generator) -> np.ndarray:
+    """The slowest and the least-loaded devices plus random others: room to move the bottleneck's load."""
+    order = np.argsort(-_device_times(shares, load, tm), kind="stable")
+    pick = list(order[: max(1, m // 4)]) + list(order[::-1][: max(1, m // 4)])
+    rest = [d for d in rng.permutation(shares.shape[1]) if d not in pick]
+    return np.array(sorted(set(pick) | set(rest[: m - len(set(pick))])))
+
+
+def _traffic_neighbourhood(shares: np.ndarray, cost: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
+    """A device drawn by its traffic cost, plus the devices where its experts would cost least:
+    the exchanges that can cut dispatch and affinity traffic."""
+    D = shares.shape[1]
+    spent = (shares * cost).sum(axis=0)
+    p = spent / spent.sum() if spent.sum() > 0 else np.full(D, 1.0 / D)
+    d0 = int(rng.choice(D, p=p))
+    saving = shares[:, d0] @ (cost[:, d0:d0 + 1] - cost)  # (D,) what moving d0's experts to d would save
+    saving[d0] = -np.inf
+    others = [int(d) for d in np.argsort(-saving, kind="stable")[: m - 1]]
+    return np.array(sorted({d0, *others}))
+
+
 def _solve_neighbourhoods(load: np.ndarray, cost: np.ndarray, slots: np.ndarray, budget: int,
                           tm: ExpertTimeModel, warm: np.ndarray, opts: IlpOptions, solver: str, layer: int,
                           cap: float | None = None) -> tuple[np.ndarray, list[SolveReport]]:
@@ -322,16 +344,15 @@ def _solve_neighbourhoods(load: np.ndarray, cost: np.ndarray, slots: np.ndarray,
     best_obj = _objective(best, load, cost, tm, weight)
     rng = np.random.default_rng((opts.seed, layer))
     m = min(opts.neighbourhood, D)
-    sub_opts = replace(opts, time_limit=min(2.0, max(0.3, opts.time_limit / 40)))
+    sub_opts = replace(opts, time_limit=min(5.0, max(0.5, opts.time_limit / 10)))
     tries = improved = stale = 0
     while time.perf_counter() - t_start < opts.time_limit and stale < 3 * D // m + 3:
         if best_obj - lp_obj <= opts.gap * abs(best_obj):
             break
-        times = _device_times(best, load, tm)
-        order = np.argsort(-times, kind="stable")
-        pick = list(order[: max(1, m // 4)]) + list(order[::-1][: max(1, m // 4)])
-        rest = [d for d in rng.permutation(D) if d not in pick]
-        devs = np.array(sorted(set(pick) | set(rest[: m - len(set(pick))])))
+        if weight > 0 and tries % 2:
+            devs = _traffic_neighbourhood(best, cost, m, rng)
+        else:
+            devs = _load_neighbourhood(best, load, tm, m, rng)
         inside = best[:, devs]
         portion = inside.sum(axis=1)
         mine = np.flatnonzero(portion > 1e-9)
