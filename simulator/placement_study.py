@@ -71,7 +71,9 @@ def run_study(sc: Scenario, methods: list[str], *, steps: int = 16, redundant: i
     for name in methods:
         if progress:
             progress(f"placing with {name}")
-        results.extend(compare_methods(problem, [name], options, seed=sc.seed))
+        layer_progress = (lambda done, total, name=name: progress(f"placing with {name}: layer {done}/{total}")) \
+            if progress else None
+        results.extend(compare_methods(problem, [name], options, seed=sc.seed, progress=layer_progress))
     study = PlacementStudy(sc, problem, results, in_sample)
     if simulate:
         from moesim.simulator.run import simulate as run_simulation
