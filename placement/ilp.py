@@ -16,9 +16,10 @@ C_affinity[e,d] the cost of moving tokens that were at layer l-1's experts (plac
 d: solving layers in order makes inter-layer affinity a linear term (ExFlow and MoETuner solve
 the same co-location in one quadratic program; the sequential form scales to 256 experts).
 With `bottleneck_slack` a second solve minimises traffic while keeping T within (1 + slack) of
-the load-only optimum. Every solve is warm-started from the EPLB greedy placement and keeps it
-when the solver finds nothing better, so the ILP is never worse than the greedy on its own
-objective; each solve reports status, objective, best bound and gap.
+the load-only optimum. Every solve is warm-started from the best of the EPLB greedy, contiguous
+and round-robin placements on its objective and keeps it when the solver finds nothing better,
+so the ILP is never worse than those on its own objective; each solve reports status,
+objective, best bound and gap.
 
 Layers too big for one MILP (experts x devices above `flat_limit`; 256 x 64 has 16k binaries
 and HiGHS does not improve on the greedy in a minute) are solved by neighbourhood
@@ -42,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import pulp
 
-from moesim.placement.baselines import eplb_global
+from moesim.placement.baselines import contiguous, eplb_global, round_robin
 from moesim.placement.placement import Placement, from_share_matrices
 from moesim.placement.problem import ExpertTimeModel, PlacementProblem
 
@@ -293,6 +294,14 @@ def _solve_part(load, cost, slots, budget, tm, warm, opts, solver, layer, part
     return shares, reports
 
 
+def _simple_bound(load: np.ndarray, cost: np.ndarray, tm: ExpertTimeModel, weight: float) -> float:
+    """Every expert needs a copy and every token a device: T >= (fixed x E_active + per_token x total) / D;
+    and each expert's traffic is at least its cheapest device's."""
+    active = int((load > 0).sum())
+    T = (tm.fixed * active + tm.per_token * load.sum()) / cost.shape[1]
+    return float(T + weight * cost.min(axis=1).sum())
+
+
 def _device_times(shares: np.ndarray, load: np.ndarray, tm: ExpertTimeModel) -> np.ndarray:
     held = (shares > 1e-9) & (load[:, None] > 0)
     return tm.fixed * held.sum(axis=0) + tm.per_token * load @ shares
@@ -339,7 +348,12 @@ def _solve_neighbourhoods(load: np.ndarray, cost: np.ndarray, slots: np.ndarray,
     t_start = time.perf_counter()
     E, D = cost.shape
     weight = opts.traffic_weight
-    _, status, lp_obj, _, nv, nc = solve_layer(load, cost, slots, budget, tm, warm, opts, solver, weight, cap, relax=True)
+    lp_opts = replace(opts, time_limit=max(0.5, opts.time_limit / 4))
+    _, status, lp_obj, _, nv, nc = solve_layer(load, cost, slots, budget, tm, warm, lp_opts, solver, weight, cap,
+                                               relax=True)
+    if status not in ("Optimal", "Optimal solution found"):  # an unfinished LP proves nothing
+        lp_obj = float("-inf")
+    lp_obj = max(lp_obj, _simple_bound(load, cost, tm, weight))
     best = warm.copy()
     best_obj = _objective(best, load, cost, tm, weight)
     rng = np.random.default_rng((opts.seed, layer))
@@ -389,16 +403,22 @@ def solve_ilp(problem: PlacementProblem, options: IlpOptions | None = None, prog
         raise ValueError(f"unknown decomposition '{opts.decomposition}'; choose auto, flat or neighbourhood")
     E, D, L = problem.num_experts, problem.num_devices, problem.num_layers
     large = opts.decomposition == "neighbourhood" or (opts.decomposition == "auto" and E * D > opts.flat_limit)
-    warm_all = eplb_global(problem).shares()
+    starts = [eplb_global(problem).shares()]
+    for layout in (contiguous, round_robin):  # load-blind layouts win in memory-bound decode (no replica reads)
+        try:
+            starts.append(layout(problem).shares())
+        except ValueError:
+            pass
     shares = np.zeros((L, E, D))
     reports: list[SolveReport] = []
     tm = problem.time_model
     for l in range(L):
         prev = shares[l - 1] if l > 0 else None
         cost = _layer_costs(problem, l, prev, opts)
+        warm = min((st[l] for st in starts), key=lambda w: _objective(w, problem.load[l], cost, tm, opts.traffic_weight))
         if large and opts.bottleneck_slack is not None:
             load_only = replace(opts, traffic_weight=0.0, bottleneck_slack=None)
-            first, rep = _solve_neighbourhoods(problem.load[l], cost, problem.slots, problem.budget, tm, warm_all[l],
+            first, rep = _solve_neighbourhoods(problem.load[l], cost, problem.slots, problem.budget, tm, warm,
                                                load_only, solver, l)
             rep[0].part += " (load)"
             reports.extend(rep)
@@ -407,10 +427,10 @@ def solve_ilp(problem: PlacementProblem, options: IlpOptions | None = None, prog
                                                    opts, solver, l, cap)
         elif large:
             shares[l], rep = _solve_neighbourhoods(problem.load[l], cost, problem.slots, problem.budget, tm,
-                                                   warm_all[l], opts, solver, l)
+                                                   warm, opts, solver, l)
         else:
             shares[l], rep = _solve_part(problem.load[l], cost, problem.slots, problem.budget, tm,
-                                         warm_all[l], opts, solver, l, "flat")
+                                         warm, opts, solver, l, "flat")
         reports.extend(rep)
         if progress:
             progress(l + 1, L)
