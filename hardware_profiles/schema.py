@@ -92,12 +92,18 @@ class HostSpec(_Strict):
     link: str = Field(description="link between a device and its host (e.g. PCIe5-x16)")
 
 
+class StorageSpec(_Strict):
+    link: str = Field(description="storage device's read link (e.g. NVMe-Gen4-x4), one per node")
+    capacity: Bytes = Field(gt=0, description="bytes of storage for offloaded weights")
+
+
 class NodeSpec(_Strict):
     device: str
     devices_per_node: int = Field(ge=1)
     intra_node: IntraNodeSpec
     nic: NicSpec | None = None
     host: HostSpec | None = None
+    storage: StorageSpec | None = Field(None, description="storage tier for expert offloading (read via the host)")
 
 
 class ClusterSpec(_Strict):
