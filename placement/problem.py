@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from moesim.workloads.routing import RoutingSource
+from moesim.workloads.routing import RoutingSource, layer_pairs
 
 
 @dataclass(frozen=True)
@@ -70,13 +70,6 @@ class PlacementProblem:
         """Total expert copies allowed: one per expert plus the redundant ones."""
         return self.num_experts + self.redundant
 
-    def layer(self, l: int) -> "PlacementProblem":
-        """The single-layer problem of MoE layer l (no flow)."""
-        E = self.num_experts
-        return PlacementProblem(self.load[l:l + 1], self.dispatch[l:l + 1], np.zeros((0, E, E)), self.top_k,
-                                self.node_of, self.token_cost, self.slots, self.redundant, self.time_model,
-                                self.provenance)
-
     def with_time_model(self, model: ExpertTimeModel) -> "PlacementProblem":
         return PlacementProblem(self.load, self.dispatch, self.flow, self.top_k, self.node_of, self.token_cost,
                                 self.slots, self.redundant, model, self.provenance)
@@ -122,11 +115,7 @@ def routing_statistics(routing: RoutingSource, tokens: np.ndarray, num_layers: i
         r = routing.step(step, tokens, num_layers)
         dispatch += r.counts.reshape(num_layers, groups, group_size, E).sum(axis=1)
         if r.token_experts is not None and num_layers > 1:
-            for l in range(num_layers - 1):
-                a = r.token_experts[l].astype(np.int64)
-                b = r.token_experts[l + 1].astype(np.int64)
-                flat = (a[:, :, None] * E + b[:, None, :]).ravel()
-                flow[l] += np.bincount(flat, minlength=E * E).reshape(E, E)
+            flow += layer_pairs(r.token_experts, E)
         else:
             measured = False
     dispatch /= steps * groups

@@ -20,9 +20,8 @@ from moesim.placement.ilp import IlpOptions
 from moesim.placement.methods import MethodResult, compare_methods, results_table
 from moesim.placement.placement import Placement
 from moesim.placement.problem import PlacementProblem
-from moesim.simulator.memory import estimate_memory
 from moesim.simulator.placement_inputs import problem_from_scenario
-from moesim.simulator.scenario import Scenario
+from moesim.simulator.scenario import Scenario, workload_memory
 from moesim.workloads.trace_routing import TraceRouting
 
 
@@ -44,10 +43,7 @@ class PlacementStudy:
 
 def with_placement(sc: Scenario, placement: Placement) -> Scenario:
     """The scenario with another placement (memory re-estimated for the new copies)."""
-    wl = sc.config.workload
-    kv_len = (wl.kv_len or 0) + wl.steps if wl.phase == "decode" else wl.seq_len
-    replica_tokens = sc.batch_per_replica * (wl.seq_len if wl.phase == "prefill" else 1)
-    memory = estimate_memory(sc.model, placement, sc.tp, sc.batch_per_replica, kv_len, replica_tokens,
+    memory = workload_memory(sc.model, placement, sc.tp, sc.batch_per_replica, sc.config.workload,
                              int(sc.moe_tokens.max()))
     return replace(sc, placement=placement, memory=memory)
 

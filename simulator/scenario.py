@@ -16,7 +16,7 @@ from moesim.errors import ConfigError
 from moesim.hardware_profiles import ClusterSpec, DeviceSpec, load_cluster, load_device
 from moesim.hardware_profiles.topology import Routes, build_topology, compute_routes
 from moesim.placement import Placement, contiguous, load_placement_file, round_robin
-from moesim.simulator.config import ScenarioConfig, ScenarioFile, config_error, load_config
+from moesim.simulator.config import ScenarioConfig, ScenarioFile, WorkloadConfig, config_error, load_config
 from moesim.simulator.cost_model import CostModel
 from moesim.simulator.memory import MemoryEstimate, estimate_memory
 from moesim.units import dtype_bytes, fmt_bytes
@@ -171,8 +171,7 @@ def resolve(sf: ScenarioFile) -> Scenario:
     scale = cfg.hardware.scale
     cost = CostModel(device, flops_scale=scale.flops, memory_bandwidth_scale=scale.memory_bandwidth)
     routes = compute_routes(build_topology(cluster, scale.link_bandwidth))
-    kv_len = (wl.kv_len or 0) + wl.steps if wl.phase == "decode" else wl.seq_len
-    memory = estimate_memory(model, placement, tp, batch, kv_len, replica_tokens, int(moe_tokens.max()))
+    memory = workload_memory(model, placement, tp, batch, wl, int(moe_tokens.max()))
     budget = device.memory.capacity * (1 - cfg.policies.memory_reserve)
     if memory.total > budget:
         field = "workload.batch_size" if wl.batch_size is not None else "workload.tokens_per_device"
@@ -185,6 +184,14 @@ def resolve(sf: ScenarioFile) -> Scenario:
         routes=routes, cost=cost, ep=ep, tp=tp, dp=dp, placement=placement, routing=routing,
         batch_per_replica=batch, moe_tokens=moe_tokens, memory=memory,
     )
+
+
+def workload_memory(model: ModelSpec, placement: Placement, tp: int, batch: int, wl: WorkloadConfig,
+                    max_moe_tokens: int) -> MemoryEstimate:
+    """Peak memory per device of a workload (KV cache to the last decode step) under a placement."""
+    kv_len = (wl.kv_len or 0) + wl.steps if wl.phase == "decode" else wl.seq_len
+    replica_tokens = batch * (wl.seq_len if wl.phase == "prefill" else 1)
+    return estimate_memory(model, placement, tp, batch, kv_len, replica_tokens, max_moe_tokens)
 
 
 def _synthetic_routing(sf: ScenarioFile, spec: RoutingModelConfig | str, experts: int, top_k: int, layers: int,

@@ -38,6 +38,17 @@ class RoutingSource(Protocol):
         ...
 
 
+def layer_pairs(experts: list[np.ndarray], num_experts: int) -> np.ndarray:
+    """(L-1, E, E) counts of every (expert at l, expert at l+1) pair of each token (k x k each)."""
+    L = len(experts)
+    out = np.zeros((max(L - 1, 0), num_experts, num_experts), dtype=np.int64)
+    for l in range(L - 1):
+        a, b = experts[l].astype(np.int64), experts[l + 1].astype(np.int64)
+        flat = (a[:, :, None] * num_experts + b[:, None, :]).ravel()
+        out[l] = np.bincount(flat, minlength=num_experts * num_experts).reshape(num_experts, num_experts)
+    return out
+
+
 def zipf_popularity(num_experts: int, alpha: float) -> np.ndarray:
     """Zipf(alpha) popularity over expert ranks: p_r proportional to 1 / r^alpha."""
     ranks = np.arange(1, num_experts + 1, dtype=float)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from moesim.workloads.trace_format import TraceMeta
+from moesim.workloads.routing import layer_pairs
 from moesim.workloads.trace_reader import Trace
 
 AFFINITY_TOKENS = 8192
@@ -35,17 +36,6 @@ class TraceTally:
     @property
     def layer_counts(self) -> np.ndarray:
         return self.step_counts.sum(axis=0)
-
-
-def layer_pairs(experts: list[np.ndarray], num_experts: int) -> np.ndarray:
-    """(L-1, E, E) counts of every (expert at l, expert at l+1) pair of each token (k x k each)."""
-    L = len(experts)
-    out = np.zeros((max(L - 1, 0), num_experts, num_experts), dtype=np.int64)
-    for l in range(L - 1):
-        a, b = experts[l].astype(np.int64), experts[l + 1].astype(np.int64)
-        flat = (a[:, :, None] * num_experts + b[:, None, :]).ravel()
-        out[l] = np.bincount(flat, minlength=num_experts * num_experts).reshape(num_experts, num_experts)
-    return out
 
 
 def tally(trace: Trace, max_steps: int | None = None, affinity_tokens: int = AFFINITY_TOKENS,
