@@ -201,10 +201,13 @@ def _layer_costs(problem: PlacementProblem, layer: int, prev_shares: np.ndarray 
     return cost / problem.num_devices
 
 
-def _objective(shares: np.ndarray, load: np.ndarray, cost: np.ndarray, tm: ExpertTimeModel, w: float) -> float:
+def _device_times(shares: np.ndarray, load: np.ndarray, tm: ExpertTimeModel) -> np.ndarray:
     held = (shares > 1e-9) & (load[:, None] > 0)
-    bottleneck = (tm.fixed * held.sum(axis=0) + tm.per_token * load @ shares).max()
-    return float(bottleneck + w * (shares * cost).sum())
+    return tm.fixed * held.sum(axis=0) + tm.per_token * load @ shares
+
+
+def _objective(shares: np.ndarray, load: np.ndarray, cost: np.ndarray, tm: ExpertTimeModel, w: float) -> float:
+    return float(_device_times(shares, load, tm).max() + w * (shares * cost).sum())
 
 
 def _variable(prob: pulp.LpProblem, name: str, low: float | None, high: float | None,
@@ -246,7 +249,7 @@ def solve_layer(load: np.ndarray, cost: np.ndarray, slots: np.ndarray, budget: i
         for d in range(D):
             x[e][d].setInitialValue(1 if held[e, d] else 0)
             f[e][d].setInitialValue(min(1.0, max(0.0, float(warm[e, d]))))
-    T.setInitialValue(float((tm.fixed * (held & (load[:, None] > 0)).sum(axis=0) + tm.per_token * load @ warm).max()))
+    T.setInitialValue(float(_device_times(warm, load, tm).max()))
     if relax:
         status, bound = _run_solver(prob, "highs" if "highs" in available_solvers() else solver, opts)
         obj = float(pulp.value(prob.objective) or np.nan)
@@ -300,11 +303,6 @@ def _simple_bound(load: np.ndarray, cost: np.ndarray, tm: ExpertTimeModel, weigh
     active = int((load > 0).sum())
     T = (tm.fixed * active + tm.per_token * load.sum()) / cost.shape[1]
     return float(T + weight * cost.min(axis=1).sum())
-
-
-def _device_times(shares: np.ndarray, load: np.ndarray, tm: ExpertTimeModel) -> np.ndarray:
-    held = (shares > 1e-9) & (load[:, None] > 0)
-    return tm.fixed * held.sum(axis=0) + tm.per_token * load @ shares
 
 
 def _better(obj: float, times: np.ndarray, best_obj: float, best_times: np.ndarray) -> bool:
