@@ -30,9 +30,12 @@ def memory_tiers(cluster: ClusterSpec) -> list[MemoryTier]:
     dev = load_device(node.device)
     tiers = [MemoryTier("device", dev.memory.capacity, dev.memory.bandwidth * dev.efficiency.memory, 0.0, 1,
                         (f"{dev.name} memory",))]
-    if node.host is None:
+    if node.host is None:  # a unified-memory SoC (e.g. Jetson): storage reads land in device memory
         if node.storage is not None:
-            raise ValueError(f"cluster '{cluster.name}' has storage but no host: storage is read through the host")
+            disk = load_link(node.storage.link)
+            tiers.append(MemoryTier("storage", node.storage.capacity / node.devices_per_node,
+                                    disk.bandwidth * disk.efficiency, disk.latency, node.devices_per_node,
+                                    (disk.name,)))
         return tiers
     host_cpu = load_device(node.host.device)
     host_link = load_link(node.host.link)

@@ -38,6 +38,33 @@ def print_summary(result: Any, console: Console) -> None:
         if frac > 0.0005:
             share.add_row(phase, f"{frac:6.1%}")
     console.print(share)
+    if s.get("offload"):
+        print_offload(s["offload"], console)
+
+
+def print_offload(off: dict, console: Console) -> None:
+    """Cache and copy behaviour of an offloading run."""
+    t = Table(title=f"expert offloading ({off['tier']} tier, {off['policy']} cache of {off['cache_capacity']}, "
+                    f"prefetch {off['prefetch']['policy']})", show_header=False)
+    t.add_column("metric", style="bold")
+    t.add_column("value", justify="right")
+    t.add_row("cache hit rate", f"{off['hit_rate']:.1%} ({off['hits']:,} hits, {off['misses']:,} misses)")
+    fetched = sum(off["bytes_fetched"].values())
+    kinds = off["bytes_fetched_by_kind"]
+    t.add_row(f"bytes fetched from {off['tier']}", f"{fmt_bytes(fetched)} (demand {fmt_bytes(kinds['demand'])}, "
+              f"prefetch {fmt_bytes(kinds['prefetch'])})")
+    if off["prefetches"]:
+        t.add_row("prefetches used / wasted / late", f"{off['prefetches_used']:,} / {off['prefetches_wasted']:,} / "
+                  f"{off['late_prefetches']:,}")
+    if off["host_experts_run"]:
+        t.add_row("experts run on the host CPU", f"{off['host_experts_run']:,} "
+                  f"({fmt_bytes(off['host_activation_bytes'])} of activations over the link)")
+    stall = off["stall_s"]
+    t.add_row("stall per step (worst device)", f"{fmt_time(stall['worst_device_per_step_mean_s'])} "
+              f"({stall['share_of_device_time']:.1%} of device time)")
+    t.add_row("copy engine busy", f"{off['copy_engine_utilization']:.1%}")
+    t.add_row("peak device memory", fmt_bytes(off["peak_device_memory_bytes"]))
+    console.print(t)
 
 
 def print_profile_list(console: Console) -> None:

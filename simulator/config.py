@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from moesim.errors import ConfigError
+from moesim.simulator.offload_config import OffloadConfig, PrecisionConfig
 from moesim.workloads.synthetic_routing import RoutingModelConfig
 from moesim.yaml_io import load_yaml, validate
 
@@ -125,6 +126,8 @@ class ScenarioConfig(_Strict):
     placement: PlacementConfig = PlacementConfig()
     workload: WorkloadConfig
     policies: PoliciesConfig = PoliciesConfig()
+    precision: PrecisionConfig = PrecisionConfig()
+    offload: OffloadConfig | None = Field(None, description="expert offloading; None: every expert resident")
     outputs: OutputsConfig = OutputsConfig()
     seed: int = 0
 

@@ -19,14 +19,15 @@ import numpy as np
 import simpy
 
 from moesim.simulator.network import Collective, Fabric
+from moesim.simulator.offload import LayerWait, OffloadManager
 from moesim.simulator.scenario import Scenario
 from moesim.simulator.step_plan import Planner, StepPlan
 
-PHASES = ("attention", "tp_allreduce", "dense_ffn", "shared_expert", "dispatch", "expert",
+PHASES = ("attention", "tp_allreduce", "dense_ffn", "shared_expert", "dispatch", "offload_stall", "expert",
           "straggler_wait", "combine")
 PHASE_INDEX = {p: i for i, p in enumerate(PHASES)}
 COMPUTE_PHASES = ("attention", "dense_ffn", "shared_expert", "expert")
-_ATT, _TP, _DENSE, _SHARED, _DISP, _EXP, _STRAG, _COMB = range(len(PHASES))
+_ATT, _TP, _DENSE, _SHARED, _DISP, _STALL, _EXP, _STRAG, _COMB = range(len(PHASES))
 
 
 @dataclass
@@ -46,6 +47,7 @@ class EngineResult:
     plans: list[StepPlan]
     fabric: Fabric
     meta: dict = field(default_factory=dict)
+    offload: OffloadManager | None = None  # caches, copies and host jobs of an offloading run
 
 
 class Engine:
@@ -79,6 +81,7 @@ class Engine:
             hop = scenario.routes.pair_latency[0, 1] if n > 1 else 0.0
             self._tp_extra_latency = (2 * (tp - 1) - 1) * hop
         self._done_steps = 0
+        self.offload = OffloadManager(scenario, self.env) if scenario.offload is not None else None
 
     def _plan(self, step: int) -> StepPlan:
         """The plan of a step; the next step's plan is built in a worker thread meanwhile
@@ -162,17 +165,32 @@ class Engine:
                         yield from self._all_reduce(d, colls.tp[layer][1])
                         en[i + _TP] = env.now
                     continue
-                disp, comb = colls.moe[self._moe_index[layer]]
+                m = self._moe_index[layer]
+                disp, comb = colls.moe[m]
                 disp.submit(d)
+                wait = None
+                if self.offload is not None:  # the router has chosen: look up the cache, start copies
+                    wait = self.offload.demand(plan, d, m)
+                    self.offload.prefetch(plan, d, m)
+                    if not wait.fetched and not wait.host:
+                        wait = None  # every expert resident: exactly the no-offload timeline
                 now = env.now
                 busy_until = now
                 if overlap:  # shared experts compute while the dispatch bytes travel
                     st[i + _SHARED] = now
                     busy_until = en[i + _SHARED] = now + shared[layer]
-                yield from disp.inbound(d, not_before=busy_until, then=expert[layer])
-                now = env.now
-                st[i + _DISP] = busy_until
-                en[i + _DISP] = st[i + _EXP] = disp.received_at(d, busy_until)
+                if wait is None:
+                    yield from disp.inbound(d, not_before=busy_until, then=expert[layer])
+                    now = env.now
+                    st[i + _DISP] = busy_until
+                    en[i + _DISP] = st[i + _EXP] = disp.received_at(d, busy_until)
+                else:
+                    yield from disp.inbound(d, not_before=busy_until)
+                    st[i + _DISP] = busy_until
+                    ready = en[i + _DISP] = st[i + _STALL] = env.now
+                    stall = yield from self._run_offloaded_experts(wait)
+                    now = env.now
+                    en[i + _STALL] = st[i + _EXP] = ready + stall
                 en[i + _EXP] = st[i + _COMB] = now
                 comb.submit(d)
                 # the next layer's attention (if it follows directly) runs in the same wake-up
@@ -195,6 +213,27 @@ class Engine:
             if d == 0 and self.progress:
                 self.progress(s + 1)
 
+    def _run_offloaded_experts(self, wait: LayerWait) -> Generator:
+        """Run resident experts first, then each fetched expert as its copy lands, then collect the
+        host CPU's experts. Returns the time spent waiting (the stall); the timeline shows it as
+        one offload_stall span before the expert span, with the same total."""
+        env = self.env
+        stall = 0.0
+        if wait.resident_time:
+            yield env.timeout(wait.resident_time)
+        for landed, gemm in wait.fetched:
+            if not landed.processed:
+                t = env.now
+                yield landed
+                stall += env.now - t
+            yield env.timeout(gemm)
+        for job in wait.host:
+            if not job.processed:
+                t = env.now
+                yield job
+                stall += env.now - t
+        return stall
+
     def run(self) -> EngineResult:
         for d in range(self.sc.num_devices):
             self.env.process(self._device(d))
@@ -206,7 +245,7 @@ class Engine:
         self.end = np.array(self._en, dtype=float).reshape(self._shape)
         plans = [self._plans[s] for s in range(self.sc.steps)]
         self._split_straggler_wait(plans)
-        return EngineResult(self.start, self.end, plans, self.fabric)
+        return EngineResult(self.start, self.end, plans, self.fabric, offload=self.offload)
 
     def _split_straggler_wait(self, plans: list[StepPlan]) -> None:
         """Split each combine wait into waiting for a slower peer's experts, then transfer.

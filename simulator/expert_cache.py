@@ -1,6 +1,7 @@
 """Where a cache miss is decided: a device's expert cache and its replacement policies.
 
-A device holds at most `capacity` experts in memory; the rest live on a slower tier (host
+A device holds at most `capacity` units of experts in memory (experts, or bytes when `size`
+gives each expert's bytes, e.g. under mixed precision); the rest live on a slower tier (host
 memory, storage). Before a layer runs, the experts it needs are looked up: residents are hits,
 the others misses that must be copied in, evicting by policy. Policies: LRU, LFU (frequency over
 the whole run, LRU among ties) and pinned-hot (a fixed set, e.g. the hottest experts of a trace,
@@ -12,9 +13,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Hashable, Iterable, Literal
+from typing import Callable, Hashable, Iterable, Literal
 
 Policy = Literal["lru", "lfu", "pinned"]
+
+
+class CacheFullError(ValueError):
+    """Every resident expert is pinned or needed now, so nothing can be evicted for a new one."""
 
 
 @dataclass
@@ -35,23 +40,28 @@ class CacheStats:
 class ExpertCache:
     """Resident experts of one device, keyed by (layer, expert) or any hashable."""
 
-    capacity: int
+    capacity: float
     policy: Policy = "lru"
     pinned: frozenset = frozenset()
     stats: CacheStats = field(default_factory=CacheStats)
+    size: Callable[[Hashable], float] | None = None  # units one expert takes; None: 1 each
 
     def __post_init__(self) -> None:
         if self.policy not in ("lru", "lfu", "pinned"):
             raise ValueError(f"unknown cache policy '{self.policy}'; choose lru, lfu or pinned")
-        if self.capacity < 1:
-            raise ValueError(f"an expert cache needs room for at least one expert, got capacity {self.capacity}")
+        self._size = self.size or (lambda key: 1.0)
         pinned = self.pinned if self.policy == "pinned" else frozenset()
-        if len(pinned) > self.capacity:
-            raise ValueError(f"{len(pinned)} pinned experts do not fit a cache of {self.capacity}")
+        if not pinned and self.capacity < 1:
+            raise ValueError(f"an expert cache needs room for at least one expert, got capacity {self.capacity}")
+        self.used = float(sum(self._size(k) for k in pinned))
+        if self.used > self.capacity:
+            raise ValueError(f"{len(pinned)} pinned experts do not fit a cache of {self.capacity:g}")
         self._order: OrderedDict[Hashable, None] = OrderedDict((k, None) for k in pinned)  # oldest first
         self._freq: dict[Hashable, int] = {}
         self._prefetched: set[Hashable] = set()
         self._pinned = pinned
+        self.peak_used = self.used
+        self.evicted: list[Hashable] = []  # evictions since the owner last drained the list
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._order
@@ -66,26 +76,42 @@ class ExpertCache:
     def _victim(self, protect: set) -> Hashable:
         candidates = [k for k in self._order if k not in self._pinned and k not in protect]
         if not candidates:
-            raise ValueError(f"cache of {self.capacity} cannot hold the {len(protect)} experts one layer needs "
-                             f"plus {len(self._pinned)} pinned ones")
+            unit = " bytes" if self.size else " experts"
+            raise CacheFullError(f"a cache of {self.capacity:,.0f}{unit} cannot hold the {len(protect)} experts one "
+                                 f"layer needs plus {len(self._pinned)} pinned ones")
         if self.policy == "lfu":
             rank = {k: i for i, k in enumerate(self._order)}  # LRU order breaks frequency ties
             return min(candidates, key=lambda k: (self._freq.get(k, 0), rank[k]))
         return candidates[0]
 
     def _insert(self, key: Hashable, protect: set) -> None:
-        while len(self._order) >= self.capacity:
+        need = self._size(key)
+        while self.used + need > self.capacity + 1e-9:
             victim = self._victim(protect)
             del self._order[victim]
+            self.used -= self._size(victim)
             self._prefetched.discard(victim)
+            self.evicted.append(victim)
             self.stats.evictions += 1
         self._order[key] = None
+        self.used += need
+        self.peak_used = max(self.peak_used, self.used)
 
-    def access(self, keys: Iterable[Hashable]) -> list[Hashable]:
+    def warm(self, keys: Iterable[Hashable]) -> None:
+        """Load experts before the run starts (no stats), in order, while they fit without evicting."""
+        for key in keys:
+            if key not in self._order and self.used + self._size(key) <= self.capacity + 1e-9:
+                self._order[key] = None
+                self.used += self._size(key)
+        self.peak_used = max(self.peak_used, self.used)
+
+    def access(self, keys: Iterable[Hashable], bypass: Iterable[Hashable] = ()) -> list[Hashable]:
         """Demand accesses of one layer; returns the misses (to copy in), in order. Keys the layer
-        needs are protected from evicting one another."""
+        needs are protected from evicting one another. Misses in `bypass` are counted but not
+        brought in (they run elsewhere, e.g. on the host CPU)."""
         keys = list(dict.fromkeys(keys))
         protect = set(keys)
+        skip = set(bypass)
         misses = []
         for key in keys:
             self._freq[key] = self._freq.get(key, 0) + 1
@@ -97,20 +123,76 @@ class ExpertCache:
                 self._order.move_to_end(key)
             else:
                 self.stats.misses += 1
-                misses.append(key)
-                self._insert(key, protect)
+                if key not in skip:
+                    misses.append(key)
+                    self._insert(key, protect)
         return misses
 
     def prefetch(self, keys: Iterable[Hashable], protect: Iterable[Hashable] = ()) -> list[Hashable]:
         """Bring experts in ahead of use; returns those actually copied (not already resident)."""
-        keep = set(protect)
+        keys = list(dict.fromkeys(keys))
+        keep = set(protect) | set(keys)  # a prefetch never evicts another expert it names
         fetched = []
-        for key in dict.fromkeys(keys):
+        for key in keys:
             if key in self._order:
                 continue
-            keep.add(key)
-            self._insert(key, keep)
+            try:
+                self._insert(key, keep)
+            except CacheFullError:  # nothing evictable left: the rest of the prefetch is dropped
+                break
             self._prefetched.add(key)
             self.stats.prefetches += 1
             fetched.append(key)
         return fetched
+
+
+class LayeredCache:
+    """One cache per MoE layer, each with an equal share of the device's capacity (Mixtral-offloading
+    keeps k experts per layer): layers never evict each other's experts. Keys are (layer, expert)."""
+
+    def __init__(self, layers: int, capacity: float, policy: Policy = "lru", pinned: frozenset = frozenset(),
+                 size: Callable[[Hashable], float] | None = None):
+        share = capacity / layers if size else float(int(capacity // layers))
+        self.capacity = capacity
+        self.parts = [ExpertCache(share, policy, frozenset(k for k in pinned if k[0] == m), size=size)
+                      for m in range(layers)]
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self.parts[key[0]]  # type: ignore[index]
+
+    def _split(self, keys: Iterable[Hashable]) -> dict[int, list]:
+        out: dict[int, list] = {}
+        for key in keys:
+            out.setdefault(key[0], []).append(key)  # type: ignore[index]
+        return out
+
+    def access(self, keys: Iterable[Hashable], bypass: Iterable[Hashable] = ()) -> list[Hashable]:
+        skip = list(bypass)
+        return [k for m, ks in self._split(keys).items() for k in self.parts[m].access(ks, skip)]
+
+    def prefetch(self, keys: Iterable[Hashable], protect: Iterable[Hashable] = ()) -> list[Hashable]:
+        keep = list(protect)
+        return [k for m, ks in self._split(keys).items() for k in self.parts[m].prefetch(ks, keep)]
+
+    def warm(self, keys: Iterable[Hashable]) -> None:
+        for m, ks in self._split(keys).items():
+            self.parts[m].warm(ks)
+
+    @property
+    def evicted(self) -> list[Hashable]:
+        out = [k for p in self.parts for k in p.evicted]
+        for p in self.parts:
+            p.evicted.clear()
+        return out
+
+    @property
+    def stats(self) -> CacheStats:
+        total = CacheStats()
+        for p in self.parts:
+            for f in ("hits", "misses", "evictions", "prefetches", "prefetch_hits"):
+                setattr(total, f, getattr(total, f) + getattr(p.stats, f))
+        return total
+
+    @property
+    def peak_used(self) -> float:
+        return sum(p.peak_used for p in self.parts)

@@ -18,6 +18,7 @@ class MemoryEstimate:
     kv_cache: float
     activations: float
     per_device: np.ndarray  # (ep,) total bytes of each device of an EP group
+    expert_weights: np.ndarray | None = None  # (ep,) routed-expert bytes of each device (inside per_device)
 
     @property
     def total(self) -> float:
@@ -49,10 +50,20 @@ def kv_bytes_per_token(model: ModelSpec, layer: int, tp: int) -> float:
     return (att.kv_lora_rank + att.qk_rope_head_dim) * b  # MLA latent is replicated over tp
 
 
+def placed_expert_bytes(placement: Placement, expert_bytes: np.ndarray, ep: int) -> np.ndarray:
+    """(ep,) bytes of the routed-expert copies each device of an EP group holds."""
+    out = np.zeros(ep)
+    for layer in range(placement.num_layers):
+        live = placement.slot_share[layer] > 0  # padding slots carry no share
+        np.add.at(out, placement.slot_device[layer][live], expert_bytes[layer, placement.slot_expert[layer][live]])
+    return out
+
+
 def estimate_memory(model: ModelSpec, placement: Placement, tp: int, batch: int, kv_len: int,
-                    attn_tokens: int, moe_tokens: int) -> MemoryEstimate:
-    """Peak memory per device: replicated/TP-split dense weights, the device's expert copies,
-    the KV cache of its sequences, and activation + dispatch buffers of one layer."""
+                    attn_tokens: int, moe_tokens: int, expert_bytes: np.ndarray | None = None) -> MemoryEstimate:
+    """Peak memory per device: replicated/TP-split dense weights, the device's expert copies
+    (`expert_bytes[l, e]` each, default the model dtype), the KV cache of its sequences, and
+    activation + dispatch buffers of one layer."""
     h, m = model.hidden_size, model.moe
     wb = dtype_bytes(model.weight_dtype)
     ab = dtype_bytes(act_dtype(model))
@@ -64,8 +75,10 @@ def estimate_memory(model: ModelSpec, placement: Placement, tp: int, batch: int,
              + dense_layers * nm * h * model.dense_intermediate_size / tp * wb
              + len(model.moe_layers) * (shared + h * m.num_experts) * wb
              + 2 * model.vocab_size * h / tp * wb)
-    expert_bytes = nm * h * m.expert_intermediate_size * dtype_bytes(model.routed_expert_dtype)
-    experts = placement.experts_per_device().sum(axis=0) * expert_bytes
+    if expert_bytes is None:
+        one = nm * h * m.expert_intermediate_size * dtype_bytes(model.routed_expert_dtype)
+        expert_bytes = np.full((placement.num_layers, m.num_experts), float(one))
+    experts = placed_expert_bytes(placement, expert_bytes, placement.num_devices)
     att = model.attention
     kv = 0.0
     for layer in range(model.num_layers):
@@ -77,4 +90,4 @@ def estimate_memory(model: ModelSpec, placement: Placement, tp: int, batch: int,
     # dispatch receive + combine send buffers, sized for this device's routed rows
     act = 4 * attn_tokens * h * ab + 2 * moe_tokens * m.top_k * h * ab
     per_device = dense + experts + kv + act
-    return MemoryEstimate(float(dense + experts.max()), float(kv), float(act), per_device)
+    return MemoryEstimate(float(dense + experts.max()), float(kv), float(act), per_device, experts)

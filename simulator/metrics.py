@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from moesim.simulator.engine import COMPUTE_PHASES, PHASES, EngineResult
+from moesim.simulator.offload_metrics import layer_offload_columns, offload_summary
 from moesim.simulator.scenario import Scenario
 
 
@@ -123,6 +124,9 @@ def summarize(sc: Scenario, raw: EngineResult) -> SimResult:
     layers = pd.DataFrame(layer_rows, columns=["step", "layer", "expert_time_max_s", "expert_time_mean_s",
                                                "straggler_ratio", "dispatch_bytes", "dropped_rows",
                                                "active_experts_per_device"])
+    offload = offload_summary(sc, raw)
+    if offload is not None:
+        layers = layers.merge(layer_offload_columns(sc, raw), on=["step", "layer"], how="left")
     summary: dict[str, Any] = {
         "makespan_s": makespan,
         "steps": sc.steps,
@@ -139,7 +143,8 @@ def summarize(sc: Scenario, raw: EngineResult) -> SimResult:
         "all_to_all_payload_bytes": payload,
         "tokens": {"routed_assignments": routed, "computed_assignments": computed,
                    "dropped_assignments": dropped},
-        "cache_hit_rate": None,
+        "cache_hit_rate": offload["hit_rate"] if offload else None,
+        "offload": offload,
         "memory_per_device_bytes": {"max": sc.memory.total, "weights": sc.memory.weights,
                                     "kv_cache": sc.memory.kv_cache, "activations": sc.memory.activations,
                                     "capacity": sc.device.memory.capacity},

@@ -152,19 +152,20 @@ def router_op(model: ModelSpec, tokens: float) -> Op:
     return _gemm("router", "attention", tokens, model.hidden_size, model.moe.num_experts, ab, ab, act_dtype(model))
 
 
-def ffn_flops_bytes(model: ModelSpec, tokens: np.ndarray | float, width: float, weight_dtype: str
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def ffn_flops_bytes(model: ModelSpec, tokens: np.ndarray | float, width: float, weight_dtype: str,
+                    weight_bytes: np.ndarray | float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """FLOPs and bytes of one FFN (expert or dense) of `width` over `tokens` rows; 0 tokens cost 0.
 
     SwiGLU has gate, up and down matrices (3 x h x width weights); GELU/ReLU FFNs have 2.
     Activations: read the input and write the output (2h per token), plus the intermediate
-    written and read once per matrix (matrices x width per token).
+    written and read once per matrix (matrices x width per token). `weight_bytes` overrides the
+    weights' bytes (e.g. per-expert quantization, broadcast against `tokens`).
     """
     n = np.asarray(tokens, dtype=float)
     h, nm = model.hidden_size, model.ffn_matrices
     ab = dtype_bytes(act_dtype(model))
     flops = 2.0 * n * h * width * nm
-    weight = nm * h * width * dtype_bytes(weight_dtype)
+    weight = nm * h * width * dtype_bytes(weight_dtype) if weight_bytes is None else np.asarray(weight_bytes)
     mem = np.where(n > 0, weight + n * (2 * h + nm * width) * ab, 0.0)
     return flops, mem
 

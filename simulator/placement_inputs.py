@@ -13,7 +13,6 @@ import numpy as np
 from moesim.placement.problem import ExpertTimeModel, PlacementProblem, problem_from_routing, uniform_slots
 from moesim.simulator.ops import act_dtype, ffn_flops_bytes, gemm_dtype, token_bytes
 from moesim.simulator.scenario import Scenario
-from moesim.units import dtype_bytes
 
 
 def pair_token_cost(sc: Scenario) -> np.ndarray:
@@ -31,16 +30,15 @@ def pair_token_cost(sc: Scenario) -> np.ndarray:
 
 
 def expert_bytes(sc: Scenario) -> float:
-    m = sc.model
-    return m.ffn_matrices * m.hidden_size * m.moe.expert_intermediate_size * dtype_bytes(m.routed_expert_dtype)
+    """Bytes of the largest routed expert as stored (after any per-expert quantization)."""
+    return float(sc.precision.expert_bytes().max())
 
 
 def memory_slots(sc: Scenario) -> int:
     """Expert copies one device can hold next to everything else the scenario keeps in memory."""
     mem = sc.memory
     budget = sc.device.memory.capacity * (1 - sc.config.policies.memory_reserve)
-    placed = sc.placement.experts_per_device().sum(axis=0)
-    other = mem.per_device - placed * expert_bytes(sc)
+    other = mem.per_device - mem.expert_weights
     return max(0, int((budget - float(other.max())) // expert_bytes(sc)))
 
 

@@ -21,6 +21,7 @@ from moesim.placement.methods import MethodResult, compare_methods, results_tabl
 from moesim.placement.placement import Placement
 from moesim.placement.problem import PlacementProblem
 from moesim.simulator.placement_inputs import problem_from_scenario
+from moesim.simulator.offload_setup import setup_offload
 from moesim.simulator.scenario import Scenario, workload_memory
 from moesim.workloads.trace_routing import TraceRouting
 
@@ -44,8 +45,13 @@ class PlacementStudy:
 def with_placement(sc: Scenario, placement: Placement) -> Scenario:
     """The scenario with another placement (memory re-estimated for the new copies)."""
     memory = workload_memory(sc.model, placement, sc.tp, sc.batch_per_replica, sc.config.workload,
-                             int(sc.moe_tokens.max()))
-    return replace(sc, placement=placement, memory=memory)
+                             int(sc.moe_tokens.max()), sc.precision.expert_bytes())
+    offload = sc.offload
+    if offload is not None:
+        budget = sc.device.memory.capacity * (1 - sc.config.policies.memory_reserve)
+        offload = setup_offload(offload.config, sc.cluster, sc.device, placement, memory, offload.expert_bytes, budget)
+        memory = offload.memory
+    return replace(sc, placement=placement, memory=memory, offload=offload)
 
 
 def fit_window(sc: Scenario, steps: int) -> tuple[int, bool]:

@@ -18,7 +18,9 @@ from moesim.hardware_profiles.topology import Routes, build_topology, compute_ro
 from moesim.placement import Placement, contiguous, load_placement_file, round_robin
 from moesim.simulator.config import ScenarioConfig, ScenarioFile, WorkloadConfig, config_error, load_config
 from moesim.simulator.cost_model import CostModel
+from moesim.simulator.expert_precision import ExpertPrecision, expert_precision
 from moesim.simulator.memory import MemoryEstimate, estimate_memory
+from moesim.simulator.offload_setup import OffloadSetup, OffloadSetupError, setup_offload
 from moesim.units import dtype_bytes, fmt_bytes
 from moesim.workloads import ModelSpec, load_model
 from moesim.errors import TraceError
@@ -48,6 +50,8 @@ class Scenario:
     batch_per_replica: int  # sequences per attention replica
     moe_tokens: np.ndarray  # (devices,) tokens each device sends into each MoE layer
     memory: MemoryEstimate
+    precision: ExpertPrecision
+    offload: OffloadSetup | None = None
 
     @property
     def num_devices(self) -> int:
@@ -171,27 +175,40 @@ def resolve(sf: ScenarioFile) -> Scenario:
     scale = cfg.hardware.scale
     cost = CostModel(device, flops_scale=scale.flops, memory_bandwidth_scale=scale.memory_bandwidth)
     routes = compute_routes(build_topology(cluster, scale.link_bandwidth))
-    memory = workload_memory(model, placement, tp, batch, wl, int(moe_tokens.max()))
+    try:
+        precision = expert_precision(model, cfg.precision)
+    except ValueError as err:
+        raise config_error(sf, "precision.per_expert", str(err)) from None
+    memory = workload_memory(model, placement, tp, batch, wl, int(moe_tokens.max()), precision.expert_bytes())
     budget = device.memory.capacity * (1 - cfg.policies.memory_reserve)
+    offload = None
+    if cfg.offload is not None:
+        try:
+            offload = setup_offload(cfg.offload, cluster, device, placement, memory, precision.expert_bytes(), budget)
+        except OffloadSetupError as err:
+            raise config_error(sf, err.field, str(err)) from None
+        memory = offload.memory
     if memory.total > budget:
         field = "workload.batch_size" if wl.batch_size is not None else "workload.tokens_per_device"
         raise config_error(sf, field, f"the workload does not fit in memory: each {device.name} needs "
                            f"{fmt_bytes(memory.total)} ({memory.describe()}) but has {fmt_bytes(budget)} usable "
                            f"({fmt_bytes(device.memory.capacity)} less the {cfg.policies.memory_reserve:.0%} "
-                           "reserve); lower the batch or kv_len, or raise ep/tp")
+                           "reserve); lower the batch or kv_len, raise ep/tp, quantize experts (precision.bits) "
+                           "or offload them (offload:)")
     return Scenario(
         name=cfg.name or "scenario", config=cfg, source=sf, model=model, cluster=cluster, device=device,
         routes=routes, cost=cost, ep=ep, tp=tp, dp=dp, placement=placement, routing=routing,
-        batch_per_replica=batch, moe_tokens=moe_tokens, memory=memory,
+        batch_per_replica=batch, moe_tokens=moe_tokens, memory=memory, precision=precision, offload=offload,
     )
 
 
 def workload_memory(model: ModelSpec, placement: Placement, tp: int, batch: int, wl: WorkloadConfig,
-                    max_moe_tokens: int) -> MemoryEstimate:
-    """Peak memory per device of a workload (KV cache to the last decode step) under a placement."""
+                    max_moe_tokens: int, expert_bytes: np.ndarray | None = None) -> MemoryEstimate:
+    """Peak memory per device of a workload (KV cache to the last decode step) under a placement,
+    with every placed expert resident (`expert_bytes[l, e]` each; default the model dtype)."""
     kv_len = (wl.kv_len or 0) + wl.steps if wl.phase == "decode" else wl.seq_len
     replica_tokens = batch * (wl.seq_len if wl.phase == "prefill" else 1)
-    return estimate_memory(model, placement, tp, batch, kv_len, replica_tokens, max_moe_tokens)
+    return estimate_memory(model, placement, tp, batch, kv_len, replica_tokens, max_moe_tokens, expert_bytes)
 
 
 def _synthetic_routing(sf: ScenarioFile, spec: RoutingModelConfig | str, experts: int, top_k: int, layers: int,

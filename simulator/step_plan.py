@@ -47,6 +47,8 @@ class StepPlan:
     rows_computed: np.ndarray  # (L_moe, N) assignments each device's experts computed
     experts_active: np.ndarray  # (L_moe, N) distinct local experts with at least one token
     expert_tokens: np.ndarray  # (L_moe, E) assignments each expert computed, summed over EP groups
+    slot_tokens: np.ndarray | None = None  # (groups, L_moe, slots) tokens of each expert copy (offloading only)
+    slot_time: np.ndarray | None = None  # (groups, L_moe, slots) GEMM time of each expert copy (offloading only)
 
 
 def apply_capacity(counts: np.ndarray, capacity: int | None) -> np.ndarray:
@@ -104,6 +106,13 @@ class Planner:
                                    and (pl.slot_expert == np.arange(m.moe.num_experts)).all()
                                    and (pl.slot_share == 1.0).all())
         self.expert_dtype = gemm_dtype(m.routed_expert_dtype, dt, act_dtype(m))
+        prec = scenario.precision
+        lidx = np.arange(pl.num_layers)[:, None]
+        self.slot_weight_bytes = prec.expert_bytes()[lidx, pl.slot_expert]  # (Lm, J)
+        # quantized experts are weight-only: dequantized and computed in the activation dtype
+        self.slot_quantized = prec.quantized[lidx, pl.slot_expert] if not prec.uniform_native else None
+        self.keep_slots = scenario.offload is not None
+        self.attention_on_host = scenario.offload is not None and scenario.offload.config.hybrid.attention == "host"
 
     @lru_cache(maxsize=64)
     def _attention_time(self, layer_kind: tuple, kv_len: int) -> tuple[float, float]:
@@ -113,9 +122,21 @@ class Planner:
         wl = sc.config.workload
         ctx = LayerContext(self.phase, sc.batch_per_replica, wl.seq_len if self.phase == "prefill" else 1,
                            kv_len, sc.tp, int(sc.moe_tokens.max()))
-        att = sum(sc.cost.op_time(op) for op in attention_ops(m, layer, ctx, sc.cost.dtypes))
+        if self.attention_on_host:
+            att = self._host_attention_time(layer, ctx)
+        else:
+            att = sum(sc.cost.op_time(op) for op in attention_ops(m, layer, ctx, sc.cost.dtypes))
         dense = 0.0 if is_moe else sc.cost.op_time(dense_ffn_op(m, ctx.attn_tokens, sc.tp, sc.cost.dtypes))
         return att, dense
+
+    def _host_attention_time(self, layer: int, ctx: LayerContext) -> float:
+        """Attention on the host CPU with the KV cache in host memory (MoE-Lens / Fiddler style):
+        the CPU's cost model, plus the layer input going down and the output coming back."""
+        off, m = self.sc.offload, self.sc.model
+        host = off.host_cost
+        compute = sum(host.op_time(op) for op in attention_ops(m, layer, ctx, host.dtypes))
+        crossing = ctx.attn_tokens * token_bytes(m, act_dtype(m))
+        return compute + 2 * (off.host.latency + crossing / off.host.bandwidth)
 
     def _layer_kind(self, layer: int) -> tuple:
         att = self.sc.model.attention
@@ -152,6 +173,8 @@ class Planner:
         expert_tokens = np.zeros((Lm, m.moe.num_experts), dtype=np.int64)
         onehot, identity = self.onehot, self.identity_slots
         lidx = np.arange(Lm)[:, None]
+        kept_tokens: list[np.ndarray] = []
+        kept_time: list[np.ndarray] = []
         for g in range(n // ep):
             devs = slice(g * ep, (g + 1) * ep)
             c = counts[:, devs, :]
@@ -161,8 +184,15 @@ class Planner:
             expert_tokens += kept.sum(axis=1)
             load = kept.sum(axis=1).astype(float)  # (Lm, E)
             slot_tokens = load[lidx, pl.slot_expert] * pl.slot_share  # (Lm, J)
-            flops, mem = ffn_flops_bytes(m, slot_tokens, m.moe.expert_intermediate_size, m.routed_expert_dtype)
+            flops, mem = ffn_flops_bytes(m, slot_tokens, m.moe.expert_intermediate_size, m.routed_expert_dtype,
+                                         self.slot_weight_bytes)
             slot_time = sc.cost.times("gemm", flops, mem, slot_tokens, self.expert_dtype)
+            if self.slot_quantized is not None:
+                dequant = sc.cost.times("gemm", flops, mem, slot_tokens, act_dtype(m))
+                slot_time = np.where(self.slot_quantized, dequant, slot_time)
+            if self.keep_slots:
+                kept_tokens.append(slot_tokens)
+                kept_time.append(slot_time)
             expert_time[moe, devs] = np.einsum("lj,ljd->ld", slot_time, onehot)
             rows_computed[:, devs] = np.einsum("lj,ljd->ld", slot_tokens, onehot)
             active[:, devs] = np.einsum("lj,ljd->ld", (slot_tokens > 0).astype(float), onehot).astype(np.int64)
@@ -179,4 +209,6 @@ class Planner:
             combine=np.transpose(dispatch, (0, 2, 1)) * self.combine_bytes,
             rows_routed=rows_routed, rows_dropped=rows_dropped, rows_computed=rows_computed,
             experts_active=active, expert_tokens=expert_tokens,
+            slot_tokens=np.stack(kept_tokens) if self.keep_slots else None,
+            slot_time=np.stack(kept_time) if self.keep_slots else None,
         )

@@ -24,8 +24,11 @@ def test_dgx_host_memory_is_shared_per_socket():
     assert tiers["host"].shared_by == 4  # 8 GPUs over 2 sockets
 
 
-def test_storage_without_host_is_rejected():
+def test_storage_without_host_reads_into_unified_memory():
+    """A unified-memory SoC has no host tier: storage reads go straight to device memory."""
     spec = load_cluster("gpu-host-pcie").model_dump()
     spec["node"]["host"] = None
-    with pytest.raises(ValueError, match="through the host"):
-        memory_tiers(ClusterSpec.model_validate(spec))
+    tiers = {t.name: t for t in memory_tiers(ClusterSpec.model_validate(spec))}
+    assert set(tiers) == {"device", "storage"}
+    assert tiers["storage"].bandwidth == pytest.approx(7.45e9 * 0.9)
+    assert tiers["storage"].latency == pytest.approx(60e-6)

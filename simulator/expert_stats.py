@@ -1,0 +1,44 @@
+"""Routing statistics offloading policies lean on: how hot each expert is, which follow which.
+
+Pinned-hot caches pin the most used experts; affinity prefetchers (Read-ME, ExFlow) guess the
+next layer's experts from P(expert at l+1 | expert at l). Both come from sampled routing steps
+of the scenario's own source (a trace, or the generator), counted once before the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from moesim.workloads.routing import RoutingSource, layer_pairs
+
+
+@dataclass(frozen=True)
+class ExpertStatistics:
+    load: np.ndarray  # (moe_layers, experts) assignments per step, averaged over the sampled steps
+    transition: np.ndarray  # (moe_layers - 1, E, E) P(expert e' at l+1 | expert e at l), rows sum to k
+    steps: int  # routing steps sampled
+    measured_pairs: bool  # transition counted from per-token ids (else independent-layers estimate)
+
+
+def expert_statistics(routing: RoutingSource, tokens: np.ndarray, num_layers: int, steps: int) -> ExpertStatistics:
+    """Mean expert loads and the layer-to-layer transition matrix over the first `steps` steps."""
+    E, k = routing.num_experts, routing.top_k
+    load = np.zeros((num_layers, E))
+    pairs = np.zeros((max(num_layers - 1, 0), E, E))
+    measured = True
+    for s in range(steps):
+        r = routing.step(s, tokens, num_layers)
+        load += r.counts.sum(axis=1)
+        if r.token_experts is not None and num_layers > 1:
+            pairs += layer_pairs(r.token_experts, E)
+        else:
+            measured = False
+    load /= max(steps, 1)
+    if not measured or num_layers < 2:  # independent layers: P(e' | e) follows the next layer's loads
+        share = load / np.maximum(load.sum(axis=1, keepdims=True), 1e-12)
+        pairs = np.broadcast_to(share[1:, None, :] * k, pairs.shape).copy()
+    row = pairs.sum(axis=2, keepdims=True)
+    transition = np.divide(pairs * k, row, out=np.zeros_like(pairs), where=row > 0)
+    return ExpertStatistics(load, transition, steps, measured)

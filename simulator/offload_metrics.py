@@ -1,0 +1,85 @@
+"""Offloading results of a run: hit rate, bytes per tier, stalls per layer, peak device memory.
+
+All numbers come from the simulation (model output) of the offload manager and the timeline.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from moesim.simulator.engine import PHASE_INDEX, EngineResult
+from moesim.simulator.scenario import Scenario
+
+
+def offload_summary(sc: Scenario, raw: EngineResult) -> dict[str, Any] | None:
+    off = raw.offload
+    if off is None:
+        return None
+    setup, cfg = off.setup, off.cfg
+    hits = sum(c.stats.hits for c in off.caches)
+    misses = sum(c.stats.misses for c in off.caches)
+    prefetches = sum(c.stats.prefetches for c in off.caches)
+    useful = sum(c.stats.prefetch_hits for c in off.caches)
+    copies = off.copies_table()
+    moved = copies[~copies["cancelled"] & copies["end_s"].notna()]
+    by_kind = {k: float(moved.loc[moved["kind"] == k, "bytes"].sum()) for k in ("demand", "prefetch")}
+    stall = _durations(raw, "offload_stall")
+    makespan = float(np.nanmax(raw.end))
+    cache_peak = max(c.peak_used for c in off.caches)
+    cache_peak_bytes = cache_peak if setup.by_bytes else cache_peak * float(setup.expert_bytes.max())
+    other = float((setup.memory.per_device - setup.memory.expert_weights).max())
+    busy = [e.busy_s for e in off.engines]
+    host = off.host_table()
+    return {
+        "tier": setup.tier.name,
+        "tier_bandwidth_bytes_per_s": setup.tier.bandwidth,
+        "policy": cfg.cache.policy,
+        "prefetch": cfg.prefetch.model_dump(),
+        "hybrid": cfg.hybrid.model_dump(),
+        "cache_capacity": setup.capacity_text(),
+        "cache_holds_all_experts": setup.holds_all,
+        "hits": hits, "misses": misses,
+        "hit_rate": hits / (hits + misses) if hits + misses else 1.0,
+        "evictions": sum(c.stats.evictions for c in off.caches),
+        "prefetches": prefetches, "prefetches_used": useful, "prefetches_wasted": prefetches - useful,
+        "late_prefetches": off.late_prefetches,
+        "prefetch_accuracy": useful / prefetches if prefetches else None,
+        "copies_cancelled": int(copies["cancelled"].sum()) if len(copies) else 0,
+        "bytes_fetched": {setup.tier.name: by_kind["demand"] + by_kind["prefetch"]},
+        "bytes_fetched_by_kind": by_kind,
+        "host_activation_bytes": off.activation_bytes,
+        "host_experts_run": len(host),
+        "stall_s": {"total_device_s": float(stall.sum()),
+                    "worst_device_per_step_mean_s": float(stall.sum(axis=1).max(axis=1).mean()) if stall.size else 0.0,
+                    "share_of_device_time": float(stall.sum() / (sc.num_devices * makespan))},
+        "copy_engine_utilization": float(np.mean(busy) / makespan) if busy else 0.0,
+        "peak_device_memory_bytes": other + cache_peak_bytes,
+        "statistics": {"steps_sampled": off.stats.steps, "in_sample": True,
+                       "pairs_measured": off.stats.measured_pairs},
+    }
+
+
+def _durations(raw: EngineResult, phase: str) -> np.ndarray:
+    """(steps, layers, devices) duration of one phase; 0 where it did not run."""
+    p = PHASE_INDEX[phase]
+    d = raw.end[..., p] - raw.start[..., p]
+    return np.where(np.isnan(d), 0.0, d)
+
+
+def layer_offload_columns(sc: Scenario, raw: EngineResult) -> pd.DataFrame:
+    """Per (step, MoE layer): worst and mean device stall, bytes copied in, host-run experts."""
+    stall = _durations(raw, "offload_stall")
+    moe = np.array(sc.model.moe_layers, dtype=np.int64)
+    steps = np.repeat(np.arange(sc.steps), len(moe))
+    layers = np.tile(moe, sc.steps)
+    out = pd.DataFrame({"step": steps, "layer": layers,
+                        "offload_stall_max_s": stall[:, moe].max(axis=2).ravel(),
+                        "offload_stall_mean_s": stall[:, moe].mean(axis=2).ravel()})
+    copies = raw.offload.copies_table()
+    moved = copies[~copies["cancelled"]].groupby(["step", "layer"])["bytes"].sum().rename("fetched_bytes")
+    host = raw.offload.host_table().groupby(["step", "layer"]).size().rename("host_experts")
+    out = out.join(moved, on=["step", "layer"]).join(host, on=["step", "layer"])
+    return out.fillna({"fetched_bytes": 0.0, "host_experts": 0})

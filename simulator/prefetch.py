@@ -1,0 +1,69 @@
+"""Prefetchers: which experts a device copies in ahead of the layer that needs them.
+
+When a device's router has chosen layer l's experts, a prefetcher names experts for layer
+l + lookahead (within the same step: the next step's routing depends on tokens not yet made):
+
+- none: nothing;
+- oracle: exactly the experts that layer will use on this device (an upper bound);
+- affinity: the experts most likely to follow this layer's choices under the routing's
+  layer-to-layer transition statistics (Read-ME, ExFlow), as many as the device usually needs;
+- predictor: a gate predictor of given accuracy (Pre-gated MoE, ExpertFlow): each true expert is
+  named with probability `accuracy`, each missed one replaced by a wrong expert of the device.
+
+Predictions are deterministic under the scenario seed and independent of event order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from moesim.simulator.expert_stats import ExpertStatistics
+from moesim.simulator.offload_config import PrefetchConfig
+
+
+class Prefetcher:
+    def __init__(self, cfg: PrefetchConfig, stats: ExpertStatistics, seed: int):
+        self.cfg, self.stats, self.seed = cfg, stats, seed
+
+    @property
+    def active(self) -> bool:
+        return self.cfg.policy != "none"
+
+    def predict(self, device: int, step: int, layer: int, target: int, owned: np.ndarray, true_next: np.ndarray,
+                current_load: np.ndarray) -> list[int]:
+        """Experts (of `owned`, those the device holds at `target`) to prefetch, most wanted first.
+
+        `true_next`: experts the device will really run at `target` (only the oracle and the
+        predictor's accuracy model may look); `current_load`: tokens per expert at `layer`."""
+        policy = self.cfg.policy
+        if policy == "oracle":
+            return [int(e) for e in true_next]
+        if policy == "predictor":
+            return self._predictor(device, step, target, owned, true_next)
+        if policy == "affinity":
+            return self._affinity(layer, target, owned, current_load)
+        return []
+
+    def _predictor(self, device: int, step: int, target: int, owned: np.ndarray, true_next: np.ndarray) -> list[int]:
+        rng = np.random.default_rng((self.seed, 0x5EED, step, target, device))
+        hit = rng.random(len(true_next)) < self.cfg.accuracy
+        named = [int(e) for e in true_next[hit]]
+        wrong = np.setdiff1d(owned, true_next)
+        n_wrong = min(int((~hit).sum()), len(wrong))
+        if n_wrong:
+            named += [int(e) for e in rng.choice(wrong, size=n_wrong, replace=False)]
+        return named
+
+    def _affinity(self, layer: int, target: int, owned: np.ndarray, current_load: np.ndarray) -> list[int]:
+        score = np.asarray(current_load, dtype=float)
+        for l in range(layer, target):  # chain the transitions up to the target layer
+            score = score @ self.stats.transition[l]
+        count = self.cfg.experts or self._usual_count(target, owned)
+        order = owned[np.argsort(-score[owned], kind="stable")]
+        return [int(e) for e in order[:count] if score[e] > 0]
+
+    def _usual_count(self, target: int, owned: np.ndarray) -> int:
+        """Distinct experts the device runs per layer on average: sum of P(expert gets >= 1 token),
+        with a Poisson number of tokens per expert at its mean load."""
+        load = self.stats.load[target, owned]
+        return max(1, int(round(float((1.0 - np.exp(-load)).sum()))))
