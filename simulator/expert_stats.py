@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moesim.workloads.routing import RoutingSource, layer_pairs
+from moesim.workloads.trace_routing import TraceRouting
 
 
 @dataclass(frozen=True)
@@ -20,15 +21,28 @@ class ExpertStatistics:
     transition: np.ndarray  # (moe_layers - 1, E, E) P(expert e' at l+1 | expert e at l), rows sum to k
     steps: int  # routing steps sampled
     measured_pairs: bool  # transition counted from per-token ids (else independent-layers estimate)
+    first_step: int = 0
+    in_sample: bool = False  # the sampled steps are among the simulated ones
 
 
-def expert_statistics(routing: RoutingSource, tokens: np.ndarray, num_layers: int, steps: int) -> ExpertStatistics:
-    """Mean expert loads and the layer-to-layer transition matrix over the first `steps` steps."""
+def statistics_window(routing: RoutingSource, simulated: int, steps: int) -> tuple[int, bool]:
+    """First routing step to learn statistics from, and whether that overlaps the simulated steps.
+
+    Generators have unlimited steps, so statistics come from steps after the simulated ones (out
+    of sample); a trace too short for that is sampled from its start, and the result says so."""
+    if isinstance(routing, TraceRouting) and routing.num_steps < simulated + steps:
+        return 0, True
+    return simulated, False
+
+
+def expert_statistics(routing: RoutingSource, tokens: np.ndarray, num_layers: int, steps: int,
+                      first_step: int = 0, in_sample: bool = False) -> ExpertStatistics:
+    """Mean expert loads and the layer-to-layer transition matrix over `steps` steps from `first_step`."""
     E, k = routing.num_experts, routing.top_k
     load = np.zeros((num_layers, E))
     pairs = np.zeros((max(num_layers - 1, 0), E, E))
     measured = True
-    for s in range(steps):
+    for s in range(first_step, first_step + steps):
         r = routing.step(s, tokens, num_layers)
         load += r.counts.sum(axis=1)
         if r.token_experts is not None and num_layers > 1:
@@ -41,4 +55,4 @@ def expert_statistics(routing: RoutingSource, tokens: np.ndarray, num_layers: in
         pairs = np.broadcast_to(share[1:, None, :] * k, pairs.shape).copy()
     row = pairs.sum(axis=2, keepdims=True)
     transition = np.divide(pairs * k, row, out=np.zeros_like(pairs), where=row > 0)
-    return ExpertStatistics(load, transition, steps, measured)
+    return ExpertStatistics(load, transition, steps, measured, first_step, in_sample)

@@ -20,7 +20,7 @@ from moesim.errors import ConfigError
 from moesim.simulator.cache_warmup import warm_order
 from moesim.simulator.copy_engine import Copy, CopyEngine
 from moesim.simulator.expert_cache import CacheFullError, ExpertCache, LayeredCache
-from moesim.simulator.expert_stats import ExpertStatistics, expert_statistics
+from moesim.simulator.expert_stats import ExpertStatistics, expert_statistics, statistics_window
 from moesim.simulator.ops import act_dtype, ffn_flops_bytes, token_bytes
 from moesim.simulator.prefetch import Prefetcher
 from moesim.simulator.scenario import Scenario
@@ -61,8 +61,9 @@ class OffloadManager:
         pl = sc.placement
         self.slot_expert, self.slot_device, self.slot_share = pl.slot_expert, pl.slot_device, pl.slot_share
         n_moe = len(sc.model.moe_layers)
-        self.stats: ExpertStatistics = expert_statistics(sc.routing, sc.moe_tokens, n_moe,
-                                                         min(self.cfg.stats_steps, max(sc.steps, 1)))
+        first, in_sample = statistics_window(sc.routing, sc.steps, self.cfg.stats_steps)
+        self.stats: ExpertStatistics = expert_statistics(sc.routing, sc.moe_tokens, n_moe, self.cfg.stats_steps,
+                                                         first, in_sample)
         self.prefetcher = Prefetcher(self.cfg.prefetch, self.stats, sc.seed)
         nbytes = setup.expert_bytes
         self.key_bytes = lambda key: float(nbytes[key[0], key[1]])

@@ -24,8 +24,9 @@ def offload_summary(sc: Scenario, raw: EngineResult) -> dict[str, Any] | None:
     prefetches = sum(c.stats.prefetches for c in off.caches)
     useful = sum(c.stats.prefetch_hits for c in off.caches)
     copies = off.copies_table()
-    moved = copies[~copies["cancelled"] & copies["end_s"].notna()]
-    by_kind = {k: float(moved.loc[moved["kind"] == k, "bytes"].sum()) for k in ("demand", "prefetch")}
+    moved = copies[~copies["cancelled"].astype(bool) & copies["end_s"].notna()]
+    by_kind = {k: float(moved.loc[moved["kind"] == k, "bytes"].sum()) if len(moved) else 0.0
+               for k in ("demand", "prefetch")}
     stall = _durations(raw, "offload_stall")
     makespan = float(np.nanmax(raw.end))
     cache_peak = max(c.peak_used for c in off.caches)
@@ -57,7 +58,8 @@ def offload_summary(sc: Scenario, raw: EngineResult) -> dict[str, Any] | None:
                     "share_of_device_time": float(stall.sum() / (sc.num_devices * makespan))},
         "copy_engine_utilization": float(np.mean(busy) / makespan) if busy else 0.0,
         "peak_device_memory_bytes": other + cache_peak_bytes,
-        "statistics": {"steps_sampled": off.stats.steps, "in_sample": True,
+        "statistics": {"steps_sampled": off.stats.steps, "first_step": off.stats.first_step,
+                       "in_sample": off.stats.in_sample,
                        "pairs_measured": off.stats.measured_pairs},
     }
 
@@ -79,7 +81,14 @@ def layer_offload_columns(sc: Scenario, raw: EngineResult) -> pd.DataFrame:
                         "offload_stall_max_s": stall[:, moe].max(axis=2).ravel(),
                         "offload_stall_mean_s": stall[:, moe].mean(axis=2).ravel()})
     copies = raw.offload.copies_table()
-    moved = copies[~copies["cancelled"]].groupby(["step", "layer"])["bytes"].sum().rename("fetched_bytes")
-    host = raw.offload.host_table().groupby(["step", "layer"]).size().rename("host_experts")
-    out = out.join(moved, on=["step", "layer"]).join(host, on=["step", "layer"])
-    return out.fillna({"fetched_bytes": 0.0, "host_experts": 0})
+    copies = copies[~copies["cancelled"].astype(bool)]
+    out["fetched_bytes"] = 0.0
+    out["host_experts"] = 0
+    if len(copies):
+        moved = copies.groupby(["step", "layer"])["bytes"].sum().rename("moved")
+        out["fetched_bytes"] = out.join(moved, on=["step", "layer"])["moved"].fillna(0.0).to_numpy()
+    host = raw.offload.host_table()
+    if len(host):
+        runs = host.groupby(["step", "layer"]).size().rename("runs")
+        out["host_experts"] = out.join(runs, on=["step", "layer"])["runs"].fillna(0).astype(int).to_numpy()
+    return out

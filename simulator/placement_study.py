@@ -21,9 +21,9 @@ from moesim.placement.methods import MethodResult, compare_methods, results_tabl
 from moesim.placement.placement import Placement
 from moesim.placement.problem import PlacementProblem
 from moesim.simulator.placement_inputs import problem_from_scenario
+from moesim.simulator.expert_stats import statistics_window
 from moesim.simulator.offload_setup import setup_offload
 from moesim.simulator.scenario import Scenario, workload_memory
-from moesim.workloads.trace_routing import TraceRouting
 
 
 @dataclass
@@ -56,10 +56,7 @@ def with_placement(sc: Scenario, placement: Placement) -> Scenario:
 
 def fit_window(sc: Scenario, steps: int) -> tuple[int, bool]:
     """First routing step to fit the placement on, and whether that overlaps the simulated steps."""
-    sim = sc.steps
-    if isinstance(sc.routing, TraceRouting) and sc.routing.num_steps < sim + steps:
-        return 0, True
-    return sim, False
+    return statistics_window(sc.routing, sc.steps, steps)
 
 
 def run_study(sc: Scenario, methods: list[str], *, steps: int = 16, redundant: int = 0, slots: int | None = None,

@@ -8,7 +8,8 @@ l + lookahead (within the same step: the next step's routing depends on tokens n
 - affinity: the experts most likely to follow this layer's choices under the routing's
   layer-to-layer transition statistics (Read-ME, ExFlow), as many as the device usually needs;
 - predictor: a gate predictor of given accuracy (Pre-gated MoE, ExpertFlow): each true expert is
-  named with probability `accuracy`, each missed one replaced by a wrong expert of the device.
+  named with probability `accuracy`, each missed one replaced by a wrong expert of the device,
+  drawn in proportion to popularity (a learned predictor's mistakes lean to hot experts).
 
 Predictions are deterministic under the scenario seed and independent of event order.
 """
@@ -50,8 +51,9 @@ class Prefetcher:
         named = [int(e) for e in true_next[hit]]
         wrong = np.setdiff1d(owned, true_next)
         n_wrong = min(int((~hit).sum()), len(wrong))
-        if n_wrong:
-            named += [int(e) for e in rng.choice(wrong, size=n_wrong, replace=False)]
+        if n_wrong:  # a learned predictor errs toward popular experts: wrong picks follow the mean load
+            weight = self.stats.load[target, wrong] + 1e-9
+            named += [int(e) for e in rng.choice(wrong, size=n_wrong, replace=False, p=weight / weight.sum())]
         return named
 
     def _affinity(self, layer: int, target: int, owned: np.ndarray, current_load: np.ndarray) -> list[int]:

@@ -33,7 +33,8 @@ def default_run_dir(result: SimResult) -> Path:
 
 
 def write_run_dir(result: SimResult, out: str | Path | None = None) -> Path:
-    """Write summary.json, the phase/utilization/layer tables and trace.json; return the directory."""
+    """Write summary.json, the phase/utilization/layer tables, the copy tables of an offloading run
+    and trace.json; return the directory."""
     from moesim import __version__
 
     sc = result.scenario
@@ -57,7 +58,13 @@ def write_run_dir(result: SimResult, out: str | Path | None = None) -> Path:
     result.phases.to_parquet(run_dir / "phases.parquet", index=False)
     result.utilization.to_csv(run_dir / "utilization.csv", index=False)
     result.layers.to_csv(run_dir / "layers.csv", index=False)
+    off = result.raw.offload
+    copies = host_jobs = None
+    if off is not None:
+        copies, host_jobs = off.copies_table(), off.host_table()
+        copies.to_csv(run_dir / "copies.csv", index=False)
+        host_jobs.to_csv(run_dir / "host_experts.csv", index=False)
     steps = sc.config.outputs.trace_steps
     if steps:
-        write_chrome_trace(result.phases, run_dir / "trace.json", steps, sc.device.name)
+        write_chrome_trace(result.phases, run_dir / "trace.json", steps, sc.device.name, copies, host_jobs)
     return run_dir

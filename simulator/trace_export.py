@@ -1,7 +1,9 @@
 """Chrome trace event export (opens in Perfetto or chrome://tracing).
 
 One process per device, with a compute track and a communication track; each (step, layer,
-phase) is a complete ("X") event with microsecond timestamps.
+phase) is a complete ("X") event with microsecond timestamps. Offloading runs add a track of
+expert copies into the device (from issue to landing, with the transfer itself as its own span)
+and one of experts run on the host CPU for the device.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import pandas as pd
 
 from moesim.simulator.engine import COMPUTE_PHASES
 
-_TRACKS = {"compute": 0, "communication": 1}
+_TRACKS = {"compute": 0, "communication": 1, "expert copies": 2, "host CPU experts": 3}
 
 
-def chrome_trace(phases: pd.DataFrame, max_step: int, device_name: str) -> dict[str, Any]:
+def chrome_trace(phases: pd.DataFrame, max_step: int, device_name: str, copies: pd.DataFrame | None = None,
+                 host_jobs: pd.DataFrame | None = None) -> dict[str, Any]:
     """Trace events for the steps below `max_step`."""
     rows = phases[(phases["step"] < max_step) & (phases["duration_s"] > 0)]
     events: list[dict[str, Any]] = []
@@ -37,8 +40,30 @@ def chrome_trace(phases: pd.DataFrame, max_step: int, device_name: str) -> dict[
             "ts": round(start * 1e6, 4), "dur": round(dur * 1e6, 4), "pid": int(dev), "tid": 0 if comp else 1,
             "args": {"step": int(step), "layer": int(layer)},
         })
+    if copies is not None:
+        events += _copy_events(copies[(copies["step"] < max_step) & copies["end_s"].notna()])
+    if host_jobs is not None:
+        for row in host_jobs[host_jobs["step"] < max_step].itertuples(index=False):
+            events.append({"name": f"expert {row.expert} on host", "cat": "host", "ph": "X",
+                           "ts": round(row.start_s * 1e6, 4), "dur": round((row.end_s - row.start_s) * 1e6, 4),
+                           "pid": int(row.device), "tid": _TRACKS["host CPU experts"],
+                           "args": {"step": int(row.step), "layer": int(row.layer), "tokens": float(row.tokens)}})
     return {"traceEvents": events, "displayTimeUnit": "ns", "otherData": {"generator": "moesim"}}
 
 
-def write_chrome_trace(phases: pd.DataFrame, path: str | Path, max_step: int, device_name: str) -> None:
-    Path(path).write_text(json.dumps(chrome_trace(phases, max_step, device_name)))
+def _copy_events(copies: pd.DataFrame) -> list[dict[str, Any]]:
+    """Each copy as its transfer span on the device's copy track; the args say when it was issued."""
+    out = []
+    for row in copies.itertuples(index=False):
+        out.append({"name": f"{row.kind} L{row.layer} E{row.expert}", "cat": "copy", "ph": "X",
+                    "ts": round(row.start_s * 1e6, 4), "dur": round((row.end_s - row.start_s) * 1e6, 4),
+                    "pid": int(row.device), "tid": _TRACKS["expert copies"],
+                    "args": {"step": int(row.step), "layer": int(row.layer), "expert": int(row.expert),
+                             "bytes": float(row.bytes), "issued_us": round(row.issued_s * 1e6, 4),
+                             "promoted": bool(row.promoted)}})
+    return out
+
+
+def write_chrome_trace(phases: pd.DataFrame, path: str | Path, max_step: int, device_name: str,
+                       copies: pd.DataFrame | None = None, host_jobs: pd.DataFrame | None = None) -> None:
+    Path(path).write_text(json.dumps(chrome_trace(phases, max_step, device_name, copies, host_jobs)))
