@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import simpy
 
+from moesim.errors import MoesimError
 from moesim.simulator.network import Collective, Fabric
 from moesim.simulator.offload import LayerWait, OffloadManager
 from moesim.simulator.scenario import Scenario
@@ -239,6 +240,10 @@ class Engine:
             self.env.process(self._device(d))
         try:
             self.env.run()
+        except MoesimError as err:  # SimPy re-raises a process's error as a copy without its fields
+            if isinstance(err.__cause__, MoesimError):
+                raise err.__cause__ from None
+            raise
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
         self.start = np.array(self._st, dtype=float).reshape(self._shape)

@@ -98,11 +98,20 @@ class ExpertCache:
         self.peak_used = max(self.peak_used, self.used)
 
     def warm(self, keys: Iterable[Hashable]) -> None:
-        """Load experts before the run starts (no stats), in order, while they fit without evicting."""
-        for key in keys:
-            if key not in self._order and self.used + self._size(key) <= self.capacity + 1e-9:
-                self._order[key] = None
-                self.used += self._size(key)
+        """Load experts before the run starts (no stats): the longest prefix of `keys` (hottest
+        first) that fits, inserted coldest first so the hottest are the most recently used. A
+        larger cache thus starts with a superset in the same recency order (LRU inclusion holds)."""
+        chosen, used = [], self.used
+        for key in dict.fromkeys(keys):
+            if key in self._order:
+                continue
+            if used + self._size(key) > self.capacity + 1e-9:
+                break
+            chosen.append(key)
+            used += self._size(key)
+        for key in reversed(chosen):
+            self._order[key] = None
+        self.used = used
         self.peak_used = max(self.peak_used, self.used)
 
     def access(self, keys: Iterable[Hashable], bypass: Iterable[Hashable] = ()) -> list[Hashable]:

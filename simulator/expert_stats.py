@@ -25,14 +25,15 @@ class ExpertStatistics:
     in_sample: bool = False  # the sampled steps are among the simulated ones
 
 
-def statistics_window(routing: RoutingSource, simulated: int, steps: int) -> tuple[int, bool]:
-    """First routing step to learn statistics from, and whether that overlaps the simulated steps.
+def statistics_window(routing: RoutingSource, simulated: int, steps: int) -> tuple[int, int, bool]:
+    """(first step, steps, in sample) of the routing to learn statistics from.
 
     Generators have unlimited steps, so statistics come from steps after the simulated ones (out
-    of sample); a trace too short for that is sampled from its start, and the result says so."""
+    of sample); a trace too short for that is sampled from its start (at most its length), and
+    the result says so."""
     if isinstance(routing, TraceRouting) and routing.num_steps < simulated + steps:
-        return 0, True
-    return simulated, False
+        return 0, min(steps, routing.num_steps), True
+    return simulated, steps, False
 
 
 def expert_statistics(routing: RoutingSource, tokens: np.ndarray, num_layers: int, steps: int,

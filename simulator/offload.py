@@ -61,9 +61,8 @@ class OffloadManager:
         pl = sc.placement
         self.slot_expert, self.slot_device, self.slot_share = pl.slot_expert, pl.slot_device, pl.slot_share
         n_moe = len(sc.model.moe_layers)
-        first, in_sample = statistics_window(sc.routing, sc.steps, self.cfg.stats_steps)
-        self.stats: ExpertStatistics = expert_statistics(sc.routing, sc.moe_tokens, n_moe, self.cfg.stats_steps,
-                                                         first, in_sample)
+        first, count, in_sample = statistics_window(sc.routing, sc.steps, self.cfg.stats_steps)
+        self.stats: ExpertStatistics = expert_statistics(sc.routing, sc.moe_tokens, n_moe, count, first, in_sample)
         self.prefetcher = Prefetcher(self.cfg.prefetch, self.stats, sc.seed)
         nbytes = setup.expert_bytes
         self.key_bytes = lambda key: float(nbytes[key[0], key[1]])

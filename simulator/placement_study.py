@@ -56,7 +56,8 @@ def with_placement(sc: Scenario, placement: Placement) -> Scenario:
 
 def fit_window(sc: Scenario, steps: int) -> tuple[int, bool]:
     """First routing step to fit the placement on, and whether that overlaps the simulated steps."""
-    return statistics_window(sc.routing, sc.steps, steps)
+    first, _, in_sample = statistics_window(sc.routing, sc.steps, steps)
+    return first, in_sample
 
 
 def run_study(sc: Scenario, methods: list[str], *, steps: int = 16, redundant: int = 0, slots: int | None = None,
