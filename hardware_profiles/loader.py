@@ -60,7 +60,7 @@ def load_link(name_or_path: str | Path) -> LinkSpec:
 
 
 def load_cluster(name_or_path: str | Path) -> ClusterSpec:
-    """A cluster profile; its device, link and host names must resolve too."""
+    """A cluster profile; its device, link, host and storage names must resolve too."""
     path = _resolve("clusters", name_or_path)
     cluster: ClusterSpec = _absolute_paths(_load("clusters", path), path.parent)  # type: ignore[arg-type]
     node = cluster.node
@@ -69,6 +69,8 @@ def load_cluster(name_or_path: str | Path) -> ClusterSpec:
         checks += [("node.nic.link", "links", node.nic.link), ("node.nic.attach", "links", node.nic.attach)]
     if node.host:
         checks += [("node.host.device", "devices", node.host.device), ("node.host.link", "links", node.host.link)]
+    if node.storage:
+        checks.append(("node.storage.link", "links", node.storage.link))
     for field, kind, name in checks:
         try:
             _resolve(kind, name)
@@ -90,6 +92,8 @@ def _absolute_paths(cluster: ClusterSpec, base: Path) -> ClusterSpec:
         update["nic"] = node.nic.model_copy(update={"link": fix(node.nic.link), "attach": fix(node.nic.attach)})
     if node.host:
         update["host"] = node.host.model_copy(update={"device": fix(node.host.device), "link": fix(node.host.link)})
+    if node.storage:
+        update["storage"] = node.storage.model_copy(update={"link": fix(node.storage.link)})
     return cluster.model_copy(update={"node": node.model_copy(update=update)})
 
 

@@ -51,6 +51,14 @@ def test_unknown_cluster_and_device_list_valid_names(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_scenario(write_config(tmp_path, cfg))
     assert "node.device" in str(info.value) and "H100-SXM" in str(info.value)
+    cluster = tmp_path / "c2.yaml"  # profiles are cached by path
+    cfg["hardware"]["cluster"] = "c2.yaml"
+    cluster.write_text("name: c\nnode: {device: H100-SXM, devices_per_node: 8, intra_node: {topology: switch, "
+                       "link: NVLink4}, host: {device: Xeon-8480, link: PCIe5-x16}, "
+                       "storage: {link: NVMe-Gen9, capacity: 1 TB}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_scenario(write_config(tmp_path, cfg))
+    assert "node.storage.link" in str(info.value) and "NVMe-Gen4-x4" in str(info.value)
 
 
 def test_ep_must_divide_experts(tmp_path):
