@@ -68,15 +68,26 @@ class OffloadManager:
         self.key_bytes = lambda key: float(nbytes[key[0], key[1]])
         size = self.key_bytes if setup.by_bytes else None
         self.caches: list[ExpertCache | LayeredCache] = []
+        layered = self.cfg.cache.scope == "layer"
+        part = setup.capacity / n_moe if setup.by_bytes else float(int(setup.capacity // n_moe))
         for d in range(sc.num_devices):
             order = warm_order(self.stats.load, self.owned_all(d))
-            pinned = frozenset()
+            pinned: frozenset = frozenset()
             if self.cfg.cache.policy == "pinned":
-                pinned = self._pinned(order, size)
-            if self.cfg.cache.scope == "layer":
-                cache = LayeredCache(n_moe, setup.capacity, self.cfg.cache.policy, pinned, size=size)
-            else:
-                cache = ExpertCache(setup.capacity, self.cfg.cache.policy, pinned, size=size)
+                if layered:  # the hottest of each layer, within that layer's share
+                    pinned = frozenset().union(*(self._pinned([k for k in order if k[0] == m], size, part)
+                                                 for m in range(n_moe)))
+                else:
+                    pinned = self._pinned(order, size, setup.capacity)
+            try:
+                if layered:
+                    cache = LayeredCache(n_moe, setup.capacity, self.cfg.cache.policy, pinned, size=size)
+                else:
+                    cache = ExpertCache(setup.capacity, self.cfg.cache.policy, pinned, size=size)
+            except ValueError as err:
+                share = f" ({n_moe} MoE layers share it under cache.scope: layer)" if layered else ""
+                raise ConfigError(f"{err}: the cache is {setup.capacity_text()} per device{share}",
+                                  file=sc.source.path or "<config>", field="offload.cache.capacity") from None
             if self.cfg.cache.warm:
                 cache.warm(order)
             self.caches.append(cache)
@@ -120,9 +131,9 @@ class OffloadManager:
         np.add.at(n, inv, tokens[mask])
         return uniq, t, n
 
-    def _pinned(self, order: list, size) -> frozenset:
-        """The hottest experts filling `pinned_fraction` of the cache."""
-        budget = self.setup.capacity * self.cfg.cache.pinned_fraction
+    def _pinned(self, order: list, size, capacity: float) -> frozenset:
+        """The hottest experts (of `order`, hottest first) filling `pinned_fraction` of `capacity`."""
+        budget = capacity * self.cfg.cache.pinned_fraction
         out, used = [], 0.0
         for key in order:
             need = size(key) if size else 1.0

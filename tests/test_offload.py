@@ -253,3 +253,7 @@ def test_hybrid_without_a_host_and_a_cache_too_small_for_one_layer(tmp_path):
     with pytest.raises(ConfigError, match="needs 2 experts at once") as err:
         _run(tmp_path, small)
     assert err.value.field == "offload.cache.capacity"
+    per_layer = _mixtral_4090(capacity=20, scope="layer")  # under one expert per layer
+    with pytest.raises(ConfigError, match="32 MoE layers share it") as err:
+        _run(tmp_path, per_layer)
+    assert err.value.field == "offload.cache.capacity"
