@@ -38,6 +38,11 @@ MIXTRAL = [
     ("  + predictor 80%, lookahead 2", {"offload.prefetch": {"policy": "predictor", "accuracy": 0.8, "lookahead": 2}}),
     ("  + cold experts on CPU (auto)", {"offload.hybrid": {"cold_experts": "auto"}}),
     ("  + cold experts always on CPU", {"offload.hybrid": {"cold_experts": "host"}}),
+    ("same 18 GB cache on a GH200 (NVLink-C2C)", {"hardware": {"cluster": "gh200"},
+                                                  "offload.cache": {"policy": "lru", "scope": "layer",
+                                                                    "capacity": "18 GB"}}),
+    ("  + bf16 experts, device LRU", {"hardware": {"cluster": "gh200"}, "precision": {},
+                                      "offload.cache": {"policy": "lru", "capacity": "18 GB"}}),
 ]
 DSV2 = [
     ("4-bit, device LFU, no prefetch", {"offload.prefetch": {"policy": "none"}}),

@@ -32,3 +32,12 @@ def test_storage_without_host_reads_into_unified_memory():
     assert set(tiers) == {"device", "storage"}
     assert tiers["storage"].bandwidth == pytest.approx(7.45e9 * 0.9)
     assert tiers["storage"].latency == pytest.approx(60e-6)
+
+
+def test_gh200_reaches_host_memory_over_nvlink_c2c():
+    """Grace Hopper: host memory over NVLink-C2C (450 GB/s per direction at 80%), not PCIe."""
+    tiers = {t.name: t for t in memory_tiers(load_cluster("gh200"))}
+    assert tiers["host"].path[-1] == "NVLink-C2C"
+    assert tiers["host"].bandwidth == pytest.approx(min(450e9 * 0.8, 512e9 * 0.85))
+    pcie = {t.name: t for t in memory_tiers(load_cluster("gpu-host-pcie"))}
+    assert tiers["host"].bandwidth > 5 * pcie["host"].bandwidth
