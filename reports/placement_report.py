@@ -12,13 +12,13 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from moesim.placement.methods import MethodResult
 from moesim.placement.problem import PlacementProblem
+from moesim.reports.html_page import CSS, Figure, Table, pyplot, save_figure, table_html, table_markdown
 from moesim.simulator.placement_study import PlacementStudy, pick_best
 
 LOADS_PNG = "placement-loads.png"
@@ -30,34 +30,7 @@ TRAFFIC_PNG = "placement-traffic.png"
 ANNOTATE_CELLS = 400  # heatmaps with more cells than this get no per-cell numbers
 
 
-@dataclass(frozen=True)
-class Figure:
-    """One plot of the report: its file, a heading and a caption."""
-
-    file: str
-    title: str
-    caption: str
-
-
-@dataclass(frozen=True)
-class Table:
-    """A table of already formatted cells; `highlight` marks one row (the chosen method)."""
-
-    headers: list[str]
-    rows: list[list[str]]
-    highlight: int | None = None
-
-
 # ---------------------------------------------------------------- helpers
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _result(study: PlacementStudy, method: str) -> MethodResult:
@@ -128,19 +101,13 @@ def _draw_node_lines(ax, node_of: np.ndarray, vertical: bool = True, horizontal:
             ax.axhline(b, color="black", lw=1.2, ls="--")
 
 
-def _save(fig, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    _pyplot().close(fig)
-
-
 # ---------------------------------------------------------------- plots
 
 
 def plot_device_loads(problem: PlacementProblem, before: MethodResult, after: MethodResult, layer: int,
                       path: Path) -> None:
     """Bars of tokens per device at one MoE layer: the baseline (before) next to the method compared (after)."""
-    plt = _pyplot()
+    plt = pyplot()
     D = problem.num_devices
     fig, ax = plt.subplots(figsize=(max(8.0, min(18.0, 3 + 0.22 * D)), 4.5))
     x = np.arange(D)
@@ -160,12 +127,12 @@ def plot_device_loads(problem: PlacementProblem, before: MethodResult, after: Me
     ax.set_title(f"Tokens each device serves per step at MoE layer {layer}\n"
                  f"(the layer where {before.method} is most imbalanced; model)")
     ax.legend(loc="upper right")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_balance_by_layer(problem: PlacementProblem, results: list[MethodResult], path: Path) -> None:
     """Per MoE layer, for every method: max/mean device tokens, and the slowest device's expert time."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import (
         LogLocator,
         MaxNLocator,
@@ -197,12 +164,12 @@ def plot_balance_by_layer(problem: PlacementProblem, results: list[MethodResult]
     bottom.set_xlabel("MoE layer index")
     bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
     bottom.set_ylim(bottom=0)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_shares(problem: PlacementProblem, chosen: MethodResult, layer: int, path: Path) -> None:
     """(devices x experts) image of the chosen placement's token shares at one MoE layer."""
-    plt = _pyplot()
+    plt = pyplot()
     E, D = problem.num_experts, problem.num_devices
     shares = chosen.placement.share_matrix(layer).T  # (D, E)
     fig, ax = plt.subplots(figsize=(max(7.0, min(16.0, 3 + E / 18)), max(3.5, min(10.0, 2 + D / 7))))
@@ -224,12 +191,12 @@ def plot_shares(problem: PlacementProblem, chosen: MethodResult, layer: int, pat
     ax.set_title(f"{chosen.method}: share of each expert's tokens served per device, MoE layer {layer}\n"
                  f"{replicated} expert(s) replicated; grey = no copy")
     fig.colorbar(im, ax=ax, label="share of the expert's tokens (0-1)")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_copies(problem: PlacementProblem, chosen: MethodResult, path: Path) -> None:
     """(MoE layers x devices) expert copies the chosen placement puts on each device."""
-    plt = _pyplot()
+    plt = pyplot()
     copies = chosen.score.copies
     L, D = copies.shape
     fig, ax = plt.subplots(figsize=(max(6.0, min(16.0, 3 + D / 5)), max(3.5, min(12.0, 2 + L / 6))))
@@ -249,12 +216,12 @@ def plot_copies(problem: PlacementProblem, chosen: MethodResult, path: Path) -> 
     ax.set_title(f"{chosen.method}: expert copies per device and MoE layer\n(slots per device: {cap})")
     bar = fig.colorbar(im, ax=ax, label="expert copies held")
     bar.set_ticks(range(0, hi + 1, max(1, -(-(hi + 1) // 10))))
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_traffic(problem: PlacementProblem, before: MethodResult, after: MethodResult, path: Path) -> None:
     """Side-by-side (source x destination) dispatch tokens per step, before and after (one colour scale)."""
-    plt = _pyplot()
+    plt = pyplot()
     D = problem.num_devices
     pair = [before] if before.method == after.method else [before, after]
     mats = [device_traffic(problem, r.placement.shares()) for r in pair]
@@ -409,47 +376,6 @@ def figures(chosen: str, before: str, after: str, layer: int, note: str) -> list
 
 
 # ---------------------------------------------------------------- rendering
-
-
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def table_markdown(t: Table) -> str:
-    """A pipe table; the highlighted row in bold."""
-    lines = ["| " + " | ".join(_md_cell(h) for h in t.headers) + " |",
-             "|" + "|".join([":---"] + ["---:"] * (len(t.headers) - 1)) + "|"]
-    for i, row in enumerate(t.rows):
-        cells = [_md_cell(c) for c in row]
-        if i == t.highlight:
-            cells = [f"**{c}**" for c in cells]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def table_html(t: Table) -> str:
-    """An HTML table; the highlighted row gets class "chosen"."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in t.headers)
-    body = []
-    for i, row in enumerate(t.rows):
-        cls = ' class="chosen"' if i == t.highlight else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>"
-
-
-CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
-table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-th { background: #f0f0f0; }
-tr.chosen td { background: #fff4c2; font-weight: bold; }
-dl { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; }
-dt { font-weight: bold; } dd { margin: 0; }
-figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
-figcaption { color: #555; font-size: 0.9em; }
-.note { color: #555; font-size: 0.9em; }
-"""
 
 
 def _links(out: Path) -> list[str]:

@@ -9,6 +9,7 @@ from typing import Callable
 from moesim.simulator.config import ScenarioFile
 from moesim.simulator.engine import Engine
 from moesim.simulator.metrics import SimResult, summarize
+from moesim.simulator.run_tables import expert_time_table, link_table, traffic_table
 from moesim.simulator.scenario import Scenario, load_scenario, resolve
 from moesim.simulator.trace_export import write_chrome_trace
 
@@ -33,8 +34,8 @@ def default_run_dir(result: SimResult) -> Path:
 
 
 def write_run_dir(result: SimResult, out: str | Path | None = None) -> Path:
-    """Write summary.json, the phase/utilization/layer tables, the copy tables of an offloading run
-    and trace.json; return the directory."""
+    """Write summary.json, the phase/utilization/layer/traffic/link/expert-time tables, the copy
+    tables of an offloading run and trace.json; return the directory."""
     from moesim import __version__
 
     sc = result.scenario
@@ -58,6 +59,9 @@ def write_run_dir(result: SimResult, out: str | Path | None = None) -> Path:
     result.phases.to_parquet(run_dir / "phases.parquet", index=False)
     result.utilization.to_csv(run_dir / "utilization.csv", index=False)
     result.layers.to_csv(run_dir / "layers.csv", index=False)
+    traffic_table(result).to_csv(run_dir / "traffic.csv", index=False)
+    link_table(result).to_csv(run_dir / "links.csv", index=False)
+    expert_time_table(result).to_csv(run_dir / "expert_time.csv", index=False)
     off = result.raw.offload
     copies = host_jobs = None
     if off is not None:

@@ -1,0 +1,92 @@
+"""Pieces every HTML/Markdown report shares: figures, tables, the page style, PNG embedding.
+
+Reports are static pages: tables of already formatted cells and matplotlib PNGs. The HTML
+embeds its images as base64 data URIs so one file opens anywhere with no server; the Markdown
+references the PNG files written beside it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One plot of the report: its file, a heading and a caption."""
+
+    file: str
+    title: str
+    caption: str
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table of already formatted cells; `highlight` marks one row (the chosen method)."""
+
+    headers: list[str]
+    rows: list[list[str]]
+    highlight: int | None = None
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def table_markdown(t: Table) -> str:
+    """A pipe table; the highlighted row in bold."""
+    lines = ["| " + " | ".join(_md_cell(h) for h in t.headers) + " |",
+             "|" + "|".join([":---"] + ["---:"] * (len(t.headers) - 1)) + "|"]
+    for i, row in enumerate(t.rows):
+        cells = [_md_cell(c) for c in row]
+        if i == t.highlight:
+            cells = [f"**{c}**" for c in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def table_html(t: Table) -> str:
+    """An HTML table; the highlighted row gets class "chosen"."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in t.headers)
+    body = []
+    for i, row in enumerate(t.rows):
+        cls = ' class="chosen"' if i == t.highlight else ""
+        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>"
+
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f0f0f0; }
+tr.chosen td { background: #fff4c2; font-weight: bold; }
+dl { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; }
+dt { font-weight: bold; } dd { margin: 0; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { color: #555; font-size: 0.9em; }
+.note { color: #555; font-size: 0.9em; }
+"""
+
+
+def embedded_png(path: Path) -> str:
+    """A PNG file as a data URI for an <img src=...>."""
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
