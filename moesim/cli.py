@@ -69,6 +69,63 @@ def _place(args: argparse.Namespace) -> int:
     return 0
 
 
+def _roofline(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from moesim.errors import ConfigError
+    from moesim.hardware_profiles import load_device
+    from moesim.reports.roofline_plots import load_measured, write_roofline
+    from moesim.reports.terminal import print_roofline
+    from moesim.simulator.cost_model import CostModel
+    from moesim.simulator.ops import act_dtype, gemm_dtype
+    from moesim.simulator.roofline import device_roof, expert_sweep, model_roofline, ridge_tokens, scenario_roofline
+    from moesim.simulator.scenario import load_scenario
+    from moesim.workloads import load_model
+
+    console = Console()
+    try:
+        extra = [load_device(d) for d in args.device]
+    except ConfigError as err:
+        raise ConfigError(err.detail, field="--device") from None
+    if args.config:
+        sc = load_scenario(args.config)
+        model, devices = sc.model, [sc.device] + [d for d in extra if d.name != sc.device.name]
+        rows = scenario_roofline(sc, args.layer, args.step, args.rank, others=devices[1:])
+        weight = float(sc.precision.expert_bytes().max()) if not sc.precision.uniform_native else None
+        name = sc.name
+        facts = [("scenario", f"{sc.name}: {model.name} on {sc.cluster.name} (ep={sc.ep}, tp={sc.tp}, dp={sc.dp})"),
+                 ("layer", f"{int(rows['layer'].iloc[0])} at step {args.step}, device {args.rank} "
+                           f"({sc.config.workload.phase})")]
+    else:
+        if not args.model:
+            raise ConfigError("give a scenario config, or --model with one or more --device", field="--model")
+        try:
+            model = load_model(args.model)
+        except ConfigError as err:
+            raise ConfigError(err.detail, field="--model") from None
+        devices = extra or [load_device("H100-SXM")]
+        phases = ["prefill", "decode"] if args.phase == "both" else [args.phase]
+        rows = model_roofline(model, devices, phases, args.batch, args.seq_len, args.kv_len, args.layer)
+        weight, name = None, f"{model.name}"
+        facts = [("model", model.name), ("workload", f"batch {args.batch}; prefill {args.seq_len} tokens per "
+                                                     f"sequence; decode with {args.kv_len} cached")]
+    facts.append(("source", "model (the engine's cost function on the datasheet profiles)"
+                  + ("; crosses are measured points from " + str(args.measured) if args.measured else "")))
+    roofs = {}
+    for spec in devices:
+        cost = CostModel(spec)
+        roofs[spec.name] = device_roof(cost, gemm_dtype(model.routed_expert_dtype, cost.dtypes, act_dtype(model)))
+    sweep = expert_sweep(model, devices, weight_bytes=weight)
+    ridges = ridge_tokens(sweep)
+    measured = load_measured(args.measured) if args.measured else None
+    actual = rows.loc[(rows["group"] == "routed expert") & (rows["device"] == devices[0].name), "tokens"].to_numpy()
+    out = Path(args.out) if args.out else Path("runs") / f"roofline-{name}"
+    page = write_roofline(rows, sweep, ridges, roofs, out, f"Roofline: {name}", facts, measured, actual)
+    print_roofline(rows, ridges, console)
+    console.print(f"roofline charts and tables: [bold]{page.parent}[/bold]")
+    return 0
+
+
 def _profiles(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -223,6 +280,21 @@ def build_parser() -> argparse.ArgumentParser:
     place.add_argument("--report", action="store_true", help="write report.html / report.md with plots")
     place.add_argument("--out", type=Path, default=None, help="output folder (default runs/<name>-placement)")
     place.set_defaults(func=_place)
+    roof = sub.add_parser("roofline", help="every op of a layer on the device roofline (config, or --model/--device)")
+    roof.add_argument("config", nargs="?", help="scenario config (its layer as the engine plans it)")
+    roof.add_argument("--model", help="model name or YAML (without a config)")
+    roof.add_argument("--device", action="append", default=[], help="device profile; repeat to compare devices")
+    roof.add_argument("--phase", choices=["prefill", "decode", "both"], default="both", help="without a config")
+    roof.add_argument("--batch", type=int, default=16, help="sequences (without a config)")
+    roof.add_argument("--seq-len", type=int, default=2048, help="prefill prompt length (without a config)")
+    roof.add_argument("--kv-len", type=int, default=2048, help="decode context (without a config)")
+    roof.add_argument("--layer", type=int, default=None, help="model layer (default: the first MoE layer)")
+    roof.add_argument("--step", type=int, default=0, help="routing step (with a config)")
+    roof.add_argument("--rank", type=int, default=0, help="device of the cluster (with a config)")
+    roof.add_argument("--measured", help="CSV of measured ops (device, op, flops, bytes, time_s) to plot")
+    roof.add_argument("--out", help="output folder (default runs/roofline-<name>)")
+    roof.set_defaults(func=_roofline)
+
     prof = sub.add_parser("profiles", help="list or show bundled hardware profiles and models")
     prof.add_argument("action", choices=["list", "show"])
     prof.add_argument("name", nargs="?")

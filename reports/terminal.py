@@ -67,6 +67,22 @@ def print_offload(off: dict, console: Console) -> None:
     console.print(t)
 
 
+def print_roofline(rows: Any, ridges: dict, console: Console) -> None:
+    """The first device's ops: intensity, modelled performance against the roof, bound and time share."""
+    first = rows["device"].iloc[0]
+    for phase, sub in rows[rows["device"] == first].groupby("phase", sort=False):
+        t = Table(title=f"{first}, {phase}: one layer on the roofline (modelled)")
+        for col in ("op", "FLOP/B", "TFLOP/s", "roof TFLOP/s", "of roof", "bound", "time", "share"):
+            t.add_column(col, justify="left" if col in ("op", "bound") else "right", no_wrap=True)
+        for _, r in sub.iterrows():
+            t.add_row(r["op"], f"{r['intensity']:.3g}", f"{r['achieved_flops_per_s'] / 1e12:.3g}",
+                      f"{r['attainable_flops_per_s'] / 1e12:.3g}", f"{r['roof_fraction']:.0%}", r["bound"],
+                      fmt_time(r["time_s"]), f"{r['share_of_layer']:.1%}")
+        console.print(t)
+    console.print("expert GEMM compute-bound from (tokens per expert): "
+                  + ", ".join(f"{d} {n:.0f}" if n else f"{d} never (<= 8192)" for d, n in ridges.items()))
+
+
 def print_profile_list(console: Console) -> None:
     from moesim.hardware_profiles import list_profiles
     from moesim.workloads import list_models

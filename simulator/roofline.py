@@ -1,0 +1,292 @@
+"""Where every op of a layer sits on a device's roofline, costed by the engine's own cost function.
+
+For each op: FLOPs, bytes, arithmetic intensity (FLOP/byte), the modelled time from
+`CostModel.op_cost` (so a roofline row and the engine's phase time are the same number), the
+performance that time achieves, the roof at that intensity (attainable: min(peak x eff_c,
+intensity x bandwidth x eff_m)), what bounds it and its share of the layer's time. All-to-all
+ops are bytes over the device's links; their intensity is the layer's routed-expert FLOPs per
+byte crossing the network, and their roof is intensity x link bandwidth (the expert FLOP/s the
+link can feed: a network roofline; above the device's peak the layer is not link-bound).
+
+Two entry points: `scenario_roofline` (a config's layer as the engine plans it at a step: real
+token counts per expert, placement, precision, links) and `model_roofline` (a model on any
+device, with uniform tokens per expert). `expert_sweep` costs one expert GEMM over a range of
+tokens per expert and finds where it crosses the ridge point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from moesim.hardware_profiles.schema import DeviceSpec
+from moesim.simulator.cost_model import CostModel
+from moesim.simulator.ops import (
+    LayerContext,
+    Op,
+    act_dtype,
+    attention_ops,
+    dense_ffn_op,
+    ffn_flops_bytes,
+    gemm_dtype,
+    router_op,
+    shared_expert_op,
+    tp_allreduce_bytes,
+)
+from moesim.simulator.scenario import Scenario
+from moesim.simulator.step_plan import Planner
+from moesim.workloads.model_spec import ModelSpec
+
+COLUMNS = ["device", "phase", "layer", "op", "group", "kind", "tokens", "flops", "bytes", "intensity", "time_s",
+           "achieved_flops_per_s", "attainable_flops_per_s", "roof_fraction", "bound", "share_of_layer"]
+
+
+@dataclass(frozen=True)
+class Roof:
+    """A device's roof for one dtype: achievable (with the profile's efficiencies) and theoretical."""
+
+    device: str
+    dtype: str
+    peak: float  # FLOP/s at the compute efficiency
+    bandwidth: float  # B/s at the memory efficiency
+    peak_theoretical: float
+    bandwidth_theoretical: float
+
+    @property
+    def ridge(self) -> float:
+        """FLOP/byte where the memory roof meets the compute roof."""
+        return self.peak / self.bandwidth
+
+    def attainable(self, intensity: np.ndarray | float) -> np.ndarray:
+        return np.minimum(self.peak, np.asarray(intensity, dtype=float) * self.bandwidth)
+
+
+def device_roof(cost: CostModel, dtype: str) -> Roof:
+    eff = cost.efficiency
+    peak = cost.peak(dtype)
+    return Roof(cost.device.name, dtype, peak * float(eff.compute("gemm", np.array(1e9))),
+                cost.bandwidth * float(eff.memory("gemm", np.array(1e12))), peak, cost.bandwidth)
+
+
+@dataclass(frozen=True)
+class Link:
+    """What an all-to-all op of one device crosses: bytes per destination and each path's bottleneck."""
+
+    name: str
+    bytes_to: np.ndarray  # (N,) bytes to each destination (own device 0)
+    bandwidth_to: np.ndarray  # (N,) achievable B/s of the slowest link on the path
+    latency: float
+
+    def time(self) -> float:
+        """The device's sends serialized over its links (its injection link is the usual bottleneck)."""
+        sent = self.bytes_to > 0
+        if not sent.any():
+            return 0.0
+        return float((self.bytes_to[sent] / self.bandwidth_to[sent]).sum()) + self.latency
+
+
+def _group(op: Op) -> str:
+    if op.name.startswith("expert["):
+        return "routed expert"
+    return {"router": "router", "shared_expert": "shared expert", "dense_ffn": "dense FFN"}.get(
+        op.name, "communication" if op.kind == "comm" else "attention")
+
+
+def op_rows(cost: CostModel, ops: list[Op], phase: str, layer: int, links: dict[str, Link] | None = None,
+            expert_flops: float = 0.0) -> pd.DataFrame:
+    """One roofline row per op (compute ops through `cost.op_cost`, comm ops through `links`)."""
+    rows = []
+    for op in ops:
+        if op.kind == "comm":
+            link = (links or {}).get(op.name)
+            if link is None or op.bytes <= 0:
+                continue
+            t = link.time()
+            sent = link.bytes_to > 0
+            bw = float(link.bytes_to[sent].sum() / (link.bytes_to[sent] / link.bandwidth_to[sent]).sum())
+            intensity = expert_flops / op.bytes if op.bytes else 0.0
+            # the network roof: the expert FLOP/s the link can feed; above the device's peak, the
+            # layer is not link-bound
+            attainable = intensity * bw
+            achieved = expert_flops / t if t else 0.0
+            rows.append((cost.device.name, phase, layer, op.name, _group(op), op.kind, op.rows, 0.0, op.bytes, intensity, t,
+                         achieved, attainable, achieved / attainable if attainable else np.nan, "link"))
+            continue
+        c = cost.op_cost(op)
+        intensity = op.flops / op.bytes if op.bytes else np.inf
+        roof = device_roof(cost, op.dtype)
+        attainable = float(roof.attainable(intensity))
+        achieved = op.flops / c.time if c.time else 0.0
+        rows.append((cost.device.name, phase, layer, op.name, _group(op), op.kind, op.rows, op.flops, op.bytes, intensity,
+                     c.time, achieved, attainable, achieved / attainable if attainable else np.nan, c.bound))
+    df = pd.DataFrame(rows, columns=COLUMNS[:-1])
+    total = df["time_s"].sum()
+    df["share_of_layer"] = df["time_s"] / total if total > 0 else 0.0
+    return df
+
+
+# ---------------------------------------------------------------- a scenario's layer
+
+
+def _links(sc: Scenario, device: int, dispatch: np.ndarray, combine: np.ndarray) -> dict[str, Link]:
+    r = sc.routes
+    n = sc.num_devices
+    bw = np.full(n, np.inf)
+    for dst in range(n):
+        if dst != device:
+            p = device * n + dst
+            bw[dst] = r.link_bandwidth[r.pair_links[r.pair_ptr[p]:r.pair_ptr[p + 1]]].min()
+    latency = float(r.pair_latency[device].max()) if n > 1 else 0.0
+    out = dispatch[device].copy()
+    back = combine[:, device].copy()  # combine: what returns to this device; it sends combine[device]
+    out[device] = back[device] = 0.0
+    sent_back = combine[device].copy()
+    sent_back[device] = 0.0
+    return {"dispatch": Link("dispatch", out, bw, latency), "combine": Link("combine", sent_back, bw, latency)}
+
+
+def scenario_layer_ops(sc: Scenario, layer: int, step: int = 0, device: int = 0,
+                       cost: CostModel | None = None) -> tuple[list[Op], dict[str, Link], float]:
+    """The ops device `device` runs in `layer` at `step`, as the engine plans them: token counts per
+    expert from the step's routing and the placement, weights at the scenario's precision.
+    Returns (ops, links of its all-to-all, FLOPs of its routed experts)."""
+    m, wl = sc.model, sc.config.workload
+    cost = cost or sc.cost
+    dt = cost.dtypes
+    planner = Planner(sc)
+    planner.keep_slots = True
+    plan = planner.plan(step)
+    kv_len = (wl.kv_len or 0) + step if wl.phase == "decode" else 0
+    ctx = LayerContext(wl.phase, sc.batch_per_replica, wl.seq_len if wl.phase == "prefill" else 1, kv_len, sc.tp,
+                       int(sc.moe_tokens.max()))
+    ops = attention_ops(m, layer, ctx, dt)
+    if sc.tp > 1:
+        ops.append(Op("tp_allreduce", "comm", "tp_allreduce", 0.0, tp_allreduce_bytes(m, ctx.attn_tokens, sc.tp)))
+    if not m.is_moe_layer(layer):
+        ops.append(dense_ffn_op(m, ctx.attn_tokens, sc.tp, dt))
+        return ops, {}, 0.0
+    tokens = float(sc.moe_tokens[device])
+    ops.append(router_op(m, tokens))
+    mi = planner.moe_index[layer]
+    ops.append(Op("dispatch", "comm", "dispatch", 0.0, float(plan.dispatch[mi][device].sum()
+                                                             - plan.dispatch[mi][device, device])))
+    shared = shared_expert_op(m, tokens, dt)
+    if shared:
+        ops.append(shared)
+    g, local = divmod(device, sc.ep)
+    pl = sc.placement
+    on_device = (pl.slot_device[mi] == local) & (plan.slot_tokens[g, mi] > 0)
+    expert_flops = 0.0
+    for j in np.flatnonzero(on_device):
+        n = float(plan.slot_tokens[g, mi, j])
+        flops, mem = ffn_flops_bytes(m, n, m.moe.expert_intermediate_size, m.routed_expert_dtype,
+                                     planner.slot_weight_bytes[mi, j])
+        quantized = planner.slot_quantized is not None and bool(planner.slot_quantized[mi, j])
+        dtype = act_dtype(m) if quantized else gemm_dtype(m.routed_expert_dtype, dt, act_dtype(m))
+        ops.append(Op(f"expert[{int(pl.slot_expert[mi, j])}]", "gemm", "expert", float(flops), float(mem), n, dtype))
+        expert_flops += float(flops)
+    ops.append(Op("combine", "comm", "combine", 0.0, float(plan.combine[mi][device].sum()
+                                                           - plan.combine[mi][device, device])))
+    return ops, _links(sc, device, plan.dispatch[mi], plan.combine[mi]), expert_flops
+
+
+def scenario_roofline(sc: Scenario, layer: int | None = None, step: int = 0, device: int = 0,
+                      others: list[DeviceSpec] = ()) -> pd.DataFrame:
+    """Roofline rows of one layer of the scenario (default: its first MoE layer) on its device, and
+    the same ops costed on each of `others` (compute ops only: their links are not the cluster's)."""
+    if layer is None:
+        layer = sc.model.moe_layers[0] if sc.model.moe_layers else 0
+    phase = sc.config.workload.phase
+    ops, links, expert_flops = scenario_layer_ops(sc, layer, step, device)
+    frames = [op_rows(sc.cost, ops, phase, layer, links, expert_flops)]
+    for spec in others:
+        other = CostModel(spec)
+        frames.append(op_rows(other, _recast(ops, sc.model, other), phase, layer))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _recast(ops: list[Op], model: ModelSpec, cost: CostModel) -> list[Op]:
+    """The same ops in the dtype another device would run them in (its native support differs)."""
+    out = []
+    for op in ops:
+        if op.kind == "gemm" and op.name.startswith("expert["):
+            dtype = gemm_dtype(model.routed_expert_dtype, cost.dtypes, act_dtype(model))
+        elif op.kind == "gemm":
+            dtype = gemm_dtype(model.weight_dtype, cost.dtypes, act_dtype(model))
+        else:
+            dtype = op.dtype
+        out.append(Op(op.name, op.kind, op.phase, op.flops, op.bytes, op.rows, dtype))
+    return out
+
+
+# ---------------------------------------------------------------- a model on any device
+
+
+def model_layer_ops(model: ModelSpec, phase: str, batch: int, seq_len: int, kv_len: int,
+                    device: CostModel, layer: int | None = None) -> list[Op]:
+    """One device running a whole MoE layer for `batch` sequences (no parallelism): attention,
+    router, shared experts and one representative routed expert at the mean tokens per expert."""
+    if layer is None:
+        layer = model.moe_layers[0] if model.moe_layers else 0
+    ctx = LayerContext(phase, batch, seq_len if phase == "prefill" else 1, kv_len if phase == "decode" else 0)
+    dt = device.dtypes
+    ops = attention_ops(model, layer, ctx, dt)
+    tokens = ctx.attn_tokens
+    if not model.is_moe_layer(layer):
+        return ops + [dense_ffn_op(model, tokens, 1, dt)]
+    ops.append(router_op(model, tokens))
+    shared = shared_expert_op(model, tokens, dt)
+    if shared:
+        ops.append(shared)
+    active = min(model.moe.num_experts, tokens * model.moe.top_k)
+    per_expert = tokens * model.moe.top_k / active  # mean tokens of an expert that gets any
+    wd = model.routed_expert_dtype
+    flops, mem = ffn_flops_bytes(model, per_expert, model.moe.expert_intermediate_size, wd)
+    # `active` experts each at the mean load: one row standing for all of them
+    ops.append(Op(f"expert[x{active}]", "gemm", "expert", float(flops) * active, float(mem) * active,
+                  per_expert, gemm_dtype(wd, dt, act_dtype(model))))
+    return ops
+
+
+def model_roofline(model: ModelSpec, devices: list[DeviceSpec], phases: list[str], batch: int, seq_len: int,
+                   kv_len: int, layer: int | None = None) -> pd.DataFrame:
+    frames = []
+    for spec in devices:
+        cost = CostModel(spec)
+        for phase in phases:
+            ops = model_layer_ops(model, phase, batch, seq_len, kv_len, cost, layer)
+            frames.append(op_rows(cost, ops, phase, layer if layer is not None else model.moe_layers[0]))
+    return pd.concat(frames, ignore_index=True)
+
+
+# ---------------------------------------------------------------- expert GEMMs over tokens per expert
+
+
+def expert_sweep(model: ModelSpec, devices: list[DeviceSpec], tokens: np.ndarray | None = None,
+                 weight_bytes: float | None = None) -> pd.DataFrame:
+    """One routed expert's GEMM at each token count, on each device: time, achieved FLOP/s, bound."""
+    tokens = np.unique(np.round(np.geomspace(1, 8192, 60))) if tokens is None else np.asarray(tokens, float)
+    rows = []
+    for spec in devices:
+        cost = CostModel(spec)
+        dtype = gemm_dtype(model.routed_expert_dtype, cost.dtypes, act_dtype(model))
+        flops, mem = ffn_flops_bytes(model, tokens, model.moe.expert_intermediate_size, model.routed_expert_dtype,
+                                     weight_bytes)
+        c, m, o = cost.terms("gemm", flops, mem, tokens, dtype)
+        t = np.maximum(c, m) + o
+        for n, f, b, ci, mi, ti in zip(tokens, flops, mem, c, m, t):
+            rows.append((spec.name, n, f, b, f / b, ti, f / ti, "compute" if ci >= mi else "memory"))
+    return pd.DataFrame(rows, columns=["device", "tokens_per_expert", "flops", "bytes", "intensity", "time_s",
+                                       "achieved_flops_per_s", "bound"])
+
+
+def ridge_tokens(sweep: pd.DataFrame) -> dict[str, float | None]:
+    """Per device: the fewest tokens per expert at which the expert GEMM is compute-bound."""
+    out: dict[str, float | None] = {}
+    for dev, df in sweep.groupby("device", sort=False):
+        bound = df[df["bound"] == "compute"]
+        out[str(dev)] = float(bound["tokens_per_expert"].min()) if len(bound) else None
+    return out
+
