@@ -26,6 +26,27 @@ def _simulate(args: argparse.Namespace) -> int:
     if not args.quiet:
         print_summary(result, console)
     console.print(f"run directory: [bold]{run_dir}[/bold]")
+    if args.report:
+        from moesim.reports.run_report import write_run_report
+
+        console.print(f"report: [bold]{write_run_report(run_dir)}[/bold]")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    console = Console()
+    if len(args.runs) == 1:
+        from moesim.reports.run_report import write_run_report
+
+        page = write_run_report(args.runs[0], args.out)
+    else:
+        from moesim.reports.compare_report import write_comparison_report
+
+        out = args.out or Path("runs") / ("compare-" + "-vs-".join(Path(r).name for r in args.runs))[:120]
+        page = write_comparison_report(args.runs, out)
+    console.print(f"report: [bold]{page}[/bold]")
     return 0
 
 
@@ -259,7 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", type=Path, default=None, help="run directory (default: outputs.dir or runs/<name>)")
     sim.add_argument("--steps", type=int, default=None, help="override workload.steps")
     sim.add_argument("--quiet", action="store_true")
+    sim.add_argument("--report", action="store_true", help="also write the HTML/Markdown run report (RUN_DIR/report)")
     sim.set_defaults(func=_simulate)
+
+    rep = sub.add_parser("report", help="HTML/Markdown report of a run directory, or a comparison of several")
+    rep.add_argument("runs", nargs="+", type=Path, help="run directories written by `moesim simulate`")
+    rep.add_argument("--out", type=Path, default=None,
+                     help="output folder (default RUN_DIR/report, or runs/compare-... for several runs)")
+    rep.set_defaults(func=_report)
     place = sub.add_parser("place", help="expert placement: ILP and baselines on a scenario's routing")
     place.add_argument("config", type=Path, help="scenario config: model, cluster, parallelism, routing")
     place.add_argument("--methods", default="contiguous,round_robin,random,eplb,eplb_hierarchical,ilp_load,ilp",
