@@ -49,7 +49,8 @@ def write_run_dir(result: SimResult, out: str | Path | None = None) -> Path:
         "metrics": result.summary,
         "resolved": {
             "model": sc.model.name, "cluster": sc.cluster.name, "device": sc.device.name,
-            "devices": sc.num_devices, "ep": sc.ep, "tp": sc.tp, "dp": sc.dp,
+            "devices": sc.num_devices, "devices_per_node": sc.cluster.node.devices_per_node,
+            "ep": sc.ep, "tp": sc.tp, "dp": sc.dp,
             "batch_per_replica": sc.batch_per_replica, "moe_tokens_per_device": sc.moe_tokens.tolist(),
             "moe_layers": len(sc.model.moe_layers),
         },
