@@ -31,6 +31,36 @@ class EfficiencySpec(_Strict):
     memory: float = Field(0.8, gt=0, le=1)
 
 
+class KindEfficiency(_Strict):
+    """A fitted efficiency model for one op kind (see validation/fit.py for the form and why).
+
+    compute efficiency = compute_max x rows / (rows + rows_half)   (saturating in GEMM rows)
+    memory efficiency  = memory_max x bytes / (bytes + bytes_half) (saturating in bytes moved)
+    time = max(FLOPs_padded / (peak x compute eff), bytes / (bandwidth x memory eff)) + overhead
+    """
+
+    compute_max: float = Field(gt=0, le=20, description="relative to the profile's peak (> 1: the datasheet "
+                               "number underestimates what this machine reaches)")
+    rows_half: float = Field(ge=0)
+    memory_max: float = Field(gt=0, le=20, description="relative to the profile's bandwidth (caches can beat it)")
+    bytes_half: float = Field(ge=0)
+    overhead: Seconds = Field(ge=0)
+
+
+class CalibrationSpec(_Strict):
+    """Where a calibrated profile came from: the fitted models, the machine and library versions."""
+
+    kinds: dict[str, KindEfficiency] = Field(description="per op kind (gemm, attention, copy, ...)")
+    links: dict[str, dict[str, float]] = Field(default_factory=dict,
+                                               description="fitted host<->device copies: latency, bandwidth")
+    machine: dict[str, str] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict, description="torch, triton, CUDA, driver, ...")
+    measurements: str | None = Field(None, description="raw measurements file, relative to the profile")
+    date: str = ""
+    model_form: str = ""
+    validation: dict[str, float] = Field(default_factory=dict, description="held-out error summary (MAPE, ...)")
+
+
 class DeviceSpec(_Strict):
     name: str
     kind: Literal["gpu", "npu", "cpu", "pim"]
@@ -42,6 +72,7 @@ class DeviceSpec(_Strict):
     gemm_tile: int = Field(64, ge=1, description="token-dimension tile a GEMM pads to")
     sources: dict[str, str] = Field(default_factory=dict)
     notes: str = ""
+    calibration: CalibrationSpec | None = Field(None, description="fitted efficiencies from `moesim calibrate`")
 
     def peak_flops(self, dtype: str) -> float:
         """Peak FLOP/s for a dtype, falling back to the nearest wider type the device has."""

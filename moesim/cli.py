@@ -147,6 +147,40 @@ def _roofline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from moesim.errors import MoesimError
+
+    try:
+        from moesim.validation.calibrate import run_calibration
+    except ImportError as err:
+        raise MoesimError(f"moesim calibrate needs the calibrate extra ({err}); install it with "
+                          "pip install torch==2.13.0 && pip install -e \".[calibrate]\"") from None
+    console = Console()
+    out = args.out or Path("runs") / f"calibrate-{args.device}-{args.size}"
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                  transient=True) as bar:
+        task = bar.add_task("measuring")
+        cal = run_calibration(args.device, args.size, args.dtype, args.profile, out,
+                              progress=lambda msg: bar.update(task, description=f"measuring {msg}"),
+                              threads=args.threads)
+    e = cal.errors
+    from rich.table import Table
+
+    t = Table(title=f"{cal.profile.name}: simulated vs measured (MAPE / bias; noise floor)")
+    for col in ("split", "kind", "n", "MAPE before", "MAPE after", "bias after", "noise"):
+        t.add_column(col, justify="left" if col in ("split", "kind") else "right")
+    for r in e.itertuples():
+        t.add_row(r.split, r.kind, str(r.n), f"{r.before_mape:.1%}", f"{r.after_mape:.1%}", f"{r.after_bias:+.1%}",
+                  f"{r.noise_floor:.1%}")
+    console.print(t)
+    console.print(f"calibrated profile: [bold]{cal.out_dir / (cal.profile.name + '.yaml')}[/bold]; "
+                  f"report: [bold]{cal.out_dir / 'report.html'}[/bold]")
+    return 0
+
+
 def _profiles(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -322,6 +356,16 @@ def build_parser() -> argparse.ArgumentParser:
     roof.add_argument("--measured", help="CSV of measured ops (device, op, flops, bytes, time_s) to plot")
     roof.add_argument("--out", help="output folder (default runs/roofline-<name>)")
     roof.set_defaults(func=_roofline)
+
+    cal = sub.add_parser("calibrate", help="measure ops with torch, fit the cost model, report simulated vs measured")
+    cal.add_argument("--device", default="cpu", help="cpu or cuda")
+    cal.add_argument("--size", choices=["small", "full"], default="small", help="grid size (small: ~30 s on a CPU)")
+    cal.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    cal.add_argument("--profile", help="datasheet profile to calibrate (default: matched GPU, or one built from "
+                                       "/proc/cpuinfo)")
+    cal.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    cal.add_argument("--out", type=Path, help="output folder (default runs/calibrate-<device>-<size>)")
+    cal.set_defaults(func=_calibrate)
 
     prof = sub.add_parser("profiles", help="list or show bundled hardware profiles and models")
     prof.add_argument("action", choices=["list", "show"])

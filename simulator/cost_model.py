@@ -4,8 +4,9 @@
 
 F_padded pads a GEMM's token dimension up to the device's tile (a 3-token expert GEMM runs a
 full 64-row tile), which is why small token counts run at low efficiency. The efficiencies
-come from an `Efficiency` object: constants from the device profile by default, calibration
-tables later. Everything is vectorised over numpy arrays so the engine can cost thousands of
+come from an `Efficiency` object: constants from the device profile by default, or the models
+`moesim calibrate` fitted (saturating in GEMM rows and bytes, with a per-kind launch overhead)
+when the profile carries a `calibration` section. Everything is vectorised over numpy arrays so the engine can cost thousands of
 expert GEMMs per step in one call.
 """
 
@@ -43,6 +44,36 @@ class ProfileEfficiency:
 
 
 @dataclass(frozen=True)
+class CalibratedEfficiency:
+    """Efficiencies fitted by `moesim calibrate`: saturating in GEMM rows and in bytes moved, per op
+    kind; kinds the calibration did not measure use its "gemm" fit, else the profile's constants."""
+
+    kinds: dict  # kind -> KindEfficiency
+    fallback: ProfileEfficiency
+
+    def _fit(self, kind: str):
+        return self.kinds.get(kind) or self.kinds.get("gemm")
+
+    def compute(self, kind: str, rows: np.ndarray) -> np.ndarray | float:
+        fit = self._fit(kind)
+        if fit is None:
+            return self.fallback.compute(kind, rows)
+        r = np.maximum(np.asarray(rows, dtype=float), 1.0)
+        return fit.compute_max * r / (r + fit.rows_half)
+
+    def memory(self, kind: str, nbytes: np.ndarray) -> np.ndarray | float:
+        fit = self._fit(kind)
+        if fit is None:
+            return self.fallback.memory(kind, nbytes)
+        b = np.maximum(np.asarray(nbytes, dtype=float), 1.0)
+        return fit.memory_max * b / (b + fit.bytes_half)
+
+    def overhead(self, kind: str, default: float) -> float:
+        fit = self._fit(kind)
+        return default if fit is None else fit.overhead
+
+
+@dataclass(frozen=True)
 class OpCost:
     """The cost of one op, with the terms that explain it (a roofline row)."""
 
@@ -59,7 +90,10 @@ class CostModel:
     def __init__(self, device: DeviceSpec, efficiency: Efficiency | None = None,
                  flops_scale: float = 1.0, memory_bandwidth_scale: float = 1.0):
         self.device = device
-        self.efficiency = efficiency or ProfileEfficiency(device.efficiency.compute, device.efficiency.memory)
+        profile = ProfileEfficiency(device.efficiency.compute, device.efficiency.memory)
+        if efficiency is None and device.calibration is not None:
+            efficiency = CalibratedEfficiency(device.calibration.kinds, profile)
+        self.efficiency = efficiency or profile
         self.flops_scale = flops_scale
         self.bandwidth = device.memory.bandwidth * memory_bandwidth_scale
 
@@ -84,7 +118,9 @@ class CostModel:
         compute = flops / (self.peak(dtype) * self.efficiency.compute(kind, rows))
         memory = nbytes / (self.bandwidth * self.efficiency.memory(kind, nbytes))
         busy = (flops > 0) | (nbytes > 0)
-        overhead = np.where(busy, self.device.overhead, 0.0)
+        per_op = self.efficiency.overhead(kind, self.device.overhead) if hasattr(self.efficiency, "overhead") \
+            else self.device.overhead
+        overhead = np.where(busy, per_op, 0.0)
         return compute, memory, overhead
 
     def times(self, kind: str, flops, nbytes, rows=0.0, dtype: str = "bf16") -> np.ndarray:

@@ -1,0 +1,114 @@
+"""Fit the cost model's efficiencies to measurements, robustly, with a physically shaped form.
+
+Per op kind the simulator costs time = max(F_pad / (peak x e_c), B / (bw x e_m)) + overhead, and
+calibration fits
+
+    e_c(rows)  = c_max x rows / (rows + rows_half)     compute efficiency saturating in GEMM rows
+    e_m(bytes) = m_max x bytes / (bytes + bytes_half)  memory efficiency saturating in bytes moved
+    overhead   = a constant per op (kernel launch, framework dispatch)
+
+Why this form: small-row GEMMs leave compute units idle and small transfers never reach full
+bandwidth, and both effects fade as the op grows, so each efficiency rises monotonically to a
+ceiling; the ceiling (not the last grid point) governs shapes beyond the grid, so the fit
+extrapolates to the plateau instead of running off. The GEMM padding tile is chosen among powers
+of two by the same fit (a CPU GEMM pads little, a tensor-core kernel to 64 rows).
+The fit minimises soft-L1 residuals of log time (least_squares), so a few outliers (a
+preempted rep, a cache effect) do not pull it and small and large ops weigh alike.
+Host<->device copies are fitted as latency + bytes / bandwidth on the link.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from moesim.hardware_profiles.schema import DeviceSpec, KindEfficiency
+from moesim.simulator.cost_model import CalibratedEfficiency, CostModel, ProfileEfficiency
+from moesim.validation.measure import OpSpec
+from moesim.validation.predict import predict
+
+MODEL_FORM = ("e_c(rows) = c_max*rows/(rows+rows_half); e_m(bytes) = m_max*bytes/(bytes+bytes_half); "
+              "time = max(F_pad/(peak*e_c), B/(bw*e_m)) + overhead; links: latency + bytes/bandwidth")
+_LO = np.array([0.01, -1.0, 0.01, 0.0, -8.0])  # c_max, log10 rows_half, m_max, log10 bytes_half, log10 overhead
+_HI = np.array([20.0, 4.0, 20.0, 10.0, -1.0])  # maxima are relative to the datasheet peak, which may be off
+TILES = (1, 2, 4, 8, 16, 32, 64, 128)  # candidate token-dimension tiles a GEMM pads to
+
+
+@dataclass
+class FitResult:
+    kinds: dict[str, KindEfficiency]
+    links: dict[str, dict[str, float]]
+    gemm_tile: int  # the padding tile that fitted the GEMMs best
+
+
+def _kind_eff(theta: np.ndarray) -> KindEfficiency:
+    return KindEfficiency(compute_max=float(theta[0]), rows_half=float(10 ** theta[1]), memory_max=float(theta[2]),
+                          bytes_half=float(10 ** theta[3]), overhead=float(10 ** theta[4]))
+
+
+def calibrated_cost(device: DeviceSpec, kinds: dict[str, KindEfficiency]) -> CostModel:
+    profile = ProfileEfficiency(device.efficiency.compute, device.efficiency.memory)
+    return CostModel(device, CalibratedEfficiency(kinds, profile))
+
+
+def _fit_kind(kind: str, specs: list[OpSpec], measured: np.ndarray, device: DeviceSpec, dtype: str, elem: int,
+              kinds: dict[str, KindEfficiency]) -> tuple[KindEfficiency, float]:
+    """The kind's parameters minimising robust log-time residuals; returns (fit, cost)."""
+    from scipy.optimize import least_squares
+
+    def residuals(theta: np.ndarray) -> np.ndarray:
+        trial = {**kinds, kind: _kind_eff(theta)}
+        pred = predict(specs, calibrated_cost(device, trial), dtype, elem)
+        return np.log(pred) - np.log(measured)
+
+    start = np.array([device.efficiency.compute, 1.0, device.efficiency.memory, 5.0, np.log10(device.overhead + 1e-7)])
+    start = np.clip(start, _LO + 1e-6, _HI - 1e-6)
+    best = None
+    for rows_half0, bytes_half0 in ((1.0, 5.0), (2.0, 6.5), (0.0, 4.0)):  # a few starts: the landscape has plateaus
+        x0 = start.copy()
+        x0[1], x0[3] = rows_half0, bytes_half0
+        res = least_squares(residuals, x0, bounds=(_LO, _HI), loss="soft_l1", f_scale=0.05, max_nfev=300)
+        if best is None or res.cost < best.cost:
+            best = res
+    return _kind_eff(best.x), float(best.cost)
+
+
+def _fit_link(specs: list[OpSpec], measured: np.ndarray) -> dict[str, float]:
+    """latency + bytes / bandwidth, robustly in log time."""
+    from scipy.optimize import least_squares
+
+    b = np.array([s.nbytes for s in specs], dtype=float)
+
+    def residuals(theta: np.ndarray) -> np.ndarray:
+        return np.log(10 ** theta[0] + b / 10 ** theta[1]) - np.log(measured)
+
+    res = least_squares(residuals, np.array([-5.0, 10.0]), bounds=([-8, 6], [-2, 13]), loss="soft_l1", f_scale=0.05)
+    return {"latency": float(10 ** res.x[0]), "bandwidth": float(10 ** res.x[1])}
+
+
+def fit_profile(specs: list[OpSpec], measured: np.ndarray, device: DeviceSpec, dtype: str, elem: int) -> FitResult:
+    """Fit every kind the `fit` split measured: GEMMs (plain and grouped, trying each padding tile and
+    keeping the best), then copies, then host<->device links."""
+    measured = np.asarray(measured, dtype=float)
+    kinds: dict[str, KindEfficiency] = {}
+    tile = device.gemm_tile
+    idx = [i for i, s in enumerate(specs) if s.kind in ("gemm", "grouped_gemm") and s.split == "fit"]
+    if idx:
+        best = None
+        for t in TILES:
+            trial = device.model_copy(update={"gemm_tile": t})
+            fit, cost = _fit_kind("gemm", [specs[i] for i in idx], measured[idx], trial, dtype, elem, kinds)
+            if best is None or cost < best[1] - 1e-12:
+                best = (fit, cost, t)
+        kinds["gemm"], tile = best[0], best[2]
+    device = device.model_copy(update={"gemm_tile": tile})
+    idx = [i for i, s in enumerate(specs) if s.kind == "copy" and s.split == "fit"]
+    if idx:
+        kinds["copy"] = _fit_kind("copy", [specs[i] for i in idx], measured[idx], device, dtype, elem, kinds)[0]
+    links = {}
+    for kind in ("h2d", "d2h"):
+        idx = [i for i, s in enumerate(specs) if s.kind == kind and s.split == "fit"]
+        if len(idx) >= 2:
+            links[kind] = _fit_link([specs[i] for i in idx], measured[idx])
+    return FitResult(kinds, links, tile)

@@ -1,0 +1,195 @@
+"""What a calibration measures, and measuring it with torch on the CPU or a CUDA GPU.
+
+The grid (`calibration_grid`): dense GEMMs over token counts x expert-like shapes, grouped
+GEMMs with skewed tokens per expert (Zipf, empty experts included), memory copies over sizes
+(host<->device both ways on a GPU), and whole MoE layers. Every spec carries its split: `fit`,
+`holdout_random` (a random share of the base grid), `holdout_slice` (token counts above the fit
+range and shapes of another model, never seen by the fit) and `e2e` (MoE layers, predicted by
+composing fitted op costs). FLOPs and bytes follow the simulator's own conventions (ops.py):
+a GEMM reads its weights once and its input and output activations once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from moesim.validation.timing import Timing, time_op
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    kind: str  # gemm | grouped_gemm | grouped_gemm_triton | copy | h2d | d2h | moe_layer
+    split: str  # fit | holdout_random | holdout_slice | e2e
+    m: int = 0  # GEMM rows (tokens); total tokens for grouped / MoE layers
+    k: int = 0
+    n: int = 0
+    counts: tuple[int, ...] = ()  # tokens per expert (grouped GEMM)
+    nbytes: int = 0  # copies
+    experts: int = 0  # MoE layer
+    top_k: int = 0
+    shape: str = ""  # which model's shapes
+
+    def flops_bytes(self, elem: int) -> tuple[float, float]:
+        """FLOPs and bytes as the simulator counts them."""
+        if self.kind == "gemm":
+            return 2.0 * self.m * self.k * self.n, float((self.m * self.k + self.k * self.n + self.m * self.n) * elem)
+        if self.kind in ("grouped_gemm", "grouped_gemm_triton"):
+            live = [c for c in self.counts if c > 0]
+            return (2.0 * sum(live) * self.k * self.n,
+                    float(sum((c * self.k + self.k * self.n + c * self.n) * elem for c in live)))
+        if self.kind in ("copy", "h2d", "d2h"):
+            return 0.0, float(self.nbytes * (2 if self.kind == "copy" else 1))  # a device copy reads and writes
+        return 0.0, 0.0
+
+
+@dataclass
+class GridConfig:
+    """How big a calibration is: the CI-sized `small` or the benchmark's `full`."""
+
+    tokens: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    slice_tokens: tuple[int, ...] = (512, 1024)
+    shapes: tuple[tuple[int, int], ...] = ((512, 1024), (1024, 512), (1024, 1024))  # (k, n): expert-like
+    other_shapes: tuple[tuple[int, int], ...] = ((768, 1536),)  # another model's shapes (held out)
+    copy_bytes: tuple[int, ...] = tuple(2 ** p for p in range(16, 27, 2))
+    grouped: tuple[tuple[int, int, int], ...] = ((8, 64, 1), (16, 256, 2))  # (experts, tokens, seed)
+    moe_layers: tuple[tuple[int, int, int, int, int], ...] = ((64, 512, 1024, 8, 2), (256, 512, 1024, 8, 2))
+    holdout_share: float = 0.25
+    seed: int = 0
+    timing: dict = field(default_factory=lambda: {"warmup": 3, "min_reps": 5, "min_time": 0.05})
+
+
+SMALL = GridConfig(tokens=(1, 2, 4, 8, 16, 32, 64, 128), slice_tokens=(512,), shapes=((256, 512), (512, 256)),
+                   other_shapes=((384, 768),), copy_bytes=tuple(2 ** p for p in range(16, 27, 2)),
+                   grouped=((8, 64, 1),), moe_layers=((32, 256, 512, 8, 2),),
+                   timing={"warmup": 2, "min_reps": 5, "min_time": 0.02})
+FULL = GridConfig(tokens=(1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256), slice_tokens=(512, 1024, 2048),
+                  shapes=((1024, 2048), (2048, 1024), (1024, 1024), (2048, 2048)),
+                  other_shapes=((1536, 3072), (3072, 1536)),
+                  copy_bytes=tuple(2 ** p for p in range(14, 29)),
+                  grouped=((8, 64, 1), (8, 512, 2), (32, 256, 3), (64, 1024, 4)),
+                  moe_layers=((64, 1024, 2048, 8, 2), (256, 1024, 2048, 8, 2), (512, 1024, 2048, 32, 4)),
+                  timing={"warmup": 5, "min_reps": 10, "min_time": 0.1})
+
+
+def zipf_counts(experts: int, tokens: int, seed: int, alpha: float = 1.2) -> tuple[int, ...]:
+    """Skewed tokens per expert (some experts get none), like real routing."""
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, experts + 1) ** alpha
+    counts = rng.multinomial(tokens, p / p.sum())
+    return tuple(int(c) for c in rng.permutation(counts))
+
+
+def calibration_grid(cfg: GridConfig, device: str) -> list[OpSpec]:
+    rng = np.random.default_rng(cfg.seed)
+    base: list[OpSpec] = []
+    for k, n in cfg.shapes:
+        for m in cfg.tokens:
+            base.append(OpSpec("gemm", "fit", m=m, k=k, n=n, shape="A"))
+    for e, t, seed in cfg.grouped:
+        k, n = cfg.shapes[0]
+        base.append(OpSpec("grouped_gemm", "fit", m=t, k=k, n=n, counts=zipf_counts(e, t, seed), shape="A"))
+    copies = ("h2d", "d2h", "copy") if device == "cuda" else ("copy",)
+    for kind in copies:
+        for b in cfg.copy_bytes:
+            base.append(OpSpec(kind, "fit", nbytes=b))
+    held = np.zeros(len(base), dtype=bool)  # a random share of each kind, leaving at least 3 to fit
+    for kind in dict.fromkeys(s.kind for s in base):
+        idx = np.flatnonzero([s.kind == kind for s in base])
+        take = min(int(round(cfg.holdout_share * len(idx))), max(len(idx) - 3, 0))
+        held[rng.choice(idx, size=take, replace=False)] = True
+    specs = [replace(s, split="holdout_random") if h else s for s, h in zip(base, held)]
+    for k, n in cfg.shapes:
+        for m in cfg.slice_tokens:
+            specs.append(OpSpec("gemm", "holdout_slice", m=m, k=k, n=n, shape="A"))
+    for k, n in cfg.other_shapes:
+        for m in cfg.tokens + cfg.slice_tokens:
+            specs.append(OpSpec("gemm", "holdout_slice", m=m, k=k, n=n, shape="B"))
+    for tokens, hidden, inter, experts, top_k in cfg.moe_layers:
+        specs.append(OpSpec("moe_layer", "e2e", m=tokens, k=hidden, n=inter, experts=experts, top_k=top_k))
+    if device == "cuda":  # the one-launch Triton grouped GEMM, predicted as the per-expert GEMMs the engine costs
+        for e, t, seed in cfg.grouped:
+            k, n = cfg.shapes[0]
+            specs.append(OpSpec("grouped_gemm_triton", "e2e", m=t, k=k, n=n, counts=zipf_counts(e, t, seed),
+                                shape="A"))
+    return specs
+
+
+def _runner(spec: OpSpec, device: str, dtype) -> Callable[[], object]:
+    """A zero-argument closure that runs the op once on prepared tensors."""
+    import torch
+
+    gen = torch.Generator(device="cpu").manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+
+    if spec.kind == "gemm":
+        a, b = rand(spec.m, spec.k), rand(spec.k, spec.n)
+        return lambda: torch.matmul(a, b)
+    if spec.kind == "grouped_gemm_triton":
+        from moesim.kernels.triton_grouped_gemm import grouped_gemm_triton
+
+        x, w = rand(sum(spec.counts), spec.k), rand(len(spec.counts), spec.k, spec.n)
+        counts = torch.tensor(spec.counts, dtype=torch.int64)
+        return lambda: grouped_gemm_triton(x, counts, w)
+    if spec.kind == "grouped_gemm":
+        live = [c for c in spec.counts if c > 0]
+        xs = [rand(c, spec.k) for c in live]
+        ws = [rand(spec.k, spec.n) for _ in live]
+        return lambda: [torch.matmul(x, w) for x, w in zip(xs, ws)]
+    if spec.kind in ("copy", "h2d", "d2h"):
+        elems = spec.nbytes // DTYPE_BYTES["float32"]
+        if spec.kind == "copy":
+            src, dst = torch.empty(elems, device=device), torch.empty(elems, device=device)
+        elif spec.kind == "h2d":
+            src, dst = torch.empty(elems, pin_memory=True), torch.empty(elems, device=device)
+        else:
+            src, dst = torch.empty(elems, device=device), torch.empty(elems, pin_memory=True)
+        return lambda: dst.copy_(src, non_blocking=spec.kind != "copy")
+    if spec.kind == "moe_layer":
+        from moesim.kernels.grouped_moe import GroupedMoE
+
+        torch.manual_seed(0)
+        layer = GroupedMoE(spec.k, spec.n, spec.experts, spec.top_k).to(device=device, dtype=dtype).eval()
+        x = rand(spec.m, spec.k)
+
+        def run():
+            with torch.no_grad():
+                return layer(x)
+        return run
+    raise ValueError(f"unknown op kind '{spec.kind}'")
+
+
+def moe_layer_counts(spec: OpSpec, device: str, dtype) -> tuple[int, ...]:
+    """Tokens per expert the measured MoE layer routes (same seed and input as its runner)."""
+    import torch
+
+    from moesim.kernels.grouped_moe import GroupedMoE
+
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    torch.manual_seed(0)
+    layer = GroupedMoE(spec.k, spec.n, spec.experts, spec.top_k).to(device=device, dtype=dtype).eval()
+    x = torch.randn(spec.m, spec.k, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+    with torch.no_grad():
+        ids = layer.router(x).ids
+    return tuple(int(c) for c in torch.bincount(ids.flatten().cpu(), minlength=spec.experts))
+
+
+def measure(specs: list[OpSpec], device: str, dtype: str, timing: dict,
+            progress: Callable[[str], None] | None = None) -> Iterator[tuple[OpSpec, Timing]]:
+    """Time every spec on `device`; yields (spec, timing) as it goes."""
+    import torch
+
+    tdtype = getattr(torch, dtype)
+    for spec in specs:
+        if progress:
+            progress(f"{spec.kind} {spec.m}x{spec.k}x{spec.n}" if spec.k else f"{spec.kind} {spec.nbytes} B")
+        fn = _runner(spec, device, tdtype)
+        if spec.kind == "moe_layer":
+            spec = replace(spec, counts=moe_layer_counts(spec, device, tdtype))
+        yield spec, time_op(fn, device, **timing)

@@ -1,0 +1,112 @@
+"""The validation report of a calibration: simulated against measured time, before and after.
+
+report.html (self-contained: images embedded) and report.md beside the raw measurements:
+predicted-versus-measured log-log plots per split, the error table (MAPE, median and p90 APE,
+signed bias, before/after, next to the measurements' own run-to-run spread), the fitted
+parameters, the model form and the machine and library versions.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from moesim.reports.html_page import CSS, Figure, Table, embedded_png, pyplot, save_figure, table_html, table_markdown
+
+SCATTER_PNG = "predicted-vs-measured.png"
+ERROR_PNG = "error-by-size.png"
+SPLIT_STYLE = {"fit": ("C0", "o"), "holdout_random": ("C1", "s"), "holdout_slice": ("C2", "D"), "e2e": ("C3", "*")}
+
+
+def plot_scatter(table: pd.DataFrame, path: Path) -> None:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5), sharex=True, sharey=True)
+    meas = table["measured_s"].to_numpy() * 1e6
+    for ax, col, title in ((axes[0], "sim_before_s", "before: datasheet profile"),
+                           (axes[1], "sim_after_s", "after: calibrated profile")):
+        for split, (color, marker) in SPLIT_STYLE.items():
+            sel = (table["split"] == split).to_numpy() & np.isfinite(table[col].to_numpy())
+            if sel.any():
+                ax.scatter(meas[sel], table[col].to_numpy()[sel] * 1e6, color=color, marker=marker, s=28,
+                           edgecolor="black", linewidth=0.3, label=split)
+        finite = np.concatenate([meas, table[["sim_before_s", "sim_after_s"]].to_numpy().ravel() * 1e6])
+        finite = finite[np.isfinite(finite) & (finite > 0)]
+        lo, hi = finite.min() / 2, finite.max() * 2
+        x = np.geomspace(lo, hi, 10)
+        ax.plot(x, x, color="black", lw=1)
+        ax.fill_between(x, x / 1.2, x * 1.2, color="gray", alpha=0.15, label="±20%")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("measured time (us, median of repetitions)")
+        ax.set_title(title)
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0].set_ylabel("simulated time (us)")
+    axes[1].legend(fontsize=8, loc="upper left")
+    save_figure(fig, path)
+
+
+def plot_error_by_size(table: pd.DataFrame, path: Path) -> None:
+    """Signed relative error against measured time: where the model is off (small or large ops)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    meas = table["measured_s"].to_numpy()
+    for col, color, label in (("sim_before_s", "gray", "before"), ("sim_after_s", "C0", "after")):
+        rel = (table[col].to_numpy() - meas) / meas * 100
+        ax.scatter(meas * 1e6, rel, color=color, s=18, alpha=0.8, label=label)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("symlog", linthresh=20)
+    ax.set_xlabel("measured time (us)")
+    ax.set_ylabel("(simulated - measured) / measured (%)")
+    ax.set_title("Signed error per measured op (positive: the simulator is pessimistic)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def _pct(x: float) -> str:
+    return "-" if not np.isfinite(x) else f"{x * 100:.1f}%"
+
+
+def error_rows(errors: pd.DataFrame) -> Table:
+    headers = ["split", "kind", "n", "MAPE before", "MAPE after", "median APE after", "p90 APE after",
+               "bias before", "bias after", "noise floor"]
+    rows = [[r.split, r.kind, str(r.n), _pct(r.before_mape), _pct(r.after_mape), _pct(r.after_median_ape),
+             _pct(r.after_p90_ape), _pct(r.before_bias), _pct(r.after_bias), _pct(r.noise_floor)]
+            for r in errors.itertuples()]
+    return Table(headers, rows)
+
+
+def write_validation_report(table: pd.DataFrame, errors: pd.DataFrame, facts: list[tuple[str, str]],
+                            params: Table, out_dir: Path) -> Path:
+    out = Path(out_dir)
+    plot_scatter(table, out / SCATTER_PNG)
+    plot_error_by_size(table, out / ERROR_PNG)
+    figs = [Figure(SCATTER_PNG, "Simulated against measured", "Every measured op, simulated with the datasheet "
+                   "profile (left) and the calibrated one (right); held-out splits were not used by the fit; e2e "
+                   "are whole MoE layers composed from the fitted op costs."),
+            Figure(ERROR_PNG, "Signed error by op size", "Relative error of each op before and after calibration.")]
+    errs = error_rows(errors)
+    title = "Calibration: simulated versus measured"
+    esc = html.escape
+    parts = [f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{esc(title)}</title>",
+             f"<style>{CSS}</style>\n</head>\n<body>", f"<h1>{esc(title)}</h1>", "<dl>"]
+    parts += [f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts]
+    parts += ["</dl>", "<h2>Errors</h2>", "<p class=\"note\">APE = |simulated - measured| / measured; bias = mean "
+              "signed relative error; noise floor = median run-to-run spread (IQR / median) of the measurements."
+              "</p>", table_html(errs)]
+    for f in figs:
+        parts += [f"<h2>{esc(f.title)}</h2>", f'<figure><img src="{embedded_png(out / f.file)}" alt="{esc(f.title)}">'
+                  f"<figcaption>{esc(f.caption)}</figcaption></figure>"]
+    parts += ["<h2>Fitted parameters</h2>", table_html(params), "</body>\n</html>\n"]
+    page = out / "report.html"
+    page.write_text("\n".join(parts), encoding="utf-8")
+    md = [f"# {title}", "\n".join(f"- **{k}**: {v}" for k, v in facts), "## Errors", table_markdown(errs)]
+    for f in figs:
+        md += [f"## {f.title}", f"![{f.title}]({f.file})", f.caption]
+    md += ["## Fitted parameters", table_markdown(params)]
+    (out / "report.md").write_text("\n\n".join(md) + "\n", encoding="utf-8")
+    return page
