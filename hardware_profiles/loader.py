@@ -51,8 +51,15 @@ def _load(kind: str, path: Path) -> BaseModel:
 
 
 def load_device(name_or_path: str | Path) -> DeviceSpec:
-    """A device profile by bundled name (case-insensitive) or YAML path."""
-    return _load("devices", _resolve("devices", name_or_path))  # type: ignore[return-value]
+    """A device profile by bundled name (case-insensitive) or YAML path; a calibrated profile's
+    measurements file is made absolute (it is written relative to the profile)."""
+    path = _resolve("devices", name_or_path)
+    spec: DeviceSpec = _load("devices", path)  # type: ignore[assignment]
+    cal = spec.calibration
+    if cal is not None and cal.measurements and not Path(cal.measurements).is_absolute():
+        absolute = str((path.parent / cal.measurements).resolve())
+        spec = spec.model_copy(update={"calibration": cal.model_copy(update={"measurements": absolute})})
+    return spec
 
 
 def load_link(name_or_path: str | Path) -> LinkSpec:

@@ -102,6 +102,7 @@ def _roofline(args: argparse.Namespace) -> int:
     from moesim.simulator.roofline import device_roof, expert_sweep, model_roofline, ridge_tokens, scenario_roofline
     from moesim.simulator.scenario import load_scenario
     from moesim.workloads import load_model
+    import pandas as pd
 
     console = Console()
     try:
@@ -138,7 +139,14 @@ def _roofline(args: argparse.Namespace) -> int:
         roofs[spec.name] = device_roof(cost, gemm_dtype(model.routed_expert_dtype, cost.dtypes, act_dtype(model)))
     sweep = expert_sweep(model, devices, weight_bytes=weight)
     ridges = ridge_tokens(sweep)
-    measured = load_measured(args.measured) if args.measured else None
+    frames = [load_measured(args.measured)] if args.measured else []
+    for spec in devices:  # a calibrated profile brings its own measurements
+        if spec.calibration is not None and spec.calibration.measurements:
+            frames.append(load_measured(spec.calibration.measurements, spec.name))
+    measured = pd.concat(frames, ignore_index=True) if frames else None
+    if frames and not args.measured:
+        facts.append(("measured points", "from the calibrated profile(s): "
+                      + ", ".join(s.name for s in devices if s.calibration is not None)))
     actual = rows.loc[(rows["group"] == "routed expert") & (rows["device"] == devices[0].name), "tokens"].to_numpy()
     out = Path(args.out) if args.out else Path("runs") / f"roofline-{name}"
     page = write_roofline(rows, sweep, ridges, roofs, out, f"Roofline: {name}", facts, measured, actual)

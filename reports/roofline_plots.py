@@ -25,12 +25,16 @@ GROUP_ORDER = list(GROUP_MARKERS)
 MEASURED_COLUMNS = ("device", "op", "flops", "bytes", "time_s")
 
 
-def load_measured(path: str | Path) -> pd.DataFrame:
-    """Measured op timings (CSV with columns device, op, flops, bytes, time_s), e.g. from calibration."""
+def load_measured(path: str | Path, device_name: str | None = None) -> pd.DataFrame:
+    """Measured op timings: a CSV with columns device, op, flops, bytes, time_s, or the
+    measurements.csv `moesim calibrate` writes (compute ops only: copies have no FLOPs)."""
     path = Path(path)
     if not path.exists():
         raise MoesimError(f"measured points file {path} not found")
     df = pd.read_csv(path)
+    if "measured_s" in df.columns and "time_s" not in df.columns:  # a `moesim calibrate` measurements.csv
+        df = df[df["flops"] > 0].rename(columns={"measured_s": "time_s", "kind": "op"})
+        df["device"] = df.get("device", device_name or "measured")
     missing = [c for c in MEASURED_COLUMNS if c not in df.columns]
     if missing:
         raise MoesimError(f"measured points file {path} lacks column(s) {missing}; it needs "

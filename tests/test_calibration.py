@@ -73,6 +73,7 @@ def test_small_cpu_calibration_beats_the_datasheet_on_held_out_gemms(tmp_path):
     assert float(t) == pytest.approx(float(row["sim_after_s"].iloc[0]), rel=1e-9)
     assert main(["roofline", "--model", "OLMoE-1B-7B", "--device", str(tmp_path / f"{cal.profile.name}.yaml"),
                  "--out", str(tmp_path / "roof")]) == 0
+    assert "measured points" in (tmp_path / "roof" / "roofline.md").read_text()  # the profile's own measurements
 
 
 def test_timing_summary_and_bad_input(tmp_path, capsys):

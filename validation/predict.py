@@ -2,8 +2,9 @@
 
 A GEMM is one `gemm` op; a grouped GEMM one `gemm` per non-empty group (as the engine costs each
 expert); a device copy one `copy` op. A whole MoE layer is composed the way the torch layer runs:
-router GEMM, per expert the gate, up and down GEMMs and the SwiGLU elementwise pass, plus the
-permute and unpermute copies. Host<->device copies use the fitted link (or the datasheet link).
+the router GEMM and its softmax/top-k passes, the permutation, per expert the gate, up and down
+GEMMs, the SwiGLU elementwise passes and the unpermute; Python interpreter time between kernels
+is not an op and is not predicted. Host<->device copies use the fitted link (or the datasheet link).
 """
 
 from __future__ import annotations
@@ -53,17 +54,26 @@ def expand(specs: list[OpSpec], elem: int) -> Elementary:
                 gemm(i, c, s.k, s.n)
         elif s.kind == "copy":
             copy(i, 2.0 * s.nbytes)
-        elif s.kind == "moe_layer":
-            gemm(i, s.m, s.k, s.experts)  # router
+        elif s.kind == "moe_layer":  # the kernels the torch GroupedMoE forward launches, in order
             rows_routed = s.m * s.top_k
+            gemm(i, s.m, s.k, s.experts)  # router logits
+            for b in (2 * s.m * s.experts * 4, s.m * s.experts * 4, 2 * rows_routed * 4, 2 * rows_routed * 4):
+                copy(i, b)  # softmax, top-k, renormalise (sum, divide)
+            for b in (2 * rows_routed * 8, 2 * rows_routed * 8, 2 * rows_routed * 8):
+                copy(i, b)  # argsort, bincount, row index
             copy(i, 2.0 * rows_routed * s.k * elem)  # permute: gather the routed rows
-            for c in s.counts:
-                if c > 0:
-                    gemm(i, c, s.k, s.n)  # gate
-                    gemm(i, c, s.k, s.n)  # up
-                    copy(i, 3.0 * c * s.n * elem)  # silu(gate) * up
-                    gemm(i, c, s.n, s.k)  # down
-            copy(i, 2.0 * rows_routed * s.k * elem)  # unpermute and weight
+            live = [c for c in s.counts if c > 0]
+            for width_in, width_out in ((s.k, s.n), (s.k, s.n), (s.n, s.k)):  # gate, up, down grouped GEMMs
+                for c in live:
+                    gemm(i, c, width_in, width_out)
+                copy(i, 2.0 * rows_routed * width_out * elem)  # concatenating the groups' outputs
+            copy(i, 2.0 * rows_routed * s.n * elem)  # silu(gate)
+            copy(i, 3.0 * rows_routed * s.n * elem)  # * up
+            copy(i, 2.0 * rows_routed * 8)  # inverse permutation
+            copy(i, 2.0 * rows_routed * s.k * elem)  # unpermute: gather back
+            copy(i, 2.0 * rows_routed * s.k * 4)  # weight by the gates (fp32)
+            copy(i, (rows_routed + s.m) * s.k * 4)  # sum the k outputs
+            copy(i, 2.0 * s.m * s.k * elem)  # cast back
         # h2d / d2h are costed from the link, not the device (see predict)
     return Elementary(np.array(kind), np.array(flops), np.array(nbytes), np.array(rows), np.array(owner, dtype=int))
 
