@@ -106,10 +106,23 @@ class CostModel:
 
     def terms(self, kind: str, flops, nbytes, rows=0.0, dtype: str = "bf16"
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(compute time, memory time, overhead) arrays; ops with no work cost nothing."""
+        """(compute time, memory time, overhead) arrays; ops with no work cost nothing. With a
+        calibration that fitted single-row GEMMs apart (libraries run them as GEMV), rows <= 1
+        use that fit."""
         flops = np.asarray(flops, dtype=float)
         nbytes = np.asarray(nbytes, dtype=float)
         rows = np.asarray(rows, dtype=float)
+        eff = self.efficiency
+        if kind == "gemm" and isinstance(eff, CalibratedEfficiency) and "gemv" in eff.kinds:
+            single = rows <= 1
+            if single.any():
+                gemv = self._terms("gemv", flops, nbytes, rows, dtype)
+                gemm = self._terms("gemm", flops, nbytes, rows, dtype)
+                return tuple(np.where(single, a, b) for a, b in zip(gemv, gemm))  # type: ignore[return-value]
+        return self._terms(kind, flops, nbytes, rows, dtype)
+
+    def _terms(self, kind: str, flops: np.ndarray, nbytes: np.ndarray, rows: np.ndarray, dtype: str
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         tile = self.device.gemm_tile
         if kind == "gemm":
             padded_rows = np.ceil(rows / tile) * tile

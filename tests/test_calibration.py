@@ -90,3 +90,25 @@ def test_timing_summary_and_bad_input(tmp_path, capsys):
         run_calibration("cpu", profile="H100-SXM", out_dir=tmp_path)
     assert main(["calibrate", "--device", "cpu", "--dtype", "int3", "--out", str(tmp_path)]) == 2
     assert "unknown dtype" in capsys.readouterr().err
+
+
+def test_gpu_path_parts_that_run_on_the_cpu():
+    """The CUDA grid adds host<->device copies and the Triton grouped GEMM; the link fit recovers a
+    known latency and bandwidth; the Triton op is predicted as the engine's per-expert GEMMs."""
+    from moesim.validation.fit import _fit_link
+    from moesim.validation.measure import SMALL, calibration_grid
+
+    kinds = {s.kind for s in calibration_grid(SMALL, "cuda")}
+    assert {"h2d", "d2h", "grouped_gemm_triton", "copy", "gemm", "moe_layer"} <= kinds
+    assert "h2d" not in {s.kind for s in calibration_grid(SMALL, "cpu")}
+    specs = [OpSpec("h2d", "fit", nbytes=2 ** p) for p in range(12, 28, 2)]
+    times = np.array([8e-6 + s.nbytes / 24e9 for s in specs])
+    link = _fit_link(specs, times)
+    assert link["latency"] == pytest.approx(8e-6, rel=0.02) and link["bandwidth"] == pytest.approx(24e9, rel=0.02)
+    assert predict(specs[:1], CostModel(load_device("H100-SXM")), "bf16", 2, {"h2d": link})[0] == pytest.approx(
+        times[0], rel=0.02)
+    counts = (0, 5, 70, 1)
+    tri, ref = OpSpec("grouped_gemm_triton", "e2e", k=256, n=512, counts=counts), \
+        OpSpec("grouped_gemm", "fit", k=256, n=512, counts=counts)
+    cost = CostModel(load_device("H100-SXM"))
+    assert predict([tri], cost, "bf16", 2)[0] == predict([ref], cost, "bf16", 2)[0]

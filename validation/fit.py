@@ -88,12 +88,17 @@ def _fit_link(specs: list[OpSpec], measured: np.ndarray) -> dict[str, float]:
 
 
 def fit_profile(specs: list[OpSpec], measured: np.ndarray, device: DeviceSpec, dtype: str, elem: int) -> FitResult:
-    """Fit every kind the `fit` split measured: GEMMs (plain and grouped, trying each padding tile and
-    keeping the best), then copies, then host<->device links."""
+    """Fit every kind the `fit` split measured: one-row GEMMs (GEMV), GEMMs (plain and grouped,
+    trying each padding tile and keeping the best), then copies, then host<->device links."""
     measured = np.asarray(measured, dtype=float)
     kinds: dict[str, KindEfficiency] = {}
     tile = device.gemm_tile
-    idx = [i for i, s in enumerate(specs) if s.kind in ("gemm", "grouped_gemm") and s.split == "fit"]
+    single = [i for i, s in enumerate(specs) if s.kind == "gemm" and s.m == 1 and s.split == "fit"]
+    if len(single) >= 2:  # one-row GEMMs run as GEMV kernels: their own fit (the tile does not apply)
+        kinds["gemv"] = _fit_kind("gemv", [specs[i] for i in single], measured[single],
+                                  device.model_copy(update={"gemm_tile": 1}), dtype, elem, kinds)[0]
+    idx = [i for i, s in enumerate(specs) if s.kind in ("gemm", "grouped_gemm") and s.split == "fit"
+           and not (s.kind == "gemm" and s.m == 1 and "gemv" in kinds)]
     if idx:
         best = None
         for t in TILES:

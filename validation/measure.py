@@ -2,7 +2,8 @@
 
 The grid (`calibration_grid`): dense GEMMs over token counts x expert-like shapes, grouped
 GEMMs with skewed tokens per expert (Zipf, empty experts included), memory copies over sizes
-(host<->device both ways on a GPU), and whole MoE layers. Every spec carries its split: `fit`,
+(host<->device both ways on a GPU), and whole MoE layers. Weights and copy sources rotate
+through enough copies to defeat the caches, as expert weights arrive cold in inference. Every spec carries its split: `fit`,
 `holdout_random` (a random share of the base grid), `holdout_slice` (token counts above the fit
 range and shapes of another model, never seen by the fit) and `e2e` (MoE layers, predicted by
 composing fitted op costs). FLOPs and bytes follow the simulator's own conventions (ops.py):
@@ -67,7 +68,8 @@ SMALL = GridConfig(tokens=(1, 2, 4, 8, 16, 32, 64, 128), slice_tokens=(512,), sh
                    other_shapes=((384, 768),), copy_bytes=tuple(2 ** p for p in range(16, 27, 2)),
                    grouped=((8, 64, 1),), moe_layers=((32, 256, 512, 8, 2),),
                    timing={"warmup": 2, "min_reps": 5, "min_time": 0.02})
-FULL = GridConfig(tokens=(1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256), slice_tokens=(512, 1024, 2048),
+FULL = GridConfig(tokens=(1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512),
+                  slice_tokens=(1024, 2048, 4096),
                   shapes=((1024, 2048), (2048, 1024), (1024, 1024), (2048, 2048)),
                   other_shapes=((1536, 3072), (3072, 1536)),
                   copy_bytes=tuple(2 ** p for p in range(14, 29)),
@@ -119,18 +121,35 @@ def calibration_grid(cfg: GridConfig, device: str) -> list[OpSpec]:
     return specs
 
 
+ROTATE_BYTES = 256 * 2 ** 20  # weights cycle through this many bytes of copies: no rep finds them in cache
+
+
+def _copies(nbytes: float) -> int:
+    """How many copies of an operand to cycle through so that reps read it from memory, not cache
+    (in MoE inference each expert's weights arrive cold: other experts ran in between)."""
+    return int(max(1, min(64, np.ceil(ROTATE_BYTES / max(nbytes, 1.0)))))
+
+
 def _runner(spec: OpSpec, device: str, dtype) -> Callable[[], object]:
-    """A zero-argument closure that runs the op once on prepared tensors."""
+    """A zero-argument closure that runs the op once on prepared tensors (weights rotate, see _copies)."""
+    import itertools
+
     import torch
 
     gen = torch.Generator(device="cpu").manual_seed(0)
+    elem = torch.empty((), dtype=dtype).element_size()
 
     def rand(*shape):
         return torch.randn(*shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
 
+    def weights(*shape):
+        """A cycle of copies of a weight tensor (filled with a constant: values do not change timing)."""
+        count = _copies(float(np.prod(shape)) * elem)
+        return itertools.cycle([torch.full(shape, 0.01, device=device, dtype=dtype) for _ in range(count)])
+
     if spec.kind == "gemm":
-        a, b = rand(spec.m, spec.k), rand(spec.k, spec.n)
-        return lambda: torch.matmul(a, b)
+        a, bs = rand(spec.m, spec.k), weights(spec.k, spec.n)
+        return lambda: torch.matmul(a, next(bs))
     if spec.kind == "grouped_gemm_triton":
         from moesim.kernels.triton_grouped_gemm import grouped_gemm_triton
 
@@ -140,17 +159,19 @@ def _runner(spec: OpSpec, device: str, dtype) -> Callable[[], object]:
     if spec.kind == "grouped_gemm":
         live = [c for c in spec.counts if c > 0]
         xs = [rand(c, spec.k) for c in live]
-        ws = [rand(spec.k, spec.n) for _ in live]
-        return lambda: [torch.matmul(x, w) for x, w in zip(xs, ws)]
+        sets = weights(len(live), spec.k, spec.n)
+        return lambda: [torch.matmul(x, w) for x, w in zip(xs, next(sets))]
     if spec.kind in ("copy", "h2d", "d2h"):
         elems = spec.nbytes // DTYPE_BYTES["float32"]
         if spec.kind == "copy":
-            src, dst = torch.empty(elems, device=device), torch.empty(elems, device=device)
-        elif spec.kind == "h2d":
+            srcs = itertools.cycle([torch.zeros(elems, device=device) for _ in range(_copies(spec.nbytes))])
+            dst = torch.empty(elems, device=device)
+            return lambda: dst.copy_(next(srcs))
+        if spec.kind == "h2d":
             src, dst = torch.empty(elems, pin_memory=True), torch.empty(elems, device=device)
         else:
             src, dst = torch.empty(elems, device=device), torch.empty(elems, pin_memory=True)
-        return lambda: dst.copy_(src, non_blocking=spec.kind != "copy")
+        return lambda: dst.copy_(src, non_blocking=True)
     if spec.kind == "moe_layer":
         from moesim.kernels.grouped_moe import GroupedMoE
 
