@@ -23,6 +23,8 @@ from moesim.validation.measure import GridConfig, OpSpec  # noqa: E402
 from moesim.validation.predict import predict  # noqa: E402
 from moesim.validation.timing import summarize  # noqa: E402
 
+from conftest import DATA  # noqa: E402
+
 
 def _gemm_specs(tokens, shapes, split="fit"):
     return [OpSpec("gemm", split, m=m, k=k, n=n) for k, n in shapes for m in tokens]
@@ -74,6 +76,19 @@ def test_small_cpu_calibration_beats_the_datasheet_on_held_out_gemms(tmp_path):
     assert main(["roofline", "--model", "OLMoE-1B-7B", "--device", str(tmp_path / f"{cal.profile.name}.yaml"),
                  "--out", str(tmp_path / "roof")]) == 0
     assert "measured points" in (tmp_path / "roof" / "roofline.md").read_text()  # the profile's own measurements
+    # a cluster naming the calibrated profile simulates with its fitted costs
+    (tmp_path / "cluster.yaml").write_text(
+        f"name: calibrated-box\nnode: {{device: {cal.profile.name}.yaml, devices_per_node: 1, "
+        "intra_node: {topology: none, link: PCIe4-x16}}\n")
+    cfg = {"model": str(DATA / "toy" / "toy-model.yaml"), "hardware": {"cluster": "cluster.yaml"},
+           "parallelism": {"ep": 1},
+           "workload": {"phase": "decode", "batch_size": 1, "kv_len": 16, "steps": 1}, "outputs": {"trace_steps": 0}}
+    (tmp_path / "sc.yaml").write_text(__import__("yaml").safe_dump(cfg))
+    from moesim.simulator.run import simulate
+
+    result = simulate(tmp_path / "sc.yaml")
+    assert result.scenario.cost.efficiency.__class__.__name__ == "CalibratedEfficiency"
+    assert result.summary["step_latency_s"]["mean"] > 0
 
 
 def test_timing_summary_and_bad_input(tmp_path, capsys):
