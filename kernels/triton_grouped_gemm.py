@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .grouped_moe import check_grouped_args
+from .grouped_args import check_grouped_args
 
 TILE_M = 64  # BLOCK_M: rows per tile; a group of c rows costs ceil(c / TILE_M) tiles
 BLOCK_N = 64

@@ -40,6 +40,20 @@ def pyplot():
     return plt
 
 
+def finish_axes(ax, xlabel: str, ylabel: str, title: str, logx: bool = True, logy: bool | str = True,
+                legend_size: int = 9) -> None:
+    """Labels, log scales (True, or a matplotlib scale name), a light grid and the legend."""
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log" if logy is True else logy, **({"linthresh": 20} if logy == "symlog" else {}))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=legend_size)
+
+
 def save_figure(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -90,3 +104,35 @@ figcaption { color: #555; font-size: 0.9em; }
 def embedded_png(path: Path) -> str:
     """A PNG file as a data URI for an <img src=...>."""
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def write_page(out: Path, stem: str, title: str, facts: list[tuple[str, str]], blocks: list[tuple[str, object]]
+               ) -> Path:
+    """Write `stem`.html (PNGs embedded) and `stem`.md (PNGs by file name) from blocks in order:
+    ("h2", text), ("note", text), ("table", Table) or ("figure", Figure). Returns the HTML path."""
+    esc = html.escape
+    parts = [f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{esc(title)}</title>",
+             f"<style>{CSS}</style>\n</head>\n<body>", f"<h1>{esc(title)}</h1>", "<dl>"]
+    parts += [f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts]
+    parts.append("</dl>")
+    md = [f"# {title}", "\n".join(f"- **{k}**: {v}" for k, v in facts)]
+    for kind, item in blocks:
+        if kind == "h2":
+            parts.append(f"<h2>{esc(str(item))}</h2>")
+            md.append(f"## {item}")
+        elif kind == "note":
+            parts.append(f'<p class="note">{esc(str(item))}</p>')
+            md.append(str(item))
+        elif kind == "table":
+            parts.append(table_html(item))  # type: ignore[arg-type]
+            md.append(table_markdown(item))  # type: ignore[arg-type]
+        else:
+            f: Figure = item  # type: ignore[assignment]
+            parts += [f"<h2>{esc(f.title)}</h2>", f'<figure><img src="{embedded_png(out / f.file)}" '
+                      f'alt="{esc(f.title)}"><figcaption>{esc(f.caption)}</figcaption></figure>']
+            md += [f"## {f.title}", f"![{f.title}]({f.file})", f.caption]
+    parts.append("</body>\n</html>\n")
+    page = out / f"{stem}.html"
+    page.write_text("\n".join(parts), encoding="utf-8")
+    (out / f"{stem}.md").write_text("\n\n".join(md) + "\n", encoding="utf-8")
+    return page

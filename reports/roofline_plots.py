@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from moesim.errors import MoesimError
-from moesim.reports.html_page import CSS, Figure, Table, embedded_png, pyplot, save_figure, table_html, table_markdown
+from moesim.reports.html_page import Figure, Table, finish_axes, pyplot, save_figure, write_page
 from moesim.simulator.roofline import Roof
 
 ROOFLINE_PNG, SWEEP_PNG, SHARE_PNG = "roofline.png", "expert-sweep.png", "time-share.png"
@@ -115,13 +115,8 @@ def plot_sweep(sweep: pd.DataFrame, ridges: dict[str, float | None], roofs: dict
         for n in np.unique(np.round(actual)):
             ax.axvline(n, color="dimgray", lw=1.0, ls="--", alpha=0.6)
         ax.plot([], [], color="dimgray", lw=1.0, ls="--", label="this layer's tokens per expert")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("tokens per expert (GEMM rows)")
-    ax.set_ylabel("achieved TFLOP/s (modelled)")
-    ax.set_title("One routed expert's GEMM: memory-bound below the ridge, compute-bound above (dashed: peak)")
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=9)
+    finish_axes(ax, "tokens per expert (GEMM rows)", "achieved TFLOP/s (modelled)",
+                "One routed expert's GEMM: memory-bound below the ridge, compute-bound above (dashed: peak)")
     save_figure(fig, path)
 
 
@@ -174,8 +169,6 @@ def write_roofline(rows: pd.DataFrame, sweep: pd.DataFrame, ridges: dict[str, fl
                    roofs: dict[str, Roof], out_dir: str | Path, title: str, facts: list[tuple[str, str]],
                    measured: pd.DataFrame | None = None, actual_tokens: np.ndarray | None = None) -> Path:
     """Write the charts, roofline.csv, expert-sweep.csv, ridge.csv and roofline.html/.md; return the HTML."""
-    import html
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot_roofline(rows, roofs, out / ROOFLINE_PNG, measured)
@@ -194,21 +187,6 @@ def write_roofline(rows: pd.DataFrame, sweep: pd.DataFrame, ridges: dict[str, fl
             Figure(SWEEP_PNG, "Expert GEMM over tokens per expert", "Where a routed expert turns compute-bound "
                    "on each device; grey lines: the token counts this layer's experts actually get."),
             Figure(SHARE_PNG, "Share of layer time", "Modelled time of each op group in one layer.")]
-    table = op_table(rows)
-    esc = html.escape
-    parts = [f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{esc(title)}</title>",
-             f"<style>{CSS}</style>\n</head>\n<body>", f"<h1>{esc(title)}</h1>", "<dl>"]
-    parts += [f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts]
-    parts.append("</dl>")
-    for f in figs:
-        parts += [f"<h2>{esc(f.title)}</h2>", f'<figure><img src="{embedded_png(out / f.file)}" alt="{esc(f.title)}">'
-                  f"<figcaption>{esc(f.caption)}</figcaption></figure>"]
-    parts += ["<h2>Ops</h2>", table_html(table), "</body>\n</html>\n"]
-    page = out / "roofline.html"
-    page.write_text("\n".join(parts), encoding="utf-8")
-    md = [f"# {title}", "\n".join(f"- **{k}**: {v}" for k, v in facts)]
-    for f in figs:
-        md += [f"## {f.title}", f"![{f.title}]({f.file})", f.caption]
-    md += ["## Ops", table_markdown(table)]
-    (out / "roofline.md").write_text("\n\n".join(md) + "\n", encoding="utf-8")
+    blocks = [("figure", f) for f in figs] + [("h2", "Ops"), ("table", op_table(rows))]
+    page = write_page(out, "roofline", title, facts, blocks)
     return page

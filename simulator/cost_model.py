@@ -54,19 +54,20 @@ class CalibratedEfficiency:
     def _fit(self, kind: str):
         return self.kinds.get(kind) or self.kinds.get("gemm")
 
+    @staticmethod
+    def _saturating(size: np.ndarray, ceiling: float, half: float) -> np.ndarray:
+        x = np.maximum(np.asarray(size, dtype=float), 1.0)
+        return ceiling * x / (x + half)
+
     def compute(self, kind: str, rows: np.ndarray) -> np.ndarray | float:
         fit = self._fit(kind)
-        if fit is None:
-            return self.fallback.compute(kind, rows)
-        r = np.maximum(np.asarray(rows, dtype=float), 1.0)
-        return fit.compute_max * r / (r + fit.rows_half)
+        return self.fallback.compute(kind, rows) if fit is None else \
+            self._saturating(rows, fit.compute_max, fit.rows_half)
 
     def memory(self, kind: str, nbytes: np.ndarray) -> np.ndarray | float:
         fit = self._fit(kind)
-        if fit is None:
-            return self.fallback.memory(kind, nbytes)
-        b = np.maximum(np.asarray(nbytes, dtype=float), 1.0)
-        return fit.memory_max * b / (b + fit.bytes_half)
+        return self.fallback.memory(kind, nbytes) if fit is None else \
+            self._saturating(nbytes, fit.memory_max, fit.bytes_half)
 
     def overhead(self, kind: str, default: float) -> float:
         fit = self._fit(kind)

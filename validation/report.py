@@ -8,13 +8,12 @@ parameters, the model form and the machine and library versions.
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from moesim.reports.html_page import CSS, Figure, Table, embedded_png, pyplot, save_figure, table_html, table_markdown
+from moesim.reports.html_page import Figure, Table, finish_axes, pyplot, save_figure, write_page
 
 SCATTER_PNG = "predicted-vs-measured.png"
 ERROR_PNG = "error-by-size.png"
@@ -57,13 +56,8 @@ def plot_error_by_size(table: pd.DataFrame, path: Path) -> None:
         rel = (table[col].to_numpy() - meas) / meas * 100
         ax.scatter(meas * 1e6, rel, color=color, s=18, alpha=0.8, label=label)
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_yscale("symlog", linthresh=20)
-    ax.set_xlabel("measured time (us)")
-    ax.set_ylabel("(simulated - measured) / measured (%)")
-    ax.set_title("Signed error per measured op (positive: the simulator is pessimistic)")
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8)
+    finish_axes(ax, "measured time (us)", "(simulated - measured) / measured (%)",
+                "Signed error per measured op (positive: the simulator is pessimistic)", logy="symlog", legend_size=8)
     save_figure(fig, path)
 
 
@@ -89,24 +83,10 @@ def write_validation_report(table: pd.DataFrame, errors: pd.DataFrame, facts: li
                    "profile (left) and the calibrated one (right); held-out splits were not used by the fit; e2e "
                    "are whole MoE layers composed from the fitted op costs."),
             Figure(ERROR_PNG, "Signed error by op size", "Relative error of each op before and after calibration.")]
-    errs = error_rows(errors)
-    title = "Calibration: simulated versus measured"
-    esc = html.escape
-    parts = [f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{esc(title)}</title>",
-             f"<style>{CSS}</style>\n</head>\n<body>", f"<h1>{esc(title)}</h1>", "<dl>"]
-    parts += [f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts]
-    parts += ["</dl>", "<h2>Errors</h2>", "<p class=\"note\">APE = |simulated - measured| / measured; bias = mean "
-              "signed relative error; noise floor = median run-to-run spread (IQR / median) of the measurements."
-              "</p>", table_html(errs)]
-    for f in figs:
-        parts += [f"<h2>{esc(f.title)}</h2>", f'<figure><img src="{embedded_png(out / f.file)}" alt="{esc(f.title)}">'
-                  f"<figcaption>{esc(f.caption)}</figcaption></figure>"]
-    parts += ["<h2>Fitted parameters</h2>", table_html(params), "</body>\n</html>\n"]
-    page = out / "report.html"
-    page.write_text("\n".join(parts), encoding="utf-8")
-    md = [f"# {title}", "\n".join(f"- **{k}**: {v}" for k, v in facts), "## Errors", table_markdown(errs)]
-    for f in figs:
-        md += [f"## {f.title}", f"![{f.title}]({f.file})", f.caption]
-    md += ["## Fitted parameters", table_markdown(params)]
-    (out / "report.md").write_text("\n\n".join(md) + "\n", encoding="utf-8")
+    blocks = [("h2", "Errors"),
+              ("note", "APE = |simulated - measured| / measured; bias = mean signed relative error; noise floor = "
+                       "median run-to-run spread (IQR / median) of the measurements."),
+              ("table", error_rows(errors))] + [("figure", f) for f in figs]
+    blocks += [("h2", "Fitted parameters"), ("table", params)]
+    page = write_page(out, "report", "Calibration: simulated versus measured", facts, blocks)
     return page
