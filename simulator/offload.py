@@ -149,7 +149,7 @@ class OffloadManager:
         experts, times, tokens = self.needs(plan, d, m)
         keys = [(m, int(e)) for e in experts]
         cache, pending = self.caches[d], self._pending[d]
-        host = self._host_choices(d, m, keys, tokens) if self.setup.host_cost is not None else set()
+        host = self._host_choices(d, m, keys, tokens) if self.cfg.hybrid.cold_experts != "fetch" else set()
         try:
             misses = cache.access(keys, bypass=host)
         except CacheFullError as err:

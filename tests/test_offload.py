@@ -200,6 +200,12 @@ def test_attention_on_host_frees_the_kv_cache(tmp_path):
     host = resolve(config_from_dict(cfg, tmp_path))
     assert host.memory.kv_cache == 0.0 and dev.memory.kv_cache > 0
     assert host.offload.cache_bytes == pytest.approx(dev.offload.cache_bytes + dev.memory.kv_cache)
+    # attention on the host does not send cold experts there: they are still fetched
+    res = _run(tmp_path, cfg, "host-attention.yaml")
+    assert res.summary["offload"]["host_experts_run"] == 0 and res.summary["offload"]["misses"] > 0
+    base = _run(tmp_path, _mixtral_4090(), "device-attention.yaml")
+    att = res.phases[res.phases.phase == "attention"].duration_s.mean()
+    assert att > base.phases[base.phases.phase == "attention"].duration_s.mean()  # the CPU is slower
 
 
 def test_copy_engine_serves_demand_before_queued_prefetches():
