@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,21 @@ def finish_axes(ax, xlabel: str, ylabel: str, title: str, logx: bool = True, log
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=legend_size)
+
+
+def device_ticks(ax, count: int, axis: str = "x", limit: int = 32) -> None:
+    """Every device labelled when at most `limit`, else a power-of-two step that keeps about 16 labels."""
+    step = 1 if count <= limit else 2 ** math.ceil(math.log2(count / 16))
+    (ax.set_xticks if axis == "x" else ax.set_yticks)(list(range(0, count, step)))
+
+
+def node_lines(ax, boundaries: list[float], vertical: bool = True, horizontal: bool = False) -> None:
+    """Dashed lines between nodes at the given positions (between device d - 1 and d: d - 0.5)."""
+    for b in boundaries:
+        if vertical:
+            ax.axvline(b, color="black", lw=1.2, ls="--")
+        if horizontal:
+            ax.axhline(b, color="black", lw=1.2, ls="--")
 
 
 def save_figure(fig, path: Path) -> None:

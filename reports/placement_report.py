@@ -10,7 +10,6 @@ relative name, so the folder opens in a browser with no server.
 from __future__ import annotations
 
 import html
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +17,8 @@ import numpy as np
 import pandas as pd
 from moesim.placement.methods import MethodResult
 from moesim.placement.problem import PlacementProblem
-from moesim.reports.html_page import CSS, Figure, Table, pyplot, save_figure, table_html, table_markdown
+from moesim.reports.html_page import (CSS, Figure, Table, device_ticks, node_lines, pyplot, save_figure, table_html,
+                                      table_markdown)
 from moesim.simulator.placement_study import PlacementStudy, pick_best
 
 LOADS_PNG = "placement-loads.png"
@@ -86,21 +86,6 @@ def _time_scale(unit: str) -> tuple[float, str]:
     return (1e3, "ms") if unit == "s" else (1.0, unit)
 
 
-def _device_ticks(ax, count: int, axis: str = "x") -> None:
-    """Every device labelled when few, else every 8th (or a power of two that keeps ~16 labels)."""
-    step = 1 if count <= 32 else max(8, 2 ** math.ceil(math.log2(count / 16)))
-    ticks = list(range(0, count, step))
-    (ax.set_xticks if axis == "x" else ax.set_yticks)(ticks)
-
-
-def _draw_node_lines(ax, node_of: np.ndarray, vertical: bool = True, horizontal: bool = False) -> None:
-    for b in node_boundaries(node_of):
-        if vertical:
-            ax.axvline(b, color="black", lw=1.2, ls="--")
-        if horizontal:
-            ax.axhline(b, color="black", lw=1.2, ls="--")
-
-
 # ---------------------------------------------------------------- plots
 
 
@@ -119,8 +104,8 @@ def plot_device_loads(problem: PlacementProblem, before: MethodResult, after: Me
         ax.bar(x + (0 if same else (i - 0.5) * width), t, width, color=f"C{i}",
                label=f"{r.method} ({role}max/mean {ratio:.2f})")
     ax.axhline(before.score.device_tokens[layer].mean(), color="grey", ls=":", lw=1.2, label="mean (perfect balance)")
-    _draw_node_lines(ax, problem.node_of)
-    _device_ticks(ax, D)
+    node_lines(ax, node_boundaries(problem.node_of))
+    device_ticks(ax, D)
     ax.set_xlim(-0.6, D - 0.4)
     ax.set_xlabel("device (group-local index" + ("; dashed lines: node boundaries)" if problem.num_nodes > 1 else ")"))
     ax.set_ylabel("expert assignments per step (tokens)")
@@ -181,10 +166,10 @@ def plot_shares(problem: PlacementProblem, chosen: MethodResult, layer: int, pat
             v = shares[d, e]
             ax.text(e, d, f"{v:.2f}".rstrip("0").rstrip("."), ha="center", va="center", fontsize=8,
                     color="white" if v < 0.6 else "black")
-    _draw_node_lines(ax, problem.node_of, vertical=False, horizontal=True)
-    _device_ticks(ax, D, "y")
+    node_lines(ax, node_boundaries(problem.node_of), vertical=False, horizontal=True)
+    device_ticks(ax, D, "y")
     if E <= 64:
-        _device_ticks(ax, E, "x")
+        device_ticks(ax, E, "x")
     replicated = int(((shares > 0).sum(axis=0) > 1).sum())
     ax.set_xlabel("expert id")
     ax.set_ylabel("device")
@@ -207,8 +192,8 @@ def plot_copies(problem: PlacementProblem, chosen: MethodResult, path: Path) -> 
         for (l, d), v in np.ndenumerate(copies):
             ax.text(d, l, str(int(v)), ha="center", va="center", fontsize=7,
                     color="white" if v > hi * 0.6 else "black")
-    _draw_node_lines(ax, problem.node_of)
-    _device_ticks(ax, D)
+    node_lines(ax, node_boundaries(problem.node_of))
+    device_ticks(ax, D)
     ax.set_xlabel("device")
     ax.set_ylabel("MoE layer index")
     slots = problem.slots
@@ -239,9 +224,9 @@ def plot_traffic(problem: PlacementProblem, before: MethodResult, after: MethodR
                 if s != d:
                     ax.text(d, s, f"{v:.0f}", ha="center", va="center", fontsize=7,
                             color="white" if v > 0.55 * vmax else "black")
-        _draw_node_lines(ax, problem.node_of, vertical=True, horizontal=True)
-        _device_ticks(ax, D)
-        _device_ticks(ax, D, "y")
+        node_lines(ax, node_boundaries(problem.node_of), vertical=True, horizontal=True)
+        device_ticks(ax, D)
+        device_ticks(ax, D, "y")
         ax.set_xlabel("destination device (serves the expert)")
         ax.set_ylabel("source device (sends the token)")
         ax.set_title(f"{r.method}: {r.score.dispatch_remote:.1%} off-device, "

@@ -32,7 +32,9 @@ from moesim.reports.html_page import (
     CSS,
     Figure,
     Table,
+    device_ticks,
     embedded_png,
+    node_lines,
     pyplot,
     save_figure,
     table_html,
@@ -479,20 +481,8 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 # ---------------------------------------------------------------- plots
 
 
-def _device_ticks(ax, count: int, axis: str = "x", limit: int = 32) -> None:
-    """Every device labelled when at most `limit`, else a power-of-two step that keeps about 16 labels."""
-    step = 1 if count <= limit else 2 ** math.ceil(math.log2(count / 16))
-    (ax.set_xticks if axis == "x" else ax.set_yticks)(list(range(0, count, step)))
-
-
-def _node_lines(ax, count: int, per_node: int | None, vertical: bool = True, horizontal: bool = False) -> None:
-    if not per_node:
-        return
-    for b in range(per_node, count, per_node):
-        if vertical:
-            ax.axvline(b - 0.5, color="black", lw=1.2, ls="--")
-        if horizontal:
-            ax.axhline(b - 0.5, color="black", lw=1.2, ls="--")
+def _node_boundaries(count: int, per_node: int | None) -> list[float]:
+    return [b - 0.5 for b in range(per_node, count, per_node)] if per_node else []
 
 
 def _log_ticks(axis) -> None:
@@ -536,8 +526,8 @@ def plot_time_by_device(table: pd.DataFrame, run_name: str, per_node: int | None
     fig, ax = plt.subplots(figsize=(max(10.0, min(18.0, 4 + 0.2 * n)), 4.5))
     scale, unit = time_unit(float(table.sum(axis=1).max()))
     _stacked_bars(ax, table, scale)
-    _node_lines(ax, n, per_node)
-    _device_ticks(ax, n)
+    node_lines(ax, _node_boundaries(n, per_node))
+    device_ticks(ax, n)
     ax.set_xlim(-0.6, n - 0.4)
     ax.set_xlabel("device" + ("  (dashed lines: node boundaries)" if per_node else ""))
     ax.set_ylabel(f"time per step ({unit})")
@@ -565,8 +555,8 @@ def plot_expert_time(et: pd.DataFrame, run_name: str, per_node: int | None, path
         norm = None
         im = ax.imshow(np.ma.masked_invalid(vals), aspect="auto", cmap="YlOrRd", vmin=0.0,
                        vmax=float(np.nanmax(vals)) or 1.0, interpolation="nearest")
-    _node_lines(ax, D, per_node)
-    _device_ticks(ax, D, limit=24)
+    node_lines(ax, _node_boundaries(D, per_node))
+    device_ticks(ax, D, limit=24)
     layers = grid.index.to_numpy()
     step = max(1, math.ceil(L / 24))
     ax.set_yticks(range(0, L, step))
@@ -603,9 +593,9 @@ def plot_traffic(m: np.ndarray, steps: int, run_name: str, per_node: int | None,
             if v > 0:
                 ax.text(d, s, f"{v:.3g}", ha="center", va="center", fontsize=7,
                         color="white" if math.log(v / lo + 1e-30) < 0.5 * math.log(hi / lo + 1e-30) else "black")
-    _node_lines(ax, D, per_node, vertical=True, horizontal=True)
-    _device_ticks(ax, D, limit=16)
-    _device_ticks(ax, D, "y", limit=16)
+    node_lines(ax, _node_boundaries(D, per_node), vertical=True, horizontal=True)
+    device_ticks(ax, D, limit=16)
+    device_ticks(ax, D, "y", limit=16)
     ax.set_xlabel("destination device")
     ax.set_ylabel("source device")
     ax.set_title(f"{run_name}: all-to-all traffic per step (simulated)\n"

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.workloads.routing import RoutingSource, layer_pairs
+from moesim.placement.problem import routing_statistics
+from moesim.workloads.routing import RoutingSource
 from moesim.workloads.trace_routing import TraceRouting
 
 
@@ -38,22 +39,11 @@ def statistics_window(routing: RoutingSource, simulated: int, steps: int) -> tup
 
 def expert_statistics(routing: RoutingSource, tokens: np.ndarray, num_layers: int, steps: int,
                       first_step: int = 0, in_sample: bool = False) -> ExpertStatistics:
-    """Mean expert loads and the layer-to-layer transition matrix over `steps` steps from `first_step`."""
-    E, k = routing.num_experts, routing.top_k
-    load = np.zeros((num_layers, E))
-    pairs = np.zeros((max(num_layers - 1, 0), E, E))
-    measured = True
-    for s in range(first_step, first_step + steps):
-        r = routing.step(s, tokens, num_layers)
-        load += r.counts.sum(axis=1)
-        if r.token_experts is not None and num_layers > 1:
-            pairs += layer_pairs(r.token_experts, E)
-        else:
-            measured = False
-    load /= max(steps, 1)
-    if not measured or num_layers < 2:  # independent layers: P(e' | e) follows the next layer's loads
-        share = load / np.maximum(load.sum(axis=1, keepdims=True), 1e-12)
-        pairs = np.broadcast_to(share[1:, None, :] * k, pairs.shape).copy()
-    row = pairs.sum(axis=2, keepdims=True)
-    transition = np.divide(pairs * k, row, out=np.zeros_like(pairs), where=row > 0)
-    return ExpertStatistics(load, transition, steps, measured, first_step, in_sample)
+    """Mean expert loads and the layer-to-layer transition matrix over `steps` steps from
+    `first_step`, from the same counting the placement problem uses (`routing_statistics`)."""
+    k = routing.top_k
+    dispatch, flow, how = routing_statistics(routing, tokens, num_layers, tokens.size, steps, first_step)
+    load = dispatch.sum(axis=1)  # (L, E) assignments per step
+    row = flow.sum(axis=2, keepdims=True)  # each row sums to k x the tokens at that expert
+    transition = np.divide(flow * k, row, out=np.zeros_like(flow), where=row > 0)
+    return ExpertStatistics(load, transition, steps, how.startswith("measured"), first_step, in_sample)
