@@ -57,7 +57,7 @@ def _place(args: argparse.Namespace) -> int:
     from moesim.placement.ilp import IlpOptions
     from moesim.placement.methods import METHODS
     from moesim.reports.terminal import print_placement_table
-    from moesim.simulator.placement_study import run_study, write_study
+    from moesim.studies.placement_study import run_study, write_study
     from moesim.simulator.scenario import load_scenario
 
     console = Console()

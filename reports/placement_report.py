@@ -19,7 +19,7 @@ from moesim.placement.methods import MethodResult
 from moesim.placement.problem import PlacementProblem
 from moesim.reports.html_page import (CSS, Figure, Table, device_ticks, node_lines, pyplot, save_figure, table_html,
                                       table_markdown)
-from moesim.simulator.placement_study import PlacementStudy, pick_best
+from moesim.studies.placement_study import PlacementStudy, pick_best
 
 LOADS_PNG = "placement-loads.png"
 BALANCE_PNG = "placement-balance-by-layer.png"

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from moesim.errors import ConfigError
-from moesim.simulator.offload_config import OffloadConfig, PrecisionConfig
+from moesim.simulator.offload.config import OffloadConfig, PrecisionConfig
 from moesim.workloads.synthetic_routing import RoutingModelConfig
 from moesim.yaml_io import load_yaml, validate
 

@@ -20,7 +20,7 @@ import simpy
 
 from moesim.errors import MoesimError
 from moesim.simulator.network import Collective, Fabric
-from moesim.simulator.offload import LayerWait, OffloadManager
+from moesim.simulator.offload.manager import LayerWait, OffloadManager
 from moesim.simulator.scenario import Scenario
 from moesim.simulator.step_plan import Planner, StepPlan
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.simulator.offload_config import PrecisionConfig
+from moesim.simulator.offload.config import PrecisionConfig
 from moesim.units import dtype_bytes
 from moesim.workloads.model_spec import ModelSpec
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from moesim.simulator.engine import COMPUTE_PHASES, PHASES, EngineResult
-from moesim.simulator.offload_metrics import layer_offload_columns, offload_summary
+from moesim.simulator.offload.metrics import layer_offload_columns, offload_summary
 from moesim.simulator.scenario import Scenario
 
 

@@ -20,7 +20,7 @@ from moesim.simulator.config import ScenarioConfig, ScenarioFile, WorkloadConfig
 from moesim.simulator.cost_model import CostModel
 from moesim.simulator.expert_precision import ExpertPrecision, expert_precision
 from moesim.simulator.memory import MemoryEstimate, estimate_memory
-from moesim.simulator.offload_setup import OffloadSetup, OffloadSetupError, setup_offload
+from moesim.simulator.offload.setup import OffloadSetup, OffloadSetupError, setup_offload
 from moesim.units import dtype_bytes, fmt_bytes
 from moesim.workloads import ModelSpec, load_model
 from moesim.errors import TraceError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moesim.simulator.expert_cache import ExpertCache
+from moesim.simulator.offload.expert_cache import ExpertCache
 
 
 def run(cache: ExpertCache, layers: list[list[int]]) -> list[list[int]]:

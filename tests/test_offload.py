@@ -13,9 +13,9 @@ import yaml
 
 from moesim.errors import ConfigError
 from moesim.simulator.config import config_from_dict
-from moesim.simulator.copy_engine import CopyEngine
+from moesim.simulator.offload.copy_engine import CopyEngine
 from moesim.simulator.expert_precision import expert_precision
-from moesim.simulator.offload_config import PrecisionConfig
+from moesim.simulator.offload.config import PrecisionConfig
 from moesim.simulator.run import simulate, write_run_dir
 from moesim.simulator.scenario import resolve
 from moesim.workloads import load_model

@@ -188,7 +188,7 @@ def test_bad_shares_in_placement_file_name_the_field(tmp_path):
 
 def test_ilp_placement_simulates_no_slower_than_contiguous_on_skewed_trace(tmp_path):
     """The shipped trace (real routing, skewed): place, then simulate both through the CLI's library."""
-    from moesim.simulator.placement_study import run_study
+    from moesim.studies.placement_study import run_study
 
     from moesim.simulator.scenario import load_scenario
 

@@ -10,7 +10,7 @@ from moesim.placement.ilp import IlpOptions
 from moesim.placement.methods import compare_methods
 from moesim.placement.problem import problem_from_routing
 from moesim.reports.placement_report import node_boundaries, write_placement_report
-from moesim.simulator.placement_study import (
+from moesim.studies.placement_study import (
     PlacementStudy,
     pick_best,
     run_study,

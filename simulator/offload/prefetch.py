@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from moesim.simulator.expert_stats import ExpertStatistics
-from moesim.simulator.offload_config import PrefetchConfig
+from moesim.workloads.routing_statistics import ExpertStatistics
+from moesim.simulator.offload.config import PrefetchConfig
 
 
 class Prefetcher:

@@ -17,7 +17,7 @@ from moesim.hardware_profiles.memory_tiers import MemoryTier, memory_tiers
 from moesim.placement import Placement
 from moesim.simulator.cost_model import CostModel
 from moesim.simulator.memory import MemoryEstimate
-from moesim.simulator.offload_config import OffloadConfig
+from moesim.simulator.offload.config import OffloadConfig
 from moesim.units import fmt_bytes
 
 

@@ -20,9 +20,9 @@ from moesim.placement.ilp import IlpOptions
 from moesim.placement.methods import MethodResult, compare_methods, results_table
 from moesim.placement.placement import Placement
 from moesim.placement.problem import PlacementProblem
-from moesim.simulator.placement_inputs import problem_from_scenario
-from moesim.simulator.expert_stats import statistics_window
-from moesim.simulator.offload_setup import setup_offload
+from moesim.studies.placement_inputs import problem_from_scenario
+from moesim.workloads.routing_statistics import statistics_window
+from moesim.simulator.offload.setup import setup_offload
 from moesim.simulator.scenario import Scenario, workload_memory
 
 

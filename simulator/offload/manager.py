@@ -17,12 +17,12 @@ import pandas as pd
 import simpy
 
 from moesim.errors import ConfigError
-from moesim.simulator.cache_warmup import warm_order
-from moesim.simulator.copy_engine import Copy, CopyEngine
-from moesim.simulator.expert_cache import CacheFullError, ExpertCache, LayeredCache
-from moesim.simulator.expert_stats import ExpertStatistics, expert_statistics, statistics_window
+from moesim.simulator.offload.cache_warmup import warm_order
+from moesim.simulator.offload.copy_engine import Copy, CopyEngine
+from moesim.simulator.offload.expert_cache import CacheFullError, ExpertCache, LayeredCache
+from moesim.workloads.routing_statistics import ExpertStatistics, expert_statistics, statistics_window
 from moesim.simulator.ops import act_dtype, ffn_flops_bytes, token_bytes
-from moesim.simulator.prefetch import Prefetcher
+from moesim.simulator.offload.prefetch import Prefetcher
 from moesim.simulator.scenario import Scenario
 from moesim.simulator.step_plan import StepPlan
 

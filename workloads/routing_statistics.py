@@ -1,4 +1,4 @@
-"""Routing statistics offloading policies lean on: how hot each expert is, which follow which.
+"""Routing statistics that placement and offloading policies lean on: how hot each expert is, which follow which.
 
 Pinned-hot caches pin the most used experts; affinity prefetchers (Read-ME, ExFlow) guess the
 next layer's experts from P(expert at l+1 | expert at l). Both come from sampled routing steps
@@ -11,9 +11,39 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.placement.problem import routing_statistics
-from moesim.workloads.routing import RoutingSource
+from moesim.workloads.routing import RoutingSource, layer_pairs
 from moesim.workloads.trace_routing import TraceRouting
+
+
+def routing_statistics(routing: RoutingSource, tokens: np.ndarray, num_layers: int, group_size: int,
+                       steps: int, first_step: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """Mean per-step dispatch (L, group, E) and consecutive-layer flow (L-1, E, E) over `steps`
+    steps, averaged over expert-parallel groups. The flow is measured from per-token expert
+    ids when the source has them, else the independent-layers expectation. Returns
+    (dispatch, flow, how the flow was obtained)."""
+    E = routing.num_experts
+    groups = tokens.size // group_size
+    dispatch = np.zeros((num_layers, group_size, E))
+    flow = np.zeros((max(num_layers - 1, 0), E, E))
+    measured = True
+    for step in range(first_step, first_step + steps):
+        r = routing.step(step, tokens, num_layers)
+        dispatch += r.counts.reshape(num_layers, groups, group_size, E).sum(axis=1)
+        if r.token_experts is not None and num_layers > 1:
+            flow += layer_pairs(r.token_experts, E)
+        else:
+            measured = False
+    dispatch /= steps * groups
+    if measured:
+        flow /= steps * groups
+        how = "measured from per-token routing"
+    else:
+        load = dispatch.sum(axis=1)
+        total_tokens = float(tokens.sum()) / groups
+        flow = np.einsum("li,lj->lij", load[:-1], load[1:]) / max(total_tokens, 1.0)
+        how = "independent layers (the routing source has no per-token ids)"
+    return dispatch, flow, how
+
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Expert offloading: memory tiers to caches, copy engines, prefetching and host-CPU experts."""

@@ -1,0 +1,1 @@
+"""Overlap schedules: how one device interleaves compute and all-to-all within a step."""
