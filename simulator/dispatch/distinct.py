@@ -1,0 +1,58 @@
+"""Distinct (token, destination) pairs: what a deduplicating dispatch sends.
+
+A deduplicating all-to-all sends a token once per destination group (device or node) however
+many of its k experts live there. With per-token ids the count is exact (`distinct_from_tokens`).
+With counts only (`expected_distinct`) the model is: the tokens a source s sends to slot j are a
+uniform random subset of its tokens[s] tokens, of size rows[s, j], independently across slots, so
+
+    P(token misses group g) = prod_{j in g} (1 - rows[s, j] / tokens[s])
+    E[distinct tokens of s at g] = tokens[s] x (1 - that product).
+
+This is exact when each slot selects its tokens independently (independent Bernoulli routing,
+or one expert per group). Top-k without replacement makes a token's choices negatively
+correlated (choosing one expert leaves fewer picks for the others), so a token misses a group
+less often than the product says and the model *under*-estimates distinct pairs. Uniform
+routing, E = 64, k = 8, 8 experts per device: exact P(miss) = C(56, 8) / C(64, 8) = 0.3209
+against 0.875^8 = 0.3436, so 0.6791 vs 0.6564 of tokens reach each device (-3.3%). Measured
+against Gumbel-top-k draws (tests/test_dispatch_distinct.py, E = 64, k = 8, 8 devices): totals
+-3.4% for uniform and -2.2% for Zipf(1) popularity, single (source, device) cells -0% to -4.5%
+(a device holding one always-chosen expert is exact). The gap shrinks as k / (experts
+per group) falls and vanishes for one expert per group.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def expected_distinct(rows: np.ndarray, tokens: np.ndarray, group_of_slot: np.ndarray, groups: int) -> np.ndarray:
+    """[..., s, g] expected distinct tokens of source s reaching group g, from (token, slot) rows [..., s, j].
+
+    Rows may be fractional (replicas split load); the per-slot fraction is clipped to [0, 1]
+    and a source with no tokens reaches nothing.
+    """
+    rows = np.asarray(rows, dtype=float)
+    tokens = np.asarray(tokens, dtype=float)
+    group_of_slot = np.asarray(group_of_slot, dtype=np.int64)
+    if rows.shape[-2:] != (tokens.size, group_of_slot.size):
+        raise ValueError(f"rows must end in (sources={tokens.size}, slots={group_of_slot.size}), got {rows.shape}")
+    if group_of_slot.size and (group_of_slot.min() < 0 or group_of_slot.max() >= groups):
+        raise ValueError(f"group_of_slot must lie in [0, {groups})")
+    safe = np.where(tokens > 0, tokens, 1.0)
+    frac = np.clip(rows / safe[:, None], 0.0, 1.0)
+    full = frac >= 1.0  # a slot taking every token: the group cannot be missed (log1p(-1) = -inf)
+    onehot = np.zeros((group_of_slot.size, groups))
+    onehot[np.arange(group_of_slot.size), group_of_slot] = 1.0
+    log_miss = np.log1p(-np.where(full, 0.0, frac)) @ onehot  # [..., s, g]
+    miss = np.where(full.astype(float) @ onehot > 0, 0.0, np.exp(log_miss))
+    return np.where(tokens[:, None] > 0, tokens[:, None] * (1.0 - miss), 0.0)
+
+
+def distinct_from_tokens(token_experts: np.ndarray, token_source: np.ndarray, expert_group: np.ndarray,
+                         sources: int, groups: int) -> np.ndarray:
+    """(s, g) exact count of distinct (token, group) pairs, from per-token ids token_experts (T, k)."""
+    g = np.sort(np.asarray(expert_group, dtype=np.int64)[np.asarray(token_experts, dtype=np.int64)], axis=1)
+    first = np.ones(g.shape, dtype=bool)
+    first[:, 1:] = g[:, 1:] != g[:, :-1]  # first occurrence of each group in a token's sorted list
+    src = np.broadcast_to(np.asarray(token_source, dtype=np.int64)[:, None], g.shape)
+    return np.bincount((src * groups + g)[first], minlength=sources * groups).reshape(sources, groups)
