@@ -24,30 +24,34 @@ class MemoryTier:
     path: tuple[str, ...]  # link (or memory) profiles a copy crosses
 
 
-def memory_tiers(cluster: ClusterSpec) -> list[MemoryTier]:
-    """Tiers of one device of the cluster, fastest first (host and storage only where the node has them)."""
+def memory_tiers(cluster: ClusterSpec, link_scale: float = 1.0, memory_scale: float = 1.0) -> list[MemoryTier]:
+    """Tiers of one device of the cluster, fastest first (host and storage only where the node has them).
+
+    `link_scale` multiplies every link's bandwidth (host link, storage) and `memory_scale` every
+    memory's (device and host DRAM): the `hardware.scale` what-if knobs."""
     node = cluster.node
     dev = load_device(node.device)
-    tiers = [MemoryTier("device", dev.memory.capacity, dev.memory.bandwidth * dev.efficiency.memory, 0.0, 1,
+    tiers = [MemoryTier("device", dev.memory.capacity, dev.memory.bandwidth * dev.efficiency.memory * memory_scale,
+                        0.0, 1,
                         (f"{dev.name} memory",))]
     if node.host is None:  # a unified-memory SoC (e.g. Jetson): storage reads land in device memory
         if node.storage is not None:
             disk = load_link(node.storage.link)
             tiers.append(MemoryTier("storage", node.storage.capacity / node.devices_per_node,
-                                    disk.bandwidth * disk.efficiency, disk.latency, node.devices_per_node,
+                                    disk.bandwidth * disk.efficiency * link_scale, disk.latency, node.devices_per_node,
                                     (disk.name,)))
         return tiers
     host_cpu = load_device(node.host.device)
     host_link = load_link(node.host.link)
     per_socket = -(-node.devices_per_node // node.host.count)
-    link_bw = host_link.bandwidth * host_link.efficiency
-    dram_share = host_cpu.memory.bandwidth * host_cpu.efficiency.memory / per_socket
+    link_bw = host_link.bandwidth * host_link.efficiency * link_scale
+    dram_share = host_cpu.memory.bandwidth * host_cpu.efficiency.memory * memory_scale / per_socket
     tiers.append(MemoryTier("host", host_cpu.memory.capacity * node.host.count / node.devices_per_node,
                             min(link_bw, dram_share), host_link.latency, per_socket,
                             (f"{host_cpu.name} memory", host_link.name)))
     if node.storage is not None:
         disk = load_link(node.storage.link)
         tiers.append(MemoryTier("storage", node.storage.capacity / node.devices_per_node,
-                                min(disk.bandwidth * disk.efficiency, link_bw), disk.latency + host_link.latency,
+                                min(disk.bandwidth * disk.efficiency * link_scale, link_bw), disk.latency + host_link.latency,
                                 node.devices_per_node, (disk.name, host_link.name)))
     return tiers

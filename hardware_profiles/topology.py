@@ -13,12 +13,8 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
-from moesim.hardware_profiles.loader import load_device, load_link
-from moesim.hardware_profiles.schema import ClusterSpec, DeviceSpec, LinkSpec
-
-
-def device_node(index: int, per_node: int) -> str:
-    return f"n{index // per_node}.d{index % per_node}"
+from moesim.hardware_profiles.loader import load_link
+from moesim.hardware_profiles.schema import ClusterSpec, LinkSpec
 
 
 def build_topology(cluster: ClusterSpec, link_bandwidth_scale: float = 1.0) -> nx.DiGraph:
@@ -121,9 +117,3 @@ def compute_routes(g: nx.DiGraph) -> Routes:
         pair_hops=hops,
         pair_inter_node=inter,
     )
-
-
-def cluster_devices(cluster: ClusterSpec) -> list[DeviceSpec]:
-    """The device profile of each accelerator, in global index order."""
-    spec = load_device(cluster.node.device)
-    return [spec] * cluster.num_devices

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from moesim.errors import ConfigError
 from moesim.simulator.offload.config import OffloadConfig, PrecisionConfig
 from moesim.workloads.synthetic_routing import RoutingModelConfig
+from moesim.units import Seconds
 from moesim.yaml_io import load_yaml, validate
 
 
@@ -38,9 +39,12 @@ class HardwareConfig(_Strict):
 
 
 class ParallelismConfig(_Strict):
-    ep: int | None = Field(None, ge=1, description="expert parallel group size; default all devices")
+    ep: int | None = Field(None, ge=1, description="expert parallel group size; default devices / moe_tp")
     tp: int = Field(1, ge=1, description="tensor parallel degree of attention and dense layers")
     dp: int | None = Field(None, ge=1, description="attention data-parallel replicas; default devices / tp")
+    moe_tp: int = Field(1, ge=1, description="tensor parallel degree of every expert (its intermediate "
+                        "dimension split over moe_tp devices, reduced after the MoE block); ep x moe_tp "
+                        "devices form one MoE group")
 
 
 class PlacementConfig(_Strict):
@@ -104,7 +108,30 @@ class WorkloadConfig(_Strict):
         return self
 
 
+class DispatchConfig(_Strict):
+    """How routed tokens travel to their experts and back (simulator/dispatch/)."""
+
+    algorithm: Literal["direct", "dedup", "hierarchical", "low_latency"] = Field(
+        "direct", description="direct: a row per (token, expert) (Megatron); dedup: a token once per device; "
+        "hierarchical: once per node over the network, then NVLink forwarding (DeepEP normal); "
+        "low_latency: per (token, expert) RDMA with a per-kernel floor (DeepEP low-latency)")
+    kernel_latency: Seconds = Field(10e-6, ge=0, description="low_latency: fixed cost of each dispatch or "
+                                    "combine kernel (launch, signalling, polling)")
+    replica_choice: Literal["local", "global"] = Field(
+        "local", description="local: a token uses a copy on its own device, else its own node, else any "
+        "(EPLB-style serving); global: every copy by the placement's shares")
+
+
 class PoliciesConfig(_Strict):
+    dispatch: DispatchConfig = DispatchConfig()
+    overlap: Literal["none", "two_batch", "shortcut"] = Field(
+        "none", description="none: phases in order; two_batch: two micro-batches, one computes while the "
+        "other's all-to-all is in flight (DeepSeek); shortcut: a layer's dispatch overlaps its attention "
+        "and dense compute (ScMoE)")
+    expert_kernel: Literal["grouped", "per_expert"] = Field(
+        "grouped", description="grouped: a device's routed experts run as one grouped-GEMM launch; "
+        "per_expert: one launch per expert")
+    small_ops: bool = Field(True, description="cost norms, the embedding lookup and the LM head")
     capacity_factor: float | None = Field(None, gt=0, description="None: no capacity limit")
     overflow: Literal["keep", "drop"] = "keep"
     overlap_shared_experts: bool = Field(True, description="shared experts run while dispatch is in flight")

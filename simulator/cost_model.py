@@ -132,10 +132,13 @@ class CostModel:
         compute = flops / (self.peak(dtype) * self.efficiency.compute(kind, rows))
         memory = nbytes / (self.bandwidth * self.efficiency.memory(kind, nbytes))
         busy = (flops > 0) | (nbytes > 0)
-        per_op = self.efficiency.overhead(kind, self.device.overhead) if hasattr(self.efficiency, "overhead") \
-            else self.device.overhead
-        overhead = np.where(busy, per_op, 0.0)
+        overhead = np.where(busy, self.overhead(kind), 0.0)
         return compute, memory, overhead
+
+    def overhead(self, kind: str) -> float:
+        """Launch overhead of one kernel of this kind (the calibrated one where the profile has it)."""
+        eff = self.efficiency
+        return eff.overhead(kind, self.device.overhead) if hasattr(eff, "overhead") else self.device.overhead
 
     def times(self, kind: str, flops, nbytes, rows=0.0, dtype: str = "bf16") -> np.ndarray:
         """Vectorised op time: max(compute, memory) + overhead, elementwise."""
@@ -157,6 +160,3 @@ class CostModel:
 
     def op_time(self, op: Op) -> float:
         return self.op_cost(op).time
-
-    def ops_time(self, ops: list[Op]) -> float:
-        return sum(self.op_time(op) for op in ops if op.kind != "comm")

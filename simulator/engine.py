@@ -1,11 +1,12 @@
-"""The SimPy engine: one process per device replays each step's layers in time.
+"""The SimPy engine: one process per device replays each step's plans in time.
 
-A device runs attention, hands its dispatch bytes to the network, runs its shared experts
-while they travel, waits for its inbound tokens, runs its local experts, hands back the
-combine bytes and waits for its own tokens to return. Nothing is a global barrier: a device
-waits only for the devices that send to it, so the slowest expert device delays exactly those
-whose tokens it holds. Events are per (step, layer, device, phase); routing and costs come
-precomputed as arrays from the step planner.
+The engine pulls step plans (a list of micro-batch plans per step) from the step pipeline until
+the step source is exhausted; it assumes no step count. How a device interleaves compute and
+all-to-all within a step is the overlap schedule's business (`simulator/overlap/`): a
+generator per device that uses the engine's collectives and records phase times here.
+Nothing is a global barrier: a device waits only for the devices that send to it (and for its
+TP / MoE-TP group in an all-reduce), so the slowest expert device delays exactly those whose
+tokens it holds.
 """
 
 from __future__ import annotations
@@ -18,203 +19,168 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import simpy
 
-from moesim.errors import MoesimError
-from moesim.simulator.network import Collective, Fabric
-from moesim.simulator.offload.manager import LayerWait, OffloadManager
-from moesim.simulator.scenario import Scenario
-from moesim.simulator.step_plan import Planner, StepPlan
+from typing import Iterable
 
-PHASES = ("attention", "tp_allreduce", "dense_ffn", "shared_expert", "dispatch", "offload_stall", "expert",
-          "straggler_wait", "combine")
-PHASE_INDEX = {p: i for i, p in enumerate(PHASES)}
-COMPUTE_PHASES = ("attention", "dense_ffn", "shared_expert", "expert")
-_ATT, _TP, _DENSE, _SHARED, _DISP, _STALL, _EXP, _STRAG, _COMB = range(len(PHASES))
+from moesim.errors import MoesimError
+from moesim.simulator.collectives import GroupCollective, make_collective
+from moesim.simulator.network import Fabric
+from moesim.simulator.offload.manager import LayerWait, OffloadManager
+from moesim.simulator.phases import PHASES, PHASE_INDEX, COMPUTE_PHASES, EXP as _EXP, STRAG as _STRAG, COMB as _COMB
+from moesim.simulator.scenario import Scenario
+from moesim.simulator.step_plan import StepPlan, merge_microbatches
 
 
 @dataclass
 class StepCollectives:
-    """A step's collectives: (dispatch, combine) per MoE layer; (attention, FFN) all-reduce per layer."""
+    """One micro-batch's collectives in a step: (dispatch, combine) per MoE layer; (attention, FFN)
+    all-reduce per layer under TP; the MoE-TP reduction per MoE layer."""
 
-    moe: list[tuple[Collective, Collective]]
-    tp: list[tuple[Collective, Collective]]
+    moe: list[tuple]
+    tp: list[tuple]
+    moe_reduce: list
 
 
 @dataclass
 class EngineResult:
-    """Raw timeline: start/end of every (step, layer, device, phase); nan where a phase did not run."""
+    """Raw timeline: start/end of every (step, layer, device, micro-batch, phase); nan where a phase did not run."""
 
-    start: np.ndarray  # (steps, L, N, P)
+    start: np.ndarray  # (steps, L, N, MB, P)
     end: np.ndarray
-    plans: list[StepPlan]
+    plans: list[StepPlan]  # one per step (micro-batches merged)
     fabric: Fabric
     meta: dict = field(default_factory=dict)
     offload: OffloadManager | None = None  # caches, copies and host jobs of an offloading run
+    microbatch_plans: list[list[StepPlan]] | None = None
+
+    @property
+    def durations(self) -> np.ndarray:
+        """(steps, L, N, P) time in each phase, summed over micro-batches (0 where it did not run)."""
+        dur = self.end - self.start
+        return np.where(np.isnan(dur), 0.0, dur).sum(axis=3)
 
 
 class Engine:
-    def __init__(self, scenario: Scenario, progress: Callable[[int], None] | None = None):
+    """Replays plans in time. `plans` (an iterable of per-step micro-batch plan lists) defaults to the
+    scenario's own pipeline over its step source; tests pass hand-built plans."""
+
+    def __init__(self, scenario: Scenario, progress: Callable[[int], None] | None = None,
+                 plans: Iterable[list[StepPlan]] | None = None, overlap: Callable | None = None):
+        from moesim.simulator.compose import pipeline_for, step_source_for
+        from moesim.simulator.overlap.schedules import schedule_for
+
         self.sc = scenario
         self.env = simpy.Environment()
         self.fabric = Fabric(scenario.routes)
-        self.planner = Planner(scenario)
+        if plans is None:
+            pipeline = pipeline_for(scenario)
+            plans = pipeline.plans(step_source_for(scenario))
+        self._source = iter(plans)
+        self.stream = overlap or schedule_for(scenario)
         self.progress = progress
-        steps, L, n = scenario.steps, scenario.model.num_layers, scenario.num_devices
-        self._shape = (steps, L, n, len(PHASES))
-        self._plans: dict[int, StepPlan] = {}
-        self._step_lists: dict[int, tuple] = {}
-        size = steps * L * n * len(PHASES)
-        self._st: list[float] = [float("nan")] * size
-        self._en: list[float] = [float("nan")] * size
-        self._futures: dict[int, Future] = {}
+        L, n = scenario.model.num_layers, scenario.num_devices
+        self.n_layers, self.n = L, n
+        self.P = len(PHASES)
+        self.moe_layers = np.array(scenario.model.moe_layers, dtype=np.int64)
+        self.moe_index = {layer: i for i, layer in enumerate(scenario.model.moe_layers)}
+        self.is_moe = [scenario.model.is_moe_layer(layer) for layer in range(L)]
+        self._plans: dict[int, list[StepPlan]] = {}
+        self._times: dict[int, tuple[list[float], list[float]]] = {}
+        self._step_lists: dict[tuple[int, int], tuple] = {}
+        self._by_step: dict[tuple[int, int], StepCollectives] = {}
+        self._pulled = 0
+        self._ended: int | None = None
+        self._next: Future | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moesim-plan")
-        self._by_step: dict[int, StepCollectives] = {}
-        self._moe_index = self.planner.moe_index
-        self._is_moe = [scenario.model.is_moe_layer(layer) for layer in range(L)]
+        self.microbatches = 1
         tp = scenario.tp
-        # ring all-reduce within each TP group: rank r sends to rank r+1
-        self._tp_ring = None
-        if tp > 1:
-            ring = np.zeros((n, n))
-            for r in range(n):
-                base = (r // tp) * tp
-                ring[r, base + (r - base + 1) % tp] = 1.0
-            self._tp_ring = ring
-            hop = scenario.routes.pair_latency[0, 1] if n > 1 else 0.0
-            self._tp_extra_latency = (2 * (tp - 1) - 1) * hop
-        self._done_steps = 0
+        self.tp = tp
+        self._tp_ring = _ring(n, tp) if tp > 1 else None
+        hop = scenario.routes.pair_latency[0, 1] if n > 1 else 0.0
+        self._tp_extra_latency = (2 * (tp - 1) - 1) * hop if tp > 1 else 0.0
+        mt = scenario.moe_tp
+        self.moe_tp = mt
+        self._moe_ring = _ring(n, mt) if mt > 1 else None
+        self._moe_extra_latency = (2 * (mt - 1) - 1) * hop if mt > 1 else 0.0
         self.offload = OffloadManager(scenario, self.env) if scenario.offload is not None else None
+        first = self.plans(0)
+        if first is not None:
+            self.microbatches = len(first)
+            self._size = L * n * self.microbatches * self.P
+            self._alloc(0)
 
-    def _plan(self, step: int) -> StepPlan:
-        """The plan of a step; the next step's plan is built in a worker thread meanwhile
-        (numpy releases the GIL, so routing sampling overlaps the event loop on a second core).
-        Plans depend only on (seed, step), so this does not change results."""
-        plan = self._plans.get(step)
-        if plan is None:
-            future = self._futures.pop(step, None)
-            plan = future.result() if future else self.planner.plan(step)
-            self._plans[step] = plan
-            nxt = step + 1
-            if nxt < self.sc.steps and nxt not in self._plans and nxt not in self._futures:
-                self._futures[nxt] = self._pool.submit(self.planner.plan, nxt)
-        return plan
+    # ---- plans, pulled from the source ---------------------------------------------------
+    def plans(self, step: int) -> list[StepPlan] | None:
+        """The micro-batch plans of a step, or None past the last step. The next step's plans are
+        built in a worker thread meanwhile (numpy releases the GIL, so routing and costing overlap
+        the event loop on a second core); plans depend only on (seed, step), so results do not change."""
+        got = self._plans.get(step)
+        if got is not None or (self._ended is not None and step >= self._ended):
+            return got
+        while self._pulled <= step:
+            nxt = self._next.result() if self._next is not None else next(self._source, None)
+            self._next = None
+            if nxt is None:
+                self._ended = self._pulled
+                return None
+            self._plans[self._pulled] = nxt
+            if self._pulled:
+                self._alloc(self._pulled)
+            self._pulled += 1
+            self._next = self._pool.submit(next, self._source, None)
+        return self._plans.get(step)
 
-    def _step_collectives(self, step: int, plan: StepPlan) -> "StepCollectives":
-        """Every collective of a step, made when the first device needs them.
+    def _alloc(self, step: int) -> None:
+        self._times[step] = ([float("nan")] * self._size, [float("nan")] * self._size)
 
-        A device entering step s has received step s-1's combines, so every device has left
-        step s-2: its collectives are dropped then."""
-        colls = self._by_step.get(step)
+    def times(self, step: int) -> tuple[list[float], list[float]]:
+        """Flat start/end lists of a step, indexed ((layer x N + device) x MB + microbatch) x P + phase."""
+        return self._times[step]
+
+    def collectives(self, step: int, mb: int = 0) -> StepCollectives:
+        """Every collective of a step's micro-batch, made when the first device needs them; dropped
+        two steps later (a device entering step s has every device's step s-2 combine behind it)."""
+        key = (step, mb)
+        colls = self._by_step.get(key)
         if colls is None:
-            colls = self._by_step[step] = StepCollectives(
-                moe=[(Collective(self.env, self.fabric, plan.dispatch[m]),
-                      Collective(self.env, self.fabric, plan.combine[m]))
-                     for m in range(plan.dispatch.shape[0])],
-                tp=[(Collective(self.env, self.fabric, self._tp_ring * plan.tp_bytes, self._tp_extra_latency),
-                     Collective(self.env, self.fabric, self._tp_ring * plan.tp_bytes, self._tp_extra_latency))
-                    for _ in self._is_moe] if self._tp_ring is not None else [],
-            )
-            self._by_step.pop(step - 2, None)
+            plan = self._plans[step][mb]
+            tr = plan.traffic
+            env, fabric = self.env, self.fabric
+            dis = tr.dispatch
+            com = tr.combine
+            moe = [(make_collective(env, fabric, [s[m] for s in dis], tr.kernel_latency),
+                    make_collective(env, fabric, [s[m] for s in com], tr.kernel_latency))
+                   for m in range(dis[0].shape[0])]
+            tp = []
+            if self._tp_ring is not None:
+                groups = np.arange(self.n) // self.tp
+                tp = [(GroupCollective(env, fabric, self._tp_ring * plan.tp_bytes, groups, self._tp_extra_latency),
+                       GroupCollective(env, fabric, self._tp_ring * plan.tp_bytes, groups, self._tp_extra_latency))
+                      for _ in self.is_moe]
+            reduce = []
+            if self._moe_ring is not None:
+                groups = np.arange(self.n) // self.moe_tp
+                reduce = [GroupCollective(env, fabric, self._moe_ring * plan.moe_reduce_bytes, groups,
+                                          self._moe_extra_latency) for _ in range(len(moe))]
+            colls = self._by_step[key] = StepCollectives(moe, tp, reduce)
+            self._by_step.pop((step - 2, mb), None)
         return colls
 
-    @staticmethod
-    def _all_reduce(d: int, coll: Collective) -> Generator:
-        """Ring all-reduce within the TP group: hand over this rank's bytes, wait for the neighbour's."""
-        coll.submit(d)
-        yield from coll.inbound(d)
-
-    def _lists(self, step: int) -> tuple[list, list, list, list]:
+    def lists(self, step: int, mb: int = 0) -> tuple[list, list, list, list]:
         """A step's per-device times as nested Python lists [device][layer] (fast scalar reads)."""
-        lists = self._step_lists.get(step)
+        key = (step, mb)
+        lists = self._step_lists.get(key)
         if lists is None:
-            plan = self._plan(step)
-            lists = self._step_lists[step] = tuple(  # type: ignore[assignment]
+            plan = self.plans(step)[mb]
+            lists = self._step_lists[key] = tuple(  # type: ignore[assignment]
                 a.T.tolist() for a in (plan.attention, plan.dense_ffn, plan.shared_expert, plan.expert))
-            self._step_lists.pop(step - 2, None)
+            self._step_lists.pop((step - 2, mb), None)
         return lists  # type: ignore[return-value]
 
-    def _device(self, d: int) -> Generator:
-        """One device's stream. Compute that directly follows a wait shares its wake-up
-        (the wait fires when the bytes have arrived plus the compute time), so a MoE layer
-        costs two SimPy events per device. Times are recorded into flat Python lists indexed
-        ((step x L + layer) x N + device) x P + phase: the hot loop touches no numpy scalars."""
-        env, st, en = self.env, self._st, self._en
-        overlap = self.sc.config.policies.overlap_shared_experts
-        tp = self.sc.tp
-        n_layers, n, P = len(self._is_moe), self.sc.num_devices, len(PHASES)
-        steps = self.sc.steps
-        pending_attention = False  # the previous wait already ran this layer's attention
-        for s in range(steps):
-            plan = self._plan(s)
-            att, dense, shared, expert = (x[d] for x in self._lists(s))
-            colls = self._step_collectives(s, plan)
-            for layer, is_moe in enumerate(self._is_moe):
-                i = ((s * n_layers + layer) * n + d) * P
-                if not pending_attention:
-                    st[i + _ATT] = env.now
-                    yield env.timeout(att[layer])
-                en[i + _ATT] = env.now
-                pending_attention = False
-                if tp > 1:
-                    st[i + _TP] = env.now
-                    yield from self._all_reduce(d, colls.tp[layer][0])
-                    en[i + _TP] = env.now
-                if not is_moe:
-                    st[i + _DENSE] = env.now
-                    yield env.timeout(dense[layer])
-                    en[i + _DENSE] = env.now
-                    if tp > 1:
-                        yield from self._all_reduce(d, colls.tp[layer][1])
-                        en[i + _TP] = env.now
-                    continue
-                m = self._moe_index[layer]
-                disp, comb = colls.moe[m]
-                disp.submit(d)
-                wait = None
-                if self.offload is not None:  # the router has chosen: look up the cache, start copies
-                    wait = self.offload.demand(plan, d, m)
-                    self.offload.prefetch(plan, d, m)
-                    if not wait.fetched and not wait.host:
-                        wait = None  # every expert resident: exactly the no-offload timeline
-                now = env.now
-                busy_until = now
-                if overlap:  # shared experts compute while the dispatch bytes travel
-                    st[i + _SHARED] = now
-                    busy_until = en[i + _SHARED] = now + shared[layer]
-                if wait is None:
-                    yield from disp.inbound(d, not_before=busy_until, then=expert[layer])
-                    now = env.now
-                    st[i + _DISP] = busy_until
-                    en[i + _DISP] = st[i + _EXP] = disp.received_at(d, busy_until)
-                else:
-                    yield from disp.inbound(d, not_before=busy_until)
-                    st[i + _DISP] = busy_until
-                    ready = en[i + _DISP] = st[i + _STALL] = env.now
-                    stall = yield from self._run_offloaded_experts(wait)
-                    now = env.now
-                    en[i + _STALL] = st[i + _EXP] = ready + stall
-                en[i + _EXP] = st[i + _COMB] = now
-                comb.submit(d)
-                # the next layer's attention (if it follows directly) runs in the same wake-up
-                if layer + 1 < n_layers:
-                    nxt, j = att[layer + 1], i + n * P
-                elif s + 1 < steps:
-                    nxt, j = self._lists(s + 1)[0][d][0], (((s + 1) * n_layers) * n + d) * P
-                else:
-                    nxt = None
-                chain = nxt is not None and overlap
-                yield from comb.inbound(d, not_before=now, then=nxt if chain else 0.0)
-                en[i + _COMB] = done = comb.received_at(d, not_before=now)
-                if chain:
-                    pending_attention = True
-                    st[j + _ATT] = done
-                if not overlap:
-                    st[i + _SHARED] = env.now
-                    yield env.timeout(shared[layer])
-                    en[i + _SHARED] = env.now
-            if d == 0 and self.progress:
-                self.progress(s + 1)
+    def step_done(self, d: int, step: int) -> None:
+        if d == 0 and self.progress:
+            self.progress(step + 1)
 
-    def _run_offloaded_experts(self, wait: LayerWait) -> Generator:
+    def run_offloaded_experts(self, wait: LayerWait) -> Generator:
         """Run resident experts first, then each fetched expert as its copy lands, then collect the
         host CPU's experts. Returns the time spent waiting (the stall); the timeline shows it as
         one offload_stall span before the expert span, with the same total."""
@@ -236,8 +202,10 @@ class Engine:
         return stall
 
     def run(self) -> EngineResult:
-        for d in range(self.sc.num_devices):
-            self.env.process(self._device(d))
+        if self._ended == 0:
+            raise MoesimError("the step source yielded no steps: nothing to simulate")
+        for d in range(self.n):
+            self.env.process(self.stream(self, d))
         try:
             self.env.run()
         except MoesimError as err:  # SimPy re-raises a process's error as a copy without its fields
@@ -246,30 +214,44 @@ class Engine:
             raise
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
-        self.start = np.array(self._st, dtype=float).reshape(self._shape)
-        self.end = np.array(self._en, dtype=float).reshape(self._shape)
-        plans = [self._plans[s] for s in range(self.sc.steps)]
-        self._split_straggler_wait(plans)
-        return EngineResult(self.start, self.end, plans, self.fabric, offload=self.offload)
+        steps = self._ended if self._ended is not None else self._pulled
+        shape = (steps, self.n_layers, self.n, self.microbatches, self.P)
+        self.start = np.array([self._times[s][0] for s in range(steps)], dtype=float).reshape(shape)
+        self.end = np.array([self._times[s][1] for s in range(steps)], dtype=float).reshape(shape)
+        per_mb = [self._plans[s] for s in range(steps)]
+        plans = [merge_microbatches(p) for p in per_mb]
+        self._split_straggler_wait(per_mb)
+        return EngineResult(self.start, self.end, plans, self.fabric, offload=self.offload, microbatch_plans=per_mb)
 
-    def _split_straggler_wait(self, plans: list[StepPlan]) -> None:
+    def _split_straggler_wait(self, per_mb: list[list[StepPlan]]) -> None:
         """Split each combine wait into waiting for a slower peer's experts, then transfer.
 
         A device that finished its experts early waits in combine partly because a device
         holding its tokens is still computing (the straggler effect) and partly for the bytes
         themselves. The first part is the gap to the latest expert end among its senders.
         """
-        moe = self.planner.moe_layers
+        moe = self.moe_layers
         if moe.size == 0:
             return
-        start, end = self.start[:, moe], self.end[:, moe]  # (S, Lm, N, P) copies
-        exp_end, comb_start, comb_end = end[..., _EXP], start[..., _COMB], end[..., _COMB]
-        senders = np.stack([p.combine > 0 for p in plans])  # (S, Lm, src, dst)
-        peer_end = np.where(senders, exp_end[:, :, :, None], -np.inf).max(axis=2)  # (S, Lm, dst)
-        wait = np.clip(peer_end - comb_start, 0.0, comb_end - comb_start)
-        wait = np.where(np.isfinite(wait), wait, 0.0)
-        split = comb_start + wait
-        start[..., _STRAG] = comb_start
-        end[..., _STRAG] = split
-        start[..., _COMB] = split
-        self.start[:, moe], self.end[:, moe] = start, end
+        all_start, all_end = self.start[:, moe], self.end[:, moe]  # (S, Lm, N, MB, P) copies
+        for mb in range(self.microbatches):
+            start, end = all_start[:, :, :, mb], all_end[:, :, :, mb]  # views
+            exp_end, comb_start, comb_end = end[..., _EXP], start[..., _COMB], end[..., _COMB]
+            senders = np.stack([p[mb].combine > 0 for p in per_mb])  # (S, Lm, src, dst)
+            peer_end = np.where(senders, exp_end[:, :, :, None], -np.inf).max(axis=2)  # (S, Lm, dst)
+            wait = np.clip(peer_end - comb_start, 0.0, comb_end - comb_start)
+            wait = np.where(np.isfinite(wait), wait, 0.0)
+            split = comb_start + wait
+            start[..., _STRAG] = comb_start
+            end[..., _STRAG] = split
+            start[..., _COMB] = split
+        self.start[:, moe], self.end[:, moe] = all_start, all_end
+
+
+def _ring(n: int, size: int) -> np.ndarray:
+    """Ring all-reduce within contiguous groups of `size` devices: rank r sends to rank r+1."""
+    ring = np.zeros((n, n))
+    for r in range(n):
+        base = (r // size) * size
+        ring[r, base + (r - base + 1) % size] = 1.0
+    return ring

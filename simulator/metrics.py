@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from moesim.simulator.engine import COMPUTE_PHASES, PHASES, EngineResult
+from moesim.simulator.engine import EngineResult
+from moesim.simulator.phases import COMPUTE_PHASES, PHASES
 from moesim.simulator.offload.metrics import layer_offload_columns, offload_summary
 from moesim.simulator.scenario import Scenario
 
@@ -34,27 +35,39 @@ class SimResult:
 
 
 def phase_table(raw: EngineResult) -> pd.DataFrame:
-    s, l, d, p = np.nonzero(~np.isnan(raw.start) & ~np.isnan(raw.end))
-    start = raw.start[s, l, d, p]
-    end = raw.end[s, l, d, p]
-    return pd.DataFrame({
+    """One row per phase that ran; a `microbatch` column when the step was split (two-batch overlap)."""
+    s, l, d, mb, p = np.nonzero(~np.isnan(raw.start) & ~np.isnan(raw.end))
+    start = raw.start[s, l, d, mb, p]
+    end = raw.end[s, l, d, mb, p]
+    table = pd.DataFrame({
         "step": s.astype(np.int32), "layer": l.astype(np.int32), "device": d.astype(np.int32),
         "phase": pd.Categorical.from_codes(p, PHASES), "start_s": start, "end_s": end,
         "duration_s": end - start,
     })
+    if raw.start.shape[3] > 1:
+        table.insert(3, "microbatch", mb.astype(np.int32))
+    return table
 
 
-def _durations(raw: EngineResult) -> np.ndarray:
-    dur = raw.end - raw.start
-    return np.where(np.isnan(dur), 0.0, dur)
+def critical_path_shares(raw: EngineResult) -> dict[str, float]:
+    """Phase shares along the critical path: the device that finishes each step last, its own time.
+
+    Device-averaged shares misdescribe a step when only some devices compute (the others wait);
+    the last device to finish is the one whose phases set the step time."""
+    dur = raw.durations  # (S, L, N, P)
+    end = np.nanmax(raw.end, axis=(1, 3, 4))  # (S, N)
+    last = np.nanargmax(end, axis=1)
+    per = dur[np.arange(dur.shape[0]), :, last].sum(axis=(0, 1))  # (P,)
+    total = float(per.sum())
+    return {p: float(per[i] / total) if total else 0.0 for i, p in enumerate(PHASES)}
 
 
 def straggler_ratios(sc: Scenario, raw: EngineResult) -> np.ndarray:
     """(steps, moe_layers): max over mean modeled expert time across the devices of each EP group."""
     moe = np.array(sc.model.moe_layers, dtype=np.int64)
     if moe.size == 0:
-        return np.zeros((sc.steps, 0))
-    exp = np.stack([p.expert[moe] for p in raw.plans])  # (S, Lm, N)
+        return np.zeros((len(raw.plans), 0))
+    exp = np.stack([p.expert[moe][:, :: sc.moe_tp] for p in raw.plans])  # (S, Lm, N / moe_tp)
     groups = exp.reshape(*exp.shape[:2], -1, sc.ep)
     mean = groups.mean(axis=3)
     ratio = np.divide(groups.max(axis=3), mean, out=np.ones_like(mean), where=mean > 0)
@@ -76,9 +89,10 @@ def _routing_provenance(sc: Scenario) -> dict[str, Any]:
 
 def summarize(sc: Scenario, raw: EngineResult) -> SimResult:
     n = sc.num_devices
-    dur = _durations(raw)
-    step_start = np.nanmin(raw.start[:, 0, :, 0], axis=1)
-    step_end = np.nanmax(np.nanmax(raw.end, axis=(1, 3)), axis=1)
+    steps = len(raw.plans)
+    dur = raw.durations
+    step_start = np.nanmin(raw.start[:, 0, :, :, 0], axis=(1, 2))
+    step_end = np.nanmax(raw.end, axis=(1, 2, 3, 4))
     step_latency = step_end - step_start
     makespan = float(np.nanmax(raw.end))
     phase_total = dur.sum(axis=(0, 1, 2))  # (P,)
@@ -112,7 +126,7 @@ def summarize(sc: Scenario, raw: EngineResult) -> SimResult:
     util = pd.DataFrame({"device": np.arange(n), "compute_busy_s": busy, "utilization": busy / makespan})
     for i, p in enumerate(PHASES):
         util[f"{p}_s"] = per_phase_dev[:, i]
-    util["memory_bytes"] = np.tile(sc.memory.per_device, n // sc.ep)
+    util["memory_bytes"] = np.tile(np.repeat(sc.memory.per_device, sc.moe_tp), n // (sc.ep * sc.moe_tp))
 
     moe = sc.model.moe_layers
     layer_rows = []
@@ -129,14 +143,17 @@ def summarize(sc: Scenario, raw: EngineResult) -> SimResult:
         layers = layers.merge(layer_offload_columns(sc, raw), on=["step", "layer"], how="left")
     summary: dict[str, Any] = {
         "makespan_s": makespan,
-        "steps": sc.steps,
+        "steps": steps,
         "routing": _routing_provenance(sc),
         "step_latency_s": {"mean": float(step_latency.mean()), "p50": float(np.median(step_latency)),
                            "p99": float(np.percentile(step_latency, 99)), "max": float(step_latency.max())},
         "tokens_per_step": tokens_per_step,
-        "throughput_tokens_per_s": tokens_per_step * sc.steps / makespan,
+        "throughput_tokens_per_s": tokens_per_step * steps / makespan,
         "time_per_output_token_s": float(step_latency.mean()) if wl.phase == "decode" else None,
         "time_share": shares,
+        "time_share_critical_path": critical_path_shares(raw),
+        "policies": {"dispatch": sc.config.policies.dispatch.algorithm, "overlap": sc.config.policies.overlap,
+                     "expert_kernel": sc.config.policies.expert_kernel, "moe_tp": sc.moe_tp},
         "straggler_ratio": {"mean": float(ratios.mean()) if ratios.size else 1.0,
                             "max": float(ratios.max()) if ratios.size else 1.0},
         "bytes_by_link_class": by_class,

@@ -204,32 +204,25 @@ def token_bytes(model: ModelSpec, dtype: str) -> float:
     return model.hidden_size * dtype_bytes(dtype)
 
 
-def layer_ops(model: ModelSpec, layer: int, ctx: LayerContext, expert_tokens: np.ndarray | None = None,
-              dispatch_dtype: str = "bf16", combine_dtype: str = "bf16", dispatch_rows: float = 0.0,
-              dtypes: set[str] | None = None) -> list[Op]:
-    """Every op one device runs in `layer`, in execution order (the GenZ-style op table).
+def norm_ops(model: ModelSpec, tokens: float, dtypes: set[str] | None = None) -> list[Op]:
+    """The two RMSNorms of a layer (before attention and before the FFN/MoE block): each reads and
+    writes every token's hidden state once and reads its weight vector."""
+    h, ab, wb = model.hidden_size, dtype_bytes(act_dtype(model)), dtype_bytes(model.weight_dtype)
+    return [Op(name, "elementwise", "attention", 4.0 * tokens * h, 2.0 * tokens * h * ab + h * wb, tokens,
+               act_dtype(model)) for name in ("input_norm", "post_attention_norm")]
 
-    `expert_tokens[e]` is the token count of each expert local to the device; `dispatch_rows`
-    the (token, expert) rows it sends away (and receives back in combine).
-    """
-    ops = attention_ops(model, layer, ctx, dtypes)
-    if ctx.tp > 1:
-        ops.append(Op("tp_allreduce", "comm", "tp_allreduce", 0.0,
-                      tp_allreduce_bytes(model, ctx.attn_tokens, ctx.tp)))
-    if not model.is_moe_layer(layer):
-        ops.append(dense_ffn_op(model, ctx.attn_tokens, ctx.tp, dtypes))
-        if ctx.tp > 1:
-            ops.append(Op("tp_allreduce_ffn", "comm", "tp_allreduce", 0.0,
-                          tp_allreduce_bytes(model, ctx.attn_tokens, ctx.tp)))
-        return ops
-    ops.append(router_op(model, ctx.moe_tokens))
-    ops.append(Op("dispatch", "comm", "dispatch", 0.0, dispatch_rows * token_bytes(model, dispatch_dtype)))
-    shared = shared_expert_op(model, ctx.moe_tokens, dtypes)
-    if shared:
-        ops.append(shared)
-    if expert_tokens is not None:
-        for e, n in enumerate(np.asarray(expert_tokens)):
-            if n > 0:
-                ops.append(expert_op(model, e, float(n), dtypes))
-    ops.append(Op("combine", "comm", "combine", 0.0, dispatch_rows * token_bytes(model, combine_dtype)))
+
+def model_edge_ops(model: ModelSpec, tokens: float, tp: int, first: bool, last: bool, sequences: float,
+                   dtypes: set[str] | None = None) -> list[Op]:
+    """Ops outside the layers: the embedding lookup before the first layer; the final norm and the
+    LM head (vocab split over tp; logits of each sequence's last token only) after the last."""
+    h, ab, wb = model.hidden_size, dtype_bytes(act_dtype(model)), dtype_bytes(model.weight_dtype)
+    ops: list[Op] = []
+    if first:
+        ops.append(Op("embedding", "elementwise", "attention", 0.0, tokens * h * (wb + ab), tokens, act_dtype(model)))
+    if last:
+        ops.append(Op("final_norm", "elementwise", "attention", 4.0 * sequences * h, 2.0 * sequences * h * ab + h * wb,
+                      sequences, act_dtype(model)))
+        ops.append(_gemm("lm_head", "attention", sequences, h, model.vocab_size / tp, wb, ab,
+                         gemm_dtype(model.weight_dtype, dtypes, act_dtype(model))))
     return ops

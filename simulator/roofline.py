@@ -36,7 +36,7 @@ from moesim.simulator.ops import (
     tp_allreduce_bytes,
 )
 from moesim.simulator.scenario import Scenario
-from moesim.simulator.step_plan import Planner
+from moesim.simulator.step_plan import StepPlan
 from moesim.workloads.model_spec import ModelSpec
 
 COLUMNS = ["device", "phase", "layer", "op", "group", "kind", "tokens", "flops", "bytes", "intensity", "time_s",
@@ -130,77 +130,62 @@ def op_rows(cost: CostModel, ops: list[Op], phase: str, layer: int, links: dict[
 # ---------------------------------------------------------------- a scenario's layer
 
 
-def _links(sc: Scenario, device: int, dispatch: np.ndarray, combine: np.ndarray) -> dict[str, Link]:
-    r = sc.routes
-    n = sc.num_devices
-    bw = np.full(n, np.inf)
-    for dst in range(n):
-        if dst != device:
-            p = device * n + dst
-            bw[dst] = r.link_bandwidth[r.pair_links[r.pair_ptr[p]:r.pair_ptr[p + 1]]].min()
-    latency = float(r.pair_latency[device].max()) if n > 1 else 0.0
-    out = dispatch[device].copy()
-    back = combine[:, device].copy()  # combine: what returns to this device; it sends combine[device]
-    out[device] = back[device] = 0.0
-    sent_back = combine[device].copy()
-    sent_back[device] = 0.0
-    return {"dispatch": Link("dispatch", out, bw, latency), "combine": Link("combine", sent_back, bw, latency)}
+def scenario_plan(sc: Scenario, step: int = 0) -> StepPlan:
+    """The engine's plan of one step of a scenario (the whole step, not split into micro-batches)."""
+    from moesim.simulator.compose import pipeline_for, step_source_for
+
+    for inp in step_source_for(sc):
+        if inp.step == step:
+            return pipeline_for(sc).plan(inp)
+    raise ValueError(f"step {step} is past the scenario's {sc.steps} steps")
 
 
-def scenario_layer_ops(sc: Scenario, layer: int, step: int = 0, device: int = 0,
-                       cost: CostModel | None = None) -> tuple[list[Op], dict[str, Link], float]:
-    """The ops device `device` runs in `layer` at `step`, as the engine plans them: token counts per
-    expert from the step's routing and the placement, weights at the scenario's precision.
-    Returns (ops, links of its all-to-all, FLOPs of its routed experts)."""
-    m, wl = sc.model, sc.config.workload
-    cost = cost or sc.cost
-    dt = cost.dtypes
-    planner = Planner(sc)
-    planner.keep_slots = True
-    plan = planner.plan(step)
-    kv_len = (wl.kv_len or 0) + step if wl.phase == "decode" else 0
-    ctx = LayerContext(wl.phase, sc.batch_per_replica, wl.seq_len if wl.phase == "prefill" else 1, kv_len, sc.tp,
-                       int(sc.moe_tokens.max()))
-    ops = attention_ops(m, layer, ctx, dt)
-    if sc.tp > 1:
-        ops.append(Op("tp_allreduce", "comm", "tp_allreduce", 0.0, tp_allreduce_bytes(m, ctx.attn_tokens, sc.tp)))
-    if not m.is_moe_layer(layer):
-        ops.append(dense_ffn_op(m, ctx.attn_tokens, sc.tp, dt))
-        return ops, {}, 0.0
-    tokens = float(sc.moe_tokens[device])
-    ops.append(router_op(m, tokens))
-    mi = planner.moe_index[layer]
-    ops.append(Op("dispatch", "comm", "dispatch", 0.0, float(plan.dispatch[mi][device].sum()
-                                                             - plan.dispatch[mi][device, device])))
-    shared = shared_expert_op(m, tokens, dt)
-    if shared:
-        ops.append(shared)
-    g, local = divmod(device, sc.ep)
-    pl = sc.placement
-    on_device = (pl.slot_device[mi] == local) & (plan.slot_tokens[g, mi] > 0)
-    expert_flops = 0.0
-    for j in np.flatnonzero(on_device):
-        n = float(plan.slot_tokens[g, mi, j])
-        flops, mem = ffn_flops_bytes(m, n, m.moe.expert_intermediate_size, m.routed_expert_dtype,
-                                     planner.slot_weight_bytes[mi, j])
-        quantized = planner.slot_quantized is not None and bool(planner.slot_quantized[mi, j])
-        dtype = act_dtype(m) if quantized else gemm_dtype(m.routed_expert_dtype, dt, act_dtype(m))
-        ops.append(Op(f"expert[{int(pl.slot_expert[mi, j])}]", "gemm", "expert", float(flops), float(mem), n, dtype))
-        expert_flops += float(flops)
-    ops.append(Op("combine", "comm", "combine", 0.0, float(plan.combine[mi][device].sum()
-                                                           - plan.combine[mi][device, device])))
-    return ops, _links(sc, device, plan.dispatch[mi], plan.combine[mi]), expert_flops
+def plan_roofline_rows(cost: CostModel, rows: pd.DataFrame, phase: str) -> pd.DataFrame:
+    """Roofline rows from a plan's op rows: the times are the engine's, the roof is the device's.
+    All-to-all rows get the network roof: the routed-expert FLOP/s their bytes can feed."""
+    expert_flops = float(rows.loc[rows["phase"] == "expert", "flops"].sum())
+    out = []
+    for r in rows.itertuples(index=False):
+        op = Op(r.op, r.kind, r.phase, r.flops, r.bytes, r.rows, r.dtype or "bf16")
+        if r.kind == "comm":
+            if not r.bytes or not np.isfinite(r.bytes):
+                continue
+            intensity = expert_flops / r.bytes
+            bw = r.bytes / r.time_s if r.time_s else np.inf
+            achieved = expert_flops / r.time_s if r.time_s else 0.0
+            attainable = intensity * bw
+            out.append((cost.device.name, phase, r.layer, r.op, _group(op), r.kind, r.rows, 0.0, r.bytes, intensity,
+                        r.time_s, achieved, attainable, achieved / attainable if attainable else np.nan, "link"))
+            continue
+        if r.kind == "launch":
+            continue
+        unit_cost = cost if r.unit == "device" else None
+        intensity = r.flops / r.bytes if r.bytes else np.inf
+        attainable = float(device_roof(unit_cost, op.dtype).attainable(intensity)) if unit_cost else np.nan
+        achieved = r.flops / r.time_s if r.time_s else 0.0
+        out.append((cost.device.name, phase, r.layer, r.op, _group(op), r.kind, r.rows, r.flops, r.bytes, intensity,
+                    r.time_s, achieved, attainable, achieved / attainable if attainable else np.nan, r.bound))
+    df = pd.DataFrame(out, columns=COLUMNS[:-1])
+    compute = rows[rows["kind"] == "launch"]["time_s"].sum()  # a grouped launch belongs to the routed experts
+    if compute and (df["group"] == "routed expert").any():
+        first = df.index[df["group"] == "routed expert"][0]
+        df.loc[first, "time_s"] += compute
+    total = df["time_s"].sum()
+    df["share_of_layer"] = df["time_s"] / total if total > 0 else 0.0
+    return df
 
 
 def scenario_roofline(sc: Scenario, layer: int | None = None, step: int = 0, device: int = 0,
                       others: list[DeviceSpec] = ()) -> pd.DataFrame:
-    """Roofline rows of one layer of the scenario (default: its first MoE layer) on its device, and
-    the same ops costed on each of `others` (compute ops only: their links are not the cluster's)."""
+    """Roofline rows of one layer of the scenario (default: its first MoE layer) on one device, read
+    from the engine's own plan; and the same compute ops costed on each of `others`."""
     if layer is None:
         layer = sc.model.moe_layers[0] if sc.model.moe_layers else 0
     phase = sc.config.workload.phase
-    ops, links, expert_flops = scenario_layer_ops(sc, layer, step, device)
-    frames = [op_rows(sc.cost, ops, phase, layer, links, expert_flops)]
+    rows = scenario_plan(sc, step).op_rows(layer, device)
+    frames = [plan_roofline_rows(sc.cost, rows, phase)]
+    compute = rows[(rows["kind"] != "comm") & (rows["kind"] != "launch")]
+    ops = [Op(r.op, r.kind, r.phase, r.flops, r.bytes, r.rows, r.dtype or "bf16") for r in compute.itertuples()]
     for spec in others:
         other = CostModel(spec)
         frames.append(op_rows(other, _recast(ops, sc.model, other), phase, layer))

@@ -14,10 +14,11 @@ import numpy as np
 
 from moesim.errors import ConfigError
 from moesim.hardware_profiles import ClusterSpec, DeviceSpec, load_cluster, load_device
-from moesim.hardware_profiles.topology import Routes, build_topology, compute_routes
+from moesim.hardware_profiles.topology import Routes
 from moesim.placement import Placement, contiguous, load_placement_file, round_robin
 from moesim.simulator.config import ScenarioConfig, ScenarioFile, WorkloadConfig, config_error, load_config
 from moesim.simulator.cost_model import CostModel
+from moesim.simulator.machine import Machine, Scale, build_machine
 from moesim.simulator.expert_precision import ExpertPrecision, expert_precision
 from moesim.simulator.memory import MemoryEstimate, estimate_memory
 from moesim.simulator.offload.setup import OffloadSetup, OffloadSetupError, setup_offload
@@ -38,10 +39,7 @@ class Scenario:
     config: ScenarioConfig
     source: ScenarioFile
     model: ModelSpec
-    cluster: ClusterSpec
-    device: DeviceSpec
-    routes: Routes
-    cost: CostModel
+    machine: Machine
     ep: int
     tp: int
     dp: int
@@ -52,6 +50,24 @@ class Scenario:
     memory: MemoryEstimate
     precision: ExpertPrecision
     offload: OffloadSetup | None = None
+
+    moe_tp: int = 1
+
+    @property
+    def cluster(self) -> ClusterSpec:
+        return self.machine.cluster
+
+    @property
+    def device(self) -> DeviceSpec:
+        return self.machine.device
+
+    @property
+    def routes(self) -> Routes:
+        return self.machine.routes
+
+    @property
+    def cost(self) -> CostModel:
+        return self.machine.cost
 
     @property
     def num_devices(self) -> int:
@@ -92,9 +108,28 @@ def resolve(sf: ScenarioFile) -> Scenario:
     if tp * dp != n:
         raise config_error(sf, "parallelism", f"tp x dp = {tp} x {dp} = {tp * dp} must equal the "
                            f"{n} devices of cluster '{cluster.name}'")
-    ep = par.ep if par.ep is not None else n
-    if n % ep:
-        raise config_error(sf, "parallelism.ep", f"ep={ep} must divide the {n} devices of cluster '{cluster.name}'")
+    moe_tp = par.moe_tp
+    ep = par.ep if par.ep is not None else n // moe_tp
+    if n % (ep * moe_tp):
+        field = "parallelism.moe_tp" if moe_tp > 1 else "parallelism.ep"
+        raise config_error(sf, field, f"ep x moe_tp = {ep} x {moe_tp} = {ep * moe_tp} must divide the {n} devices "
+                           f"of cluster '{cluster.name}' (one MoE group is ep x moe_tp devices)")
+    if moe_tp > 1:
+        per_node = cluster.node.devices_per_node
+        inter = model.moe.expert_intermediate_size
+        if per_node % moe_tp:
+            raise config_error(sf, "parallelism.moe_tp", f"moe_tp={moe_tp} must divide the {per_node} devices of a "
+                               "node: an expert's shards reduce over NVLink, within one node")
+        if inter % moe_tp:
+            raise config_error(sf, "parallelism.moe_tp", f"moe_tp={moe_tp} must divide the expert intermediate "
+                               f"size {inter} of {model.name}")
+        if tp > 1 and tp != moe_tp:
+            raise config_error(sf, "parallelism.moe_tp", f"moe_tp={moe_tp} with attention tp={tp}: use moe_tp = tp "
+                               "(experts split over the attention TP group, as vLLM/TRT-LLM do) or tp = 1 "
+                               "(data-parallel attention; tokens are all-gathered within each MoE-TP group)")
+    if cfg.policies.overlap != "none" and cfg.offload is not None:
+        raise config_error(sf, "policies.overlap", f"overlap '{cfg.policies.overlap}' is not simulated together "
+                           "with expert offloading yet; use overlap: none with offload:")
     experts = model.moe.num_experts
     if cfg.placement.policy and experts % ep:
         raise config_error(sf, "parallelism.ep", f"ep={ep} does not divide the {experts} experts of "
@@ -173,18 +208,17 @@ def resolve(sf: ScenarioFile) -> Scenario:
         routing = FixedRouting(experts, top_k, counts)
 
     scale = cfg.hardware.scale
-    cost = CostModel(device, flops_scale=scale.flops, memory_bandwidth_scale=scale.memory_bandwidth)
-    routes = compute_routes(build_topology(cluster, scale.link_bandwidth))
+    machine = build_machine(cluster, Scale(scale.flops, scale.memory_bandwidth, scale.link_bandwidth))
     try:
         precision = expert_precision(model, cfg.precision)
     except ValueError as err:
         raise config_error(sf, "precision.per_expert", str(err)) from None
-    memory = workload_memory(model, placement, tp, batch, wl, int(moe_tokens.max()), precision.expert_bytes())
+    memory = workload_memory(model, placement, tp, batch, wl, int(moe_tokens.max()), precision.expert_bytes() / moe_tp)
     budget = device.memory.capacity * (1 - cfg.policies.memory_reserve)
     offload = None
     if cfg.offload is not None:
         try:
-            offload = setup_offload(cfg.offload, cluster, device, placement, memory, precision.expert_bytes(), budget)
+            offload = setup_offload(cfg.offload, machine, placement, memory, precision.expert_bytes(), budget)
         except OffloadSetupError as err:
             raise config_error(sf, err.field, str(err)) from None
         memory = offload.memory
@@ -196,9 +230,9 @@ def resolve(sf: ScenarioFile) -> Scenario:
                            "reserve); lower the batch or kv_len, raise ep/tp, quantize experts (precision.bits) "
                            "or offload them (offload:)")
     return Scenario(
-        name=cfg.name or "scenario", config=cfg, source=sf, model=model, cluster=cluster, device=device,
-        routes=routes, cost=cost, ep=ep, tp=tp, dp=dp, placement=placement, routing=routing,
+        name=cfg.name or "scenario", config=cfg, source=sf, model=model, machine=machine, ep=ep, tp=tp, dp=dp, placement=placement, routing=routing,
         batch_per_replica=batch, moe_tokens=moe_tokens, memory=memory, precision=precision, offload=offload,
+        moe_tp=moe_tp,
     )
 
 

@@ -1,214 +1,284 @@
-"""Per-step work, computed vectorised before the engine replays it in time.
+"""The step pipeline: step input -> routing -> capacity -> replica split -> dispatch -> costs -> StepPlan.
 
-For one step: routing counts -> capacity (keep/drop) -> per-expert loads -> placement ->
-(a) each device's routed-expert time (sum over its local experts of grouped-GEMM time at that
-expert's token count), and (b) the dispatch traffic matrix between devices. Attention, shared
-expert and dense FFN times come from the same cost function. No Python loop runs per token or
-per expert; the engine only sees (layer, device) arrays.
+Each stage is a small object passed in (`StepPipeline` holds them; nothing is looked up by
+name here). A `StepPlan` is one rendition of a step: the arrays the engine replays and the
+op rows (op, unit, FLOPs, bytes, time, bound) the roofline, the reports and the tests read.
+No Python loop runs per token or per expert; the engine only sees (layer, device) arrays.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
 
 import numpy as np
+import pandas as pd
 
-from moesim.simulator.ops import (
-    LayerContext,
-    attention_ops,
-    dense_ffn_op,
-    ffn_flops_bytes,
-    gemm_dtype,
-    act_dtype,
-    router_op,
-    shared_expert_op,
-    token_bytes,
-    tp_allreduce_bytes,
-)
-from moesim.simulator.scenario import Scenario
+from moesim.simulator.capacity import CapacityPolicy
+from moesim.simulator.dispatch import DispatchAlgorithm, DispatchLayout, Traffic
+from moesim.simulator.ops import act_dtype, tp_allreduce_bytes
+from moesim.simulator.replica_split import ReplicaSplit
+from moesim.simulator.step_costs import LayerOps, StepCosts
+from moesim.simulator.step_source import StepInput, split_microbatches
+from moesim.units import dtype_bytes
+from moesim.workloads.model_spec import ModelSpec
+from moesim.workloads.routing import RoutingSource
+
+OP_COLUMNS = ["layer", "device", "phase", "op", "unit", "kind", "dtype", "rows", "flops", "bytes", "time_s", "bound"]
 
 
 @dataclass
 class StepPlan:
-    """Work of one step. Arrays indexed [layer, device] cover all layers; [moe_layer, ...]
-    cover the MoE layers only (see `moe_index`)."""
+    """Work of one step (or one micro-batch of it). Arrays indexed [layer, device] cover all layers;
+    [moe_layer, ...] cover the MoE layers only (`moe_index` of the pipeline maps them)."""
 
     step: int
-    attention: np.ndarray  # (L, N) attention + router compute time
+    attention: np.ndarray  # (L, N) attention + norms + router compute time
     dense_ffn: np.ndarray  # (L, N) dense FFN time (dense layers only)
     shared_expert: np.ndarray  # (L, N)
     expert: np.ndarray  # (L, N) routed-expert time on each device
-    tp_bytes: float  # ring all-reduce bytes per rank, per all-reduce
-    dispatch: np.ndarray  # (L_moe, N, N) bytes from device to device
-    combine: np.ndarray  # (L_moe, N, N)
+    tp_bytes: float  # ring all-reduce bytes per rank, per attention/FFN all-reduce
+    traffic: Traffic  # dispatch / combine bytes by stage (Lm, N, N)
     rows_routed: np.ndarray  # (L_moe,) (token, expert) assignments routed
     rows_dropped: np.ndarray  # (L_moe,) assignments dropped for capacity
     rows_computed: np.ndarray  # (L_moe, N) assignments each device's experts computed
     experts_active: np.ndarray  # (L_moe, N) distinct local experts with at least one token
     expert_tokens: np.ndarray  # (L_moe, E) assignments each expert computed, summed over EP groups
-    slot_tokens: np.ndarray | None = None  # (groups, L_moe, slots) tokens of each expert copy (offloading only)
-    slot_time: np.ndarray | None = None  # (groups, L_moe, slots) GEMM time of each expert copy (offloading only)
+    slot_tokens: np.ndarray | None = None  # (groups, L_moe, slots) tokens of each expert copy
+    slot_time: np.ndarray | None = None  # (groups, L_moe, slots) GEMM time of each expert copy
+    moe_reduce_bytes: float = 0.0  # MoE-TP: all-reduce bytes per rank after each MoE block
+    inputs: StepInput | None = None
+    layer_ops: list[list[LayerOps]] | None = None  # [layer][device] the non-expert ops costed
+    pipeline: "StepPipeline | None" = field(default=None, repr=False)
+    microbatch: int = 0
+
+    @property
+    def dispatch(self) -> np.ndarray:
+        """(Lm, N, N) dispatch bytes over all stages."""
+        return self.traffic.total("dispatch")
+
+    @property
+    def combine(self) -> np.ndarray:
+        return self.traffic.total("combine")
+
+    def op_rows(self, layer: int | None = None, device: int | None = None) -> pd.DataFrame:
+        """Readable rows of every op (one layer / one device where given), as the engine costed them:
+        compute ops with their cost, routed experts per expert copy, all-to-all bytes per device."""
+        if self.pipeline is None or self.layer_ops is None:
+            raise ValueError("this plan was built by hand: it has no op rows")
+        return self.pipeline.op_rows(self, layer, device)
 
 
-def apply_capacity(counts: np.ndarray, capacity: int | None) -> np.ndarray:
-    """Keep at most `capacity` assignments per expert (counts[l, s, e] over one EP group).
+def split_counts(counts: np.ndarray, part_tokens: list[np.ndarray]) -> list[np.ndarray]:
+    """Split counts[l, s, e] into parts, each source's rows in proportion to the part's tokens:
+    every expert's count is split by largest remainder, so each part's rows sum exactly to its
+    share and no part gets more of an expert than the whole had."""
+    remaining = counts.astype(np.int64).copy()
+    left = np.sum([np.asarray(t, dtype=np.int64) for t in part_tokens], axis=0).astype(float)
+    out = []
+    for tokens in part_tokens[:-1]:
+        t = np.asarray(tokens, dtype=float)
+        frac = np.divide(t, left, out=np.zeros_like(t), where=left > 0)[None, :, None]
+        target = np.rint(remaining.sum(axis=2) * frac[:, :, 0]).astype(np.int64)  # (L, S)
+        exact = remaining * frac
+        part = np.floor(exact).astype(np.int64)
+        short = target - part.sum(axis=2)
+        order = np.argsort(-(exact - part), axis=2, kind="stable")
+        rank = np.empty_like(order)
+        np.put_along_axis(rank, order, np.arange(order.shape[2])[None, None, :], axis=2)
+        part += rank < short[:, :, None]
+        out.append(part)
+        remaining -= part
+        left -= t
+    out.append(remaining)
+    return out
 
-    Kept assignments are split over sources by cumulative integer rounding, so per-expert
-    totals are exact and the survivors are spread in proportion to what each source sent.
-    """
-    if capacity is None:
-        return counts
-    load = counts.sum(axis=1, keepdims=True)  # (L, 1, E)
-    kept = np.minimum(load, capacity)
-    cum = np.cumsum(counts, axis=1)
-    safe = np.maximum(load, 1)
-    upto = (cum * kept) // safe
-    prev = np.concatenate([np.zeros_like(upto[:, :1]), upto[:, :-1]], axis=1)
-    return upto - prev
+
+def merge_microbatches(plans: list[StepPlan]) -> StepPlan:
+    """One plan standing for a step's micro-batches: times and bytes add up (for per-step metrics)."""
+    if len(plans) == 1:
+        return plans[0]
+    first = plans[0]
+
+    def add(name: str) -> np.ndarray:
+        return sum((getattr(p, name) for p in plans[1:]), getattr(first, name).copy())
+
+    stages_d = [sum(p.traffic.dispatch[i] for p in plans) for i in range(len(first.traffic.dispatch))]
+    stages_c = [sum(p.traffic.combine[i] for p in plans) for i in range(len(first.traffic.combine))]
+    return StepPlan(
+        step=first.step, attention=add("attention"), dense_ffn=add("dense_ffn"), shared_expert=add("shared_expert"),
+        expert=add("expert"), tp_bytes=sum(p.tp_bytes for p in plans),
+        traffic=Traffic(stages_d, stages_c, first.traffic.kernel_latency),
+        rows_routed=add("rows_routed"), rows_dropped=add("rows_dropped"), rows_computed=add("rows_computed"),
+        experts_active=np.maximum.reduce([p.experts_active for p in plans]), expert_tokens=add("expert_tokens"),
+        slot_tokens=add("slot_tokens"), slot_time=add("slot_time"),
+        moe_reduce_bytes=sum(p.moe_reduce_bytes for p in plans), inputs=first.inputs)
 
 
-class Planner:
-    """Builds StepPlans for a scenario; caches what does not change between steps."""
+@dataclass
+class StepPipeline:
+    """The stages of a step, composed. Build one with `pipeline_for(scenario)` or by hand."""
 
-    def __init__(self, scenario: Scenario):
-        self.sc = scenario
-        m = scenario.model
+    model: ModelSpec
+    num_devices: int
+    tp: int
+    ep: int
+    routing: RoutingSource
+    capacity: CapacityPolicy
+    replicas: ReplicaSplit
+    dispatch: DispatchAlgorithm
+    costs: StepCosts
+    layout: DispatchLayout  # at the level of MoE-TP shard groups (devices when moe_tp = 1)
+    moe_tp: int = 1
+    microbatches: int = 1
+
+    def __post_init__(self) -> None:
+        m = self.model
         self.moe_layers = np.array(m.moe_layers, dtype=np.int64)
         self.moe_index = {layer: i for i, layer in enumerate(m.moe_layers)}
-        pol = scenario.config.policies
-        self.dispatch_bytes = token_bytes(m, pol.dispatch_dtype)
-        self.combine_bytes = token_bytes(m, pol.combine_dtype)
-        wl = scenario.config.workload
-        self.phase = wl.phase
-        tokens_group = scenario.moe_tokens.reshape(-1, scenario.ep).sum(axis=1)
-        if pol.capacity_factor is not None and pol.overflow == "drop":  # "keep" runs overflow anyway
-            cap = np.ceil(pol.capacity_factor * tokens_group * m.moe.top_k / m.moe.num_experts)
-            self.capacity = cap.astype(np.int64)
-        else:
-            self.capacity = None
-        self.tp_bytes = tp_allreduce_bytes(m, scenario.batch_per_replica * (wl.seq_len if wl.phase == "prefill" else 1),
-                                           scenario.tp)
-        cost = scenario.cost
-        dt = cost.dtypes
-        tokens = scenario.moe_tokens
-        shared = shared_expert_op(m, 1.0, dt)
-        self.shared_time = np.zeros(scenario.num_devices)
-        if shared is not None:
-            flops, mem = ffn_flops_bytes(m, tokens, m.shared_size * m.moe.num_shared_experts, m.weight_dtype)
-            self.shared_time = cost.times("gemm", flops, mem, tokens, shared.dtype)
-        router = [router_op(m, float(t)) for t in tokens]
-        self.router_time = np.array([cost.op_time(op) for op in router])
-        pl = scenario.placement
-        self.onehot = np.zeros((pl.num_layers, pl.slot_device.shape[1], scenario.ep))
+        pl = self.replicas.placement
+        self.onehot = np.zeros((pl.num_layers, pl.slot_device.shape[1], self.ep))
         np.put_along_axis(self.onehot, pl.slot_device[:, :, None], 1.0, axis=2)
-        self.identity_slots = bool(pl.slot_expert.shape[1] == m.moe.num_experts
-                                   and (pl.slot_expert == np.arange(m.moe.num_experts)).all()
-                                   and (pl.slot_share == 1.0).all())
-        self.expert_dtype = gemm_dtype(m.routed_expert_dtype, dt, act_dtype(m))
-        prec = scenario.precision
-        lidx = np.arange(pl.num_layers)[:, None]
-        self.slot_weight_bytes = prec.expert_bytes()[lidx, pl.slot_expert]  # (Lm, J)
-        # quantized experts are weight-only: dequantized and computed in the activation dtype
-        self.slot_quantized = prec.quantized[lidx, pl.slot_expert] if not prec.uniform_native else None
-        self.keep_slots = scenario.offload is not None
-        self.attention_on_host = scenario.offload is not None and scenario.offload.config.hybrid.attention == "host"
-
-    @lru_cache(maxsize=64)
-    def _attention_time(self, layer_kind: tuple, kv_len: int) -> tuple[float, float]:
-        """(attention time, dense FFN time) of one device for a layer kind at a context length."""
-        sc, m = self.sc, self.sc.model
-        layer, is_moe = layer_kind
-        wl = sc.config.workload
-        ctx = LayerContext(self.phase, sc.batch_per_replica, wl.seq_len if self.phase == "prefill" else 1,
-                           kv_len, sc.tp, int(sc.moe_tokens.max()))
-        if self.attention_on_host:
-            att = self._host_attention_time(layer, ctx)
-        else:
-            att = sum(sc.cost.op_time(op) for op in attention_ops(m, layer, ctx, sc.cost.dtypes))
-        dense = 0.0 if is_moe else sc.cost.op_time(dense_ffn_op(m, ctx.attn_tokens, sc.tp, sc.cost.dtypes))
-        return att, dense
-
-    def _host_attention_time(self, layer: int, ctx: LayerContext) -> float:
-        """Attention on the host CPU with the KV cache in host memory (MoE-Lens / Fiddler style):
-        the CPU's cost model, plus the layer input going down and the output coming back."""
-        off, m = self.sc.offload, self.sc.model
-        host = off.host_cost
-        compute = sum(host.op_time(op) for op in attention_ops(m, layer, ctx, host.dtypes))
-        crossing = ctx.attn_tokens * token_bytes(m, act_dtype(m))
-        return compute + 2 * (off.host.latency + crossing / off.host.bandwidth)
+        self.identity_slots = self.replicas.identity and self.replicas.weights is None
+        self._kinds = [self._layer_kind(layer) for layer in range(m.num_layers)]
 
     def _layer_kind(self, layer: int) -> tuple:
-        att = self.sc.model.attention
+        att = self.model.attention
         every = getattr(att, "sliding_window_every", 0)
         windowed = bool(getattr(att, "sliding_window", None) and every and layer % every == 0)
-        # a representative layer index with the same window flag keeps the cache small
-        return (0 if windowed or not every else 1, self.sc.model.is_moe_layer(layer))
+        edges = self.costs.small_ops
+        # a representative layer index with the same window flag keeps the cost cache small
+        return (0 if windowed or not every else 1, self.model.is_moe_layer(layer),
+                edges and layer == 0, edges and layer == self.model.num_layers - 1)
 
-    def plan(self, step: int) -> StepPlan:
-        sc, m = self.sc, self.sc.model
-        n, L = sc.num_devices, m.num_layers
-        kv_len = (sc.config.workload.kv_len or 0) + step
-        attention = np.zeros((L, n))
-        dense = np.zeros((L, n))
-        for layer in range(L):
-            kind = self._layer_kind(layer)
-            a, d = self._attention_time(kind, kv_len if self.phase == "decode" else 0)
-            attention[layer] = a
-            dense[layer] = d
+    # ---- the stages in order -----------------------------------------------------------
+    def plans(self, source: Iterable[StepInput]) -> Iterator[list[StepPlan]]:
+        """The micro-batch plans of every step the source yields, in order. A step is routed once;
+        its micro-batches split each device's rows in proportion to their tokens."""
+        for inp in source:
+            if self.microbatches == 1:
+                yield [self.plan(inp)]
+                continue
+            parts = split_microbatches(inp, self.microbatches)
+            counts = self.routing.step(inp.step, np.asarray(inp.moe_tokens, dtype=np.int64),
+                                       len(self.moe_layers)).counts
+            shares = split_counts(counts, [p.moe_tokens for p in parts])
+            yield [self.plan(p, c) for p, c in zip(parts, shares)]
+
+    def plan(self, inp: StepInput, counts: np.ndarray | None = None) -> StepPlan:
+        """The plan of one step input (routed here unless its counts[l, s, e] are given)."""
+        m, n, L = self.model, self.num_devices, self.model.num_layers
         moe = self.moe_layers
-        attention[moe] += self.router_time
-        shared = np.zeros((L, n))
-        shared[moe] = self.shared_time
+        tokens = np.asarray(inp.moe_tokens, dtype=np.int64)
+        if counts is None:
+            counts = self.routing.step(inp.step, tokens, len(moe)).counts  # (Lm, N, E)
+        if moe.size:  # a trace decides each device's real tokens: attention is sized from them
+            tokens = counts[0].sum(axis=1) // m.moe.top_k if counts.shape[1] == n else tokens
+        layer_ops, attention, dense, shared = self._compute(inp, tokens)
+        expert, rows_computed, active, expert_tokens, rows_dropped, slot_tokens, slot_time, traffic = \
+            self._moe(counts, tokens)
+        full = np.zeros((L, n))
+        full[moe] = expert
+        replica_tokens = tokens.reshape(-1, self.tp).sum(axis=1).max() if tokens.size else 0
+        ab = dtype_bytes(act_dtype(m))
+        reduce_bytes = 0.0
+        if self.moe_tp > 1:
+            group_tokens = float(tokens.reshape(-1, self.moe_tp).sum(axis=1).max())
+            factor = 2.0 if self.tp >= self.moe_tp else 1.0  # all-reduce, or reduce-scatter back to DP ranks
+            reduce_bytes = factor * (self.moe_tp - 1) / self.moe_tp * group_tokens * m.hidden_size * ab
+        return StepPlan(
+            step=inp.step, attention=attention, dense_ffn=dense, shared_expert=shared, expert=full,
+            tp_bytes=tp_allreduce_bytes(m, float(replica_tokens), self.tp), traffic=traffic,
+            rows_routed=counts.sum(axis=(1, 2)), rows_dropped=rows_dropped, rows_computed=rows_computed,
+            experts_active=active, expert_tokens=expert_tokens, slot_tokens=slot_tokens, slot_time=slot_time,
+            moe_reduce_bytes=reduce_bytes, inputs=inp, layer_ops=layer_ops, pipeline=self, microbatch=inp.microbatch)
 
-        routing = sc.routing.step(step, sc.moe_tokens, len(moe))
-        counts = routing.counts  # (Lm, N, E)
-        Lm, ep = len(moe), sc.ep
-        pl = sc.placement
-        expert_time = np.zeros((L, n))
-        dispatch = np.zeros((Lm, n, n))
+    def _compute(self, inp: StepInput, tokens: np.ndarray):
+        """Non-expert compute of every (layer, device), from the step's own tokens."""
+        m, n, L = self.model, self.num_devices, self.model.num_layers
+        replica = tokens.reshape(-1, self.tp).sum(axis=1)  # tokens of each attention replica
+        batch_of = np.repeat(replica, self.tp) / max(inp.seq_len, 1)
+        moe_tokens = tokens if self.moe_tp == 1 else np.repeat(tokens.reshape(-1, self.moe_tp).sum(axis=1),
+                                                                 self.moe_tp)
+        keys = [(float(b), float(t)) for b, t in zip(batch_of, moe_tokens)]
+        layer_ops = [[self.costs.layer_ops(kind, b if b != int(b) else int(b), inp.seq_len, inp.kv_len,
+                                           inp.phase, t) for b, t in keys] for kind in self._kinds]
+        attention = np.array([[o.attention_time for o in row] for row in layer_ops])
+        dense = np.array([[o.time(o.dense_ffn) for o in row] for row in layer_ops])
+        shared = np.array([[o.time(o.shared_expert) for o in row] for row in layer_ops])
+        return layer_ops, attention.reshape(L, n), dense.reshape(L, n), shared.reshape(L, n)
+
+    def _moe(self, counts: np.ndarray, tokens: np.ndarray):
+        """Capacity, replica split, expert costs and dispatch of every MoE layer (vectorised)."""
+        m, ep, mt = self.model, self.ep, self.moe_tp
+        n = self.num_devices
+        Lm, E = len(self.moe_layers), m.moe.num_experts
+        pl = self.replicas.placement
+        if mt > 1:  # MoE-TP: a shard group's devices hold the same tokens and split every expert
+            counts = counts.reshape(Lm, n // mt, mt, E).sum(axis=2)
+            tokens = tokens.reshape(-1, mt).sum(axis=1)
+        ns = counts.shape[1]
+        groups = ns // ep
+        expert_time = np.zeros((Lm, ns))
         rows_dropped = np.zeros(Lm, dtype=np.int64)
-        rows_computed = np.zeros((Lm, n))
-        active = np.zeros((Lm, n), dtype=np.int64)
-        expert_tokens = np.zeros((Lm, m.moe.num_experts), dtype=np.int64)
-        onehot, identity = self.onehot, self.identity_slots
-        lidx = np.arange(Lm)[:, None]
-        kept_tokens: list[np.ndarray] = []
-        kept_time: list[np.ndarray] = []
-        for g in range(n // ep):
+        rows_computed = np.zeros((Lm, ns))
+        active = np.zeros((Lm, ns), dtype=np.int64)
+        expert_tokens = np.zeros((Lm, E), dtype=np.int64)
+        device_rows = np.zeros((Lm, ns, ns))
+        onehot = self.onehot
+        all_rows = np.zeros((groups, Lm, ep, pl.slot_expert.shape[1]))
+        kept_tokens, kept_time = [], []
+        costs = self.costs
+        for g in range(groups):
             devs = slice(g * ep, (g + 1) * ep)
             c = counts[:, devs, :]
-            cap = None if self.capacity is None else int(self.capacity[g])
-            kept = apply_capacity(c, cap)
+            kept = self.capacity(c, int(tokens[devs].sum()))
             rows_dropped += (c.sum(axis=(1, 2)) - kept.sum(axis=(1, 2)))
             expert_tokens += kept.sum(axis=1)
-            load = kept.sum(axis=1).astype(float)  # (Lm, E)
-            slot_tokens = load[lidx, pl.slot_expert] * pl.slot_share  # (Lm, J)
-            flops, mem = ffn_flops_bytes(m, slot_tokens, m.moe.expert_intermediate_size, m.routed_expert_dtype,
-                                         self.slot_weight_bytes)
-            slot_time = sc.cost.times("gemm", flops, mem, slot_tokens, self.expert_dtype)
-            if self.slot_quantized is not None:
-                dequant = sc.cost.times("gemm", flops, mem, slot_tokens, act_dtype(m))
-                slot_time = np.where(self.slot_quantized, dequant, slot_time)
-            if self.keep_slots:
-                kept_tokens.append(slot_tokens)
-                kept_time.append(slot_time)
-            expert_time[moe, devs] = np.einsum("lj,ljd->ld", slot_time, onehot)
+            sent = kept.astype(float) if self.identity_slots else self.replicas(kept)
+            all_rows[g] = sent
+            slot_tokens = self.replicas.slot_tokens(kept, sent)
+            flops, mem, work, overhead = costs.expert_terms(slot_tokens, pl.slot_expert)
+            if costs.expert_kernel == "grouped":
+                slot_time = work
+                busy = np.einsum("lj,ljd->ld", (slot_tokens > 0).astype(float), onehot)
+                expert_time[:, devs] = np.einsum("lj,ljd->ld", work, onehot) + costs.grouped_launch(busy)
+            else:
+                slot_time = work + overhead
+                expert_time[:, devs] = np.einsum("lj,ljd->ld", slot_time, onehot)
+            kept_tokens.append(slot_tokens)
+            kept_time.append(slot_time)
             rows_computed[:, devs] = np.einsum("lj,ljd->ld", slot_tokens, onehot)
             active[:, devs] = np.einsum("lj,ljd->ld", (slot_tokens > 0).astype(float), onehot).astype(np.int64)
-            if identity:  # slot j holds expert j with all of its tokens
-                sent = kept.astype(float)
-            else:
-                sent = np.take_along_axis(kept, pl.slot_expert[:, None, :], axis=2) * pl.slot_share[:, None, :]
-            dispatch[:, devs, devs] = np.matmul(sent, onehot)  # rows (token, expert) from src to dst
-        rows_routed = counts.sum(axis=(1, 2))
-        return StepPlan(
-            step=step, attention=attention, dense_ffn=dense, shared_expert=shared, expert=expert_time,
-            tp_bytes=self.tp_bytes,
-            dispatch=dispatch * self.dispatch_bytes,
-            combine=np.transpose(dispatch, (0, 2, 1)) * self.combine_bytes,
-            rows_routed=rows_routed, rows_dropped=rows_dropped, rows_computed=rows_computed,
-            experts_active=active, expert_tokens=expert_tokens,
-            slot_tokens=np.stack(kept_tokens) if self.keep_slots else None,
-            slot_time=np.stack(kept_time) if self.keep_slots else None,
-        )
+            device_rows[:, devs, devs] = np.matmul(sent, onehot)  # rows (token, expert) from src to dst
+        traffic = self.dispatch(device_rows, all_rows, pl.slot_device, tokens, self.layout)
+        if mt > 1:
+            traffic = _expand_shards(traffic, mt, self.tp, tokens, self.layout)
+            expert_time = np.repeat(expert_time, mt, axis=1)
+            rows_computed = np.repeat(rows_computed, mt, axis=1) / mt
+            active = np.repeat(active, mt, axis=1)
+        return (expert_time, rows_computed, active, expert_tokens, rows_dropped, np.stack(kept_tokens),
+                np.stack(kept_time), traffic)
+
+    # ---- readable rows -----------------------------------------------------------------
+    def op_rows(self, plan: StepPlan, layer: int | None, device: int | None) -> pd.DataFrame:
+        from moesim.simulator.plan_rows import plan_op_rows
+
+        return plan_op_rows(self, plan, layer, device)
+
+
+def _expand_shards(traffic: Traffic, mt: int, tp: int, group_tokens: np.ndarray, layout: DispatchLayout) -> Traffic:
+    """Shard-group traffic onto devices: shard a of a group talks to shard a of another (each
+    holds the group's tokens and 1/mt of every expert). With data-parallel attention (tp < mt)
+    the group first all-gathers its members' tokens, which dispatch carries too."""
+    eye = np.eye(mt)
+
+    def expand(stages: list[np.ndarray]) -> list[np.ndarray]:
+        return [np.stack([np.kron(s[layer], eye) for layer in range(s.shape[0])]) for s in stages]
+
+    dispatch, combine = expand(traffic.dispatch), expand(traffic.combine)
+    if tp < mt:
+        per_device = np.repeat(group_tokens / mt, mt)  # tokens each member brings (even split)
+        gather = np.kron(np.eye(group_tokens.size), np.ones((mt, mt)) - eye) * per_device[:, None]
+        dispatch[0] = dispatch[0] + gather[None] * layout.dispatch_bytes
+    return Traffic(dispatch, combine, traffic.kernel_latency)

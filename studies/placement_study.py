@@ -49,7 +49,7 @@ def with_placement(sc: Scenario, placement: Placement) -> Scenario:
     offload = sc.offload
     if offload is not None:
         budget = sc.device.memory.capacity * (1 - sc.config.policies.memory_reserve)
-        offload = setup_offload(offload.config, sc.cluster, sc.device, placement, memory, offload.expert_bytes, budget)
+        offload = setup_offload(offload.config, sc.machine, placement, memory, offload.expert_bytes, budget)
         memory = offload.memory
     return replace(sc, placement=placement, memory=memory, offload=offload)
 

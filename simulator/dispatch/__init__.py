@@ -1,1 +1,66 @@
-"""Dispatch algorithms: each turns one layer's routed rows and placement into the traffic of its stages."""
+"""Dispatch algorithms: each turns a step's routed rows and the placement into the traffic of the
+MoE layers' dispatch and combine (DESIGN.md "Dispatch"). The network fabric times that traffic.
+
+One file per family: `direct` (Megatron all-to-all, one row per (token, expert)), `dedup` (a
+token once per destination device), `hierarchical` (DeepEP normal: once per destination node
+over the network, then NVLink forwarding), `low_latency` (DeepEP low-latency: per (token,
+expert) RDMA with a per-kernel floor). Each is a one-method object; `Traffic` is what they make.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DispatchLayout:
+    """What dispatch needs to know of the machine and the model: groups, nodes, bytes per token."""
+
+    num_devices: int
+    ep: int  # devices of one expert-parallel group (contiguous)
+    node_of: np.ndarray  # (N,) node of each device
+    local_rank: np.ndarray  # (N,) index within the node
+    dispatch_bytes: float  # one token's hidden state as dispatch sends it
+    combine_bytes: float
+
+
+@dataclass
+class Traffic:
+    """Bytes of every MoE layer's dispatch and combine in one step, stage by stage.
+
+    Each stage is (Lm, N, N) bytes from device to device. One stage is a plain all-to-all; two
+    stages are pipelined (the second forwards what the first delivered, chunk by chunk, as
+    DeepEP's normal kernels do). `kernel_latency` is a fixed floor per collective kernel."""
+
+    dispatch: list[np.ndarray]
+    combine: list[np.ndarray]
+    kernel_latency: float = 0.0
+    distinct: np.ndarray | None = field(default=None)  # (Lm, N, N) token copies sent (dedup family)
+
+    def total(self, which: str) -> np.ndarray:
+        """(Lm, N, N) bytes summed over stages (what the links carry)."""
+        stages = self.dispatch if which == "dispatch" else self.combine
+        return stages[0] if len(stages) == 1 else sum(stages[1:], stages[0].copy())
+
+
+class DispatchAlgorithm(Protocol):
+    name: str
+
+    def __call__(self, device_rows: np.ndarray, rows: np.ndarray, slot_device: np.ndarray, tokens: np.ndarray,
+                 layout: DispatchLayout) -> Traffic:
+        """Traffic of one step.
+
+        device_rows (Lm, N, N): (token, expert) rows from each device to each device (after capacity
+        and replica split); rows (G, Lm, ep, J): the same per slot, per EP group; slot_device (Lm, J):
+        the group-local device of each slot; tokens (N,): tokens each device sends into the layer."""
+        ...
+
+
+def onehot_devices(slot_device: np.ndarray, ep: int) -> np.ndarray:
+    """(Lm, J, ep) one-hot of each slot's group-local device."""
+    out = np.zeros((*slot_device.shape, ep))
+    np.put_along_axis(out, slot_device[:, :, None], 1.0, axis=2)
+    return out

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from moesim.simulator.engine import PHASE_INDEX, EngineResult
+from moesim.simulator.engine import EngineResult
+from moesim.simulator.phases import PHASE_INDEX
 from moesim.simulator.scenario import Scenario
 
 
@@ -66,17 +67,15 @@ def offload_summary(sc: Scenario, raw: EngineResult) -> dict[str, Any] | None:
 
 def _durations(raw: EngineResult, phase: str) -> np.ndarray:
     """(steps, layers, devices) duration of one phase; 0 where it did not run."""
-    p = PHASE_INDEX[phase]
-    d = raw.end[..., p] - raw.start[..., p]
-    return np.where(np.isnan(d), 0.0, d)
+    return raw.durations[..., PHASE_INDEX[phase]]
 
 
 def layer_offload_columns(sc: Scenario, raw: EngineResult) -> pd.DataFrame:
     """Per (step, MoE layer): worst and mean device stall, bytes copied in, host-run experts."""
     stall = _durations(raw, "offload_stall")
     moe = np.array(sc.model.moe_layers, dtype=np.int64)
-    steps = np.repeat(np.arange(sc.steps), len(moe))
-    layers = np.tile(moe, sc.steps)
+    steps = np.repeat(np.arange(len(raw.plans)), len(moe))
+    layers = np.tile(moe, len(raw.plans))
     out = pd.DataFrame({"step": steps, "layer": layers,
                         "offload_stall_max_s": stall[:, moe].max(axis=2).ravel(),
                         "offload_stall_mean_s": stall[:, moe].mean(axis=2).ravel()})

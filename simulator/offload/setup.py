@@ -12,10 +12,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from moesim.hardware_profiles import ClusterSpec, DeviceSpec, load_device
-from moesim.hardware_profiles.memory_tiers import MemoryTier, memory_tiers
+from moesim.hardware_profiles import DeviceSpec
+from moesim.hardware_profiles.memory_tiers import MemoryTier
 from moesim.placement import Placement
 from moesim.simulator.cost_model import CostModel
+from moesim.simulator.machine import Machine
 from moesim.simulator.memory import MemoryEstimate
 from moesim.simulator.offload.config import OffloadConfig
 from moesim.units import fmt_bytes
@@ -46,8 +47,8 @@ class OffloadSetup:
         return fmt_bytes(self.capacity) if self.by_bytes else f"{self.capacity:g} experts"
 
 
-def _tier(cluster: ClusterSpec, name: str) -> tuple[MemoryTier, MemoryTier | None]:
-    tiers = {t.name: t for t in memory_tiers(cluster)}
+def _tier(machine: Machine, name: str) -> tuple[MemoryTier, MemoryTier | None]:
+    tiers, cluster = machine.tiers, machine.cluster
     if name not in tiers:
         have = ", ".join(t for t in tiers if t != "device")
         raise OffloadSetupError("offload.tier", f"offload.tier is '{name}' but cluster '{cluster.name}' has no "
@@ -56,10 +57,12 @@ def _tier(cluster: ClusterSpec, name: str) -> tuple[MemoryTier, MemoryTier | Non
     return tiers[name], tiers.get("host")
 
 
-def setup_offload(cfg: OffloadConfig, cluster: ClusterSpec, device: DeviceSpec, placement: Placement,
+def setup_offload(cfg: OffloadConfig, machine: Machine, placement: Placement,
                   memory: MemoryEstimate, expert_bytes: np.ndarray, budget: float) -> OffloadSetup:
-    """The resolved offload section; `memory` is the estimate with every placed expert resident."""
-    tier, host = _tier(cluster, cfg.tier)
+    """The resolved offload section; `memory` is the estimate with every placed expert resident.
+    Tiers and the host CPU's cost come from the machine, so the what-if scale applies to them."""
+    cluster, device = machine.cluster, machine.device
+    tier, host = _tier(machine, cfg.tier)
     hybrid = cfg.hybrid
     host_device = host_cost = None
     if hybrid.attention == "host" or hybrid.cold_experts != "fetch":
@@ -67,8 +70,7 @@ def setup_offload(cfg: OffloadConfig, cluster: ClusterSpec, device: DeviceSpec, 
             field = "offload.hybrid.attention" if hybrid.attention == "host" else "offload.hybrid.cold_experts"
             raise OffloadSetupError(field, f"hybrid execution runs on the host CPU, but cluster '{cluster.name}' "
                                     "has no node.host")
-        host_device = load_device(cluster.node.host.device)
-        host_cost = CostModel(host_device)
+        host_device, host_cost = machine.host_device, machine.host_cost
     placed = memory.expert_weights if memory.expert_weights is not None else np.zeros_like(memory.per_device)
     other = memory.per_device - placed
     kv = memory.kv_cache if hybrid.attention == "host" else 0.0

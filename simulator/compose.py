@@ -1,0 +1,62 @@
+"""Compose a scenario's step pipeline from its config: which stage object fills each slot.
+
+The only place where config names become stage objects (a plain `if` per choice, no registry);
+tests and notebooks may build a `StepPipeline` with their own stages instead.
+"""
+
+from __future__ import annotations
+
+from moesim.simulator.capacity import CapacityPolicy
+from moesim.simulator.dispatch import DispatchAlgorithm, DispatchLayout
+from moesim.simulator.dispatch.dedup import Dedup
+from moesim.simulator.dispatch.direct import Direct
+from moesim.simulator.dispatch.hierarchical import Hierarchical
+from moesim.simulator.dispatch.low_latency import LowLatency
+from moesim.simulator.ops import token_bytes
+from moesim.simulator.replica_split import ReplicaSplit, split_weights
+from moesim.simulator.scenario import Scenario
+from moesim.simulator.step_costs import StepCosts
+from moesim.simulator.step_plan import StepPipeline
+from moesim.simulator.step_source import FixedBatch
+
+
+def dispatch_algorithm(sc: Scenario) -> DispatchAlgorithm:
+    cfg = sc.config.policies.dispatch
+    if cfg.algorithm == "dedup":
+        return Dedup()
+    if cfg.algorithm == "hierarchical":
+        return Hierarchical()
+    if cfg.algorithm == "low_latency":
+        return LowLatency(cfg.kernel_latency)
+    return Direct()
+
+
+def dispatch_layout(sc: Scenario) -> DispatchLayout:
+    """The layout dispatch sees: MoE-TP shard groups stand in for devices (one per moe_tp devices)."""
+    mt = sc.moe_tp
+    pol = sc.config.policies
+    machine = sc.machine
+    return DispatchLayout(sc.num_devices // mt, sc.ep, machine.node_of[::mt], machine.local_rank[::mt] // mt,
+                          token_bytes(sc.model, pol.dispatch_dtype), token_bytes(sc.model, pol.combine_dtype))
+
+
+def pipeline_for(sc: Scenario) -> StepPipeline:
+    """The step pipeline a scenario's config asks for."""
+    m, pol = sc.model, sc.config.policies
+    layout = dispatch_layout(sc)
+    node_of_local = layout.node_of[:sc.ep] - layout.node_of[0]
+    replicas = ReplicaSplit(sc.placement, split_weights(sc.placement, node_of_local, pol.dispatch.replica_choice))
+    off = sc.offload
+    host_attention = off is not None and off.config.hybrid.attention == "host"
+    costs = StepCosts(m, sc.machine, sc.tp, sc.precision, expert_kernel=pol.expert_kernel, small_ops=pol.small_ops,
+                      moe_tp=sc.moe_tp, host_attention=host_attention,
+                      host_link=(off.host.latency, off.host.bandwidth) if host_attention else None)
+    capacity = CapacityPolicy(pol.capacity_factor, pol.overflow, m.moe.top_k, m.moe.num_experts)
+    return StepPipeline(m, sc.num_devices, sc.tp, sc.ep, sc.routing, capacity, replicas, dispatch_algorithm(sc),
+                        costs, layout, moe_tp=sc.moe_tp, microbatches=2 if pol.overlap == "two_batch" else 1)
+
+
+def step_source_for(sc: Scenario) -> FixedBatch:
+    """The config's workload as a step source: the same batch for `workload.steps` steps."""
+    wl = sc.config.workload
+    return FixedBatch(wl.steps, wl.phase, sc.moe_tokens, wl.seq_len if wl.phase == "prefill" else 1, wl.kv_len or 0)

@@ -1,0 +1,24 @@
+"""Low-latency dispatch (DeepEP low-latency kernels, decode): every (token, expert) row goes
+straight to its expert's GPU by RDMA (no deduplication, no NVLink forwarding), and each
+dispatch or combine kernel pays a fixed floor (launch, signalling, polling) whatever it carries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from moesim.simulator.dispatch import DispatchLayout, Traffic
+
+
+@dataclass(frozen=True)
+class LowLatency:
+    kernel_latency: float  # seconds per dispatch or combine kernel
+    name: str = "low_latency"
+
+    def __call__(self, device_rows: np.ndarray, rows: np.ndarray, slot_device: np.ndarray, tokens: np.ndarray,
+                 layout: DispatchLayout) -> Traffic:
+        return Traffic([device_rows * layout.dispatch_bytes],
+                       [np.transpose(device_rows, (0, 2, 1)) * layout.combine_bytes],
+                       kernel_latency=self.kernel_latency)

@@ -1,0 +1,79 @@
+"""A StepPlan's readable op rows (GenZ style): one row per op of a (layer, device) as the engine costed it.
+
+Compute rows are the cached rows the engine's arrays were summed from; routed experts are one
+row per expert copy from the plan's slot arrays (time as the engine charged it); all-to-all
+rows give the bytes each device injects, with the time its injection link needs at least
+(the fabric decides the real time, with contention, in the engine).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from moesim.simulator.ops import act_dtype
+
+if TYPE_CHECKING:  # the pipeline imports this module lazily; no import circle at run time
+    from moesim.simulator.step_plan import StepPipeline, StepPlan
+
+
+def plan_op_rows(pipe: "StepPipeline", plan: "StepPlan", layer: int | None, device: int | None) -> pd.DataFrame:
+    from moesim.simulator.step_plan import OP_COLUMNS
+
+    L, n = plan.attention.shape
+    layers = range(L) if layer is None else [layer]
+    devices = range(n) if device is None else [device]
+    rows: list[tuple] = []
+    for lay in layers:
+        for d in devices:
+            ops = plan.layer_ops[lay][d]
+            for phase, group in (("attention", ops.attention), ("dense_ffn", ops.dense_ffn),
+                                 ("shared_expert", ops.shared_expert)):
+                for r in group:
+                    rows.append((lay, d, phase, r.op.name, r.unit, r.op.kind, r.op.dtype, r.op.rows, r.op.flops,
+                                 r.op.bytes, r.cost.time, r.cost.bound))
+            if ops.host_crossing:
+                rows.append((lay, d, "attention", "host_link_crossing", "host link", "comm", "", 0.0, 0.0, np.nan,
+                             ops.host_crossing, "link"))
+            if lay in pipe.moe_index:
+                rows.extend(_moe_rows(pipe, plan, lay, d))
+    return pd.DataFrame(rows, columns=OP_COLUMNS)
+
+
+def _moe_rows(pipe: "StepPipeline", plan: "StepPlan", layer: int, device: int) -> list[tuple]:
+    mi = pipe.moe_index[layer]
+    pl = pipe.replicas.placement
+    costs = pipe.costs
+    shard = device // pipe.moe_tp
+    g, local = divmod(shard, pipe.ep)
+    slots = np.flatnonzero((pl.slot_device[mi] == local) & (plan.slot_tokens[g, mi] > 0))
+    out: list[tuple] = []
+    machine = costs.machine
+    tokens = plan.slot_tokens[g, mi][None, :]
+    flops, mem, work, overhead = costs.expert_terms(tokens, pl.slot_expert[mi][None, :])
+    c, b, _ = machine.cost.terms("gemm", flops, mem, tokens, costs.expert_dtype)
+    for j in slots:
+        t = float(plan.slot_time[g, mi, j])
+        bound = "compute" if c[0, j] >= b[0, j] else "memory"
+        dtype = costs.expert_dtype
+        if costs.quantized is not None and bool(costs.quantized[mi, pl.slot_expert[mi, j]]):
+            dtype = act_dtype(costs.model)
+        out.append((layer, device, "expert", f"expert[{int(pl.slot_expert[mi, j])}]", "device", "gemm", dtype,
+                    float(tokens[0, j]), float(flops[0, j]), float(mem[0, j]), t, bound))
+    if costs.expert_kernel == "grouped" and slots.size:
+        out.append((layer, device, "expert", "grouped_gemm_launch", "device", "launch", "", 0.0, 0.0, 0.0,
+                    float(costs.grouped_launch(np.array([1.0]))[0]), "overhead"))
+    for name, stages in (("dispatch", plan.traffic.dispatch), ("combine", plan.traffic.combine)):
+        for i, stage in enumerate(stages):
+            sent = stage[mi, device].copy()
+            sent[device] = 0.0
+            if sent.sum() <= 0:
+                continue
+            bw = np.array([machine.slowest_link(device, dst) for dst in range(sent.size)])
+            latency = float(machine.routes.pair_latency[device][sent > 0].max())
+            floor = float((sent[sent > 0] / bw[sent > 0]).sum()) + latency + plan.traffic.kernel_latency
+            op = name if len(stages) == 1 else f"{name}_stage{i + 1}"
+            out.append((layer, device, name, op, "network", "comm", "", 0.0, 0.0, float(sent.sum()), floor, "link"))
+    return out

@@ -1,0 +1,145 @@
+"""Costs stage: every compute op of a step on the machine, as readable rows and the arrays the engine replays.
+
+The non-expert ops of a device's layer (attention, router, shared expert, dense FFN, norms,
+embedding and LM head) are costed once per distinct shape and cached; routed experts are
+costed per expert copy, vectorised. The engine's per-(layer, device) times are sums of exactly
+these rows, so the roofline and the tests read the numbers the engine used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from moesim.simulator.cost_model import CostModel, OpCost
+from moesim.simulator.expert_precision import ExpertPrecision
+from moesim.simulator.machine import Machine
+from moesim.simulator.ops import (
+    LayerContext,
+    Op,
+    act_dtype,
+    attention_ops,
+    dense_ffn_op,
+    ffn_flops_bytes,
+    gemm_dtype,
+    model_edge_ops,
+    norm_ops,
+    router_op,
+    shared_expert_op,
+    token_bytes,
+)
+from moesim.workloads.model_spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class OpRow:
+    """One op as costed: the op, where it ran (device or host CPU) and its cost."""
+
+    op: Op
+    unit: str
+    cost: OpCost
+
+
+@dataclass(frozen=True)
+class LayerOps:
+    """The non-expert compute ops of one device's layer, by engine phase."""
+
+    attention: tuple[OpRow, ...]  # attention, norms, router (+ embedding / LM head at the ends)
+    dense_ffn: tuple[OpRow, ...]
+    shared_expert: tuple[OpRow, ...]
+    host_crossing: float = 0.0  # host attention: activations over the host link, both ways
+
+    def time(self, rows: tuple[OpRow, ...]) -> float:
+        return sum(r.cost.time for r in rows)
+
+    @property
+    def attention_time(self) -> float:
+        return self.time(self.attention) + self.host_crossing
+
+
+class StepCosts:
+    """Costs a step's ops on a machine for one model and parallelism."""
+
+    def __init__(self, model: ModelSpec, machine: Machine, tp: int, precision: ExpertPrecision, *,
+                 expert_kernel: str = "per_expert", small_ops: bool = False, moe_tp: int = 1,
+                 host_attention: bool = False, host_link: tuple[float, float] | None = None):
+        self.model, self.machine, self.tp, self.moe_tp = model, machine, tp, moe_tp
+        self.cost: CostModel = machine.cost
+        self.expert_kernel = expert_kernel
+        self.small_ops = small_ops
+        self.host_attention = host_attention
+        self.host_link = host_link  # (latency, bandwidth) of the host link, for host attention
+        m, dt = model, self.cost.dtypes
+        self.expert_dtype = gemm_dtype(m.routed_expert_dtype, dt, act_dtype(m))
+        pl_bytes = precision.expert_bytes()
+        self.precision = precision
+        self.expert_weight_bytes = pl_bytes / moe_tp  # (Lm, E) bytes of one shard of each expert
+        self.quantized = precision.quantized if not precision.uniform_native else None
+
+    # ---- non-expert ops -----------------------------------------------------------------
+    def _row(self, op: Op, cost: CostModel | None = None, unit: str = "device") -> OpRow:
+        cost = cost or self.cost
+        return OpRow(op, unit, cost.op_cost(op))
+
+    @lru_cache(maxsize=4096)
+    def layer_ops(self, layer_kind: tuple, batch: float, seq_len: int, kv_len: int, phase: str,
+                  moe_tokens: float) -> LayerOps:
+        """Ops of one device's layer for a layer kind (representative layer, is MoE, first, last)."""
+        m = self.model
+        layer, is_moe, first, last = layer_kind
+        ctx = LayerContext(phase, batch, seq_len, kv_len, self.tp)
+        crossing = 0.0
+        if self.host_attention:
+            host = self.machine.host_cost
+            att = [self._row(op, host, "host CPU") for op in attention_ops(m, layer, ctx, host.dtypes)]
+            latency, bandwidth = self.host_link
+            crossing = 2 * (latency + ctx.attn_tokens * token_bytes(m, act_dtype(m)) / bandwidth)
+        else:
+            att = [self._row(op) for op in attention_ops(m, layer, ctx, self.cost.dtypes)]
+        if self.small_ops:
+            att += [self._row(op) for op in norm_ops(m, ctx.attn_tokens, self.cost.dtypes)]
+            att += [self._row(op) for op in model_edge_ops(m, ctx.attn_tokens, self.tp, first, last, batch,
+                                                             self.cost.dtypes)]
+        dense: list[OpRow] = []
+        shared: list[OpRow] = []
+        if is_moe:
+            att.append(self._row(router_op(m, float(moe_tokens))))
+            op = shared_expert_op(m, float(moe_tokens), self.cost.dtypes)
+            if op is not None:
+                shared.append(self._row(op))
+        else:
+            dense.append(self._row(dense_ffn_op(m, ctx.attn_tokens, self.tp, self.cost.dtypes)))
+        return LayerOps(tuple(att), tuple(dense), tuple(shared), crossing)
+
+    # ---- routed experts -----------------------------------------------------------------
+    def expert_terms(self, slot_tokens: np.ndarray, slot_expert: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(FLOPs, bytes, time without launch overhead, launch overhead) of every expert copy
+        (Lm, J) at its token count; each copy computes its shard (1/moe_tp of the intermediate)."""
+        m = self.model
+        lidx = np.arange(slot_expert.shape[0])[:, None]
+        wbytes = self.expert_weight_bytes[lidx, slot_expert]
+        flops, mem = ffn_flops_bytes(m, slot_tokens, m.moe.expert_intermediate_size / self.moe_tp,
+                                     m.routed_expert_dtype, wbytes)
+        c, b, o = self.cost.terms("gemm", flops, mem, slot_tokens, self.expert_dtype)
+        work = np.maximum(c, b)
+        if self.quantized is not None:  # weight-only formats compute in the activation dtype
+            cq, bq, oq = self.cost.terms("gemm", flops, mem, slot_tokens, act_dtype(m))
+            q = self.quantized[lidx, slot_expert]
+            work, o = np.where(q, np.maximum(cq, bq), work), np.where(q, oq, o)
+        return flops, mem, work, o
+
+    def expert_time(self, slot_tokens: np.ndarray, slot_expert: np.ndarray) -> np.ndarray:
+        """(Lm, J) GEMM time of every expert copy as the per-expert kernel runs it (with its launch)."""
+        _, _, work, overhead = self.expert_terms(slot_tokens, slot_expert)
+        return work + overhead
+
+    def grouped_launch(self, active: np.ndarray) -> np.ndarray:
+        """Launch overhead of a device's routed experts: one per active expert (per_expert), or one
+        per device that runs any expert (grouped: one fused grouped-GEMM kernel)."""
+        per_op = self.cost.overhead("gemm")
+        if self.expert_kernel == "grouped":
+            return np.where(active > 0, per_op, 0.0)
+        return active * per_op
