@@ -147,8 +147,12 @@ def plan_roofline_rows(cost: CostModel, rows: pd.DataFrame, phase: str) -> pd.Da
     out = []
     for r in rows.itertuples(index=False):
         op = Op(r.op, r.kind, r.phase, r.flops, r.bytes, r.rows, r.dtype or "bf16")
+        if r.kind == "comm" and not np.isfinite(r.bytes):  # host attention's link crossing: a time, no roof
+            out.append((cost.device.name, phase, r.layer, r.op, "attention", r.kind, r.rows, 0.0, 0.0, np.nan,
+                        r.time_s, 0.0, np.nan, np.nan, "link"))
+            continue
         if r.kind == "comm":
-            if not r.bytes or not np.isfinite(r.bytes):
+            if not r.bytes:
                 continue
             intensity = expert_flops / r.bytes
             bw = r.bytes / r.time_s if r.time_s else np.inf

@@ -63,8 +63,8 @@ def _run(tmp: Path, cfg: dict, name: str = "scenario.yaml"):
 
 def _step_latency(result) -> np.ndarray:
     raw = result.raw
-    start = np.nanmin(raw.start[:, 0, :, 0], axis=1)
-    end = np.nanmax(np.nanmax(raw.end, axis=(1, 3)), axis=1)
+    start = np.nanmin(raw.start[:, 0, :, :, 0], axis=(1, 2))
+    end = np.nanmax(raw.end, axis=(1, 2, 3, 4))
     return end - start
 
 

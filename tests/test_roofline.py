@@ -12,9 +12,8 @@ from moesim.hardware_profiles import load_device
 from moesim.simulator.config import config_from_dict
 from moesim.simulator.cost_model import CostModel
 from moesim.simulator.ops import Op
-from moesim.simulator.roofline import device_roof, expert_sweep, op_rows, ridge_tokens, scenario_roofline
+from moesim.simulator.roofline import device_roof, expert_sweep, op_rows, ridge_tokens, scenario_plan, scenario_roofline
 from moesim.simulator.scenario import resolve
-from moesim.simulator.step_plan import Planner
 from moesim.workloads import load_model
 
 from conftest import EXAMPLES, example_config
@@ -64,13 +63,14 @@ def test_roofline_ops_agree_with_the_engine_plan(tmp_path, example, steps):
     cfg = example_config(example)
     cfg["workload"]["steps"] = steps
     sc = resolve(config_from_dict(cfg, EXAMPLES))
-    plan = Planner(sc).plan(0)
+    plan = scenario_plan(sc, 0)
     layer = sc.model.moe_layers[-1]
     for device in (0, sc.num_devices - 1):
         rows = scenario_roofline(sc, layer, step=0, device=device)
         assert (rows["device"] == sc.device.name).all()
         by_group = rows.groupby("group")["time_s"].sum()
-        assert by_group["attention"] + by_group["router"] == pytest.approx(plan.attention[layer, device], rel=1e-12)
+        assert by_group["attention"] + by_group["router"] == pytest.approx(plan.attention[layer, device],
+                                                                                     rel=1e-12)
         assert by_group.get("routed expert", 0.0) == pytest.approx(plan.expert[layer, device], rel=1e-12)
         assert by_group.get("shared expert", 0.0) == pytest.approx(plan.shared_expert[layer, device], rel=1e-12)
         assert rows["share_of_layer"].sum() == pytest.approx(1.0)

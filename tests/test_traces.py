@@ -9,7 +9,7 @@ import pytest
 
 from moesim.errors import ConfigError, TraceError
 from moesim.simulator.scenario import load_scenario
-from moesim.simulator.step_plan import Planner
+from moesim.simulator.roofline import scenario_plan
 from moesim.workloads import load_model
 from moesim.workloads.synthetic_routing import RoutingModelConfig
 from moesim.workloads.trace_format import StepRows, TraceMeta, write_trace
@@ -167,12 +167,12 @@ def test_simulation_uses_the_traces_actual_routing(tmp_path):
     del cfg["workload"]["batch_size"]
     sc = load_scenario(write_config(tmp_path, cfg))
     assert sc.moe_tokens.tolist() == [16] * 8  # sized from the trace
-    planner = Planner(sc)
     expected = direct_traffic(path, sc.placement.slot_device[0])
+    token_bytes = sc.model.hidden_size * 2  # bf16 dispatch
     for step in range(3):
-        plan = planner.plan(step)
+        plan = scenario_plan(sc, step)
         dispatch, load = expected[step]
-        assert np.array_equal(plan.dispatch / planner.dispatch_bytes, dispatch)
+        assert np.array_equal(plan.dispatch / token_bytes, dispatch)
         assert np.array_equal(plan.expert_tokens, load)
         assert plan.rows_routed.tolist() == [16 * 8 * 2] * 32
 
