@@ -55,7 +55,12 @@ def _dominant_entries(entry_pair: np.ndarray, entry_link: np.ndarray, bandwidth:
 
 
 class Fabric:
-    """All links of the cluster; keeps when each link drains and the bytes it carried."""
+    """All links of the cluster; keeps when each link drains and the bytes it carried.
+
+    After every `transfer`, `last_pair_arrival` is the (N, N) matrix of that wave's arrival
+    times per (source, destination) pair (-inf where nothing crossed the network, including
+    a device's bytes to itself); `transfer` returns its column-wise maximum.
+    """
 
     def __init__(self, routes: Routes, prune_links: bool = True):
         self.routes = routes
@@ -74,19 +79,95 @@ class Fabric:
         # when every pair sends (the usual dense all-to-all) the flow boundaries are static
         self._dense_bounds = np.flatnonzero(np.diff(self._entry_pair, prepend=-1))
         self._dense_pairs = self._entry_pair[self._dense_bounds]
-        self._entry_index = np.arange(self._entry_pair.size)
         self._dense_groups = _LinkGroups(np.sort(self._entry_link, kind="stable")) if self._entry_link.size else None
         self._pair_bytes = np.zeros(n * n)
         self._pair_latency = routes.pair_latency.ravel()
         self._entry_inv_bw = 1.0 / routes.link_bandwidth[self._entry_link]
         self._n_links = n_links
+        self.last_pair_arrival = np.full((n, n), -np.inf)
+
+        # FIFO order on every link: entries sorted by (link, source rank), ties by entry index.
+        # A stable sort of the key (link slot, source rank) over entries in entry order gives
+        # exactly that order; with a compact link slot the key fits 16 bits, where numpy's
+        # stable argsort is a radix sort (linear time).
+        n_entries = self._entry_pair.size
+        used_links, slot = np.unique(self._entry_link, return_inverse=True)
+        max_key = len(used_links) * max(n, 1)
+        self._key_dtype = np.uint16 if max_key <= np.iinfo(np.uint16).max else np.int64
+        self._slot_key = (slot.astype(np.int64) * n).astype(self._key_dtype)
+        self._rank = np.zeros(n, dtype=self._key_dtype)
+        self._ranks = np.arange(n, dtype=self._key_dtype)
+        self._t_src = np.zeros(n)
+        self._diag_entries = bool((self._entry_pair % (n + 1) == 0).any()) if n_entries else False
+        self._diag = np.arange(n) * (n + 1)
+        # per pair, its k-th entry (k < the most entries of any pair), padded with a slot that
+        # holds -inf: a dense wave's per-pair maximum is a few elementwise maxima
+        self._done_ext = np.empty(n_entries + 1)
+        self._done_ext[n_entries] = -np.inf
+        per_pair = np.diff(np.append(self._dense_bounds, n_entries))
+        k_max = int(per_pair.max()) if per_pair.size else 0
+        self._pair_entry_cols = [np.where(per_pair > k, self._dense_bounds + k, n_entries) for k in range(k_max)]
+        self._dense_latency = self._pair_latency[self._dense_pairs]
 
     def transfer(self, src: np.ndarray, start: np.ndarray, matrix: np.ndarray) -> np.ndarray:
         """Cost a wave of flows: devices `src` (ready at `start`) send rows matrix[src] of bytes.
 
         Returns, per destination device, the time the last byte of this wave destined to it
         arrives (-inf where it receives nothing). A device's bytes to itself stay local.
+        Also sets `last_pair_arrival`, the same per (source, destination) pair.
         """
+        n = self._n
+        if len(src) == n and not self._diag_entries:
+            flat = matrix.ravel()
+            e_bytes = flat[self._entry_pair]
+            if e_bytes.size and e_bytes.min() > 0:  # every pair sends: the dense all-to-all
+                return self._dense_transfer(src, start, flat, e_bytes)
+        return self._general_transfer(src, start, matrix)
+
+    def _dense_transfer(self, src: np.ndarray, start: np.ndarray, flat: np.ndarray,
+                        e_bytes: np.ndarray) -> np.ndarray:
+        """`transfer` when every device sends to every other (the same arithmetic, static layout)."""
+        n = self._n
+        pb = self._pair_bytes
+        pb += flat
+        pb[self._diag] = 0.0  # a device's bytes to itself stay local (always 0 there)
+        t_src = self._t_src
+        t_src[src] = start
+        rank = self._rank
+        rank[src[np.argsort(start, kind="stable")]] = self._ranks
+        order = np.argsort(self._slot_key + rank[self._entry_src], kind="stable")
+        groups = self._dense_groups
+        busy = self._fifo(groups, t_src[self._entry_src[order]], (e_bytes * self._entry_inv_bw)[order])
+        done = self._done_ext
+        done[order] = busy
+        cols = self._pair_entry_cols
+        last = done[cols[0]]
+        for col in cols[1:]:
+            np.maximum(last, done[col], out=last)
+        arrival = np.full(n * n, -np.inf)
+        arrival[self._dense_pairs] = last + self._dense_latency
+        self.last_pair_arrival = arrival = arrival.reshape(n, n)
+        return arrival.max(axis=0)
+
+    def _fifo(self, groups: "_LinkGroups", t: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """When each entry (sorted by link, then FIFO order) has drained from its link; advances
+        every link's free time. `t`: when the entry's flow starts; `w`: its seconds of link work."""
+        cs = np.cumsum(w)
+        done_work = cs - groups.base_of(cs, w)  # the link's work up to and including this entry
+        first = groups.first
+        begin = t
+        begin[first] = np.maximum(t[first], self.free_at[groups.links])
+        v = np.subtract(begin, done_work - w, out=begin)
+        span = float(v.max() - v.min()) + 1.0
+        offset = groups.gid * span
+        v += offset
+        busy = np.maximum.accumulate(v, out=v)
+        busy -= offset
+        busy += done_work  # FIFO max-plus
+        self.free_at[groups.links] = busy[groups.last]
+        return busy
+
+    def _general_transfer(self, src: np.ndarray, start: np.ndarray, matrix: np.ndarray) -> np.ndarray:
         n = self._n
         if len(src) == n:
             full = matrix.copy()
@@ -96,47 +177,30 @@ class Fabric:
         np.fill_diagonal(full, 0.0)
         t_src = np.zeros(n)
         t_src[src] = start
-        rank = np.empty(n, dtype=np.int64)  # FIFO order of sources on every link
-        rank[src[np.argsort(start, kind="stable")]] = np.arange(len(src))
+        rank = self._rank
+        rank[src[np.argsort(start, kind="stable")]] = self._ranks[: len(src)]
         flat = full.ravel()
         e_bytes = flat[self._entry_pair]
         sel = e_bytes > 0
         if not sel.any():  # nothing crosses the network (also: a single device)
+            self.last_pair_arrival = np.full((n, n), -np.inf)
             return np.full(n, -np.inf)
         self._pair_bytes += flat
-        dense = bool(sel.all())
-        if dense:
-            e_pair, e_link, e_src, inv_bw = self._entry_pair, self._entry_link, self._entry_src, self._entry_inv_bw
-        else:
-            e_pair, e_link, e_src = self._entry_pair[sel], self._entry_link[sel], self._entry_src[sel]
-            inv_bw, e_bytes = self._entry_inv_bw[sel], e_bytes[sel]
-        # unique keys (link, FIFO rank, entry) let the faster unstable sort stay deterministic
-        key = (e_link * n + rank[e_src]) * e_pair.size + self._entry_index[: e_pair.size]
-        order = np.argsort(key)
-        # sorting by link first keeps each link's entries at the same positions in every
-        # dense wave, so the group structure is computed once
-        groups = self._dense_groups if dense else _LinkGroups(e_link[order])
-        t = t_src[e_src[order]]
-        w = (e_bytes * inv_bw)[order]
-        cs = np.cumsum(w)
-        done_work = cs - groups.base_of(cs, w)  # the link's work up to and including this entry
-        begin = t.copy()
-        begin[groups.first] = np.maximum(t[groups.first], self.free_at[groups.links])
-        v = begin - (done_work - w)
-        span = float(v.max() - v.min()) + 1.0
-        busy = np.maximum.accumulate(v + groups.gid * span) - groups.gid * span + done_work  # FIFO max-plus
-        self.free_at[groups.links] = busy[groups.last]
+        e_pair, e_src = self._entry_pair[sel], self._entry_src[sel]
+        inv_bw, e_bytes = self._entry_inv_bw[sel], e_bytes[sel]
+        # a stable sort by (link, FIFO rank) keeps ties in entry order: the FIFO order
+        order = np.argsort(self._slot_key[sel] + rank[e_src], kind="stable")
+        groups = _LinkGroups(self._entry_link[sel][order])
+        busy = self._fifo(groups, t_src[e_src[order]], (e_bytes * inv_bw)[order])
 
         entry_done = np.empty(busy.size)
         entry_done[order] = busy
-        if dense:
-            bounds, pairs = self._dense_bounds, self._dense_pairs
-        else:
-            bounds = np.flatnonzero(np.diff(e_pair, prepend=-1))
-            pairs = e_pair[bounds]
+        bounds = np.flatnonzero(np.diff(e_pair, prepend=-1))
+        pairs = e_pair[bounds]
         arrival = np.full(n * n, -np.inf)
         arrival[pairs] = np.maximum.reduceat(entry_done, bounds) + self._pair_latency[pairs]
-        return arrival.reshape(n, n).max(axis=0)
+        self.last_pair_arrival = arrival = arrival.reshape(n, n)
+        return arrival.max(axis=0)
 
     @property
     def link_bytes(self) -> np.ndarray:
@@ -183,6 +247,10 @@ class Collective:
     destination becomes ready once every device that sends to it has submitted; the flows
     submitted so far are then costed as one wave, and the destination waits until its last
     inbound byte arrives. A device that receives nothing does not wait at all.
+
+    `arrival` and `ready` are numpy arrays mirrored by Python lists for the hot scalar reads
+    (`inbound`, `received_at`); assigning either attribute keeps the mirror, but they are
+    not meant to be modified in place.
     """
 
     def __init__(self, env: simpy.Environment, fabric: Fabric, matrix: np.ndarray,
@@ -197,14 +265,38 @@ class Collective:
         self.need = need
         self.pending = need.sum(axis=0)  # sources each destination still waits for
         off_diag = n * (n - 1)
-        self.dense = int(need.sum()) == off_diag
+        self.dense = int(self.pending.sum()) == off_diag
         self.left = n
         self.ready = self.pending == 0
-        self.arrival = np.full(n, -np.inf)
+        self._arrival = [-np.inf] * n
+        self._arrival_array = None  # made on first read (np.full(n, -inf) until the first wave)
+        self._n = n
+        self._waved = False
         self._queue: list[int] = []
         self._times: list[float] = []
-        self._waiters: dict[int, _Arrival] = {}
-        self._not_before: dict[int, tuple[float, float]] = {}
+        self._waiters: dict[int, tuple[_Arrival, float, float]] = {}
+
+    @property
+    def arrival(self) -> np.ndarray:
+        """Per destination, when its last inbound byte of the waves so far arrives (-inf: none)."""
+        if self._arrival_array is None:
+            self._arrival_array = np.array(self._arrival, dtype=float)
+        return self._arrival_array
+
+    @arrival.setter
+    def arrival(self, value: np.ndarray) -> None:
+        self._arrival_array = value
+        self._arrival = np.asarray(value, dtype=float).tolist()
+
+    @property
+    def ready(self) -> np.ndarray:
+        """Per destination, whether every device that sends to it has submitted."""
+        return self._ready_array
+
+    @ready.setter
+    def ready(self, value: np.ndarray) -> None:
+        self._ready_array = value
+        self._ready = np.asarray(value, dtype=bool).tolist()
 
     def submit(self, src: int) -> None:
         """Device `src` hands its outgoing bytes to the network now."""
@@ -215,38 +307,64 @@ class Collective:
             if self.left == 0:
                 self._wave()
             return
-        self.pending -= self.need[src]
-        if self.left == 0 or bool((~self.ready & (self.pending == 0)).any()):
+        row = self.need[src]
+        pending = self.pending
+        pending -= row
+        # a destination of `src` whose last source this was (none is ready before)
+        if self.left == 0 or not pending[row].all():
             self._wave()
 
     def _wave(self) -> None:
-        src = np.asarray(self._queue, dtype=np.int64)
-        inbound = self.fabric.transfer(src, np.asarray(self._times), self.matrix)
+        src = np.array(self._queue, dtype=np.int64)
+        inbound = self.fabric.transfer(src, np.array(self._times, dtype=float), self.matrix)
         self._queue, self._times = [], []
-        self.arrival = np.maximum(self.arrival, inbound + self.extra_latency)
-        now_ready = np.nonzero(~self.ready & (self.pending == 0))[0] if not self.dense else np.nonzero(~self.ready)[0]
-        self.ready[now_ready] = True
+        arrival = inbound + self.extra_latency
+        if self._waved:
+            arrival = np.maximum(self.arrival, arrival)
+        self._waved = True
+        self._arrival_array = arrival
+        arrival_list = self._arrival = arrival.tolist()
+        ready_list = self._ready
+        if self.dense:  # the one wave: every destination is ready now
+            now_ready = [d for d in range(self._n) if not ready_list[d]]
+            self._ready_array[now_ready] = True
+            self._ready = [True] * self._n
+        else:
+            now_ready_a = np.flatnonzero(~self._ready_array & (self.pending == 0))
+            self._ready_array[now_ready_a] = True
+            now_ready = now_ready_a.tolist()
+            for d in now_ready:
+                ready_list[d] = True
+        waiters = self._waiters
+        if not waiters:
+            return
         now = self.env.now
-        for d in now_ready:
-            ev = self._waiters.pop(int(d), None)
-            if ev is not None:
-                not_before, then = self._not_before.pop(int(d))
-                ev.fire_after(max(self.arrival[d], not_before) + then - now)
+        schedule = self.env.schedule
+        for d in now_ready:  # ascending, as the events are scheduled in this order
+            w = waiters.pop(d, None)
+            if w is not None:
+                ev, not_before, then = w
+                a = arrival_list[d]
+                delay = (not_before if not_before > a else a) + then - now
+                ev._ok = True
+                ev._value = None
+                schedule(ev, delay=delay if delay > 0.0 else 0.0)
 
     def received_at(self, dst: int, not_before: float = 0.0) -> float:
         """When `dst` could use its inbound bytes: their arrival, and not before `not_before`."""
-        return max(self.arrival[dst], not_before)
+        a = self._arrival[dst]
+        return not_before if not_before > a else a  # max(a, not_before)
 
     def inbound(self, dst: int, not_before: float = 0.0, then: float = 0.0) -> Generator[simpy.Event, None, None]:
         """Process step: wait until every byte destined to `dst` has arrived, and at least until
         `not_before` (the device may still be busy, e.g. with its shared experts); then stay
         busy for `then` seconds (the compute that consumes the bytes) in the same wake-up."""
-        if not self.ready[dst]:
+        if not self._ready[dst]:
             ev = _Arrival(self.env)
-            self._waiters[dst] = ev
-            self._not_before[dst] = (not_before, then)
+            self._waiters[dst] = (ev, not_before, then)
             yield ev
             return
-        delay = max(self.arrival[dst], not_before) + then - self.env.now
+        a = self._arrival[dst]
+        delay = (not_before if not_before > a else a) + then - self.env.now
         if delay > 0:
             yield self.env.timeout(delay)
