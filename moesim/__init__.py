@@ -11,7 +11,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_scenario": ("moesim.simulator.config", "load_scenario"),
+    "load_scenario": ("moesim.simulator.scenario", "load_scenario"),
     "simulate": ("moesim.simulator.run", "simulate"),
     "load_device": ("moesim.hardware_profiles", "load_device"),
     "load_cluster": ("moesim.hardware_profiles", "load_cluster"),

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from moesim.simulator.engine import COMPUTE_PHASES
+from moesim.simulator.phases import COMPUTE_PHASES
 
 _TRACKS = {"compute": 0, "communication": 1, "expert copies": 2, "host CPU experts": 3}
 
@@ -31,14 +31,19 @@ def chrome_trace(phases: pd.DataFrame, max_step: int, device_name: str, copies: 
         for track, tid in _TRACKS.items():
             events.append({"name": "thread_name", "ph": "M", "pid": int(dev), "tid": tid, "args": {"name": track}})
     is_compute = rows["phase"].astype(str).isin(COMPUTE_PHASES).to_numpy()
-    for (step, layer, dev, phase, start, dur), comp in zip(
+    # two-batch overlap: spans are named by micro-batch, so the interleaving reads off the tracks
+    mb = rows["microbatch"].to_numpy() if "microbatch" in rows else np.full(len(rows), -1)
+    for (step, layer, dev, phase, start, dur), comp, m in zip(
         rows[["step", "layer", "device", "phase", "start_s", "duration_s"]].itertuples(index=False, name=None),
-        is_compute,
+        is_compute, mb,
     ):
+        args = {"step": int(step), "layer": int(layer)}
+        if m >= 0:
+            args["microbatch"] = int(m)
         events.append({
-            "name": str(phase), "cat": "compute" if comp else "communication", "ph": "X",
-            "ts": round(start * 1e6, 4), "dur": round(dur * 1e6, 4), "pid": int(dev), "tid": 0 if comp else 1,
-            "args": {"step": int(step), "layer": int(layer)},
+            "name": f"{phase} mb{m}" if m >= 0 else str(phase), "cat": "compute" if comp else "communication",
+            "ph": "X", "ts": round(start * 1e6, 4), "dur": round(dur * 1e6, 4), "pid": int(dev),
+            "tid": 0 if comp else 1, "args": args,
         })
     if copies is not None:
         events += _copy_events(copies[(copies["step"] < max_step) & copies["end_s"].notna()])
