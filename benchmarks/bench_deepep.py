@@ -1,0 +1,108 @@
+"""moesim's dispatch algorithms beside DeepEP's published H800 figures.
+
+Run:  python benchmarks/bench_deepep.py
+Prints, for each mode and EP size, moesim's simulated dispatch and combine time of one MoE
+layer (compute zeroed, so the spans are pure communication) and the bandwidth figure DeepEP
+reports, next to DeepEP's published number.
+
+Setup as DeepEP's README tests it: DeepSeek-V3 shapes (hidden 7168, 256 experts, top-8), FP8
+dispatch and BF16 combine, uniform routing, on the bundled h800 cluster (NVLink 160 GB/s class,
+one 400 Gb/s IB NIC per GPU) with 1, 2, 4 or 8 nodes. Normal kernels: 4096 tokens per GPU
+(intranode EP8 = `dedup` over NVLink; internode = `hierarchical`). Low-latency kernels: 128
+tokens per GPU (`low_latency`). Published figures (DeepEP README, H800): intranode normal
+~153-158 GB/s NVLink; internode normal 43-58 GB/s RDMA at EP16-64; low-latency dispatch
+163-194 us and combine 318-369 us at EP8-256. DeepEP's normal test also limits each token to
+4 nodes (top-4 groups); moesim's generator here does not (with <= 4 nodes it cannot matter).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from moesim.simulator.compose import pipeline_for, step_source_for
+from moesim.simulator.config import config_from_dict
+from moesim.simulator.engine import Engine
+from moesim.simulator.phases import PHASE_INDEX
+from moesim.simulator.scenario import resolve
+
+ROOT = Path(__file__).resolve().parent.parent
+PUBLISHED = {
+    ("normal", 8): "153 / 158 GB/s NVLink",
+    ("normal", 16): "43 GB/s RDMA",
+    ("normal", 32): "58 GB/s RDMA",
+    ("normal", 64): "51 GB/s RDMA",
+    ("low_latency", 8): "163-194 us / 318-369 us (EP8-256)",
+    ("low_latency", 16): "163-194 us / 318-369 us (EP8-256)",
+    ("low_latency", 32): "163-194 us / 318-369 us (EP8-256)",
+    ("low_latency", 64): "163-194 us / 318-369 us (EP8-256)",
+}
+
+
+def _files(tmp: Path, nodes: int) -> tuple[str, str]:
+    model = yaml.safe_load((ROOT / "workloads/models/deepseek-v3.yaml").read_text())
+    model.update(name="DeepSeek-V3-1moe", num_layers=4)  # three dense layers and one MoE layer
+    cluster = yaml.safe_load((ROOT / "hardware_profiles/clusters/h800-4x8.yaml").read_text())
+    cluster.update(name=f"h800-{nodes}x8", nodes=nodes)
+    (tmp / "model.yaml").write_text(yaml.safe_dump(model))
+    path = tmp / f"cluster-{nodes}.yaml"  # one file per size: profiles are cached by path
+    path.write_text(yaml.safe_dump(cluster))
+    return str(tmp / "model.yaml"), str(path)
+
+
+def measure(mode: str, ep: int, tmp: Path) -> dict[str, float]:
+    nodes = ep // 8
+    model, cluster = _files(tmp, nodes)
+    algorithm = ("dedup" if nodes == 1 else "hierarchical") if mode == "normal" else "low_latency"
+    tokens = 4096 if mode == "normal" else 128
+    cfg = {"name": "deepep", "model": model, "hardware": {"cluster": cluster},
+           "parallelism": {"ep": ep, "tp": 1, "dp": ep},
+           "workload": {"phase": "prefill", "seq_len": tokens, "batch_size": 1, "steps": 1,
+                        "routing": {"generator": "uniform"}},
+           "policies": {"dispatch_dtype": "fp8", "combine_dtype": "bf16", "dispatch": {"algorithm": algorithm}},
+           "outputs": {"trace_steps": 0}, "seed": 0}
+    sc = resolve(config_from_dict(cfg, tmp))
+    plan = next(iter(pipeline_for(sc).plans(step_source_for(sc))))[0]
+    for arr in (plan.attention, plan.dense_ffn, plan.shared_expert, plan.expert):
+        arr[:] = 0.0  # communication only
+    raw = Engine(sc, plans=iter([[plan]])).run()
+    layer = sc.model.moe_layers[0]
+    span = {}
+    for phase in ("dispatch", "combine"):
+        p = PHASE_INDEX[phase]
+        start = raw.start[0, layer, :, 0, p]
+        end = raw.end[0, layer, :, 0, PHASE_INDEX["combine"] if phase == "combine" else p]
+        if phase == "combine":
+            start = raw.start[0, layer, :, 0, PHASE_INDEX["straggler_wait"]]
+        span[phase] = float(np.nanmax(end - start))
+    inter = sc.routes.pair_inter_node
+    first = plan.traffic.dispatch[0][0]
+    rdma = float(first[inter].sum() / sc.num_devices)  # network bytes each GPU sends
+    nvl = float(plan.dispatch[0][~inter].sum() / sc.num_devices - np.trace(plan.dispatch[0]) / sc.num_devices)
+    comb_rdma = float(plan.traffic.combine[-1][0][inter].sum() / sc.num_devices)
+    return {"dispatch_s": span["dispatch"], "combine_s": span["combine"], "rdma_B": rdma, "nvl_B": nvl,
+            "comb_rdma_B": comb_rdma, "algorithm": algorithm}
+
+
+def main() -> None:
+    print(f"{'mode':<12}{'EP':>4}  {'algorithm':<13}{'dispatch':>10}{'combine':>10}  {'moesim bandwidth':<26}DeepEP (H800)")
+    with tempfile.TemporaryDirectory() as d:
+        for mode in ("normal", "low_latency"):
+            for ep in (8, 16, 32, 64):
+                r = measure(mode, ep, Path(d))
+                if mode == "normal" and ep == 8:
+                    bw = f"{r['nvl_B'] / r['dispatch_s'] / 1e9:.0f} GB/s NVLink"
+                elif mode == "normal":
+                    bw = (f"{r['rdma_B'] / r['dispatch_s'] / 1e9:.0f} / "
+                          f"{r['comb_rdma_B'] / r['combine_s'] / 1e9:.0f} GB/s RDMA")
+                else:
+                    bw = "-"
+                print(f"{mode:<12}{ep:>4}  {r['algorithm']:<13}{r['dispatch_s'] * 1e6:>8.0f}us{r['combine_s'] * 1e6:>8.0f}us"
+                      f"  {bw:<26}{PUBLISHED[(mode, ep)]}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
