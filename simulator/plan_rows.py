@@ -15,13 +15,14 @@ import pandas as pd
 
 from moesim.simulator.ops import act_dtype
 
-if TYPE_CHECKING:  # the pipeline imports this module lazily; no import circle at run time
+if TYPE_CHECKING:  # type hints only: the pipeline imports this module, not the reverse
     from moesim.simulator.step_plan import StepPipeline, StepPlan
 
 
-def plan_op_rows(pipe: "StepPipeline", plan: "StepPlan", layer: int | None, device: int | None) -> pd.DataFrame:
-    from moesim.simulator.step_plan import OP_COLUMNS
+OP_COLUMNS = ["layer", "device", "phase", "op", "unit", "kind", "dtype", "rows", "flops", "bytes", "time_s", "bound"]
 
+
+def plan_op_rows(pipe: "StepPipeline", plan: "StepPlan", layer: int | None, device: int | None) -> pd.DataFrame:
     L, n = plan.attention.shape
     layers = range(L) if layer is None else [layer]
     devices = range(n) if device is None else [device]

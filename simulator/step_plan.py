@@ -17,6 +17,7 @@ import pandas as pd
 from moesim.simulator.capacity import CapacityPolicy
 from moesim.simulator.dispatch import DispatchAlgorithm, DispatchLayout, Traffic
 from moesim.simulator.ops import act_dtype, tp_allreduce_bytes
+from moesim.simulator.plan_rows import plan_op_rows
 from moesim.simulator.replica_split import ReplicaSplit
 from moesim.simulator.step_costs import LayerOps, StepCosts
 from moesim.simulator.step_source import StepInput, split_microbatches
@@ -24,7 +25,6 @@ from moesim.units import dtype_bytes
 from moesim.workloads.model_spec import ModelSpec
 from moesim.workloads.routing import RoutingSource
 
-OP_COLUMNS = ["layer", "device", "phase", "op", "unit", "kind", "dtype", "rows", "flops", "bytes", "time_s", "bound"]
 
 
 @dataclass
@@ -262,8 +262,6 @@ class StepPipeline:
 
     # ---- readable rows -----------------------------------------------------------------
     def op_rows(self, plan: StepPlan, layer: int | None, device: int | None) -> pd.DataFrame:
-        from moesim.simulator.plan_rows import plan_op_rows
-
         return plan_op_rows(self, plan, layer, device)
 
 

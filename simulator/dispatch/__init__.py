@@ -57,10 +57,3 @@ class DispatchAlgorithm(Protocol):
         and replica split); rows (G, Lm, ep, J): the same per slot, per EP group; slot_device (Lm, J):
         the group-local device of each slot; tokens (N,): tokens each device sends into the layer."""
         ...
-
-
-def onehot_devices(slot_device: np.ndarray, ep: int) -> np.ndarray:
-    """(Lm, J, ep) one-hot of each slot's group-local device."""
-    out = np.zeros((*slot_device.shape, ep))
-    np.put_along_axis(out, slot_device[:, :, None], 1.0, axis=2)
-    return out

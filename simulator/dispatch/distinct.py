@@ -27,6 +27,7 @@ import numpy as np
 
 def expected_distinct(rows: np.ndarray, tokens: np.ndarray, group_of_slot: np.ndarray, groups: int) -> np.ndarray:
     """[..., s, g] expected distinct tokens of source s reaching group g, from (token, slot) rows [..., s, j].
+    `group_of_slot` is (J,), or (L, J) with rows [..., L, s, j] when every layer places slots differently.
 
     Rows may be fractional (replicas split load); the per-slot fraction is clipped to [0, 1]
     and a source with no tokens reaches nothing.
@@ -34,15 +35,17 @@ def expected_distinct(rows: np.ndarray, tokens: np.ndarray, group_of_slot: np.nd
     rows = np.asarray(rows, dtype=float)
     tokens = np.asarray(tokens, dtype=float)
     group_of_slot = np.asarray(group_of_slot, dtype=np.int64)
-    if rows.shape[-2:] != (tokens.size, group_of_slot.size):
-        raise ValueError(f"rows must end in (sources={tokens.size}, slots={group_of_slot.size}), got {rows.shape}")
+    slots = group_of_slot.shape[-1]
+    if rows.shape[-2:] != (tokens.size, slots) or (group_of_slot.ndim == 2 and rows.shape[-3] != group_of_slot.shape[0]):
+        raise ValueError(f"rows must end in (sources={tokens.size}, slots={slots}) (with a layer axis matching "
+                         f"group_of_slot {group_of_slot.shape}), got {rows.shape}")
     if group_of_slot.size and (group_of_slot.min() < 0 or group_of_slot.max() >= groups):
         raise ValueError(f"group_of_slot must lie in [0, {groups})")
     safe = np.where(tokens > 0, tokens, 1.0)
     frac = np.clip(rows / safe[:, None], 0.0, 1.0)
     full = frac >= 1.0  # a slot taking every token: the group cannot be missed (log1p(-1) = -inf)
-    onehot = np.zeros((group_of_slot.size, groups))
-    onehot[np.arange(group_of_slot.size), group_of_slot] = 1.0
+    # (J, G), or (L, J, G) when each layer places its slots differently (rows then [L, S, J])
+    onehot = (np.asarray(group_of_slot)[..., None] == np.arange(groups)).astype(float)
     log_miss = np.log1p(-np.where(full, 0.0, frac)) @ onehot  # [..., s, g]
     miss = np.where(full.astype(float) @ onehot > 0, 0.0, np.exp(log_miss))
     return np.where(tokens[:, None] > 0, tokens[:, None] * (1.0 - miss), 0.0)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.simulator.dispatch import DispatchLayout, Traffic, onehot_devices
-from moesim.simulator.dispatch.dedup import expected_distinct
+from moesim.simulator.dispatch import DispatchLayout, Traffic
+from moesim.simulator.dispatch.distinct import expected_distinct
 
 
 def forwarding(layout: DispatchLayout, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -45,15 +45,12 @@ class Hierarchical:
         net = np.zeros((Lm, n, n))  # stage 1: over the network to the peer, or NVLink within the node
         fwd = np.zeros((Lm, n, n))  # stage 2: NVLink forwarding on the destination node
         distinct = np.zeros((Lm, n, n))
-        onehot = onehot_devices(slot_device, ep)
         for g in range(G):
             devs = slice(g * ep, (g + 1) * ep)
             peer, node, selector = forwarding(layout, g)
             nodes = peer.shape[1]
-            per_device = expected_distinct(rows[g], tokens[devs], onehot)  # (Lm, s, d)
-            node_onehot = np.zeros((Lm, slot_device.shape[1], nodes))
-            np.put_along_axis(node_onehot, node[slot_device][:, :, None], 1.0, axis=2)
-            per_node = expected_distinct(rows[g], tokens[devs], node_onehot)  # (Lm, s, node)
+            per_device = expected_distinct(rows[g], tokens[devs], slot_device, ep)  # (Lm, s, d)
+            per_node = expected_distinct(rows[g], tokens[devs], node[slot_device], nodes)  # (Lm, s, node)
             same = node[:, None] == node[None, :]
             stage1 = per_device * same  # own node: straight to the device
             for k in range(nodes):
