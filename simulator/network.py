@@ -108,6 +108,19 @@ class Fabric:
         k_max = int(per_pair.max()) if per_pair.size else 0
         self._pair_entry_cols = [np.where(per_pair > k, self._dense_bounds + k, n_entries) for k in range(k_max)]
         self._dense_latency = self._pair_latency[self._dense_pairs]
+        self._no_arrival = np.full(n * n, -np.inf)
+        # in a dense wave a link crossed by one source only keeps its entries in entry order:
+        # only the entries of links shared by several sources need sorting
+        self._dense_template = np.argsort(self._slot_key, kind="stable")
+        slot_sorted = slot[self._dense_template]
+        srcs_sorted = self._entry_src[self._dense_template]
+        change = np.flatnonzero((srcs_sorted[1:] != srcs_sorted[:-1]) & (slot_sorted[1:] == slot_sorted[:-1]))
+        shared = np.zeros(len(used_links), dtype=bool)
+        shared[slot_sorted[change]] = True
+        self._dyn_pos = np.flatnonzero(shared[slot_sorted])
+        self._dyn_entries = self._dense_template[self._dyn_pos]
+        self._dyn_key = self._slot_key[self._dyn_entries]
+        self._dyn_src = self._entry_src[self._dyn_entries]
 
     def transfer(self, src: np.ndarray, start: np.ndarray, matrix: np.ndarray) -> np.ndarray:
         """Cost a wave of flows: devices `src` (ready at `start`) send rows matrix[src] of bytes.
@@ -135,7 +148,11 @@ class Fabric:
         t_src[src] = start
         rank = self._rank
         rank[src[np.argsort(start, kind="stable")]] = self._ranks
-        order = np.argsort(self._slot_key + rank[self._entry_src], kind="stable")
+        if self._dyn_pos.size == self._slot_key.size:
+            order = np.argsort(self._slot_key + rank[self._entry_src], kind="stable")
+        else:
+            order = self._dense_template.copy()
+            order[self._dyn_pos] = self._dyn_entries[np.argsort(self._dyn_key + rank[self._dyn_src], kind="stable")]
         groups = self._dense_groups
         busy = self._fifo(groups, t_src[self._entry_src[order]], (e_bytes * self._entry_inv_bw)[order])
         done = self._done_ext
@@ -144,7 +161,7 @@ class Fabric:
         last = done[cols[0]]
         for col in cols[1:]:
             np.maximum(last, done[col], out=last)
-        arrival = np.full(n * n, -np.inf)
+        arrival = self._no_arrival.copy()
         arrival[self._dense_pairs] = last + self._dense_latency
         self.last_pair_arrival = arrival = arrival.reshape(n, n)
         return arrival.max(axis=0)
@@ -220,11 +237,12 @@ class _LinkGroups:
         self.last = np.append(self.first[1:] - 1, total - 1)
         self.links = sorted_links[self.first]
         self.gid = np.cumsum(new_group).astype(float)
-        self._start_of = np.repeat(self.first, np.diff(np.append(self.first, total)))
+        self._group_of = np.repeat(np.arange(self.first.size), np.diff(np.append(self.first, total)))
 
     def base_of(self, cs: np.ndarray, w: np.ndarray) -> np.ndarray:
         """Cumulative work before each entry's group began."""
-        return cs[self._start_of] - w[self._start_of]
+        first = self.first
+        return (cs[first] - w[first])[self._group_of]
 
 
 class _Arrival(simpy.Event):

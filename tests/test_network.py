@@ -54,3 +54,78 @@ def test_pruned_links_do_not_change_arrivals():
         start = rng.random(32) * 1e-4
         np.testing.assert_allclose(pruned.transfer(np.arange(32), start, m), full.transfer(np.arange(32), start, m))
     assert pruned._entry_pair.size < full._entry_pair.size
+
+
+def test_last_pair_arrival_holds_each_pair_of_the_last_wave():
+    f = _toy_fabric()
+    m = np.array([[0.0, 1e6], [2e6, 0.0]])
+    arrival = f.transfer(np.array([0, 1]), np.array([0.0, 0.0]), m)
+    pairs = f.last_pair_arrival
+    assert pairs.shape == (2, 2)
+    assert pairs[0, 1] == pytest.approx(1e-5 + 1e-6) and pairs[1, 0] == pytest.approx(2e-5 + 1e-6)
+    assert pairs[0, 0] == pairs[1, 1] == -np.inf  # bytes to itself stay local
+    np.testing.assert_array_equal(pairs.max(axis=0), arrival)
+    f.transfer(np.array([0]), np.array([5e-6]), np.array([[0.0, 1e6], [0.0, 0.0]]))  # a sparse wave
+    assert f.last_pair_arrival[1, 0] == -np.inf  # only this wave's pairs
+    assert f.last_pair_arrival[0, 1] == pytest.approx(1e-5 + 1e-5 + 1e-6)
+    f.transfer(np.array([0]), np.array([1.0]), np.zeros((2, 2)))  # nothing sent
+    assert (f.last_pair_arrival == -np.inf).all()
+
+
+@pytest.mark.parametrize("cluster", ["h800-4x8", "dgx-h100"])
+@pytest.mark.parametrize("prune", [True, False])
+def test_dense_fast_path_is_bit_identical_to_the_general_path(cluster, prune):
+    """Dense waves take a precomputed layout; it must give exactly the general computation,
+    whatever the sources' FIFO order (ties in start time, submission order) and link state."""
+    routes = compute_routes(build_topology(load_cluster(cluster)))
+    fast, general = Fabric(routes, prune_links=prune), Fabric(routes, prune_links=prune)
+    n = routes.num_devices
+    rng = np.random.default_rng(7)
+    t = 0.0
+    for i in range(40):
+        m = rng.random((n, n)) * 1e7 + 1.0
+        src = rng.permutation(n) if i % 2 else np.arange(n)
+        start = t + (np.round(rng.random(n) * 4) * 1e-5 if i % 3 else rng.random(n) * 1e-4)
+        a = fast.transfer(src, start, m)
+        b = general._general_transfer(src, start, m)
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(fast.last_pair_arrival, general.last_pair_arrival)
+        np.testing.assert_array_equal(fast.free_at, general.free_at)
+        t += 3e-5
+    np.testing.assert_array_equal(fast.link_bytes, general.link_bytes)
+
+
+def test_collective_waves_and_waits_match_a_hand_calculation():
+    import simpy
+    from moesim.simulator.network import Collective
+
+    env = simpy.Environment()
+    f = _toy_fabric()  # 100 GB/s per direction, 1 us latency
+    coll = Collective(env, f, np.array([[0.0, 1e6], [0.0, 0.0]]), extra_latency=1e-6)
+    assert not coll.dense and coll.ready.tolist() == [True, False]
+    woke = {}
+
+    def device(d, delay):
+        yield env.timeout(delay)
+        coll.submit(d)
+        yield from coll.inbound(d, not_before=env.now + 5e-6, then=1e-6)
+        woke[d] = (env.now, coll.received_at(d, 0.0))
+
+    env.process(device(0, 2e-6))
+    env.process(device(1, 0.0))
+    env.run()
+    arrive = 2e-6 + 1e-5 + 1e-6 + 1e-6
+    assert woke[1] == (pytest.approx(arrive + 1e-6), pytest.approx(arrive))
+    assert woke[0] == (pytest.approx(2e-6 + 5e-6 + 1e-6), 0.0)  # receives nothing: no wait for bytes
+    assert coll.ready.all() and coll.arrival[1] == pytest.approx(arrive)
+
+
+def test_collective_ignores_bytes_to_itself_even_for_a_transposed_matrix():
+    """Combine matrices are transposed views; a device's own bytes never make it wait."""
+    import simpy
+    from moesim.simulator.network import Collective
+
+    m = np.array([[5e6, 0.0], [1e6, 5e6]]).T  # a non-contiguous view with a full diagonal
+    coll = Collective(simpy.Environment(), _toy_fabric(), m)
+    assert coll.need.tolist() == [[False, True], [False, False]]
+    assert coll.ready.tolist() == [True, False] and not coll.dense
