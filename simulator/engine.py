@@ -25,7 +25,7 @@ from moesim.errors import MoesimError
 from moesim.simulator.collectives import GroupCollective, make_collective
 from moesim.simulator.network import Fabric
 from moesim.simulator.offload.manager import LayerWait, OffloadManager
-from moesim.simulator.phases import PHASES, PHASE_INDEX, COMPUTE_PHASES, EXP as _EXP, STRAG as _STRAG, COMB as _COMB
+from moesim.simulator.phases import PHASES, EXP as _EXP, STRAG as _STRAG, COMB as _COMB
 from moesim.simulator.scenario import Scenario
 from moesim.simulator.step_plan import StepPlan, merge_microbatches
 

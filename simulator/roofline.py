@@ -33,7 +33,6 @@ from moesim.simulator.ops import (
     gemm_dtype,
     router_op,
     shared_expert_op,
-    tp_allreduce_bytes,
 )
 from moesim.simulator.scenario import Scenario
 from moesim.simulator.step_plan import StepPlan

@@ -195,7 +195,7 @@ class StepPipeline:
 
     def _compute(self, inp: StepInput, tokens: np.ndarray):
         """Non-expert compute of every (layer, device), from the step's own tokens."""
-        m, n, L = self.model, self.num_devices, self.model.num_layers
+        n, L = self.num_devices, self.model.num_layers
         replica = tokens.reshape(-1, self.tp).sum(axis=1)  # tokens of each attention replica
         batch_of = np.repeat(replica, self.tp) / max(inp.seq_len, 1)
         moe_tokens = tokens if self.moe_tp == 1 else np.repeat(tokens.reshape(-1, self.moe_tp).sum(axis=1),
@@ -210,9 +210,9 @@ class StepPipeline:
 
     def _moe(self, counts: np.ndarray, tokens: np.ndarray):
         """Capacity, replica split, expert costs and dispatch of every MoE layer (vectorised)."""
-        m, ep, mt = self.model, self.ep, self.moe_tp
+        ep, mt = self.ep, self.moe_tp
         n = self.num_devices
-        Lm, E = len(self.moe_layers), m.moe.num_experts
+        Lm, E = len(self.moe_layers), self.model.moe.num_experts
         pl = self.replicas.placement
         if mt > 1:  # MoE-TP: a shard group's devices hold the same tokens and split every expert
             counts = counts.reshape(Lm, n // mt, mt, E).sum(axis=2)

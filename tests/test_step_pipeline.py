@@ -18,7 +18,7 @@ from moesim.simulator.scenario import load_scenario
 from moesim.errors import ConfigError
 
 from conftest import EXAMPLES, example_config, toy_file, write_config
-from test_hand_calculation import ATTENTION, EXPERT_DEV0, EXPERT_DEV1, TRANSFER
+from test_hand_calculation import ATTENTION, EXPERT_DEV1, TRANSFER
 
 
 def _step(result) -> float:
