@@ -20,10 +20,12 @@ import simpy
 from moesim.simulator.network import Collective, Fabric
 
 
-def make_collective(env: simpy.Environment, fabric: Fabric, stages: list[np.ndarray], extra_latency: float = 0.0):
-    """The collective for a dispatch or combine of one layer (one stage: a plain all-to-all)."""
+def make_collective(env: simpy.Environment, fabric: Fabric, stages: list[np.ndarray], extra_latency: float = 0.0,
+                    need: np.ndarray | None = None):
+    """The collective for a dispatch or combine of one layer (one stage: a plain all-to-all;
+    `need`, its sending pairs, when the caller computed them for all layers at once)."""
     if len(stages) == 1:
-        return Collective(env, fabric, stages[0], extra_latency)
+        return Collective(env, fabric, stages[0], extra_latency, need)
     if len(stages) == 2:
         return StagedCollective(env, fabric, stages[0], stages[1], extra_latency)
     raise ValueError(f"a collective has one or two stages, got {len(stages)}")

@@ -14,8 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Generator
 
-from concurrent.futures import Future, ThreadPoolExecutor
-
 import numpy as np
 import simpy
 
@@ -23,8 +21,9 @@ from typing import Iterable
 
 from moesim.errors import MoesimError
 from moesim.simulator.collectives import GroupCollective, make_collective
-from moesim.simulator.network import Fabric
+from moesim.simulator.network import Fabric, sending_pairs
 from moesim.simulator.offload.manager import LayerWait, OffloadManager
+from moesim.simulator.plan_feed import plan_feed
 from moesim.simulator.phases import PHASES, EXP as _EXP, STRAG as _STRAG, COMB as _COMB
 from moesim.simulator.scenario import Scenario
 from moesim.simulator.step_plan import StepPlan, merge_microbatches
@@ -71,10 +70,12 @@ class Engine:
         self.sc = scenario
         self.env = simpy.Environment()
         self.fabric = Fabric(scenario.routes)
+        pipeline = steps = None
         if plans is None:
             pipeline = pipeline_for(scenario)
-            plans = pipeline.plans(step_source_for(scenario))
-        self._source = iter(plans)
+            source = step_source_for(scenario)
+            plans, steps = pipeline.plans(source), getattr(source, "steps", None)
+        self._feed = plan_feed(iter(plans), pipeline, steps)
         self.stream = overlap or schedule_for(scenario)
         self.progress = progress
         L, n = scenario.model.num_layers, scenario.num_devices
@@ -89,8 +90,6 @@ class Engine:
         self._by_step: dict[tuple[int, int], StepCollectives] = {}
         self._pulled = 0
         self._ended: int | None = None
-        self._next: Future | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moesim-plan")
         self.microbatches = 1
         tp = scenario.tp
         self.tp = tp
@@ -110,15 +109,14 @@ class Engine:
 
     # ---- plans, pulled from the source ---------------------------------------------------
     def plans(self, step: int) -> list[StepPlan] | None:
-        """The micro-batch plans of a step, or None past the last step. The next step's plans are
-        built in a worker thread meanwhile (numpy releases the GIL, so routing and costing overlap
-        the event loop on a second core); plans depend only on (seed, step), so results do not change."""
+        """The micro-batch plans of a step, or None past the last step. Later steps' plans are built
+        meanwhile on the second core (`plan_feed`); plans depend only on (seed, step), so results
+        do not change."""
         got = self._plans.get(step)
         if got is not None or (self._ended is not None and step >= self._ended):
             return got
         while self._pulled <= step:
-            nxt = self._next.result() if self._next is not None else next(self._source, None)
-            self._next = None
+            nxt = self._feed.next()
             if nxt is None:
                 self._ended = self._pulled
                 return None
@@ -126,7 +124,6 @@ class Engine:
             if self._pulled:
                 self._alloc(self._pulled)
             self._pulled += 1
-            self._next = self._pool.submit(next, self._source, None)
         return self._plans.get(step)
 
     def _alloc(self, step: int) -> None:
@@ -147,8 +144,10 @@ class Engine:
             env, fabric = self.env, self.fabric
             dis = tr.dispatch
             com = tr.combine
-            moe = [(make_collective(env, fabric, [s[m] for s in dis], tr.kernel_latency),
-                    make_collective(env, fabric, [s[m] for s in com], tr.kernel_latency))
+            need_d = sending_pairs(dis[0]) if len(dis) == 1 else [None] * dis[0].shape[0]
+            need_c = sending_pairs(com[0]) if len(com) == 1 else [None] * com[0].shape[0]
+            moe = [(make_collective(env, fabric, [s[m] for s in dis], tr.kernel_latency, need_d[m]),
+                    make_collective(env, fabric, [s[m] for s in com], tr.kernel_latency, need_c[m]))
                    for m in range(dis[0].shape[0])]
             tp = []
             if self._tp_ring is not None:
@@ -213,7 +212,7 @@ class Engine:
                 raise err.__cause__ from None
             raise
         finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._feed.close()
         steps = self._ended if self._ended is not None else self._pulled
         shape = (steps, self.n_layers, self.n, self.microbatches, self.P)
         self.start = np.array([self._times[s][0] for s in range(steps)], dtype=float).reshape(shape)

@@ -245,6 +245,14 @@ class _LinkGroups:
         return (cs[first] - w[first])[self._group_of]
 
 
+def sending_pairs(matrices: np.ndarray) -> np.ndarray:
+    """need[..., src, dst]: the pairs of each (..., N, N) byte matrix that cross the network."""
+    need = np.ascontiguousarray(matrices > 0)  # a transposed view compares into a transposed layout
+    n = need.shape[-1]
+    need.reshape(*need.shape[:-2], n * n)[..., :: n + 1] = False
+    return need
+
+
 class _Arrival(simpy.Event):
     """An event whose firing time is set later, when the network knows the arrival time.
 
@@ -272,15 +280,15 @@ class Collective:
     """
 
     def __init__(self, env: simpy.Environment, fabric: Fabric, matrix: np.ndarray,
-                 extra_latency: float = 0.0):
+                 extra_latency: float = 0.0, need: np.ndarray | None = None):
         n = matrix.shape[0]
         self.env = env
         self.fabric = fabric
         self.matrix = matrix
         self.extra_latency = extra_latency
-        need = matrix > 0
-        np.fill_diagonal(need, False)
-        self.need = need
+        if need is None:
+            need = sending_pairs(matrix[None])[0]
+        self.need = need  # (src, dst) pairs that send over the network
         self.pending = need.sum(axis=0)  # sources each destination still waits for
         off_diag = n * (n - 1)
         self.dense = int(self.pending.sum()) == off_diag

@@ -201,11 +201,18 @@ class StepPipeline:
         moe_tokens = tokens if self.moe_tp == 1 else np.repeat(tokens.reshape(-1, self.moe_tp).sum(axis=1),
                                                                  self.moe_tp)
         keys = [(float(b), float(t)) for b, t in zip(batch_of, moe_tokens)]
-        layer_ops = [[self.costs.layer_ops(kind, b if b != int(b) else int(b), inp.seq_len, inp.kv_len,
-                                           inp.phase, t) for b, t in keys] for kind in self._kinds]
-        attention = np.array([[o.attention_time for o in row] for row in layer_ops])
-        dense = np.array([[o.time(o.dense_ffn) for o in row] for row in layer_ops])
-        shared = np.array([[o.time(o.shared_expert) for o in row] for row in layer_ops])
+        distinct = {k: i for i, k in enumerate(dict.fromkeys(keys))}  # devices usually share one key
+        which = np.array([distinct[k] for k in keys], dtype=np.int64)
+        ops_of = {}  # (kind, key): LayerOps, costed once per distinct pair
+        times = np.empty((len(self._kinds), len(distinct), 3))
+        for i, kind in enumerate(self._kinds):
+            for (b, t), j in distinct.items():
+                o = ops_of[kind, (b, t)] = self.costs.layer_ops(kind, b if b != int(b) else int(b), inp.seq_len,
+                                                                inp.kv_len, inp.phase, t)
+                times[i, j] = (o.attention_time, o.time(o.dense_ffn), o.time(o.shared_expert))
+        layer_ops = [[ops_of[kind, k] for k in keys] for kind in self._kinds]
+        per_device = times[:, which]  # (L, n, 3)
+        attention, dense, shared = (np.ascontiguousarray(per_device[..., k]) for k in range(3))
         return layer_ops, attention.reshape(L, n), dense.reshape(L, n), shared.reshape(L, n)
 
     def _moe(self, counts: np.ndarray, tokens: np.ndarray):
