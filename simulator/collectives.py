@@ -17,17 +17,18 @@ from typing import Generator
 import numpy as np
 import simpy
 
-from moesim.simulator.network import Collective, Fabric
+from moesim.simulator.network import Collective, Fabric, sending_pairs
 
 
 def make_collective(env: simpy.Environment, fabric: Fabric, stages: list[np.ndarray], extra_latency: float = 0.0,
                     need: np.ndarray | None = None):
     """The collective for a dispatch or combine of one layer (one stage: a plain all-to-all;
-    `need`, its sending pairs, when the caller computed them for all layers at once)."""
+    `need`, its sending pairs (`staged_pairs` for two stages), when the caller computed them for
+    all layers at once)."""
     if len(stages) == 1:
         return Collective(env, fabric, stages[0], extra_latency, need)
     if len(stages) == 2:
-        return StagedCollective(env, fabric, stages[0], stages[1], extra_latency)
+        return StagedCollective(env, fabric, stages[0], stages[1], extra_latency, need)
     raise ValueError(f"a collective has one or two stages, got {len(stages)}")
 
 
@@ -92,35 +93,68 @@ class GroupCollective:
 
 
 class StagedCollective:
-    """A pipelined two-stage all-to-all: `first` (src -> forwarder) and `second` (forwarder -> dst)."""
+    """A pipelined two-stage all-to-all: `first` (src -> forwarder) and `second` (forwarder -> dst).
+
+    Flows are costed in waves, as in `Collective`. A wave is needed only when a destination
+    that has already submitted its own bytes becomes ready (one that has not cannot be
+    waiting: every schedule submits before it waits), so when every destination needs every
+    source, as with hierarchical dispatch, a collective is one wave of every device.
+    """
 
     def __init__(self, env: simpy.Environment, fabric: Fabric, first: np.ndarray, second: np.ndarray,
-                 extra_latency: float = 0.0):
+                 extra_latency: float = 0.0, pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None):
         self.env, self.fabric, self.extra = env, fabric, extra_latency
         n = first.shape[0]
         self.matrix = first + second
-        a, b = first > 0, second > 0
-        np.fill_diagonal(a, False)
-        self.first_in, self.forwards = a, b.copy()
-        np.fill_diagonal(self.forwards, False)
-        need = (self.matrix > 0) | ((a.astype(float) @ b.astype(float)) > 0)
-        np.fill_diagonal(need, False)
+        if pairs is None:
+            pairs = tuple(x[0] for x in staged_pairs(first[None], second[None]))
+        self.first_in, self.forwards, need = pairs
         self.need = need
-        self.pending = need.sum(axis=0)
-        self.ready = self.pending == 0
-        self.arrival = np.full(n, -np.inf)
+        pending = need.sum(axis=0)
+        self._ready = (pending == 0).tolist()
+        self._all_need_all = int(pending.sum()) == n * (n - 1)
+        self._pending = pending.tolist()
+        self._needed_by = None if self._all_need_all else [np.flatnonzero(row).tolist() for row in need]
+        self._submitted = [False] * n
+        self._arrival = [-np.inf] * n
         self.pair = np.full((n, n), -np.inf)
         self._queue: list[int] = []
         self._times: list[float] = []
         self._waiting = _Waiting(env)
         self.left = n
 
+    @property
+    def pending(self) -> np.ndarray:
+        """Per destination, the sources it still waits for."""
+        return np.array(self._pending)
+
+    @property
+    def ready(self) -> np.ndarray:
+        """Per destination, whether every source it depends on has submitted."""
+        return np.array(self._ready)
+
+    @property
+    def arrival(self) -> np.ndarray:
+        """Per destination, when its last byte (direct or forwarded) arrives (-inf: not yet known)."""
+        return np.array(self._arrival)
+
     def submit(self, src: int) -> None:
         self._queue.append(src)
         self._times.append(self.env.now)
         self.left -= 1
-        self.pending -= self.need[src]
-        if self.left == 0 or bool((~self.ready & (self.pending == 0)).any()):
+        if self._all_need_all:
+            if self.left == 0:
+                self._pending = [0] * len(self._pending)
+                self._wave()
+            return
+        self._submitted[src] = True
+        pending, submitted = self._pending, self._submitted
+        wave = self.left == 0 or (pending[src] == 0 and not self._ready[src])
+        for d in self._needed_by[src]:
+            pending[d] -= 1
+            if pending[d] == 0 and submitted[d]:
+                wave = True
+        if wave:
             self._wave()
 
     def _wave(self) -> None:
@@ -131,20 +165,33 @@ class StagedCollective:
         direct = self.pair.max(axis=0)
         at_forwarder = np.where(self.first_in, self.pair, -np.inf).max(axis=0)  # first stage in, per forwarder
         via = np.where(self.forwards, at_forwarder[:, None], -np.inf).max(axis=0)
-        arrival = np.maximum(direct, via) + self.extra
-        now_ready = np.flatnonzero(~self.ready & (self.pending == 0))
-        self.ready[now_ready] = True
-        self.arrival[now_ready] = arrival[now_ready]
-        for d in now_ready:
-            self._waiting.release(int(d), float(self.arrival[d]))
+        arrival = (np.maximum(direct, via) + self.extra).tolist()
+        ready, known, pending = self._ready, self._arrival, self._pending
+        for d in range(len(ready)):
+            if not ready[d] and pending[d] == 0:
+                ready[d] = True
+                known[d] = arrival[d]
+                self._waiting.release(d, arrival[d])
 
     def received_at(self, dst: int, not_before: float = 0.0) -> float:
-        return max(self.arrival[dst], not_before)
+        a = self._arrival[dst]
+        return not_before if not_before > a else a
 
     def inbound(self, dst: int, not_before: float = 0.0, then: float = 0.0) -> Generator:
-        if not self.ready[dst]:
+        if not self._ready[dst]:
             yield self._waiting.wait(dst, not_before, then)
             return
-        delay = max(self.arrival[dst], not_before) + then - self.env.now
+        a = self._arrival[dst]
+        delay = (not_before if not_before > a else a) + then - self.env.now
         if delay > 0:
             yield self.env.timeout(delay)
+
+
+def staged_pairs(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For (..., N, N) stage matrices: (first-stage network pairs, forwarding pairs, need[src, dst]:
+    dst depends on src, directly or through a forwarder)."""
+    first_in, forwards = sending_pairs(first), sending_pairs(second)
+    via = np.matmul(first_in.astype(np.float32), forwards.astype(np.float32)) > 0
+    need = sending_pairs(first + second) | via
+    need.reshape(*need.shape[:-2], -1)[..., :: need.shape[-1] + 1] = False
+    return first_in, forwards, need

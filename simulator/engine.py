@@ -20,7 +20,7 @@ import simpy
 from typing import Iterable
 
 from moesim.errors import MoesimError
-from moesim.simulator.collectives import GroupCollective, make_collective
+from moesim.simulator.collectives import GroupCollective, make_collective, staged_pairs
 from moesim.simulator.network import Fabric, sending_pairs
 from moesim.simulator.offload.manager import LayerWait, OffloadManager
 from moesim.simulator.plan_feed import plan_feed
@@ -144,8 +144,7 @@ class Engine:
             env, fabric = self.env, self.fabric
             dis = tr.dispatch
             com = tr.combine
-            need_d = sending_pairs(dis[0]) if len(dis) == 1 else [None] * dis[0].shape[0]
-            need_c = sending_pairs(com[0]) if len(com) == 1 else [None] * com[0].shape[0]
+            need_d, need_c = _pairs_of(dis), _pairs_of(com)
             moe = [(make_collective(env, fabric, [s[m] for s in dis], tr.kernel_latency, need_d[m]),
                     make_collective(env, fabric, [s[m] for s in com], tr.kernel_latency, need_c[m]))
                    for m in range(dis[0].shape[0])]
@@ -245,6 +244,16 @@ class Engine:
             end[..., _STRAG] = split
             start[..., _COMB] = split
         self.start[:, moe], self.end[:, moe] = all_start, all_end
+
+
+def _pairs_of(stages: list[np.ndarray]) -> list:
+    """Per MoE layer, the sending pairs of a dispatch or combine (computed for all layers at once)."""
+    if len(stages) == 1:
+        return list(sending_pairs(stages[0]))
+    if len(stages) == 2:
+        first_in, forwards, need = staged_pairs(stages[0], stages[1])
+        return list(zip(first_in, forwards, need))
+    return [None] * stages[0].shape[0]
 
 
 def _ring(n: int, size: int) -> np.ndarray:

@@ -76,10 +76,6 @@ class Fabric:
         self._entry_link = routes.pair_links[keep]
         self._entry_src = self._entry_pair // n
         self._all_pair, self._all_link = entry_pair, routes.pair_links
-        # when every pair sends (the usual dense all-to-all) the flow boundaries are static
-        self._dense_bounds = np.flatnonzero(np.diff(self._entry_pair, prepend=-1))
-        self._dense_pairs = self._entry_pair[self._dense_bounds]
-        self._dense_groups = _LinkGroups(np.sort(self._entry_link, kind="stable")) if self._entry_link.size else None
         self._pair_bytes = np.zeros(n * n)
         self._pair_latency = routes.pair_latency.ravel()
         self._entry_inv_bw = 1.0 / routes.link_bandwidth[self._entry_link]
@@ -90,37 +86,22 @@ class Fabric:
         # A stable sort of the key (link slot, source rank) over entries in entry order gives
         # exactly that order; with a compact link slot the key fits 16 bits, where numpy's
         # stable argsort is a radix sort (linear time).
-        n_entries = self._entry_pair.size
         used_links, slot = np.unique(self._entry_link, return_inverse=True)
+        self._slot = slot
         max_key = len(used_links) * max(n, 1)
         self._key_dtype = np.uint16 if max_key <= np.iinfo(np.uint16).max else np.int64
         self._slot_key = (slot.astype(np.int64) * n).astype(self._key_dtype)
         self._rank = np.zeros(n, dtype=self._key_dtype)
         self._ranks = np.arange(n, dtype=self._key_dtype)
         self._t_src = np.zeros(n)
+        n_entries = self._entry_pair.size
         self._diag_entries = bool((self._entry_pair % (n + 1) == 0).any()) if n_entries else False
         self._diag = np.arange(n) * (n + 1)
-        # per pair, its k-th entry (k < the most entries of any pair), padded with a slot that
-        # holds -inf: a dense wave's per-pair maximum is a few elementwise maxima
-        self._done_ext = np.empty(n_entries + 1)
-        self._done_ext[n_entries] = -np.inf
-        per_pair = np.diff(np.append(self._dense_bounds, n_entries))
-        k_max = int(per_pair.max()) if per_pair.size else 0
-        self._pair_entry_cols = [np.where(per_pair > k, self._dense_bounds + k, n_entries) for k in range(k_max)]
-        self._dense_latency = self._pair_latency[self._dense_pairs]
         self._no_arrival = np.full(n * n, -np.inf)
-        # in a dense wave a link crossed by one source only keeps its entries in entry order:
-        # only the entries of links shared by several sources need sorting
-        self._dense_template = np.argsort(self._slot_key, kind="stable")
-        slot_sorted = slot[self._dense_template]
-        srcs_sorted = self._entry_src[self._dense_template]
-        change = np.flatnonzero((srcs_sorted[1:] != srcs_sorted[:-1]) & (slot_sorted[1:] == slot_sorted[:-1]))
-        shared = np.zeros(len(used_links), dtype=bool)
-        shared[slot_sorted[change]] = True
-        self._dyn_pos = np.flatnonzero(shared[slot_sorted])
-        self._dyn_entries = self._dense_template[self._dyn_pos]
-        self._dyn_key = self._slot_key[self._dyn_entries]
-        self._dyn_src = self._entry_src[self._dyn_entries]
+        # when every device sends, which pairs send repeats from wave to wave (all of them in the
+        # usual dense all-to-all; a fixed pattern for staged dispatch): its layout is cached
+        self._dense = _StaticLayout(self, np.ones(n_entries, dtype=bool)) if n_entries else None
+        self._layouts: dict[bytes, _StaticLayout] = {}
 
     def transfer(self, src: np.ndarray, start: np.ndarray, matrix: np.ndarray) -> np.ndarray:
         """Cost a wave of flows: devices `src` (ready at `start`) send rows matrix[src] of bytes.
@@ -129,17 +110,25 @@ class Fabric:
         arrives (-inf where it receives nothing). A device's bytes to itself stay local.
         Also sets `last_pair_arrival`, the same per (source, destination) pair.
         """
-        n = self._n
-        if len(src) == n and not self._diag_entries:
+        if len(src) == self._n and not self._diag_entries and self._dense is not None:
             flat = matrix.ravel()
             e_bytes = flat[self._entry_pair]
-            if e_bytes.size and e_bytes.min() > 0:  # every pair sends: the dense all-to-all
-                return self._dense_transfer(src, start, flat, e_bytes)
+            if e_bytes.min() > 0:  # every pair sends: the dense all-to-all
+                return self._static_transfer(self._dense, src, start, flat, e_bytes)
+            sel = e_bytes > 0
+            if sel.any():
+                layout = self._layouts.get(key := sel.tobytes())
+                if layout is None:
+                    if len(self._layouts) >= 64:
+                        self._layouts.clear()
+                    layout = self._layouts[key] = _StaticLayout(self, sel)
+                return self._static_transfer(layout, src, start, flat, e_bytes[sel])
         return self._general_transfer(src, start, matrix)
 
-    def _dense_transfer(self, src: np.ndarray, start: np.ndarray, flat: np.ndarray,
-                        e_bytes: np.ndarray) -> np.ndarray:
-        """`transfer` when every device sends to every other (the same arithmetic, static layout)."""
+    def _static_transfer(self, layout: "_StaticLayout", src: np.ndarray, start: np.ndarray, flat: np.ndarray,
+                         e_bytes: np.ndarray) -> np.ndarray:
+        """`transfer` when every device sends over the entries of `layout` (the same arithmetic as
+        the general case, with the flow boundaries and the per-link order precomputed)."""
         n = self._n
         pb = self._pair_bytes
         pb += flat
@@ -148,21 +137,21 @@ class Fabric:
         t_src[src] = start
         rank = self._rank
         rank[src[np.argsort(start, kind="stable")]] = self._ranks
-        if self._dyn_pos.size == self._slot_key.size:
-            order = np.argsort(self._slot_key + rank[self._entry_src], kind="stable")
+        if layout.dyn_pos.size == layout.slot_key.size:
+            order = np.argsort(layout.slot_key + rank[layout.src], kind="stable")
         else:
-            order = self._dense_template.copy()
-            order[self._dyn_pos] = self._dyn_entries[np.argsort(self._dyn_key + rank[self._dyn_src], kind="stable")]
-        groups = self._dense_groups
-        busy = self._fifo(groups, t_src[self._entry_src[order]], (e_bytes * self._entry_inv_bw)[order])
-        done = self._done_ext
+            order = layout.template.copy()
+            order[layout.dyn_pos] = layout.dyn_entries[np.argsort(layout.dyn_key + rank[layout.dyn_src],
+                                                                  kind="stable")]
+        busy = self._fifo(layout.groups, t_src[layout.src[order]], (e_bytes * layout.inv_bw)[order])
+        done = layout.done_ext
         done[order] = busy
-        cols = self._pair_entry_cols
+        cols = layout.pair_entry_cols
         last = done[cols[0]]
         for col in cols[1:]:
             np.maximum(last, done[col], out=last)
         arrival = self._no_arrival.copy()
-        arrival[self._dense_pairs] = last + self._dense_latency
+        arrival[layout.pairs] = last + layout.latency
         self.last_pair_arrival = arrival = arrival.reshape(n, n)
         return arrival.max(axis=0)
 
@@ -223,6 +212,41 @@ class Fabric:
     def link_bytes(self) -> np.ndarray:
         """Bytes each directed link carried so far (every link of every path, pruned or not)."""
         return np.bincount(self._all_link, weights=self._pair_bytes[self._all_pair], minlength=self._n_links)
+
+
+class _StaticLayout:
+    """A fixed set of sending (pair, link) entries, every device a source: its flow boundaries,
+    link groups and per-link order, precomputed. In such a wave a link crossed by one source
+    only keeps its entries in entry order: only the entries of links shared by several sources
+    are sorted by when their source started."""
+
+    def __init__(self, fabric: Fabric, sel: np.ndarray):
+        entry_pair = fabric._entry_pair[sel]
+        n_entries = entry_pair.size
+        self.src = fabric._entry_src[sel]
+        self.slot_key = fabric._slot_key[sel]
+        self.inv_bw = fabric._entry_inv_bw[sel]
+        bounds = np.flatnonzero(np.diff(entry_pair, prepend=-1))
+        self.pairs = entry_pair[bounds]
+        self.latency = fabric._pair_latency[self.pairs]
+        self.template = np.argsort(self.slot_key, kind="stable")
+        self.groups = _LinkGroups(fabric._entry_link[sel][self.template])
+        # per pair, its k-th entry (k < the most entries of any pair), padded with a slot that
+        # holds -inf: a wave's per-pair maximum is a few elementwise maxima
+        self.done_ext = np.empty(n_entries + 1)
+        self.done_ext[n_entries] = -np.inf
+        per_pair = np.diff(np.append(bounds, n_entries))
+        k_max = int(per_pair.max()) if per_pair.size else 0
+        self.pair_entry_cols = [np.where(per_pair > k, bounds + k, n_entries) for k in range(k_max)]
+        slot = fabric._slot[sel]
+        slot_sorted, srcs_sorted = slot[self.template], self.src[self.template]
+        change = np.flatnonzero((srcs_sorted[1:] != srcs_sorted[:-1]) & (slot_sorted[1:] == slot_sorted[:-1]))
+        shared = np.zeros(int(fabric._slot.max()) + 1, dtype=bool)
+        shared[slot_sorted[change]] = True
+        self.dyn_pos = np.flatnonzero(shared[slot_sorted])
+        self.dyn_entries = self.template[self.dyn_pos]
+        self.dyn_key = self.slot_key[self.dyn_entries]
+        self.dyn_src = self.src[self.dyn_entries]
 
 
 class _LinkGroups:

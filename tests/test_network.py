@@ -74,16 +74,22 @@ def test_last_pair_arrival_holds_each_pair_of_the_last_wave():
 
 @pytest.mark.parametrize("cluster", ["h800-4x8", "dgx-h100"])
 @pytest.mark.parametrize("prune", [True, False])
-def test_dense_fast_path_is_bit_identical_to_the_general_path(cluster, prune):
-    """Dense waves take a precomputed layout; it must give exactly the general computation,
-    whatever the sources' FIFO order (ties in start time, submission order) and link state."""
+@pytest.mark.parametrize("sparse", [False, True])
+def test_static_fast_path_is_bit_identical_to_the_general_path(cluster, prune, sparse):
+    """Waves where every device sends take a precomputed layout of their sending pairs (all of
+    them, or a pattern that recurs, as staged dispatch's); it must give exactly the general
+    computation, whatever the sources' FIFO order (ties in start time, submission order),
+    the link state and the pattern."""
     routes = compute_routes(build_topology(load_cluster(cluster)))
     fast, general = Fabric(routes, prune_links=prune), Fabric(routes, prune_links=prune)
     n = routes.num_devices
     rng = np.random.default_rng(7)
+    patterns = [rng.random((n, n)) < 0.3 for _ in range(3)]
     t = 0.0
     for i in range(40):
         m = rng.random((n, n)) * 1e7 + 1.0
+        if sparse:  # recurring patterns, and now and then a fresh one
+            m *= patterns[i % 3] if i % 5 else rng.random((n, n)) < 0.5
         src = rng.permutation(n) if i % 2 else np.arange(n)
         start = t + (np.round(rng.random(n) * 4) * 1e-5 if i % 3 else rng.random(n) * 1e-4)
         a = fast.transfer(src, start, m)
