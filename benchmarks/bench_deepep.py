@@ -12,7 +12,8 @@ one 400 Gb/s IB NIC per GPU) with 1, 2, 4 or 8 nodes. Normal kernels: 4096 token
 tokens per GPU (`low_latency`). Published figures (DeepEP README, H800): intranode normal
 ~153-158 GB/s NVLink; internode normal 43-58 GB/s RDMA at EP16-64; low-latency dispatch
 163-194 us and combine 318-369 us at EP8-256. DeepEP's normal test also limits each token to
-4 nodes (top-4 groups); moesim's generator here does not (with <= 4 nodes it cannot matter).
+4 nodes (top-4 groups): the normal runs here draw each token's experts (`per_token`, so
+distinct (token, node) pairs are exact) with `max_nodes: 4` (it binds at EP64, 8 nodes).
 """
 
 from __future__ import annotations
@@ -58,10 +59,11 @@ def measure(mode: str, ep: int, tmp: Path) -> dict[str, float]:
     model, cluster = _files(tmp, nodes)
     algorithm = ("dedup" if nodes == 1 else "hierarchical") if mode == "normal" else "low_latency"
     tokens = 4096 if mode == "normal" else 128
+    routing = {"max_nodes": 4} if mode == "normal" else {}
     cfg = {"name": "deepep", "model": model, "hardware": {"cluster": cluster},
            "parallelism": {"ep": ep, "tp": 1, "dp": ep},
            "workload": {"phase": "prefill", "seq_len": tokens, "batch_size": 1, "steps": 1,
-                        "routing": {"generator": "uniform"}},
+                        "routing": {"generator": "uniform", **routing}},
            "policies": {"dispatch_dtype": "fp8", "combine_dtype": "bf16", "dispatch": {"algorithm": algorithm}},
            "outputs": {"trace_steps": 0}, "seed": 0}
     sc = resolve(config_from_dict(cfg, tmp))

@@ -73,6 +73,12 @@ class RoutingConfig(_Strict):
     repeat: bool = Field(False, description="trace: start over when the simulation outlasts the trace")
     synthetic: RoutingModelConfig | str | None = Field(
         None, description="synthetic: the generator model, inline or a YAML path (e.g. from `moesim trace fit`)")
+    per_token: bool = Field(False, description="uniform/zipf: draw each token's top-k expert ids (Gumbel-top-k, "
+                            "the same expected loads) instead of counts only, so dedup and hierarchical dispatch "
+                            "count distinct (token, device/node) pairs exactly; slower")
+    max_nodes: int | None = Field(None, ge=1, description="uniform/zipf: node-limited routing (DeepSeek-V3 "
+                                  "sec. 2.1.2): each token's experts lie on at most this many nodes (the "
+                                  "nodes of the experts' primary copies); implies per_token")
 
     @model_validator(mode="after")
     def _source_given(self) -> "RoutingConfig":
@@ -82,6 +88,9 @@ class RoutingConfig(_Strict):
             raise ValueError("routing.generator 'trace' needs routing.trace (a trace file)")
         if self.generator == "synthetic" and self.synthetic is None:
             raise ValueError("routing.generator 'synthetic' needs routing.synthetic (inline or a YAML path)")
+        if (self.per_token or self.max_nodes is not None) and self.generator not in ("uniform", "zipf"):
+            raise ValueError(f"routing.per_token and routing.max_nodes apply to the uniform and zipf generators, "
+                             f"not '{self.generator}' (traces and the synthetic generator already draw per token)")
         return self
 
 

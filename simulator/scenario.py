@@ -25,7 +25,8 @@ from moesim.simulator.offload.setup import OffloadSetup, OffloadSetupError, setu
 from moesim.units import dtype_bytes, fmt_bytes
 from moesim.workloads import ModelSpec, load_model
 from moesim.errors import TraceError
-from moesim.workloads.routing import FixedRouting, RoutingSource, uniform_routing, zipf_routing
+from moesim.workloads.node_limited_routing import NodeLimitedRouting, PerTokenRouting
+from moesim.workloads.routing import FixedRouting, PopularityRouting, RoutingSource, uniform_routing, zipf_routing
 from moesim.workloads.synthetic_routing import RoutingModelConfig, SyntheticRouting, load_routing_model
 from moesim.workloads.trace_reader import open_trace
 from moesim.workloads.trace_routing import TraceRouting, trace_tokens_per_device
@@ -209,6 +210,8 @@ def resolve(sf: ScenarioFile) -> Scenario:
 
     scale = cfg.hardware.scale
     machine = build_machine(cluster, Scale(scale.flops, scale.memory_bandwidth, scale.link_bandwidth))
+    if rc.per_token or rc.max_nodes is not None:
+        routing = _per_token_routing(sf, routing, placement, machine, moe_tp, rc.max_nodes, cfg.seed)
     try:
         precision = expert_precision(model, cfg.precision)
     except ValueError as err:
@@ -243,6 +246,33 @@ def workload_memory(model: ModelSpec, placement: Placement, tp: int, batch: int,
     kv_len = (wl.kv_len or 0) + wl.steps if wl.phase == "decode" else wl.seq_len
     replica_tokens = batch * (wl.seq_len if wl.phase == "prefill" else 1)
     return estimate_memory(model, placement, tp, batch, kv_len, replica_tokens, max_moe_tokens, expert_bytes)
+
+
+def _per_token_routing(sf: ScenarioFile, counts_routing: PopularityRouting, placement: Placement, machine: Machine,
+                       moe_tp: int, max_nodes: int | None, seed: int) -> RoutingSource:
+    """The uniform/zipf popularity drawn token by token, node-limited where `max_nodes` is given
+    (a token's experts on at most that many nodes of its EP group, by the primary copies' nodes)."""
+    pop = counts_routing.popularity
+    try:
+        if max_nodes is None:
+            return PerTokenRouting(counts_routing.num_experts, counts_routing.top_k, pop, seed)
+        group_node = machine.node_of[::moe_tp][: placement.num_devices]
+        group_node = group_node - group_node.min()
+        return NodeLimitedRouting(counts_routing.num_experts, counts_routing.top_k, pop,
+                                  group_node[primary_devices(placement)], max_nodes, seed)
+    except ValueError as err:
+        raise config_error(sf, "workload.routing.max_nodes", str(err)) from None
+
+
+def primary_devices(placement: Placement) -> np.ndarray:
+    """(layers, experts) group-local device of each expert's first copy."""
+    out = np.full((placement.num_layers, placement.num_experts), -1, dtype=np.int64)
+    for layer in range(placement.num_layers):
+        live = placement.slot_share[layer] > 0
+        experts, devices = placement.slot_expert[layer][live], placement.slot_device[layer][live]
+        first = np.unique(experts, return_index=True)[1]
+        out[layer, experts[first]] = devices[first]
+    return out
 
 
 def _synthetic_routing(sf: ScenarioFile, spec: RoutingModelConfig | str, experts: int, top_k: int, layers: int,

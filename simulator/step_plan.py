@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from moesim.simulator.capacity import CapacityPolicy
-from moesim.simulator.dispatch import DispatchAlgorithm, DispatchLayout, Traffic
+from moesim.simulator.dispatch import DispatchAlgorithm, DispatchLayout, TokenIds, Traffic
 from moesim.simulator.ops import act_dtype, tp_allreduce_bytes
 from moesim.simulator.plan_rows import plan_op_rows
 from moesim.simulator.replica_split import ReplicaSplit
@@ -23,7 +23,7 @@ from moesim.simulator.step_costs import LayerOps, StepCosts
 from moesim.simulator.step_source import StepInput, split_microbatches
 from moesim.units import dtype_bytes
 from moesim.workloads.model_spec import ModelSpec
-from moesim.workloads.routing import RoutingSource
+from moesim.workloads.routing import RoutingSource, RoutingStep
 
 
 
@@ -170,13 +170,15 @@ class StepPipeline:
         m, n, L = self.model, self.num_devices, self.model.num_layers
         moe = self.moe_layers
         tokens = np.asarray(inp.moe_tokens, dtype=np.int64)
+        routed = None
         if counts is None:
-            counts = self.routing.step(inp.step, tokens, len(moe)).counts  # (Lm, N, E)
+            routed = self.routing.step(inp.step, tokens, len(moe))
+            counts = routed.counts  # (Lm, N, E)
         if moe.size:  # a trace decides each device's real tokens: attention is sized from them
             tokens = counts[0].sum(axis=1) // m.moe.top_k if counts.shape[1] == n else tokens
         layer_ops, attention, dense, shared = self._compute(inp, tokens)
         expert, rows_computed, active, expert_tokens, rows_dropped, slot_tokens, slot_time, traffic = \
-            self._moe(counts, tokens)
+            self._moe(counts, tokens, routed)
         full = np.zeros((L, n))
         full[moe] = expert
         replica_tokens = tokens.reshape(-1, self.tp).sum(axis=1).max() if tokens.size else 0
@@ -215,7 +217,7 @@ class StepPipeline:
         attention, dense, shared = (np.ascontiguousarray(per_device[..., k]) for k in range(3))
         return layer_ops, attention.reshape(L, n), dense.reshape(L, n), shared.reshape(L, n)
 
-    def _moe(self, counts: np.ndarray, tokens: np.ndarray):
+    def _moe(self, counts: np.ndarray, tokens: np.ndarray, routed: RoutingStep | None = None):
         """Capacity, replica split, expert costs and dispatch of every MoE layer (vectorised)."""
         ep, mt = self.ep, self.moe_tp
         n = self.num_devices
@@ -258,7 +260,8 @@ class StepPipeline:
             rows_computed[:, devs] = np.einsum("lj,ljd->ld", slot_tokens, onehot)
             active[:, devs] = np.einsum("lj,ljd->ld", (slot_tokens > 0).astype(float), onehot).astype(np.int64)
             device_rows[:, devs, devs] = np.matmul(sent, onehot)  # rows (token, expert) from src to dst
-        traffic = self.dispatch(device_rows, all_rows, pl.slot_device, tokens, self.layout)
+        traffic = self.dispatch(device_rows, all_rows, pl.slot_device, tokens, self.layout,
+                                self._token_ids(routed, rows_dropped))
         if mt > 1:
             traffic = _expand_shards(traffic, mt, self.tp, tokens, self.layout)
             expert_time = np.repeat(expert_time, mt, axis=1)
@@ -266,6 +269,14 @@ class StepPipeline:
             active = np.repeat(active, mt, axis=1)
         return (expert_time, rows_computed, active, expert_tokens, rows_dropped, np.stack(kept_tokens),
                 np.stack(kept_time), traffic)
+
+    def _token_ids(self, routed: RoutingStep | None, rows_dropped: np.ndarray) -> TokenIds | None:
+        """The step's per-token expert ids for dispatch, where they say exactly where every row
+        goes: drawn per token, nothing dropped for capacity, one copy of each expert."""
+        if routed is None or routed.token_experts is None or rows_dropped.any() or not self.identity_slots:
+            return None
+        source = np.asarray(routed.token_source, dtype=np.int64) // self.moe_tp  # MoE-TP: the shard group
+        return TokenIds(routed.token_experts, source)
 
     # ---- readable rows -----------------------------------------------------------------
     def op_rows(self, plan: StepPlan, layer: int | None, device: int | None) -> pd.DataFrame:

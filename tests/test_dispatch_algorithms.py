@@ -167,3 +167,61 @@ def test_pipeline_stages_are_plain_objects(tmp_path):
     pipe = pipeline_for(sc)
     assert pipe.dispatch.name == "hierarchical"
     assert pipe.capacity.capacity(100) is None
+
+
+def _per_token_config(algorithm: str, **routing) -> dict:
+    cfg = two_node_config(algorithm)
+    cfg["workload"]["routing"] = {"generator": "zipf", "alpha": 1.0, **routing}
+    cfg["workload"]["batch_size"] = 16
+    return cfg
+
+
+@pytest.mark.parametrize("algorithm", ["dedup", "hierarchical"])
+def test_per_token_routing_gives_exact_distinct_pairs(tmp_path, algorithm):
+    """With per-token ids the dedup family sends exactly one row per distinct (token, device) and
+    (token, node) pair, counted here from the drawn ids by hand."""
+    sc, plan = plan_of(tmp_path, _per_token_config(algorithm, per_token=True))
+    routed = sc.routing.step(0, sc.moe_tokens, len(sc.model.moe_layers))
+    device_of = sc.placement.slot_device  # contiguous: slot j is expert j
+    node_of = sc.machine.node_of
+    for layer, te in enumerate(routed.token_experts):
+        per_device = np.zeros((4, 4))
+        per_node = np.zeros((4, 2))
+        for tok, src in zip(te, routed.token_source):
+            for d in set(device_of[layer][tok].tolist()):
+                per_device[src, d] += 1
+            for k in set(node_of[device_of[layer][tok]].tolist()):
+                per_node[src, k] += 1
+        np.testing.assert_array_equal(plan.traffic.distinct[layer], per_device)
+        if algorithm == "hierarchical":
+            first = plan.traffic.dispatch[0][layer] / ROW
+            inter = sc.routes.pair_inter_node
+            np.testing.assert_allclose(np.where(inter, first, 0).sum(axis=1), per_node[np.arange(4), 1 - node_of])
+
+
+def test_node_limited_routing_keeps_each_token_within_max_nodes(tmp_path):
+    sc, plan = plan_of(tmp_path, _per_token_config("hierarchical", max_nodes=1))
+    routed = sc.routing.step(0, sc.moe_tokens, len(sc.model.moe_layers))
+    node_of_expert = sc.machine.node_of[sc.placement.slot_device]  # (L, E)
+    for layer, te in enumerate(routed.token_experts):
+        assert (np.ptp(node_of_expert[layer][te], axis=1) == 0).all()  # one node per token
+    # M = 1 here: a token crosses the network at most once, to its one node's peer
+    first = plan.traffic.dispatch[0] / ROW
+    assert (first[:, sc.routes.pair_inter_node].sum() <= sc.moe_tokens.sum() * len(sc.model.moe_layers))
+    _, free = plan_of(tmp_path, _per_token_config("hierarchical", per_token=True))
+    inter = sc.routes.pair_inter_node
+    assert plan.dispatch[:, inter].sum() < free.dispatch[:, inter].sum()
+
+
+def test_per_token_options_apply_to_popularity_generators_only(tmp_path):
+    from moesim.errors import ConfigError
+
+    cfg = two_node_config("hierarchical")
+    cfg["workload"]["routing"]["max_nodes"] = 1
+    with pytest.raises(ConfigError, match="routing.max_nodes"):
+        load_scenario(toy_file(tmp_path, cfg))
+    cfg = _per_token_config("hierarchical", max_nodes=1)
+    cfg["parallelism"] = {"ep": 4, "tp": 1, "dp": 4}
+    cfg["workload"]["routing"]["generator"] = "uniform"
+    sc = load_scenario(toy_file(tmp_path, cfg))
+    assert sc.routing.max_nodes == 1 and sc.routing.expert_node.tolist()[0] == [0, 0, 0, 0, 1, 1, 1, 1]

@@ -46,14 +46,26 @@ class Traffic:
         return stages[0] if len(stages) == 1 else sum(stages[1:], stages[0].copy())
 
 
+@dataclass(frozen=True)
+class TokenIds:
+    """Each token's experts, where routing drew them (per-token generators, traces): the dedup
+    family then counts distinct (token, destination) pairs exactly instead of in expectation.
+    Given only when every routed row is computed on the one copy of its expert (no capacity
+    drops, no replicas), so the ids say exactly where each row goes."""
+
+    token_experts: list[np.ndarray]  # per MoE layer (T, k) expert ids
+    token_source: np.ndarray  # (T,) the device (or MoE-TP shard group) each token starts on
+
+
 class DispatchAlgorithm(Protocol):
     name: str
 
     def __call__(self, device_rows: np.ndarray, rows: np.ndarray, slot_device: np.ndarray, tokens: np.ndarray,
-                 layout: DispatchLayout) -> Traffic:
+                 layout: DispatchLayout, token_ids: TokenIds | None = None) -> Traffic:
         """Traffic of one step.
 
         device_rows (Lm, N, N): (token, expert) rows from each device to each device (after capacity
         and replica split); rows (G, Lm, ep, J): the same per slot, per EP group; slot_device (Lm, J):
-        the group-local device of each slot; tokens (N,): tokens each device sends into the layer."""
+        the group-local device of each slot; tokens (N,): tokens each device sends into the layer;
+        token_ids: per-token expert ids where known (slot j is then expert j)."""
         ...

@@ -1,6 +1,7 @@
 """Deduplicated dispatch: a token goes once to each destination device however many of its k
 experts live there; the device reduces its experts' outputs before combine sends one row back.
 
+With per-token ids (per-token generators, traces) the distinct pairs are counted exactly.
 Counts-only routing does not say which tokens share a device, so the number of distinct
 (token, device) pairs is its expectation: each slot's rows at a source are taken as a uniform
 random subset of the source's tokens, independent across slots, so a token misses device d
@@ -14,18 +15,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.simulator.dispatch import DispatchLayout, Traffic
-from moesim.simulator.dispatch.distinct import expected_distinct
+from moesim.simulator.dispatch import DispatchLayout, TokenIds, Traffic
+from moesim.simulator.dispatch.distinct import distinct_pairs
 
 
-def distinct_device_rows(rows: np.ndarray, slot_device: np.ndarray, tokens: np.ndarray, ep: int) -> np.ndarray:
-    """(Lm, N, N) expected distinct (token, device) pairs from every device to every device."""
+def distinct_device_rows(rows: np.ndarray, slot_device: np.ndarray, tokens: np.ndarray, ep: int,
+                         token_ids: TokenIds | None = None) -> np.ndarray:
+    """(Lm, N, N) distinct (token, device) pairs from every device to every device (exact with
+    per-token ids, else expected)."""
     G, Lm = rows.shape[0], rows.shape[1]
     n = G * ep
     out = np.zeros((Lm, n, n))
     for g in range(G):
         devs = slice(g * ep, (g + 1) * ep)
-        out[:, devs, devs] = expected_distinct(rows[g], tokens[devs], slot_device, ep)
+        out[:, devs, devs] = distinct_pairs(rows[g], tokens[devs], slot_device, ep, token_ids, g * ep)
     return out
 
 
@@ -34,7 +37,7 @@ class Dedup:
     name: str = "dedup"
 
     def __call__(self, device_rows: np.ndarray, rows: np.ndarray, slot_device: np.ndarray, tokens: np.ndarray,
-                 layout: DispatchLayout) -> Traffic:
-        distinct = distinct_device_rows(rows, slot_device, tokens, layout.ep)
+                 layout: DispatchLayout, token_ids: TokenIds | None = None) -> Traffic:
+        distinct = distinct_device_rows(rows, slot_device, tokens, layout.ep, token_ids)
         return Traffic([distinct * layout.dispatch_bytes], [np.transpose(distinct, (0, 2, 1)) * layout.combine_bytes],
                        distinct=distinct)

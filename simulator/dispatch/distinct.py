@@ -59,3 +59,18 @@ def distinct_from_tokens(token_experts: np.ndarray, token_source: np.ndarray, ex
     first[:, 1:] = g[:, 1:] != g[:, :-1]  # first occurrence of each group in a token's sorted list
     src = np.broadcast_to(np.asarray(token_source, dtype=np.int64)[:, None], g.shape)
     return np.bincount((src * groups + g)[first], minlength=sources * groups).reshape(sources, groups)
+
+
+def distinct_pairs(rows: np.ndarray, tokens: np.ndarray, slot_group: np.ndarray, groups: int,
+                   token_ids=None, group_offset: int = 0) -> np.ndarray:
+    """[Lm, s, g] distinct (token, group) pairs of one EP group's sources: exact from per-token ids
+    when given (`TokenIds`, slot j = expert j; sources are the EP group's devices, numbered from
+    `group_offset`), else in expectation from the slot rows [Lm, s, j]."""
+    if token_ids is None:
+        return expected_distinct(rows, tokens, slot_group, groups)
+    sources = tokens.size
+    src = np.asarray(token_ids.token_source, dtype=np.int64) - group_offset
+    mine = (src >= 0) & (src < sources)
+    slot_group = np.asarray(slot_group, dtype=np.int64)
+    return np.stack([distinct_from_tokens(te[mine], src[mine], slot_group[l] if slot_group.ndim == 2 else slot_group,
+                                          sources, groups) for l, te in enumerate(token_ids.token_experts)]).astype(float)

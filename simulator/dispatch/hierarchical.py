@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.simulator.dispatch import DispatchLayout, Traffic
-from moesim.simulator.dispatch.distinct import expected_distinct
+from moesim.simulator.dispatch import DispatchLayout, TokenIds, Traffic
+from moesim.simulator.dispatch.distinct import distinct_pairs
 
 
 def forwarding(layout: DispatchLayout, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -39,7 +39,7 @@ class Hierarchical:
     name: str = "hierarchical"
 
     def __call__(self, device_rows: np.ndarray, rows: np.ndarray, slot_device: np.ndarray, tokens: np.ndarray,
-                 layout: DispatchLayout) -> Traffic:
+                 layout: DispatchLayout, token_ids: TokenIds | None = None) -> Traffic:
         G, Lm, ep = rows.shape[0], rows.shape[1], layout.ep
         n = G * ep
         net = np.zeros((Lm, n, n))  # stage 1: over the network to the peer, or NVLink within the node
@@ -49,8 +49,8 @@ class Hierarchical:
             devs = slice(g * ep, (g + 1) * ep)
             peer, node, selector = forwarding(layout, g)
             nodes = peer.shape[1]
-            per_device = expected_distinct(rows[g], tokens[devs], slot_device, ep)  # (Lm, s, d)
-            per_node = expected_distinct(rows[g], tokens[devs], node[slot_device], nodes)  # (Lm, s, node)
+            per_device = distinct_pairs(rows[g], tokens[devs], slot_device, ep, token_ids, g * ep)  # (Lm, s, d)
+            per_node = distinct_pairs(rows[g], tokens[devs], node[slot_device], nodes, token_ids, g * ep)  # (Lm, s, node)
             same = node[:, None] == node[None, :]
             stage1 = per_device * same  # own node: straight to the device
             for k in range(nodes):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.simulator.dispatch import DispatchLayout, Traffic
+from moesim.simulator.dispatch import DispatchLayout, TokenIds, Traffic
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class LowLatency:
     name: str = "low_latency"
 
     def __call__(self, device_rows: np.ndarray, rows: np.ndarray, slot_device: np.ndarray, tokens: np.ndarray,
-                 layout: DispatchLayout) -> Traffic:
+                 layout: DispatchLayout, token_ids: TokenIds | None = None) -> Traffic:
         return Traffic([device_rows * layout.dispatch_bytes],
                        [np.transpose(device_rows, (0, 2, 1)) * layout.combine_bytes],
                        kernel_latency=self.kernel_latency)
