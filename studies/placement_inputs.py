@@ -1,12 +1,14 @@
 """Build a placement problem from a resolved scenario, so `moesim place` sees what the simulator sees.
 
 Token costs come from the cluster's routes (bytes of dispatch + combine over the slowest link
-of each device pair), expert slots from the memory left after the scenario's non-expert memory,
-and the expert-time model from the simulator's own cost function (a least-squares line through
+of each device pair, priced per routed row under the scenario's dispatch algorithm), expert
+slots from the memory left after the scenario's non-expert memory, and the expert-time model from the simulator's own cost function (a least-squares line through
 the grouped-GEMM time of one expert over the token counts the routing produces).
 """
 
 from __future__ import annotations
+
+from math import exp, lgamma
 
 import numpy as np
 
@@ -16,17 +18,54 @@ from moesim.simulator.scenario import Scenario
 
 
 def pair_token_cost(sc: Scenario) -> np.ndarray:
-    """(ep, ep) seconds to move one token's dispatch and combine payload between group-local devices."""
+    """(ep, ep) seconds one routed (token, expert) row from device s to device d costs under the
+    scenario's dispatch algorithm (dispatch + combine payload over the pair's slowest link).
+
+    The ILP is linear in rows, so a deduplicating dispatch is priced at its expected cost per row
+    under even routing: `dedup` sends a token once per device, so a row costs the pair's cost x
+    rho(experts per device); `hierarchical` crosses the network once per (token, node) to the
+    peer GPU of the same local rank (network cost x rho(experts per node)) and forwards over
+    NVLink to the expert's GPU. rho(m) = E[distinct] / E[rows] for a group of m of E experts
+    under top-k: (1 - C(E-m, k) / C(E, k)) / (k m / E).
+    """
     ep, r = sc.ep, sc.routes
-    per_token = token_bytes(sc.model, sc.config.policies.dispatch_dtype) + token_bytes(sc.model, sc.config.policies.combine_dtype)
-    cost = np.zeros((ep, ep))
+    pol = sc.config.policies
+    per_token = token_bytes(sc.model, pol.dispatch_dtype) + token_bytes(sc.model, pol.combine_dtype)
+    base = np.zeros((ep, ep))
     for s in range(ep):
         for d in range(ep):
             if s != d:
                 p = s * r.num_devices + d
                 links = r.pair_links[r.pair_ptr[p]:r.pair_ptr[p + 1]]
-                cost[s, d] = per_token / r.link_bandwidth[links].min()
+                base[s, d] = per_token / r.link_bandwidth[links].min()
+    algorithm = pol.dispatch.algorithm
+    if algorithm in ("direct", "low_latency"):
+        return base
+    E, k = sc.model.moe.num_experts, sc.model.moe.top_k
+    node = sc.machine.node_of[:ep] - sc.machine.node_of[0]
+    per_device = distinct_per_row(E, k, E / ep)
+    if algorithm == "dedup":
+        return base * per_device
+    rank = sc.machine.local_rank[:ep]
+    nodes = int(node.max()) + 1
+    per_node = distinct_per_row(E, k, E / nodes)
+    cost = np.where(node[:, None] == node[None, :], base * per_device, 0.0)
+    for s in range(ep):
+        for d in range(ep):
+            if node[s] != node[d]:
+                on_node = np.flatnonzero(node == node[d])
+                peer = on_node[min(rank[s] - rank[on_node[0]], on_node.size - 1)]
+                cost[s, d] = base[s, peer] * per_node + base[peer, d] * per_device
     return cost
+
+
+def distinct_per_row(experts: int, top_k: int, group: float) -> float:
+    """Expected distinct (token, group) pairs per routed row, for a group of `group` of the
+    experts under uniform top-k (1 for one expert per group; 1/k when one group holds all)."""
+    m = min(max(group, 1.0), experts)
+    miss = exp(lgamma(experts - m + 1) - lgamma(experts - m - top_k + 1) - lgamma(experts + 1)
+               + lgamma(experts - top_k + 1)) if experts - m >= top_k else 0.0  # C(E-m, k) / C(E, k)
+    return (1.0 - miss) / (top_k * m / experts)
 
 
 def expert_bytes(sc: Scenario) -> float:

@@ -225,3 +225,25 @@ def test_per_token_options_apply_to_popularity_generators_only(tmp_path):
     cfg["workload"]["routing"]["generator"] = "uniform"
     sc = load_scenario(toy_file(tmp_path, cfg))
     assert sc.routing.max_nodes == 1 and sc.routing.expert_node.tolist()[0] == [0, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_placement_token_cost_prices_the_chosen_dispatch(tmp_path):
+    """The ILP's per-row cost follows the dispatch: dedup never above direct, hierarchical's rows to
+    the peer cheaper (once per node over the network), rows beyond the peer adding the NVLink
+    hop, same-node rows deduplicated; checked by hand on the 2x2 toy (E=8, k=2, 2 experts a device, 4 a node)."""
+    from math import comb
+
+    from moesim.studies.placement_inputs import distinct_per_row, pair_token_cost
+
+    cost = {a: pair_token_cost(load_scenario(toy_file(tmp_path, two_node_config(a))))
+            for a in ("direct", "low_latency", "dedup", "hierarchical")}
+    np.testing.assert_array_equal(cost["low_latency"], cost["direct"])
+    rho_dev = (1 - comb(6, 2) / comb(8, 2)) / (2 * 2 / 8)
+    rho_node = (1 - comb(4, 2) / comb(8, 2)) / (2 * 4 / 8)
+    assert distinct_per_row(8, 2, 2) == pytest.approx(rho_dev) and distinct_per_row(8, 2, 4) == pytest.approx(rho_node)
+    np.testing.assert_allclose(cost["dedup"], cost["direct"] * rho_dev)
+    d, h = cost["direct"], cost["hierarchical"]
+    assert h[0, 1] == pytest.approx(d[0, 1] * rho_dev)  # same node: NVLink, deduplicated
+    assert h[0, 2] == pytest.approx(d[0, 2] * rho_node)  # the peer (same local rank) on node 1
+    assert h[0, 3] == pytest.approx(d[0, 2] * rho_node + d[2, 3] * rho_dev)  # via the peer, then NVLink
+    assert (cost["dedup"] <= d).all() and h[0, 2] < d[0, 2]
