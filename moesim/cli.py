@@ -7,36 +7,142 @@ import sys
 from pathlib import Path
 
 
-def _simulate(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import Progress
+def _at_least(low: int):
+    """argparse type: a whole number >= low (argparse names the option in its error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    return parse
 
-    from moesim.reports.terminal import print_summary
-    from moesim.simulator.run import simulate, write_run_dir
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _out_file(path: Path | None, option: str, suffixes: tuple[str, ...] = ()) -> Path | None:
+    """Check a file to be written: not a folder, its folder creatable, the suffix one we write."""
+    from moesim.errors import ConfigError
+    from moesim.simulator.run import check_out_dir
+
+    if path is None:
+        return None
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; give a file name", field=option)
+    if suffixes and path.suffix not in suffixes:
+        raise ConfigError(f"{path} must end in {' or '.join(suffixes)}", field=option)
+    check_out_dir(path.parent, option)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _out_dir(path: Path | str | None, option: str = "--out") -> Path | None:
+    from moesim.simulator.run import check_out_dir
+
+    if path is None:
+        return None
+    check_out_dir(Path(path), option)
+    return Path(path)
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """--set FIELD=VALUE items, plus --steps as workload.steps (validated with the file)."""
+    items = list(getattr(args, "set", None) or [])
+    steps = getattr(args, "steps_override", None)
+    if steps is not None:
+        items.append(f"workload.steps={steps}")
+    return items
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from moesim import json_io
+    from moesim.reports.terminal import console_for, print_summary, step_progress
+    from moesim.simulator.run import default_run_dir, free_run_dir, simulate, write_run_dir
+    from moesim.simulator.run_estimate import check_fits, estimate_run
     from moesim.simulator.scenario import load_scenario
 
-    console = Console()
-    scenario = load_scenario(args.config)
-    if args.steps:
-        scenario.config.workload.steps = args.steps
-    with Progress(console=console, transient=True, disable=args.quiet) as bar:
-        task = bar.add_task(f"simulating {scenario.name}", total=scenario.steps)
-        result = simulate(scenario, progress=lambda s: bar.update(task, completed=s))
-    run_dir = write_run_dir(result, args.out)
+    console = console_for(stderr=args.json)  # with --json, stdout carries only the JSON
+    overrides = _overrides(args)
+    scenario = load_scenario(args.config, overrides)
+    out = _out_dir(args.out)
+    if out is None:
+        out = default_run_dir(scenario)
+        if out.exists() and any(out.iterdir()) and not args.force:
+            taken, out = out, free_run_dir(out)
+            if not args.quiet:
+                console.print(f"{taken} holds an earlier run: writing {out} (--force replaces it)")
+    elif out.exists() and any(out.iterdir()) and not args.force:
+        from moesim.errors import ConfigError
+
+        raise ConfigError(f"{out} already holds files (an earlier run?); pass --force to replace it, or --out "
+                          "another folder", field="--out")
+    estimate = estimate_run(scenario)
+    check_fits(scenario, estimate)
     if not args.quiet:
+        console.print(f"{scenario.name}: {scenario.steps} steps, {estimate.describe()}")
+    mode = "none" if args.quiet else args.progress
+    with step_progress(console, mode, scenario.steps, f"simulating {scenario.name}") as progress:
+        result = simulate(scenario, progress=progress)
+    run_dir = write_run_dir(result, out, force=args.force, overrides=overrides)
+    if args.json:
+        print(json_io.dumps({"name": scenario.name, "run_dir": str(run_dir), "metrics": result.summary}, indent=2))
+    elif not args.quiet:
         print_summary(result, console)
-    console.print(f"run directory: [bold]{run_dir}[/bold]")
+    if not args.quiet:
+        console.print(f"run directory: [bold]{run_dir}[/bold]")
     if args.report:
         from moesim.reports.run_report import write_run_report
 
-        console.print(f"report: [bold]{write_run_report(run_dir)}[/bold]")
+        page = write_run_report(run_dir)
+        if not args.quiet:
+            console.print(f"report: [bold]{page}[/bold]")
+    return 0
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    import yaml
+
+    from moesim.simulator.scenario import load_scenario
+
+    sc = load_scenario(args.config, _overrides(args))  # resolves too: the model, cluster and placement must load
+    cfg = sc.config.model_dump(mode="json")
+    head = [f"# {sc.name}: resolved config of {args.config} with every default filled in"]
+    if sc.source.overrides:
+        head.append("# overrides: " + ", ".join(sc.source.overrides))
+    head.append(f"# model {sc.model.name}, cluster {sc.cluster.name} ({sc.num_devices} x {sc.device.name}), "
+                f"ep={sc.ep} tp={sc.tp} dp={sc.dp} moe_tp={sc.moe_tp}")
+    sys.stdout.write("\n".join(head) + "\n" + yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False))
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from moesim.reports.terminal import console_for
+    from moesim.simulator.run import check_run_dir
 
-    console = Console()
+    console = console_for()
+    for run in args.runs:
+        check_run_dir(run)
+    _out_dir(args.out)
     if len(args.runs) == 1:
         from moesim.reports.run_report import write_run_report
 
@@ -51,7 +157,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _place(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from moesim.reports.terminal import console_for
 
     from moesim.errors import ConfigError
     from moesim.placement.ilp import IlpOptions
@@ -60,10 +166,10 @@ def _place(args: argparse.Namespace) -> int:
     from moesim.studies.placement_study import run_study, write_study
     from moesim.simulator.scenario import load_scenario
 
-    console = Console()
-    scenario = load_scenario(args.config)
-    if args.steps_sim:
-        scenario.config.workload.steps = args.steps_sim
+    console = console_for()
+    overrides = list(args.set or []) + ([f"workload.steps={args.steps_sim}"] if args.steps_sim else [])
+    scenario = load_scenario(args.config, overrides)
+    _out_dir(args.out)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -85,13 +191,14 @@ def _place(args: argparse.Namespace) -> int:
 
         page = write_placement_report(study, out)
         console.print(f"report: [bold]{page}[/bold]")
-    console.print(f"placement files and methods.csv in [bold]{out}[/bold] "
-                  f"(use with `placement: {{file: {out / 'placement.yaml'}}}`)")
+    console.print(f"placement files and methods.csv in [bold]{out}[/bold] (use with `placement: {{file: "
+                  f"{Path(out, 'placement.yaml').resolve()}}}`; a relative path there resolves against the config "
+                  "file's folder)")
     return 0
 
 
 def _roofline(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from moesim.reports.terminal import console_for
 
     from moesim.errors import ConfigError
     from moesim.hardware_profiles import load_device
@@ -104,14 +211,22 @@ def _roofline(args: argparse.Namespace) -> int:
     from moesim.workloads import load_model
     import pandas as pd
 
-    console = Console()
+    console = console_for()
+    _out_dir(args.out)
     try:
         extra = [load_device(d) for d in args.device]
     except ConfigError as err:
         raise ConfigError(err.detail, field="--device") from None
     if args.config:
-        sc = load_scenario(args.config)
+        sc = load_scenario(args.config, list(args.set or []))
         model, devices = sc.model, [sc.device] + [d for d in extra if d.name != sc.device.name]
+        _check_layer(args.layer, model)
+        if args.rank >= sc.num_devices:
+            raise ConfigError(f"device {args.rank} does not exist: {sc.cluster.name} has devices 0..{sc.num_devices - 1}",
+                              field="--rank")
+        if args.step >= sc.steps and sc.config.workload.routing.generator == "trace" \
+                and not sc.config.workload.routing.repeat:
+            raise ConfigError(f"step {args.step} is past the scenario's {sc.steps} steps", field="--step")
         rows = scenario_roofline(sc, args.layer, args.step, args.rank, others=devices[1:])
         weight = float(sc.precision.expert_bytes().max()) if not sc.precision.uniform_native else None
         name = sc.name
@@ -125,6 +240,7 @@ def _roofline(args: argparse.Namespace) -> int:
             model = load_model(args.model)
         except ConfigError as err:
             raise ConfigError(err.detail, field="--model") from None
+        _check_layer(args.layer, model)
         devices = extra or [load_device("H100-SXM")]
         phases = ["prefill", "decode"] if args.phase == "both" else [args.phase]
         rows = model_roofline(model, devices, phases, args.batch, args.seq_len, args.kv_len, args.layer)
@@ -155,19 +271,31 @@ def _roofline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_layer(layer: int | None, model) -> None:
+    from moesim.errors import ConfigError
+
+    if layer is not None and layer >= model.num_layers:
+        raise ConfigError(f"layer {layer} does not exist: {model.name} has layers 0..{model.num_layers - 1}",
+                          field="--layer")
+
+
 def _calibrate(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from moesim.errors import MoesimError
+    from moesim.reports.terminal import console_for, unclipped
 
     try:
         from moesim.validation.calibrate import run_calibration
     except ImportError as err:
         raise MoesimError(f"moesim calibrate needs the calibrate extra ({err}); install it with "
                           "pip install torch==2.13.0 && pip install -e \".[calibrate]\"") from None
-    console = Console()
-    out = args.out or Path("runs") / f"calibrate-{args.device}-{args.size}"
+    if args.device != "cpu" and not args.device.startswith("cuda"):
+        from moesim.errors import ConfigError
+
+        raise ConfigError(f"unknown device '{args.device}'; choose cpu or cuda (cuda:N)", field="--device")
+    console = console_for()
+    out = _out_dir(args.out) or Path("runs") / f"calibrate-{args.device}-{args.size}"
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
                   transient=True) as bar:
         task = bar.add_task("measuring")
@@ -183,24 +311,22 @@ def _calibrate(args: argparse.Namespace) -> int:
     for r in e.itertuples():
         t.add_row(r.split, r.kind, str(r.n), f"{r.before_mape:.1%}", f"{r.after_mape:.1%}", f"{r.after_bias:+.1%}",
                   f"{r.noise_floor:.1%}")
-    console.print(t)
+    console.print(unclipped(t))
     console.print(f"calibrated profile: [bold]{cal.out_dir / (cal.profile.name + '.yaml')}[/bold]; "
                   f"report: [bold]{cal.out_dir / 'report.html'}[/bold]")
     return 0
 
 
 def _profiles(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from moesim.errors import ConfigError
+    from moesim.reports.terminal import console_for, print_profile, print_profile_list
 
-    from moesim.reports.terminal import print_profile, print_profile_list
-
-    console = Console()
     if args.action == "list":
-        print_profile_list(console)
+        print_profile_list(console_for())
     else:
         if not args.name:
-            raise SystemExit("moesim profiles show NAME: give a device, link, cluster or model name")
-        print_profile(args.name, console)
+            raise ConfigError("give a device, link, cluster or model name: moesim profiles show NAME", field="NAME")
+        print_profile(args.name)
     return 0
 
 
@@ -211,14 +337,14 @@ def _trace_model(name: str | None):
 
 
 def _trace_stats(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.progress import Progress
 
-    from moesim.reports.terminal import print_trace_stats
+    from moesim.reports.terminal import console_for, print_trace_stats
     from moesim.workloads.trace_reader import open_trace
     from moesim.workloads.trace_stats import compute_stats, tally
 
-    console = Console()
+    console = console_for()
+    _out_dir(args.out)
     trace = open_trace(args.file, _trace_model(args.model))
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task(f"reading {args.file.name}", total=trace.num_rows)
@@ -242,6 +368,7 @@ def _trace_fit(args: argparse.Namespace) -> int:
     from moesim.workloads.trace_reader import open_trace
     from moesim.workloads.trace_stats import tally
 
+    _out_file(args.out, "--out", (".yaml", ".yml"))
     trace = open_trace(args.file, _trace_model(args.model))
     cfg, report = fit_routing_model(tally(trace, args.max_steps), source=str(args.file), seed=args.seed)
     out = args.out or args.file.with_suffix(".generator.yaml")
@@ -259,6 +386,7 @@ def _trace_synth(args: argparse.Namespace) -> int:
     from moesim.workloads.synthetic_routing import load_routing_model
     from moesim.workloads.trace_synth import synthesize_trace
 
+    _out_file(args.out, "--out", (".parquet",))
     model = load_model(args.model)
     cfg = load_routing_model(args.generator)
     path = synthesize_trace(args.out, cfg, len(model.moe_layers), model.moe.num_experts, model.moe.top_k,
@@ -273,6 +401,7 @@ def _trace_convert(args: argparse.Namespace) -> int:
     from moesim.workloads.trace_format import write_trace
     from moesim.workloads.trace_reader import open_trace
 
+    _out_file(args.out, "OUT", (".parquet",))
     trace = open_trace(args.file, _trace_model(args.model), num_sources=args.sources, source_kind=args.source_kind)
     if args.sort:
         import pyarrow.compute as pc
@@ -302,6 +431,7 @@ def _requests(args: argparse.Namespace) -> int:
 
     from moesim.workloads.arrivals import describe_requests, generate_requests, load_requests_config
 
+    _out_file(args.out, "--out", (".csv", ".parquet"))
     cfg = load_requests_config(args.config)
     df = generate_requests(cfg, args.seed, base_dir=args.config.parent)
     print(json.dumps(describe_requests(df), indent=2))
@@ -309,6 +439,12 @@ def _requests(args: argparse.Namespace) -> int:
         df.to_csv(args.out, index=False) if args.out.suffix == ".csv" else df.to_parquet(args.out, index=False)
         print(f"wrote {args.out}")
     return 0
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a config field, e.g. --set workload.batch_size=64 (repeatable; validated "
+                             "like the file and recorded in the run)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -319,11 +455,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sim = sub.add_parser("simulate", help="simulate a scenario config and write a run directory")
     sim.add_argument("config", type=Path)
-    sim.add_argument("--out", type=Path, default=None, help="run directory (default: outputs.dir or runs/<name>)")
-    sim.add_argument("--steps", type=int, default=None, help="override workload.steps")
-    sim.add_argument("--quiet", action="store_true")
+    sim.add_argument("--out", type=Path, default=None, help="run directory (default: outputs.dir or runs/<name>; "
+                     "an existing default one gets a free name -2, -3, ...)")
+    sim.add_argument("--force", action="store_true", help="replace an existing run directory")
+    sim.add_argument("--steps", dest="steps_override", type=_at_least(1), default=None, metavar="N",
+                     help="override workload.steps (same as --set workload.steps=N)")
+    _add_set(sim)
+    sim.add_argument("--progress", choices=["auto", "bar", "plain", "none"], default="auto",
+                     help="auto: a bar in a terminal, a line every ~10%% otherwise")
+    sim.add_argument("--quiet", action="store_true", help="print nothing but errors (and --json)")
+    sim.add_argument("--json", action="store_true", help="print the headline metrics as JSON on stdout")
     sim.add_argument("--report", action="store_true", help="also write the HTML/Markdown run report (RUN_DIR/report)")
     sim.set_defaults(func=_simulate)
+
+    cfg = sub.add_parser("config", help="show a scenario config as resolved, every default filled in")
+    cfg.add_argument("action", choices=["show"])
+    cfg.add_argument("config", type=Path)
+    _add_set(cfg)
+    cfg.set_defaults(func=_config_show)
 
     rep = sub.add_parser("report", help="HTML/Markdown report of a run directory, or a comparison of several")
     rep.add_argument("runs", nargs="+", type=Path, help="run directories written by `moesim simulate`")
@@ -335,18 +484,21 @@ def build_parser() -> argparse.ArgumentParser:
     place.add_argument("--methods", default="contiguous,round_robin,random,eplb,eplb_hierarchical,ilp_load,ilp",
                        help="comma-separated: contiguous, round_robin, random, eplb, eplb_hierarchical, ilp, "
                             "ilp_load, ilp_affinity")
-    place.add_argument("--steps", type=int, default=16, help="routing steps the placement is fitted on")
-    place.add_argument("--redundant", type=int, default=0, help="expert copies beyond one each (EPLB's redundant experts)")
-    place.add_argument("--slots", type=int, default=None, help="expert copies per device (default ceil((E+R)/ep), "
+    place.add_argument("--steps", type=_at_least(1), default=16, help="routing steps the placement is fitted on")
+    place.add_argument("--redundant", type=_at_least(0), default=0,
+                       help="expert copies beyond one each (EPLB's redundant experts)")
+    place.add_argument("--slots", type=_at_least(1), default=None, help="expert copies per device (default ceil((E+R)/ep), "
                        "never above memory)")
     place.add_argument("--objective", choices=["time", "tokens"], default="time",
                        help="balance modelled expert time (default) or assigned tokens")
     place.add_argument("--solver", choices=["auto", "highs", "cbc"], default="auto")
-    place.add_argument("--time-limit", type=float, default=10.0, help="seconds per layer for the ILP")
-    place.add_argument("--traffic-weight", type=float, default=1.0, help="weight of all-to-all traffic in the ILP")
+    place.add_argument("--time-limit", type=_positive_float, default=10.0, help="seconds per layer for the ILP")
+    place.add_argument("--traffic-weight", type=_non_negative_float, default=1.0,
+                       help="weight of all-to-all traffic in the ILP")
     place.add_argument("--decomposition", choices=["auto", "flat", "neighbourhood"], default="auto")
     place.add_argument("--simulate", action="store_true", help="simulate every placement and add its step time")
-    place.add_argument("--steps-sim", type=int, default=None, help="override workload.steps for --simulate")
+    place.add_argument("--steps-sim", type=_at_least(1), default=None, help="override workload.steps for --simulate")
+    _add_set(place)
     place.add_argument("--report", action="store_true", help="write report.html / report.md with plots")
     place.add_argument("--out", type=Path, default=None, help="output folder (default runs/<name>-placement)")
     place.set_defaults(func=_place)
@@ -355,12 +507,13 @@ def build_parser() -> argparse.ArgumentParser:
     roof.add_argument("--model", help="model name or YAML (without a config)")
     roof.add_argument("--device", action="append", default=[], help="device profile; repeat to compare devices")
     roof.add_argument("--phase", choices=["prefill", "decode", "both"], default="both", help="without a config")
-    roof.add_argument("--batch", type=int, default=16, help="sequences (without a config)")
-    roof.add_argument("--seq-len", type=int, default=2048, help="prefill prompt length (without a config)")
-    roof.add_argument("--kv-len", type=int, default=2048, help="decode context (without a config)")
-    roof.add_argument("--layer", type=int, default=None, help="model layer (default: the first MoE layer)")
-    roof.add_argument("--step", type=int, default=0, help="routing step (with a config)")
-    roof.add_argument("--rank", type=int, default=0, help="device of the cluster (with a config)")
+    roof.add_argument("--batch", type=_at_least(1), default=16, help="sequences (without a config)")
+    roof.add_argument("--seq-len", type=_at_least(1), default=2048, help="prefill prompt length (without a config)")
+    roof.add_argument("--kv-len", type=_at_least(0), default=2048, help="decode context (without a config)")
+    roof.add_argument("--layer", type=_at_least(0), default=None, help="model layer (default: the first MoE layer)")
+    roof.add_argument("--step", type=_at_least(0), default=0, help="routing step (with a config)")
+    roof.add_argument("--rank", type=_at_least(0), default=0, help="device of the cluster (with a config)")
+    _add_set(roof)
     roof.add_argument("--measured", help="CSV of measured ops (device, op, flops, bytes, time_s) to plot")
     roof.add_argument("--out", help="output folder (default runs/roofline-<name>)")
     roof.set_defaults(func=_roofline)
@@ -368,10 +521,10 @@ def build_parser() -> argparse.ArgumentParser:
     cal = sub.add_parser("calibrate", help="measure ops with torch, fit the cost model, report simulated vs measured")
     cal.add_argument("--device", default="cpu", help="cpu or cuda")
     cal.add_argument("--size", choices=["small", "full"], default="small", help="grid size (small: ~30 s on a CPU)")
-    cal.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    cal.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     cal.add_argument("--profile", help="datasheet profile to calibrate (default: matched GPU, or one built from "
                                        "/proc/cpuinfo)")
-    cal.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    cal.add_argument("--threads", type=_at_least(1), default=None, help="torch CPU threads (default: torch's)")
     cal.add_argument("--out", type=Path, help="output folder (default runs/calibrate-<device>-<size>)")
     cal.set_defaults(func=_calibrate)
 
@@ -385,23 +538,23 @@ def build_parser() -> argparse.ArgumentParser:
     st = tsub.add_parser("stats", help="imbalance, inter-layer affinity, drift and locality of a trace")
     st.add_argument("file", type=Path)
     st.add_argument("--model", help="check the trace against this model (name or YAML)")
-    st.add_argument("--devices", type=int, default=8, help="devices for the co-location statistics")
-    st.add_argument("--max-steps", type=int, default=None)
+    st.add_argument("--devices", type=_at_least(1), default=8, help="devices for the co-location statistics")
+    st.add_argument("--max-steps", type=_at_least(1), default=None)
     st.add_argument("--out", type=Path, default=None, help="folder for stats.json, tables and plots")
     st.set_defaults(func=_trace_stats)
     fit = tsub.add_parser("fit", help="estimate the synthetic generator's parameters from a trace")
     fit.add_argument("file", type=Path)
     fit.add_argument("--model")
-    fit.add_argument("--max-steps", type=int, default=None)
+    fit.add_argument("--max-steps", type=_at_least(1), default=None)
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--out", type=Path, default=None, help="generator YAML (default FILE.generator.yaml)")
     fit.set_defaults(func=_trace_fit)
     syn = tsub.add_parser("synth", help="write a trace drawn from a generator YAML")
     syn.add_argument("generator", type=Path)
     syn.add_argument("--model", required=True)
-    syn.add_argument("--steps", type=int, default=16)
-    syn.add_argument("--tokens", type=int, default=256, help="tokens per source per step")
-    syn.add_argument("--sources", type=int, default=8)
+    syn.add_argument("--steps", type=_at_least(1), default=16)
+    syn.add_argument("--tokens", type=_at_least(1), default=256, help="tokens per source per step")
+    syn.add_argument("--sources", type=_at_least(1), default=8)
     syn.add_argument("--source-kind", choices=["device", "request"], default="device")
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--out", type=Path, required=True)
@@ -410,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("file", type=Path)
     conv.add_argument("out", type=Path)
     conv.add_argument("--model")
-    conv.add_argument("--sources", type=int, default=None, help="number of sources (default: max id + 1)")
+    conv.add_argument("--sources", type=_at_least(1), default=None, help="number of sources (default: max id + 1)")
     conv.add_argument("--source-kind", choices=["device", "request"], default=None)
     conv.add_argument("--sort", action="store_true", help="sort rows by step first (loads the file whole)")
     conv.set_defaults(func=_trace_convert)
@@ -431,8 +584,12 @@ def main(argv: list[str] | None = None) -> int:
     except MoesimError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the filesystem refused an output (disk full, permissions, a name too long)
+        where = f" {err.filename}" if err.filename else ""
+        print(f"error: cannot write or read{where}: {err.strerror or err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted: nothing was written (run directories appear only when complete)", file=sys.stderr)
         return 130
 
 

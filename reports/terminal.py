@@ -1,13 +1,70 @@
-"""Rich terminal output: the headline metrics of a run and the bundled profiles."""
+"""Rich terminal output: the headline metrics of a run and the bundled profiles.
+
+Output must survive pipes, CI logs and narrow terminals: off a terminal the console is wide
+(tables keep their natural width, lines are not wrapped), and in a narrow terminal table cells
+wrap instead of being cut with an ellipsis (`unclipped`).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from rich.console import Console
 from rich.table import Table
 
 from moesim.units import fmt_bytes, fmt_time
+
+PIPE_WIDTH = 400  # off a terminal: wide enough that no table of ours wraps
+
+
+def console_for(stderr: bool = False) -> Console:
+    """A console for stdout (or stderr): the terminal's own width, or a wide plain one off a terminal."""
+    console = Console(stderr=stderr)
+    if console.is_terminal:
+        return console
+    return Console(stderr=stderr, width=PIPE_WIDTH, soft_wrap=True, color_system=None)
+
+
+def unclipped(table: Table) -> Table:
+    """The table with every column wrapping its cells rather than cutting them ("9.94…")."""
+    for col in table.columns:
+        col.overflow = "fold"
+        col.no_wrap = False
+    return table
+
+
+@contextmanager
+def step_progress(console: Console, mode: str, total: int, label: str) -> Iterator[Callable[[int], None]]:
+    """A callback for completed steps: a live bar in a terminal ("auto"/"bar"), a line every ~10%
+    or 10 s off a terminal ("auto"/"plain", on stderr), or nothing ("none")."""
+    if mode == "auto":
+        mode = "bar" if console.is_terminal else "plain"
+    if mode == "none":
+        yield lambda step: None
+        return
+    if mode == "bar":
+        from rich.progress import Progress
+
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task(label, total=total)
+            yield lambda step: bar.update(task, completed=step)
+        return
+    start = last = time.monotonic()
+    every = max(1, total // 10)
+
+    def line(step: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if step == total or step % every == 0 or now - last >= 10.0:
+            last = now
+            left = (now - start) / step * (total - step) if step else 0.0
+            print(f"{label}: step {step}/{total} ({step / total:.0%}), {now - start:.0f} s elapsed"
+                  + (f", ~{left:.0f} s left" if step < total else ""), file=sys.stderr, flush=True)
+
+    yield line
 
 
 def print_summary(result: Any, console: Console) -> None:
@@ -30,14 +87,14 @@ def print_summary(result: Any, console: Console) -> None:
                  f"{fmt_bytes(pay['dispatch'] + pay['combine'])} ({fmt_bytes(pay['dispatch_inter_node'] + pay['combine_inter_node'])})")
     mem = s["memory_per_device_bytes"]
     head.add_row("memory per device", f"{fmt_bytes(mem['max'])} of {fmt_bytes(mem['capacity'])}")
-    console.print(head)
+    console.print(unclipped(head))
     share = Table(title="where the time went (share of device time)")
     share.add_column("phase")
     share.add_column("share", justify="right")
     for phase, frac in sorted(s["time_share"].items(), key=lambda kv: -kv[1]):
         if frac > 0.0005:
             share.add_row(phase, f"{frac:6.1%}")
-    console.print(share)
+    console.print(unclipped(share))
     if s.get("offload"):
         print_offload(s["offload"], console)
 
@@ -64,7 +121,7 @@ def print_offload(off: dict, console: Console) -> None:
               f"({stall['share_of_device_time']:.1%} of device time)")
     t.add_row("copy engine busy", f"{off['copy_engine_utilization']:.1%}")
     t.add_row("peak device memory", fmt_bytes(off["peak_device_memory_bytes"]))
-    console.print(t)
+    console.print(unclipped(t))
 
 
 def print_roofline(rows: Any, ridges: dict, console: Console) -> None:
@@ -73,12 +130,12 @@ def print_roofline(rows: Any, ridges: dict, console: Console) -> None:
     for phase, sub in rows[rows["device"] == first].groupby("phase", sort=False):
         t = Table(title=f"{first}, {phase}: one layer on the roofline (modelled)")
         for col in ("op", "FLOP/B", "TFLOP/s", "roof TFLOP/s", "of roof", "bound", "time", "share"):
-            t.add_column(col, justify="left" if col in ("op", "bound") else "right", no_wrap=True)
+            t.add_column(col, justify="left" if col in ("op", "bound") else "right")
         for _, r in sub.iterrows():
             t.add_row(r["op"], f"{r['intensity']:.3g}", f"{r['achieved_flops_per_s'] / 1e12:.3g}",
                       f"{r['attainable_flops_per_s'] / 1e12:.3g}", f"{r['roof_fraction']:.0%}", r["bound"],
                       fmt_time(r["time_s"]), f"{r['share_of_layer']:.1%}")
-        console.print(t)
+        console.print(unclipped(t))
     console.print("expert GEMM compute-bound from (tokens per expert): "
                   + ", ".join(f"{d} {n:.0f}" if n else f"{d} never (<= 8192)" for d, n in ridges.items()))
 
@@ -92,8 +149,10 @@ def print_profile_list(console: Console) -> None:
     console.print("[bold]models[/bold]: " + ", ".join(list_models()))
 
 
-def print_profile(name: str, console: Console) -> None:
-    """Show one profile or model (searched in devices, links, clusters, models) as YAML."""
+def print_profile(name: str, out: Any = None) -> None:
+    """Write one profile or model (searched in devices, links, clusters, models) as its YAML file,
+    with where it came from (and a cluster's topology) as YAML comments: the output is valid
+    YAML however it is piped or redirected."""
     import yaml
 
     from moesim.errors import ConfigError, unknown_name
@@ -101,26 +160,28 @@ def print_profile(name: str, console: Console) -> None:
     from moesim.workloads import list_models
     from moesim.workloads.models import MODEL_DIR
 
+    out = out or sys.stdout
     for kind in ("devices", "links", "clusters"):
         names = {n.lower(): n for n in list_profiles(kind)}
         if name.lower() in names:
-            console.print(f"[bold]{kind[:-1]} {names[name.lower()]}[/bold] ({profile_path(kind, names[name.lower()])})")
-            console.print(profile_path(kind, names[name.lower()]).read_text(), markup=False, highlight=False)
+            path = profile_path(kind, names[name.lower()])
+            out.write(f"# {kind[:-1]} {names[name.lower()]} ({path})\n")
             if kind == "clusters":
-                _print_topology(names[name.lower()], console)
+                out.write(f"# {_topology_line(names[name.lower()])}\n")
+            out.write(path.read_text())
             return
     models = {n.lower(): n for n in list_models()}
     if name.lower() in models:
         for path in MODEL_DIR.glob("*.yaml"):
             if yaml.safe_load(path.read_text()).get("name", "").lower() == name.lower():
-                console.print(f"[bold]model {models[name.lower()]}[/bold] ({path})")
-                console.print(path.read_text(), markup=False, highlight=False)
+                out.write(f"# model {models[name.lower()]} ({path})\n")
+                out.write(path.read_text())
                 return
     every = [n for kind in ("devices", "links", "clusters") for n in list_profiles(kind)] + list_models()
-    raise ConfigError(unknown_name("profile", name, every))
+    raise ConfigError(unknown_name("profile", name, every), field="NAME")
 
 
-def _print_topology(name: str, console: Console) -> None:
+def _topology_line(name: str) -> str:
     from moesim.hardware_profiles import build_topology, load_cluster
 
     g = build_topology(load_cluster(name))
@@ -130,8 +191,8 @@ def _print_topology(name: str, console: Console) -> None:
     links: dict[str, int] = {}
     for _, _, attrs in g.edges(data=True):
         links[attrs["link"]] = links.get(attrs["link"], 0) + 1
-    console.print("topology: " + ", ".join(f"{v} {k}s" for k, v in kinds.items())
-                  + "; directed links: " + ", ".join(f"{v} x {k}" for k, v in links.items()))
+    return ("topology: " + ", ".join(f"{v} x {k}" for k, v in kinds.items())
+            + "; directed links: " + ", ".join(f"{v} x {k}" for k, v in links.items()))
 
 
 def print_trace_stats(summary: dict, console: Console) -> None:
@@ -157,7 +218,7 @@ def print_trace_stats(summary: dict, console: Console) -> None:
     t.add_row("step-to-step TV (sampling alone)", f"{f(drift['step_to_step_tv'])} ({f(drift['sampling_tv'])})")
     t.add_row("first vs last quarter TV", f(drift["first_vs_last_quarter_tv"]))
     t.add_row(f"{summary['source_kind']} popularity TV from the layer's", f(summary["locality"]["source_tv"]))
-    console.print(t)
+    console.print(unclipped(t))
 
 
 def print_placement_table(study: Any, console: Console) -> None:
@@ -183,7 +244,7 @@ def print_placement_table(study: Any, console: Console) -> None:
         if study.simulated:
             cells += [fmt_time(row["sim_step_s"]), f"{row['sim_straggler']:.2f}"]
         table.add_row(*cells)
-    console.print(table)
+    console.print(unclipped(table))
     console.print(f"balance = mean/max device tokens (1 is perfect); bottleneck = slowest device's modelled "
                   f"{'tokens' if unit == 'tokens' else 'expert time'} summed over MoE layers; remote / inter-node = "
                   "dispatched tokens leaving their device / node; x-dev flow = consecutive-layer expert pairs on "

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from moesim.errors import ConfigError
@@ -175,6 +176,7 @@ class ScenarioFile:
     config: ScenarioConfig
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)  # --set FIELD=VALUE applied on top of the file
 
     @property
     def base_dir(self) -> Path:
@@ -189,14 +191,54 @@ class ScenarioFile:
         return str((self.base_dir / p).resolve())
 
 
-def load_config(path: str | Path) -> ScenarioFile:
-    """Read and validate a scenario config file (schema only; see `resolve` for the rest)."""
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ScenarioFile:
+    """Read and validate a scenario config file (schema only; see `resolve` for the rest).
+    `overrides` ("workload.batch_size=64", as given to --set) change the file's values first
+    and are validated with them."""
     path = Path(path)
     data = load_yaml(path)
-    cfg = validate(ScenarioConfig, data, path)
+    overrides = list(overrides or [])
+    set_fields = apply_overrides(data, overrides)
+    try:
+        cfg = validate(ScenarioConfig, data, path)
+    except ConfigError as err:
+        given = [o for o, f in zip(overrides, set_fields)
+                 if err.field and ((err.field + ".").startswith(f + ".") or (f + ".").startswith(err.field + "."))]
+        if given:
+            raise ConfigError(f"{err.detail} (value given by --set {given[-1]})", file=path, field=err.field) from None
+        raise
     if cfg.name is None:
         cfg.name = path.stem
-    return ScenarioFile(cfg, path, data)
+    return ScenarioFile(cfg, path, data, overrides)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> list[str]:
+    """Set dotted fields of a config mapping in place from "a.b.c=value" strings (the value is
+    read as YAML: 64, 2.5, true, [1, 2], fp8); returns the dotted field of each override."""
+    fields = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        parts = key.split(".")
+        if not sep or not key or any(not p for p in parts):
+            raise ConfigError(f"'{item}' is not FIELD=VALUE (e.g. workload.batch_size=64)", field="--set")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"the value of '{item}' is not valid YAML ({str(err).splitlines()[0]})",
+                              field="--set") from None
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"cannot set '{key}': '{'.'.join(parts[:i + 1])}' is {child!r}, not a section",
+                                  field="--set")
+            node = child
+        node[parts[-1]] = value
+        fields.append(key)
+    return fields
 
 
 def config_from_dict(data: dict[str, Any], base_dir: str | Path | None = None) -> ScenarioFile:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable
 
+from moesim import json_io
+from moesim.errors import ConfigError
 from moesim.simulator.config import ScenarioFile
 from moesim.simulator.engine import Engine
 from moesim.simulator.metrics import SimResult, summarize
@@ -25,27 +30,83 @@ def simulate(scenario: Scenario | ScenarioFile | str | Path,
     return summarize(scenario, raw)
 
 
-def default_run_dir(result: SimResult) -> Path:
+RUN_FILES = ("summary.json", "phases.parquet", "utilization.csv", "layers.csv", "traffic.csv", "links.csv",
+             "expert_time.csv")
+
+
+def default_run_dir(sc: Scenario) -> Path:
     """outputs.dir relative to the config file, else runs/<name> under the working directory."""
-    cfg = result.scenario.config
+    cfg = sc.config
     if cfg.outputs.dir:
-        return result.scenario.source.base_dir / cfg.outputs.dir
+        return sc.source.base_dir / cfg.outputs.dir
     return Path("runs") / (cfg.name or "scenario")
 
 
-def write_run_dir(result: SimResult, out: str | Path | None = None) -> Path:
+def free_run_dir(path: Path) -> Path:
+    """`path` if nothing is there, else the first free `path-2`, `path-3`, ..."""
+    if not path.exists():
+        return path
+    i = 2
+    while path.with_name(f"{path.name}-{i}").exists():
+        i += 1
+    return path.with_name(f"{path.name}-{i}")
+
+
+def check_out_dir(path: Path, option: str = "--out") -> None:
+    """Refuse an output folder that cannot be one: a file, a path under a file, or unwritable."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path} is a file, not a folder; give a folder for the results", field=option)
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{path} lies under {parent}, which is a file", field=option)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write under {parent} (permission denied)", field=option)
+
+
+def write_run_dir(result: SimResult, out: str | Path | None = None, *, force: bool = False,
+                  overrides: list[str] | None = None) -> Path:
     """Write summary.json, the phase/utilization/layer/traffic/link/expert-time tables, the copy
-    tables of an offloading run and trace.json; return the directory."""
+    tables of an offloading run and trace.json; return the directory.
+
+    Everything is written into a hidden sibling and renamed into place when complete, so an
+    interrupted write leaves nothing that looks like a run. An existing directory is replaced
+    only with `force` (no file of the earlier run survives); without it the write is refused."""
+    run_dir = Path(out) if out else default_run_dir(result.scenario)
+    check_out_dir(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()) and not force:
+        raise ConfigError(f"{run_dir} already holds files (an earlier run?); pass --force to replace it, "
+                          "or --out another folder", field="--out")
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.partial-", dir=run_dir.parent))
+    try:
+        _write_files(result, partial, overrides or [])
+        if run_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.old-", dir=run_dir.parent))
+            os.replace(run_dir, old / "run")
+            os.replace(partial, run_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(partial, run_dir)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return run_dir
+
+
+def _write_files(result: SimResult, run_dir: Path, overrides: list[str]) -> None:
     from moesim import __version__
 
     sc = result.scenario
-    run_dir = Path(out) if out else default_run_dir(result)
-    run_dir.mkdir(parents=True, exist_ok=True)
     summary = {
         "name": sc.name,
+        "status": "complete",
         "moesim_version": __version__,
         "seed": sc.seed,
         "config_file": str(sc.source.path) if sc.source.path else None,
+        "overrides": overrides,
         "metrics": result.summary,
         "resolved": {
             "model": sc.model.name, "cluster": sc.cluster.name, "device": sc.device.name,
@@ -56,7 +117,6 @@ def write_run_dir(result: SimResult, out: str | Path | None = None) -> Path:
         },
         "config": sc.config.model_dump(mode="json"),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     result.phases.to_parquet(run_dir / "phases.parquet", index=False)
     result.utilization.to_csv(run_dir / "utilization.csv", index=False)
     result.layers.to_csv(run_dir / "layers.csv", index=False)
@@ -72,4 +132,22 @@ def write_run_dir(result: SimResult, out: str | Path | None = None) -> Path:
     steps = sc.config.outputs.trace_steps
     if steps:
         write_chrome_trace(result.phases, run_dir / "trace.json", steps, sc.device.name, copies, host_jobs)
-    return run_dir
+    json_io.write(run_dir / "summary.json", summary, indent=2)  # last: its status marks the run complete
+
+
+def check_run_dir(path: str | Path) -> Path:
+    """A run directory `moesim report` can read: written completely by `moesim simulate`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigError(f"{path} is not a run directory (no such folder)", field="RUN_DIR")
+    summary = path / "summary.json"
+    try:
+        status = json.loads(summary.read_text()).get("status")
+    except (OSError, ValueError):
+        status = None
+    missing = [f for f in RUN_FILES if not (path / f).exists()]
+    if status != "complete" or missing:
+        what = f"missing {', '.join(missing)}" if missing else "its summary.json does not say it completed"
+        raise ConfigError(f"{path} is not a complete run directory ({what}): it was interrupted, or written "
+                          "by an older moesim; run `moesim simulate` again", field="RUN_DIR")
+    return path

@@ -290,6 +290,6 @@ def _synthetic_routing(sf: ScenarioFile, spec: RoutingModelConfig | str, experts
         raise config_error(sf, field + ".popularity", str(err)) from None
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Load, validate and resolve a scenario config file."""
-    return resolve(load_config(path))
+def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
+    """Load, validate and resolve a scenario config file (with --set style overrides)."""
+    return resolve(load_config(path, overrides))

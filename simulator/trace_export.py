@@ -8,13 +8,13 @@ and one of experts run on the host CPU for the device.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from moesim import json_io
 from moesim.simulator.phases import COMPUTE_PHASES
 
 _TRACKS = {"compute": 0, "communication": 1, "expert copies": 2, "host CPU experts": 3}
@@ -71,4 +71,4 @@ def _copy_events(copies: pd.DataFrame) -> list[dict[str, Any]]:
 
 def write_chrome_trace(phases: pd.DataFrame, path: str | Path, max_step: int, device_name: str,
                        copies: pd.DataFrame | None = None, host_jobs: pd.DataFrame | None = None) -> None:
-    Path(path).write_text(json.dumps(chrome_trace(phases, max_step, device_name, copies, host_jobs)))
+    json_io.write(path, chrome_trace(phases, max_step, device_name, copies, host_jobs))
