@@ -157,7 +157,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _place(args: argparse.Namespace) -> int:
-    from moesim.reports.terminal import console_for
+    from moesim.reports.terminal import console_for, status
 
     from moesim.errors import ConfigError
     from moesim.placement.ilp import IlpOptions
@@ -177,10 +177,9 @@ def _place(args: argparse.Namespace) -> int:
     opts = IlpOptions(solver=args.solver, time_limit=args.time_limit, traffic_weight=args.traffic_weight,
                       decomposition=args.decomposition)
     try:
-        with console.status("placing") as status:
+        with status(console, "placing") as update:
             study = run_study(scenario, methods, steps=args.steps, redundant=args.redundant, slots=args.slots,
-                              time_model=args.objective, options=opts, simulate=args.simulate,
-                              progress=lambda msg: status.update(msg))
+                              time_model=args.objective, options=opts, simulate=args.simulate, progress=update)
     except ValueError as err:
         raise ConfigError(f"cannot place experts for {args.config}: {err}") from None
     out = args.out or Path("runs") / f"{scenario.name}-placement"
@@ -280,10 +279,8 @@ def _check_layer(layer: int | None, model) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
     from moesim.errors import MoesimError
-    from moesim.reports.terminal import console_for, unclipped
+    from moesim.reports.terminal import console_for, status, unclipped
 
     try:
         from moesim.validation.calibrate import run_calibration
@@ -296,12 +293,9 @@ def _calibrate(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown device '{args.device}'; choose cpu or cuda (cuda:N)", field="--device")
     console = console_for()
     out = _out_dir(args.out) or Path("runs") / f"calibrate-{args.device}-{args.size}"
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
-                  transient=True) as bar:
-        task = bar.add_task("measuring")
+    with status(console, "measuring") as update:
         cal = run_calibration(args.device, args.size, args.dtype, args.profile, out,
-                              progress=lambda msg: bar.update(task, description=f"measuring {msg}"),
-                              threads=args.threads)
+                              progress=lambda msg: update(f"measuring {msg}"), threads=args.threads)
     e = cal.errors
     from rich.table import Table
 

@@ -67,6 +67,27 @@ def step_progress(console: Console, mode: str, total: int, label: str) -> Iterat
     yield line
 
 
+@contextmanager
+def status(console: Console, label: str) -> Iterator[Callable[[str], None]]:
+    """A callback for what long work is doing: a live status line in a terminal, and off a
+    terminal a plain line on stderr at most every 5 s (so CI logs show the run is alive)."""
+    if console.is_terminal:
+        with console.status(label) as live:
+            yield lambda msg: live.update(msg)
+        return
+    last = 0.0
+    print(label, file=sys.stderr, flush=True)
+
+    def line(msg: str) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= 5.0:
+            last = now
+            print(msg, file=sys.stderr, flush=True)
+
+    yield line
+
+
 def print_summary(result: Any, console: Console) -> None:
     """Headline metrics and where the time went, from a SimResult."""
     s = result.summary
