@@ -166,7 +166,7 @@ class ScenarioConfig(_Strict):
     precision: PrecisionConfig = PrecisionConfig()
     offload: OffloadConfig | None = Field(None, description="expert offloading; None: every expert resident")
     outputs: OutputsConfig = OutputsConfig()
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="random seed (the same config and seed give identical results)")
 
 
 @dataclass
