@@ -354,10 +354,9 @@ def _trace_stats(args: argparse.Namespace) -> int:
 
 
 def _trace_fit(args: argparse.Namespace) -> int:
-    import json
-
     import yaml
 
+    from moesim import json_io
     from moesim.workloads.trace_fit import fit_routing_model
     from moesim.workloads.trace_reader import open_trace
     from moesim.workloads.trace_stats import tally
@@ -370,7 +369,7 @@ def _trace_fit(args: argparse.Namespace) -> int:
               f"# workloads/trace_fit.py). Use as workload.routing: {{generator: synthetic, synthetic: {out.name}}}\n")
     out.write_text(header + yaml.safe_dump({"synthetic": cfg.model_dump(exclude_none=True, exclude_defaults=True)}, sort_keys=False,
                                                 default_flow_style=None, width=120))
-    print(json.dumps(report, indent=2))
+    print(json_io.dumps(report, indent=2))
     print(f"wrote {out}")
     return 0
 
@@ -421,14 +420,13 @@ def _trace_convert(args: argparse.Namespace) -> int:
 
 
 def _requests(args: argparse.Namespace) -> int:
-    import json
-
+    from moesim import json_io
     from moesim.workloads.arrivals import describe_requests, generate_requests, load_requests_config
 
     _out_file(args.out, "--out", (".csv", ".parquet"))
     cfg = load_requests_config(args.config)
     df = generate_requests(cfg, args.seed, base_dir=args.config.parent)
-    print(json.dumps(describe_requests(df), indent=2))
+    print(json_io.dumps(describe_requests(df), indent=2))
     if args.out:
         df.to_csv(args.out, index=False) if args.out.suffix == ".csv" else df.to_parquet(args.out, index=False)
         print(f"wrote {args.out}")

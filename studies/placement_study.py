@@ -8,13 +8,13 @@ the simulated step time is an out-of-sample check; otherwise the study says it i
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 
+from moesim import json_io
 from moesim.placement import save_placement_file
 from moesim.placement.ilp import IlpOptions
 from moesim.placement.methods import MethodResult, compare_methods, results_table
@@ -105,7 +105,7 @@ def write_study(study: PlacementStudy, out: str | Path, best: str | None = None)
         "provenance": p.provenance,
         "ilp_reports": {r.method: [vars(x) for x in r.ilp.reports] for r in study.results if r.ilp},
     }
-    (out / "problem.json").write_text(json.dumps(info, indent=2, default=float))
+    json_io.write(out / "problem.json", info, indent=2)
     return out
 
 
