@@ -22,6 +22,7 @@ class MemoryTier:
     latency: float  # seconds before the first byte arrives
     shared_by: int  # devices whose copies share the tier's path
     path: tuple[str, ...]  # link (or memory) profiles a copy crosses
+    link_classes: tuple[str, ...] = ()  # the kinds of the links among them (bytes by link class count copies)
 
 
 def memory_tiers(cluster: ClusterSpec, link_scale: float = 1.0, memory_scale: float = 1.0) -> list[MemoryTier]:
@@ -39,7 +40,7 @@ def memory_tiers(cluster: ClusterSpec, link_scale: float = 1.0, memory_scale: fl
             disk = load_link(node.storage.link)
             tiers.append(MemoryTier("storage", node.storage.capacity / node.devices_per_node,
                                     disk.bandwidth * disk.efficiency * link_scale, disk.latency, node.devices_per_node,
-                                    (disk.name,)))
+                                    (disk.name,), (disk.kind,)))
         return tiers
     host_cpu = load_device(node.host.device)
     host_link = load_link(node.host.link)
@@ -48,10 +49,10 @@ def memory_tiers(cluster: ClusterSpec, link_scale: float = 1.0, memory_scale: fl
     dram_share = host_cpu.memory.bandwidth * host_cpu.efficiency.memory * memory_scale / per_socket
     tiers.append(MemoryTier("host", host_cpu.memory.capacity * node.host.count / node.devices_per_node,
                             min(link_bw, dram_share), host_link.latency, per_socket,
-                            (f"{host_cpu.name} memory", host_link.name)))
+                            (f"{host_cpu.name} memory", host_link.name), (host_link.kind,)))
     if node.storage is not None:
         disk = load_link(node.storage.link)
         tiers.append(MemoryTier("storage", node.storage.capacity / node.devices_per_node,
                                 min(disk.bandwidth * disk.efficiency * link_scale, link_bw), disk.latency + host_link.latency,
-                                node.devices_per_node, (disk.name, host_link.name)))
+                                node.devices_per_node, (disk.name, host_link.name), (disk.kind, host_link.kind)))
     return tiers

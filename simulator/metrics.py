@@ -141,6 +141,13 @@ def summarize(sc: Scenario, raw: EngineResult) -> SimResult:
     offload = offload_summary(sc, raw)
     if offload is not None:
         layers = layers.merge(layer_offload_columns(sc, raw), on=["step", "layer"], how="left")
+        # expert copies (and host-run experts' activations) cross the offload tier's links too
+        setup = sc.offload
+        for cls in setup.tier.link_classes:
+            by_class[cls] = by_class.get(cls, 0.0) + float(sum(offload["bytes_fetched"].values()))
+        if setup.host is not None and offload["host_activation_bytes"]:
+            for cls in setup.host.link_classes:
+                by_class[cls] = by_class.get(cls, 0.0) + float(offload["host_activation_bytes"])
     summary: dict[str, Any] = {
         "makespan_s": makespan,
         "steps": steps,

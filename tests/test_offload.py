@@ -85,6 +85,9 @@ def test_tiny_case_one_layer_two_experts_one_slot(tmp_path):
     stall = off.phases[off.phases.phase == "offload_stall"].sort_values("step")
     assert stall.duration_s.to_numpy() == pytest.approx([COPY] * 3, rel=1e-9)
     assert list(stall.step) == [1, 2, 3]
+    # the copies crossed the host link: its class counts them (a single device: no all-to-all bytes)
+    host_class = off.scenario.offload.tier.link_classes[0]
+    assert off.summary["bytes_by_link_class"][host_class] == pytest.approx(3 * WEIGHTS)
 
 
 def test_tiny_case_host_cpu_runs_the_cold_expert(tmp_path):
@@ -97,6 +100,8 @@ def test_tiny_case_host_cpu_runs_the_cold_expert(tmp_path):
     o = off.summary["offload"]
     assert o["host_experts_run"] == 1 and o["bytes_fetched"]["host"] == 0.0
     assert o["host_activation_bytes"] == pytest.approx(2 * 1024 * 2)
+    host_class = off.scenario.offload.host.link_classes[0]
+    assert off.summary["bytes_by_link_class"][host_class] == pytest.approx(2 * 1024 * 2)
     cpu = max(2 * 1024 * 1024 * 3 / 1e12, (WEIGHTS + (2 * 1024 + 3 * 1024) * 2) / 1e12)  # memory-bound on the CPU
     crossing = 2 * (HOST_LAT + 1024 * 2 / HOST_BW)
     gpu_expert = float(base.phases.query("step == 1 and phase == 'expert'").duration_s.iloc[0])
