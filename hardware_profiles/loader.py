@@ -36,8 +36,11 @@ def list_profiles(kind: str) -> list[str]:
 def _resolve(kind: str, name_or_path: str | Path) -> Path:
     text = str(name_or_path)
     path = Path(text)
-    if text.endswith((".yaml", ".yml")) and path.exists():
-        return path
+    if text.endswith((".yaml", ".yml")):
+        if path.is_file():
+            return path
+        what = "is a directory, not a YAML file" if path.is_dir() else "not found"
+        raise ConfigError(f"{kind[:-1]} profile file {text} {what}")
     table = _bundled(kind)
     lookup = {k.lower(): v for k, v in table.items()}
     if text.lower() in lookup:

@@ -8,15 +8,19 @@ keyed by the field path ("memory.bandwidth", "compute.bf16").
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from moesim.units import Bandwidth, Bytes, FlopRate, Seconds
+from moesim.units import DTYPE_BITS, Bandwidth, Bytes, FlopRate, Seconds
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: every number in a profile is finite (`.nan` or `1e999 TFLOPS` is an error)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+PeakRate = Annotated[FlopRate, Field(gt=0)]
 
 
 class MemorySpec(_Strict):
@@ -60,19 +64,44 @@ class CalibrationSpec(_Strict):
     model_form: str = ""
     validation: dict[str, float] = Field(default_factory=dict, description="held-out error summary (MAPE, ...)")
 
+    @field_validator("links")
+    @classmethod
+    def _links_physical(cls, links: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for name, fit in links.items():
+            if "bandwidth" in fit and not fit["bandwidth"] > 0:
+                raise ValueError(f"links.{name}.bandwidth must be > 0 B/s, got {fit['bandwidth']}")
+            if "latency" in fit and not fit["latency"] >= 0:
+                raise ValueError(f"links.{name}.latency must be >= 0 s, got {fit['latency']}")
+        return links
+
 
 class DeviceSpec(_Strict):
     name: str
     kind: Literal["gpu", "npu", "cpu", "pim"]
     vendor: str = ""
     memory: MemorySpec
-    compute: dict[str, FlopRate] = Field(description="dense peak FLOP/s per dtype (no sparsity)")
+    compute: dict[str, PeakRate] = Field(description="dense peak FLOP/s per dtype (no sparsity), each > 0")
     efficiency: EfficiencySpec = EfficiencySpec()
     overhead: Seconds = Field(5e-6, ge=0, description="fixed cost per op (kernel launch)")
     gemm_tile: int = Field(64, ge=1, description="token-dimension tile a GEMM pads to")
     sources: dict[str, str] = Field(default_factory=dict)
     notes: str = ""
     calibration: CalibrationSpec | None = Field(None, description="fitted efficiencies from `moesim calibrate`")
+
+    @field_validator("compute")
+    @classmethod
+    def _known_dtypes(cls, compute: dict[str, float]) -> dict[str, float]:
+        from moesim.errors import closest_names
+
+        for dtype in compute:
+            if dtype not in DTYPE_BITS:
+                close = closest_names(dtype, DTYPE_BITS, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ValueError(f"unknown dtype '{dtype}'{hint} Valid dtypes: {', '.join(DTYPE_BITS)}")
+        if not any(d in compute for d in ("bf16", "fp16", "fp32")):
+            raise ValueError("compute needs a rate for at least one of bf16, fp16 or fp32 (narrower types fall "
+                             f"back to these); got {', '.join(compute) or 'none'}")
+        return compute
 
     def peak_flops(self, dtype: str) -> float:
         """Peak FLOP/s for a dtype, falling back to the nearest wider type the device has."""
@@ -135,6 +164,13 @@ class NodeSpec(_Strict):
     nic: NicSpec | None = None
     host: HostSpec | None = None
     storage: StorageSpec | None = Field(None, description="storage tier for expert offloading (read via the host)")
+
+    @model_validator(mode="after")
+    def _devices_connected(self) -> "NodeSpec":
+        if self.intra_node.topology == "none" and self.devices_per_node > 1:
+            raise ValueError(f"intra_node.topology 'none' leaves the {self.devices_per_node} devices of a node "
+                             "unconnected; use 'switch' or 'full_mesh' (none suits one device per node)")
+        return self
 
 
 class ClusterSpec(_Strict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -25,14 +26,52 @@ class ConfigError(MoesimError):
         prefix = (" ".join(where) + ": ") if where else ""
         super().__init__(prefix + message)
 
+    def given_by(self, option: str) -> "ConfigError":
+        """The same error, also naming the command-line option that pointed at the file; unlike
+        re-raising `detail` alone, the file and field stay in the message."""
+        if self.file is None:
+            return ConfigError(self.detail, field=f"{option}: {self.field}" if self.field else option)
+        return ConfigError(f"{self.detail} (given by {option})", file=self.file, field=self.field)
 
-def unknown_name(kind: str, name: str, valid: Iterable[str]) -> str:
-    """Message for an unknown name that lists the valid ones (and the closest match)."""
+
+def closest_names(name: str, valid: Iterable[str], n: int = 3) -> list[str]:
+    """Valid names ranked the way a person would guess: the query as a whole word of a name
+    (`h100` -> `dgx-h100`, `H100-SXM`), then as a part of one, then by spelling similarity."""
     import difflib
 
+    query = name.strip().lower()
+    if not query:
+        return []
+    scored = []
+    for cand in valid:
+        low = cand.lower()
+        ratio = difflib.SequenceMatcher(None, query, low).ratio()
+        tokens = [t for t in re.split(r"[-_ ./]+", low) if t]
+        if query == low:
+            rank = 0
+        elif query in tokens:
+            rank = 1
+        elif len(query) >= 2 and query in low:
+            rank = 2
+        elif low in query and len(low) >= 3:
+            rank = 3
+        elif ratio >= 0.6:
+            rank = 4
+        else:
+            continue
+        scored.append((rank, -ratio, cand))
+    if any(rank < 4 for rank, _, _ in scored):  # a name that contains the query beats a near-spelling
+        scored = [s for s in scored if s[0] < 4]
+    return [c for _, _, c in sorted(scored)[:n]]
+
+
+def unknown_name(kind: str, name: str, valid: Iterable[str]) -> str:
+    """Message for an unknown name that lists the valid ones (and the closest matches)."""
     valid = sorted(valid)
-    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
+    close = closest_names(name, valid)
+    hint = ""
+    if close:
+        hint = " Did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
     return f"unknown {kind} '{name}'.{hint} Valid names: {', '.join(valid)}."
 
 

@@ -111,3 +111,37 @@ def test_cli_prints_error_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: ") and "unknown model 'NoSuchModel'" in proc.stderr
+
+
+def test_name_suggestions_rank_as_a_person_would():
+    from moesim.errors import closest_names
+    from moesim.hardware_profiles import list_profiles
+
+    assert closest_names("h100", list_profiles("clusters")) == ["dgx-h100"]
+    assert closest_names("h100", list_profiles("devices"))[0] == "H100-SXM"
+    assert closest_names("dgx-h1000", list_profiles("clusters"))[0] == "dgx-h100"
+    assert closest_names("zzz", list_profiles("clusters")) == []
+
+
+def test_duplicate_yaml_key_names_key_and_both_lines_but_merge_keys_may_override(tmp_path):
+    from moesim.yaml_io import load_yaml
+
+    path = tmp_path / "d.yaml"
+    path.write_text("a: 1\nb:\n  c: 1\n  c: 2\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'c' at line 4 \(first given at line 3\)"):
+        load_yaml(path)
+    path.write_text("base: &b {a: 1, b: 2}\nx:\n  <<: *b\n  a: 3\n")
+    assert load_yaml(path)["x"] == {"a": 3, "b": 2}
+
+
+def test_unknown_key_is_reported_before_the_missing_key_it_misspells(tmp_path):
+    cfg = example_config("mixtral-decode-8xh100.yaml")
+    cfg["hardwre"] = cfg.pop("hardware")
+    msg = _error(tmp_path, cfg)
+    assert "unknown key 'hardwre'; did you mean 'hardware'?" in msg and "more problem" not in msg
+
+
+def test_non_finite_numbers_are_refused_at_every_field(tmp_path):
+    cfg = example_config("mixtral-decode-8xh100.yaml")
+    cfg["hardware"]["scale"] = {"link_bandwidth": float("inf")}
+    assert "hardware.scale.link_bandwidth" in _error(tmp_path, cfg)

@@ -77,3 +77,19 @@ def test_narrow_dtypes_fall_back_to_a_type_the_device_computes():
     assert a100.peak_flops("fp8") == a100.peak_flops("bf16")
     h100 = load_device("H100-SXM")
     assert h100.peak_flops("mxfp4") == h100.peak_flops("fp8")
+
+
+def test_physics_is_checked_in_the_schema():
+    from pydantic import ValidationError
+
+    from moesim.hardware_profiles import ClusterSpec, DeviceSpec
+
+    dev = {"name": "d", "kind": "gpu", "memory": {"capacity": "1 GB", "bandwidth": "1 TB/s"}, "compute": {"bf16": 1e12}}
+    DeviceSpec.model_validate(dev)
+    for compute in ({"bf16": "-5 TFLOPS"}, {"bf16": float("nan")}, {"bf16": float("inf")}, {"bf61": 1e12}, {}):
+        with pytest.raises(ValidationError):
+            DeviceSpec.model_validate({**dev, "compute": compute})
+    node = {"device": "H100-SXM", "devices_per_node": 1, "intra_node": {"topology": "none", "link": "NVLink4"}}
+    ClusterSpec.model_validate({"name": "c", "node": node})  # one device needs no intra-node link
+    with pytest.raises(ValidationError, match="unconnected"):
+        ClusterSpec.model_validate({"name": "c", "node": {**node, "devices_per_node": 2}})

@@ -35,7 +35,7 @@ _MAX_REQUESTS = 50_000_000  # guards against a typo like rate: 1e9 with duration
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # --- arrival processes -------------------------------------------------------------------

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from moesim.workloads.routing import RoutingStep, cap_at_tokens, inclusion_probabilities, zipf_popularity
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class PopularityConfig(_Strict):
@@ -46,6 +46,12 @@ class PopularityConfig(_Strict):
     def _explicit_has_weights(self) -> "PopularityConfig":
         if self.kind == "explicit" and not self.weights:
             raise ValueError("popularity kind 'explicit' needs weights (one row per MoE layer)")
+        for i, row in enumerate(self.weights or []):
+            if any(w < 0 for w in row):
+                raise ValueError(f"popularity.weights[{i}] must be non-negative, got {row}")
+            if not sum(row) > 0:
+                raise ValueError(f"popularity.weights[{i}] must have a positive sum (some expert must be chosen), "
+                                 f"got {row}")
         return self
 
 
@@ -66,16 +72,27 @@ class RoutingModelConfig(_Strict):
     affinity: float = Field(0.0, ge=0, le=1, description="P(a token's routing position carries to the next layer)")
     locality: float = Field(0.0, ge=0, le=1, description="weight of each source's own expert preference")
     fitted_from: str | None = Field(None, description="provenance: the trace this was fitted to")
+    _source: str | None = PrivateAttr(None)  # the YAML it was read from, for errors found later
+
+    @property
+    def source(self) -> str | None:
+        """The generator YAML this config was loaded from (None: built in code or inline)."""
+        return self._source
 
 
 def load_routing_model(path: str | Path) -> RoutingModelConfig:
     """Read a generator YAML (the file `moesim trace fit` writes; key `synthetic:` or top level)."""
+    from moesim.errors import ConfigError
     from moesim.yaml_io import load_yaml, validate
 
     data = load_yaml(Path(path))
     if isinstance(data, dict) and "synthetic" in data:
         data = data["synthetic"]
-    return validate(RoutingModelConfig, data, Path(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"'synthetic' must be a mapping, found {type(data).__name__}", file=path, field="synthetic")
+    cfg = validate(RoutingModelConfig, data, Path(path))
+    cfg._source = str(path)
+    return cfg
 
 
 def base_popularity(cfg: PopularityConfig, num_layers: int, num_experts: int, seed: int) -> np.ndarray:
