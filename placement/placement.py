@@ -8,6 +8,7 @@ policies (contiguous, round_robin) and placement files produce the same structur
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from moesim.errors import ConfigError
-from moesim.yaml_io import load_yaml
+from moesim.yaml_io import load_yaml, suggestion
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,10 @@ def from_share_matrices(shares: np.ndarray, tol: float = 1e-9) -> Placement:
     return from_expert_devices(devices_of, shares.shape[2], weights)
 
 
+#: keys a placement file may have (`notes` is free text for the reader)
+PLACEMENT_KEYS = ("num_experts", "num_devices", "layers", "experts", "shares", "notes")
+
+
 def load_placement_file(path: str | Path, num_experts: int, num_devices: int, num_layers: int) -> Placement:
     """Read a placement file: `layers:` (one list per MoE layer) or `experts:` (all layers).
 
@@ -142,6 +147,19 @@ def load_placement_file(path: str | Path, num_experts: int, num_devices: int, nu
     """
     path = Path(path)
     data = load_yaml(path)
+    unknown = [k for k in data if k not in PLACEMENT_KEYS]
+    if unknown:
+        key = str(unknown[0])
+        raise ConfigError(f"unknown key '{key}'{suggestion(key, list(PLACEMENT_KEYS)) or '.'} Valid keys: "
+                          f"{', '.join(PLACEMENT_KEYS)}.", file=path, field=key)
+    for key, want in (("num_experts", num_experts), ("num_devices", num_devices)):
+        if key in data:
+            value = data[key]
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"expected an integer, got {value!r}", file=path, field=key)
+            if value != want:
+                what = f"ep={want}" if key == "num_devices" else f"the model's {want} experts"
+                raise ConfigError(f"file is for {value} {key[4:]} but the scenario has {what}", file=path, field=key)
     if "layers" in data:
         raw_layers = data["layers"]
         field = "layers"
@@ -153,8 +171,6 @@ def load_placement_file(path: str | Path, num_experts: int, num_devices: int, nu
         field = "experts"
     else:
         raise ConfigError("a placement file needs 'layers' (per MoE layer) or 'experts' (all layers)", file=path)
-    if "num_devices" in data and int(data["num_devices"]) != num_devices:
-        raise ConfigError(f"file is for {data['num_devices']} devices but ep={num_devices}", file=path, field="num_devices")
     layers: list[list[list[int]]] = []
     for l, raw in enumerate(raw_layers):
         where = f"{field}[{l}]" if field == "layers" else field
@@ -164,7 +180,8 @@ def load_placement_file(path: str | Path, num_experts: int, num_devices: int, nu
         layer: list[list[int]] = []
         for e, entry in enumerate(raw):
             devs = entry if isinstance(entry, list) else [entry]
-            if not devs or not all(isinstance(d, int) and 0 <= d < num_devices for d in devs):
+            if not devs or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < num_devices
+                                   for d in devs):
                 raise ConfigError(
                     f"expert {e} must map to device indices in [0, {num_devices}), got {entry!r}",
                     file=path, field=f"{where}[{e}]",
@@ -191,7 +208,10 @@ def _read_shares(data: dict, layers: list[list[list[int]]], path: Path) -> list[
         for e, (s, d) in enumerate(zip(row, devs)):
             s = s if isinstance(s, list) else [s]
             where = f"shares[{l}][{e}]"
-            if len(s) != len(d) or not all(isinstance(x, (int, float)) and x >= 0 for x in s):
+            if any(isinstance(x, float) and not math.isfinite(x) for x in s):
+                raise ConfigError(f"expert {e}'s shares must be finite numbers, got {s!r}", file=path, field=where)
+            if len(s) != len(d) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0
+                                           for x in s):
                 raise ConfigError(f"expert {e} has {len(d)} device(s) {d}; give as many non-negative shares, "
                                   f"got {s!r}", file=path, field=where)
             if abs(sum(s) - 1.0) > 1e-3:

@@ -114,3 +114,23 @@ def test_expert_with_no_tokens_costs_nothing_and_weights_are_read_once():
     experts = [expert_op(m, 0, 3.0), expert_op(m, 2, 5.0)]
     weights = 3 * 4096 * 14336 * 2
     assert experts[0].bytes - weights == pytest.approx(3 / 5 * (experts[1].bytes - weights))
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("num_local_experts", "eight", "whole number"), ("num_local_experts", 0, ">= 1"),
+    ("num_attention_heads", 0, ">= 1"), ("hidden_size", True, "whole number"),
+    ("num_experts_per_tok", 99, "exceeds"), ("num_key_value_heads", 3, "must divide"),
+])
+def test_hugging_face_config_errors_name_the_hf_key(tmp_path, field, value, words):
+    import json
+
+    from moesim.errors import ConfigError
+    from moesim.workloads import load_model
+
+    cfg = json.loads((DATA / "hf_configs" / "mixtral-8x7b.json").read_text())
+    cfg[field] = value
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError) as info:
+        load_model(path)
+    assert info.value.field == field and words in str(info.value) and str(path) in str(info.value)

@@ -217,3 +217,31 @@ def test_cli_stats_fit_and_simulate_from_the_fitted_generator(tmp_path):
     assert result.summary["routing"]["generator"] == "synthetic"
     assert result.summary["tokens"]["routed_assignments"] == 2 * 32 * 64 * 8 * 2
     assert main(["trace", "stats", str(tmp_path / "missing.parquet")]) == 2
+
+
+def test_ids_must_be_integers_and_an_empty_trace_is_refused(tmp_path):
+    small_trace(tmp_path / "t.parquet")
+    table = pq.read_table(tmp_path / "t.parquet")
+    pq.write_table(table.set_column(table.schema.get_field_index("expert_0"), "expert_0",
+                                    table.column("expert_0").cast("float64")), tmp_path / "f.parquet")
+    with pytest.raises(TraceError, match="column 'expert_0' must hold integers"):
+        open_trace(tmp_path / "f.parquet", MIXTRAL)
+    pq.write_table(table.slice(0, 0), tmp_path / "e.parquet")
+    with pytest.raises(TraceError, match="no rows"):
+        open_trace(tmp_path / "e.parquet", MIXTRAL)
+    np.savez(tmp_path / "f.npz", topk_ids=np.full((32, 2, 2), 0.5))
+    with pytest.raises(TraceError, match="integer ids"):
+        open_trace(tmp_path / "f.npz", MIXTRAL)
+    (tmp_path / "s.jsonl").write_text('{"step": "one", "experts": [[1, 2]]}\n')
+    with pytest.raises(TraceError, match=r"line 1.*'step' must be a whole number"):
+        open_trace(tmp_path / "s.jsonl", MIXTRAL)
+
+
+def test_synthesizing_an_empty_trace_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="--steps"):
+        synthesize_trace(tmp_path / "t.parquet", SKEWED, 32, 8, 2, [4, 4], 0)
+    with pytest.raises(ConfigError, match="--sources"):
+        synthesize_trace(tmp_path / "t.parquet", SKEWED, 32, 8, 2, [], 1)
+    with pytest.raises(ConfigError, match="--tokens"):
+        synthesize_trace(tmp_path / "t.parquet", SKEWED, 32, 8, 2, [4, 0], 1)
+    assert not (tmp_path / "t.parquet").exists()

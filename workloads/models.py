@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -43,19 +44,44 @@ def _load_yaml(path: Path) -> ModelSpec:
 
 
 def _load_hf(path: Path) -> ModelSpec:
+    """A Hugging Face config.json: read, check its counts (errors name the HF key), map, validate."""
     try:
-        cfg = json.loads(path.read_text())
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError("file not found", file=path) from None
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"malformed JSON at line {err.lineno}: {err.msg}", file=path) from None
-    if not isinstance(cfg, dict):
-        raise ConfigError("expected a JSON object", file=path)
+    except IsADirectoryError:
+        raise ConfigError("is a directory; give the config.json inside it or the folder that holds one",
+                          file=path) from None
+    except OSError as err:
+        raise ConfigError(f"cannot read file ({err.strerror})", file=path) from None
     try:
-        data = hf_config_to_spec(cfg, default_name=path.parent.name or path.stem)
-    except KeyError as err:
-        raise ConfigError(f"required field {err.args[0]} is missing", file=path, field=err.args[0]) from None
-    return validate(ModelSpec, data, path)
+        cfg = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError("not a text file (cannot decode it as UTF-8); expected a JSON config", file=path) from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}", file=path) from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"expected a JSON object, found {type(cfg).__name__}", file=path)
+    origin: dict[str, str] = {}
+    try:
+        data = hf_config_to_spec(cfg, default_name=path.parent.name or path.stem, origin=origin)
+    except HFConfigError as err:
+        raise ConfigError(err.message, file=path, field=err.key) from None
+    try:
+        return validate(ModelSpec, data, path)
+    except ConfigError as err:  # name the config.json key the bad value came from
+        key = origin.get(err.field or "")
+        if key is None:
+            raise
+        raise ConfigError(f"{err.detail} (read as moesim's {err.field})", file=path, field=key) from None
+
+
+class HFConfigError(ValueError):
+    """A Hugging Face config field that is missing or not a usable number."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
 
 
 def _first(cfg: dict[str, Any], *keys: str, default: Any = KeyError) -> Any:
@@ -63,55 +89,101 @@ def _first(cfg: dict[str, Any], *keys: str, default: Any = KeyError) -> Any:
         if cfg.get(key) is not None:
             return cfg[key]
     if default is KeyError:
-        raise KeyError(keys[0])
+        raise HFConfigError(keys[0], "required field is missing" + (
+            f" (also accepted: {', '.join(keys[1:])})" if len(keys) > 1 else ""))
     return default
+
+
+def _key(cfg: dict[str, Any], *keys: str) -> str:
+    """Which of the alternative keys the config uses (the first, if none)."""
+    return next((k for k in keys if cfg.get(k) is not None), keys[0])
+
+
+def _count(cfg: dict[str, Any], *keys: str, default: Any = KeyError, minimum: int = 1,
+           origin: dict[str, str] | None = None, spec: str | None = None) -> Any:
+    """A whole-number field (the first of `keys` present) that must be >= minimum."""
+    value = _first(cfg, *keys, default=default)
+    if value is default and default is not KeyError:
+        return value
+    key = _key(cfg, *keys)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and not (math.isfinite(value) and value.is_integer())):
+        raise HFConfigError(key, f"expected a whole number, got {value!r}")
+    if value < minimum:
+        raise HFConfigError(key, f"must be >= {minimum}, got {value!r}")
+    if origin is not None and spec is not None:
+        origin[spec] = key
+    return int(value)
 
 
 _HF_DTYPE = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float8_e4m3fn": "fp8"}
 
 
-def hf_config_to_spec(cfg: dict[str, Any], default_name: str = "hf-model") -> dict[str, Any]:
+def hf_config_to_spec(cfg: dict[str, Any], default_name: str = "hf-model",
+                      origin: dict[str, str] | None = None) -> dict[str, Any]:
     """Map the fields Hugging Face MoE configs use (Mixtral, DeepSeek, Qwen-MoE, OLMoE, GPT-OSS,
-    Switch) onto a ModelSpec mapping. Missing MoE fields fail loudly rather than guess."""
-    cfg = {**cfg.get("text_config", {}), **cfg} if "text_config" in cfg else cfg
-    hidden = _first(cfg, "hidden_size", "d_model")
-    heads = _first(cfg, "num_attention_heads", "num_heads")
-    layers = _first(cfg, "num_hidden_layers", "num_layers")
-    layers += int(cfg.get("num_decoder_layers") or 0)  # encoder-decoder (Switch/T5): both stacks
-    experts = _first(cfg, "num_local_experts", "n_routed_experts", "num_experts")
-    top_k = _first(cfg, "num_experts_per_tok", "experts_per_token", "moe_topk", "num_selected_experts",
-                   default=1 if "switch" in str(cfg.get("model_type", "")) else KeyError)
-    dense_ffn = _first(cfg, "intermediate_size", "d_ff", "ffn_dim")
-    expert_ffn = _first(cfg, "moe_intermediate_size", "expert_intermediate_size", default=dense_ffn)
-    shared = int(_first(cfg, "n_shared_experts", "num_shared_experts", default=0) or 0)
-    shared_size = _first(cfg, "shared_expert_intermediate_size", default=None)
+    Switch) onto a ModelSpec mapping. Missing MoE fields fail loudly rather than guess; a count
+    that is not a whole number of the right size raises HFConfigError naming the HF key.
+    `origin`, if given, is filled with ModelSpec field path -> the HF key it was read from."""
+    if "text_config" in cfg:
+        if not isinstance(cfg["text_config"], dict):
+            raise HFConfigError("text_config", f"expected a JSON object, got {type(cfg['text_config']).__name__}")
+        cfg = {**cfg["text_config"], **cfg}
+    o = origin if origin is not None else {}
+
+    def count(spec: str | None, *keys: str, default: Any = KeyError, minimum: int = 1) -> Any:
+        return _count(cfg, *keys, default=default, minimum=minimum, origin=o, spec=spec)
+
+    hidden = count("hidden_size", "hidden_size", "d_model")
+    heads = count("attention.num_heads", "num_attention_heads", "num_heads")
+    layers = count("num_layers", "num_hidden_layers", "num_layers")
+    layers += count(None, "num_decoder_layers", default=0, minimum=0) or 0  # encoder-decoder (Switch/T5): both stacks
+    experts = count("moe.num_experts", "num_local_experts", "n_routed_experts", "num_experts")
+    top_k = count("moe.top_k", "num_experts_per_tok", "experts_per_token", "moe_topk", "num_selected_experts",
+                  default=1 if "switch" in str(cfg.get("model_type", "")) else KeyError)
+    if top_k > experts:
+        raise HFConfigError(_key(cfg, "num_experts_per_tok", "experts_per_token", "moe_topk", "num_selected_experts"),
+                            f"{top_k} experts per token exceeds the {experts} experts "
+                            f"({_key(cfg, 'num_local_experts', 'n_routed_experts', 'num_experts')})")
+    dense_ffn = count("dense_intermediate_size", "intermediate_size", "d_ff", "ffn_dim")
+    expert_ffn = count("moe.expert_intermediate_size", "moe_intermediate_size", "expert_intermediate_size",
+                       default=dense_ffn)
+    shared = count("moe.num_shared_experts", "n_shared_experts", "num_shared_experts", default=0, minimum=0) or 0
+    shared_size = count(None, "shared_expert_intermediate_size", default=None, minimum=0)
     if shared_size and not shared:
         shared = 1  # Qwen2-MoE style: one shared expert of its own width
-    first_dense = int(_first(cfg, "first_k_dense_replace", default=0) or 0)
-    freq = int(_first(cfg, "moe_layer_freq", "decoder_sparse_step", "encoder_sparse_step", default=1) or 1)
+    first_dense = count("moe.first_dense_layers", "first_k_dense_replace", default=0, minimum=0) or 0
+    if first_dense > layers:
+        raise HFConfigError("first_k_dense_replace", f"{first_dense} dense layers exceed the {layers} layers")
+    freq = count("moe.layer_freq", "moe_layer_freq", "decoder_sparse_step", "encoder_sparse_step", default=1,
+                 minimum=0) or 1
+    count("vocab_size", "vocab_size")
     if cfg.get("kv_lora_rank"):
         attention: dict[str, Any] = {
             "type": "mla",
             "num_heads": heads,
-            "q_lora_rank": cfg.get("q_lora_rank"),
-            "kv_lora_rank": cfg["kv_lora_rank"],
-            "qk_nope_head_dim": _first(cfg, "qk_nope_head_dim"),
-            "qk_rope_head_dim": _first(cfg, "qk_rope_head_dim"),
-            "v_head_dim": _first(cfg, "v_head_dim"),
+            "q_lora_rank": count("attention.q_lora_rank", "q_lora_rank", default=None),
+            "kv_lora_rank": count("attention.kv_lora_rank", "kv_lora_rank"),
+            "qk_nope_head_dim": count("attention.qk_nope_head_dim", "qk_nope_head_dim"),
+            "qk_rope_head_dim": count("attention.qk_rope_head_dim", "qk_rope_head_dim"),
+            "v_head_dim": count("attention.v_head_dim", "v_head_dim"),
         }
     else:
-        kv_heads = _first(cfg, "num_key_value_heads", default=heads)
+        kv_heads = count("attention.num_kv_heads", "num_key_value_heads", default=heads)
+        if heads % kv_heads:
+            raise HFConfigError("num_key_value_heads", f"{kv_heads} key/value heads must divide the {heads} "
+                                f"attention heads ({_key(cfg, 'num_attention_heads', 'num_heads')})")
         attention = {
             "type": "gqa",
             "num_heads": heads,
             "num_kv_heads": kv_heads,
-            "head_dim": _first(cfg, "head_dim", "d_kv", default=hidden // heads),
+            "head_dim": count("attention.head_dim", "head_dim", "d_kv", default=max(1, hidden // heads)),
         }
-        window = cfg.get("sliding_window")
+        window = count("attention.sliding_window", "sliding_window", default=None, minimum=0)
         if window and cfg.get("use_sliding_window", True):
             attention["sliding_window"] = window
             types = cfg.get("layer_types")
-            if types:  # GPT-OSS style alternating layers
+            if isinstance(types, list) and types and all(isinstance(t, str) for t in types):  # GPT-OSS style alternating layers
                 windowed = sum(1 for t in types if "sliding" in t)
                 attention["sliding_window_every"] = max(1, round(len(types) / max(windowed, 1)))
             else:
@@ -123,7 +195,7 @@ def hf_config_to_spec(cfg: dict[str, Any], default_name: str = "hf-model") -> di
         "name": cfg.get("_name_or_path") or cfg.get("model_type") or default_name,
         "num_layers": layers,
         "hidden_size": hidden,
-        "vocab_size": _first(cfg, "vocab_size"),
+        "vocab_size": count("vocab_size", "vocab_size"),
         "dense_intermediate_size": dense_ffn,
         "activation": activation,
         "attention": attention,
@@ -140,6 +212,8 @@ def hf_config_to_spec(cfg: dict[str, Any], default_name: str = "hf-model") -> di
         "sources": {"*": "Hugging Face config.json"},
     }
     quant = cfg.get("quantization_config") or {}
+    if not isinstance(quant, dict):
+        raise HFConfigError("quantization_config", f"expected a JSON object, got {type(quant).__name__}")
     if quant.get("quant_method") == "mxfp4":
         spec["expert_dtype"] = "mxfp4"
     elif quant.get("quant_method") == "fp8":

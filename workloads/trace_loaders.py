@@ -37,9 +37,27 @@ def logits_to_topk(logits: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarr
     return order, np.take_along_axis(probs, order, axis=-1)
 
 
+def as_ids(values: Any, name: str, path: Path) -> np.ndarray:
+    """An array of whole-number ids (expert, source, step, ...); floats must be integral."""
+    arr = np.asarray(values)
+    if arr.dtype.kind in "iu":
+        return arr
+    if arr.dtype.kind == "f" and arr.size and np.isfinite(arr).all() and (arr == np.round(arr)).all():
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "f" and not arr.size:
+        return arr.astype(np.int64)
+    bad = ""
+    if arr.dtype.kind == "f":
+        flat = arr.ravel()
+        i = int(np.flatnonzero(~np.isfinite(flat) | (flat != np.round(flat)))[0])
+        bad = f"; entry {[int(j) for j in np.unravel_index(i, arr.shape)]} is {float(flat[i])!r}"
+    raise TraceError(f"'{name}' must hold integer ids, got {arr.dtype} values{bad}", file=path, where=name)
+
+
 def dense_to_table(ids: np.ndarray, weights: np.ndarray | None, source: np.ndarray | None, num_experts: int,
                    path: Path, model_name: str | None = None, num_sources: int | None = None) -> pa.Table:
     """Dense (steps, layers, tokens, k) expert ids -> trace table (one step after another)."""
+    ids = as_ids(ids, "topk_ids", path)
     if ids.ndim == 3:
         ids = ids[None]
         weights = None if weights is None else weights[None]
@@ -53,7 +71,7 @@ def dense_to_table(ids: np.ndarray, weights: np.ndarray | None, source: np.ndarr
                          where="topk_weights")
     if source is None:
         source = np.zeros((steps, tokens), dtype=np.int64)
-    source = np.asarray(source)
+    source = as_ids(source, "source", path)
     if source.ndim == 1:
         source = np.broadcast_to(source, (steps, tokens))
     if source.shape != (steps, tokens):
@@ -74,7 +92,7 @@ def dense_to_table(ids: np.ndarray, weights: np.ndarray | None, source: np.ndarr
 def long_to_table(cols: dict[str, np.ndarray], num_experts: int, path: Path, model_name: str | None,
                   num_sources: int | None = None) -> pa.Table:
     """Long columns (one entry per token-layer row) -> trace table, sorted by step."""
-    experts = np.asarray(cols["experts"])
+    experts = as_ids(cols["experts"], "experts", path)
     if experts.ndim != 2:
         raise TraceError(f"experts must be (rows, k); got shape {experts.shape}", file=path, where="experts")
     n, k = experts.shape
@@ -85,6 +103,7 @@ def long_to_table(cols: dict[str, np.ndarray], num_experts: int, path: Path, mod
         if np.shape(cols[name]) != (n,):
             raise TraceError(f"'{name}' has shape {np.shape(cols[name])}, expected ({n},) like experts",
                              file=path, where=name)
+        cols = {**cols, name: as_ids(cols[name], name, path)}
     weights = cols.get("weights")
     order = np.argsort(np.asarray(cols["step"]), kind="stable")
     layers = int(np.max(cols["moe_layer"])) + 1 if n else 0
@@ -110,6 +129,8 @@ def _from_arrays(arrays: dict[str, Any], model: ModelSpec | None, path: Path) ->
     name = model.name if model else None
     if "router_logits" in arrays:
         logits = np.asarray(arrays["router_logits"])
+        if logits.dtype.kind not in "iuf":
+            raise TraceError(f"router_logits must be numbers, got {logits.dtype}", file=path, where="router_logits")
         if logits.ndim not in (3, 4):
             raise TraceError(f"router_logits must be (layers, tokens, experts) or (steps, layers, tokens, experts); "
                              f"got {logits.shape}", file=path, where="router_logits")
@@ -118,24 +139,57 @@ def _from_arrays(arrays: dict[str, Any], model: ModelSpec | None, path: Path) ->
         if logits.shape[-1] != model.moe.num_experts:
             raise TraceError(f"router_logits has {logits.shape[-1]} experts on its last axis but {model.name} "
                              f"has {model.moe.num_experts}", file=path, where="router_logits")
+        if not np.isfinite(logits).all():
+            i = np.unravel_index(int(np.flatnonzero(~np.isfinite(logits).ravel())[0]), logits.shape)
+            raise TraceError(f"router_logits{[int(j) for j in i]} is {float(logits[i])!r}; logits must be finite "
+                             "numbers", file=path,
+                             where="router_logits")
         ids, weights = logits_to_topk(logits, model.moe.top_k)
         return dense_to_table(ids, weights.astype(np.float32), arrays.get("source"), model.moe.num_experts, path, name)
     experts = model.moe.num_experts if model else None
     if "topk_ids" in arrays:
-        ids = np.asarray(arrays["topk_ids"])
+        ids = as_ids(arrays["topk_ids"], "topk_ids", path)
+        if not ids.size:
+            raise TraceError("topk_ids is empty", file=path, where="topk_ids")
         return dense_to_table(ids, None if arrays.get("topk_weights") is None else np.asarray(arrays["topk_weights"]),
                               arrays.get("source"), experts or int(ids.max()) + 1, path, name)
     if "experts" in arrays:
-        return long_to_table({k: np.asarray(v) for k, v in arrays.items()},
-                             experts or int(np.max(arrays["experts"])) + 1, path, name)
+        ex = as_ids(arrays["experts"], "experts", path)
+        if not ex.size:
+            raise TraceError("the dump has no rows", file=path, where="experts")
+        return long_to_table({k: np.asarray(v) for k, v in arrays.items()}, experts or int(np.max(ex)) + 1, path, name)
     raise TraceError(f"found keys {sorted(arrays)}; expected router_logits, topk_ids or the long columns "
                      "(step, token, source, moe_layer, experts)", file=path)
+
+
+def _jsonl_int(obj: dict, key: str, default: int | None, path: Path, lineno: int) -> int | None:
+    value = obj.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TraceError(f"'{key}' must be a whole number >= 0, got {value!r}", file=path, where=f"line {lineno}")
+    return value
+
+
+def _jsonl_ids(ids: Any, path: Path, lineno: int, what: str) -> list[int]:
+    if not isinstance(ids, list) or not all(isinstance(e, int) and not isinstance(e, bool) for e in ids):
+        raise TraceError(f"{what} must be a list of integer expert ids, got {ids!r}", file=path,
+                         where=f"line {lineno}")
+    return ids
+
+
+def _jsonl_weights(w: Any, k: int, path: Path, lineno: int) -> list[float]:
+    if not isinstance(w, list) or len(w) != k or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in w):
+        raise TraceError(f"'weights' must give {k} numbers per MoE layer like 'experts', got {w!r}", file=path,
+                         where=f"line {lineno}")
+    return w
 
 
 def _load_jsonl(path: Path, model: ModelSpec | None) -> pa.Table:
     cols: dict[str, list] = {"step": [], "token": [], "source": [], "moe_layer": [], "experts": [], "weights": []}
     per_step_token: dict[int, int] = {}
-    with open(path) as fh:
+    with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -146,27 +200,34 @@ def _load_jsonl(path: Path, model: ModelSpec | None) -> pa.Table:
             if not isinstance(obj, dict) or "experts" not in obj:
                 raise TraceError("each line must be an object with an 'experts' field", file=path,
                                  where=f"line {lineno}")
-            step = int(obj.get("step", 0))
-            token = obj.get("token")
+            step = _jsonl_int(obj, "step", 0, path, lineno)
+            token = _jsonl_int(obj, "token", None, path, lineno)
             if token is None:
                 token = per_step_token.get(step, 0)
                 per_step_token[step] = token + 1
-            source = int(obj.get("source", 0))
+            source = _jsonl_int(obj, "source", 0, path, lineno)
             ex, w = obj["experts"], obj.get("weights")
             per_layer = "moe_layer" in obj
+            layer_no = _jsonl_int(obj, "moe_layer", 0, path, lineno) if per_layer else None
             layers = [ex] if per_layer else ex
             wl = [w] if per_layer else w
             if not isinstance(layers, list) or not all(isinstance(e, list) for e in layers):
                 raise TraceError("'experts' must be a list of expert ids per MoE layer (a list of lists), or a "
                                  "list of ids with a 'moe_layer' key", file=path, where=f"line {lineno}")
+            if wl is not None and (not isinstance(wl, list) or len(wl) != len(layers)):
+                raise TraceError(f"'weights' must have the shape of 'experts' ({len(layers)} MoE layers)", file=path,
+                                 where=f"line {lineno}")
             for i, ids in enumerate(layers):
+                ids = _jsonl_ids(ids, path, lineno, "'experts'" if per_layer else f"'experts'[{i}]")
                 cols["step"].append(step)
                 cols["token"].append(int(token))
                 cols["source"].append(source)
-                cols["moe_layer"].append(int(obj["moe_layer"]) if per_layer else i)
+                cols["moe_layer"].append(layer_no if per_layer else i)
                 cols["experts"].append(ids)
                 if wl is not None:
-                    cols["weights"].append(wl[i])
+                    cols["weights"].append(_jsonl_weights(wl[i], len(ids), path, lineno))
+    if not cols["experts"]:
+        raise TraceError("the file has no rows (no JSON lines)", file=path)
     ks = {len(e) for e in cols["experts"]}
     if len(ks) != 1:
         raise TraceError(f"tokens list different numbers of experts {sorted(ks)}; top-k must be constant",
@@ -184,17 +245,29 @@ def load_dump(path: Path, model: ModelSpec | None) -> pa.Table:
     suffix = path.suffix.lower()
     try:
         if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as data:
-                return _from_arrays({k: data[k] for k in data.files}, model, path)
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    arrays = {k: data[k] for k in data.files}
+            except Exception as err:  # noqa: BLE001 - a corrupt zip, a pickled array, ...: the user's file
+                raise TraceError(f"could not read the file as .npz ({type(err).__name__}: {err})", file=path) from None
+            return _from_arrays(arrays, model, path)
         if suffix == ".npy":
-            return _from_arrays({"router_logits": np.load(path, allow_pickle=False)}, model, path)
+            try:
+                logits = np.load(path, allow_pickle=False)
+            except Exception as err:  # noqa: BLE001
+                raise TraceError(f"could not read the file as .npy ({type(err).__name__}: {err})", file=path) from None
+            return _from_arrays({"router_logits": logits}, model, path)
         if suffix in (".pt", ".pth"):
             try:
                 import torch
             except ImportError:
                 raise TraceError("reading .pt needs torch: pip install 'moesim[calibrate]' or save as .npz",
                                  file=path) from None
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as err:  # noqa: BLE001 - corrupt or pickled with objects torch will not load
+                raise TraceError(f"could not read the file as a torch tensor ({type(err).__name__}: "
+                                 f"{str(err).splitlines()[0] if str(err) else ''})", file=path) from None
             if isinstance(obj, torch.Tensor):
                 obj = {"router_logits": obj}
             if not isinstance(obj, dict):
@@ -203,7 +276,7 @@ def load_dump(path: Path, model: ModelSpec | None) -> pa.Table:
                                  else v.numpy() for k, v in obj.items()}, model, path)
         if suffix == ".jsonl":
             return _load_jsonl(path, model)
-    except (ValueError, OSError, KeyError) as err:
+    except (ValueError, OSError, KeyError, UnicodeDecodeError) as err:
         if isinstance(err, TraceError):
             raise
         raise TraceError(f"could not read the file ({err})", file=path) from None

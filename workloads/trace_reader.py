@@ -184,8 +184,10 @@ def _meta_against_model(meta: TraceMeta | None, model: ModelSpec | None, path: P
                      has_weights=scanned["has_weights"])
 
 
-def _check_columns(names: list[str], path: Path) -> tuple[int, bool]:
-    """(top_k, has_weights) from the column names; error on a missing required column."""
+def _check_columns(schema: pa.Schema, path: Path) -> tuple[int, bool]:
+    """(top_k, has_weights) from the columns; error on a missing required column or one whose
+    type cannot hold what it should (ids are integers, gate weights numbers)."""
+    names = schema.names
     for need in ("step", "token", "source", "moe_layer", "expert_0"):
         if need not in names:
             raise TraceError(f"missing column '{need}' (a trace has step, token, source, moe_layer, "
@@ -198,6 +200,17 @@ def _check_columns(names: list[str], path: Path) -> tuple[int, bool]:
     if w not in (0, k):
         raise TraceError(f"gate weights must be given for all {k} experts or none; found {w} weight_* columns",
                          file=path, where="columns weight_*")
+    ids = ["step", "token", "source", "moe_layer"] + [f"expert_{j}" for j in range(k)]
+    for name in ids:
+        kind = schema.field(name).type
+        if not pa.types.is_integer(kind):
+            raise TraceError(f"column '{name}' must hold integers, but its type is {kind}", file=path,
+                             where=f"column {name}")
+    for name in (f"weight_{j}" for j in range(k if w == k else 0)):
+        kind = schema.field(name).type
+        if not (pa.types.is_floating(kind) or pa.types.is_integer(kind)):
+            raise TraceError(f"column '{name}' must hold numbers, but its type is {kind}", file=path,
+                             where=f"column {name}")
     return k, w == k
 
 
@@ -235,7 +248,7 @@ def open_trace(path: str | Path, model: ModelSpec | None = None, *, batch_rows: 
         except (pa.ArrowInvalid, OSError) as err:
             raise TraceError(f"not a readable Parquet file ({err})", file=path) from None
         schema = pf.schema_arrow
-        k, has_weights = _check_columns(schema.names, path)
+        k, has_weights = _check_columns(schema, path)
         raw = (schema.metadata or {}).get(META_KEY)
         meta = TraceMeta.from_json(raw) if raw else None
         scanned = None
@@ -248,7 +261,7 @@ def open_trace(path: str | Path, model: ModelSpec | None = None, *, batch_rows: 
         from moesim.workloads.trace_loaders import load_dump
 
         table = load_dump(path, model)
-        k, has_weights = _check_columns(table.schema.names, path)
+        k, has_weights = _check_columns(table.schema, path)
         raw = (table.schema.metadata or {}).get(META_KEY)
         meta = TraceMeta.from_json(raw) if raw else None
         scanned = None
@@ -256,6 +269,8 @@ def open_trace(path: str | Path, model: ModelSpec | None = None, *, batch_rows: 
             scanned = _scan(iter(table.to_batches()), k, has_weights)
         trace = Trace(path=path, meta=None, num_rows=table.num_rows, _table=table,  # type: ignore[arg-type]
                       batch_rows=batch_rows)
+    if trace.num_rows == 0:
+        raise TraceError("the trace has no rows", file=path)
     meta = _meta_against_model(meta, model, path, scanned)
     if num_sources is not None:
         meta = replace(meta, num_sources=num_sources)
