@@ -27,22 +27,54 @@ MEASURED_COLUMNS = ("device", "op", "flops", "bytes", "time_s")
 
 def load_measured(path: str | Path, device_name: str | None = None) -> pd.DataFrame:
     """Measured op timings: a CSV with columns device, op, flops, bytes, time_s, or the
-    measurements.csv `moesim calibrate` writes (compute ops only: copies have no FLOPs)."""
+    measurements.csv `moesim calibrate` writes (compute ops only: copies have no FLOPs).
+    A file that is not such a CSV, a missing column, or a value that is not a finite number of
+    the right sign is a ConfigError naming the file, the column and the line."""
+    from moesim.errors import ConfigError
+
     path = Path(path)
     if not path.exists():
-        raise MoesimError(f"measured points file {path} not found")
-    df = pd.read_csv(path)
-    if "measured_s" in df.columns and "time_s" not in df.columns:  # a `moesim calibrate` measurements.csv
-        df = df[df["flops"] > 0].rename(columns={"measured_s": "time_s", "kind": "op"})
-        df["device"] = df.get("device", device_name or "measured")
-    missing = [c for c in MEASURED_COLUMNS if c not in df.columns]
+        raise ConfigError("measured points file not found", file=path)
+    if path.is_dir():
+        raise ConfigError("is a directory; expected a CSV file of measured points", file=path)
+    try:
+        df = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise ConfigError(f"the file is empty; expected a CSV with the header {','.join(MEASURED_COLUMNS)}",
+                          file=path) from None
+    except (UnicodeDecodeError, pd.errors.ParserError, ValueError, OSError) as err:
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise ConfigError(f"not a readable CSV file ({type(err).__name__}: {first})", file=path) from None
+    calibrate = "measured_s" in df.columns and "time_s" not in df.columns  # a `moesim calibrate` measurements.csv
+    needed = ("kind", "flops", "bytes", "measured_s") if calibrate else MEASURED_COLUMNS
+    missing = [c for c in needed if c not in df.columns]
     if missing:
-        raise MoesimError(f"measured points file {path} lacks column(s) {missing}; it needs "
-                          f"{', '.join(MEASURED_COLUMNS)} (one row per measured op)")
-    bad = df[(df["time_s"] <= 0) | (df["bytes"] <= 0) | (df["flops"] < 0)]
-    if len(bad):
-        raise MoesimError(f"measured points file {path}: row {int(bad.index[0]) + 2} has a non-positive time or "
-                          "bytes, or negative flops")
+        raise ConfigError(f"lacks column(s) {', '.join(missing)}; a measured points CSV has the columns "
+                          f"{', '.join(MEASURED_COLUMNS)} (one row per measured op), or is a `moesim calibrate` "
+                          f"measurements.csv (kind, flops, bytes, measured_s); found "
+                          f"{', '.join(map(str, df.columns)) or 'none'}", file=path, field=missing[0])
+    if not len(df):
+        raise ConfigError("has a header but no rows of measured points", file=path)
+    time_col = "measured_s" if calibrate else "time_s"
+    for col, ok, need in (("flops", lambda v: v >= 0, "a number >= 0"), ("bytes", lambda v: v > 0, "a number > 0"),
+                          (time_col, lambda v: v > 0, "a number > 0")):
+        values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = ~np.isfinite(values)
+        if not bad.any():
+            bad = ~ok(values)
+        if bad.any():
+            i = int(np.argmax(bad))
+            row = int(df.index[i])
+            need = "a finite number" if not np.isfinite(values[i]) else need
+            raw = df[col].iloc[i]
+            shown = f"{values[i]:g}" if np.isfinite(values[i]) or isinstance(raw, (int, float, np.number)) else repr(raw)
+            raise ConfigError(f"row {row} (line {row + 2}): expected {need}, got {shown}", file=path, field=col)
+        df = df.assign(**{col: values})
+        if calibrate and col == "flops":  # copies (no FLOPs) are not roofline points
+            df = df[df["flops"] > 0]
+    if calibrate:
+        df = df.rename(columns={"measured_s": "time_s", "kind": "op"})
+        df["device"] = df.get("device", device_name or "measured")
     return df
 
 
