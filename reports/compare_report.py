@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from moesim.errors import MoesimError
-from moesim.reports.html_page import Figure, Table, pyplot, save_figure
+from moesim.reports.html_page import Figure, Table, legend_below, pyplot, save_figure
 from moesim.reports.run_report import (
     PHASE_ORDER,
     RUN_CSS,
@@ -209,7 +209,8 @@ def plot_run_lines(series: list[pd.Series], names: list[str], path: Path, xlabel
                     ls="-" if i < 10 else "--", label=label)
     value_axis(ax, values, xlabel, f"{ylabel} ({unit}")
     ax.set_title(title)
-    ax.legend(fontsize="small", loc="lower right")
+    # under the plot, runs side by side: long run names beside it would squeeze the data
+    legend_below(ax, ncol=min(3, len(names)), offset=-0.14, fontsize="small")
     save_figure(fig, path)
 
 
@@ -255,7 +256,7 @@ def expert_time_by_layer(run: RunData) -> pd.Series:
 
 
 def plot_expert_time(series: list[pd.Series], names: list[str], path: Path) -> None:
-    plot_run_lines(series, names, path, "MoE layer index", "slowest device's expert time",
+    plot_run_lines(series, names, path, "model layer (MoE layers only)", "slowest device's expert time",
                    "Straggler expert time per MoE layer (simulated, mean over steps)")
 
 
@@ -342,7 +343,8 @@ def write_comparison_report(run_dirs: list, out_dir: str | Path) -> Path:
         plot_expert_time(expert, names, out / EXPERT_PNG)
         blocks.append(Block("figure", Figure(EXPERT_PNG, "Straggler expert time per MoE layer",
                                              "Modelled routed-expert time of the slowest device at each MoE layer, "
-                                             "mean over steps: what every device of the layer waits for.")))
+                                             "mean over steps: what every device of the layer waits for. The x "
+                                             "axis numbers model layers (layers.csv), showing only MoE layers.")))
     else:
         blocks.append(Block("note", "Expert time per layer: not shown, no run has MoE layers in layers.csv."))
     if any(r.offload for r in runs):

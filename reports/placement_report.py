@@ -3,8 +3,10 @@
 Written next to the study's methods.csv: a header with the problem and the chosen method, the
 methods compared (model scores, and simulation where each placement was simulated), device
 loads before and after placement, the chosen method's expert-to-device shares and copies, the
-device-to-device dispatch traffic, and the MILP solves. The HTML references the PNGs by
-relative name, so the folder opens in a browser with no server.
+device-to-device dispatch traffic, and the MILP solves. The HTML is self-contained: the PNGs
+are embedded as data URIs and the small study files (methods.csv, problem.json, placement.yaml)
+as data-URI downloads, so report.html copied alone shows everything; the Markdown references
+the files beside it.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import numpy as np
 import pandas as pd
 from moesim.placement.methods import MethodResult
 from moesim.placement.problem import PlacementProblem
-from moesim.reports.html_page import (CSS, Figure, Table, device_ticks, node_lines, pyplot, save_figure, table_html,
-                                      table_markdown)
+from moesim.reports.html_page import (CSS, Figure, Table, device_ticks, figure_html, files_html, legend_below,
+                                      legend_outside, node_lines, pyplot, save_figure, table_html, table_markdown)
 from moesim.studies.placement_study import PlacementStudy, pick_best
 
 LOADS_PNG = "placement-loads.png"
@@ -111,7 +113,7 @@ def plot_device_loads(problem: PlacementProblem, before: MethodResult, after: Me
     ax.set_ylabel("expert assignments per step (tokens)")
     ax.set_title(f"Tokens each device serves per step at MoE layer {layer}\n"
                  f"(the layer where {before.method} is most imbalanced; model)")
-    ax.legend(loc="upper right")
+    legend_below(ax, ncol=3, offset=-0.17, fontsize="small")
     save_figure(fig, path)
 
 
@@ -130,9 +132,10 @@ def plot_balance_by_layer(problem: PlacementProblem, results: list[MethodResult]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8.0, min(16.0, 4 + 0.15 * L)), 7), sharex=True)
     marker = "o" if L <= 64 else None
     layers = np.arange(L)
-    for i, r in enumerate(results):
-        style = {"color": f"C{i % 10}", "marker": marker, "ms": 4, "label": r.method,
-                 "ls": "-" if i < 10 else "--"}
+    markers = "osD^vP*Xhp"
+    for i, r in enumerate(results):  # earlier methods drawn wider, so methods that coincide stay visible
+        style = {"color": f"C{i % 10}", "marker": markers[i % 10] if marker else None, "ms": 7 - 4 * i / len(results),
+                 "lw": 3.5 - 2.3 * i / len(results), "label": r.method, "ls": "-" if i < 10 else "--"}
         top.plot(layers, max_over_mean(r.score.device_tokens), **style)
         bottom.plot(layers, r.score.device_time.max(axis=1) * scale, **style)
     top.axhline(1.0, color="grey", lw=0.8)
@@ -143,10 +146,10 @@ def plot_balance_by_layer(problem: PlacementProblem, results: list[MethodResult]
         top.yaxis.set_minor_formatter(NullFormatter())
     top.set_ylabel("max / mean device tokens" + (" (log scale)" if top.get_yscale() == "log" else ""))
     top.set_title("Load imbalance per MoE layer (1 = perfectly balanced; model)")
-    top.legend(ncol=min(4, len(results)), fontsize="small")
+    legend_outside(top, fontsize="small", title="method")
     bottom.set_ylabel(f"slowest device's expert time ({unit})")
     bottom.set_title("Straggler expert time per MoE layer (model)")
-    bottom.set_xlabel("MoE layer index")
+    bottom.set_xlabel("MoE layer (0 = the model's first MoE layer)")
     bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
     bottom.set_ylim(bottom=0)
     save_figure(fig, path)
@@ -195,7 +198,7 @@ def plot_copies(problem: PlacementProblem, chosen: MethodResult, path: Path) -> 
     node_lines(ax, node_boundaries(problem.node_of))
     device_ticks(ax, D)
     ax.set_xlabel("device")
-    ax.set_ylabel("MoE layer index")
+    ax.set_ylabel("MoE layer (0 = first MoE layer)")
     slots = problem.slots
     cap = str(int(slots[0])) if (slots == slots[0]).all() else f"{int(slots.min())}-{int(slots.max())}"
     ax.set_title(f"{chosen.method}: expert copies per device and MoE layer\n(slots per device: {cap})")
@@ -338,9 +341,10 @@ def problem_facts(study: PlacementStudy, chosen: str, baseline: str) -> list[tup
     return facts
 
 
-def figures(chosen: str, before: str, after: str, layer: int, note: str) -> list[Figure]:
+def figures(chosen: str, before: str, after: str, layer: int, note: str, multi_node: bool = True) -> list[Figure]:
     """The report's plots, in order, with captions that say where the numbers come from."""
     note = f" {note}" if note else ""
+    nodes = " Dashed lines: node boundaries." if multi_node else ""
     return [
         Figure(LOADS_PNG, "Before and after: device loads",
                f"Tokens each device serves per step at MoE layer {layer}, where {before} is most imbalanced, "
@@ -350,13 +354,12 @@ def figures(chosen: str, before: str, after: str, layer: int, note: str) -> list
                "slowest device's modelled expert time per layer (what the straggler waits on). Model."),
         Figure(SHARES_PNG, f"Expert-to-device shares of {chosen}",
                f"Which device serves each expert at MoE layer {layer} and what share of its tokens; replicated "
-               "experts show in several rows. Dashed lines: node boundaries."),
+               f"experts show in several rows.{nodes}"),
         Figure(COPIES_PNG, f"Expert copies of {chosen}",
-               "Expert copies each device holds at every MoE layer (limited by the device's slots)."),
+               f"Expert copies each device holds at every MoE layer (limited by the device's slots).{nodes}"),
         Figure(TRAFFIC_PNG, "Dispatch traffic",
                f"Tokens per step sent from each source device to the device serving the expert, summed over MoE "
-               f"layers, for {_pair(before, after)} on one colour scale. Model; dashed lines: node boundaries."
-               f"{note}"),
+               f"layers, for {_pair(before, after)} on one colour scale. Model.{nodes}{note}"),
     ]
 
 
@@ -368,18 +371,16 @@ def _links(out: Path) -> list[str]:
 
 
 def render_html(title: str, facts: list[tuple[str, str]], methods: Table, solves: Table | None,
-                figs: list[Figure], links: list[str], note: str) -> str:
-    """The self-contained page (images by relative file name)."""
+                figs: list[Figure], links: list[str], note: str, out: Path) -> str:
+    """The self-contained page: PNGs embedded as data URIs, the study files as data-URI downloads."""
     esc = html.escape
     parts = [f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{esc(title)}</title>",
              f"<style>{CSS}</style>\n</head>\n<body>", f"<h1>{esc(title)}</h1>", "<dl>"]
     parts += [f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts]
     parts += ["</dl>", "<h2>Methods compared</h2>", f"<p class=\"note\">{esc(note)}</p>", table_html(methods)]
     if links:
-        parts.append("<p>Files: " + ", ".join(f'<a href="{esc(n)}">{esc(n)}</a>' for n in links) + "</p>")
-    for f in figs:
-        img = f'<img src="{esc(f.file)}" alt="{esc(f.title)}">'
-        parts += [f"<h2>{esc(f.title)}</h2>", f"<figure>{img}<figcaption>{esc(f.caption)}</figcaption></figure>"]
+        parts.append(files_html(out, links))
+    parts += [figure_html(out, f) for f in figs]
     if solves:
         parts += ["<h2>MILP solves</h2>", table_html(solves)]
     parts.append("</body>\n</html>\n")
@@ -432,8 +433,9 @@ def write_placement_report(study: PlacementStudy, out_dir: str | Path, *, best: 
             "(simulation) columns come from simulating each placement. Bottleneck = sum over MoE layers of the "
             f"most loaded device; the chosen method ({chosen_name}) is highlighted.")
     tables = (methods_table(study, chosen_name), solve_table(study.results))
-    figs, links = figures(chosen_name, before_name, after_name, layer, pair_note), _links(out)
+    figs = figures(chosen_name, before_name, after_name, layer, pair_note, multi_node=p.num_nodes > 1)
+    links = _links(out)
     (out / "report.md").write_text(render_markdown(title, facts, *tables, figs, links, note), encoding="utf-8")
     page = out / "report.html"
-    page.write_text(render_html(title, facts, *tables, figs, links, note), encoding="utf-8")
+    page.write_text(render_html(title, facts, *tables, figs, links, note, out), encoding="utf-8")
     return page

@@ -122,7 +122,9 @@ def plot_roofline(rows: pd.DataFrame, roofs: dict[str, Roof], path: Path, measur
         if group in set(rows["group"]):
             handles.append(plt.Line2D([], [], ls="", marker=GROUP_MARKERS[group], color="gray", markeredgecolor="black"))
             labels.append(group)
-    axes[0][-1].legend(handles, labels, fontsize=8, loc="lower right")
+    # below the panels, not over the data: the roofs and ridge points reach every corner
+    fig.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=min(len(labels), 4), frameon=False)
     save_figure(fig, path)
 
 
@@ -219,6 +221,7 @@ def write_roofline(rows: pd.DataFrame, sweep: pd.DataFrame, ridges: dict[str, fl
             Figure(SWEEP_PNG, "Expert GEMM over tokens per expert", "Where a routed expert turns compute-bound "
                    "on each device; grey lines: the token counts this layer's experts actually get."),
             Figure(SHARE_PNG, "Share of layer time", "Modelled time of each op group in one layer.")]
-    blocks = [("figure", f) for f in figs] + [("h2", "Ops"), ("table", op_table(rows))]
+    blocks = [("figure", f) for f in figs] + [("h2", "Ops"), ("table", op_table(rows)),
+                                              ("files", ["roofline.csv", "expert-sweep.csv", "ridge.csv"])]
     page = write_page(out, "roofline", title, facts, blocks)
     return page

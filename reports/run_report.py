@@ -8,8 +8,9 @@ it is a model output of the simulator, never a measurement; the page says so.
 Content: the run's identity, headline metrics, time share per phase, where the time goes per
 layer and per device, the straggler map (expert time per device and MoE layer), the all-to-all
 traffic matrix, the busiest links, step latency per step, the offloading section (when the run
-offloaded experts) and the resolved config. The HTML embeds every PNG as a data URI; the
-Markdown references the PNG files written beside it.
+offloaded experts) and the resolved config. The HTML is self-contained: every PNG and the small
+CSV tables are embedded as data URIs and no other local file is referenced; the Markdown
+references the PNG and CSV files written beside it.
 """
 
 from __future__ import annotations
@@ -33,10 +34,13 @@ from moesim.reports.html_page import (
     Figure,
     Table,
     device_ticks,
-    embedded_png,
+    figure_html,
+    files_html,
+    legend_outside,
     node_lines,
     pyplot,
     save_figure,
+    scroll_box,
     table_html,
     table_markdown,
 )
@@ -73,6 +77,8 @@ h3 { margin-bottom: 0.2em; }
 """
 
 TOP_LINKS = 30
+# links.csv `source` values (simulator/run_tables.py); a links.csv without the column is all collective
+COLLECTIVE = "collective"
 DECADES = 2.0  # an axis spanning more than this many decades gets a log scale
 
 
@@ -271,6 +277,32 @@ def devices_per_node(run: RunData) -> int | None:
         if not np.array_equal(inferred, tr["inter_node"].astype(bool).to_numpy()):
             return None
     return per
+
+
+def link_sources(links: pd.DataFrame) -> pd.Series:
+    """What moved each links.csv row's bytes (collective, offload copy, ...)."""
+    if "source" in links:
+        return links["source"].fillna(COLLECTIVE).astype(str)
+    return pd.Series([COLLECTIVE] * len(links), index=links.index)
+
+
+def link_bytes_by_class(links: pd.DataFrame | None, steps: int) -> Table | None:
+    """Bytes every link class carried, per source (collectives between devices, offload copies over
+    the host link or storage path, ...), with the busiest link's busy share. None without rows."""
+    if links is None or not len(links):
+        return None
+    df = links.assign(source=link_sources(links), cls=links["class"].astype(str))
+    rows = []
+    for (cls, src), g in df.groupby(["cls", "source"], sort=True):
+        total = float(g["bytes"].sum())
+        rows.append([cls, src, str(len(g)), fmt_bytes(total), fmt_bytes(total / max(steps, 1)),
+                     _pct(float(g["utilization"].max()) if "utilization" in g else None, 2)])
+    for cls, g in df.groupby("cls", sort=True):
+        if g["source"].nunique() > 1:
+            total = float(g["bytes"].sum())
+            rows.append([cls, "all sources", str(len(g)), fmt_bytes(total), fmt_bytes(total / max(steps, 1)), "–"])
+    return Table(["link class", "source", "directed links", "bytes (whole run)", "bytes per step",
+                  "busiest link busy share"], rows)
 
 
 def time_unit(max_seconds: float) -> tuple[float, str]:
@@ -511,7 +543,7 @@ def plot_time_by_layer(table: pd.DataFrame, run_name: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(10.0, min(18.0, 4 + 0.12 * len(table))), 4.5))
     scale, unit = time_unit(float(table.sum(axis=1).max()))
     _stacked_bars(ax, table, scale)
-    ax.set_xlabel("layer index")
+    ax.set_xlabel("model layer (every layer: attention, dense or MoE)")
     ax.set_ylabel(f"time per step ({unit}, mean over devices)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlim(table.index.min() - 0.6, table.index.max() + 0.6)
@@ -536,25 +568,50 @@ def plot_time_by_device(table: pd.DataFrame, run_name: str, per_node: int | None
     save_figure(fig, path)
 
 
-def plot_expert_time(et: pd.DataFrame, run_name: str, per_node: int | None, path: Path) -> None:
-    """Heatmap of mean expert time per step: MoE layers (rows) x devices (columns)."""
+STRAGGLER_CMAP = "RdBu_r"  # diverging: blue below the layer mean, white at it, red above
+STRAGGLER_MIN_HALF_RANGE = 0.05  # the colour scale spans at least 0.95 to 1.05
+
+
+def straggler_ratio_grid(grid: np.ndarray) -> np.ndarray:
+    """Each cell's expert time over its row's (MoE layer's) mean over devices: 1 = at the mean,
+    so a perfectly balanced layer is all ones; the row maximum is the layer's max/mean."""
+    grid = np.asarray(grid, dtype=float)
+    mean = np.nanmean(grid, axis=1, keepdims=True) if grid.size else np.zeros((grid.shape[0], 1))
+    return np.divide(grid, mean, out=np.ones_like(grid), where=np.isfinite(grid) & (mean > 0))
+
+
+def straggler_norm(ratio: np.ndarray):
+    """Linear colour scale centred on 1 (the layer mean), symmetric: 1 ± the largest deviation."""
+    from matplotlib.colors import Normalize
+
+    finite = np.asarray(ratio, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    half = max(float(np.abs(finite - 1.0).max()) if finite.size else 0.0, STRAGGLER_MIN_HALF_RANGE)
+    return Normalize(vmin=1.0 - half, vmax=1.0 + half)
+
+
+def straggler_colors(grid: np.ndarray) -> np.ndarray:
+    """(L, D, 4) RGBA the straggler map paints each (layer, device) cell of expert times `grid`."""
     plt = pyplot()
-    from matplotlib.colors import LogNorm
+    ratio = straggler_ratio_grid(grid)
+    return plt.get_cmap(STRAGGLER_CMAP)(straggler_norm(ratio)(ratio))
+
+
+def plot_expert_time(et: pd.DataFrame, run_name: str, per_node: int | None, path: Path) -> None:
+    """Heatmap of each device's expert time over its MoE layer's mean: layers (rows) x devices (columns).
+
+    Coloured on a diverging scale centred on the layer mean (white), so a balanced layer is white
+    whatever its absolute time and only a device slower than its layer's mean shows red."""
+    plt = pyplot()
 
     grid = et.pivot_table(index="layer", columns="device", values="expert_time_s", aggfunc="mean")
-    scale, unit = time_unit(float(np.nanmax(grid.to_numpy())))
-    grid = grid * scale
+    vals = grid.to_numpy(dtype=float)
+    ratio = straggler_ratio_grid(vals)
+    norm = straggler_norm(ratio)
     L, D = grid.shape
     fig, ax = plt.subplots(figsize=(max(8.0, min(14.0, 4 + 0.25 * D)), max(4.0, min(9.0, 1.6 + 0.1 * L))))
-    vals = grid.to_numpy()
-    if _spans_decades(vals):
-        norm = LogNorm(vmin=np.nanmin(vals[vals > 0]), vmax=np.nanmax(vals))
-        im = ax.imshow(np.ma.masked_invalid(vals), aspect="auto", cmap="YlOrRd", norm=norm,
-                       interpolation="nearest")
-    else:  # linear from 0: a balanced layer reads as one colour, a straggler as a dark cell
-        norm = None
-        im = ax.imshow(np.ma.masked_invalid(vals), aspect="auto", cmap="YlOrRd", vmin=0.0,
-                       vmax=float(np.nanmax(vals)) or 1.0, interpolation="nearest")
+    im = ax.imshow(np.ma.masked_invalid(ratio), aspect="auto", cmap=STRAGGLER_CMAP, norm=norm,
+                   interpolation="nearest")
     node_lines(ax, _node_boundaries(D, per_node))
     device_ticks(ax, D, limit=24)
     layers = grid.index.to_numpy()
@@ -562,15 +619,14 @@ def plot_expert_time(et: pd.DataFrame, run_name: str, per_node: int | None, path
     ax.set_yticks(range(0, L, step))
     ax.set_yticklabels([str(v) for v in layers[::step]])
     ax.set_xlabel("device" + ("  (dashed lines: node boundaries)" if per_node else ""))
-    ax.set_ylabel("MoE layer index")
-    mean = vals.mean(axis=1)
-    ratio = np.divide(vals.max(axis=1), mean, out=np.ones_like(mean), where=mean > 0)
-    ax.set_title(f"{run_name}: routed-expert time per step on each device (simulated)\n"
-                 f"max/mean over devices: {ratio.mean():.2f} on average, {ratio.max():.2f} at worst (layer "
-                 f"{layers[int(np.argmax(ratio))]})")
-    bar = fig.colorbar(im, ax=ax, label=f"expert time per step ({unit}" + (", log scale)" if norm else ")"))
-    if norm is not None:
-        _log_ticks(bar.ax.yaxis)
+    ax.set_ylabel("model layer (MoE layers only)")
+    row_max = np.nanmax(ratio, axis=1)
+    scale, unit = time_unit(float(np.nanmax(vals)))
+    ax.set_title(f"{run_name}: routed-expert time per device over its layer's mean (simulated)\n"
+                 f"max/mean over devices: {np.nanmean(row_max):.2f} on average, {np.nanmax(row_max):.2f} at worst "
+                 f"(layer {layers[int(np.nanargmax(row_max))]}); mean expert time "
+                 f"{np.nanmean(vals) * scale:.3g} {unit} per step", fontsize=10)
+    fig.colorbar(im, ax=ax, label="expert time / layer mean over devices (1 = balanced)")
     save_figure(fig, path)
 
 
@@ -606,6 +662,10 @@ def plot_traffic(m: np.ndarray, steps: int, run_name: str, per_node: int | None,
     save_figure(fig, path)
 
 
+def _busiest(count: int) -> str:
+    return "one directed link" if count == 1 else f"{min(TOP_LINKS, count)} busiest directed links"
+
+
 def plot_links(links: pd.DataFrame, run_name: str, path: Path) -> None:
     plt = pyplot()
     from matplotlib.patches import Patch
@@ -618,7 +678,9 @@ def plot_links(links: pd.DataFrame, run_name: str, path: Path) -> None:
     util = top["utilization"].to_numpy(float) * 100
     ax.barh(y, util, color=[colors[str(c)] for c in top["class"]])
     ax.set_yticks(y)
-    ax.set_yticklabels([f"{a} → {b}" for a, b in zip(top["from"], top["to"])], fontsize=8)
+    sources = top["source"].astype(str) if "source" in top else pd.Series([COLLECTIVE] * len(top))
+    ax.set_yticklabels([f"{a} → {b}" + ("" if s == COLLECTIVE else f" ({s})")
+                        for a, b, s in zip(top["from"], top["to"], sources)], fontsize=8)
     ax.set_ylim(-0.6, len(top) - 0.4)
     if _spans_decades(util):
         ax.set_xscale("log")
@@ -626,8 +688,9 @@ def plot_links(links: pd.DataFrame, run_name: str, path: Path) -> None:
     busiest = links.groupby(links["class"].astype(str))["utilization"].max()
     ax.legend(handles=[Patch(color=colors[c], label=f"{c} (busiest {busiest[c] * 100:.3g}%)") for c in classes],
               title="link class", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
-    shown = f"the {len(top)} busiest of {len(links)}" if len(links) > len(top) else f"all {len(links)}"
-    ax.set_title(f"{run_name}: link utilization,\n{shown} directed links that carried bytes (simulated)")
+    shown = (f"the {len(top)} busiest of {len(links)} directed links" if len(links) > len(top)
+             else f"all {len(links)} directed links" if len(links) > 1 else "the one directed link")
+    ax.set_title(f"{run_name}: link utilization,\n{shown} that carried bytes (simulated)")
     save_figure(fig, path)
 
 
@@ -641,7 +704,7 @@ def plot_step_latency(lat: pd.Series, run_name: str, path: Path) -> None:
     ax.axhline(float(v.mean()), color="grey", ls=":", lw=1.2, label=f"mean {v.mean():.4g} {unit}")
     value_axis(ax, v, "step", f"step latency ({unit}", headroom=1.12)
     ax.set_title(f"{run_name}: latency of every simulated step")
-    ax.legend(loc="lower right", fontsize="small")
+    legend_outside(ax, fontsize="small")
     save_figure(fig, path)
 
 
@@ -666,14 +729,14 @@ def plot_offload(per_layer: pd.DataFrame, run_name: str, path: Path) -> None:
         top.plot(x, per_layer["offload_stall_mean_s"].to_numpy() * scale, "k.", ms=5, label="mean over devices")
     top.set_ylabel(f"stall per step ({unit})")
     top.set_title(f"{run_name}: waiting for expert weights per MoE layer (simulated, mean over steps)")
-    top.legend(loc="upper right", fontsize="small")
+    legend_outside(top, fontsize="small")
     top.set_ylim(bottom=0)
     fetched = per_layer["fetched_bytes"].to_numpy() / 1e6 if "fetched_bytes" in per_layer else np.zeros(len(x))
     bottom.bar(x, fetched, color="#4C72B0")
     if _spans_decades(fetched):
         bottom.set_yscale("log")
     bottom.set_ylabel("fetched per step (MB" + (", log)" if bottom.get_yscale() == "log" else ")"))
-    bottom.set_xlabel("MoE layer index")
+    bottom.set_xlabel("model layer (MoE layers only)")
     bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
     bottom.set_title("Expert bytes copied into device memory per MoE layer (simulated, mean over steps)")
     save_figure(fig, path)
@@ -684,20 +747,21 @@ def plot_offload(per_layer: pd.DataFrame, run_name: str, path: Path) -> None:
 
 @dataclass(frozen=True)
 class Block:
-    """One piece of the page: kind is h2, p, note, facts, table, figure, raw_table, or code."""
+    """One piece of the page: kind is h2, h3, p, note, facts, table, figure, raw_table, links or code."""
 
     kind: str
     content: Any
 
 
 def render_html(title: str, blocks: list[Block], out: Path, css: str = RUN_CSS) -> str:
-    """One self-contained page: every figure embedded as a base64 PNG data URI."""
+    """One self-contained page: every figure embedded as a base64 PNG data URI, the CSV tables as
+    data-URI downloads; nothing else on disk is referenced."""
     esc = html.escape
     parts = [f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{esc(title)}</title>",
              f"<style>{css}</style>\n</head>\n<body>", f"<h1>{esc(title)}</h1>"]
     for b in blocks:
-        if b.kind == "h2":
-            parts.append(f"<h2>{esc(b.content)}</h2>")
+        if b.kind in ("h2", "h3"):
+            parts.append(f"<{b.kind}>{esc(b.content)}</{b.kind}>")
         elif b.kind == "p":
             parts.append(f"<p>{esc(b.content)}</p>")
         elif b.kind == "note":
@@ -707,14 +771,11 @@ def render_html(title: str, blocks: list[Block], out: Path, css: str = RUN_CSS) 
         elif b.kind == "table":
             parts.append(table_html(b.content))
         elif b.kind == "raw_table":  # (html, markdown) of a table with per-cell classes
-            parts.append(b.content[0])
-        elif b.kind == "links":
-            parts.append("<p>Tables: " + ", ".join(f'<a href="{esc(n)}">{esc(n)}</a>' for n in b.content) + "</p>")
+            parts.append(scroll_box(b.content[0]))
+        elif b.kind == "links":  # data files beside the report, embedded as downloads
+            parts.append(files_html(out, list(b.content), "Tables"))
         elif b.kind == "figure":
-            f: Figure = b.content
-            parts.append(f"<h3>{esc(f.title)}</h3>")
-            parts.append(f"<figure><img src=\"{embedded_png(out / f.file)}\" alt=\"{esc(f.title)}\">"
-                         f"<figcaption>{esc(f.caption)}</figcaption></figure>")
+            parts.append(figure_html(out, b.content, "h3"))
         elif b.kind == "code":
             parts.append(f"<pre>{esc(b.content)}</pre>")
     parts.append("</body>\n</html>\n")
@@ -727,6 +788,8 @@ def render_markdown(title: str, blocks: list[Block]) -> str:
     for b in blocks:
         if b.kind == "h2":
             parts.append(f"## {b.content}")
+        elif b.kind == "h3":
+            parts.append(f"### {b.content}")
         elif b.kind in ("p", "note"):
             parts.append(str(b.content))
         elif b.kind == "facts":
@@ -867,9 +930,13 @@ def write_run_report(run_dir: str | Path, out_dir: str | Path | None = None) -> 
     else:
         plot_expert_time(et, name, per_node, out / STRAGGLER_PNG)
         fig = Figure(STRAGGLER_PNG, "Straggler map: expert time per device and MoE layer",
-                     "Modelled routed-expert time per step of every device at every MoE layer (mean over "
-                     "steps). Every device of an expert-parallel group waits for the slowest one at each layer, so "
-                     "a dark red cell in a row is a straggler. Simulated." + nodes)
+                     "Colour: each device's modelled routed-expert time per step at a MoE layer (mean over steps) "
+                     "divided by the mean over devices at that layer. White (1.0) = at the layer mean, so a "
+                     "perfectly balanced layer is a white row; red = slower than the mean; the reddest cell of a "
+                     "row is the layer's straggler, which every device of the expert-parallel group waits for; "
+                     "blue = faster than the mean (that device waits). The scale is linear and symmetric "
+                     "around 1; rows are model layer numbers. Absolute times: expert_time.csv of the run. "
+                     "Simulated." + nodes)
     _figure_or_note(blocks, fig, "" if fig else note)
 
     tm = traffic_matrix(run)
@@ -890,14 +957,24 @@ def write_run_report(run_dir: str | Path, out_dir: str | Path | None = None) -> 
     _figure_or_note(blocks, fig, "" if fig else note)
 
     links = run.links
+    by_class = link_bytes_by_class(links, steps)
+    if by_class is not None:
+        blocks += [Block("h3", "Bytes over links"),
+                   Block("note", "Everything each link class carried: collective = the fabric's all-to-all and "
+                                 "all-reduce between devices; offload copy = expert weights copied from the offload "
+                                 "tier into device memory (over the host link, or the storage path); host expert "
+                                 "activations = tokens sent to experts run on the host CPU and back. Simulated."),
+                   Block("table", by_class)]
     fig = None
     if links is None or not len(links) or not (links["utilization"] > 0).any():
         note = "Link utilization: not shown, no link carried bytes in this run."
     else:
         plot_links(links[links["utilization"] > 0], name, out / LINKS_PNG)
         fig = Figure(LINKS_PNG, "Busiest links",
-                     f"Busy share of the simulated time of the {min(TOP_LINKS, len(links))} busiest directed links "
-                     "(bytes carried / bandwidth / makespan), coloured by link class. Simulated.")
+                     f"Busy share of the simulated time of the {_busiest(len(links))} "
+                     "(bytes carried / bandwidth / makespan), coloured by link class; rows that are not collectives "
+                     "between devices name their source (offload copy: expert weights copied into the device). "
+                     "Simulated.")
     _figure_or_note(blocks, fig, "" if fig else note)
 
     off = run.offload

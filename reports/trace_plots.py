@@ -7,31 +7,29 @@ from pathlib import Path
 
 import numpy as np
 
+from moesim.reports.html_page import legend_outside, pyplot as _pyplot, save_figure
 from moesim.workloads.trace_stats import TraceStats, TraceTally, shares
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_load_heatmap(t: TraceTally, path: Path) -> None:
-    """Expert load per MoE layer, as a multiple of the uniform share (1 = balanced)."""
+    """Expert load per MoE layer, as a multiple of the uniform share: a diverging scale centred on 1
+    (white = the uniform share, red = hotter, blue = colder), so balanced routing reads as white."""
+    from matplotlib.colors import Normalize
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
     rel = shares(t.layer_counts) * t.meta.num_experts
-    fig, ax = plt.subplots(figsize=(min(16, 4 + t.meta.num_experts / 16), min(12, 2 + t.meta.num_moe_layers / 6)))
-    im = ax.imshow(rel, aspect="auto", cmap="magma", interpolation="nearest")
+    half = max(float(np.nanmax(np.abs(rel - 1.0))) if rel.size else 0.0, 0.05)
+    fig, ax = plt.subplots(figsize=(min(16, max(6.0, 4 + t.meta.num_experts / 16)),
+                                    min(12, max(3.5, 2 + t.meta.num_moe_layers / 6))))
+    im = ax.imshow(rel, aspect="auto", cmap="RdBu_r", norm=Normalize(1.0 - half, 1.0 + half), interpolation="nearest")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("expert id")
-    ax.set_ylabel("MoE layer")
+    ax.set_ylabel("MoE layer (trace index)")
     ax.set_title("expert load / uniform share (measured from the trace)")
-    fig.colorbar(im, ax=ax, label="load / mean load")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    fig.colorbar(im, ax=ax, label="load / mean load (1 = uniform)")
+    save_figure(fig, path)
 
 
 def plot_imbalance(stats: TraceStats, path: Path) -> None:
@@ -42,12 +40,14 @@ def plot_imbalance(stats: TraceStats, path: Path) -> None:
     ax.plot(df["moe_layer"], df["step_max_over_mean"], marker=".", label="max / mean (per step, averaged)")
     ax.plot(df["moe_layer"], df["cv"], marker="s", label="coefficient of variation")
     ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set_xlabel("MoE layer")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("MoE layer (trace index)")
+    ax.set_ylabel("imbalance (1 = balanced for max/mean, 0 for CV)")
     ax.set_title("load imbalance per layer (measured from the trace)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    legend_outside(ax, fontsize="small")
+    save_figure(fig, path)
 
 
 def plot_affinity(t: TraceTally, layer: int, path: Path) -> None:
@@ -60,9 +60,7 @@ def plot_affinity(t: TraceTally, layer: int, path: Path) -> None:
     ax.set_ylabel(f"expert at MoE layer {layer}")
     ax.set_title("P(next expert | expert), measured")
     fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_drift(stats: TraceStats, t: TraceTally, path: Path) -> None:
@@ -76,7 +74,7 @@ def plot_drift(stats: TraceStats, t: TraceTally, path: Path) -> None:
     a.set_xlabel("step")
     a.set_ylabel("TV distance to the mean popularity")
     a.set_title("popularity drift (mean over layers)")
-    a.legend()
+    a.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize="small")
     x = shares(t.step_counts[:, 0, :])
     hot = np.argsort(-x.mean(axis=0))[:8]
     for e in hot:
@@ -84,10 +82,8 @@ def plot_drift(stats: TraceStats, t: TraceTally, path: Path) -> None:
     b.set_xlabel("step")
     b.set_ylabel("share of assignments")
     b.set_title("hottest experts of MoE layer 0 over steps")
-    b.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    legend_outside(b, fontsize=7)
+    save_figure(fig, path)
 
 
 def write_stats_dir(stats: TraceStats, t: TraceTally, out: Path) -> list[Path]:

@@ -1,9 +1,10 @@
 """The validation report of a calibration: simulated against measured time, before and after.
 
-report.html (self-contained: images embedded) and report.md beside the raw measurements:
-predicted-versus-measured log-log plots per split, the error table (MAPE, median and p90 APE,
-signed bias, before/after, next to the measurements' own run-to-run spread), the fitted
-parameters, the model form and the machine and library versions.
+report.html (self-contained: images and errors.csv embedded) and report.md beside the raw
+measurements: a verdict first (did calibration make the held-out errors better or worse, computed
+from the report's own measurements), predicted-versus-measured log-log plots per split, the
+error table (MAPE, median and p90 APE, signed bias, before/after, next to the measurements' own
+run-to-run spread), the fitted parameters, the model form and the machine and library versions.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from moesim.reports.html_page import Figure, Table, finish_axes, pyplot, save_figure, write_page
+from moesim.validation.errors import error_stats
 
 SCATTER_PNG = "predicted-vs-measured.png"
 ERROR_PNG = "error-by-size.png"
@@ -43,7 +45,9 @@ def plot_scatter(table: pd.DataFrame, path: Path) -> None:
         ax.set_title(title)
         ax.grid(True, which="major", alpha=0.3)
     axes[0].set_ylabel("simulated time (us)")
-    axes[1].legend(fontsize=8, loc="upper left")
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(labels),
+               frameon=False)  # below both panels, not over the points
     save_figure(fig, path)
 
 
@@ -74,6 +78,34 @@ def error_rows(errors: pd.DataFrame) -> Table:
     return Table(headers, rows)
 
 
+FIT_SPLIT = "fit"
+
+
+def verdict(table: pd.DataFrame, errors: pd.DataFrame) -> tuple[str, str]:
+    """(css class good / bad / mixed, sentence): did calibration improve the ops the fit did not see?
+
+    Pooled over every held-out op (each split but "fit", e2e included) from `table`'s own
+    simulated and measured times: MAPE before -> after. Worse pooled = "bad" (do not use the
+    profile); better pooled but some held-out split worse = "mixed"; better everywhere = "good"."""
+    held = table[table["split"] != FIT_SPLIT]
+    before = error_stats(held["sim_before_s"].to_numpy(float), held["measured_s"].to_numpy(float))
+    after = error_stats(held["sim_after_s"].to_numpy(float), held["measured_s"].to_numpy(float))
+    if not after["n"] or not np.isfinite(before["mape"]) or not np.isfinite(after["mape"]):
+        return "mixed", ("No verdict: there are no held-out measurements (every op was used by the fit), so "
+                         "nothing shows whether the calibrated profile predicts unseen ops better.")
+    change = f"{_pct(before['mape'])} -> {_pct(after['mape'])} over {after['n']} held-out ops"
+    per_split = errors[(errors["kind"] == "all") & (errors["split"] != FIT_SPLIT)]
+    worse = [f"{r.split} ({_pct(r.before_mape)} -> {_pct(r.after_mape)})" for r in per_split.itertuples()
+             if np.isfinite(r.before_mape) and np.isfinite(r.after_mape) and r.after_mape > r.before_mape]
+    if after["mape"] > before["mape"]:
+        return "bad", (f"Calibration made held-out errors worse: MAPE {change}. Do not use this profile; "
+                       "calibrate again on an idle machine, or with more measurements (--size full).")
+    if worse:
+        return "mixed", (f"Calibration improved held-out errors overall (MAPE {change}) but made "
+                         f"{', '.join(worse)} worse; use this profile with care for those ops.")
+    return "good", f"Calibration improved held-out errors: MAPE {change}, better in every held-out split."
+
+
 def write_validation_report(table: pd.DataFrame, errors: pd.DataFrame, facts: list[tuple[str, str]],
                             params: Table, out_dir: Path) -> Path:
     out = Path(out_dir)
@@ -86,7 +118,9 @@ def write_validation_report(table: pd.DataFrame, errors: pd.DataFrame, facts: li
     blocks = [("h2", "Errors"),
               ("note", "APE = |simulated - measured| / measured; bias = mean signed relative error; noise floor = "
                        "median run-to-run spread (IQR / median) of the measurements."),
-              ("table", error_rows(errors))] + [("figure", f) for f in figs]
+              ("table", error_rows(errors)), ("files", ["errors.csv", "measurements.csv"])]
+    blocks += [("figure", f) for f in figs]
     blocks += [("h2", "Fitted parameters"), ("table", params)]
-    page = write_page(out, "report", "Calibration: simulated versus measured", facts, blocks)
+    page = write_page(out, "report", "Calibration: simulated versus measured", facts, blocks,
+                      intro=[("verdict", verdict(table, errors))])
     return page
