@@ -1,7 +1,9 @@
-"""The placement report: report.html / report.md with plots that exist and are referenced."""
+"""The placement report: report.html with its plots embedded, report.md with the PNG files beside it."""
 
 from __future__ import annotations
 
+import base64
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -44,11 +46,17 @@ def _images(page: Path) -> list[str]:
 
 
 def _check_pngs(out: Path, srcs: list[str]) -> None:
+    """Every image of report.html is an embedded PNG, one per image of report.md, whose files exist."""
     for src in srcs:
-        assert "/" not in src and ":" not in src, f"image {src} is not a relative file name"
-        f = out / src
-        assert f.is_file(), f"{src} is referenced but missing"
-        assert f.read_bytes()[:4] == b"\x89PNG", f"{src} is not a PNG"
+        assert src.startswith("data:image/png;base64,"), f"image {src[:60]} is not embedded"
+        assert base64.b64decode(src.split(",", 1)[1])[:4] == b"\x89PNG", "an embedded image is not a PNG"
+    files = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (out / "report.md").read_text(encoding="utf-8"))
+    assert len(files) == len(srcs)
+    for name in files:
+        assert "/" not in name and ":" not in name, f"report.md image {name} is not a relative file name"
+        f = out / name
+        assert f.is_file(), f"{name} is referenced but missing"
+        assert f.read_bytes()[:4] == b"\x89PNG", f"{name} is not a PNG"
 
 
 def _simulated_study(path: Path, methods: list[str]) -> PlacementStudy:
@@ -69,13 +77,12 @@ def test_report_from_simulated_study(tmp_path: Path) -> None:
     srcs = _images(page)
     assert len(srcs) >= 4
     _check_pngs(tmp_path, srcs)
-    for src in srcs:
-        assert f"]({src})" in md, f"the Markdown does not show {src}"
     for name in METHODS:
         assert name in md
     chosen = pick_best(study)
     assert chosen in text
-    assert "simulation" in text and 'href="methods.csv"' in text
+    assert "simulation" in text and 'download="methods.csv" href="data:text/csv;base64,' in text
+    assert "](methods.csv)" in md
     assert "MILP solves" in text  # ilp_load ran
     assert ("in-sample" if study.in_sample else "out-of-sample") in text
 
