@@ -215,7 +215,7 @@ def _roofline(args: argparse.Namespace) -> int:
     try:
         extra = [load_device(d) for d in args.device]
     except ConfigError as err:
-        raise ConfigError(err.detail, field="--device") from None
+        raise err.given_by("--device") from None
     if args.config:
         sc = load_scenario(args.config, list(args.set or []))
         model, devices = sc.model, [sc.device] + [d for d in extra if d.name != sc.device.name]
@@ -238,7 +238,7 @@ def _roofline(args: argparse.Namespace) -> int:
         try:
             model = load_model(args.model)
         except ConfigError as err:
-            raise ConfigError(err.detail, field="--model") from None
+            raise err.given_by("--model") from None
         _check_layer(args.layer, model)
         devices = extra or [load_device("H100-SXM")]
         phases = ["prefill", "decode"] if args.phase == "both" else [args.phase]
