@@ -375,12 +375,16 @@ def _trace_fit(args: argparse.Namespace) -> int:
 
 
 def _trace_synth(args: argparse.Namespace) -> int:
+    from moesim.errors import ConfigError
     from moesim.workloads import load_model
     from moesim.workloads.synthetic_routing import load_routing_model
     from moesim.workloads.trace_synth import synthesize_trace
 
     _out_file(args.out, "--out", (".parquet",))
-    model = load_model(args.model)
+    try:
+        model = load_model(args.model)
+    except ConfigError as err:
+        raise err.given_by("--model") from None
     cfg = load_routing_model(args.generator)
     path = synthesize_trace(args.out, cfg, len(model.moe_layers), model.moe.num_experts, model.moe.top_k,
                             [args.tokens] * args.sources, args.steps, args.seed, model.name, args.source_kind)

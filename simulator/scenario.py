@@ -227,7 +227,15 @@ def resolve(sf: ScenarioFile) -> Scenario:
         memory = offload.memory
     if memory.total > budget:
         field = "workload.batch_size" if wl.batch_size is not None else "workload.tokens_per_device"
-        raise config_error(sf, field, f"the workload does not fit in memory: each {device.name} needs "
+        grows = ""
+        if wl.phase == "decode" and wl.steps > 1 and cfg.offload is None:
+            first = workload_memory(model, placement, tp, batch, wl.model_copy(update={"steps": 1}),
+                                    int(moe_tokens.max()), precision.expert_bytes() / moe_tp)
+            if first.total <= budget:  # it fits at the start: the steps grow the cache past memory
+                field = "workload.steps"
+                grows = (f" by the last step (decode grows the KV cache a token a step, to kv_len + steps = "
+                         f"{(wl.kv_len or 0) + wl.steps} tokens; simulate fewer steps)")
+        raise config_error(sf, field, f"the workload does not fit in memory{grows}: each {device.name} needs "
                            f"{fmt_bytes(memory.total)} ({memory.describe()}) but has {fmt_bytes(budget)} usable "
                            f"({fmt_bytes(device.memory.capacity)} less the {cfg.policies.memory_reserve:.0%} "
                            "reserve); lower the batch or kv_len, raise ep/tp, quantize experts (precision.bits) "

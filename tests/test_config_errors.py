@@ -145,3 +145,10 @@ def test_non_finite_numbers_are_refused_at_every_field(tmp_path):
     cfg = example_config("mixtral-decode-8xh100.yaml")
     cfg["hardware"]["scale"] = {"link_bandwidth": float("inf")}
     assert "hardware.scale.link_bandwidth" in _error(tmp_path, cfg)
+
+
+def test_decode_steps_that_outgrow_memory_blame_the_steps(tmp_path):
+    cfg = example_config("mixtral-decode-8xh100.yaml")
+    cfg["workload"]["steps"] = 100_000  # fits at kv_len, not once the cache has grown by 100k tokens
+    msg = _error(tmp_path, cfg)
+    assert "workload.steps" in msg and "grows the KV cache" in msg
