@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from moesim.reports.calibration_report import write_calibration_report
 from moesim.validation.calibrate import run_calibration
 
 
@@ -23,6 +24,7 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     cal = run_calibration("cpu", "full", args.dtype, out_dir=args.out, threads=args.threads)
+    write_calibration_report(cal)
     print(f"full CPU calibration: {len(cal.table)} measured ops in {time.perf_counter() - t0:.0f} s; "
           f"gemm tile {cal.profile.gemm_tile}; profile {cal.out_dir / (cal.profile.name + '.yaml')}")
     print("| split | kind | n | MAPE before | MAPE after | median APE after | p90 APE after | bias after | noise floor |")

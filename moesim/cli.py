@@ -291,9 +291,12 @@ def _calibrate(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown device '{args.device}'; choose cpu or cuda (cuda:N)", field="--device")
     console = console_for()
     out = _out_dir(args.out) or Path("runs") / f"calibrate-{args.device}-{args.size}"
+    from moesim.reports.calibration_report import write_calibration_report
+
     with status(console, "measuring") as update:
         cal = run_calibration(args.device, args.size, args.dtype, args.profile, out,
                               progress=lambda msg: update(f"measuring {msg}"), threads=args.threads)
+    write_calibration_report(cal)
     e = cal.errors
     from rich.table import Table
 

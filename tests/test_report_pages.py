@@ -27,7 +27,7 @@ from moesim.simulator.config import config_from_dict
 from moesim.simulator.run import simulate, write_run_dir
 from moesim.simulator.run_tables import OFFLOAD_COPY, link_table
 from moesim.validation.errors import error_table
-from moesim.validation.report import verdict, write_validation_report
+from moesim.reports.calibration_report import verdict, write_validation_report
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 RUN = "tiny-moe-trace-8xh100.yaml"  # 8 devices: straggler map, traffic, links; simulates in a blink

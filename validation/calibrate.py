@@ -25,9 +25,7 @@ from moesim.validation.errors import error_table
 from moesim.validation.fit import MODEL_FORM, calibrated_cost, fit_profile
 from moesim.validation.machine import cpu_datasheet_profile, cuda_datasheet_profile, describe_machine
 from moesim.validation.measure import DTYPE_BYTES, FULL, SMALL, GridConfig, OpSpec, calibration_grid, measure
-from moesim.reports.html_page import Table
 from moesim.validation.predict import predict
-from moesim.validation.report import write_validation_report
 
 SIM_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
@@ -39,6 +37,7 @@ class Calibration:
     table: pd.DataFrame  # one row per measured op with simulated times before/after
     errors: pd.DataFrame
     out_dir: Path
+    facts: list[tuple[str, str]]  # how it was measured, for the report (reports/calibration_report.py)
 
 
 def check_device(device: str) -> None:
@@ -120,18 +119,7 @@ def run_calibration(device: str = "cpu", size: str = "small", dtype: str = "floa
                                        "inflates CPU timings; calibrate on an idle machine)"),
              ("model form", MODEL_FORM), ("source", "measured times (torch, medians of repetitions) against the "
                                                    "simulator's cost function")]
-    write_validation_report(table, errors, facts, params_table(fit.kinds, fit.links, fit.gemm_tile), out)
-    return Calibration(calibrated, base, table, errors, out)
-
-
-def params_table(kinds: dict, links: dict, tile: int) -> Table:
-    rows = [[kind, f"{k.compute_max:.3g}", f"{k.rows_half:.3g}", f"{k.memory_max:.3g}", f"{k.bytes_half:.3g}",
-             f"{k.overhead * 1e6:.3g} us"] for kind, k in kinds.items()]
-    rows += [[f"link {name}", "", "", f"{v['bandwidth'] / 1e9:.3g} GB/s", "", f"{v['latency'] * 1e6:.3g} us"]
-             for name, v in links.items()]
-    rows.append(["gemm tile", str(tile), "", "", "", ""])
-    return Table(["kind", "compute max", "rows half", "memory max / link bandwidth", "bytes half",
-                  "overhead / latency"], rows)
+    return Calibration(calibrated, base, table, errors, out, facts)
 
 
 def replace_profile(base: DeviceSpec, calibration: CalibrationSpec) -> DeviceSpec:

@@ -124,3 +124,21 @@ def write_validation_report(table: pd.DataFrame, errors: pd.DataFrame, facts: li
     page = write_page(out, "report", "Calibration: simulated versus measured", facts, blocks,
                       intro=[("verdict", verdict(table, errors))])
     return page
+
+
+def params_table(kinds: dict, links: dict, tile: int) -> Table:
+    """The fitted efficiencies, overheads and link terms, one row per op kind or link."""
+    rows = [[kind, f"{k.compute_max:.3g}", f"{k.rows_half:.3g}", f"{k.memory_max:.3g}", f"{k.bytes_half:.3g}",
+             f"{k.overhead * 1e6:.3g} us"] for kind, k in kinds.items()]
+    rows += [[f"link {name}", "", "", f"{v['bandwidth'] / 1e9:.3g} GB/s", "", f"{v['latency'] * 1e6:.3g} us"]
+             for name, v in links.items()]
+    rows.append(["gemm tile", str(tile), "", "", "", ""])
+    return Table(["kind", "compute max", "rows half", "memory max / link bandwidth", "bytes half",
+                  "overhead / latency"], rows)
+
+
+def write_calibration_report(cal) -> Path:
+    """report.html / report.md of a finished calibration (`validation.calibrate.Calibration`)."""
+    spec = cal.profile.calibration
+    return write_validation_report(cal.table, cal.errors, cal.facts,
+                                   params_table(spec.kinds, spec.links, cal.profile.gemm_tile), cal.out_dir)
