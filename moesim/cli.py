@@ -94,18 +94,32 @@ def _simulate(args: argparse.Namespace) -> int:
 
         raise ConfigError(f"{out} already holds files (an earlier run?); pass --force to replace it, or --out "
                           "another folder", field="--out")
-    estimate = estimate_run(scenario)
-    check_fits(scenario, estimate)
-    if not args.quiet:
-        console.print(f"{scenario.name}: {scenario.steps} steps, {estimate.describe()}")
+    serving = scenario.config.serving
+    if serving is None:
+        estimate = estimate_run(scenario)
+        check_fits(scenario, estimate)
+        total, unit = scenario.steps, "steps"
+        if not args.quiet:
+            console.print(f"{scenario.name}: {scenario.steps} steps, {estimate.describe()}")
+    else:
+        from moesim.simulator.serving.source import request_table
+
+        total, unit = len(request_table(serving, scenario.seed, scenario.source.base_dir)), "requests"
+        if not args.quiet:
+            console.print(f"{scenario.name}: serving {total:,} requests")
     mode = "none" if args.quiet else args.progress
-    with step_progress(console, mode, scenario.steps, f"simulating {scenario.name}") as progress:
+    with step_progress(console, mode, total, f"simulating {scenario.name}", unit) as progress:
         result = simulate(scenario, progress=progress)
     run_dir = write_run_dir(result, out, force=args.force, overrides=overrides)
     if args.json:
         print(json_io.dumps({"name": scenario.name, "run_dir": str(run_dir), "metrics": result.summary}, indent=2))
     elif not args.quiet:
-        print_summary(result, console)
+        if result.requests is not None:
+            from moesim.reports.terminal import print_serving_summary
+
+            print_serving_summary(result, console)
+        else:
+            print_summary(result, console)
     if not args.quiet:
         console.print(f"run directory: [bold]{run_dir}[/bold]")
     if args.report:

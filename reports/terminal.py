@@ -37,7 +37,8 @@ def unclipped(table: Table) -> Table:
 
 
 @contextmanager
-def step_progress(console: Console, mode: str, total: int, label: str) -> Iterator[Callable[[int], None]]:
+def step_progress(console: Console, mode: str, total: int, label: str,
+                  unit: str = "steps") -> Iterator[Callable[[int], None]]:
     """A callback for completed steps: a live bar in a terminal ("auto"/"bar"), a line every ~10%
     or 10 s off a terminal ("auto"/"plain", on stderr), or nothing ("none")."""
     if mode == "auto":
@@ -54,14 +55,15 @@ def step_progress(console: Console, mode: str, total: int, label: str) -> Iterat
         return
     start = last = time.monotonic()
     every = max(1, total // 10)
+    shown = -1
 
     def line(step: int) -> None:
-        nonlocal last
+        nonlocal last, shown
         now = time.monotonic()
-        if step == total or step % every == 0 or now - last >= 10.0:
-            last = now
+        if step != shown and (step == total or step % every == 0 or now - last >= 10.0):
+            last, shown = now, step
             left = (now - start) / step * (total - step) if step else 0.0
-            print(f"{label}: step {step}/{total} ({step / total:.0%}), {now - start:.0f} s elapsed"
+            print(f"{label}: {unit[:-1]} {step}/{total} ({step / total:.0%}), {now - start:.0f} s elapsed"
                   + (f", ~{left:.0f} s left" if step < total else ""), file=sys.stderr, flush=True)
 
     yield line
@@ -271,3 +273,43 @@ def print_placement_table(study: Any, console: Console) -> None:
                   "dispatched tokens leaving their device / node; x-dev flow = consecutive-layer expert pairs on "
                   "different devices; gap = worst layer's (objective - bound) / objective"
                   + ("; sim step = simulated mean step latency" if study.simulated else ""))
+
+
+def print_serving_summary(result: Any, console: Console) -> None:
+    """Headline table of a serving run: latency percentiles, throughput and goodput (simulated)."""
+    sc, sv = result.scenario, result.summary["serving"]
+    req, lat, thr, good = sv["requests"], sv["latency"], sv["throughput"], sv["goodput"]
+    t = Table(title=f"{sc.name}: {sc.model.name} on {sc.cluster.name} serving (ep={sc.ep}, tp={sc.tp}, "
+                    f"dp={sc.dp}) — simulated")
+    for col in ("metric", "mean", "p50", "p90", "p99"):
+        t.add_column(col, justify="left" if col == "metric" else "right")
+    for key, label in (("ttft_s", "TTFT"), ("itl_s", "ITL"), ("tpot_s", "TPOT"), ("e2e_s", "E2E latency"),
+                       ("queue_s", "queueing")):
+        p = lat[key]
+        t.add_row(label, *(fmt_time(p[k]) if p[k] is not None else "-" for k in ("mean", "p50", "p90", "p99")))
+    console.print(unclipped(t))
+    h = Table(show_header=False)
+    h.add_column("metric", style="bold")
+    h.add_column("value", justify="right")
+
+    def num(v: Any, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    h.add_row("requests (finished / all)", f"{req['finished']:,} / {req['total']:,} "
+              f"({req['warmup_excluded']:,} warm-up excluded from statistics)")
+    h.add_row("output tokens/s (per GPU, per user)", f"{num(thr['output_tokens_per_s'], ',.0f')} "
+              f"({num(thr['output_tokens_per_s_per_gpu'], ',.1f')}, {num(thr['output_tokens_per_s_per_user'], ',.1f')})")
+    h.add_row("requests/s", num(thr["requests_per_s"], ".3g"))
+    slo = good["slo"]
+    limits = ", ".join(f"{k[:-2].upper()} <= {fmt_time(v)}" for k, v in slo.items() if v is not None) or "none given"
+    share = good["share"]
+    h.add_row(f"goodput ({limits})", f"{num(good['requests_per_s'], '.3g')} requests/s"
+              + (f" ({share:.0%} of requests)" if share is not None else ""))
+    b = sv["batch"]
+    h.add_row("batch: mean / max sequences", f"{num(b['mean_sequences'], '.1f')} / {b['max_sequences']}")
+    h.add_row("KV cache use: mean / max", f"{num(b['kv_use_mean'], '.0%')} / {num(b['kv_use_max'], '.0%')}")
+    mem = sv["memory_per_rank_bytes"]
+    h.add_row("memory per rank", f"weights {fmt_bytes(mem['weights'])}, KV {fmt_bytes(mem['kv_cache'])} "
+              f"({mem['kv_tokens']:,} tokens), other {fmt_bytes(mem['activations'] + mem['comm_buffers'])}, "
+              f"reserve {fmt_bytes(mem['runtime_reserve'])}")
+    console.print(unclipped(h))

@@ -56,7 +56,12 @@ def pipeline_for(sc: Scenario) -> StepPipeline:
                         costs, layout, moe_tp=sc.moe_tp, microbatches=2 if pol.overlap == "two_batch" else 1)
 
 
-def step_source_for(sc: Scenario) -> FixedBatch:
-    """The config's workload as a step source: the same batch for `workload.steps` steps."""
+def step_source_for(sc: Scenario):
+    """The config's step source: the serving scheduler for a `serving:` config, else the workload
+    as a fixed batch for `workload.steps` steps."""
+    if sc.config.serving is not None:
+        from moesim.simulator.serving.setup import serving_source
+
+        return serving_source(sc)
     wl = sc.config.workload
     return FixedBatch(wl.steps, wl.phase, sc.moe_tokens, wl.seq_len if wl.phase == "prefill" else 1, wl.kv_len or 0)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from moesim.errors import ConfigError
 from moesim.simulator.offload.config import OffloadConfig, PrecisionConfig
+from moesim.simulator.serving.config import ServingConfig
 from moesim.workloads.synthetic_routing import RoutingModelConfig
 from moesim.units import Seconds
 from moesim.yaml_io import load_yaml, validate
@@ -161,12 +162,37 @@ class ScenarioConfig(_Strict):
     hardware: HardwareConfig
     parallelism: ParallelismConfig = ParallelismConfig()
     placement: PlacementConfig = PlacementConfig()
-    workload: WorkloadConfig
+    workload: WorkloadConfig | None = Field(None, description="the fixed batch simulated for N steps (give this or "
+                                            "serving)")
+    serving: ServingConfig | None = Field(None, description="serving mode: requests, continuous batching, "
+                                          "TTFT/ITL results")
+    routing: RoutingConfig | None = Field(None, description="serving: how tokens choose experts (a fixed-batch "
+                                          "workload has its own workload.routing)")
     policies: PoliciesConfig = PoliciesConfig()
     precision: PrecisionConfig = PrecisionConfig()
     offload: OffloadConfig | None = Field(None, description="expert offloading; None: every expert resident")
     outputs: OutputsConfig = OutputsConfig()
     seed: int = Field(0, ge=0, description="random seed (the same config and seed give identical results)")
+
+    @model_validator(mode="after")
+    def _workload_or_serving(self) -> "ScenarioConfig":
+        if (self.workload is None) == (self.serving is None):
+            raise ValueError("give workload (a fixed batch for N steps) or serving (requests), not both or neither")
+        if self.serving is not None:
+            if self.routing is not None and self.routing.generator == "trace":
+                raise ValueError("serving routes tokens with a generator (uniform, zipf, synthetic, fixed); a trace "
+                                 "fixes tokens per step, which a scheduler decides here")
+            if self.policies.overlap != "none":
+                raise ValueError("serving runs with policies.overlap: none for now (micro-batches of a mixed "
+                                 "prefill/decode iteration are not modelled yet)")
+            if self.offload is not None:
+                raise ValueError("serving with expert offloading is not modelled yet; drop the offload section")
+            # the rest of resolution sizes memory and routing from a workload: one decode token per device
+            self.workload = WorkloadConfig(phase="decode", batch_size=1, kv_len=0, steps=1,
+                                           routing=self.routing or RoutingConfig())
+        elif self.routing is not None:
+            raise ValueError("top-level routing is for serving; a fixed-batch workload uses workload.routing")
+        return self
 
 
 @dataclass

@@ -71,11 +71,16 @@ class Engine:
         self.env = simpy.Environment()
         self.fabric = Fabric(scenario.routes)
         pipeline = steps = None
+        self.source = None
+        self.interactive = False
         if plans is None:
             pipeline = pipeline_for(scenario)
-            source = step_source_for(scenario)
+            source = self.source = step_source_for(scenario)
+            if hasattr(source, "bind_clock"):  # the source forms steps at the simulated time (serving)
+                source.bind_clock(lambda: self.env.now)
+                self.interactive = True
             plans, steps = pipeline.plans(source), getattr(source, "steps", None)
-        self._feed = plan_feed(iter(plans), pipeline, steps)
+        self._feed = plan_feed(iter(plans), pipeline, steps, self.interactive)
         self.stream = overlap or schedule_for(scenario)
         self.progress = progress
         L, n = scenario.model.num_layers, scenario.num_devices
@@ -90,6 +95,9 @@ class Engine:
         self._by_step: dict[tuple[int, int], StepCollectives] = {}
         self._pulled = 0
         self._ended: int | None = None
+        self._at_step = [0] * scenario.num_devices  # the step each device is in
+        self._forgotten = -1  # collectives and lists of steps up to this one are dropped
+        self._barriers: dict[int, list] = {}
         self.microbatches = 1
         tp = scenario.tp
         self.tp = tp
@@ -101,6 +109,10 @@ class Engine:
         self._moe_ring = _ring(n, mt) if mt > 1 else None
         self._moe_extra_latency = (2 * (mt - 1) - 1) * hop if mt > 1 else 0.0
         self.offload = OffloadManager(scenario, self.env) if scenario.offload is not None else None
+        group = np.arange(n) // max(scenario.ep * scenario.moe_tp, 1)
+        # serving: idle data-parallel ranks still run the MoE layers (SGLang's DP attention), so an
+        # all-to-all synchronises its whole EP group, and the busiest rank is everyone's straggler
+        self._group_pairs = (group[:, None] == group[None, :]) & ~np.eye(n, dtype=bool)
         first = self.plans(0)
         if first is not None:
             self.microbatches = len(first)
@@ -145,6 +157,8 @@ class Engine:
             dis = tr.dispatch
             com = tr.combine
             need_d, need_c = _pairs_of(dis), _pairs_of(com)
+            if self.interactive and len(dis) == 1:  # serving: every rank of an EP group enters each all-to-all
+                need_d = need_c = [self._group_pairs] * len(need_d)
             moe = [(make_collective(env, fabric, [s[m] for s in dis], tr.kernel_latency, need_d[m]),
                     make_collective(env, fabric, [s[m] for s in com], tr.kernel_latency, need_c[m]))
                    for m in range(dis[0].shape[0])]
@@ -160,7 +174,7 @@ class Engine:
                 reduce = [GroupCollective(env, fabric, self._moe_ring * plan.moe_reduce_bytes, groups,
                                           self._moe_extra_latency) for _ in range(len(moe))]
             colls = self._by_step[key] = StepCollectives(moe, tp, reduce)
-            self._by_step.pop((step - 2, mb), None)
+            self._forget()
         return colls
 
     def lists(self, step: int, mb: int = 0) -> tuple[list, list, list, list]:
@@ -171,12 +185,33 @@ class Engine:
             plan = self.plans(step)[mb]
             lists = self._step_lists[key] = tuple(  # type: ignore[assignment]
                 a.T.tolist() for a in (plan.attention, plan.dense_ffn, plan.shared_expert, plan.expert))
-            self._step_lists.pop((step - 2, mb), None)
+            self._forget()
         return lists  # type: ignore[return-value]
 
     def step_done(self, d: int, step: int) -> None:
+        self._at_step[d] = step + 1
         if d == 0 and self.progress:
             self.progress(step + 1)
+
+    def iteration_barrier(self, step: int) -> Generator:
+        """Serving: every rank ends an iteration before the next is formed (the data-parallel
+        schedulers exchange their batch shapes each iteration, as SGLang's DP attention does)."""
+        waiting = self._barriers.setdefault(step, [0, simpy.Event(self.env)])
+        waiting[0] += 1
+        if waiting[0] == self.n:
+            self._barriers.pop(step)[1].succeed()
+            return
+        yield waiting[1]
+
+    def _forget(self) -> None:
+        """Drop the collectives and lists of steps every device has left (two behind the slowest:
+        its combine may still name the step before)."""
+        low = min(self._at_step) - 2
+        while self._forgotten < low:
+            self._forgotten += 1
+            for mb in range(self.microbatches):
+                self._by_step.pop((self._forgotten, mb), None)
+                self._step_lists.pop((self._forgotten, mb), None)
 
     def run_offloaded_experts(self, wait: LayerWait) -> Generator:
         """Run resident experts first, then each fetched expert as its copy lands, then collect the

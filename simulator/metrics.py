@@ -25,6 +25,8 @@ class SimResult:
     layers: pd.DataFrame  # one row per (step, layer): time, straggler ratio, traffic
     raw: EngineResult
     _phases: pd.DataFrame | None = None
+    requests: pd.DataFrame | None = None  # serving: one row per request (TTFT, ITL, TPOT, E2E)
+    iterations: pd.DataFrame | None = None  # serving: one row per (iteration, replica): batch and KV use
 
     @property
     def phases(self) -> pd.DataFrame:

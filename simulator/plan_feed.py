@@ -22,6 +22,20 @@ from moesim.simulator.step_plan import StepPipeline, StepPlan
 MIN_STEPS_FOR_PROCESS = 8  # a fork costs a few ms: not worth it for a handful of steps
 
 
+class DirectFeed:
+    """Builds each step's plans only when the engine asks: for sources whose steps depend on
+    simulated time (a serving scheduler reads the engine's clock), nothing can be built ahead."""
+
+    def __init__(self, plans: Iterator[list[StepPlan]]):
+        self._source = plans
+
+    def next(self) -> list[StepPlan] | None:
+        return next(self._source, None)
+
+    def close(self) -> None:
+        pass
+
+
 class ThreadFeed:
     """Builds the next step's plans in a worker thread while the current step is simulated."""
 
@@ -98,9 +112,13 @@ class ProcessFeed:
         self._proc.join()
 
 
-def plan_feed(plans: Iterator[list[StepPlan]], pipeline: StepPipeline | None, steps: int | None):
-    """The feed for a run: a child process for long runs of the scenario's own pipeline on a
-    platform that forks cheaply (Linux); a thread otherwise."""
+def plan_feed(plans: Iterator[list[StepPlan]], pipeline: StepPipeline | None, steps: int | None,
+              interactive: bool = False):
+    """The feed for a run: built on demand for a source that reads the simulated clock; a child
+    process for long runs of the scenario's own pipeline on a platform that forks cheaply
+    (Linux); a thread otherwise."""
+    if interactive:
+        return DirectFeed(plans)
     forks = sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
     if pipeline is not None and forks and steps is not None and steps >= MIN_STEPS_FOR_PROCESS:
         return ProcessFeed(plans, pipeline)

@@ -26,8 +26,16 @@ def simulate(scenario: Scenario | ScenarioFile | str | Path,
         scenario = load_scenario(scenario)
     elif isinstance(scenario, ScenarioFile):
         scenario = resolve(scenario)
-    raw = Engine(scenario, progress).run()
-    return summarize(scenario, raw)
+    engine = Engine(scenario, progress)
+    if scenario.config.serving is not None and progress is not None:  # serving counts finished requests
+        engine.progress = lambda step: progress(len(engine.source.finished))
+    raw = engine.run()
+    result = summarize(scenario, raw)
+    if scenario.config.serving is not None:
+        from moesim.simulator.serving.outcome import serving_outcome
+
+        result.requests, result.iterations, result.summary["serving"] = serving_outcome(scenario, raw, engine.source)
+    return result
 
 
 RUN_FILES = ("summary.json", "phases.parquet", "utilization.csv", "layers.csv", "traffic.csv", "links.csv",
@@ -129,6 +137,9 @@ def _write_files(result: SimResult, run_dir: Path, overrides: list[str]) -> None
         copies, host_jobs = off.copies_table(), off.host_table()
         copies.to_csv(run_dir / "copies.csv", index=False)
         host_jobs.to_csv(run_dir / "host_experts.csv", index=False)
+    if result.requests is not None:  # serving
+        result.requests.to_parquet(run_dir / "requests.parquet", index=False)
+        result.iterations.to_csv(run_dir / "iterations.csv", index=False)
     steps = sc.config.outputs.trace_steps
     if steps:
         write_chrome_trace(result.phases, run_dir / "trace.json", steps, sc.device.name, copies, host_jobs)

@@ -30,6 +30,7 @@ from moesim.simulator.ops import (
     shared_expert_op,
     token_bytes,
 )
+from moesim.simulator.step_source import AttentionMix
 from moesim.workloads.model_spec import ModelSpec
 
 
@@ -112,6 +113,27 @@ class StepCosts:
         else:
             dense.append(self._row(dense_ffn_op(m, ctx.attn_tokens, self.tp, self.cost.dtypes)))
         return LayerOps(tuple(att), tuple(dense), tuple(shared), crossing)
+
+    #: ops of a mixed iteration's attention that depend on the prefill / decode split, not just tokens
+    _SPLIT_OPS = ("attn_core", "attn_absorb", "kv_up")
+
+    @lru_cache(maxsize=4096)
+    def mixed_layer_ops(self, layer_kind: tuple, mix: "AttentionMix", moe_tokens: float) -> LayerOps:
+        """Ops of one device's layer in a serving iteration that mixes prefill chunks and decodes.
+
+        Projections, norms, router and FFNs run once over all the iteration's tokens (one weight
+        read); the attention core (and MLA's absorb / kv_up) is costed per part: the decodes over
+        their mean context, the prefill chunks as causal prefills with the same number of (query,
+        key) pairs as the chunks over their cached context (`AttentionMix`)."""
+        base = self.layer_ops(layer_kind, mix.tokens, 1, 0, "decode", moe_tokens)
+        att = [r for r in base.attention if r.op.name not in self._SPLIT_OPS]
+        if mix.prefill_batch:
+            part = self.layer_ops(layer_kind, mix.prefill_batch, mix.prefill_seq, 0, "prefill", 0)
+            att += [r for r in part.attention if r.op.name in self._SPLIT_OPS]
+        if mix.decode_batch:
+            part = self.layer_ops(layer_kind, mix.decode_batch, 1, mix.decode_kv, "decode", 0)
+            att += [r for r in part.attention if r.op.name in self._SPLIT_OPS]
+        return LayerOps(tuple(att), base.dense_ffn, base.shared_expert, base.host_crossing)
 
     # ---- routed experts -----------------------------------------------------------------
     def expert_terms(self, slot_tokens: np.ndarray, slot_expert: np.ndarray

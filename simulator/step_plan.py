@@ -202,15 +202,21 @@ class StepPipeline:
         batch_of = np.repeat(replica, self.tp) / max(inp.seq_len, 1)
         moe_tokens = tokens if self.moe_tp == 1 else np.repeat(tokens.reshape(-1, self.moe_tp).sum(axis=1),
                                                                  self.moe_tp)
-        keys = [(float(b), float(t)) for b, t in zip(batch_of, moe_tokens)]
+        if inp.attention is not None:  # a serving iteration: each device's own mix of prefill and decode
+            keys = [(mix, float(t)) for mix, t in zip(inp.attention, moe_tokens)]
+        else:
+            keys = [(float(b), float(t)) for b, t in zip(batch_of, moe_tokens)]
         distinct = {k: i for i, k in enumerate(dict.fromkeys(keys))}  # devices usually share one key
         which = np.array([distinct[k] for k in keys], dtype=np.int64)
         ops_of = {}  # (kind, key): LayerOps, costed once per distinct pair
         times = np.empty((len(self._kinds), len(distinct), 3))
         for i, kind in enumerate(self._kinds):
             for (b, t), j in distinct.items():
-                o = ops_of[kind, (b, t)] = self.costs.layer_ops(kind, b if b != int(b) else int(b), inp.seq_len,
-                                                                inp.kv_len, inp.phase, t)
+                if inp.attention is not None:
+                    o = self.costs.mixed_layer_ops(kind, b, t)
+                else:
+                    o = self.costs.layer_ops(kind, b if b != int(b) else int(b), inp.seq_len, inp.kv_len, inp.phase, t)
+                ops_of[kind, (b, t)] = o
                 times[i, j] = (o.attention_time, o.time(o.dense_ffn), o.time(o.shared_expert))
         layer_ops = [[ops_of[kind, k] for k in keys] for kind in self._kinds]
         per_device = times[:, which]  # (L, n, 3)

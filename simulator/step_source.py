@@ -14,15 +14,42 @@ import numpy as np
 
 
 @dataclass(frozen=True)
+class AttentionMix:
+    """A serving iteration's attention work on one device: prefill chunks and decodes.
+
+    Chunks over cached context are folded into `prefill_batch` causal prefills of `prefill_seq`
+    tokens with the same (query, key) pairs (a chunk of c tokens after p cached ones has
+    c p + c (c + 1) / 2 pairs); decodes read `decode_kv` cached tokens on average (rounded up
+    to 16, so that repeated shapes share costs)."""
+
+    prefill_batch: int = 0
+    prefill_seq: int = 0
+    decode_batch: int = 0
+    decode_kv: int = 0
+    tokens: int = 0  # every token of the iteration on this device (chunk tokens + one per decode)
+
+    @staticmethod
+    def of(chunks: list[tuple[int, int]], decode_kv: list[int]) -> "AttentionMix":
+        """From (chunk tokens, cached context) pairs and the decodes' cached contexts."""
+        pairs = sum(c * p + c * (c + 1) / 2 for c, p in chunks)
+        n = len(chunks)
+        seq = int(np.ceil((np.sqrt(1 + 8 * pairs / n) - 1) / 2)) if n else 0  # s (s + 1) / 2 = pairs / n
+        kv = int(-(-sum(decode_kv) // (16 * len(decode_kv))) * 16) if decode_kv else 0
+        return AttentionMix(n, seq, len(decode_kv), kv, sum(c for c, _ in chunks) + len(decode_kv))
+
+
+@dataclass(frozen=True)
 class StepInput:
     """What one step runs: tokens per device into the MoE layers and the attention shapes."""
 
     step: int
-    phase: str  # "prefill" | "decode"
+    phase: str  # "prefill" | "decode" (| "mixed" for a serving iteration, whose shapes are in `attention`)
     moe_tokens: np.ndarray  # (N,) tokens each device sends into every MoE layer
     seq_len: int  # tokens per sequence this step (the prompt for prefill, 1 for decode)
     kv_len: int  # decode: tokens cached before this step's token (0 for prefill)
     microbatch: int = 0  # which micro-batch of the step this is (two-batch overlap splits a step)
+    attention: tuple[AttentionMix, ...] | None = None  # serving: per device, the iteration's attention work
+    start_at: float | None = None  # serving: the step does not start before this time (idle until an arrival)
 
 
 class StepSource(Protocol):

@@ -32,6 +32,17 @@ def example_config(name: str) -> dict:
     return yaml.safe_load((EXAMPLES / name).read_text())
 
 
+def shrink_serving(cfg: dict, requests: int = 3, output_tokens: int = 3) -> dict:
+    """A serving example cut to a few short requests (smoke tests of every example stay fast)."""
+    sv = cfg["serving"]
+    sv["num_requests"] = requests
+    sv["output_tokens"] = {"dist": "fixed", "value": output_tokens}
+    sv["prompt_tokens"] = {"dist": "fixed", "value": 64}
+    if "users" in sv:
+        sv["users"] = min(sv["users"], requests)
+    return cfg
+
+
 def write_config(tmp_path: Path, config: dict, name: str = "scenario.yaml") -> Path:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(config))

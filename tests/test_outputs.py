@@ -12,7 +12,7 @@ from moesim.simulator.config import config_from_dict
 from moesim.simulator.run import simulate, write_run_dir
 from moesim.simulator.scenario import resolve
 
-from conftest import EXAMPLES, example_config, write_config
+from conftest import shrink_serving, EXAMPLES, example_config, write_config
 
 # The Trace Event Format (https://docs.google.com/document/d/1CvAClvFfyA5R-PhYUmn5OOQtYMH4h6I0nSsKchNAySU):
 # complete events need name, ph "X", ts, dur (microseconds), pid, tid; metadata events ph "M".
@@ -82,10 +82,15 @@ def test_trace_validates_against_trace_event_format(run_dir):
 @pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
 def test_every_bundled_example_runs(tmp_path, example):
     cfg = example_config(example)
-    cfg["workload"]["steps"] = min(cfg["workload"]["steps"], 2)
+    if "serving" in cfg:
+        shrink_serving(cfg)
+    else:
+        cfg["workload"]["steps"] = min(cfg["workload"]["steps"], 2)
     cfg["outputs"] = {"dir": str(tmp_path / "run")}
     res = simulate(resolve(config_from_dict(cfg, EXAMPLES)))  # relative paths as in the example folder
     assert res.summary["step_latency_s"]["mean"] > 0
+    if "serving" in cfg:
+        assert res.requests["finished"].all() and res.summary["serving"]["latency"]["ttft_s"]["count"] > 0
 
 
 def test_cli_simulate_writes_run_directory(tmp_path):

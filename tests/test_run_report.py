@@ -10,6 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
+from conftest import shrink_serving
 from moesim.errors import MoesimError
 from moesim.reports.compare_report import change, run_names, write_comparison_report
 from moesim.reports.run_report import load_run, write_run_report
@@ -73,6 +75,8 @@ def _check_page(page: Path, min_images: int = 1) -> _Page:
 
 def _config(name: str, steps: int = 2, **workload) -> dict:
     cfg = yaml.safe_load((EXAMPLES / name).read_text())
+    if "serving" in cfg:
+        return shrink_serving(cfg) | {"outputs": {"trace_steps": 0}}
     extra = dict(SLOW.get(name, {}))
     cfg["workload"]["steps"] = min(steps, extra.pop("steps", steps))
     cfg["workload"].update(extra, **workload)

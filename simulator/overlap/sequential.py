@@ -32,6 +32,9 @@ def sequential_stream(engine, d: int) -> Generator:
     plans = engine.plans(0)
     while plans is not None:
         plan = plans[0]
+        start_at = plan.inputs.start_at if plan.inputs is not None else None
+        if start_at is not None and start_at > env.now:  # serving: idle until the next request arrives
+            yield env.timeout(start_at - env.now)
         st, en = engine.times(s)
         att, dense, shared, expert = (x[d] for x in engine.lists(s))
         colls = engine.collectives(s)
@@ -84,7 +87,7 @@ def sequential_stream(engine, d: int) -> Generator:
             comb.submit(d)
             # the next layer's attention (if it follows directly) runs in the same wake-up
             nxt = None
-            if overlap and moe_tp == 1:
+            if overlap and moe_tp == 1 and not engine.interactive:  # a serving step is formed when it starts
                 if layer + 1 < n_layers:
                     nxt, j, nxt_st = att[layer + 1], i + n * P, st
                 else:
@@ -106,5 +109,7 @@ def sequential_stream(engine, d: int) -> Generator:
                 yield from all_reduce(d, colls.moe_reduce[m])
                 en[i + MOE_AR] = env.now
         engine.step_done(d, s)
+        if engine.interactive:
+            yield from engine.iteration_barrier(s)
         s += 1
         plans = engine.plans(s)

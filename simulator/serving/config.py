@@ -1,0 +1,77 @@
+"""The `serving:` section of a scenario config: traffic, scheduler, SLOs (validated on load).
+
+Open loop: requests arrive by a process (Poisson, gamma with a CV, or a timestamped file, as in
+`workloads/arrivals.py`). Closed loop: `users` concurrent users, each sending its next request
+when the last one finishes, after `think_time`. Lengths come from distributions (or the file).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from moesim.units import Seconds
+from moesim.workloads.arrivals import Arrivals, LengthDist
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class SchedulerConfig(_Strict):
+    """Iteration-level continuous batching of one attention replica (vLLM / SGLang style)."""
+
+    max_batch_tokens: int = Field(8192, ge=1, description="tokens per iteration: prefill chunks + one per decode")
+    max_running: int = Field(256, ge=1, description="sequences running at once per replica")
+    order: Literal["mixed", "prefill_first"] = Field(
+        "mixed", description="mixed: decodes and prefill chunks share an iteration; prefill_first: an iteration "
+        "with prefill work runs only prefill")
+    chunked_prefill: bool = Field(True, description="split long prompts over iterations")
+    kv_policy: Literal["reserve", "preempt"] = Field(
+        "reserve", description="reserve: admit a request only when its whole KV (prompt + output) fits; "
+        "preempt: admit when the prompt fits, preempt (recompute) the newest requests when decodes run out")
+
+    @model_validator(mode="after")
+    def _fits(self) -> "SchedulerConfig":
+        if self.max_running > self.max_batch_tokens:
+            raise ValueError(f"max_running ({self.max_running}) must not exceed max_batch_tokens "
+                             f"({self.max_batch_tokens}): every running decode needs a token of the iteration")
+        return self
+
+
+class SloConfig(_Strict):
+    ttft: Seconds | None = Field(None, gt=0, description="time to first token limit")
+    tpot: Seconds | None = Field(None, gt=0, description="time per output token limit")
+
+
+class ServingConfig(_Strict):
+    arrivals: Arrivals | None = Field(None, description="open loop: the arrival process")
+    users: int | None = Field(None, ge=1, description="closed loop: concurrent users")
+    think_time: Seconds = Field(0.0, ge=0, description="closed loop: pause between a reply and the next request")
+    prompt_tokens: LengthDist | None = None
+    output_tokens: LengthDist | None = None
+    num_requests: int | None = Field(None, ge=1)
+    duration: Seconds | None = Field(None, gt=0, description="open loop: only requests arriving before this")
+    horizon: Seconds | None = Field(None, gt=0, description="stop simulating here; unfinished requests are reported")
+    warmup: float = Field(0.1, ge=0, lt=1, description="share of requests (earliest first) left out of statistics")
+    scheduler: SchedulerConfig = SchedulerConfig()
+    slo: SloConfig = SloConfig()
+
+    @model_validator(mode="after")
+    def _one_loop(self) -> "ServingConfig":
+        if (self.arrivals is None) == (self.users is None):
+            raise ValueError("give serving.arrivals (open loop) or serving.users (closed loop), not both or neither")
+        if self.users is not None:
+            if self.num_requests is None:
+                raise ValueError("a closed loop needs serving.num_requests (requests in all, over every user)")
+            if self.duration is not None:
+                raise ValueError("serving.duration bounds open-loop arrivals; a closed loop uses num_requests")
+        file_lengths = self.arrivals is not None and self.arrivals.process == "file"
+        for name in ("prompt_tokens", "output_tokens"):
+            if getattr(self, name) is None and not file_lengths:
+                raise ValueError(f"serving.{name} is required (a length distribution)")
+        if self.arrivals is not None and self.arrivals.process != "file" \
+                and self.num_requests is None and self.duration is None:
+            raise ValueError("open-loop arrivals need serving.num_requests or serving.duration")
+        return self

@@ -1,0 +1,61 @@
+"""After a serving run: token times from the simulated timeline, the request and iteration
+tables, and the serving summary (`results.py` defines the metrics)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from moesim.simulator.engine import EngineResult
+from moesim.simulator.scenario import Scenario
+from moesim.simulator.serving.results import request_table, serving_summary
+from moesim.simulator.serving.setup import rank_memory
+from moesim.simulator.serving.source import ServingSource
+
+
+def replica_step_times(raw: EngineResult, tp: int) -> tuple[np.ndarray, np.ndarray]:
+    """(S, replicas) start and end of every step on every replica: the first of its ranks to
+    start and the last to finish (a token is out when the replica's last rank is done)."""
+    steps, n = raw.start.shape[0], raw.start.shape[2]
+    with np.errstate(all="ignore"):
+        start = np.nanmin(raw.start.transpose(0, 2, 1, 3, 4).reshape(steps, n, -1), axis=2)
+        end = np.nanmax(raw.end.transpose(0, 2, 1, 3, 4).reshape(steps, n, -1), axis=2)
+    return start.reshape(steps, n // tp, tp).min(axis=2), end.reshape(steps, n // tp, tp).max(axis=2)
+
+
+def serving_outcome(sc: Scenario, raw: EngineResult, source: ServingSource) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """(requests table, iterations table, summary) of a finished serving run."""
+    cfg = sc.config.serving
+    start, end = replica_step_times(raw, sc.tp)
+    token_times: dict[int, list[float]] = {}
+    rows = []
+    cap = source.kv_capacity_tokens
+    for it in source.iterations:
+        s = it.step
+        if s >= end.shape[0]:
+            break
+        for r, batch in enumerate(it.batches):
+            for rid in it.emitted[r]:
+                token_times.setdefault(rid, []).append(float(end[s, r]))
+            prefill = sum(i.tokens for i in batch if i.phase == "prefill")
+            decode = sum(i.tokens for i in batch if i.phase == "decode")
+            rows.append((s, r, float(start[s, r]), float(end[s, r]), len(batch), prefill, decode, it.kv_used[r], cap))
+    iterations = pd.DataFrame(rows, columns=["iteration", "replica", "start_s", "end_s", "batch_sequences",
+                                             "prefill_tokens", "decode_tokens", "kv_used_tokens",
+                                             "kv_capacity_tokens"])
+    req = source.requests[["request_id", "prompt_tokens", "output_tokens"]].copy()
+    req.insert(1, "arrival_s", source.arrival)
+    req["replica"] = req["request_id"].map(source.replica_of).fillna(-1).astype("int64")
+    req["first_scheduled_s"] = req["request_id"].map(source.first_scheduled).astype("float64")
+    preempted: dict[int, int] = {}
+    for b in source.batchers:
+        preempted.update(b.preemptions())
+    req["preemptions"] = req["request_id"].map(preempted).fillna(0).astype("int64")
+    horizon = float(np.nanmax(end)) if end.size else 0.0
+    table = request_table(req, token_times, horizon, cfg.warmup)
+    slo = {"ttft_s": cfg.slo.ttft, "tpot_s": cfg.slo.tpot}
+    summary = serving_summary(table, iterations, horizon, sc.num_devices, slo)
+    summary["memory_per_rank_bytes"] = rank_memory(sc).as_dict()
+    summary["replicas"] = len(source.batchers)
+    summary["iterations"] = len(source.iterations)
+    return table, iterations, summary

@@ -1,0 +1,165 @@
+"""The serving step source: requests arrive, each attention replica's scheduler forms an
+iteration at the engine's clock, and the iteration becomes one step of the step pipeline.
+
+Timing: an iteration is formed when the engine asks for its plan, i.e. when the first device
+finishes the previous iteration; arrivals up to that moment are admitted. Token times are
+taken afterwards from the simulated timeline: a token of iteration s on replica r is emitted
+when the last device of r finishes s. The data-parallel replicas share the MoE layers, so an
+iteration's all-to-all waits for the replica with the most work: that straggler is simulated,
+not assumed. When no replica has work, the next step starts at the next arrival (`start_at`).
+Closed loop: a user's next request arrives when its last one finished (the moment the next
+iteration is formed) plus the think time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+
+from moesim.simulator.serving.config import ServingConfig
+from moesim.simulator.step_source import AttentionMix, StepInput
+from moesim.workloads.arrivals import RequestsConfig, generate_requests, sample_lengths
+from moesim.workloads.batching import BatchItem, ContinuousBatcher, SchedulerPolicy
+
+
+@dataclass
+class Iteration:
+    """What one step ran on each replica (kept for the results: token times, batch and KV use)."""
+
+    step: int
+    formed_at: float
+    batches: list[list[BatchItem]]
+    kv_used: list[int]
+    emitted: list[list[int]]  # per replica: requests that get an output token from this iteration
+
+
+@dataclass
+class ServingSource:
+    """Yields one StepInput per iteration until every request has finished (or the horizon)."""
+
+    cfg: ServingConfig
+    requests: pd.DataFrame  # request_id (0..n-1), arrival_s (NaN: closed loop), prompt_tokens, output_tokens
+    replicas: int
+    tp: int
+    kv_capacity_tokens: float
+    seed: int = 0
+    clock: Callable[[], float] = lambda: 0.0
+    interactive: bool = True  # iterations depend on simulated time: no building ahead
+    iterations: list[Iteration] = field(default_factory=list)
+    replica_of: dict[int, int] = field(default_factory=dict)
+    first_scheduled: dict[int, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        sched = self.cfg.scheduler
+        policy = SchedulerPolicy(sched.max_batch_tokens, sched.max_running, sched.order, sched.chunked_prefill,
+                                 sched.kv_policy)
+        self.batchers = [ContinuousBatcher(policy, self.kv_capacity_tokens) for _ in range(self.replicas)]
+        self._prompt = self.requests["prompt_tokens"].to_numpy(dtype=np.int64)
+        self._output = self.requests["output_tokens"].to_numpy(dtype=np.int64)
+        self.arrival = self.requests["arrival_s"].to_numpy(dtype=np.float64).copy()
+        self._pending: list[tuple[float, int]] = []  # (arrival, request id) not yet routed to a replica, sorted
+        self._next_request = 0  # closed loop: the next request id a user sends
+        self._user_ready = 0  # closed loop: users whose request finished, about to send the next
+        self._load = [0] * self.replicas  # requests routed to each replica and not finished
+        self.finished: set[int] = set()
+
+    def bind_clock(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+
+    # ---- traffic ---------------------------------------------------------------------------
+    def _send(self, count: int, at: float) -> None:
+        """Closed loop: the next `count` requests are sent at `at`."""
+        for _ in range(count):
+            if self._next_request < len(self.arrival):
+                self.arrival[self._next_request] = at
+                self._pending.append((at, self._next_request))
+                self._next_request += 1
+
+    def _route(self, now: float) -> None:
+        """Requests that have arrived go to the replica with the fewest unfinished requests (ties:
+        the lowest index), as a data-parallel router does on arrival."""
+        k = 0
+        while k < len(self._pending) and self._pending[k][0] <= now:
+            arrival, rid = self._pending[k]
+            r = int(np.argmin(self._load))
+            self._load[r] += 1
+            self.replica_of[rid] = r
+            self.batchers[r].submit(rid, arrival, int(self._prompt[rid]), int(self._output[rid]))
+            k += 1
+        del self._pending[:k]
+
+    # ---- iterations ------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[StepInput]:
+        if self.cfg.users is None:  # open loop: every arrival is known up front
+            self._pending = sorted((float(a), int(r)) for r, a in zip(self.requests["request_id"], self.arrival))
+        else:
+            self._send(min(self.cfg.users, len(self.arrival)), 0.0)
+        step = 0
+        horizon = self.cfg.horizon
+        while True:
+            now = self.clock()
+            self._send(self._user_ready, now + self.cfg.think_time)
+            self._user_ready = 0
+            if horizon is not None and now >= horizon:
+                return
+            self._route(now)
+            batches = [b.next_batch(now) for b in self.batchers]
+            start_at = None
+            if not any(batches):
+                waits = [a for a in (b.next_arrival() for b in self.batchers) if a is not None]
+                if self._pending:
+                    waits.append(self._pending[0][0])
+                if not waits:
+                    return  # every request has finished
+                start_at = max(min(waits), now)
+                if horizon is not None and start_at >= horizon:
+                    return
+                self._route(start_at)
+                batches = [b.next_batch(start_at) for b in self.batchers]
+            formed = start_at if start_at is not None else now
+            for batch in batches:
+                for item in batch:
+                    self.first_scheduled.setdefault(item.request_id, formed)
+            self.iterations.append(Iteration(step, formed, batches, [b.kv_used_tokens for b in self.batchers],
+                                             [b.emitted(batch) for b, batch in zip(self.batchers, batches)]))
+            yield self._input(step, batches, start_at)
+            for r, (b, batch) in enumerate(zip(self.batchers, batches)):
+                for rid in b.commit(batch):
+                    self.finished.add(rid)
+                    self._load[r] -= 1
+                    self._user_ready += self.cfg.users is not None
+            step += 1
+
+    def _input(self, step: int, batches: list[list[BatchItem]], start_at: float | None) -> StepInput:
+        """Per device: its replica's tokens split over the replica's tp ranks for the MoE layers,
+        and the replica's attention work (heads split over tp by the cost model)."""
+        mixes, tokens = [], []
+        for batch in batches:
+            chunks = [(i.tokens, i.kv_len) for i in batch if i.phase == "prefill"]
+            decodes = [i.kv_len for i in batch if i.phase == "decode"]
+            mix = AttentionMix.of(chunks, decodes)
+            split = [len(a) for a in np.array_split(np.arange(mix.tokens), self.tp)]
+            mixes += [mix] * self.tp
+            tokens += split
+        return StepInput(step, "mixed", np.asarray(tokens, dtype=np.int64), 1, 0, attention=tuple(mixes),
+                         start_at=start_at)
+
+
+def request_table(cfg: ServingConfig, seed: int, base_dir) -> pd.DataFrame:
+    """The requests of a run: open loop from the arrival process; closed loop with lengths drawn
+    the same way and arrival times left to the simulation (NaN until a user sends them)."""
+    if cfg.arrivals is not None:
+        req = RequestsConfig(arrivals=cfg.arrivals, prompt_tokens=cfg.prompt_tokens, output_tokens=cfg.output_tokens,
+                             num_requests=cfg.num_requests, duration=cfg.duration)
+        return generate_requests(req, seed, base_dir)
+    n = int(cfg.num_requests)
+    _, prompt_ss, output_ss = np.random.SeedSequence(int(seed)).spawn(3)
+    return pd.DataFrame({
+        "request_id": np.arange(n, dtype=np.int64),
+        "arrival_s": np.full(n, np.nan),
+        "prompt_tokens": sample_lengths(cfg.prompt_tokens, np.random.default_rng(prompt_ss), n),
+        "output_tokens": sample_lengths(cfg.output_tokens, np.random.default_rng(output_ss), n),
+    })

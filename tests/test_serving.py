@@ -1,0 +1,128 @@
+"""Serving mode on the engine: a hand-calculated schedule with known iteration times, conservation
+of requests and tokens, Little's law on a steady open loop, latency that never falls with load,
+KV admission within capacity, determinism, and a deployment too small for one request refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moesim.errors import ConfigError
+from moesim.simulator.run import simulate
+from moesim.simulator.scenario import load_scenario
+from moesim.simulator.serving.source import ServingSource
+from moesim.simulator.serving.config import ServingConfig
+
+from conftest import toy_file
+
+
+def serving_config(**serving) -> dict:
+    base = {"prompt_tokens": {"dist": "fixed", "value": 64}, "output_tokens": {"dist": "fixed", "value": 8},
+            "num_requests": 24, "warmup": 0.0, "arrivals": {"process": "poisson", "rate": 200.0}}
+    base.update(serving)
+    if "users" in serving:
+        base.pop("arrivals")
+    return {"name": "toy-serving", "model": "toy-moe8.yaml", "hardware": {"cluster": "toy-cluster-2x2.yaml"},
+            "parallelism": {"ep": 4, "tp": 1, "dp": 4}, "routing": {"generator": "uniform"},
+            "serving": base, "outputs": {"trace_steps": 0}, "seed": 3}
+
+
+def run(tmp_path, **serving):
+    return simulate(load_scenario(toy_file(tmp_path, serving_config(**serving))))
+
+
+def drive(source: ServingSource, iteration_time: float) -> list[tuple[int, float, float]]:
+    """Replay a serving source with a fixed iteration time (as an engine with known costs would):
+    returns (step, start, end) and leaves the token times to the caller."""
+    t = 0.0
+    steps = []
+    source.bind_clock(lambda: t)
+    for inp in source:
+        start = max(t, inp.start_at or t)
+        steps.append((inp.step, start, start + iteration_time))
+        t = start + iteration_time
+    return steps
+
+
+def test_hand_calculated_schedule_gives_exact_ttft_and_itl():
+    """One replica, budget 4 tokens a step, iteration time 1 s. Request 0 (prompt 3, output 2)
+    arrives at 0, request 1 (prompt 2, output 2) at 0.5. Step 0 [0, 1]: r0 prefills 3 and
+    emits its first token at 1; r1 has not arrived. Step 1 [1, 2]: r0 decodes (token 2, done
+    at 2), r1 prefills 2 (first token at 2). Step 2 [2, 3]: r1 decodes (done at 3).
+    TTFT: r0 1.0, r1 1.5; ITL: r0 [1.0], r1 [1.0]; E2E: r0 2.0, r1 2.5."""
+    import pandas as pd
+
+    cfg = ServingConfig(arrivals={"process": "poisson", "rate": 1.0}, prompt_tokens={"dist": "fixed", "value": 1},
+                        output_tokens={"dist": "fixed", "value": 1}, num_requests=2,
+                        scheduler={"max_batch_tokens": 4, "max_running": 4})
+    requests = pd.DataFrame({"request_id": [0, 1], "arrival_s": [0.0, 0.5], "prompt_tokens": [3, 2],
+                             "output_tokens": [2, 2]})
+    source = ServingSource(cfg, requests, replicas=1, tp=1, kv_capacity_tokens=1000.0)
+    steps = drive(source, 1.0)
+    assert [(s, a, b) for s, a, b in steps] == [(0, 0.0, 1.0), (1, 1.0, 2.0), (2, 2.0, 3.0)]
+    times: dict[int, list[float]] = {}
+    for it in source.iterations:
+        for rid in it.emitted[0]:
+            times.setdefault(rid, []).append(steps[it.step][2])
+    assert times == {0: [1.0, 2.0], 1: [2.0, 3.0]}
+    assert source.first_scheduled == {0: 0.0, 1: 1.0}
+
+
+def test_idle_replicas_wait_for_the_next_arrival():
+    import pandas as pd
+
+    cfg = ServingConfig(arrivals={"process": "poisson", "rate": 1.0}, prompt_tokens={"dist": "fixed", "value": 1},
+                        output_tokens={"dist": "fixed", "value": 1}, num_requests=2)
+    requests = pd.DataFrame({"request_id": [0, 1], "arrival_s": [0.0, 10.0], "prompt_tokens": [4, 4],
+                             "output_tokens": [1, 1]})
+    source = ServingSource(cfg, requests, replicas=2, tp=1, kv_capacity_tokens=100.0)
+    steps = drive(source, 1.0)
+    assert steps == [(0, 0.0, 1.0), (1, 10.0, 11.0)]  # nothing runs between 1 s and the arrival at 10 s
+
+
+def test_every_request_finishes_with_all_its_tokens(tmp_path):
+    r = run(tmp_path)
+    req = r.requests
+    assert len(req) == 24 and req["finished"].all()
+    assert (req["tokens_emitted"] == req["output_tokens"]).all()
+    assert (req["ttft_s"] > 0).all() and (req["e2e_s"] >= req["ttft_s"]).all()
+    it = r.iterations
+    # prefilled tokens over all iterations = the prompts (no preemption under reserve)
+    assert it["prefill_tokens"].sum() == req["prompt_tokens"].sum()
+    assert it["decode_tokens"].sum() == (req["output_tokens"] - 1).sum()
+    assert (it["kv_used_tokens"] <= it["kv_capacity_tokens"]).all()
+
+
+def test_closed_loop_keeps_at_most_users_in_the_system(tmp_path):
+    r = run(tmp_path, users=3, num_requests=12)
+    req = r.requests.sort_values("arrival_s")
+    assert req["finished"].all()
+    events = sorted([(a, 1) for a in req["arrival_s"]] + [(f, -1) for f in req["finish_s"]], key=lambda e: (e[0], e[1]))
+    in_system = np.cumsum([e[1] for e in events])
+    assert in_system.max() <= 3
+
+
+def test_latency_never_falls_as_load_rises(tmp_path):
+    e2e = []
+    for rate in (20.0, 200.0, 2000.0):
+        r = run(tmp_path, arrivals={"process": "poisson", "rate": rate})
+        e2e.append(r.summary["serving"]["latency"]["e2e_s"]["mean"])
+    assert e2e[0] <= e2e[1] <= e2e[2]
+
+
+def test_littles_law_holds_on_a_steady_open_loop(tmp_path):
+    r = run(tmp_path, num_requests=120, arrivals={"process": "poisson", "rate": 100.0}, warmup=0.1)
+    little = r.summary["serving"]["littles_law"]
+    assert little["ratio"] == pytest.approx(1.0, abs=0.25)
+
+
+def test_serving_is_deterministic(tmp_path):
+    a = run(tmp_path).requests
+    b = run(tmp_path).requests
+    assert a[["ttft_s", "e2e_s"]].equals(b[["ttft_s", "e2e_s"]])
+
+
+def test_a_deployment_that_cannot_hold_one_request_is_refused(tmp_path):
+    cfg = serving_config(prompt_tokens={"dist": "fixed", "value": 50_000_000})
+    with pytest.raises(ConfigError, match="cannot hold its weights plus one request's KV cache"):
+        simulate(load_scenario(toy_file(tmp_path, cfg)))
