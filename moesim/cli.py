@@ -72,28 +72,62 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return items
 
 
-def _simulate(args: argparse.Namespace) -> int:
-    from moesim import json_io
-    from moesim.reports.terminal import console_for, print_summary, step_progress
-    from moesim.simulator.run import default_run_dir, free_run_dir, simulate, write_run_dir
-    from moesim.simulator.run_estimate import check_fits, estimate_run
-    from moesim.simulator.scenario import load_scenario
+def _run_dir_for(args: argparse.Namespace, scenario, console, suffix: str = "") -> Path:
+    """Where a run goes: --out (refused if it holds files, unless --force), else the default
+    runs/<name>, moving on to a free name when an earlier run is there."""
+    from moesim.errors import ConfigError
+    from moesim.simulator.run import default_run_dir, free_run_dir
 
-    console = console_for(stderr=args.json)  # with --json, stdout carries only the JSON
-    overrides = _overrides(args)
-    scenario = load_scenario(args.config, overrides)
     out = _out_dir(args.out)
     if out is None:
         out = default_run_dir(scenario)
+        out = out.with_name(out.name + suffix)
         if out.exists() and any(out.iterdir()) and not args.force:
             taken, out = out, free_run_dir(out)
             if not args.quiet:
                 console.print(f"{taken} holds an earlier run: writing {out} (--force replaces it)")
     elif out.exists() and any(out.iterdir()) and not args.force:
-        from moesim.errors import ConfigError
-
         raise ConfigError(f"{out} already holds files (an earlier run?); pass --force to replace it, or --out "
                           "another folder", field="--out")
+    return out
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from moesim.reports.terminal import console_for
+    from moesim.simulator.scenario import load_scenario
+
+    console = console_for(stderr=args.json)  # with --json, stdout carries only the JSON
+    overrides = _overrides(args)
+    if args.load:
+        return _sweep(args, overrides, console)
+    scenario = load_scenario(args.config, overrides)
+    out = _run_dir_for(args, scenario, console)
+    run_dir, result = _run_one(args, scenario, out, overrides, console)
+    if args.json:
+        from moesim import json_io
+
+        print(json_io.dumps({"name": scenario.name, "run_dir": str(run_dir), "metrics": result.summary}, indent=2))
+    elif not args.quiet:
+        from moesim.reports.terminal import print_serving_summary, print_summary
+
+        (print_serving_summary if result.requests is not None else print_summary)(result, console)
+    if not args.quiet:
+        console.print(f"run directory: [bold]{run_dir}[/bold]")
+    if args.report:
+        from moesim.reports.run_report import write_run_report
+
+        page = write_run_report(run_dir)
+        if not args.quiet:
+            console.print(f"report: [bold]{page}[/bold]")
+    return 0
+
+
+def _run_one(args: argparse.Namespace, scenario, out: Path, overrides: list[str], console):
+    """Estimate, simulate with progress, and write one run directory."""
+    from moesim.reports.terminal import step_progress
+    from moesim.simulator.run import simulate, write_run_dir
+    from moesim.simulator.run_estimate import check_fits, estimate_run
+
     serving = scenario.config.serving
     if serving is None:
         estimate = estimate_run(scenario)
@@ -110,24 +144,54 @@ def _simulate(args: argparse.Namespace) -> int:
     mode = "none" if args.quiet else args.progress
     with step_progress(console, mode, total, f"simulating {scenario.name}", unit) as progress:
         result = simulate(scenario, progress=progress)
-    run_dir = write_run_dir(result, out, force=args.force, overrides=overrides)
+    return write_run_dir(result, out, force=args.force, overrides=overrides), result
+
+
+def _sweep(args: argparse.Namespace, overrides: list[str], console) -> int:
+    """--load A,B,C: one serving run per load (closed loop: users; open loop: arrival rate), then a
+    throughput-latency report over them."""
+    from moesim import json_io
+    from moesim.errors import ConfigError
+    from moesim.reports.sweep_report import sweep_table, write_sweep_report
+    from moesim.reports.terminal import unclipped
+    from moesim.simulator.scenario import load_scenario
+
+    try:
+        loads = [float(x) for x in args.load.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"'{args.load}' is not a comma-separated list of numbers", field="--load") from None
+    if not loads or any(not (x > 0) or x == float("inf") for x in loads):
+        raise ConfigError(f"give positive loads, e.g. --load 1,4,16,64 (got '{args.load}')", field="--load")
+    base = load_scenario(args.config, overrides)
+    serving = base.config.serving
+    if serving is None:
+        raise ConfigError("--load sweeps a serving config (a serving: section); this config has a fixed-batch "
+                          "workload", field="--load")
+    closed = serving.users is not None
+    if closed and any(x != int(x) for x in loads):
+        raise ConfigError("a closed loop sweeps whole numbers of users", field="--load")
+    root = _run_dir_for(args, base, console, "-sweep")
+    points = []
+    for x in loads:
+        label, item = (f"users={int(x)}", f"serving.users={int(x)}") if closed else \
+            (f"rate={x:g}/s", f"serving.arrivals.rate={x:g}")
+        sc = load_scenario(args.config, overrides + [item])
+        run_dir, _ = _run_one(args, sc, root / label.replace("/", "-per-"), overrides + [item], console)
+        points.append((label, run_dir))
+    page = write_sweep_report(points, root, f"{base.name}: throughput against latency (simulated)")
+    table = sweep_table(points)
     if args.json:
-        print(json_io.dumps({"name": scenario.name, "run_dir": str(run_dir), "metrics": result.summary}, indent=2))
+        print(json_io.dumps({"name": base.name, "sweep_dir": str(root), "points": table.to_dict("records")}, indent=2))
     elif not args.quiet:
-        if result.requests is not None:
-            from moesim.reports.terminal import print_serving_summary
+        from rich.table import Table
 
-            print_serving_summary(result, console)
-        else:
-            print_summary(result, console)
-    if not args.quiet:
-        console.print(f"run directory: [bold]{run_dir}[/bold]")
-    if args.report:
-        from moesim.reports.run_report import write_run_report
-
-        page = write_run_report(run_dir)
-        if not args.quiet:
-            console.print(f"report: [bold]{page}[/bold]")
+        t = Table(title=f"{base.name}: load sweep (simulated)")
+        for col in table.columns:
+            t.add_column(str(col), justify="left" if col == table.columns[0] else "right")
+        for row in table.itertuples(index=False):
+            t.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+        console.print(unclipped(t))
+        console.print(f"sweep report: [bold]{page}[/bold]")
     return 0
 
 
@@ -477,6 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--quiet", action="store_true", help="print nothing but errors (and --json)")
     sim.add_argument("--json", action="store_true", help="print the headline metrics as JSON on stdout")
     sim.add_argument("--report", action="store_true", help="also write the HTML/Markdown run report (RUN_DIR/report)")
+    sim.add_argument("--load", default=None, metavar="A,B,...",
+                     help="serving: one run per load (closed loop: users; open loop: requests/s) and a "
+                          "throughput-latency report over them")
     sim.set_defaults(func=_simulate)
 
     cfg = sub.add_parser("config", help="show a scenario config as resolved, every default filled in")

@@ -73,6 +73,7 @@ class Engine:
         pipeline = steps = None
         self.source = None
         self.interactive = False
+        self.cache = None  # serving: replays iterations whose shape was simulated before
         if plans is None:
             pipeline = pipeline_for(scenario)
             source = self.source = step_source_for(scenario)
@@ -80,6 +81,11 @@ class Engine:
                 source.bind_clock(lambda: self.env.now)
                 self.interactive = True
             plans, steps = pipeline.plans(source), getattr(source, "steps", None)
+            if self.interactive and getattr(scenario.config.serving, "iteration_cache", False):
+                from moesim.simulator.serving.iteration_cache import IterationCache
+
+                self.cache = IterationCache(pipeline)
+                plans = self.cache.plans(source)
         self._feed = plan_feed(iter(plans), pipeline, steps, self.interactive)
         self.stream = overlap or schedule_for(scenario)
         self.progress = progress
@@ -98,6 +104,8 @@ class Engine:
         self._at_step = [0] * scenario.num_devices  # the step each device is in
         self._forgotten = -1  # collectives and lists of steps up to this one are dropped
         self._barriers: dict[int, list] = {}
+        self._step_t0: dict[int, float] = {}
+        self._link_bytes_seen = 0.0
         self.microbatches = 1
         tp = scenario.tp
         self.tp = tp
@@ -199,9 +207,34 @@ class Engine:
         waiting = self._barriers.setdefault(step, [0, simpy.Event(self.env)])
         waiting[0] += 1
         if waiting[0] == self.n:
+            self._iteration_end(step)
             self._barriers.pop(step)[1].succeed()
             return
         yield waiting[1]
+
+    def step_started(self, step: int) -> None:
+        """Serving: every device starts an iteration at the same moment (after the barrier)."""
+        self._step_t0.setdefault(step, self.env.now)
+
+    def replay(self, step: int):
+        """Serving: the cached timeline this step replays, or None to simulate it."""
+        return self.cache.replays.get(step) if self.cache is not None else None
+
+    def _iteration_end(self, step: int) -> None:
+        """Every device has finished `step`: fill a replayed step's timeline, or record a simulated one."""
+        if self.cache is None:
+            return
+        t0 = self._step_t0.pop(step)
+        st, en = self._times[step]
+        hit = self.cache.replays.get(step)
+        if hit is not None:  # arrays, not lists: nothing writes to a replayed step's times
+            self._times[step] = (hit.start + t0, hit.end + t0)
+            self.fabric.extra_bytes += hit.link_bytes
+            return
+        now = self.fabric.link_bytes
+        shape = (self.n_layers, self.n, self.microbatches, self.P)
+        self.cache.record(step, self._plans[step][0], st, en, t0, shape, now - self._link_bytes_seen)
+        self._link_bytes_seen = now
 
     def _forget(self) -> None:
         """Drop the collectives and lists of steps every device has left (two behind the slowest:
@@ -249,8 +282,8 @@ class Engine:
             self._feed.close()
         steps = self._ended if self._ended is not None else self._pulled
         shape = (steps, self.n_layers, self.n, self.microbatches, self.P)
-        self.start = np.array([self._times[s][0] for s in range(steps)], dtype=float).reshape(shape)
-        self.end = np.array([self._times[s][1] for s in range(steps)], dtype=float).reshape(shape)
+        self.start = np.stack([np.asarray(self._times[s][0], dtype=float) for s in range(steps)]).reshape(shape)
+        self.end = np.stack([np.asarray(self._times[s][1], dtype=float) for s in range(steps)]).reshape(shape)
         per_mb = [self._plans[s] for s in range(steps)]
         plans = [merge_microbatches(p) for p in per_mb]
         self._split_straggler_wait(per_mb)

@@ -131,15 +131,20 @@ def summarize(sc: Scenario, raw: EngineResult) -> SimResult:
     util["memory_bytes"] = np.tile(np.repeat(sc.memory.per_device, sc.moe_tp), n // (sc.ep * sc.moe_tp))
 
     moe = sc.model.moe_layers
-    layer_rows = []
-    for s, p in enumerate(raw.plans):
-        for i, layer in enumerate(moe):
-            layer_rows.append((s, layer, float(p.expert[layer].max()), float(p.expert[layer].mean()),
-                               float(ratios[s, i]), float(p.dispatch[i].sum()), int(p.rows_dropped[i]),
-                               float(p.experts_active[i].mean())))
-    layers = pd.DataFrame(layer_rows, columns=["step", "layer", "expert_time_max_s", "expert_time_mean_s",
-                                               "straggler_ratio", "dispatch_bytes", "dropped_rows",
-                                               "active_experts_per_device"])
+    n_steps, n_moe = len(raw.plans), len(moe)
+    if n_moe:  # one row per (step, MoE layer), reduced over devices with the arrays stacked
+        moe_idx = np.asarray(moe, dtype=np.int64)
+        expert = np.stack([p.expert[moe_idx] for p in raw.plans])  # (S, Lm, N)
+        dispatch = np.stack([p.dispatch.reshape(n_moe, -1) for p in raw.plans])  # (S, Lm, N*N)
+        layers = pd.DataFrame({
+            "step": np.repeat(np.arange(n_steps), n_moe), "layer": np.tile(moe_idx, n_steps),
+            "expert_time_max_s": expert.max(axis=2).ravel(), "expert_time_mean_s": expert.mean(axis=2).ravel(),
+            "straggler_ratio": np.asarray(ratios, dtype=float).ravel(), "dispatch_bytes": dispatch.sum(axis=2).ravel(),
+            "dropped_rows": np.stack([p.rows_dropped for p in raw.plans]).astype(np.int64).ravel(),
+            "active_experts_per_device": np.stack([p.experts_active.mean(axis=1) for p in raw.plans]).ravel()})
+    else:
+        layers = pd.DataFrame(columns=["step", "layer", "expert_time_max_s", "expert_time_mean_s", "straggler_ratio",
+                                       "dispatch_bytes", "dropped_rows", "active_experts_per_device"])
     offload = offload_summary(sc, raw)
     if offload is not None:
         layers = layers.merge(layer_offload_columns(sc, raw), on=["step", "layer"], how="left")

@@ -66,6 +66,7 @@ class Fabric:
         self.routes = routes
         n_links = len(routes.link_names)
         self.free_at = np.zeros(n_links)
+        self.extra_bytes = np.zeros(n_links)
         n = self._n = routes.num_devices
         # every (pair, link) entry of every device-to-device path, sorted by pair id
         lens = np.diff(routes.pair_ptr)
@@ -210,8 +211,10 @@ class Fabric:
 
     @property
     def link_bytes(self) -> np.ndarray:
-        """Bytes each directed link carried so far (every link of every path, pruned or not)."""
-        return np.bincount(self._all_link, weights=self._pair_bytes[self._all_pair], minlength=self._n_links)
+        """Bytes each directed link carried so far (every link of every path, pruned or not), plus
+        `extra_bytes` (serving iterations replayed from a cached timeline)."""
+        return np.bincount(self._all_link, weights=self._pair_bytes[self._all_pair], minlength=self._n_links) \
+            + self.extra_bytes
 
 
 class _StaticLayout:

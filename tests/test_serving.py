@@ -126,3 +126,23 @@ def test_a_deployment_that_cannot_hold_one_request_is_refused(tmp_path):
     cfg = serving_config(prompt_tokens={"dist": "fixed", "value": 50_000_000})
     with pytest.raises(ConfigError, match="cannot hold its weights plus one request's KV cache"):
         simulate(load_scenario(toy_file(tmp_path, cfg)))
+
+
+def test_iteration_cache_replays_repeated_shapes_and_agrees_with_the_full_simulation(tmp_path):
+    """Fixed lengths: most iterations repeat a shape. Replayed iterations reuse one routing draw,
+    so results differ from simulating each only through routing noise (well under 5% here)."""
+    from moesim.simulator.engine import Engine
+    from moesim.simulator.serving.outcome import serving_outcome
+
+    cached = run(tmp_path, users=4, num_requests=12)
+    full = run(tmp_path, users=4, num_requests=12, iteration_cache=False)
+    for metric in ("ttft_s", "tpot_s", "e2e_s"):
+        a = cached.summary["serving"]["latency"][metric]["mean"]
+        b = full.summary["serving"]["latency"][metric]["mean"]
+        assert a == pytest.approx(b, rel=0.05), metric
+    sc = load_scenario(toy_file(tmp_path, serving_config(users=4, num_requests=12)))
+    engine = Engine(sc)
+    raw = engine.run()
+    assert engine.cache.hits > engine.cache.misses  # most iterations replayed
+    table, iterations, _ = serving_outcome(sc, raw, engine.source)
+    assert table["finished"].all() and (iterations["end_s"] > iterations["start_s"]).all()

@@ -57,6 +57,8 @@ class ServingConfig(_Strict):
     warmup: float = Field(0.1, ge=0, lt=1, description="share of requests (earliest first) left out of statistics")
     scheduler: SchedulerConfig = SchedulerConfig()
     slo: SloConfig = SloConfig()
+    iteration_cache: bool = Field(True, description="replay an iteration whose batch shape was simulated before "
+                                  "(one routing draw stands for all; error in benchmarks/bench_serving.py)")
 
     @model_validator(mode="after")
     def _one_loop(self) -> "ServingConfig":

@@ -141,9 +141,9 @@ class ServingSource:
             chunks = [(i.tokens, i.kv_len) for i in batch if i.phase == "prefill"]
             decodes = [i.kv_len for i in batch if i.phase == "decode"]
             mix = AttentionMix.of(chunks, decodes)
-            split = [len(a) for a in np.array_split(np.arange(mix.tokens), self.tp)]
+            share, extra = divmod(mix.tokens, self.tp)  # as np.array_split: the first ranks take one more
             mixes += [mix] * self.tp
-            tokens += split
+            tokens += [share + (k < extra) for k in range(self.tp)]
         return StepInput(step, "mixed", np.asarray(tokens, dtype=np.int64), 1, 0, attention=tuple(mixes),
                          start_at=start_at)
 

@@ -1,0 +1,77 @@
+"""A serving shortcut: an iteration whose batch shape was simulated before replays that
+simulation instead of running every layer again.
+
+The shape of an iteration is, per device, its `AttentionMix` (prefill chunks folded into
+pairs-equivalent prefills, decodes with their mean context rounded to 16 tokens) and its MoE
+tokens. Two iterations of the same shape have the same compute costs; they differ only in the
+routing draw (which experts the tokens pick, hence stragglers and all-to-all bytes). The first
+iteration of a shape is simulated in full; later ones reuse its timeline (every phase of every
+device, relative to the iteration's start), its plan and its link bytes. Iterations are
+separated by a barrier (`Engine.iteration_barrier`), so a timeline does not depend on what ran
+before. The error this makes (one routing draw stands for all iterations of a shape) is
+measured against the full simulation in `benchmarks/bench_serving.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from moesim.simulator.step_plan import StepPipeline, StepPlan
+from moesim.simulator.step_source import StepInput
+
+
+@dataclass
+class Timeline:
+    """One simulated iteration, relative to its start: flat start/end lists as the engine keeps them."""
+
+    plan: StepPlan
+    start: np.ndarray  # flat, as the engine's lists
+    end: np.ndarray
+    duration: list[float]  # per device: when it finished, relative to the iteration's start
+    link_bytes: np.ndarray  # what the fabric carried during the iteration
+
+
+class IterationCache:
+    """Feeds plans to the engine, marking the steps whose timeline can be replayed."""
+
+    def __init__(self, pipeline: StepPipeline):
+        self.pipeline = pipeline
+        self.timelines: dict[tuple, Timeline] = {}
+        self.replays: dict[int, Timeline] = {}  # step -> the timeline it replays
+        self._recording: dict[int, tuple] = {}  # step -> the shape it will record
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def shape(inp: StepInput) -> tuple:
+        return (inp.attention, tuple(np.asarray(inp.moe_tokens).tolist()))
+
+    def plans(self, source: Iterable[StepInput]) -> Iterator[list[StepPlan]]:
+        for inp in source:
+            key = self.shape(inp)
+            hit = self.timelines.get(key)
+            if hit is not None:
+                self.hits += 1
+                self.replays[inp.step] = hit
+                yield [replace(hit.plan, step=inp.step, inputs=inp)]
+            else:
+                self.misses += 1
+                if key not in self._recording.values():
+                    self._recording[inp.step] = key
+                yield [self.pipeline.plan(inp)]
+
+    def record(self, step: int, plan: StepPlan, start: list[float], end: list[float], t0: float,
+               shape: tuple[int, int, int, int], link_bytes: np.ndarray) -> None:
+        """Keep a fully simulated iteration's timeline under its shape (called once every device is
+        done); `shape` is the engine's (layers, devices, micro-batches, phases)."""
+        key = self._recording.pop(step, None)
+        if key is None:
+            return
+        rel_start = np.asarray(start, dtype=float) - t0
+        rel_end = np.asarray(end, dtype=float) - t0
+        with np.errstate(all="ignore"):
+            done = np.nanmax(rel_end.reshape(shape), axis=(0, 2, 3))
+        self.timelines[key] = Timeline(plan, rel_start, rel_end, np.nan_to_num(done).tolist(), link_bytes)
