@@ -831,7 +831,10 @@ def run_facts(run: RunData) -> list[tuple[str, str]]:
              ("parallelism", f"ep={r.get('ep', '–')}, tp={r.get('tp', '–')}, dp={r.get('dp', '–')}")]
     if r.get("moe_layers") is not None:
         facts.append(("MoE layers", str(r["moe_layers"])))
-    if wl:
+    if serving_of(s) is not None:  # the fixed-batch workload defaults do not apply to a serving run
+        facts.append(("workload", f"serving, {serving_load(cfg.get('serving') or {})}, {run.steps} scheduler "
+                                  "iteration(s) simulated"))
+    elif wl:
         phase = wl.get("phase", "–")
         shape = (f"batch {wl.get('batch_size')}, kv_len {wl.get('kv_len')}" if phase == "decode"
                  else f"batch {wl.get('batch_size')}, seq_len {wl.get('seq_len')}")
@@ -845,6 +848,208 @@ def run_facts(run: RunData) -> list[tuple[str, str]]:
     if run.missing:
         facts.append(("files missing", ", ".join(run.missing)))
     return facts
+
+
+# ---------------------------------------------------------------- serving section (serving runs only)
+
+SERVING_CDF_PNG = "run-serving-latency-cdf.png"
+SERVING_BATCH_PNG = "run-serving-batch-kv.png"
+# (summary key, label, how the statistic is taken; see simulator/serving/results.py)
+SERVING_LATENCIES = (
+    ("ttft_s", "TTFT (time to first token)",
+     "first output token - arrival (queueing and prefill included); every measured request that emitted one"),
+    ("itl_s", "ITL (inter-token latency)", "each gap between consecutive output tokens, pooled over the measured "
+                                           "finished requests"),
+    ("tpot_s", "TPOT (time per output token)", "(last - first output token) / (output tokens - 1), one per "
+                                               "measured finished request"),
+    ("e2e_s", "E2E (end-to-end latency)", "last output token - arrival, measured finished requests"),
+    ("queue_s", "queueing", "first scheduled - arrival (wait before the scheduler admits the request), measured "
+                            "finished requests"),
+)
+
+
+def serving_of(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """summary.json's metrics.serving (None for a fixed-batch run)."""
+    sv = (summary.get("metrics") or {}).get("serving")
+    return sv if isinstance(sv, dict) else None
+
+
+def _time(x: float | None) -> str:
+    """A latency: seconds from 1 s up, milliseconds from 1 ms up, else microseconds; three significant digits."""
+    if x is None or pd.isna(x):
+        return "–"
+    if abs(x) >= 1.0:
+        return f"{x:.3g} s"
+    return f"{x * 1e3:.3g} ms" if abs(x) >= 1e-3 or x == 0 else f"{x * 1e6:.3g} µs"
+
+
+def _slo_text(slo: dict[str, Any] | None) -> str:
+    limits = [f"{label} <= {_time(v)}" for key, label in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"))
+              if (v := (slo or {}).get(key)) is not None]
+    return " and ".join(limits) if limits else "no SLO given (every measured finished request counts)"
+
+
+def _items(d: Any) -> str:
+    return ", ".join(f"{k}={v}" for k, v in (d or {}).items() if v is not None) if isinstance(d, dict) else str(d)
+
+
+def serving_load(cfg: dict[str, Any]) -> str:
+    """The offered load in words, from the resolved config's serving section."""
+    if cfg.get("users") is not None:
+        think = cfg.get("think_time") or 0.0
+        return f"closed loop, {cfg['users']} concurrent user(s), think time {_time(float(think)) if think else '0'}"
+    return f"open loop, arrivals {_items(cfg.get('arrivals'))}"
+
+
+def serving_facts(run: RunData, sv: dict[str, Any]) -> list[tuple[str, str]]:
+    cfg = (run.summary.get("config") or {}).get("serving") or {}
+    req, thr = sv.get("requests") or {}, sv.get("throughput") or {}
+    facts = [("load (offered)", serving_load(cfg) if cfg else "–")]
+    if cfg:
+        facts.append(("request lengths", f"prompt {_items(cfg.get('prompt_tokens'))}; output "
+                                         f"{_items(cfg.get('output_tokens'))}"))
+        facts.append(("scheduler", _items(cfg.get("scheduler"))))
+    facts.append(("requests", f"{_num(req.get('total'))} in all, {_num(req.get('finished'))} finished, "
+                              f"{_num(req.get('unfinished'))} unfinished at the horizon "
+                              f"({_time(sv.get('horizon_s'))} simulated)"))
+    share = req.get("warmup_share")
+    facts.append(("warm-up excluded", f"the {_num(req.get('warmup_excluded'))} earliest arrivals (warm-up share "
+                                      f"{_pct(share, 0)}) are left out of every statistic below; "
+                                      f"{_num(req.get('measured'))} requests measured, "
+                                      f"{_num(req.get('measured_finished'))} of them finished"))
+    if thr.get("window_s") is not None:
+        facts.append(("measured window", f"{_time(thr.get('window_start_s'))} to {_time(thr.get('window_end_s'))} "
+                                         f"({_time(thr['window_s'])}): first measured arrival to last measured finish"))
+    facts.append(("deployment", f"{_num(sv.get('num_gpus'))} GPU(s), {_num(sv.get('replicas'))} attention "
+                                f"replica(s), {_num(sv.get('iterations'))} scheduler iterations"))
+    return facts
+
+
+def _text_table(t: Table) -> Block:
+    """A table whose last column is prose: left-aligned in the HTML (raw_table), plain in the Markdown."""
+    esc = html.escape
+    left, keep = ' style="text-align:left"', ' style="white-space:nowrap"'
+    head = "".join(f"<th>{esc(h)}</th>" for h in t.headers[:-1]) + f"<th{left}>{esc(t.headers[-1])}</th>"
+    body = "\n".join("<tr>" + "".join(f"<td{keep if i else ''}>{esc(c)}</td>" for i, c in enumerate(row[:-1]))
+                     + f"<td{left}>{esc(row[-1])}</td></tr>" for row in t.rows)
+    return Block("raw_table", (f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>",
+                               table_markdown(t)))
+
+
+def serving_latency_table(sv: dict[str, Any]) -> Table:
+    lat = sv.get("latency") or {}
+    rows = []
+    for key, label, how in SERVING_LATENCIES:
+        p = lat.get(key) or {}
+        rows.append([label, _num(p.get("count"))] + [_time(p.get(k)) for k in ("mean", "p50", "p90", "p99")] + [how])
+    return Table(["latency (simulated)", "samples", "mean", "p50", "p90", "p99", "taken over"], rows)
+
+
+def serving_throughput_table(sv: dict[str, Any]) -> Table:
+    thr, good, batch = sv.get("throughput") or {}, sv.get("goodput") or {}, sv.get("batch") or {}
+    little = sv.get("littles_law") or {}
+    gps = good.get("requests_per_s")
+    rows = [
+        ["output tokens/s", _sig(thr.get("output_tokens_per_s")),
+         f"every output token emitted in the measured window ({_num(thr.get('output_tokens_in_window'))}, "
+         "warm-up and unfinished requests' tokens included) / window length"],
+        ["output tokens/s per GPU", _sig(thr.get("output_tokens_per_s_per_gpu")),
+         f"the above / {_num(sv.get('num_gpus'))} GPUs"],
+        ["output tokens/s per user", _sig(thr.get("output_tokens_per_s_per_user")),
+         "mean over measured finished requests of 1 / TPOT (the decode speed one user sees)"],
+        ["requests/s", _sig(thr.get("requests_per_s")), "measured finished requests / window length"],
+        [f"goodput ({_slo_text(good.get('slo'))})",
+         "–" if gps is None else f"{_sig(gps)} requests/s ({_pct(good.get('share'))})",
+         f"measured finished requests meeting every SLO ({_num(good.get('requests_meeting_slo'))}) / window "
+         "length; in brackets their share of the measured finished requests"],
+        ["batch size: mean / max sequences",
+         f"{_num(batch.get('mean_sequences'), '.3g')} / {_num(batch.get('max_sequences'))}",
+         f"sequences per (iteration, replica), {batch.get('scope', '–')} ({_num(batch.get('iterations'))} rows)"],
+        ["tokens per iteration: prefill / decode",
+         f"{_num(batch.get('mean_prefill_tokens'), '.4g')} / {_num(batch.get('mean_decode_tokens'), '.4g')}",
+         "mean per (iteration, replica), same rows"],
+        ["KV-cache use: mean / max", f"{_pct(batch.get('kv_use_mean'), 2)} / {_pct(batch.get('kv_use_max'), 2)}",
+         "KV tokens held / KV capacity of the replica, same rows"],
+        ["Little's law: requests in system / rate x mean E2E",
+         f"{_num(little.get('mean_in_system'), '.3g')} / {_num(little.get('predicted_in_system'), '.3g')}",
+         "time average over the window against measured arrival rate x mean E2E; near 1:1 in steady state"],
+    ]
+    return Table(["metric", "value (simulated)", "how it is computed"], rows)
+
+
+def serving_memory_table(sv: dict[str, Any]) -> Table | None:
+    mem = sv.get("memory_per_rank_bytes") or {}
+    if not mem:
+        return None
+    cap = mem.get("capacity")
+
+    def share(v: Any) -> str:
+        return _pct(float(v) / float(cap), 2) if cap and v is not None else "–"
+
+    parts = [("weights (this rank's shard)", "weights"), ("activations", "activations"),
+             ("communication buffers", "comm_buffers"), ("runtime reserve", "runtime_reserve")]
+    rows = [[label, _gb(mem.get(key)), share(mem.get(key))] for label, key in parts]
+    kv, per_tok = mem.get("kv_cache"), mem.get("kv_bytes_per_token")
+    rows.append([f"KV cache ({_num(mem.get('kv_tokens'))} tokens at {_gb(per_tok)} per token)"
+                 if per_tok else "KV cache", _gb(kv), share(kv)])
+    total = sum(float(mem[k]) for _, k in parts + [("", "kv_cache")] if mem.get(k) is not None)
+    rows.append(["total", _gb(total), share(total)])
+    rows.append(["device memory (capacity)", _gb(cap), "100.00%" if cap else "–"])
+    return Table(["per rank (simulated budget)", "bytes", "share of capacity"], rows)
+
+
+def _serving_tables(path: Path) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    req = path / "requests.parquet"
+    requests = pd.read_parquet(req) if req.is_file() else None
+    return requests, _read_csv(path / "iterations.csv")
+
+
+def serving_blocks(run: RunData, sv: dict[str, Any], out: Path, csvs: list[str]) -> list[Block]:
+    """The Serving section of a serving run's report: latency, throughput and goodput, memory per
+    rank, the latency CDFs and batch / KV-cache use over time."""
+    from moesim.reports.serving_plots import batch_and_kv, latency_cdfs
+
+    blocks = [Block("h2", "Serving"),
+              Block("note", "Simulated, not measured: requests drawn from the config's serving: section (seeded), "
+                            "scheduled by moesim's continuous batcher, every iteration timed by the cost model "
+                            f"(source: {(run.metrics.get('source') or 'model (simulated)')}). Numbers come "
+                            "from summary.json (metrics.serving), the plots from requests.parquet and "
+                            "iterations.csv of the run; the statistics follow vLLM's serving benchmark definitions."),
+              Block("facts", serving_facts(run, sv)),
+              Block("h3", "Latency"), _text_table(serving_latency_table(sv)),
+              Block("h3", "Throughput and goodput"), _text_table(serving_throughput_table(sv))]
+    lat = sv.get("latency") or {}
+    pd.DataFrame([{"statistic": k, **(lat.get(k) or {})} for k, _, _ in SERVING_LATENCIES]).to_csv(
+        out / "serving_latency.csv", index=False)
+    csvs.append("serving_latency.csv")
+    mem = serving_memory_table(sv)
+    if mem is not None:
+        blocks += [Block("h3", "Memory per rank"),
+                   Block("note", "The per-rank memory budget the serving simulation admits requests against: "
+                                 "what weights, activations, buffers and the reserve leave is the KV cache. "
+                                 "Simulated."),
+                   Block("table", mem)]
+    requests, iterations = _serving_tables(run.path)
+    if requests is not None and len(requests):
+        latency_cdfs(requests, out, SERVING_CDF_PNG, run.name)
+        blocks.append(Block("figure", Figure(
+            SERVING_CDF_PNG, "Latency distributions",
+            "Empirical CDF of TTFT, TPOT, ITL and E2E over the measured requests (warm-up excluded), p50 and p99 "
+            "marked; from requests.parquet. Simulated.")))
+    else:
+        blocks.append(Block("note", "Latency distributions: not shown, the run has no requests.parquet rows."))
+    if iterations is not None and len(iterations):
+        batch_and_kv(iterations, out, SERVING_BATCH_PNG, run.name)
+        blocks.append(Block("figure", Figure(
+            SERVING_BATCH_PNG, "Batch size and KV-cache use over time",
+            "Sequences per scheduler iteration (top) and KV cache held as a share of capacity (bottom), per "
+            "attention replica, over the whole simulated run (warm-up included); from iterations.csv. Simulated.")))
+    else:
+        blocks.append(Block("note", "Batch size and KV-cache use: not shown, the run has no iterations.csv rows."))
+    blocks.append(Block("note", "Below: the engine view of the same run, where a step is one scheduler iteration "
+                                "(its step latency is the iteration time; its throughput counts tokens over the "
+                                "whole simulated time, idle gaps included, unlike the measured window above)."))
+    return blocks
 
 
 # ---------------------------------------------------------------- entry point
@@ -880,12 +1085,15 @@ def write_run_report(run_dir: str | Path, out_dir: str | Path | None = None) -> 
             share_rows.append([p, _pct(share[p]), _ms(share[p] * mk / steps) if mk else "–"])
     share_table = Table(["phase", "share of device time", "per step per device"], share_rows)
 
-    blocks: list[Block] = [Block("note", source_line(run.summary)), Block("facts", run_facts(run)),
-                           Block("h2", "Headline metrics"), Block("table", headline),
-                           Block("h2", "Time share per phase"),
-                           Block("note", "Share of device time (all devices, all steps) spent in each phase; "
-                                         "idle is what is left of the simulated time."),
-                           Block("table", share_table), Block("h2", "Where the time goes")]
+    blocks: list[Block] = [Block("note", source_line(run.summary)), Block("facts", run_facts(run))]
+    sv = serving_of(run.summary)
+    if sv is not None:
+        blocks += serving_blocks(run, sv, out, csvs)
+    blocks += [Block("h2", "Headline metrics"), Block("table", headline),
+               Block("h2", "Time share per phase"),
+               Block("note", "Share of device time (all devices, all steps) spent in each phase; "
+                             "idle is what is left of the simulated time."),
+               Block("table", share_table), Block("h2", "Where the time goes")]
 
     by_layer = time_by_layer(run)
     fig = None

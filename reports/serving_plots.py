@@ -80,22 +80,46 @@ def latency_cdfs(table: pd.DataFrame, out_dir: str | Path, name: str = "latency_
     return out
 
 
+def idle_starts(iterations: pd.DataFrame) -> np.ndarray:
+    """Times at which the whole deployment falls idle: the end of every stretch of back-to-back
+    iterations (over all replicas) that the next iteration does not start right after, and the end of
+    the last one. A replica waiting at the iteration barrier for a slower one is not idle."""
+    if not len(iterations):
+        return np.zeros(0)
+    order = np.argsort(iterations["start_s"].to_numpy(dtype=float), kind="stable")
+    start = iterations["start_s"].to_numpy(dtype=float)[order]
+    reach = np.maximum.accumulate(iterations["end_s"].to_numpy(dtype=float)[order])  # busy until, so far
+    tol = 1e-9 * np.maximum(1.0, np.abs(reach[:-1]))
+    gap = start[1:] > reach[:-1] + tol
+    return np.append(reach[:-1][gap], reach[-1])
+
+
 def batch_and_kv(iterations: pd.DataFrame, out_dir: str | Path, name: str = "batch_kv.png",
                  run_name: str = "serving run", max_lines: int = 16) -> Path:
     """Batch size (sequences per iteration) and KV-cache use (share of capacity) against time, one
-    line per attention replica (the first `max_lines` replicas drawn when there are more)."""
+    line per attention replica (the first `max_lines` replicas drawn when there are more). Both lines
+    drop to zero where the whole deployment is idle (`idle_starts`) until the next iteration starts."""
     plt = pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(11.0, 6.5), sharex=True)
     reps = sorted(iterations["replica"].unique().tolist()) if len(iterations) else []
     scale, unit = _unit(float(iterations["end_s"].max()) if len(iterations) else 0.0)
+    peak_kv = 0.0
+    idle = idle_starts(iterations)
     for r in reps[:max_lines]:
         g = iterations[iterations["replica"] == r].sort_values("start_s")
-        x = g["start_s"].to_numpy(dtype=float) * scale
+        start = g["start_s"].to_numpy(dtype=float)
         cap = g["kv_capacity_tokens"].to_numpy(dtype=float)
         kv = np.divide(g["kv_used_tokens"].to_numpy(dtype=float), cap, out=np.full(cap.shape, np.nan),
                        where=cap > 0) * 100.0
-        top.step(x, g["batch_sequences"].to_numpy(), where="post", lw=1.0, label=f"replica {r}")
-        bottom.step(x, kv, where="post", lw=1.0, label=f"replica {r}")
+        zeros = idle[idle >= start[0]] if len(start) else idle[:0]
+        x = np.concatenate([start, zeros]) * scale
+        order = np.argsort(x, kind="stable")
+        batch = np.concatenate([g["batch_sequences"].to_numpy(dtype=float), np.zeros(zeros.size)])[order]
+        top.step(x[order], batch, where="post", lw=1.0, label=f"replica {r}")
+        bottom.step(x[order], np.concatenate([kv, np.zeros(zeros.size)])[order], where="post", lw=1.0,
+                    label=f"replica {r}")
+        if np.isfinite(kv).any():
+            peak_kv = max(peak_kv, float(np.nanmax(kv)))
     if not reps:
         top.text(0.5, 0.5, "no iterations", ha="center", va="center", transform=top.transAxes)
     extra = f" (first {max_lines} of {len(reps)} replicas)" if len(reps) > max_lines else ""
@@ -103,7 +127,8 @@ def batch_and_kv(iterations: pd.DataFrame, out_dir: str | Path, name: str = "bat
     top.set_ylim(bottom=0)
     top.set_title(f"{run_name}: sequences per scheduler iteration (simulated){extra}")
     bottom.set_ylabel("KV cache in use (% of capacity)")
-    bottom.set_ylim(0, 105)
+    # the whole capacity when use gets near it, else room above the peak (a tiny use stays visible)
+    bottom.set_ylim(0, 105 if peak_kv > 50 else max(peak_kv * 1.25, 1e-3))
     bottom.set_xlabel(f"simulated time ({unit}, iteration start)")
     bottom.set_title(f"KV-cache use per replica (simulated){extra}")
     for ax in (top, bottom):
