@@ -182,9 +182,9 @@ class ScenarioConfig(_Strict):
             if self.routing is not None and self.routing.generator == "trace":
                 raise ValueError("serving routes tokens with a generator (uniform, zipf, synthetic, fixed); a trace "
                                  "fixes tokens per step, which a scheduler decides here")
-            if self.policies.overlap != "none":
-                raise ValueError("serving runs with policies.overlap: none for now (micro-batches of a mixed "
-                                 "prefill/decode iteration are not modelled yet)")
+            if self.policies.overlap == "shortcut":
+                raise ValueError("serving runs with policies.overlap none or two_batch (the shortcut schedule is not "
+                                 "wired to the serving step source yet)")
             if self.offload is not None:
                 raise ValueError("serving with expert offloading is not modelled yet; drop the offload section")
             # the rest of resolution sizes memory and routing from a workload: one decode token per device

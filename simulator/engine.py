@@ -233,7 +233,7 @@ class Engine:
             return
         now = self.fabric.link_bytes
         shape = (self.n_layers, self.n, self.microbatches, self.P)
-        self.cache.record(step, self._plans[step][0], st, en, t0, shape, now - self._link_bytes_seen)
+        self.cache.record(step, self._plans[step], st, en, t0, shape, now - self._link_bytes_seen)
         self._link_bytes_seen = now
 
     def _forget(self) -> None:

@@ -156,14 +156,17 @@ class StepPipeline:
         """The micro-batch plans of every step the source yields, in order. A step is routed once;
         its micro-batches split each device's rows in proportion to their tokens."""
         for inp in source:
-            if self.microbatches == 1:
-                yield [self.plan(inp)]
-                continue
-            parts = split_microbatches(inp, self.microbatches)
-            counts = self.routing.step(inp.step, np.asarray(inp.moe_tokens, dtype=np.int64),
-                                       len(self.moe_layers)).counts
-            shares = split_counts(counts, [p.moe_tokens for p in parts])
-            yield [self.plan(p, c) for p, c in zip(parts, shares)]
+            yield self.step_plans(inp)
+
+    def step_plans(self, inp: StepInput) -> list[StepPlan]:
+        """The micro-batch plans of one step input."""
+        if self.microbatches == 1:
+            return [self.plan(inp)]
+        parts = split_microbatches(inp, self.microbatches)
+        counts = self.routing.step(inp.step, np.asarray(inp.moe_tokens, dtype=np.int64),
+                                   len(self.moe_layers)).counts
+        shares = split_counts(counts, [p.moe_tokens for p in parts])
+        return [self.plan(p, c) for p, c in zip(parts, shares)]
 
     def plan(self, inp: StepInput, counts: np.ndarray | None = None) -> StepPlan:
         """The plan of one step input (routed here unless its counts[l, s, e] are given)."""

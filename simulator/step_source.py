@@ -26,7 +26,12 @@ class AttentionMix:
     prefill_seq: int = 0
     decode_batch: int = 0
     decode_kv: int = 0
-    tokens: int = 0  # every token of the iteration on this device (chunk tokens + one per decode)
+    prefill_tokens: int = 0  # the chunks' own tokens
+
+    @property
+    def tokens(self) -> int:
+        """Every token of the iteration on this device (chunk tokens + one per decode)."""
+        return self.prefill_tokens + self.decode_batch
 
     @staticmethod
     def of(chunks: list[tuple[int, int]], decode_kv: list[int]) -> "AttentionMix":
@@ -35,7 +40,18 @@ class AttentionMix:
         n = len(chunks)
         seq = int(np.ceil((np.sqrt(1 + 8 * pairs / n) - 1) / 2)) if n else 0  # s (s + 1) / 2 = pairs / n
         kv = int(-(-sum(decode_kv) // (16 * len(decode_kv))) * 16) if decode_kv else 0
-        return AttentionMix(n, seq, len(decode_kv), kv, sum(c for c, _ in chunks) + len(decode_kv))
+        return AttentionMix(n, seq, len(decode_kv), kv, sum(c for c, _ in chunks))
+
+    def split(self, parts: int) -> list["AttentionMix"]:
+        """The mix over `parts` micro-batches: sequences dealt as evenly as whole sequences allow,
+        each keeping the mean shape."""
+        out = []
+        for i in range(parts):
+            pb = self.prefill_batch // parts + (i < self.prefill_batch % parts)
+            db = self.decode_batch // parts + (i < self.decode_batch % parts)
+            pt = int(round(self.prefill_tokens * pb / self.prefill_batch)) if self.prefill_batch else 0
+            out.append(AttentionMix(pb, self.prefill_seq if pb else 0, db, self.decode_kv if db else 0, pt))
+        return out
 
 
 @dataclass(frozen=True)
@@ -80,5 +96,7 @@ def split_microbatches(inp: StepInput, parts: int) -> list[StepInput]:
         return [inp]
     tokens = np.asarray(inp.moe_tokens, dtype=np.int64)
     shares = [tokens // parts + (i < tokens % parts) for i in range(parts)]
-    return [StepInput(inp.step, inp.phase, shares[i].astype(np.int64), inp.seq_len, inp.kv_len, i)
+    mixes = [m.split(parts) for m in inp.attention] if inp.attention is not None else None
+    return [StepInput(inp.step, inp.phase, shares[i].astype(np.int64), inp.seq_len, inp.kv_len, i,
+                      attention=tuple(m[i] for m in mixes) if mixes is not None else None, start_at=inp.start_at)
             for i in range(parts)]

@@ -146,3 +146,24 @@ def test_iteration_cache_replays_repeated_shapes_and_agrees_with_the_full_simula
     assert engine.cache.hits > engine.cache.misses  # most iterations replayed
     table, iterations, _ = serving_outcome(sc, raw, engine.source)
     assert table["finished"].all() and (iterations["end_s"] > iterations["start_s"]).all()
+
+
+def test_two_batch_overlap_serves_every_request(tmp_path):
+    """Mixed iterations split into two micro-batches (sequences dealt evenly) still conserve
+    requests and tokens, and the iteration cache replays both micro-batches."""
+    cfg = serving_config()
+    cfg["policies"] = {"overlap": "two_batch"}
+    r = simulate(load_scenario(toy_file(tmp_path, cfg)))
+    req = r.requests
+    assert req["finished"].all() and (req["tokens_emitted"] == req["output_tokens"]).all()
+    assert r.iterations["prefill_tokens"].sum() == req["prompt_tokens"].sum()
+    assert r.raw.start.shape[3] == 2  # two micro-batches in the timeline
+
+
+def test_attention_mix_splits_sequences_evenly():
+    from moesim.simulator.step_source import AttentionMix
+
+    mix = AttentionMix.of([(64, 0), (32, 100), (16, 0)], [100, 200, 300])
+    a, b = mix.split(2)
+    assert (a.prefill_batch, b.prefill_batch, a.decode_batch, b.decode_batch) == (2, 1, 2, 1)
+    assert a.prefill_tokens + b.prefill_tokens == mix.prefill_tokens and a.decode_kv == mix.decode_kv == 208

@@ -27,7 +27,7 @@ from moesim.simulator.step_source import StepInput
 class Timeline:
     """One simulated iteration, relative to its start: flat start/end lists as the engine keeps them."""
 
-    plan: StepPlan
+    plans: list[StepPlan]  # the step's micro-batch plans
     start: np.ndarray  # flat, as the engine's lists
     end: np.ndarray
     duration: list[float]  # per device: when it finished, relative to the iteration's start
@@ -56,14 +56,15 @@ class IterationCache:
             if hit is not None:
                 self.hits += 1
                 self.replays[inp.step] = hit
-                yield [replace(hit.plan, step=inp.step, inputs=inp)]
+                yield [replace(p, step=inp.step, inputs=replace(p.inputs, step=inp.step, start_at=inp.start_at))
+                       for p in hit.plans]
             else:
                 self.misses += 1
                 if key not in self._recording.values():
                     self._recording[inp.step] = key
-                yield [self.pipeline.plan(inp)]
+                yield self.pipeline.step_plans(inp)
 
-    def record(self, step: int, plan: StepPlan, start: list[float], end: list[float], t0: float,
+    def record(self, step: int, plans: list[StepPlan], start: list[float], end: list[float], t0: float,
                shape: tuple[int, int, int, int], link_bytes: np.ndarray) -> None:
         """Keep a fully simulated iteration's timeline under its shape (called once every device is
         done); `shape` is the engine's (layers, devices, micro-batches, phases)."""
@@ -74,4 +75,4 @@ class IterationCache:
         rel_end = np.asarray(end, dtype=float) - t0
         with np.errstate(all="ignore"):
             done = np.nanmax(rel_end.reshape(shape), axis=(0, 2, 3))
-        self.timelines[key] = Timeline(plan, rel_start, rel_end, np.nan_to_num(done).tolist(), link_bytes)
+        self.timelines[key] = Timeline(plans, rel_start, rel_end, np.nan_to_num(done).tolist(), link_bytes)
