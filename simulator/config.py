@@ -37,6 +37,7 @@ class HardwareScale(_Strict):
 
 class HardwareConfig(_Strict):
     cluster: str = Field(description="bundled cluster name or a cluster YAML path")
+    nodes: int | None = Field(None, ge=1, description="use only the first N nodes of the cluster")
     scale: HardwareScale = HardwareScale()
 
 

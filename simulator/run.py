@@ -26,6 +26,10 @@ def simulate(scenario: Scenario | ScenarioFile | str | Path,
         scenario = load_scenario(scenario)
     elif isinstance(scenario, ScenarioFile):
         scenario = resolve(scenario)
+    if scenario.config.serving is not None and scenario.config.serving.disaggregation is not None:
+        from moesim.simulator.serving.disaggregation import simulate_disaggregated
+
+        return simulate_disaggregated(scenario, progress)
     engine = Engine(scenario, progress)
     if scenario.config.serving is not None and progress is not None:  # serving counts finished requests
         engine.progress = lambda step: progress(len(engine.source.finished))

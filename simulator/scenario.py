@@ -51,6 +51,7 @@ class Scenario:
     memory: MemoryEstimate
     precision: ExpertPrecision
     offload: OffloadSetup | None = None
+    serving_requests: "object | None" = None  # serving: a request table that replaces the config's traffic
 
     moe_tp: int = 1
 
@@ -102,6 +103,11 @@ def resolve(sf: ScenarioFile) -> Scenario:
         device = load_device(cluster.node.device)
     except ConfigError as err:
         raise _wrap(sf, "hardware.cluster", err) from None
+    if cfg.hardware.nodes is not None:
+        if cfg.hardware.nodes > cluster.nodes:
+            raise config_error(sf, "hardware.nodes", f"{cfg.hardware.nodes} nodes asked but cluster '{cluster.name}' "
+                               f"has {cluster.nodes}")
+        cluster = cluster.model_copy(update={"nodes": cfg.hardware.nodes})
     n = cluster.num_devices
     par = cfg.parallelism
     tp = par.tp
@@ -227,6 +233,8 @@ def resolve(sf: ScenarioFile) -> Scenario:
         memory = offload.memory
     if memory.total > budget:
         field = "workload.batch_size" if wl.batch_size is not None else "workload.tokens_per_device"
+        if cfg.serving is not None:  # serving: the weights alone (with one token) do not fit
+            field = "parallelism"
         grows = ""
         if wl.phase == "decode" and wl.steps > 1 and cfg.offload is None:
             first = workload_memory(model, placement, tp, batch, wl.model_copy(update={"steps": 1}),

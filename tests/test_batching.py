@@ -282,3 +282,25 @@ def test_conservation_every_policy(order, chunked, kv_policy):
     assert s["peak_kv"] > 200 - 95 and (s["preemptions"] > 0) == (kv_policy == "preempt")
     _, s = run_checked(policy, float("inf"), reqs, seed=5)
     assert (s["partial_chunks"] > 0) == chunked and s["preemptions"] == 0
+
+
+@pytest.mark.parametrize("kv_policy", ["reserve", "preempt"])
+def test_transferred_requests_decode_without_a_prefill(kv_policy):
+    """Disaggregation: a request prefilled elsewhere joins with its prompt's KV and first token,
+    then needs output - 1 decodes; the KV it holds counts from admission."""
+    from moesim.workloads.batching import ContinuousBatcher, SchedulerPolicy
+
+    b = ContinuousBatcher(SchedulerPolicy(max_batch_tokens=8, max_running=4, kv_policy=kv_policy), 100)
+    b.submit(0, 0.0, prompt_tokens=10, output_tokens=3, transferred=True)
+    first = b.next_batch(0.0)
+    assert first == []  # admitted, nothing to compute yet
+    b.commit(first)
+    assert b.running == 1 and b.kv_used_tokens == (13 if kv_policy == "reserve" else 10)
+    second = b.next_batch(1.0)
+    assert [(i.phase, i.kv_len) for i in second] == [("decode", 10)]
+    assert b.commit(second) == []
+    third = b.next_batch(2.0)
+    assert [(i.phase, i.kv_len) for i in third] == [("decode", 11)]
+    assert b.commit(third) == [0] and b.done
+    with pytest.raises(ValueError, match="output_tokens >= 2"):
+        b.submit(1, 0.0, 10, 1, transferred=True)

@@ -167,3 +167,41 @@ def test_attention_mix_splits_sequences_evenly():
     a, b = mix.split(2)
     assert (a.prefill_batch, b.prefill_batch, a.decode_batch, b.decode_batch) == (2, 1, 2, 1)
     assert a.prefill_tokens + b.prefill_tokens == mix.prefill_tokens and a.decode_kv == mix.decode_kv == 208
+
+
+def disaggregated_config(**serving) -> dict:
+    cfg = serving_config(**serving)
+    cfg["serving"]["disaggregation"] = {"prefill": {"nodes": 1, "ep": 2, "dp": 2}, "decode": {"nodes": 1, "ep": 2, "dp": 2}}
+    return cfg
+
+
+def test_disaggregated_serving_joins_prefill_transfer_and_decode(tmp_path):
+    """Prefill pool emits the first token, the prompt's KV crosses the network (latency + bytes /
+    bandwidth, by hand below), the decode pool generates the rest: every token accounted for."""
+    from moesim.simulator.memory import kv_bytes_per_token
+
+    sc = load_scenario(toy_file(tmp_path, disaggregated_config()))
+    r = simulate(sc)
+    req = r.requests
+    assert req["finished"].all() and (req["tokens_emitted"] == req["output_tokens"]).all()
+    per_token = sum(kv_bytes_per_token(sc.model, layer, 1) for layer in range(sc.model.num_layers))
+    routes = sc.routes
+    p = 0 * routes.num_devices + 2  # first GPU of the prefill pool -> first of the decode pool
+    bw = routes.link_bandwidth[routes.pair_links[routes.pair_ptr[p]:routes.pair_ptr[p + 1]]].min()
+    expected = routes.pair_latency[0, 2] + 64 * per_token / bw
+    assert req["kv_transfer_s"].to_numpy() == pytest.approx(expected)
+    gaps = req["itl_s"].iloc[0]
+    assert gaps[0] >= expected  # the second token waits for the transfer
+    split = r.summary["serving"]["disaggregation"]
+    assert split["prefill"]["gpus"] == 2 and split["decode"]["gpus"] == 2
+    assert set(r.iterations["pool"]) == {"prefill", "decode"}
+
+
+def test_disaggregation_refuses_a_closed_loop_and_too_many_nodes(tmp_path):
+    cfg = disaggregated_config(users=2)
+    with pytest.raises(ConfigError, match="open loop"):
+        load_scenario(toy_file(tmp_path, cfg))
+    cfg = disaggregated_config()
+    cfg["serving"]["disaggregation"]["decode"]["nodes"] = 2
+    with pytest.raises(ConfigError, match="exceed"):
+        simulate(load_scenario(toy_file(tmp_path, cfg)))

@@ -86,13 +86,14 @@ class BatchItem:
 
 
 class _Request:
-    __slots__ = ("id", "arrival", "prompt", "output", "target", "prefilled", "generated")
+    __slots__ = ("id", "arrival", "prompt", "output", "target", "prefilled", "generated", "transferred")
 
-    def __init__(self, rid: int, arrival: float, prompt: int, output: int) -> None:
+    def __init__(self, rid: int, arrival: float, prompt: int, output: int, transferred: bool = False) -> None:
         self.id, self.arrival, self.prompt, self.output = rid, arrival, prompt, output
         self.target = prompt   # tokens to prefill: prompt, or prompt + generated after a preemption
-        self.prefilled = 0     # of target, in this admission
-        self.generated = 0     # output tokens emitted so far
+        self.prefilled = prompt if transferred else 0     # of target, in this admission
+        self.generated = 1 if transferred else 0     # output tokens emitted so far
+        self.transferred = transferred  # prefilled elsewhere (disaggregation): its KV and first token arrive
 
     def cached(self) -> int:
         """Tokens in the KV cache now (between iterations)."""
@@ -133,8 +134,15 @@ class ContinuousBatcher:
         self._plan: _Plan | None = None
 
     # ---- requests --------------------------------------------------------------------------
-    def submit(self, request_id: int, arrival_s: float, prompt_tokens: int, output_tokens: int) -> None:
+    def submit(self, request_id: int, arrival_s: float, prompt_tokens: int, output_tokens: int,
+               transferred: bool = False) -> None:
+        """Queue a request. `transferred`: it was prefilled on another instance (prefill/decode
+        disaggregation): it arrives with its prompt's KV and first token, is admitted without a
+        prefill chunk and decodes from the next iteration on (it needs output_tokens >= 2)."""
         rid, p, m = int(request_id), int(prompt_tokens), int(output_tokens)
+        if transferred and m < 2:
+            raise ValueError(f"request {rid}: a transferred request needs output_tokens >= 2 (got {m}); its first "
+                             "token came with the prefill")
         if rid in self._reqs:
             raise ValueError(f"request {rid} was already submitted")
         if not math.isfinite(arrival_s):
@@ -156,7 +164,7 @@ class ContinuousBatcher:
             if longest > self.policy.max_batch_tokens:
                 raise ValueError(f"request {rid} can never run without chunked prefill: a prefill of {longest} "
                                  f"tokens > max_batch_tokens = {self.policy.max_batch_tokens}")
-        r = _Request(rid, float(arrival_s), p, m)
+        r = _Request(rid, float(arrival_s), p, m, transferred)
         self._reqs[rid] = r
         key = (r.arrival, rid)
         ready = self._ready
@@ -234,6 +242,11 @@ class ContinuousBatcher:
                         break
                 elif kv + r.prompt + r.output > cap:
                     break
+                if r.transferred and r.prefilled == r.target:  # KV already here: join without a prefill
+                    admitted.append(r)
+                    n += 1
+                    kv += r.cached() if preempt else r.prompt + r.output
+                    continue
                 if not pol.chunked_prefill and r.target > budget:
                     break
                 chunk = min(r.target, budget)
@@ -284,6 +297,8 @@ class ContinuousBatcher:
             running.append(r)
             if not preempt:
                 self._kv += r.prompt + r.output
+            elif r.transferred and r.prefilled == r.target:  # its KV arrived with it (no prefill item)
+                self._kv += r.cached()
         finished: list[int] = []
         for item in items:
             r = self._reqs[item.request_id]

@@ -45,6 +45,25 @@ class SloConfig(_Strict):
     tpot: Seconds | None = Field(None, gt=0, description="time per output token limit")
 
 
+class PoolConfig(_Strict):
+    """One side of a prefill/decode split: how many nodes, and its own parallelism."""
+
+    nodes: int = Field(ge=1, description="nodes of the cluster in this pool")
+    ep: int | None = Field(None, ge=1)
+    tp: int = Field(1, ge=1)
+    dp: int | None = Field(None, ge=1)
+    moe_tp: int = Field(1, ge=1)
+
+
+class DisaggregationConfig(_Strict):
+    """Prefill and decode on separate pools (DistServe, Mooncake, DeepSeek's deployment): the
+    prefill pool emits each request's first token, its KV cache crosses the network to the
+    decode pool, which generates the rest. Open loop only."""
+
+    prefill: PoolConfig
+    decode: PoolConfig
+
+
 class ServingConfig(_Strict):
     arrivals: Arrivals | None = Field(None, description="open loop: the arrival process")
     users: int | None = Field(None, ge=1, description="closed loop: concurrent users")
@@ -57,6 +76,7 @@ class ServingConfig(_Strict):
     warmup: float = Field(0.1, ge=0, lt=1, description="share of requests (earliest first) left out of statistics")
     scheduler: SchedulerConfig = SchedulerConfig()
     slo: SloConfig = SloConfig()
+    disaggregation: DisaggregationConfig | None = Field(None, description="separate prefill and decode pools")
     iteration_cache: bool = Field(True, description="replay an iteration whose batch shape was simulated before "
                                   "(one routing draw stands for all; error in benchmarks/bench_serving.py)")
 
@@ -69,6 +89,9 @@ class ServingConfig(_Strict):
                 raise ValueError("a closed loop needs serving.num_requests (requests in all, over every user)")
             if self.duration is not None:
                 raise ValueError("serving.duration bounds open-loop arrivals; a closed loop uses num_requests")
+        if self.disaggregation is not None and self.users is not None:
+            raise ValueError("prefill/decode disaggregation runs an open loop (serving.arrivals): a closed loop's "
+                             "next request would couple the two pools' simulations")
         file_lengths = self.arrivals is not None and self.arrivals.process == "file"
         for name in ("prompt_tokens", "output_tokens"):
             if getattr(self, name) is None and not file_lengths:

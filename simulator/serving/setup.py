@@ -65,7 +65,8 @@ def rank_memory(sc: Scenario) -> RankMemory:
 def serving_source(sc: Scenario) -> ServingSource:
     cfg = sc.config.serving
     mem = rank_memory(sc)
-    requests = request_table(cfg, sc.seed, sc.source.base_dir)
+    requests = sc.serving_requests if sc.serving_requests is not None else request_table(cfg, sc.seed,
+                                                                                          sc.source.base_dir)
     if len(requests) == 0:
         raise ConfigError("the traffic produced no requests (check serving.duration and the arrival rate)",
                           file=sc.source.path, field="serving")

@@ -57,11 +57,14 @@ class ServingSource:
         policy = SchedulerPolicy(sched.max_batch_tokens, sched.max_running, sched.order, sched.chunked_prefill,
                                  sched.kv_policy)
         self.batchers = [ContinuousBatcher(policy, self.kv_capacity_tokens) for _ in range(self.replicas)]
+        self._transferred = (self.requests["transferred"].to_numpy(dtype=bool) if "transferred" in self.requests
+                             else np.zeros(len(self.requests), dtype=bool))
+        self._ids = self.requests["request_id"].to_numpy(dtype=np.int64)  # by row (ids need not be 0..n-1)
         self._prompt = self.requests["prompt_tokens"].to_numpy(dtype=np.int64)
         self._output = self.requests["output_tokens"].to_numpy(dtype=np.int64)
         self.arrival = self.requests["arrival_s"].to_numpy(dtype=np.float64).copy()
-        self._pending: list[tuple[float, int]] = []  # (arrival, request id) not yet routed to a replica, sorted
-        self._next_request = 0  # closed loop: the next request id a user sends
+        self._pending: list[tuple[float, int]] = []  # (arrival, row) not yet routed to a replica, sorted
+        self._next_request = 0  # closed loop: the next request (row) a user sends
         self._user_ready = 0  # closed loop: users whose request finished, about to send the next
         self._load = [0] * self.replicas  # requests routed to each replica and not finished
         self.finished: set[int] = set()
@@ -83,18 +86,20 @@ class ServingSource:
         the lowest index), as a data-parallel router does on arrival."""
         k = 0
         while k < len(self._pending) and self._pending[k][0] <= now:
-            arrival, rid = self._pending[k]
+            arrival, row = self._pending[k]
+            rid = int(self._ids[row])
             r = int(np.argmin(self._load))
             self._load[r] += 1
             self.replica_of[rid] = r
-            self.batchers[r].submit(rid, arrival, int(self._prompt[rid]), int(self._output[rid]))
+            self.batchers[r].submit(rid, arrival, int(self._prompt[row]), int(self._output[row]),
+                                    bool(self._transferred[row]))
             k += 1
         del self._pending[:k]
 
     # ---- iterations ------------------------------------------------------------------------
     def __iter__(self) -> Iterator[StepInput]:
         if self.cfg.users is None:  # open loop: every arrival is known up front
-            self._pending = sorted((float(a), int(r)) for r, a in zip(self.requests["request_id"], self.arrival))
+            self._pending = sorted((float(a), row) for row, a in enumerate(self.arrival))
         else:
             self._send(min(self.cfg.users, len(self.arrival)), 0.0)
         step = 0
@@ -106,7 +111,7 @@ class ServingSource:
             if horizon is not None and now >= horizon:
                 return
             self._route(now)
-            batches = [b.next_batch(now) for b in self.batchers]
+            batches = self._form(now)
             start_at = None
             if not any(batches):
                 waits = [a for a in (b.next_arrival() for b in self.batchers) if a is not None]
@@ -118,7 +123,7 @@ class ServingSource:
                 if horizon is not None and start_at >= horizon:
                     return
                 self._route(start_at)
-                batches = [b.next_batch(start_at) for b in self.batchers]
+                batches = self._form(start_at)
             formed = start_at if start_at is not None else now
             for batch in batches:
                 for item in batch:
@@ -132,6 +137,16 @@ class ServingSource:
                     self._load[r] -= 1
                     self._user_ready += self.cfg.users is not None
             step += 1
+
+    def _form(self, now: float) -> list[list[BatchItem]]:
+        """Every replica's batch at `now`. Admissions that need no compute (a request whose KV was
+        transferred from a prefill instance) are applied first, so the batch can decode them."""
+        batches = [b.next_batch(now) for b in self.batchers]
+        if not any(batches):
+            for b, batch in zip(self.batchers, batches):
+                b.commit(batch)
+            batches = [b.next_batch(now) for b in self.batchers]
+        return batches
 
     def _input(self, step: int, batches: list[list[BatchItem]], start_at: float | None) -> StepInput:
         """Per device: its replica's tokens split over the replica's tp ranks for the MoE layers,
