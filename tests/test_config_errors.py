@@ -117,7 +117,7 @@ def test_name_suggestions_rank_as_a_person_would():
     from moesim.errors import closest_names
     from moesim.hardware_profiles import list_profiles
 
-    assert closest_names("h100", list_profiles("clusters")) == ["dgx-h100"]
+    assert closest_names("h100", list_profiles("clusters"))[:2] == ["dgx-h100", "h100-2x8"]  # whole-word matches
     assert closest_names("h100", list_profiles("devices"))[0] == "H100-SXM"
     assert closest_names("dgx-h1000", list_profiles("clusters"))[0] == "dgx-h100"
     assert closest_names("zzz", list_profiles("clusters")) == []

@@ -205,3 +205,19 @@ def test_disaggregation_refuses_a_closed_loop_and_too_many_nodes(tmp_path):
     cfg["serving"]["disaggregation"]["decode"]["nodes"] = 2
     with pytest.raises(ConfigError, match="exceed"):
         simulate(load_scenario(toy_file(tmp_path, cfg)))
+
+
+def test_load_sweep_runs_every_point_and_writes_one_report(tmp_path, capsys):
+    from moesim.cli import main
+
+    path = toy_file(tmp_path, serving_config())
+    out = tmp_path / "sweep"
+    assert main(["simulate", str(path), "--load", "50,500,5000", "--out", str(out), "--progress", "none"]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(["rate=50-per-s", "rate=500-per-s",
+                                                                          "rate=5000-per-s"])
+    assert (out / "report.html").exists()
+    printed = capsys.readouterr().out
+    assert "load sweep" in printed and "rate=5000/s" in printed
+    capsys.readouterr()
+    assert main(["simulate", str(path), "--load", "0,4", "--out", str(tmp_path / "bad")]) == 2
+    assert "--load" in capsys.readouterr().err
