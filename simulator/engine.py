@@ -212,6 +212,25 @@ class Engine:
             return
         yield waiting[1]
 
+    def begin_step(self, plans: list[StepPlan], step: int, d: int) -> Generator:
+        """Before device `d` runs `step`: wait for the step's `start_at` (serving: idle until an
+        arrival); a serving step replayed from a cached timeline is run here whole, and this
+        returns True (the schedule moves on to the next step)."""
+        inputs = plans[0].inputs
+        start_at = inputs.start_at if inputs is not None else None
+        if start_at is not None and start_at > self.env.now:
+            yield self.env.timeout(start_at - self.env.now)
+        if not self.interactive:
+            return False
+        self.step_started(step)
+        replay = self.replay(step)
+        if replay is None:
+            return False
+        yield self.env.timeout(replay.duration[d])
+        self.step_done(d, step)
+        yield from self.iteration_barrier(step)
+        return True
+
     def step_started(self, step: int) -> None:
         """Serving: every device starts an iteration at the same moment (after the barrier)."""
         self._step_t0.setdefault(step, self.env.now)

@@ -32,19 +32,10 @@ def sequential_stream(engine, d: int) -> Generator:
     plans = engine.plans(0)
     while plans is not None:
         plan = plans[0]
-        start_at = plan.inputs.start_at if plan.inputs is not None else None
-        if start_at is not None and start_at > env.now:  # serving: idle until the next request arrives
-            yield env.timeout(start_at - env.now)
-        if engine.interactive:
-            engine.step_started(s)
-            replay = engine.replay(s)
-            if replay is not None:  # serving: this shape was simulated before; replay its timeline
-                yield env.timeout(replay.duration[d])
-                engine.step_done(d, s)
-                yield from engine.iteration_barrier(s)
-                s += 1
-                plans = engine.plans(s)
-                continue
+        if (yield from engine.begin_step(plans, s, d)):  # serving: replayed from a cached timeline
+            s += 1
+            plans = engine.plans(s)
+            continue
         st, en = engine.times(s)
         att, dense, shared, expert = (x[d] for x in engine.lists(s))
         colls = engine.collectives(s)

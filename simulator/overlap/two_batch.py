@@ -24,19 +24,10 @@ def two_batch_stream(engine, d: int) -> Generator:
     s = 0
     plans = engine.plans(0)
     while plans is not None:
-        start_at = plans[0].inputs.start_at if plans[0].inputs is not None else None
-        if start_at is not None and start_at > env.now:  # serving: idle until the next request arrives
-            yield env.timeout(start_at - env.now)
-        if engine.interactive:
-            engine.step_started(s)
-            replay = engine.replay(s)
-            if replay is not None:  # serving: this shape was simulated before; replay its timeline
-                yield env.timeout(replay.duration[d])
-                engine.step_done(d, s)
-                yield from engine.iteration_barrier(s)
-                s += 1
-                plans = engine.plans(s)
-                continue
+        if (yield from engine.begin_step(plans, s, d)):  # serving: replayed from a cached timeline
+            s += 1
+            plans = engine.plans(s)
+            continue
         st, en = engine.times(s)
         lists = [[x[d] for x in engine.lists(s, mb)] for mb in range(MB)]
         colls = [engine.collectives(s, mb) for mb in range(MB)]
