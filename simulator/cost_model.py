@@ -140,6 +140,23 @@ class CostModel:
         eff = self.efficiency
         return eff.overhead(kind, self.device.overhead) if hasattr(eff, "overhead") else self.device.overhead
 
+    def speed_of_light(self, flops, nbytes, dtype: str = "bf16") -> np.ndarray:
+        """The roofline bound: max(FLOPs / peak, bytes / bandwidth) at 100% efficiency, no overhead."""
+        return np.maximum(np.asarray(flops, dtype=float) / self.peak(dtype),
+                          np.asarray(nbytes, dtype=float) / self.bandwidth)
+
+    def provenance(self, kind: str) -> str:
+        """Where an op kind's cost comes from: the profile's datasheet constants, or a calibrated
+        fit (with the held-out error the calibration reported)."""
+        cal = self.device.calibration
+        if cal is None:
+            return "datasheet"
+        fitted = kind if kind in cal.kinds else ("gemm" if "gemm" in cal.kinds else None)
+        if fitted is None:
+            return "datasheet (not calibrated for this kind)"
+        mape = held_out_mape(cal.validation)
+        return f"calibrated fit ({fitted}" + (f", held-out MAPE {mape:.1%})" if mape is not None else ")")
+
     def times(self, kind: str, flops, nbytes, rows=0.0, dtype: str = "bf16") -> np.ndarray:
         """Vectorised op time: max(compute, memory) + overhead, elementwise."""
         compute, memory, overhead = self.terms(kind, flops, nbytes, rows, dtype)
@@ -160,3 +177,10 @@ class CostModel:
 
     def op_time(self, op: Op) -> float:
         return self.op_cost(op).time
+
+
+def held_out_mape(validation: dict[str, float]) -> float | None:
+    """The worst held-out MAPE after calibration a profile's `calibration.validation` reports
+    (random, slice and end-to-end splits), or None if it reports none."""
+    after = [v for k, v in validation.items() if k.endswith("_mape_after") and not k.startswith("fit")]
+    return max(after) if after else None

@@ -89,6 +89,23 @@ def _routing_provenance(sc: Scenario) -> dict[str, Any]:
     return out
 
 
+def error_bar(sc: Scenario, step_latency: float, throughput: float) -> dict:
+    """An interval on the headline metrics from the device profile's measured error: a calibrated
+    profile's worst held-out MAPE (its fit costs every compute op on the critical path); none for
+    a datasheet profile, whose error was never measured (communication is costed from link
+    profiles either way)."""
+    from moesim.simulator.cost_model import held_out_mape
+
+    cal = sc.device.calibration
+    mape = held_out_mape(cal.validation) if cal is not None else None
+    if mape is None:
+        return {"relative": None, "source": "datasheet profile: its error was never measured (calibrate the device "
+                "for an interval)"}
+    return {"relative": mape, "source": f"calibrated profile {sc.device.name}: worst held-out MAPE of its op fits",
+            "step_latency_s": [step_latency * (1 - mape), step_latency * (1 + mape)],
+            "throughput_tokens_per_s": [throughput / (1 + mape), throughput / max(1 - mape, 1e-9)]}
+
+
 def summarize(sc: Scenario, raw: EngineResult) -> SimResult:
     n = sc.num_devices
     steps = len(raw.plans)
@@ -170,6 +187,7 @@ def summarize(sc: Scenario, raw: EngineResult) -> SimResult:
                      "expert_kernel": sc.config.policies.expert_kernel, "moe_tp": sc.moe_tp},
         "straggler_ratio": {"mean": float(ratios.mean()) if ratios.size else 1.0,
                             "max": float(ratios.max()) if ratios.size else 1.0},
+        "error_bar": error_bar(sc, float(step_latency.mean()), tokens_per_step * steps / makespan),
         "bytes_by_link_class": by_class,
         "all_to_all_payload_bytes": payload,
         "tokens": {"routed_assignments": routed, "computed_assignments": computed,

@@ -19,11 +19,13 @@ if TYPE_CHECKING:  # type hints only: the pipeline imports this module, not the 
     from moesim.simulator.step_plan import StepPipeline, StepPlan
 
 
-OP_COLUMNS = ["layer", "device", "phase", "op", "unit", "kind", "dtype", "rows", "flops", "bytes", "time_s", "bound"]
+OP_COLUMNS = ["layer", "device", "phase", "op", "unit", "kind", "dtype", "rows", "flops", "bytes", "time_s", "bound",
+              "sol_ratio", "source"]
 
 
 def plan_op_rows(pipe: "StepPipeline", plan: "StepPlan", layer: int | None, device: int | None) -> pd.DataFrame:
     L, n = plan.attention.shape
+    device_cost, host = pipe.costs.cost, pipe.costs.machine.host_cost
     layers = range(L) if layer is None else [layer]
     devices = range(n) if device is None else [device]
     rows: list[tuple] = []
@@ -33,11 +35,14 @@ def plan_op_rows(pipe: "StepPipeline", plan: "StepPlan", layer: int | None, devi
             for phase, group in (("attention", ops.attention), ("dense_ffn", ops.dense_ffn),
                                  ("shared_expert", ops.shared_expert)):
                 for r in group:
+                    cost = host if r.unit == "host CPU" and host is not None else device_cost
+                    sol = float(cost.speed_of_light(r.op.flops, r.op.bytes, r.op.dtype))
                     rows.append((lay, d, phase, r.op.name, r.unit, r.op.kind, r.op.dtype, r.op.rows, r.op.flops,
-                                 r.op.bytes, r.cost.time, r.cost.bound))
+                                 r.op.bytes, r.cost.time, r.cost.bound, r.cost.time / sol if sol > 0 else np.nan,
+                                 cost.provenance(r.op.kind)))
             if ops.host_crossing:
                 rows.append((lay, d, "attention", "host_link_crossing", "host link", "comm", "", 0.0, 0.0, np.nan,
-                             ops.host_crossing, "link"))
+                             ops.host_crossing, "link", np.nan, "link profile"))
             if lay in pipe.moe_index:
                 rows.extend(_moe_rows(pipe, plan, lay, d))
     return pd.DataFrame(rows, columns=OP_COLUMNS)
@@ -55,17 +60,20 @@ def _moe_rows(pipe: "StepPipeline", plan: "StepPlan", layer: int, device: int) -
     tokens = plan.slot_tokens[g, mi][None, :]
     flops, mem, work, overhead = costs.expert_terms(tokens, pl.slot_expert[mi][None, :])
     c, b, _ = machine.cost.terms("gemm", flops, mem, tokens, costs.expert_dtype)
+    source = machine.cost.provenance("gemm")
     for j in slots:
         t = float(plan.slot_time[g, mi, j])
         bound = "compute" if c[0, j] >= b[0, j] else "memory"
         dtype = costs.expert_dtype
         if costs.quantized is not None and bool(costs.quantized[mi, pl.slot_expert[mi, j]]):
             dtype = act_dtype(costs.model)
+        sol = float(machine.cost.speed_of_light(flops[0, j], mem[0, j], dtype))
         out.append((layer, device, "expert", f"expert[{int(pl.slot_expert[mi, j])}]", "device", "gemm", dtype,
-                    float(tokens[0, j]), float(flops[0, j]), float(mem[0, j]), t, bound))
+                    float(tokens[0, j]), float(flops[0, j]), float(mem[0, j]), t, bound,
+                    t / sol if sol > 0 else np.nan, source))
     if costs.expert_kernel == "grouped" and slots.size:
         out.append((layer, device, "expert", "grouped_gemm_launch", "device", "launch", "", 0.0, 0.0, 0.0,
-                    float(costs.grouped_launch(np.array([1.0]))[0]), "overhead"))
+                    float(costs.grouped_launch(np.array([1.0]))[0]), "overhead", np.nan, source))
     for name, stages in (("dispatch", plan.traffic.dispatch), ("combine", plan.traffic.combine)):
         for i, stage in enumerate(stages):
             sent = stage[mi, device].copy()
@@ -76,5 +84,6 @@ def _moe_rows(pipe: "StepPipeline", plan: "StepPlan", layer: int, device: int) -
             latency = float(machine.routes.pair_latency[device][sent > 0].max())
             floor = float((sent[sent > 0] / bw[sent > 0]).sum()) + latency + plan.traffic.kernel_latency
             op = name if len(stages) == 1 else f"{name}_stage{i + 1}"
-            out.append((layer, device, name, op, "network", "comm", "", 0.0, 0.0, float(sent.sum()), floor, "link"))
+            out.append((layer, device, name, op, "network", "comm", "", 0.0, 0.0, float(sent.sum()), floor, "link",
+                        np.nan, "link profiles (a lower bound: the fabric times it with contention)"))
     return out

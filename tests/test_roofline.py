@@ -108,3 +108,33 @@ def test_roofline_bad_input_exits_with_a_message(tmp_path, capsys):
     assert main(["roofline", "--model", "Mixtral-8x7B", "--measured", str(bad), "--out", str(tmp_path)]) == 2
     assert "time_s" in capsys.readouterr().err
     assert main(["roofline", "--out", str(tmp_path)]) == 2
+
+
+def test_op_rows_say_where_each_cost_came_from_and_its_speed_of_light_ratio(tmp_path):
+    """Datasheet profile: every compute op says so, and no op beats its roofline bound (time /
+    speed of light >= 1). A calibrated fit names itself and its held-out error, and the run's
+    headline metrics get that error as an interval."""
+    from moesim.hardware_profiles.schema import CalibrationSpec, KindEfficiency
+    from moesim.simulator.metrics import error_bar
+
+    sc = load_scenario_example("mixtral-decode-8xh100.yaml")
+    rows = scenario_plan(sc, 0).op_rows(1, 0)
+    compute = rows[rows["kind"].isin(["gemm", "attention"])]
+    assert (compute["source"] == "datasheet").all()
+    assert (compute["sol_ratio"] >= 1.0 - 1e-12).all()
+    assert rows.loc[rows["kind"] == "comm", "source"].str.startswith("link profiles").all()
+    assert error_bar(sc, 0.01, 1000.0)["relative"] is None
+
+    fit = KindEfficiency(compute_max=0.8, rows_half=16, memory_max=0.9, bytes_half=1e6, overhead=4e-6)
+    cal = CalibrationSpec(kinds={"gemm": fit}, validation={"holdout_random_mape_after": 0.05,
+                                                          "holdout_slice_mape_after": 0.08, "fit_mape_after": 0.01})
+    cost = CostModel(load_device("H100-SXM").model_copy(update={"calibration": cal}))
+    assert cost.provenance("gemm") == "calibrated fit (gemm, held-out MAPE 8.0%)"
+    assert cost.provenance("attention") == "calibrated fit (gemm, held-out MAPE 8.0%)"  # falls back to the gemm fit
+
+
+def load_scenario_example(name: str):
+    from moesim.simulator.scenario import load_scenario
+    from conftest import EXAMPLES
+
+    return load_scenario(EXAMPLES / name)
