@@ -374,6 +374,16 @@ class Metric:
     better: str | None = None  # "lower", "higher" or None (neither)
 
 
+def error_bar_line(bar: dict | None) -> str:
+    """How sure the headline numbers are: the interval from a calibrated profile's held-out error."""
+    if not bar or bar.get("relative") is None:
+        return ("Error bar: none. " + (bar["source"] if bar else "This run predates error bars.")
+                + " Every number here is a model output.")
+    lo, hi = bar["step_latency_s"]
+    return (f"Error bar: ±{bar['relative']:.1%} ({bar['source']}): step latency {_ms(lo)} .. {_ms(hi)}. "
+            "Communication is costed from link profiles and is not covered by this interval.")
+
+
 def headline_metrics(summary: dict[str, Any], *, for_comparison: bool = False) -> list[Metric]:
     """The run's headline metrics from summary.json (all simulated). Metrics that do not apply to the
     run (time per output token of a prefill, cache hit rate without offloading) are left out, unless
@@ -1090,6 +1100,7 @@ def write_run_report(run_dir: str | Path, out_dir: str | Path | None = None) -> 
     if sv is not None:
         blocks += serving_blocks(run, sv, out, csvs)
     blocks += [Block("h2", "Headline metrics"), Block("table", headline),
+               Block("note", error_bar_line(run.summary.get("metrics", {}).get("error_bar"))),
                Block("h2", "Time share per phase"),
                Block("note", "Share of device time (all devices, all steps) spent in each phase; "
                              "idle is what is left of the simulated time."),

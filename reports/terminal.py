@@ -110,6 +110,9 @@ def print_summary(result: Any, console: Console) -> None:
                  f"{fmt_bytes(pay['dispatch'] + pay['combine'])} ({fmt_bytes(pay['dispatch_inter_node'] + pay['combine_inter_node'])})")
     mem = s["memory_per_device_bytes"]
     head.add_row("memory per device", f"{fmt_bytes(mem['max'])} of {fmt_bytes(mem['capacity'])}")
+    bar = s.get("error_bar") or {}
+    head.add_row("error bar", f"±{bar['relative']:.1%} (calibrated profile's held-out MAPE)"
+                 if bar.get("relative") is not None else "none (datasheet profile, error never measured)")
     console.print(unclipped(head))
     share = Table(title="where the time went (share of device time)")
     share.add_column("phase")
