@@ -117,3 +117,102 @@ def fit_profile(specs: list[OpSpec], measured: np.ndarray, device: DeviceSpec, d
         if len(idx) >= 2:
             links[kind] = _fit_link([specs[i] for i in idx], measured[idx])
     return FitResult(kinds, links, tile)
+
+
+# --- Fitting from a table of ops in several dtypes, with attention (validation/from_table.py) ---
+
+@dataclass(frozen=True)
+class TableOp:
+    """One measured op of an external table: an OpSpec in its own dtype, or an attention core
+    (kind "attention") with its FLOPs, bytes and rows counted as the engine counts them (ops.py)."""
+
+    spec: OpSpec
+    dtype: str = "bf16"  # simulator dtype: bf16 | fp16 | fp8 | fp32 ...
+    elem: int = 2  # bytes per element of this op's operands
+    flops: float = 0.0  # attention only
+    nbytes: float = 0.0  # attention only
+
+
+def predict_ops(ops: list[TableOp], cost: CostModel, links: dict[str, dict[str, float]] | None = None) -> np.ndarray:
+    """Simulated seconds of every op: OpSpecs by `predict`, grouped by dtype; attention cores as one
+    engine `attention` op each."""
+    out = np.full(len(ops), np.nan)
+    groups: dict[tuple[str, int], list[int]] = {}
+    attn = []
+    for i, op in enumerate(ops):
+        if op.spec.kind == "attention":
+            attn.append(i)
+        else:
+            groups.setdefault((op.dtype, op.elem), []).append(i)
+    for (dtype, elem), idx in groups.items():
+        out[idx] = predict([ops[i].spec for i in idx], cost, dtype, elem, links)
+    for dtype in dict.fromkeys(ops[i].dtype for i in attn):
+        idx = [i for i in attn if ops[i].dtype == dtype]
+        out[idx] = cost.times("attention", np.array([ops[i].flops for i in idx]),
+                              np.array([ops[i].nbytes for i in idx]),
+                              np.array([float(ops[i].spec.m) for i in idx]), dtype)
+    return out
+
+
+def _fit_kind_ops(kind: str, ops: list[TableOp], measured: np.ndarray, device: DeviceSpec,
+                  kinds: dict[str, KindEfficiency]) -> tuple[KindEfficiency, float]:
+    """`_fit_kind` over TableOps (mixed dtypes, attention): same form, starts and loss."""
+    from scipy.optimize import least_squares
+
+    def residuals(theta: np.ndarray) -> np.ndarray:
+        pred = predict_ops(ops, calibrated_cost(device, {**kinds, kind: _kind_eff(theta)}))
+        return np.log(pred) - np.log(measured)
+
+    start = np.array([device.efficiency.compute, 1.0, device.efficiency.memory, 5.0, np.log10(device.overhead + 1e-7)])
+    start = np.clip(start, _LO + 1e-6, _HI - 1e-6)
+    best = None
+    for rows_half0, bytes_half0 in ((1.0, 5.0), (2.0, 6.5), (0.0, 4.0)):
+        x0 = start.copy()
+        x0[1], x0[3] = rows_half0, bytes_half0
+        res = least_squares(residuals, x0, bounds=(_LO, _HI), loss="soft_l1", f_scale=0.05, max_nfev=300)
+        if best is None or res.cost < best.cost:
+            best = res
+    return _kind_eff(best.x), float(best.cost)
+
+
+def fit_table_ops(ops: list[TableOp], measured: np.ndarray, device: DeviceSpec) -> FitResult:
+    """`fit_profile` for a table of ops in several dtypes and with attention cores. With one dtype
+    and no attention it is `fit_profile` itself (same result as `moesim calibrate` on that table).
+    Otherwise the same sequence: GEMV (one-row GEMMs of every dtype), GEMMs and grouped GEMMs of
+    every dtype with one shared efficiency curve (the engine costs a `gemm` op the same way in every
+    dtype, at that dtype's peak) trying each padding tile, copies, links, then `attention`."""
+    measured = np.asarray(measured, dtype=float)
+    kinds_of = {(op.dtype, op.elem) for op in ops if op.spec.kind != "attention"}
+    if len(kinds_of) <= 1 and not any(op.spec.kind == "attention" for op in ops):
+        dtype, elem = next(iter(kinds_of)) if kinds_of else ("bf16", 2)
+        return fit_profile([op.spec for op in ops], measured, device, dtype, elem)
+
+    def sel(pred) -> list[int]:
+        return [i for i, op in enumerate(ops) if op.spec.split == "fit" and pred(op.spec)]
+
+    kinds: dict[str, KindEfficiency] = {}
+    tile = device.gemm_tile
+    single = sel(lambda s: s.kind == "gemm" and s.m == 1)
+    if len(single) >= 2:
+        kinds["gemv"] = _fit_kind_ops("gemv", [ops[i] for i in single], measured[single],
+                                      device.model_copy(update={"gemm_tile": 1}), kinds)[0]
+    idx = sel(lambda s: s.kind in ("gemm", "grouped_gemm") and not (s.kind == "gemm" and s.m == 1 and "gemv" in kinds))
+    if idx:
+        best = None
+        for t in TILES:
+            trial = device.model_copy(update={"gemm_tile": t})
+            fit, cost = _fit_kind_ops("gemm", [ops[i] for i in idx], measured[idx], trial, kinds)
+            if best is None or cost < best[1] - 1e-12:
+                best = (fit, cost, t)
+        kinds["gemm"], tile = best[0], best[2]
+    device = device.model_copy(update={"gemm_tile": tile})
+    for kind, least in (("copy", 1), ("attention", 3)):
+        idx = sel(lambda s, kind=kind: s.kind == kind)
+        if len(idx) >= least:
+            kinds[kind] = _fit_kind_ops(kind, [ops[i] for i in idx], measured[idx], device, kinds)[0]
+    links = {}
+    for kind in ("h2d", "d2h"):
+        idx = sel(lambda s, kind=kind: s.kind == kind)
+        if len(idx) >= 2:
+            links[kind] = _fit_link([ops[i].spec for i in idx], measured[idx])
+    return FitResult(kinds, links, tile)
