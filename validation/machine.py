@@ -98,3 +98,11 @@ def cuda_datasheet_profile() -> DeviceSpec:
             return load_device(name)
     raise MoesimError(f"no bundled profile matches the GPU '{gpu}'; pass --profile NAME_OR_YAML with its datasheet "
                       "numbers")
+
+
+def busy_warning(load_average: float | None, cores: int) -> str | None:
+    """A warning when the machine was busy at the start (load average above half its cores), else None."""
+    if load_average is None or cores <= 0 or load_average <= 0.5 * cores:
+        return None
+    return (f"busy machine: load average {load_average:.2f} at start on {cores} cores (> 0.5 x cores); "
+            "other work inflates and scatters the timings")
