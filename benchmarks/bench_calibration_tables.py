@@ -56,6 +56,18 @@ def write_bundled(cal) -> None:
         " Fitted by moesim.validation.from_table.calibrate_from_table from measurements/h100-2026-11-26 "
         "(real-shapes.csv: bf16 GEMMs, grouped GEMMs, MoE layers, copies; ops.csv: SDPA attention rows); "
         "see PROVENANCE.md there.")})
+    cited = "measured: calibrate_from_table on hardware_profiles/measurements/h100-2026-11-26 (see PROVENANCE.md there)"
+
+    def numbers(data: dict, prefix: str):  # every number of the calibration section gets a source line
+        for key, value in data.items():
+            if isinstance(value, dict):
+                yield from numbers(value, f"{prefix}{key}.")
+            elif isinstance(value, (int, float)) or (isinstance(value, str) and value[:1].isdigit()):
+                yield f"{prefix}{key}"
+
+    sources = {**profile.sources, **{k: cited for k in numbers(spec.model_dump(mode="json", exclude_none=True),
+                                                              "calibration.")}}
+    profile = profile.model_copy(update={"sources": sources})
     path = MEASURED.parent.parent / "devices" / "h100-sxm-calibrated.yaml"
     write_profile(profile, path)
     path.write_text(path.read_text().replace(
