@@ -63,6 +63,9 @@ class CalibrationSpec(_Strict):
     date: str = ""
     model_form: str = ""
     validation: dict[str, float] = Field(default_factory=dict, description="held-out error summary (MAPE, ...)")
+    verdict: str = Field("", description="whether the fit beat the datasheet on held-out data")
+    warnings: list[str] = Field(default_factory=list, description="why this profile may not be trustworthy "
+                                "(worse held-out error, a busy machine, noisy or floor-bound timings)")
 
     @field_validator("links")
     @classmethod

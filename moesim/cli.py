@@ -355,6 +355,8 @@ def _check_layer(layer: int | None, model) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    if args.from_nccl_tests:
+        return _calibrate_links(args)
     from moesim.errors import MoesimError
     from moesim.reports.terminal import console_for, status, unclipped
 
@@ -363,17 +365,33 @@ def _calibrate(args: argparse.Namespace) -> int:
     except ImportError as err:
         raise MoesimError(f"moesim calibrate needs the calibrate extra ({err}); install it with "
                           "pip install torch==2.13.0 && pip install -e \".[calibrate]\"") from None
-    if args.device != "cpu" and not args.device.startswith("cuda"):
-        from moesim.errors import ConfigError
+    from moesim.errors import ConfigError
 
-        raise ConfigError(f"unknown device '{args.device}'; choose cpu or cuda (cuda:N)", field="--device")
+    if args.device not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device '{args.device}'; choose cpu or cuda", field="--device")
     console = console_for()
-    out = _out_dir(args.out) or Path("runs") / f"calibrate-{args.device}-{args.size}"
+    models = []
+    for name in args.model:
+        from moesim.workloads import load_model
+
+        try:
+            models.append(load_model(name))
+        except ConfigError as err:
+            raise err.given_by("--model") from None
     from moesim.reports.calibration_report import write_calibration_report
 
-    with status(console, "measuring") as update:
-        cal = run_calibration(args.device, args.size, args.dtype, args.profile, out,
-                              progress=lambda msg: update(f"measuring {msg}"), threads=args.threads)
+    default = f"calibrate-{args.device}-{args.size}" if not args.from_table else f"calibrate-{Path(args.from_table).stem}"
+    out = _out_dir(args.out) or Path("runs") / default
+    if args.from_table:
+        from moesim.validation.from_table import calibrate_from_table
+
+        with status(console, f"fitting {args.from_table}"):
+            cal = calibrate_from_table(args.from_table, args.profile, out)
+    else:
+        with status(console, "measuring") as update:
+            cal = run_calibration(args.device, args.size, args.dtype, args.profile, out,
+                                  progress=lambda msg: update(f"measuring {msg}"), threads=args.threads,
+                                  models=models or None)
     write_calibration_report(cal)
     e = cal.errors
     from rich.table import Table
@@ -385,8 +403,36 @@ def _calibrate(args: argparse.Namespace) -> int:
         t.add_row(r.split, r.kind, str(r.n), f"{r.before_mape:.1%}", f"{r.after_mape:.1%}", f"{r.after_bias:+.1%}",
                   f"{r.noise_floor:.1%}")
     console.print(unclipped(t))
+    verdict = getattr(cal, "verdict", "")
+    if verdict:
+        console.print(f"[bold]verdict[/bold]: {verdict}")
+    for w in getattr(cal, "warnings", []) or []:
+        console.print(f"[bold yellow]warning[/bold yellow]: {w}")
     console.print(f"calibrated profile: [bold]{cal.out_dir / (cal.profile.name + '.yaml')}[/bold]; "
                   f"report: [bold]{cal.out_dir / 'report.html'}[/bold]")
+    return 0
+
+
+def _calibrate_links(args: argparse.Namespace) -> int:
+    """`moesim calibrate --from-nccl-tests LOG...`: latency and bandwidth per collective."""
+    import pandas as pd
+
+    from moesim import json_io
+    from moesim.errors import ConfigError
+    from moesim.validation.nccl_tests import fit_collectives, parse_nccl_tests
+
+    frames = []
+    for path in args.from_nccl_tests:
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            raise ConfigError(f"cannot read {path} ({err.strerror})", field="--from-nccl-tests") from None
+        df = parse_nccl_tests(text)
+        if len(df) == 0:
+            raise ConfigError(f"{path} holds no nccl-tests result rows (size, count, type, time, algbw, busbw)",
+                              field="--from-nccl-tests")
+        frames.append(df)
+    print(json_io.dumps(fit_collectives(pd.concat(frames, ignore_index=True)), indent=2))
     return 0
 
 
@@ -603,6 +649,14 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--profile", help="datasheet profile to calibrate (default: matched GPU, or one built from "
                                        "/proc/cpuinfo)")
     cal.add_argument("--threads", type=_at_least(1), default=None, help="torch CPU threads (default: torch's)")
+    cal.add_argument("--model", action="append", default=[],
+                     help="measure this model's shapes (name or YAML / config.json; repeatable): expert, attention "
+                          "and dense GEMMs up to 8k tokens, grouped GEMMs, MoE layers")
+    cal.add_argument("--from-table", default=None, metavar="FILE.csv",
+                     help="fit from an external table of op timings instead of measuring "
+                          "(schema: validation/from_table.py)")
+    cal.add_argument("--from-nccl-tests", nargs="+", default=None, metavar="LOG",
+                     help="fit latency and bandwidth per collective from nccl-tests output")
     cal.add_argument("--out", type=Path, help="output folder (default runs/calibrate-<device>-<size>)")
     cal.set_defaults(func=_calibrate)
 

@@ -203,7 +203,8 @@ def run_calibration(device: str = "cpu", size: str = "small", dtype: str = "floa
         kinds=fit.kinds, links=fit.links, machine=machine, versions=versions, measurements="measurements.csv",
         date=datetime.date.today().isoformat(), model_form=MODEL_FORM,
         validation={f"{r.split}_mape_after": float(r.after_mape) for r in held.itertuples()}
-        | {f"{r.split}_mape_before": float(r.before_mape) for r in held.itertuples()})
+        | {f"{r.split}_mape_before": float(r.before_mape) for r in held.itertuples()},
+        verdict=sentence, warnings=warnings)
     calibrated = replace_profile(tiled, calibration, sentence, warnings)
     write_profile(calibrated, out / f"{calibrated.name}.yaml", warnings)
     errors.to_csv(out / "errors.csv", index=False)
@@ -237,7 +238,7 @@ def _float(text: object) -> float | None:
 
 def replace_profile(base: DeviceSpec, calibration: CalibrationSpec, verdict_text: str = "",
                     warnings: list[str] | None = None) -> DeviceSpec:
-    """The calibrated profile; the verdict and warnings go to `notes` (CalibrationSpec has no field for them)."""
+    """The calibrated profile; the verdict and warnings are in its calibration section and its `notes`."""
     notes = (base.notes + " " if base.notes else "") + "Efficiencies and overheads fitted by moesim calibrate " \
         "(see calibration)."
     if verdict_text:
