@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from moesim.errors import MoesimError
 from moesim.reports.html_page import Figure, Table, finish_axes, pyplot, save_figure, write_page
 from moesim.simulator.roofline import Roof
 

@@ -55,17 +55,22 @@ def calibrated_cost(device: DeviceSpec, kinds: dict[str, KindEfficiency]) -> Cos
 def _fit_kind(kind: str, specs: list[OpSpec], measured: np.ndarray, device: DeviceSpec, dtype: str, elem: int,
               kinds: dict[str, KindEfficiency]) -> tuple[KindEfficiency, float]:
     """The kind's parameters minimising robust log-time residuals; returns (fit, cost)."""
+    return _least_squares_kind(lambda trial: predict(specs, calibrated_cost(device, {**kinds, kind: trial}), dtype,
+                                                     elem), measured, device)
+
+
+def _least_squares_kind(predict_with, measured: np.ndarray, device: DeviceSpec) -> tuple[KindEfficiency, float]:
+    """Fit one kind's efficiency robustly in log time; `predict_with(trial)` gives the predictions
+    with that kind's trial parameters. A few starts: the landscape has plateaus."""
     from scipy.optimize import least_squares
 
     def residuals(theta: np.ndarray) -> np.ndarray:
-        trial = {**kinds, kind: _kind_eff(theta)}
-        pred = predict(specs, calibrated_cost(device, trial), dtype, elem)
-        return np.log(pred) - np.log(measured)
+        return np.log(predict_with(_kind_eff(theta))) - np.log(measured)
 
     start = np.array([device.efficiency.compute, 1.0, device.efficiency.memory, 5.0, np.log10(device.overhead + 1e-7)])
     start = np.clip(start, _LO + 1e-6, _HI - 1e-6)
     best = None
-    for rows_half0, bytes_half0 in ((1.0, 5.0), (2.0, 6.5), (0.0, 4.0)):  # a few starts: the landscape has plateaus
+    for rows_half0, bytes_half0 in ((1.0, 5.0), (2.0, 6.5), (0.0, 4.0)):
         x0 = start.copy()
         x0[1], x0[3] = rows_half0, bytes_half0
         res = least_squares(residuals, x0, bounds=(_LO, _HI), loss="soft_l1", f_scale=0.05, max_nfev=300)
@@ -157,22 +162,8 @@ def predict_ops(ops: list[TableOp], cost: CostModel, links: dict[str, dict[str, 
 def _fit_kind_ops(kind: str, ops: list[TableOp], measured: np.ndarray, device: DeviceSpec,
                   kinds: dict[str, KindEfficiency]) -> tuple[KindEfficiency, float]:
     """`_fit_kind` over TableOps (mixed dtypes, attention): same form, starts and loss."""
-    from scipy.optimize import least_squares
-
-    def residuals(theta: np.ndarray) -> np.ndarray:
-        pred = predict_ops(ops, calibrated_cost(device, {**kinds, kind: _kind_eff(theta)}))
-        return np.log(pred) - np.log(measured)
-
-    start = np.array([device.efficiency.compute, 1.0, device.efficiency.memory, 5.0, np.log10(device.overhead + 1e-7)])
-    start = np.clip(start, _LO + 1e-6, _HI - 1e-6)
-    best = None
-    for rows_half0, bytes_half0 in ((1.0, 5.0), (2.0, 6.5), (0.0, 4.0)):
-        x0 = start.copy()
-        x0[1], x0[3] = rows_half0, bytes_half0
-        res = least_squares(residuals, x0, bounds=(_LO, _HI), loss="soft_l1", f_scale=0.05, max_nfev=300)
-        if best is None or res.cost < best.cost:
-            best = res
-    return _kind_eff(best.x), float(best.cost)
+    return _least_squares_kind(lambda trial: predict_ops(ops, calibrated_cost(device, {**kinds, kind: trial})),
+                               measured, device)
 
 
 def fit_table_ops(ops: list[TableOp], measured: np.ndarray, device: DeviceSpec) -> FitResult:

@@ -19,8 +19,6 @@ pool's iterations are in `iterations.csv` with `pool = prefill`, and its summary
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pandas as pd
 
