@@ -201,7 +201,7 @@ def _config_show(args: argparse.Namespace) -> int:
     from moesim.simulator.scenario import load_scenario
 
     sc = load_scenario(args.config, _overrides(args))  # resolves too: the model, cluster and placement must load
-    cfg = sc.config.model_dump(mode="json")
+    cfg = sc.config.as_written()
     head = [f"# {sc.name}: resolved config of {args.config} with every default filled in"]
     if sc.source.overrides:
         head.append("# overrides: " + ", ".join(sc.source.overrides))

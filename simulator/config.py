@@ -175,6 +175,13 @@ class ScenarioConfig(_Strict):
     outputs: OutputsConfig = OutputsConfig()
     seed: int = Field(0, ge=0, description="random seed (the same config and seed give identical results)")
 
+    def as_written(self, **dump) -> dict[str, Any]:
+        """The config as JSON data, without the stand-in workload a serving config gets for resolution."""
+        data = self.model_dump(mode="json", **dump)
+        if self.serving is not None:
+            data.pop("workload", None)
+        return data
+
     @model_validator(mode="after")
     def _workload_or_serving(self) -> "ScenarioConfig":
         if (self.workload is None) == (self.serving is None):

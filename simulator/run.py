@@ -127,7 +127,7 @@ def _write_files(result: SimResult, run_dir: Path, overrides: list[str]) -> None
             "batch_per_replica": sc.batch_per_replica, "moe_tokens_per_device": sc.moe_tokens.tolist(),
             "moe_layers": len(sc.model.moe_layers),
         },
-        "config": sc.config.model_dump(mode="json"),
+        "config": sc.config.as_written(),
     }
     result.phases.to_parquet(run_dir / "phases.parquet", index=False)
     result.utilization.to_csv(run_dir / "utilization.csv", index=False)

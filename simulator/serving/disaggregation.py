@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from moesim.errors import ConfigError
-from moesim.simulator.config import ScenarioFile, validate
+from moesim.simulator.config import ScenarioConfig, ScenarioFile, validate
 from moesim.simulator.memory import kv_bytes_per_token
 from moesim.simulator.metrics import SimResult
 from moesim.simulator.scenario import Scenario, resolve
@@ -36,14 +36,11 @@ def _pool(sc: Scenario, role: str, requests: pd.DataFrame) -> Scenario:
     """The scenario of one pool: the same config on its nodes with its parallelism, no split."""
     cfg = sc.config
     pool = getattr(cfg.serving.disaggregation, role)
-    data = cfg.model_dump(mode="json", exclude_none=True)
-    data.pop("workload", None)
+    data = cfg.as_written(exclude_none=True)
     data["hardware"]["nodes"] = pool.nodes
     data["parallelism"] = {k: v for k, v in pool.model_dump().items() if k != "nodes" and v is not None}
     data["serving"].pop("disaggregation")
     data["name"] = f"{cfg.name}-{role}"
-    from moesim.simulator.config import ScenarioConfig
-
     sf = ScenarioFile(validate(ScenarioConfig, data, sc.source.path), sc.source.path, data, sc.source.overrides)
     try:
         pool_sc = resolve(sf)
