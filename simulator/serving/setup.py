@@ -82,4 +82,4 @@ def serving_source(sc: Scenario) -> ServingSource:
             "tokens; raise ep/tp, quantize the experts, shorten requests or lower scheduler.max_batch_tokens",
             file=sc.source.path, field="serving")
     replicas = sc.num_devices // sc.tp
-    return ServingSource(cfg, requests, replicas, sc.tp, float(mem.kv_tokens), sc.seed)
+    return ServingSource(cfg, requests, replicas, sc.tp, float(mem.kv_tokens))

@@ -45,7 +45,6 @@ class ServingSource:
     replicas: int
     tp: int
     kv_capacity_tokens: float
-    seed: int = 0
     clock: Callable[[], float] = lambda: 0.0
     interactive: bool = True  # iterations depend on simulated time: no building ahead
     iterations: list[Iteration] = field(default_factory=list)
