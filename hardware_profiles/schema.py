@@ -128,12 +128,33 @@ _DTYPE_FALLBACK: dict[str, tuple[str, ...]] = {
 }
 
 
+# The communication kernels the engine runs: a plain all-to-all (direct and dedup dispatch and
+# combine), DeepEP normal (hierarchical), DeepEP low-latency, and the ring all-reduce (TP, MoE-TP).
+CommKind = Literal["all_to_all", "hierarchical", "low_latency", "all_reduce"]
+
+
+class CommCost(_Strict):
+    """How one kind of communication kernel uses a link (simulator/comm_cost.py has the form):
+    a fixed floor per kernel call per device, and an efficiency that saturates in the bytes of
+    each peer message, eff(b) = efficiency x b / (b + half_bytes), so small messages stay far
+    from the link's bandwidth."""
+
+    floor: Seconds = Field(0.0, ge=0, description="fixed cost of each kernel call, once per device (launch, "
+                           "synchronisation, signalling), whatever it carries")
+    efficiency: float | None = Field(None, gt=0, le=1, description="achievable fraction of bandwidth for large "
+                                     "messages (eff_max); default: the link's efficiency")
+    half_bytes: Bytes = Field(0.0, ge=0, description="bytes of one peer message at which the link reaches half "
+                              "of eff_max (0: every message size reaches it)")
+
+
 class LinkSpec(_Strict):
     name: str
     kind: Literal["nvlink", "pcie", "infiniband", "roce", "hccs", "ethernet", "c2c", "storage"]
     bandwidth: Bandwidth = Field(gt=0, description="per direction, per endpoint, in B/s")
     latency: Seconds = Field(ge=0, description="one-way latency per message")
     efficiency: float = Field(0.8, gt=0, le=1, description="achievable fraction of bandwidth")
+    collectives: dict[CommKind, CommCost] = Field(default_factory=dict, description="datasheet defaults of each "
+                                                  "communication kernel on this link (floor, eff_max, half_bytes)")
     sources: dict[str, str] = Field(default_factory=dict)
     notes: str = ""
 
@@ -182,6 +203,11 @@ class ClusterSpec(_Strict):
     nodes: int = Field(1, ge=1)
     node: NodeSpec
     network: Literal["switch"] = Field("switch", description="non-blocking fabric between NICs")
+    collectives: dict[CommKind, dict[str, CommCost]] = Field(
+        default_factory=dict, description="measured communication kernel costs (e.g. fitted from nccl-tests by "
+        "`moesim calibrate --from-nccl-tests`), per kind and link name; they replace the link's defaults")
+    comm_floors: bool = Field(True, description="false: links move every message at bandwidth x efficiency with "
+                              "no kernel floor (moesim before issue 17)")
     sources: dict[str, str] = Field(default_factory=dict)
     notes: str = ""
 
