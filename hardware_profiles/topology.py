@@ -4,17 +4,60 @@ Every physical link becomes two directed edges (one per direction) carrying that
 bandwidth, its latency, its link profile name and its class (nvlink, pcie, infiniband, ...).
 Paths between devices are fewest-hop routes, which is how NVSwitch, rail-optimised IB and
 PCIe trees route in practice.
+
+Each edge also carries, per communication kernel kind, its floor, eff_max, half_bytes and where
+they came from (`link_comm`: the cluster's measured values, else the link's defaults); `Routes.comm`
+holds them as per-link arrays for the fabric (the form is in simulator/comm_cost.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import get_args
 
 import networkx as nx
 import numpy as np
 
+from moesim.errors import ConfigError
 from moesim.hardware_profiles.loader import load_link
-from moesim.hardware_profiles.schema import ClusterSpec, LinkSpec
+from moesim.hardware_profiles.schema import ClusterSpec, CommKind, LinkSpec
+
+COMM_KINDS: tuple[str, ...] = get_args(CommKind)
+
+
+def link_comm(cluster: ClusterSpec, link: LinkSpec) -> dict[str, tuple[float, float, float, str]]:
+    """(floor s, eff_max, half_bytes, source) of each comm kind on one link: the cluster's measured
+    values first, then the link's datasheet defaults, else no floor at the link's efficiency."""
+    out = {}
+    for kind in COMM_KINDS:
+        measured = cluster.collectives.get(kind, {}).get(link.name)  # type: ignore[call-overload]
+        if not cluster.comm_floors:
+            out[kind] = (0.0, link.efficiency, 0.0, "comm floors off (link efficiency only)")
+        elif measured is not None:
+            key = f"collectives.{kind}.{link.name}"
+            out[kind] = (measured.floor, measured.efficiency or link.efficiency, measured.half_bytes,
+                         cluster.sources.get(key, f"measured, cluster profile {cluster.name} {key}"))
+        elif kind in link.collectives:
+            c = link.collectives[kind]  # type: ignore[index]
+            out[kind] = (c.floor, c.efficiency or link.efficiency, c.half_bytes,
+                         f"datasheet default ({link.name} collectives.{kind})")
+        else:
+            out[kind] = (0.0, link.efficiency, 0.0, f"no {kind} floor for {link.name} (link efficiency only)")
+    return out
+
+
+def _check_measured_links(cluster: ClusterSpec) -> None:
+    """Measured costs must name a link of the cluster profile (by the link profile's name)."""
+    node = cluster.node
+    named = [node.intra_node.link] + ([node.nic.link, node.nic.attach] if node.nic else []) \
+        + ([node.host.link] if node.host else []) + ([node.storage.link] if node.storage else [])
+    names = {load_link(n).name for n in named}
+    for kind, per_link in cluster.collectives.items():
+        for name in per_link:
+            if name not in names:
+                raise ConfigError(f"cluster {cluster.name}: collectives.{kind} names link '{name}', which the cluster "
+                                  f"does not use (its links: {', '.join(sorted(names))})",
+                                  field=f"collectives.{kind}.{name}")
 
 
 def build_topology(cluster: ClusterSpec, link_bandwidth_scale: float = 1.0) -> nx.DiGraph:
@@ -23,11 +66,14 @@ def build_topology(cluster: ClusterSpec, link_bandwidth_scale: float = 1.0) -> n
     node = cluster.node
     per = node.devices_per_node
 
+    _check_measured_links(cluster)
+
     def connect(a: str, b: str, link: LinkSpec) -> None:
         bw = link.bandwidth * link_bandwidth_scale
+        comm = link_comm(cluster, link)
         for u, v in ((a, b), (b, a)):
             g.add_edge(u, v, bandwidth=bw, efficiency=link.efficiency, latency=link.latency,
-                       link=link.name, link_class=link.kind)
+                       link=link.name, link_class=link.kind, comm=comm)
 
     intra = load_link(node.intra_node.link)
     if cluster.nodes > 1:
@@ -63,6 +109,16 @@ def build_topology(cluster: ClusterSpec, link_bandwidth_scale: float = 1.0) -> n
 
 
 @dataclass(frozen=True)
+class LinkComm:
+    """One comm kind's numbers per directed link (index as `Routes.link_names`)."""
+
+    floor: np.ndarray  # seconds per kernel call
+    efficiency: np.ndarray  # eff_max
+    half_bytes: np.ndarray  # per-message bytes at half of eff_max
+    source: list[str]
+
+
+@dataclass(frozen=True)
 class Routes:
     """Device-to-device paths flattened into arrays the network fabric can index quickly.
 
@@ -79,6 +135,8 @@ class Routes:
     pair_latency: np.ndarray  # (N, N) seconds, sum of link latencies on the path
     pair_hops: np.ndarray  # (N, N)
     pair_inter_node: np.ndarray  # (N, N) bool
+    link_peak: np.ndarray | None = None  # B/s per directed link before efficiency
+    comm: dict[str, LinkComm] = field(default_factory=dict)  # per comm kind (empty: no floors, link efficiency)
 
 
 def compute_routes(g: nx.DiGraph) -> Routes:
@@ -106,6 +164,12 @@ def compute_routes(g: nx.DiGraph) -> Routes:
                 inter[s, d] = g.nodes[src]["node"] != g.nodes[dst]["node"]
             ptr.append(len(links))
     bw = np.array([g.edges[e]["bandwidth"] * g.edges[e]["efficiency"] for e in edges])
+    comm = {}
+    if edges and all("comm" in g.edges[e] for e in edges):
+        for kind in COMM_KINDS:
+            vals = [g.edges[e]["comm"][kind] for e in edges]
+            comm[kind] = LinkComm(np.array([v[0] for v in vals]), np.array([v[1] for v in vals]),
+                                  np.array([v[2] for v in vals]), [v[3] for v in vals])
     return Routes(
         num_devices=n,
         link_names=edges,
@@ -116,4 +180,6 @@ def compute_routes(g: nx.DiGraph) -> Routes:
         pair_latency=latency,
         pair_hops=hops,
         pair_inter_node=inter,
+        link_peak=np.array([g.edges[e]["bandwidth"] for e in edges]),
+        comm=comm,
     )

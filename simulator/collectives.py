@@ -8,6 +8,9 @@ rank delays its whole group, as a real all-reduce does.
 (DeepEP normal: network to the peer GPU, then NVLink to the expert's GPU). Both stages' bytes
 enter the fabric together (the forwarding is pipelined in chunks), and a destination is done
 when its own inbound bytes have arrived and its forwarders have received theirs.
+
+Each takes a comm `kind` and a per-device kernel `floor` (`comm_cost`): a device's bytes enter
+the fabric `floor` after it submits, and it leaves the collective no earlier than that.
 """
 
 from __future__ import annotations
@@ -21,14 +24,14 @@ from moesim.simulator.network import Collective, Fabric, sending_pairs
 
 
 def make_collective(env: simpy.Environment, fabric: Fabric, stages: list[np.ndarray], extra_latency: float = 0.0,
-                    need: np.ndarray | None = None):
+                    need: np.ndarray | None = None, kind: str | None = None, floor: list[float] | None = None):
     """The collective for a dispatch or combine of one layer (one stage: a plain all-to-all;
     `need`, its sending pairs (`staged_pairs` for two stages), when the caller computed them for
-    all layers at once)."""
+    all layers at once; `kind` and `floor`: its comm kernel cost, see `network.Collective`)."""
     if len(stages) == 1:
-        return Collective(env, fabric, stages[0], extra_latency, need)
+        return Collective(env, fabric, stages[0], extra_latency, need, kind, floor)
     if len(stages) == 2:
-        return StagedCollective(env, fabric, stages[0], stages[1], extra_latency, need)
+        return StagedCollective(env, fabric, stages[0], stages[1], extra_latency, need, kind, floor)
     raise ValueError(f"a collective has one or two stages, got {len(stages)}")
 
 
@@ -54,11 +57,13 @@ class _Waiting:
 
 
 class GroupCollective:
-    """All-reduce of `matrix` bytes (rank to rank, e.g. a ring) within each group of `group_of`."""
+    """All-reduce of `matrix` bytes (rank to rank, e.g. a ring) within each group of `group_of`; each
+    rank's bytes leave its `floor` (comm kind `kind`'s kernel floor) after it arrives."""
 
     def __init__(self, env: simpy.Environment, fabric: Fabric, matrix: np.ndarray, group_of: np.ndarray,
-                 extra_latency: float = 0.0):
+                 extra_latency: float = 0.0, kind: str | None = None, floor: np.ndarray | None = None):
         self.env, self.fabric, self.matrix, self.extra = env, fabric, matrix, extra_latency
+        self.kind, self.floor = kind, None if floor is None else np.asarray(floor, dtype=float)
         self.group_of = np.asarray(group_of)
         self.members = {int(g): np.flatnonzero(self.group_of == g) for g in np.unique(self.group_of)}
         self.arrived: dict[int, dict[int, float]] = {g: {} for g in self.members}
@@ -73,7 +78,9 @@ class GroupCollective:
             return
         src = np.fromiter(arrived.keys(), dtype=np.int64)
         start = np.fromiter(arrived.values(), dtype=float)
-        inbound = self.fabric.transfer(src, start, self.matrix)
+        if self.floor is not None:
+            start = start + self.floor[src]
+        inbound = self.fabric.transfer(src, start, self.matrix, self.kind)
         finish = max(float(inbound[src].max()), float(start.max())) + self.extra
         self.done[g] = finish
         for m in self.members[g]:
@@ -102,8 +109,10 @@ class StagedCollective:
     """
 
     def __init__(self, env: simpy.Environment, fabric: Fabric, first: np.ndarray, second: np.ndarray,
-                 extra_latency: float = 0.0, pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None):
+                 extra_latency: float = 0.0, pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                 kind: str | None = None, floor: list[float] | None = None):
         self.env, self.fabric, self.extra = env, fabric, extra_latency
+        self.kind, self._floor = kind, floor
         n = first.shape[0]
         self.matrix = first + second
         if pairs is None:
@@ -116,6 +125,7 @@ class StagedCollective:
         self._pending = pending.tolist()
         self._needed_by = None if self._all_need_all else [np.flatnonzero(row).tolist() for row in need]
         self._submitted = [False] * n
+        self._own = [-np.inf] * n  # when each device's floor has passed (it submitted)
         self._arrival = [-np.inf] * n
         self.pair = np.full((n, n), -np.inf)
         self._queue: list[int] = []
@@ -140,7 +150,11 @@ class StagedCollective:
 
     def submit(self, src: int) -> None:
         self._queue.append(src)
-        self._times.append(self.env.now)
+        t = self.env.now
+        if self._floor is not None:
+            t += self._floor[src]
+            self._own[src] = t
+        self._times.append(t)
         self.left -= 1
         if self._all_need_all:
             if self.left == 0:
@@ -159,7 +173,7 @@ class StagedCollective:
 
     def _wave(self) -> None:
         src = np.asarray(self._queue, dtype=np.int64)
-        self.fabric.transfer(src, np.asarray(self._times), self.matrix)
+        self.fabric.transfer(src, np.asarray(self._times), self.matrix, self.kind)
         self._queue, self._times = [], []
         self.pair = np.maximum(self.pair, self.fabric.last_pair_arrival)
         direct = self.pair.max(axis=0)
@@ -175,9 +189,13 @@ class StagedCollective:
 
     def received_at(self, dst: int, not_before: float = 0.0) -> float:
         a = self._arrival[dst]
+        if self._own[dst] > not_before:
+            not_before = self._own[dst]
         return not_before if not_before > a else a
 
     def inbound(self, dst: int, not_before: float = 0.0, then: float = 0.0) -> Generator:
+        if self._own[dst] > not_before:
+            not_before = self._own[dst]
         if not self._ready[dst]:
             yield self._waiting.wait(dst, not_before, then)
             return

@@ -38,6 +38,8 @@ class HardwareScale(_Strict):
 class HardwareConfig(_Strict):
     cluster: str = Field(description="bundled cluster name or a cluster YAML path")
     nodes: int | None = Field(None, ge=1, description="use only the first N nodes of the cluster")
+    comm_floors: bool = Field(True, description="false: no communication kernel floors or small-message "
+                              "efficiency loss (moesim before issue 17; the cluster's comm_floors)")
     scale: HardwareScale = HardwareScale()
 
 
@@ -127,8 +129,9 @@ class DispatchConfig(_Strict):
         "direct", description="direct: a row per (token, expert) (Megatron); dedup: a token once per device; "
         "hierarchical: once per node over the network, then NVLink forwarding (DeepEP normal); "
         "low_latency: per (token, expert) RDMA with a per-kernel floor (DeepEP low-latency)")
-    kernel_latency: Seconds = Field(10e-6, ge=0, description="low_latency: fixed cost of each dispatch or "
-                                    "combine kernel (launch, signalling, polling)")
+    kernel_latency: Seconds | None = Field(None, ge=0, description="low_latency: fixed cost of each dispatch or "
+                                           "combine kernel (launch, signalling, polling); default: the cluster "
+                                           "profile's low_latency floor")
     replica_choice: Literal["local", "global"] = Field(
         "local", description="local: a token uses a copy on its own device, else its own node, else any "
         "(EPLB-style serving); global: every copy by the placement's shares")

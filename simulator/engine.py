@@ -20,6 +20,7 @@ import simpy
 from typing import Iterable
 
 from moesim.errors import MoesimError
+from moesim.simulator import comm_cost
 from moesim.simulator.collectives import GroupCollective, make_collective, staged_pairs
 from moesim.simulator.network import Fabric, sending_pairs
 from moesim.simulator.offload.manager import LayerWait, OffloadManager
@@ -121,6 +122,11 @@ class Engine:
         # serving: idle data-parallel ranks still run the MoE layers (SGLang's DP attention), so an
         # all-to-all synchronises its whole EP group, and the busiest rank is everyone's straggler
         self._group_pairs = (group[:, None] == group[None, :]) & ~np.eye(n, dtype=bool)
+        # comm kernel costs (comm_cost): each collective's kind and every device's floor in it
+        self._moe_kind = comm_cost.DISPATCH_KIND.get(scenario.config.policies.dispatch.algorithm, "all_to_all")
+        self._moe_floor = _floors(scenario.routes, self._moe_kind, self._group_pairs)
+        self._tp_floor = _floors(scenario.routes, "all_reduce", _group_pairs(n, tp)) if tp > 1 else None
+        self._moe_tp_floor = _floors(scenario.routes, "all_reduce", _group_pairs(n, mt)) if mt > 1 else None
         first = self.plans(0)
         if first is not None:
             self.microbatches = len(first)
@@ -167,20 +173,24 @@ class Engine:
             need_d, need_c = _pairs_of(dis), _pairs_of(com)
             if self.interactive and len(dis) == 1:  # serving: every rank of an EP group enters each all-to-all
                 need_d = need_c = [self._group_pairs] * len(need_d)
-            moe = [(make_collective(env, fabric, [s[m] for s in dis], tr.kernel_latency, need_d[m]),
-                    make_collective(env, fabric, [s[m] for s in com], tr.kernel_latency, need_c[m]))
+            # an explicit kernel latency (policies.dispatch.kernel_latency) replaces the profile's floor
+            kind, extra = self._moe_kind, tr.kernel_latency or 0.0
+            floor = self._moe_floor if tr.kernel_latency is None else None
+            moe = [(make_collective(env, fabric, [s[m] for s in dis], extra, need_d[m], kind, floor),
+                    make_collective(env, fabric, [s[m] for s in com], extra, need_c[m], kind, floor))
                    for m in range(dis[0].shape[0])]
             tp = []
             if self._tp_ring is not None:
                 groups = np.arange(self.n) // self.tp
-                tp = [(GroupCollective(env, fabric, self._tp_ring * plan.tp_bytes, groups, self._tp_extra_latency),
-                       GroupCollective(env, fabric, self._tp_ring * plan.tp_bytes, groups, self._tp_extra_latency))
+                tp = [tuple(GroupCollective(env, fabric, self._tp_ring * plan.tp_bytes, groups, self._tp_extra_latency,
+                                            "all_reduce", self._tp_floor) for _ in range(2))
                       for _ in self.is_moe]
             reduce = []
             if self._moe_ring is not None:
                 groups = np.arange(self.n) // self.moe_tp
                 reduce = [GroupCollective(env, fabric, self._moe_ring * plan.moe_reduce_bytes, groups,
-                                          self._moe_extra_latency) for _ in range(len(moe))]
+                                          self._moe_extra_latency, "all_reduce", self._moe_tp_floor)
+                          for _ in range(len(moe))]
             colls = self._by_step[key] = StepCollectives(moe, tp, reduce)
             self._forget()
         return colls
@@ -341,6 +351,20 @@ def _pairs_of(stages: list[np.ndarray]) -> list:
         first_in, forwards, need = staged_pairs(stages[0], stages[1])
         return list(zip(first_in, forwards, need))
     return [None] * stages[0].shape[0]
+
+
+def _group_pairs(n: int, size: int) -> np.ndarray:
+    """(N, N) pairs of distinct devices within contiguous groups of `size`."""
+    group = np.arange(n) // size
+    return (group[:, None] == group[None, :]) & ~np.eye(n, dtype=bool)
+
+
+def _floors(routes, kind: str, pairs: np.ndarray):
+    """Every device's kernel floor of a comm kind over its group's pairs, as a list (None: the kind
+    charges nothing beyond bandwidth x efficiency, so collectives skip the floor)."""
+    if not comm_cost.has_floors(routes, kind):
+        return None
+    return comm_cost.device_floors(routes, kind, pairs).tolist()
 
 
 def _ring(n: int, size: int) -> np.ndarray:

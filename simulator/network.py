@@ -18,6 +18,10 @@ completion, ~10^3 per all-to-all at EP32, far beyond the speed budget. What it d
 capture: a flow throttled upstream leaving bandwidth to others downstream (the model treats a
 flow's bytes as occupying each link at that link's full rate), and reordering between
 collectives costed in different waves.
+
+Communication kernel costs (`comm_cost`): a transfer of a comm kind puts (bytes + half_bytes) /
+(bandwidth x eff_max) of work on each link of a flow's path, the kind's saturating efficiency in
+message size; a collective delays each device's flows, and its leaving, by the kind's floor.
 """
 
 from __future__ import annotations
@@ -30,14 +34,16 @@ import simpy
 from moesim.hardware_profiles.topology import Routes
 
 
-def _dominant_entries(entry_pair: np.ndarray, entry_link: np.ndarray, bandwidth: np.ndarray,
+def _dominant_entries(entry_pair: np.ndarray, entry_link: np.ndarray, slowness: np.ndarray,
                       n_links: int) -> np.ndarray:
     """Mask of the (pair, link) entries that can matter for timing.
 
     Links crossed by exactly the same set of device pairs (a GPU's PCIe link to its own NIC
-    and that NIC's port, say) carry identical traffic in identical order, so only the slowest
-    of them can delay a flow; the others are dropped from the per-wave computation (their
-    bytes are still counted). This roughly halves the work for multi-node clusters.
+    and that NIC's port, say) carry identical traffic in identical order, so a link whose
+    per-message seconds are never above another's of the set, under every key of `slowness`
+    (n_links, keys; larger is slower: 1 / bandwidth, and per comm kind its per-byte and
+    per-message seconds), cannot delay a flow; it is dropped from the per-wave computation
+    (its bytes are still counted). This roughly halves the work for multi-node clusters.
     """
     signature: dict[int, tuple] = {}
     order = np.argsort(entry_link, kind="stable")
@@ -45,12 +51,16 @@ def _dominant_entries(entry_pair: np.ndarray, entry_link: np.ndarray, bandwidth:
     bounds = np.flatnonzero(np.diff(links, prepend=-1))
     for b, e in zip(bounds, np.append(bounds[1:], links.size)):
         signature[int(links[b])] = tuple(pairs[b:e].tolist())
-    best: dict[tuple, int] = {}
+    groups: dict[tuple, list[int]] = {}
     for link, sig in signature.items():
-        if sig not in best or bandwidth[link] < bandwidth[best[sig]]:
-            best[sig] = link
+        groups.setdefault(sig, []).append(link)
     keep_links = np.zeros(n_links, dtype=bool)
-    keep_links[list(best.values())] = True
+    for members in groups.values():
+        for link in members:  # pruned when one other link is at least as slow under every key
+            key = slowness[link]
+            dominated = any((slowness[m] >= key).all() and ((slowness[m] > key).any() or m < link)
+                            for m in members if m != link)
+            keep_links[link] = not dominated
     return keep_links[entry_link]
 
 
@@ -71,7 +81,7 @@ class Fabric:
         # every (pair, link) entry of every device-to-device path, sorted by pair id
         lens = np.diff(routes.pair_ptr)
         entry_pair = np.repeat(np.arange(n * n), lens)
-        keep = (_dominant_entries(entry_pair, routes.pair_links, routes.link_bandwidth, n_links) if prune_links
+        keep = (_dominant_entries(entry_pair, routes.pair_links, _slowness(routes), n_links) if prune_links
                 else np.ones(entry_pair.size, dtype=bool))
         self._entry_pair = entry_pair[keep]
         self._entry_link = routes.pair_links[keep]
@@ -80,6 +90,7 @@ class Fabric:
         self._pair_bytes = np.zeros(n * n)
         self._pair_latency = routes.pair_latency.ravel()
         self._entry_inv_bw = 1.0 / routes.link_bandwidth[self._entry_link]
+        self._kinds: dict[str | None, tuple[np.ndarray, np.ndarray | None]] = {None: (self._entry_inv_bw, None)}
         self._n_links = n_links
         self.last_pair_arrival = np.full((n, n), -np.inf)
 
@@ -104,8 +115,25 @@ class Fabric:
         self._dense = _StaticLayout(self, np.ones(n_entries, dtype=bool)) if n_entries else None
         self._layouts: dict[bytes, _StaticLayout] = {}
 
-    def transfer(self, src: np.ndarray, start: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-        """Cost a wave of flows: devices `src` (ready at `start`) send rows matrix[src] of bytes.
+    def kind_work(self, kind: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per kept entry: seconds per byte and seconds per message (None: none) of a comm kind on its
+        link (`comm_cost`); kind None, or a kind the routes lack: bandwidth x efficiency only."""
+        got = self._kinds.get(kind)
+        if got is None:
+            comm = self.routes.comm.get(kind) if kind is not None else None
+            if comm is None or self.routes.link_peak is None:
+                got = self._kinds[None]
+            else:
+                links = self._entry_link
+                inv = 1.0 / (self.routes.link_peak[links] * comm.efficiency[links])
+                half = comm.half_bytes[links] * inv
+                got = (inv, half if half.any() else None)
+            self._kinds[kind] = got
+        return got
+
+    def transfer(self, src: np.ndarray, start: np.ndarray, matrix: np.ndarray, kind: str | None = None) -> np.ndarray:
+        """Cost a wave of flows: devices `src` (ready at `start`) send rows matrix[src] of bytes, as
+        kernels of comm `kind` (its efficiency in message size; None: bandwidth x efficiency).
 
         Returns, per destination device, the time the last byte of this wave destined to it
         arrives (-inf where it receives nothing). A device's bytes to itself stay local.
@@ -115,7 +143,7 @@ class Fabric:
             flat = matrix.ravel()
             e_bytes = flat[self._entry_pair]
             if e_bytes.min() > 0:  # every pair sends: the dense all-to-all
-                return self._static_transfer(self._dense, src, start, flat, e_bytes)
+                return self._static_transfer(self._dense, src, start, flat, e_bytes, kind)
             sel = e_bytes > 0
             if sel.any():
                 layout = self._layouts.get(key := sel.tobytes())
@@ -123,11 +151,11 @@ class Fabric:
                     if len(self._layouts) >= 64:
                         self._layouts.clear()
                     layout = self._layouts[key] = _StaticLayout(self, sel)
-                return self._static_transfer(layout, src, start, flat, e_bytes[sel])
-        return self._general_transfer(src, start, matrix)
+                return self._static_transfer(layout, src, start, flat, e_bytes[sel], kind)
+        return self._general_transfer(src, start, matrix, kind)
 
     def _static_transfer(self, layout: "_StaticLayout", src: np.ndarray, start: np.ndarray, flat: np.ndarray,
-                         e_bytes: np.ndarray) -> np.ndarray:
+                         e_bytes: np.ndarray, kind: str | None = None) -> np.ndarray:
         """`transfer` when every device sends over the entries of `layout` (the same arithmetic as
         the general case, with the flow boundaries and the per-link order precomputed)."""
         n = self._n
@@ -144,7 +172,11 @@ class Fabric:
             order = layout.template.copy()
             order[layout.dyn_pos] = layout.dyn_entries[np.argsort(layout.dyn_key + rank[layout.dyn_src],
                                                                   kind="stable")]
-        busy = self._fifo(layout.groups, t_src[layout.src[order]], (e_bytes * layout.inv_bw)[order])
+        inv_bw, half = layout.work(kind)
+        work = e_bytes * inv_bw
+        if half is not None:
+            work += half
+        busy = self._fifo(layout.groups, t_src[layout.src[order]], work[order])
         done = layout.done_ext
         done[order] = busy
         cols = layout.pair_entry_cols
@@ -174,7 +206,8 @@ class Fabric:
         self.free_at[groups.links] = busy[groups.last]
         return busy
 
-    def _general_transfer(self, src: np.ndarray, start: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    def _general_transfer(self, src: np.ndarray, start: np.ndarray, matrix: np.ndarray,
+                          kind: str | None = None) -> np.ndarray:
         n = self._n
         if len(src) == n:
             full = matrix.copy()
@@ -194,11 +227,14 @@ class Fabric:
             return np.full(n, -np.inf)
         self._pair_bytes += flat
         e_pair, e_src = self._entry_pair[sel], self._entry_src[sel]
-        inv_bw, e_bytes = self._entry_inv_bw[sel], e_bytes[sel]
+        kind_inv, kind_half = self.kind_work(kind)
+        work = e_bytes[sel] * kind_inv[sel]
+        if kind_half is not None:
+            work += kind_half[sel]
         # a stable sort by (link, FIFO rank) keeps ties in entry order: the FIFO order
         order = np.argsort(self._slot_key[sel] + rank[e_src], kind="stable")
         groups = _LinkGroups(self._entry_link[sel][order])
-        busy = self._fifo(groups, t_src[e_src[order]], (e_bytes * inv_bw)[order])
+        busy = self._fifo(groups, t_src[e_src[order]], work[order])
 
         entry_done = np.empty(busy.size)
         entry_done[order] = busy
@@ -228,7 +264,8 @@ class _StaticLayout:
         n_entries = entry_pair.size
         self.src = fabric._entry_src[sel]
         self.slot_key = fabric._slot_key[sel]
-        self.inv_bw = fabric._entry_inv_bw[sel]
+        self._fabric, self._sel = fabric, sel
+        self._work: dict[str | None, tuple[np.ndarray, np.ndarray | None]] = {}
         bounds = np.flatnonzero(np.diff(entry_pair, prepend=-1))
         self.pairs = entry_pair[bounds]
         self.latency = fabric._pair_latency[self.pairs]
@@ -252,6 +289,15 @@ class _StaticLayout:
         self.dyn_src = self.src[self.dyn_entries]
 
 
+    def work(self, kind: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """`Fabric.kind_work` on this layout's entries."""
+        got = self._work.get(kind)
+        if got is None:
+            inv, half = self._fabric.kind_work(kind)
+            got = self._work[kind] = (inv[self._sel], None if half is None else half[self._sel])
+        return got
+
+
 class _LinkGroups:
     """Where each link's entries start and end in an array of entries sorted by link."""
 
@@ -270,6 +316,17 @@ class _LinkGroups:
         """Cumulative work before each entry's group began."""
         first = self.first
         return (cs[first] - w[first])[self._group_of]
+
+
+def _slowness(routes: Routes) -> np.ndarray:
+    """(links, keys) per-byte and per-message seconds of every link, plainly and for every comm kind
+    (larger is slower), for pruning links that can never delay a flow."""
+    keys = [1.0 / routes.link_bandwidth]
+    if routes.link_peak is not None:
+        for comm in routes.comm.values():
+            inv = 1.0 / (routes.link_peak * comm.efficiency)
+            keys += [inv, comm.half_bytes * inv]
+    return np.column_stack(keys)
 
 
 def sending_pairs(matrices: np.ndarray) -> np.ndarray:
@@ -304,15 +361,23 @@ class Collective:
     `arrival` and `ready` are numpy arrays mirrored by Python lists for the hot scalar reads
     (`inbound`, `received_at`); assigning either attribute keeps the mirror, but they are
     not meant to be modified in place.
+
+    `kind` is the comm kind whose efficiency in message size the fabric applies; `floor` (per
+    device, seconds) is its kernel floor: a device's flows enter the fabric `floor` after it
+    submits, and it does not leave the kernel before then, even when it receives nothing.
     """
 
     def __init__(self, env: simpy.Environment, fabric: Fabric, matrix: np.ndarray,
-                 extra_latency: float = 0.0, need: np.ndarray | None = None):
+                 extra_latency: float = 0.0, need: np.ndarray | None = None, kind: str | None = None,
+                 floor: list[float] | None = None):
         n = matrix.shape[0]
         self.env = env
         self.fabric = fabric
         self.matrix = matrix
         self.extra_latency = extra_latency
+        self.kind = kind
+        self._floor = floor
+        self._own = [-np.inf] * n  # when each device's floor has passed (it submitted)
         if need is None:
             need = sending_pairs(matrix[None])[0]
         self.need = need  # (src, dst) pairs that send over the network
@@ -352,9 +417,13 @@ class Collective:
         self._ready = np.asarray(value, dtype=bool).tolist()
 
     def submit(self, src: int) -> None:
-        """Device `src` hands its outgoing bytes to the network now."""
+        """Device `src` hands its outgoing bytes to the network now (they leave after its floor)."""
         self._queue.append(src)
-        self._times.append(self.env.now)
+        t = self.env.now
+        if self._floor is not None:
+            t += self._floor[src]
+            self._own[src] = t
+        self._times.append(t)
         self.left -= 1
         if self.dense:
             if self.left == 0:
@@ -369,7 +438,7 @@ class Collective:
 
     def _wave(self) -> None:
         src = np.array(self._queue, dtype=np.int64)
-        inbound = self.fabric.transfer(src, np.array(self._times, dtype=float), self.matrix)
+        inbound = self.fabric.transfer(src, np.array(self._times, dtype=float), self.matrix, self.kind)
         self._queue, self._times = [], []
         arrival = inbound + self.extra_latency
         if self._waved:
@@ -404,14 +473,18 @@ class Collective:
                 schedule(ev, delay=delay if delay > 0.0 else 0.0)
 
     def received_at(self, dst: int, not_before: float = 0.0) -> float:
-        """When `dst` could use its inbound bytes: their arrival, and not before `not_before`."""
+        """When `dst` could use its inbound bytes: their arrival, and not before `not_before` (nor its floor)."""
         a = self._arrival[dst]
+        if self._floor is not None and self._own[dst] > not_before:
+            not_before = self._own[dst]
         return not_before if not_before > a else a  # max(a, not_before)
 
     def inbound(self, dst: int, not_before: float = 0.0, then: float = 0.0) -> Generator[simpy.Event, None, None]:
         """Process step: wait until every byte destined to `dst` has arrived, and at least until
         `not_before` (the device may still be busy, e.g. with its shared experts); then stay
         busy for `then` seconds (the compute that consumes the bytes) in the same wake-up."""
+        if self._floor is not None and self._own[dst] > not_before:
+            not_before = self._own[dst]
         if not self._ready[dst]:
             ev = _Arrival(self.env)
             self._waiters[dst] = (ev, not_before, then)

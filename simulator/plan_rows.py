@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from moesim.simulator import comm_cost
 from moesim.simulator.ops import act_dtype
 
 if TYPE_CHECKING:  # type hints only: the pipeline imports this module, not the reverse
@@ -74,16 +75,18 @@ def _moe_rows(pipe: "StepPipeline", plan: "StepPlan", layer: int, device: int) -
     if costs.expert_kernel == "grouped" and slots.size:
         out.append((layer, device, "expert", "grouped_gemm_launch", "device", "launch", "", 0.0, 0.0, 0.0,
                     float(costs.grouped_launch(np.array([1.0]))[0]), "overhead", np.nan, source))
+    kind = comm_cost.DISPATCH_KIND.get(pipe.dispatch.name, "all_to_all")
     for name, stages in (("dispatch", plan.traffic.dispatch), ("combine", plan.traffic.combine)):
         for i, stage in enumerate(stages):
             sent = stage[mi, device].copy()
             sent[device] = 0.0
             if sent.sum() <= 0:
                 continue
-            bw = np.array([machine.slowest_link(device, dst) for dst in range(sent.size)])
-            latency = float(machine.routes.pair_latency[device][sent > 0].max())
-            floor = float((sent[sent > 0] / bw[sent > 0]).sum()) + latency + plan.traffic.kernel_latency
+            floor = comm_cost.injection_time(machine.routes, kind, device, sent, plan.traffic.kernel_latency)
+            pairs = np.zeros((sent.size, sent.size), dtype=bool)
+            pairs[device] = sent > 0
+            source = comm_cost.provenance(machine.routes, kind, pairs)
             op = name if len(stages) == 1 else f"{name}_stage{i + 1}"
             out.append((layer, device, name, op, "network", "comm", "", 0.0, 0.0, float(sent.sum()), floor, "link",
-                        np.nan, "link profiles (a lower bound: the fabric times it with contention)"))
+                        np.nan, f"{source} (a lower bound: the fabric times it with contention)"))
     return out

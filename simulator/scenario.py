@@ -215,6 +215,8 @@ def resolve(sf: ScenarioFile) -> Scenario:
         routing = FixedRouting(experts, top_k, counts)
 
     scale = cfg.hardware.scale
+    if not cfg.hardware.comm_floors:
+        cluster = cluster.model_copy(update={"comm_floors": False})
     machine = build_machine(cluster, Scale(scale.flops, scale.memory_bandwidth, scale.link_bandwidth))
     if rc.per_token or rc.max_nodes is not None:
         routing = _per_token_routing(sf, routing, placement, machine, moe_tp, rc.max_nodes, cfg.seed)

@@ -5,6 +5,7 @@ One file per family: `direct` (Megatron all-to-all, one row per (token, expert))
 token once per destination device), `hierarchical` (DeepEP normal: once per destination node
 over the network, then NVLink forwarding), `low_latency` (DeepEP low-latency: per (token,
 expert) RDMA with a per-kernel floor). Each is a one-method object; `Traffic` is what they make.
+The kernels' floors and efficiency in message size are the comm kind's (`comm_cost.DISPATCH_KIND`).
 """
 
 from __future__ import annotations
@@ -33,11 +34,13 @@ class Traffic:
 
     Each stage is (Lm, N, N) bytes from device to device. One stage is a plain all-to-all; two
     stages are pipelined (the second forwards what the first delivered, chunk by chunk, as
-    DeepEP's normal kernels do). `kernel_latency` is a fixed floor per collective kernel."""
+    DeepEP's normal kernels do). `kernel_latency`, when given, is a fixed cost per collective kernel
+    (charged after its last byte) that replaces the cluster profile's kernel floor (`comm_cost`);
+    None: the profile's floor for the algorithm's comm kind."""
 
     dispatch: list[np.ndarray]
     combine: list[np.ndarray]
-    kernel_latency: float = 0.0
+    kernel_latency: float | None = None
     distinct: np.ndarray | None = field(default=None)  # (Lm, N, N) token copies sent (dedup family)
 
     def total(self, which: str) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Low-latency dispatch (DeepEP low-latency kernels, decode): every (token, expert) row goes
 straight to its expert's GPU by RDMA (no deduplication, no NVLink forwarding), and each
-dispatch or combine kernel pays a fixed floor (launch, signalling, polling) whatever it carries.
+dispatch or combine kernel pays a fixed floor (launch, signalling, polling) whatever it carries:
+the cluster profile's `low_latency` floor (`comm_cost`), or `kernel_latency` where a config sets it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from moesim.simulator.dispatch import DispatchLayout, TokenIds, Traffic
 
 @dataclass(frozen=True)
 class LowLatency:
-    kernel_latency: float  # seconds per dispatch or combine kernel
+    kernel_latency: float | None = None  # seconds per dispatch or combine kernel (None: the profile's floor)
     name: str = "low_latency"
 
     def __call__(self, device_rows: np.ndarray, rows: np.ndarray, slot_device: np.ndarray, tokens: np.ndarray,
