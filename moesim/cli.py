@@ -432,7 +432,28 @@ def _calibrate_links(args: argparse.Namespace) -> int:
             raise ConfigError(f"{path} holds no nccl-tests result rows (size, count, type, time, algbw, busbw)",
                               field="--from-nccl-tests")
         frames.append(df)
-    print(json_io.dumps(fit_collectives(pd.concat(frames, ignore_index=True)), indent=2))
+    fits = fit_collectives(pd.concat(frames, ignore_index=True))
+    print(json_io.dumps(fits, indent=2))
+    if args.profile:  # write the fitted comm kernel costs into a variant of that cluster profile
+        import datetime
+
+        import yaml
+
+        from moesim.validation.nccl_tests import cluster_with_fits, log_hosts
+
+        multi = any(log_hosts(Path(p).read_text()) > 1 for p in args.from_nccl_tests)
+        try:
+            data, warnings = cluster_with_fits(args.profile, fits, [Path(p).name for p in args.from_nccl_tests], multi,
+                                               datetime.date.today().isoformat())
+        except ValueError as err:
+            raise ConfigError(str(err), field="--profile") from None
+        out = _out_dir(args.out) or Path("runs") / "calibrate-nccl"
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"{data['name']}.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        for w in warnings:
+            print(f"warning: {w}")
+        print(f"cluster profile with the fitted collective costs: {path} (use it as hardware.cluster)")
     return 0
 
 
@@ -656,7 +677,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fit from an external table of op timings instead of measuring "
                           "(schema: validation/from_table.py)")
     cal.add_argument("--from-nccl-tests", nargs="+", default=None, metavar="LOG",
-                     help="fit latency and bandwidth per collective from nccl-tests output")
+                     help="fit latency and bandwidth per collective from nccl-tests output; with --profile CLUSTER, "
+                          "write a variant of that cluster profile whose collectives hold the fitted costs")
     cal.add_argument("--out", type=Path, help="output folder (default runs/calibrate-<device>-<size>)")
     cal.set_defaults(func=_calibrate)
 
