@@ -12,7 +12,9 @@ outputs by its gate weights:
     y_sorted --unpermute(order, weights)--> out (T, H)
 
 `grouped_gemm_torch` is the loop reference; `triton_grouped_gemm.grouped_gemm_triton` computes the same
-thing in one kernel launch. `GroupedMoE.dense_reference` runs every expert on every token and mixes
+thing in one kernel launch. Backend "triton_fused" (`triton_fused_moe.fused_moe`) goes further, as vLLM /
+SGLang do: routing alignment on the device, gate+up in one kernel reading tokens through the sorted index,
+down with the gate weight in its epilogue, no host synchronisation at all. `GroupedMoE.dense_reference` runs every expert on every token and mixes
 with a dense gate matrix: no sorting, no grouping, the correctness oracle for both.
 
 The code is device-agnostic (CPU or CUDA, float32 / bfloat16 / float16): tensors stay where they are given.
@@ -30,9 +32,7 @@ from torch import nn
 from .grouped_args import check_grouped_args
 from .moe_layer import MoELayer, Routing, TopKRouter, load_balancing_loss
 
-BACKENDS = ("torch", "triton")
-
-
+BACKENDS = ("torch", "triton", "triton_fused")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -88,7 +88,7 @@ def grouped_gemm(x_sorted: torch.Tensor, counts: torch.Tensor | Sequence[int], w
     """Dispatch to the torch reference or the Triton kernel (same contract)."""
     if backend == "torch":
         return grouped_gemm_torch(x_sorted, counts, w)
-    if backend == "triton":
+    if backend in ("triton", "triton_fused"):
         from .triton_grouped_gemm import grouped_gemm_triton  # lazy: triton is optional
 
         return grouped_gemm_triton(x_sorted, counts, w)
@@ -123,8 +123,9 @@ class GroupedMoE(nn.Module):
     """MoE layer with stacked expert weights and a grouped-GEMM forward.
 
     w_gate, w_up: (E, hidden, intermediate); w_down: (E, intermediate, hidden) -- stored (in, out) so a
-    group's rows multiply w[e] directly. backend "torch" (loop reference, differentiable) or "triton"
-    (one-launch kernel, forward only: no gradients flow through it)."""
+    group's rows multiply w[e] directly. backend "torch" (loop reference, differentiable), "triton"
+    (one-launch grouped GEMMs) or "triton_fused" (the whole expert part fused, no host sync); the Triton
+    backends are forward only: no gradients flow through them."""
 
     def __init__(self, hidden: int, intermediate: int, num_experts: int, top_k: int,
                  renormalize: bool = True, backend: str = "torch"):
@@ -175,6 +176,11 @@ class GroupedMoE(nn.Module):
         flat = x.reshape(-1, shape[-1])
         routing = self.router(flat)
         self.last_routing = routing
+        if self.backend == "triton_fused":
+            from .triton_fused_moe import fused_moe  # lazy: triton is optional
+
+            out = fused_moe(flat, routing.ids, routing.weights, self.w_gate, self.w_up, self.w_down)
+            return out.reshape(shape)
         x_sorted, order, counts = permute(flat, routing.ids, self.num_experts)
         y_sorted = self._experts(x_sorted, counts)
         return unpermute(y_sorted, order, routing.weights, flat.shape[0]).reshape(shape)

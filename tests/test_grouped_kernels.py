@@ -22,9 +22,9 @@ from moesim.kernels.grouped_moe import (  # noqa: E402
     unpermute,
 )
 from moesim.kernels.moe_layer import MoELayer  # noqa: E402
+from moesim.kernels.moe_align import align_counts  # noqa: E402
 from moesim.kernels.triton_grouped_gemm import (  # noqa: E402
     TILE_M,
-    build_tile_table,
     grouped_gemm_triton,
     triton_available,
 )
@@ -168,12 +168,18 @@ def test_grouped_moe_skewed_routing_with_empty_and_single_row_experts():
         torch.testing.assert_close(out, loop(x), atol=1e-5, rtol=1e-5)
 
 
-def test_tile_table_pads_only_each_groups_last_tile():
+def test_count_alignment_pads_only_each_groups_last_block():
     assert TILE_M >= 16
-    table = build_tile_table([0, 5, 70, 1], block_m=64)
-    assert table.dtype == torch.int32
-    assert table.tolist() == [[1, 0, 5], [2, 5, 64], [2, 69, 6], [3, 75, 1]]
-    assert build_tile_table([0, 0], block_m=64).shape == (0, 3)
+    align = align_counts(torch.tensor([0, 5, 70, 1]), block_m=64, rows=76)
+    assert align.max_blocks == 5  # static bound: (76 + 4 * 63) // 64
+    assert align.expert_ids.tolist() == [1, 2, 2, 3, -1] and align.num_valid_blocks.tolist() == [4]
+    blocks = align.sorted_ids.view(-1, 64).tolist()
+    pad = 76  # the padding sentinel is the row count
+    assert blocks[0] == list(range(5)) + [pad] * 59
+    assert blocks[1] == list(range(5, 69)) and blocks[2] == list(range(69, 75)) + [pad] * 58
+    assert blocks[3] == [75] + [pad] * 63 and blocks[4] == [pad] * 64
+    empty = align_counts(torch.tensor([0, 0]), block_m=64, rows=0)
+    assert empty.max_blocks == 0 and empty.num_valid_blocks.tolist() == [0]
 
 
 # ---------------------------------------------------------------------------------------------- (f)
@@ -248,9 +254,10 @@ def test_triton_kernel_matches_torch_under_interpreter():
         counts2 = [20, 0, 1]
         torch.testing.assert_close(grouped_gemm_triton(x2, counts2, w2),
                                    grouped_gemm_torch(x2, counts2, w2), atol=1e-4, rtol=1e-5)
-        # small tiles: several tiles per group
+        # small tiles: several tiles per group; large BLOCK_M: one padded tile per group
         torch.testing.assert_close(grouped_gemm_triton(x, counts, w, block_m=16, block_n=16, block_k=16),
                                    ref, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(grouped_gemm_triton(x, counts, w, block_m=128), ref, atol=1e-4, rtol=1e-5)
         # bfloat16 in, bfloat16 out (fp32 accumulation)
         yb = grouped_gemm_triton(x.bfloat16(), counts, w.bfloat16())
         assert yb.dtype == torch.bfloat16
