@@ -51,10 +51,35 @@ class KindEfficiency(_Strict):
     overhead: Seconds = Field(ge=0)
 
 
+class MoeKernelSpec(_Strict):
+    """How a device runs an MoE layer as fused kernels (simulator/moe_kernel_cost.py): a fixed
+    per-layer floor, a grouped GEMM, and memory passes over every routed row outside the GEMMs."""
+
+    layer_floor: Seconds = Field(20e-6, ge=0, description="fixed cost of one MoE layer's kernels on a device "
+                                 "(routing top-k, expert alignment, launches), paid once per layer")
+    hidden_passes: float = Field(2.0, ge=0, description="hidden-size reads+writes per routed row outside the "
+                                 "GEMMs (the gather into expert order, the weighted top-k reduce)")
+    intermediate_passes: float = Field(3.0, ge=0, description="intermediate-size reads+writes per routed row "
+                                       "outside the GEMMs (the SiLU-and-multiply of gate and up)")
+    compute: dict[str, float] = Field(default_factory=dict, description="grouped-GEMM compute efficiency per "
+                                      "dtype where it differs from the device's GEMM efficiency (e.g. fp8: 0.3)")
+
+    @field_validator("compute")
+    @classmethod
+    def _fractions(cls, compute: dict[str, float]) -> dict[str, float]:
+        for dtype, eff in compute.items():
+            if dtype not in DTYPE_BITS:
+                raise ValueError(f"unknown dtype '{dtype}'; valid dtypes: {', '.join(DTYPE_BITS)}")
+            if not 0 < eff <= 1:
+                raise ValueError(f"compute.{dtype} must be a fraction of peak in (0, 1], got {eff}")
+        return compute
+
+
 class CalibrationSpec(_Strict):
     """Where a calibrated profile came from: the fitted models, the machine and library versions."""
 
-    kinds: dict[str, KindEfficiency] = Field(description="per op kind (gemm, attention, copy, ...)")
+    kinds: dict[str, KindEfficiency] = Field(description="per op kind (gemm, attention, copy, ...), or per "
+                                             "kind and dtype as KIND@DTYPE (gemm@fp8), which wins over KIND")
     links: dict[str, dict[str, float]] = Field(default_factory=dict,
                                                description="fitted host<->device copies: latency, bandwidth")
     machine: dict[str, str] = Field(default_factory=dict)
@@ -87,6 +112,8 @@ class DeviceSpec(_Strict):
     efficiency: EfficiencySpec = EfficiencySpec()
     overhead: Seconds = Field(5e-6, ge=0, description="fixed cost per op (kernel launch)")
     gemm_tile: int = Field(64, ge=1, description="token-dimension tile a GEMM pads to")
+    moe_kernel: MoeKernelSpec = Field(MoeKernelSpec(), description="the fused MoE layer's floor and "
+                                      "per-row passes (simulator/moe_kernel_cost.py)")
     sources: dict[str, str] = Field(default_factory=dict)
     notes: str = ""
     calibration: CalibrationSpec | None = Field(None, description="fitted efficiencies from `moesim calibrate`")
