@@ -88,6 +88,8 @@ class CalibrationSpec(_Strict):
     date: str = ""
     model_form: str = ""
     validation: dict[str, float] = Field(default_factory=dict, description="held-out error summary (MAPE, ...)")
+    moe_kernel: MoeKernelSpec | None = Field(None, description="fitted fused-MoE floor and per-row passes; "
+                                             "replace the profile's moe_kernel")
     verdict: str = Field("", description="whether the fit beat the datasheet on held-out data")
     warnings: list[str] = Field(default_factory=list, description="why this profile may not be trustworthy "
                                 "(worse held-out error, a busy machine, noisy or floor-bound timings)")
