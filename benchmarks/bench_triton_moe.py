@@ -12,7 +12,7 @@ Writes OUT/results.json and OUT/results.csv and prints each ratio beside its acc
 (grouped >= 0.8x the loop at 8 experts, >= 3x at 64+ experts; layer <= 1.5x the weight read at
 1..64 tokens) and, where the old H100 measurements have the same case, the old numbers.
 
-    python benchmarks/bench_triton_moe.py --out OUT            # CUDA: ~1-2 minutes incl. autotuning
+    python benchmarks/bench_triton_moe.py --out OUT            # CUDA: ~40 s on an H100 incl. autotuning
     python benchmarks/bench_triton_moe.py --smoke --out OUT    # no GPU: tiny cases, Triton interpreter
     python benchmarks/bench_triton_moe.py --report OUT         # reprint a previous run's table
 
@@ -70,7 +70,7 @@ def load_kernels():
         sys.modules[name] = module
         spec.loader.exec_module(module)
     mods = {m: importlib.import_module(f"{name}.{m}")
-            for m in ("triton_grouped_gemm", "triton_fused_moe", "grouped_moe")}
+            for m in ("moe_align", "triton_grouped_gemm", "triton_fused_moe", "grouped_moe")}
     return mods
 
 
@@ -154,13 +154,14 @@ class Timer:
         return sorted(samples)[len(samples) // 2]
 
 
-def copy_bandwidth(torch, timer: Timer) -> float:
-    """Device copy bandwidth in bytes/s (bytes read + written), 1 GiB buffers."""
+def hbm_bandwidth(torch, timer: Timer) -> tuple[float, float]:
+    """(copy, read) bandwidth in bytes/s on 1 GiB buffers: a device copy (bytes read + written) and a sum."""
     n = 1 << 29  # bf16 elements: 1 GiB
     src = torch.empty(n, dtype=torch.bfloat16, device="cuda").fill_(1)
     dst = torch.empty_like(src)
-    t, _ = timer.graph(lambda: dst.copy_(src), inner=5)
-    return 2 * (n * 2) / t
+    t_copy, _ = timer.graph(lambda: dst.copy_(src), inner=5)
+    t_read, _ = timer.graph(lambda: src.sum(dtype=torch.float32), inner=5)
+    return 2 * (n * 2) / t_copy, n * 2 / t_read
 
 
 # ---------------------------------------------------------------------------------------------- old numbers
@@ -206,8 +207,9 @@ def rel_err(torch, y, ref) -> float:
     return float((y.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-30))
 
 
-def run_grouped(torch, k, timer: Timer, dev, dt, cases) -> list[dict]:
-    """Grouped GEMM: Triton (device path, graph-timed) vs the per-expert torch loop (host counts, graph-timed)."""
+def run_grouped(torch, k, timer: Timer, dev, dt, cases, bw: float) -> list[dict]:
+    """Grouped GEMM: Triton (device path, graph-timed) vs the per-expert torch loop (host counts), the loop
+    timed both as a CUDA graph (no launch cost: the strict baseline) and eagerly back to back."""
     gg, loop = k["triton_grouped_gemm"].grouped_gemm_device, k["grouped_moe"].grouped_gemm_torch
     rows_out = []
     for name, experts, rows, kk, n, limit in cases:
@@ -222,12 +224,16 @@ def run_grouped(torch, k, timer: Timer, dev, dt, cases) -> list[dict]:
         inner = 3 if rows * kk * n > 2e11 else 10
         t_tri, how = timer.graph(lambda: gg(x, counts, w), inner)
         t_loop, _ = timer.graph(lambda: loop(x, counts_list, w), inner)
+        t_loop_eager = timer.back_to_back(lambda: loop(x, counts_list, w), inner, 3) if timer.cuda else t_loop
+        read_s = experts * kk * n * torch.finfo(dt).bits / 8 / bw
         r = dict(kind="grouped", case=name, experts=experts, rows=rows, K=kk, N=n, triton_s=t_tri,
                  torch_loop_s=t_loop, ratio=t_loop / t_tri, limit=limit, ratio_is="speedup", method=how,
-                 tflops=2 * rows * kk * n / t_tri / 1e12, max_rel_err=err)
+                 tflops=2 * rows * kk * n / t_tri / 1e12, max_rel_err=err, torch_loop_eager_s=t_loop_eager,
+                 ratio_eager=t_loop_eager / t_tri, weight_read_s=read_s, x_read=t_tri / read_s)
         rows_out.append(r)
         log(f"  grouped {name}: triton {t_tri * 1e6:.1f} us, loop {t_loop * 1e6:.1f} us, "
-            f"x{r['ratio']:.2f} ({r['tflops']:.0f} TFLOP/s), err {err:.1e}")
+            f"x{r['ratio']:.2f}, eager loop {t_loop_eager * 1e6:.1f} us (x{r['ratio_eager']:.2f}), "
+            f"{r['tflops']:.0f} TFLOP/s, {r['x_read']:.2f}x weight read, err {err:.1e}")
     return rows_out
 
 
@@ -236,6 +242,7 @@ def run_layers(torch, k, timer: Timer, dev, dt, cases, tokens_list, bw, deadline
     import numpy as np
 
     fused = k["triton_fused_moe"].fused_moe
+    align, choose = k["moe_align"].align_topk_ids, k["moe_align"].choose_block_m
     gm = k["grouped_moe"]
     rows_out = []
     weights_of = {}
@@ -276,6 +283,7 @@ def run_layers(torch, k, timer: Timer, dev, dt, cases, tokens_list, bw, deadline
             return gm.unpermute(y, perm, weights, tokens)
 
         err = rel_err(torch, layer_fused(), layer_torch())
+        t_align, _ = timer.graph(lambda: align(ids, experts, choose(tokens * top_k, experts)), inner=20)
         t_fused, how = timer.graph(layer_fused, inner=20 if tokens <= DECODE_MAX_TOKENS else 3)
         t_torch = timer.eager(layer_torch)
         read_s = live * 3 * hidden * inter * torch.finfo(dt).bits / 8 / bw
@@ -283,10 +291,11 @@ def run_layers(torch, k, timer: Timer, dev, dt, cases, tokens_list, bw, deadline
                  tokens=tokens, live_experts=live, fused_s=t_fused, torch_layer_s=t_torch,
                  weight_read_s=read_s, ratio=t_fused / read_s, ratio_is="x weight read",
                  limit=LAYER_LIMIT if tokens <= DECODE_MAX_TOKENS else None, method=how, max_rel_err=err,
-                 speedup_vs_torch=t_torch / t_fused)
+                 speedup_vs_torch=t_torch / t_fused, align_s=t_align)
         rows_out.append(r)
         log(f"  layer {name} {tokens} tok ({live} experts): fused {t_fused * 1e6:.1f} us, "
             f"weight read {read_s * 1e6:.1f} us (x{r['ratio']:.2f}), torch {t_torch * 1e6:.1f} us, "
+            f"alignment alone {t_align * 1e6:.1f} us, "
             f"err {err:.1e}")
     weights_of.clear()
     if dev == "cuda":
@@ -363,17 +372,18 @@ def verdict(r: dict, smoke: bool = False) -> str:
 def print_table(results: dict) -> None:
     meta = results["meta"]
     log(f"\n{meta.get('device', '?')}, torch {meta.get('torch')}, triton {meta.get('triton')}, "
-        f"copy bandwidth {meta.get('bandwidth_Bps', 0) / 1e12:.2f} TB/s ({meta.get('bandwidth_source')}), "
+        f"weight-read bandwidth {meta.get('bandwidth_Bps', 0) / 1e12:.2f} TB/s ({meta.get('bandwidth_source')}), "
         f"no-host-sync check: {meta.get('sync_check')}, correctness: {meta.get('correctness', 'not run')}")
     rows, smoke = results["rows"], meta.get("smoke", False)
-    log("\n(a) grouped GEMM: Triton vs per-expert torch loop (ratio = loop / triton)")
+    log("\n(a) grouped GEMM: Triton vs per-expert torch loop (ratio = loop / triton; loop as a CUDA graph, "
+        "'eager' = launched back to back)")
     log(f"{'case':24} {'E':>4} {'rows':>6} {'KxN':>12} {'triton us':>10} {'loop us':>10} {'ratio':>6} "
-        f"{'TFLOP/s':>8} {'old tri us':>10} {'old loop us':>11}  verdict")
+        f"{'eager':>6} {'xread':>6} {'TFLOP/s':>8} {'old tri us':>10} {'old loop us':>11}  verdict (graph loop)")
     for r in rows:
         if r["kind"] == "grouped":
             log(f"{r['case']:24} {r['experts']:>4} {r['rows']:>6} {str(r['K']) + 'x' + str(r['N']):>12} "
                 f"{fmt_us(r['triton_s']):>10} {fmt_us(r['torch_loop_s']):>10} {r['ratio']:>6.2f} "
-                f"{r['tflops']:>8.0f} {fmt_us(r['old_triton_s']):>10} {fmt_us(r['old_torch_loop_s']):>11}  "
+                f"{r.get('ratio_eager', float('nan')):>6.2f} {r.get('x_read', float('nan')):>6.2f} {r['tflops']:>8.0f} {fmt_us(r['old_triton_s']):>10} {fmt_us(r['old_torch_loop_s']):>11}  "
                 f"{verdict(r, smoke)}")
     log("\n(b) whole layer: fused Triton vs weight-read time (ratio = fused / weight read) and the torch layer")
     log(f"{'case':14} {'tok':>5} {'live':>4} {'fused us':>9} {'read us':>9} {'ratio':>6} {'torch us':>9} "
@@ -444,15 +454,17 @@ def main(argv: list[str] | None = None) -> int:
         log(f"correctness on odd shapes: {meta['correctness']}")
         meta["sync_check"] = check_no_sync(torch, k, dev, dt)
         log(f"no-host-sync check (torch.cuda.set_sync_debug_mode('error')): {meta['sync_check']}")
-        meta["bandwidth_Bps"], meta["bandwidth_source"] = copy_bandwidth(torch, timer), "device copy, 1 GiB"
-        log(f"device copy bandwidth {meta['bandwidth_Bps'] / 1e12:.2f} TB/s")
+        copy_bw, read_bw = hbm_bandwidth(torch, timer)
+        meta.update(copy_Bps=copy_bw, read_Bps=read_bw, bandwidth_Bps=max(copy_bw, read_bw),
+                    bandwidth_source="the larger of a 1 GiB device copy and a 1 GiB sum")
+        log(f"device copy {copy_bw / 1e12:.2f} TB/s, read (sum) {read_bw / 1e12:.2f} TB/s")
     else:
         meta["sync_check"] = "not run (CPU)"
         meta["bandwidth_Bps"], meta["bandwidth_source"] = NOMINAL_BW, "nominal"
     grouped = SMOKE_GROUPED if smoke else GROUPED
     layers, tokens = (SMOKE_LAYERS, SMOKE_TOKENS) if smoke else (LAYERS, LAYER_TOKENS)
     log("(a) grouped GEMM")
-    rows = run_grouped(torch, k, timer, dev, dt, grouped)
+    rows = run_grouped(torch, k, timer, dev, dt, grouped, meta["bandwidth_Bps"])
     log("(b) whole layer")
     rows += run_layers(torch, k, timer, dev, dt, layers, tokens, meta["bandwidth_Bps"], deadline=start + BUDGET_S)
     attach_old(rows, compare)

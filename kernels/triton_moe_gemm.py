@@ -28,7 +28,7 @@ from .triton_env import interpret_requested
 # (BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages) per BLOCK_M; gated variants drop BLOCK_N 256
 # (two fp32 accumulators of 128 x 256 would spill). Few configs on purpose: each one is compiled and timed.
 CUDA_CONFIGS: dict[int, tuple[tuple[int, int, int, int, int], ...]] = {
-    16: ((32, 256, 1, 4, 4), (64, 128, 1, 4, 4), (128, 128, 1, 4, 3)),
+    16: ((32, 256, 1, 4, 4), (64, 128, 1, 4, 4), (64, 256, 1, 4, 3), (128, 64, 1, 4, 5), (128, 128, 1, 4, 3)),
     32: ((64, 128, 8, 4, 4), (128, 64, 8, 4, 4), (128, 128, 8, 8, 3)),
     64: ((128, 64, 8, 4, 4), (128, 64, 8, 8, 4), (256, 64, 8, 8, 3)),
     128: ((128, 64, 8, 8, 4), (256, 64, 8, 8, 3), (128, 128, 8, 8, 3)),
