@@ -143,9 +143,10 @@ class PoliciesConfig(_Strict):
         "none", description="none: phases in order; two_batch: two micro-batches, one computes while the "
         "other's all-to-all is in flight (DeepSeek); shortcut: a layer's dispatch overlaps its attention "
         "and dense compute (ScMoE)")
-    expert_kernel: Literal["grouped", "per_expert"] = Field(
-        "grouped", description="grouped: a device's routed experts run as one grouped-GEMM launch; "
-        "per_expert: one launch per expert")
+    expert_kernel: Literal["fused", "grouped", "per_expert"] = Field(
+        "fused", description="fused: the MoE layer as serving kernels run it (a per-layer floor, one "
+        "grouped-GEMM launch, memory passes over every routed row; simulator/moe_kernel_cost.py); grouped: "
+        "one grouped-GEMM launch only; per_expert: one launch per expert")
     small_ops: bool = Field(True, description="cost norms, the embedding lookup and the LM head")
     capacity_factor: float | None = Field(None, gt=0, description="None: no capacity limit")
     overflow: Literal["keep", "drop"] = "keep"

@@ -22,55 +22,86 @@ from moesim.simulator.ops import Op
 
 
 class Efficiency(Protocol):
-    """Achievable fractions of peak compute and memory bandwidth for an op kind and shape."""
+    """Achievable fractions of peak compute and memory bandwidth for an op kind, dtype and shape."""
 
-    def compute(self, kind: str, rows: np.ndarray) -> np.ndarray | float: ...
+    def compute(self, kind: str, rows: np.ndarray, dtype: str = "bf16") -> np.ndarray | float: ...
 
-    def memory(self, kind: str, nbytes: np.ndarray) -> np.ndarray | float: ...
+    def memory(self, kind: str, nbytes: np.ndarray, dtype: str = "bf16") -> np.ndarray | float: ...
+
+
+#: kinds launched inside another op's fixed cost (the fused MoE layer's token passes: its floor)
+NO_LAUNCH_KINDS = ("moe_tokens",)
+
+#: kinds costed like a GEMM, and the kind each falls back to when a calibration did not fit it
+FALLBACK_KIND = {"grouped_gemm": "gemm", "gemv": "gemm"}
+
+
+def fit_keys(kind: str, dtype: str) -> tuple[str, ...]:
+    """The calibration keys that may hold an op's fit, most specific first: KIND@DTYPE, KIND, then
+    the same for the kind it falls back to (grouped_gemm -> gemm), then any GEMM fit."""
+    keys = [f"{kind}@{dtype}", kind]
+    parent = FALLBACK_KIND.get(kind)
+    if parent:
+        keys += [f"{parent}@{dtype}", parent]
+    if "gemm" not in keys:
+        keys += [f"gemm@{dtype}", "gemm"]
+    return tuple(keys)
 
 
 @dataclass(frozen=True)
 class ProfileEfficiency:
-    """The device profile's default efficiencies, independent of shape (before calibration)."""
+    """The device profile's default efficiencies, independent of shape (before calibration); a
+    grouped GEMM may have its own compute efficiency per dtype (`moe_kernel.compute`)."""
 
     compute_eff: float
     memory_eff: float
+    grouped_compute: tuple[tuple[str, float], ...] = ()  # (dtype, efficiency) of grouped GEMMs
 
-    def compute(self, kind: str, rows: np.ndarray) -> float:
+    def compute(self, kind: str, rows: np.ndarray, dtype: str = "bf16") -> float:
+        if kind == "grouped_gemm":
+            return dict(self.grouped_compute).get(dtype, self.compute_eff)
         return self.compute_eff
 
-    def memory(self, kind: str, nbytes: np.ndarray) -> float:
+    def memory(self, kind: str, nbytes: np.ndarray, dtype: str = "bf16") -> float:
         return self.memory_eff
 
 
 @dataclass(frozen=True)
 class CalibratedEfficiency:
     """Efficiencies fitted by `moesim calibrate`: saturating in GEMM rows and in bytes moved, per op
-    kind; kinds the calibration did not measure use its "gemm" fit, else the profile's constants."""
+    kind (and dtype, where fitted apart: `fit_keys`); kinds the calibration did not measure use
+    its GEMM fit, else the profile's constants."""
 
-    kinds: dict  # kind -> KindEfficiency
+    kinds: dict  # kind or kind@dtype -> KindEfficiency
     fallback: ProfileEfficiency
 
-    def _fit(self, kind: str):
-        return self.kinds.get(kind) or self.kinds.get("gemm")
+    def _fit(self, kind: str, dtype: str = "bf16"):
+        for key in fit_keys(kind, dtype):
+            if key in self.kinds:
+                return self.kinds[key]
+        return None
+
+    def fitted_key(self, kind: str, dtype: str = "bf16") -> str | None:
+        """Which calibration entry costs this kind in this dtype (None: the profile's constants)."""
+        return next((k for k in fit_keys(kind, dtype) if k in self.kinds), None)
 
     @staticmethod
     def _saturating(size: np.ndarray, ceiling: float, half: float) -> np.ndarray:
         x = np.maximum(np.asarray(size, dtype=float), 1.0)
         return ceiling * x / (x + half)
 
-    def compute(self, kind: str, rows: np.ndarray) -> np.ndarray | float:
-        fit = self._fit(kind)
-        return self.fallback.compute(kind, rows) if fit is None else \
+    def compute(self, kind: str, rows: np.ndarray, dtype: str = "bf16") -> np.ndarray | float:
+        fit = self._fit(kind, dtype)
+        return self.fallback.compute(kind, rows, dtype) if fit is None else \
             self._saturating(rows, fit.compute_max, fit.rows_half)
 
-    def memory(self, kind: str, nbytes: np.ndarray) -> np.ndarray | float:
-        fit = self._fit(kind)
-        return self.fallback.memory(kind, nbytes) if fit is None else \
+    def memory(self, kind: str, nbytes: np.ndarray, dtype: str = "bf16") -> np.ndarray | float:
+        fit = self._fit(kind, dtype)
+        return self.fallback.memory(kind, nbytes, dtype) if fit is None else \
             self._saturating(nbytes, fit.memory_max, fit.bytes_half)
 
-    def overhead(self, kind: str, default: float) -> float:
-        fit = self._fit(kind)
+    def overhead(self, kind: str, default: float, dtype: str = "bf16") -> float:
+        fit = self._fit(kind, dtype)
         return default if fit is None else fit.overhead
 
 
@@ -91,7 +122,7 @@ class CostModel:
     def __init__(self, device: DeviceSpec, efficiency: Efficiency | None = None,
                  flops_scale: float = 1.0, memory_bandwidth_scale: float = 1.0):
         self.device = device
-        profile = ProfileEfficiency(device.efficiency.compute, device.efficiency.memory)
+        profile = profile_efficiency(device)
         if efficiency is None and device.calibration is not None:
             efficiency = CalibratedEfficiency(device.calibration.kinds, profile)
         self.efficiency = efficiency or profile
@@ -114,44 +145,48 @@ class CostModel:
         nbytes = np.asarray(nbytes, dtype=float)
         rows = np.asarray(rows, dtype=float)
         eff = self.efficiency
-        if kind == "gemm" and isinstance(eff, CalibratedEfficiency) and "gemv" in eff.kinds:
+        if kind in ("gemm", "grouped_gemm") and isinstance(eff, CalibratedEfficiency) and \
+                eff.fitted_key("gemv", dtype) in ("gemv", f"gemv@{dtype}"):
             single = rows <= 1
             if single.any():
                 gemv = self._terms("gemv", flops, nbytes, rows, dtype)
-                gemm = self._terms("gemm", flops, nbytes, rows, dtype)
+                gemm = self._terms(kind, flops, nbytes, rows, dtype)
                 return tuple(np.where(single, a, b) for a, b in zip(gemv, gemm))  # type: ignore[return-value]
         return self._terms(kind, flops, nbytes, rows, dtype)
 
     def _terms(self, kind: str, flops: np.ndarray, nbytes: np.ndarray, rows: np.ndarray, dtype: str
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         tile = self.device.gemm_tile
-        if kind == "gemm":
+        if kind in ("gemm", "grouped_gemm"):
             padded_rows = np.ceil(rows / tile) * tile
             scale = np.divide(padded_rows, rows, out=np.ones_like(rows * flops), where=rows > 0)
             flops = flops * scale
-        compute = flops / (self.peak(dtype) * self.efficiency.compute(kind, rows))
-        memory = nbytes / (self.bandwidth * self.efficiency.memory(kind, nbytes))
+        compute = flops / (self.peak(dtype) * self.efficiency.compute(kind, rows, dtype))
+        memory = nbytes / (self.bandwidth * self.efficiency.memory(kind, nbytes, dtype))
         busy = (flops > 0) | (nbytes > 0)
-        overhead = np.where(busy, self.overhead(kind), 0.0)
+        overhead = np.where(busy, self.overhead(kind, dtype), 0.0)
         return compute, memory, overhead
 
-    def overhead(self, kind: str) -> float:
-        """Launch overhead of one kernel of this kind (the calibrated one where the profile has it)."""
+    def overhead(self, kind: str, dtype: str = "bf16") -> float:
+        """Launch overhead of one kernel of this kind (the calibrated one where the profile has it);
+        none for the fused MoE layer's token passes, whose launches its floor holds."""
+        if kind in NO_LAUNCH_KINDS:
+            return 0.0
         eff = self.efficiency
-        return eff.overhead(kind, self.device.overhead) if hasattr(eff, "overhead") else self.device.overhead
+        return eff.overhead(kind, self.device.overhead, dtype) if hasattr(eff, "overhead") else self.device.overhead
 
     def speed_of_light(self, flops, nbytes, dtype: str = "bf16") -> np.ndarray:
         """The roofline bound: max(FLOPs / peak, bytes / bandwidth) at 100% efficiency, no overhead."""
         return np.maximum(np.asarray(flops, dtype=float) / self.peak(dtype),
                           np.asarray(nbytes, dtype=float) / self.bandwidth)
 
-    def provenance(self, kind: str) -> str:
+    def provenance(self, kind: str, dtype: str = "bf16") -> str:
         """Where an op kind's cost comes from: the profile's datasheet constants, or a calibrated
         fit (with the held-out error the calibration reported)."""
         cal = self.device.calibration
         if cal is None:
             return "datasheet"
-        fitted = kind if kind in cal.kinds else ("gemm" if "gemm" in cal.kinds else None)
+        fitted = next((k for k in fit_keys(kind, dtype) if k in cal.kinds), None)
         if fitted is None:
             return "datasheet (not calibrated for this kind)"
         mape = held_out_mape(cal.validation)
@@ -167,6 +202,7 @@ class CostModel:
         if op.kind == "comm":
             raise ValueError(f"{op.name} is communication; the network fabric costs it")
         c, m, o = (float(x) for x in self.terms(op.kind, op.flops, op.bytes, op.rows, op.dtype))
+        o += op.fixed
         if c == m == o == 0.0:
             bound = "none"
         elif max(c, m) < o:
@@ -177,6 +213,12 @@ class CostModel:
 
     def op_time(self, op: Op) -> float:
         return self.op_cost(op).time
+
+
+def profile_efficiency(device: DeviceSpec) -> ProfileEfficiency:
+    """The datasheet efficiencies of a device profile (GEMM, memory, grouped GEMM per dtype)."""
+    return ProfileEfficiency(device.efficiency.compute, device.efficiency.memory,
+                             tuple(sorted(device.moe_kernel.compute.items())))
 
 
 def held_out_mape(validation: dict[str, float]) -> float | None:

@@ -35,6 +35,7 @@ class Op:
     bytes: float
     rows: float = 0.0  # token dimension of a GEMM, for tile padding
     dtype: str = "bf16"  # compute dtype
+    fixed: float = 0.0  # seconds charged whatever the work (the fused MoE layer's floor)
 
 
 @dataclass(frozen=True)

@@ -60,8 +60,9 @@ def _moe_rows(pipe: "StepPipeline", plan: "StepPlan", layer: int, device: int) -
     machine = costs.machine
     tokens = plan.slot_tokens[g, mi][None, :]
     flops, mem, work, overhead = costs.expert_terms(tokens, pl.slot_expert[mi][None, :])
-    c, b, _ = machine.cost.terms("gemm", flops, mem, tokens, costs.expert_dtype)
-    source = machine.cost.provenance("gemm")
+    kind = costs.moe_kernel.gemm_kind
+    c, b, _ = machine.cost.terms(kind, flops, mem, tokens, costs.expert_dtype)
+    source = machine.cost.provenance(kind, costs.expert_dtype)
     for j in slots:
         t = float(plan.slot_time[g, mi, j])
         bound = "compute" if c[0, j] >= b[0, j] else "memory"
@@ -69,12 +70,16 @@ def _moe_rows(pipe: "StepPipeline", plan: "StepPlan", layer: int, device: int) -
         if costs.quantized is not None and bool(costs.quantized[mi, pl.slot_expert[mi, j]]):
             dtype = act_dtype(costs.model)
         sol = float(machine.cost.speed_of_light(flops[0, j], mem[0, j], dtype))
-        out.append((layer, device, "expert", f"expert[{int(pl.slot_expert[mi, j])}]", "device", "gemm", dtype,
+        out.append((layer, device, "expert", f"expert[{int(pl.slot_expert[mi, j])}]", "device", kind, dtype,
                     float(tokens[0, j]), float(flops[0, j]), float(mem[0, j]), t, bound,
                     t / sol if sol > 0 else np.nan, source))
-    if costs.expert_kernel == "grouped" and slots.size:
+    if costs.expert_kernel != "per_expert" and slots.size:
         out.append((layer, device, "expert", "grouped_gemm_launch", "device", "launch", "", 0.0, 0.0, 0.0,
                     float(costs.grouped_launch(np.array([1.0]))[0]), "overhead", np.nan, source))
+    for op in costs.moe_kernel.ops(float(tokens[0, slots].sum())):
+        cost = machine.cost.op_cost(op)
+        out.append((layer, device, "expert", op.name, "device", op.kind, op.dtype, op.rows, 0.0, op.bytes, cost.time,
+                    cost.bound, _sol_ratio(machine.cost, op, cost.time), costs.moe_kernel.provenance()))
     kind = comm_cost.DISPATCH_KIND.get(pipe.dispatch.name, "all_to_all")
     for name, stages in (("dispatch", plan.traffic.dispatch), ("combine", plan.traffic.combine)):
         for i, stage in enumerate(stages):
@@ -90,3 +95,9 @@ def _moe_rows(pipe: "StepPipeline", plan: "StepPlan", layer: int, device: int) -
             out.append((layer, device, name, op, "network", "comm", "", 0.0, 0.0, float(sent.sum()), floor, "link",
                         np.nan, f"{source} (a lower bound: the fabric times it with contention)"))
     return out
+
+
+def _sol_ratio(cost, op, time: float) -> float:
+    """Time over the roofline bound (NaN where the op has no work: a fixed floor)."""
+    sol = float(cost.speed_of_light(op.flops, op.bytes, op.dtype))
+    return time / sol if sol > 0 else np.nan

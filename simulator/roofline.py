@@ -23,6 +23,7 @@ import pandas as pd
 
 from moesim.hardware_profiles.schema import DeviceSpec
 from moesim.simulator.cost_model import CostModel
+from moesim.simulator.moe_kernel_cost import MoeKernelCost
 from moesim.simulator.ops import (
     LayerContext,
     Op,
@@ -36,6 +37,7 @@ from moesim.simulator.ops import (
 )
 from moesim.simulator.scenario import Scenario
 from moesim.simulator.step_plan import StepPlan
+from moesim.units import dtype_bytes
 from moesim.workloads.model_spec import ModelSpec
 
 COLUMNS = ["device", "phase", "layer", "op", "group", "kind", "tokens", "flops", "bytes", "intensity", "time_s",
@@ -89,7 +91,8 @@ class Link:
 def _group(op: Op) -> str:
     if op.name.startswith("expert["):
         return "routed expert"
-    return {"router": "router", "shared_expert": "shared expert", "dense_ffn": "dense FFN"}.get(
+    return {"router": "router", "shared_expert": "shared expert", "dense_ffn": "dense FFN",
+            "moe_floor": "MoE floor", "moe_token_passes": "MoE token passes"}.get(
         op.name, "communication" if op.kind == "comm" else "attention")
 
 
@@ -199,7 +202,11 @@ def _recast(ops: list[Op], model: ModelSpec, cost: CostModel) -> list[Op]:
     """The same ops in the dtype another device would run them in (its native support differs)."""
     out = []
     for op in ops:
-        if op.kind == "gemm" and op.name.startswith("expert["):
+        if op.kind == "floor":  # the other device's own fused-MoE floor
+            floor = MoeKernelCost(cost, "fused", 0.0, 0.0, 0.0, op.dtype).floor
+            out.append(Op(op.name, op.kind, op.phase, 0.0, 0.0, 0.0, op.dtype, fixed=floor))
+            continue
+        if op.kind in ("gemm", "grouped_gemm") and op.name.startswith("expert["):
             dtype = gemm_dtype(model.routed_expert_dtype, cost.dtypes, act_dtype(model))
         elif op.kind == "gemm":
             dtype = gemm_dtype(model.weight_dtype, cost.dtypes, act_dtype(model))
@@ -232,10 +239,14 @@ def model_layer_ops(model: ModelSpec, phase: str, batch: int, seq_len: int, kv_l
     per_expert = tokens * model.moe.top_k / active  # mean tokens of an expert that gets any
     wd = model.routed_expert_dtype
     flops, mem = ffn_flops_bytes(model, per_expert, model.moe.expert_intermediate_size, wd)
-    # `active` experts each at the mean load: one row standing for all of them
-    ops.append(Op(f"expert[x{active}]", "gemm", "expert", float(flops) * active, float(mem) * active,
-                  per_expert, gemm_dtype(wd, dt, act_dtype(model))))
-    return ops
+    # `active` experts each at the mean load: one row standing for all of them, one grouped-GEMM
+    # launch, plus the fused MoE layer's floor and token passes (simulator/moe_kernel_cost.py)
+    compute_dtype = model.expert_compute_dtype or gemm_dtype(wd, dt, act_dtype(model))
+    ops.append(Op(f"expert[x{active}]", "grouped_gemm", "expert", float(flops) * active, float(mem) * active,
+                  per_expert, compute_dtype))
+    kernel = MoeKernelCost(device, "fused", model.hidden_size, model.moe.expert_intermediate_size,
+                           dtype_bytes(act_dtype(model)), act_dtype(model))
+    return ops + kernel.ops(float(tokens * model.moe.top_k))
 
 
 def model_roofline(model: ModelSpec, devices: list[DeviceSpec], phases: list[str], batch: int, seq_len: int,

@@ -16,6 +16,7 @@ import numpy as np
 from moesim.simulator.cost_model import CostModel, OpCost
 from moesim.simulator.expert_precision import ExpertPrecision
 from moesim.simulator.machine import Machine
+from moesim.simulator.moe_kernel_cost import MoeKernelCost
 from moesim.simulator.ops import (
     LayerContext,
     Op,
@@ -31,6 +32,7 @@ from moesim.simulator.ops import (
     token_bytes,
 )
 from moesim.simulator.step_source import AttentionMix
+from moesim.units import dtype_bytes
 from moesim.workloads.model_spec import ModelSpec
 
 
@@ -64,7 +66,7 @@ class StepCosts:
     """Costs a step's ops on a machine for one model and parallelism."""
 
     def __init__(self, model: ModelSpec, machine: Machine, tp: int, precision: ExpertPrecision, *,
-                 expert_kernel: str = "per_expert", small_ops: bool = False, moe_tp: int = 1,
+                 expert_kernel: str = "fused", small_ops: bool = False, moe_tp: int = 1,
                  host_attention: bool = False, host_link: tuple[float, float] | None = None):
         self.model, self.machine, self.tp, self.moe_tp = model, machine, tp, moe_tp
         self.cost: CostModel = machine.cost
@@ -73,7 +75,9 @@ class StepCosts:
         self.host_attention = host_attention
         self.host_link = host_link  # (latency, bandwidth) of the host link, for host attention
         m, dt = model, self.cost.dtypes
-        self.expert_dtype = gemm_dtype(m.routed_expert_dtype, dt, act_dtype(m))
+        self.expert_dtype = m.expert_compute_dtype or gemm_dtype(m.routed_expert_dtype, dt, act_dtype(m))
+        self.moe_kernel = MoeKernelCost(self.cost, expert_kernel, m.hidden_size,
+                                        m.moe.expert_intermediate_size / moe_tp, dtype_bytes(act_dtype(m)), act_dtype(m))
         pl_bytes = precision.expert_bytes()
         self.precision = precision
         self.expert_weight_bytes = pl_bytes / moe_tp  # (Lm, E) bytes of one shard of each expert
@@ -145,10 +149,11 @@ class StepCosts:
         wbytes = self.expert_weight_bytes[lidx, slot_expert]
         flops, mem = ffn_flops_bytes(m, slot_tokens, m.moe.expert_intermediate_size / self.moe_tp,
                                      m.routed_expert_dtype, wbytes)
-        c, b, o = self.cost.terms("gemm", flops, mem, slot_tokens, self.expert_dtype)
+        kind = self.moe_kernel.gemm_kind
+        c, b, o = self.cost.terms(kind, flops, mem, slot_tokens, self.expert_dtype)
         work = np.maximum(c, b)
         if self.quantized is not None:  # weight-only formats compute in the activation dtype
-            cq, bq, oq = self.cost.terms("gemm", flops, mem, slot_tokens, act_dtype(m))
+            cq, bq, oq = self.cost.terms(kind, flops, mem, slot_tokens, act_dtype(m))
             q = self.quantized[lidx, slot_expert]
             work, o = np.where(q, np.maximum(cq, bq), work), np.where(q, oq, o)
         return flops, mem, work, o
@@ -160,8 +165,5 @@ class StepCosts:
 
     def grouped_launch(self, active: np.ndarray) -> np.ndarray:
         """Launch overhead of a device's routed experts: one per active expert (per_expert), or one
-        per device that runs any expert (grouped: one fused grouped-GEMM kernel)."""
-        per_op = self.cost.overhead("gemm")
-        if self.expert_kernel == "grouped":
-            return np.where(active > 0, per_op, 0.0)
-        return active * per_op
+        per device that runs any expert (grouped and fused: one grouped-GEMM kernel)."""
+        return self.moe_kernel.launch(active, self.expert_dtype)

@@ -257,10 +257,13 @@ class StepPipeline:
             all_rows[g] = sent
             slot_tokens = self.replicas.slot_tokens(kept, sent)
             flops, mem, work, overhead = costs.expert_terms(slot_tokens, pl.slot_expert)
-            if costs.expert_kernel == "grouped":
+            if costs.expert_kernel != "per_expert":
                 slot_time = work
                 busy = np.einsum("lj,ljd->ld", (slot_tokens > 0).astype(float), onehot)
+                rows_in = np.einsum("lj,ljd->ld", slot_tokens, onehot)
                 expert_time[:, devs] = np.einsum("lj,ljd->ld", work, onehot) + costs.grouped_launch(busy)
+                if costs.expert_kernel == "fused":
+                    expert_time[:, devs] += costs.moe_kernel.fixed_and_tokens(rows_in)
             else:
                 slot_time = work + overhead
                 expert_time[:, devs] = np.einsum("lj,ljd->ld", slot_time, onehot)

@@ -71,7 +71,8 @@ def test_roofline_ops_agree_with_the_engine_plan(tmp_path, example, steps):
         by_group = rows.groupby("group")["time_s"].sum()
         assert by_group["attention"] + by_group["router"] == pytest.approx(plan.attention[layer, device],
                                                                                      rel=1e-12)
-        assert by_group.get("routed expert", 0.0) == pytest.approx(plan.expert[layer, device], rel=1e-12)
+        moe = sum(by_group.get(g, 0.0) for g in ("routed expert", "MoE floor", "MoE token passes"))
+        assert moe == pytest.approx(plan.expert[layer, device], rel=1e-12)
         assert by_group.get("shared expert", 0.0) == pytest.approx(plan.shared_expert[layer, device], rel=1e-12)
         assert rows["share_of_layer"].sum() == pytest.approx(1.0)
 

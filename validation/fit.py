@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moesim.hardware_profiles.schema import DeviceSpec, KindEfficiency
-from moesim.simulator.cost_model import CalibratedEfficiency, CostModel, ProfileEfficiency
+from moesim.simulator.cost_model import CalibratedEfficiency, CostModel, profile_efficiency
 from moesim.validation.measure import OpSpec
 from moesim.validation.predict import predict
 
@@ -48,8 +48,7 @@ def _kind_eff(theta: np.ndarray) -> KindEfficiency:
 
 
 def calibrated_cost(device: DeviceSpec, kinds: dict[str, KindEfficiency]) -> CostModel:
-    profile = ProfileEfficiency(device.efficiency.compute, device.efficiency.memory)
-    return CostModel(device, CalibratedEfficiency(kinds, profile))
+    return CostModel(device, CalibratedEfficiency(kinds, profile_efficiency(device)))
 
 
 def _fit_kind(kind: str, specs: list[OpSpec], measured: np.ndarray, device: DeviceSpec, dtype: str, elem: int,

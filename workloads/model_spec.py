@@ -79,9 +79,22 @@ class ModelSpec(_Strict):
     moe: MoESpec
     dtype: str = Field("bf16", description="weights and activations unless overridden")
     expert_dtype: str | None = Field(None, description="routed expert weights; default dtype")
+    expert_compute_dtype: str | None = Field(None, description="dtype the routed-expert GEMMs compute in; "
+                                             "default: the weights' where the device has it, else the "
+                                             "activations' (bf16 with fp8 weights: a W8A16 kernel)")
     kv_dtype: str | None = Field(None, description="KV cache; default dtype")
     sources: dict[str, str] = Field(default_factory=dict)
     notes: str = ""
+
+    @model_validator(mode="after")
+    def _expert_compute_dtype_known(self) -> "ModelSpec":
+        from moesim.units import DTYPE_BITS
+
+        dt = self.expert_compute_dtype
+        if dt is not None and (dt not in DTYPE_BITS or dt in ("mxfp4", "nvfp4", "int4")):
+            raise ValueError(f"expert_compute_dtype '{dt}' is not a dtype GEMMs compute in; choose one of "
+                             "fp32, bf16, fp16, fp8, int8 (weight-only formats dequantize to the activations' dtype)")
+        return self
 
     @model_validator(mode="after")
     def _dense_layers_fit(self) -> "ModelSpec":
