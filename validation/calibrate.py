@@ -32,7 +32,7 @@ from moesim.errors import MoesimError
 from moesim.hardware_profiles.schema import CalibrationSpec, DeviceSpec
 from moesim.simulator.cost_model import CostModel
 from moesim.validation.errors import error_table
-from moesim.validation.fit import MODEL_FORM, calibrated_cost, fit_profile
+from moesim.validation.fit import FUSED_FORM, MODEL_FORM, calibrated_cost, fit_profile
 from moesim.validation.machine import busy_warning, cpu_datasheet_profile, cuda_datasheet_profile, describe_machine
 from moesim.validation.measure import (DEFAULT_GPU_MODELS, DTYPE_BYTES, FULL, SMALL, GridConfig, OpSpec,
                                        calibration_grid, measure, model_grid)
@@ -185,7 +185,7 @@ def run_calibration(device: str = "cpu", size: str = "small", dtype: str = "floa
     meas = table["measured_s"].to_numpy()
     fit = fit_profile(specs, meas, base, sim_dtype, elem)
     table["sim_before_s"] = predict(specs, CostModel(base), sim_dtype, elem)
-    tiled = base.model_copy(update={"gemm_tile": fit.gemm_tile})
+    tiled = base.model_copy(update={"gemm_tile": fit.gemm_tile, "moe_kernel": fit.moe_kernel or base.moe_kernel})
     table["sim_after_s"] = predict(specs, calibrated_cost(tiled, fit.kinds), sim_dtype, elem, fit.links)
     errors = error_table(table)
     load = _float(machine.get("load_average_at_start"))
@@ -201,7 +201,8 @@ def run_calibration(device: str = "cpu", size: str = "small", dtype: str = "floa
     held = errors[(errors["kind"] == "all") & (errors["split"] != "fit")]
     calibration = CalibrationSpec(
         kinds=fit.kinds, links=fit.links, machine=machine, versions=versions, measurements="measurements.csv",
-        date=datetime.date.today().isoformat(), model_form=MODEL_FORM,
+        date=datetime.date.today().isoformat(),
+        model_form=MODEL_FORM + ("; " + FUSED_FORM if fit.moe_kernel is not None else ""), moe_kernel=fit.moe_kernel,
         validation={f"{r.split}_mape_after": float(r.after_mape) for r in held.itertuples()}
         | {f"{r.split}_mape_before": float(r.before_mape) for r in held.itertuples()},
         verdict=sentence, warnings=warnings)

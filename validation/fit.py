@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.hardware_profiles.schema import DeviceSpec, KindEfficiency
+from moesim.hardware_profiles.schema import DeviceSpec, KindEfficiency, MoeKernelSpec
 from moesim.simulator.cost_model import CalibratedEfficiency, CostModel, profile_efficiency
 from moesim.validation.measure import OpSpec
-from moesim.validation.predict import predict
+from moesim.validation.predict import Elementary, expand, predict_expanded
 
 MODEL_FORM = ("e_c(rows) = c_max*rows/(rows+rows_half); e_m(bytes) = m_max*bytes/(bytes+bytes_half); "
               "time = max(F_pad/(peak*e_c), B/(bw*e_m)) + overhead; links: latency + bytes/bandwidth")
@@ -40,6 +40,7 @@ class FitResult:
     kinds: dict[str, KindEfficiency]
     links: dict[str, dict[str, float]]
     gemm_tile: int  # the padding tile that fitted the GEMMs best
+    moe_kernel: MoeKernelSpec | None = None  # the fused MoE layer's fitted floor (with the profile's passes)
 
 
 def _kind_eff(theta: np.ndarray) -> KindEfficiency:
@@ -54,8 +55,9 @@ def calibrated_cost(device: DeviceSpec, kinds: dict[str, KindEfficiency]) -> Cos
 def _fit_kind(kind: str, specs: list[OpSpec], measured: np.ndarray, device: DeviceSpec, dtype: str, elem: int,
               kinds: dict[str, KindEfficiency]) -> tuple[KindEfficiency, float]:
     """The kind's parameters minimising robust log-time residuals; returns (fit, cost)."""
-    return _least_squares_kind(lambda trial: predict(specs, calibrated_cost(device, {**kinds, kind: trial}), dtype,
-                                                     elem), measured, device)
+    ops = expand(specs, elem)  # once: the fit re-costs these arrays under every trial
+    return _least_squares_kind(lambda trial: predict_expanded(ops, specs, calibrated_cost(device, {**kinds, kind: trial}),
+                                                              dtype, elem), measured, device)
 
 
 def _least_squares_kind(predict_with, measured: np.ndarray, device: DeviceSpec) -> tuple[KindEfficiency, float]:
@@ -120,7 +122,12 @@ def fit_profile(specs: list[OpSpec], measured: np.ndarray, device: DeviceSpec, d
         idx = [i for i, s in enumerate(specs) if s.kind == kind and s.split == "fit"]
         if len(idx) >= 2:
             links[kind] = _fit_link([specs[i] for i in idx], measured[idx])
-    return FitResult(kinds, links, tile)
+    moe_kernel = None
+    idx = [i for i, s in enumerate(specs) if s.kind == "fused_moe" and s.split == "fit"]
+    if len(idx) >= FUSED_PARAMS + 2:
+        fused, moe_kernel = fit_fused([TableOp(specs[i], dtype, elem) for i in idx], measured[idx], device, kinds)
+        kinds.update(fused)
+    return FitResult(kinds, links, tile, moe_kernel)
 
 
 # --- Fitting from a table of ops in several dtypes, with attention (validation/from_table.py) ---
@@ -135,58 +142,94 @@ class TableOp:
     elem: int = 2  # bytes per element of this op's operands
     flops: float = 0.0  # attention only
     nbytes: float = 0.0  # attention only
+    weight_elem: float | None = None  # bytes per expert weight where they differ (fp8 weights, bf16 compute)
 
 
-def predict_ops(ops: list[TableOp], cost: CostModel, links: dict[str, dict[str, float]] | None = None) -> np.ndarray:
+class PreparedOps:
+    """TableOps expanded once into the simulator's elementary ops, grouped by (dtype, operand bytes,
+    weight bytes): a fit re-costs these arrays under each trial efficiency instead of re-expanding
+    every spec (hours on a 20k-row fused-MoE table; seconds this way)."""
+
+    def __init__(self, ops: list[TableOp]):
+        self.n = len(ops)
+        self.groups: list[tuple[np.ndarray, list[OpSpec], Elementary, str, int]] = []
+        by: dict[tuple, list[int]] = {}
+        attn: list[int] = []
+        for i, op in enumerate(ops):
+            if op.spec.kind == "attention":
+                attn.append(i)
+            else:
+                by.setdefault((op.dtype, op.elem, op.weight_elem), []).append(i)
+        for (dtype, elem, welem), idx in by.items():
+            specs = [ops[i].spec for i in idx]
+            self.groups.append((np.array(idx), specs, expand(specs, elem, welem), dtype, elem))
+        self.attention: list[tuple[np.ndarray, str, np.ndarray, np.ndarray, np.ndarray]] = []
+        for dtype in dict.fromkeys(ops[i].dtype for i in attn):
+            idx = [i for i in attn if ops[i].dtype == dtype]
+            self.attention.append((np.array(idx), dtype, np.array([ops[i].flops for i in idx]),
+                                   np.array([ops[i].nbytes for i in idx]), np.array([float(ops[i].spec.m) for i in idx])))
+
+    def subset(self, ops: list[TableOp], idx: list[int]) -> "PreparedOps":
+        return PreparedOps([ops[i] for i in idx])
+
+    def predict(self, cost: CostModel, links: dict[str, dict[str, float]] | None = None) -> np.ndarray:
+        out = np.full(self.n, np.nan)
+        for idx, specs, elementary, dtype, elem in self.groups:
+            out[idx] = predict_expanded(elementary, specs, cost, dtype, elem, links)
+        for idx, dtype, flops, nbytes, rows in self.attention:
+            out[idx] = cost.times("attention", flops, nbytes, rows, dtype)
+        return out
+
+
+def predict_ops(ops: list[TableOp] | PreparedOps, cost: CostModel,
+                links: dict[str, dict[str, float]] | None = None) -> np.ndarray:
     """Simulated seconds of every op: OpSpecs by `predict`, grouped by dtype; attention cores as one
     engine `attention` op each."""
-    out = np.full(len(ops), np.nan)
-    groups: dict[tuple[str, int], list[int]] = {}
-    attn = []
-    for i, op in enumerate(ops):
-        if op.spec.kind == "attention":
-            attn.append(i)
-        else:
-            groups.setdefault((op.dtype, op.elem), []).append(i)
-    for (dtype, elem), idx in groups.items():
-        out[idx] = predict([ops[i].spec for i in idx], cost, dtype, elem, links)
-    for dtype in dict.fromkeys(ops[i].dtype for i in attn):
-        idx = [i for i in attn if ops[i].dtype == dtype]
-        out[idx] = cost.times("attention", np.array([ops[i].flops for i in idx]),
-                              np.array([ops[i].nbytes for i in idx]),
-                              np.array([float(ops[i].spec.m) for i in idx]), dtype)
-    return out
+    prepared = ops if isinstance(ops, PreparedOps) else PreparedOps(ops)
+    return prepared.predict(cost, links)
 
 
 def _fit_kind_ops(kind: str, ops: list[TableOp], measured: np.ndarray, device: DeviceSpec,
                   kinds: dict[str, KindEfficiency]) -> tuple[KindEfficiency, float]:
-    """`_fit_kind` over TableOps (mixed dtypes, attention): same form, starts and loss."""
-    return _least_squares_kind(lambda trial: predict_ops(ops, calibrated_cost(device, {**kinds, kind: trial})),
+    """`_fit_kind` over TableOps (mixed dtypes, attention): same form, starts and loss, the ops
+    expanded once."""
+    prepared = PreparedOps(ops)
+    return _least_squares_kind(lambda trial: prepared.predict(calibrated_cost(device, {**kinds, kind: trial})),
                                measured, device)
 
 
+MIN_ROWS_PER_DTYPE = 8  # a dtype's GEMMs get their own fit (gemm@fp8) with at least this many fit rows
+
+
 def fit_table_ops(ops: list[TableOp], measured: np.ndarray, device: DeviceSpec) -> FitResult:
-    """`fit_profile` for a table of ops in several dtypes and with attention cores. With one dtype
-    and no attention it is `fit_profile` itself (same result as `moesim calibrate` on that table).
-    Otherwise the same sequence: GEMV (one-row GEMMs of every dtype), GEMMs and grouped GEMMs of
-    every dtype with one shared efficiency curve (the engine costs a `gemm` op the same way in every
-    dtype, at that dtype's peak) trying each padding tile, copies, links, then `attention`."""
+    """`fit_profile` for a table of ops in several dtypes, with attention cores and fused MoE layers.
+    With one dtype, no attention and no fused layers it is `fit_profile` itself (same result as
+    `moesim calibrate` on that table). Otherwise: GEMV (one-row GEMMs of every dtype); GEMMs and
+    grouped GEMMs with one shared curve trying each padding tile, then, for every dtype with enough
+    rows, its own curve (`gemm@fp8`: fp8 GEMMs reach another share of their peak than bf16 ones);
+    copies, links, `attention`; last the fused MoE layers (`fit_fused`)."""
     measured = np.asarray(measured, dtype=float)
     kinds_of = {(op.dtype, op.elem) for op in ops if op.spec.kind != "attention"}
-    if len(kinds_of) <= 1 and not any(op.spec.kind == "attention" for op in ops):
+    simple = not any(op.spec.kind in ("attention", "fused_moe") or op.weight_elem is not None for op in ops)
+    if len(kinds_of) <= 1 and simple:
         dtype, elem = next(iter(kinds_of)) if kinds_of else ("bf16", 2)
         return fit_profile([op.spec for op in ops], measured, device, dtype, elem)
 
     def sel(pred) -> list[int]:
-        return [i for i, op in enumerate(ops) if op.spec.split == "fit" and pred(op.spec)]
+        return [i for i, op in enumerate(ops) if op.spec.split == "fit" and pred(op)]
 
     kinds: dict[str, KindEfficiency] = {}
     tile = device.gemm_tile
-    single = sel(lambda s: s.kind == "gemm" and s.m == 1)
+    single = sel(lambda op: op.spec.kind == "gemm" and op.spec.m == 1)
     if len(single) >= 2:
         kinds["gemv"] = _fit_kind_ops("gemv", [ops[i] for i in single], measured[single],
                                       device.model_copy(update={"gemm_tile": 1}), kinds)[0]
-    idx = sel(lambda s: s.kind in ("gemm", "grouped_gemm") and not (s.kind == "gemm" and s.m == 1 and "gemv" in kinds))
+
+    def is_gemm(op: TableOp) -> bool:
+        s = op.spec
+        return s.kind in ("gemm", "grouped_gemm") and not (s.kind == "gemm" and s.m == 1 and "gemv" in kinds)
+
+    idx = sel(is_gemm)
     if idx:
         best = None
         for t in TILES:
@@ -196,13 +239,78 @@ def fit_table_ops(ops: list[TableOp], measured: np.ndarray, device: DeviceSpec) 
                 best = (fit, cost, t)
         kinds["gemm"], tile = best[0], best[2]
     device = device.model_copy(update={"gemm_tile": tile})
+    dtypes = dict.fromkeys(ops[i].dtype for i in idx)
+    if len(dtypes) > 1:
+        for dtype in dtypes:
+            mine = [i for i in idx if ops[i].dtype == dtype]
+            if len(mine) >= MIN_ROWS_PER_DTYPE:
+                kinds[f"gemm@{dtype}"] = _fit_kind_ops(f"gemm@{dtype}", [ops[i] for i in mine], measured[mine],
+                                                       device, kinds)[0]
     for kind, least in (("copy", 1), ("attention", 3)):
-        idx = sel(lambda s, kind=kind: s.kind == kind)
+        idx = sel(lambda op, kind=kind: op.spec.kind == kind)
         if len(idx) >= least:
             kinds[kind] = _fit_kind_ops(kind, [ops[i] for i in idx], measured[idx], device, kinds)[0]
     links = {}
     for kind in ("h2d", "d2h"):
-        idx = sel(lambda s, kind=kind: s.kind == kind)
+        idx = sel(lambda op, kind=kind: op.spec.kind == kind)
         if len(idx) >= 2:
             links[kind] = _fit_link([ops[i].spec for i in idx], measured[idx])
-    return FitResult(kinds, links, tile)
+    moe_kernel = None
+    idx = sel(lambda op: op.spec.kind == "fused_moe")
+    if len(idx) >= FUSED_PARAMS + 2:
+        fused_kinds, moe_kernel = fit_fused([ops[i] for i in idx], measured[idx], device, kinds)
+        kinds.update(fused_kinds)
+    return FitResult(kinds, links, tile, moe_kernel)
+
+
+# --- The fused MoE layer (simulator/moe_kernel_cost.py) ---
+
+FUSED_PARAMS = 5  # log10 floor, log10 token-pass efficiency, and per dtype grouped c_max, log10 rows_half, m_max
+FUSED_FORM = ("fused MoE layer = floor + grouped launch + sum_e max(F_e/(peak*c_max*rows/(rows+rows_half)), "
+              "B_e/(bw*m_max)) + rows*(hidden_passes*H + intermediate_passes*I)*act_bytes/(bw*e_tokens)")
+
+
+def fit_fused(ops: list[TableOp], measured: np.ndarray, device: DeviceSpec, kinds: dict[str, KindEfficiency]
+              ) -> tuple[dict[str, KindEfficiency], MoeKernelSpec]:
+    """Fit the fused MoE layer's form to measured fused layers: one floor and one token-pass memory
+    efficiency for the device, and per dtype the grouped GEMM's compute ceiling, its half-saturation
+    rows and its memory ceiling (the GEMM fits already in `kinds` stay as they are). The grouped
+    launch is folded into the floor (both are paid once per layer). Robust log-time least squares
+    over arrays expanded once."""
+    from scipy.optimize import least_squares
+
+    prepared = PreparedOps(ops)
+    dtypes = list(dict.fromkeys(op.dtype for op in ops))
+    gemm_fit = kinds.get("gemm")
+    bytes_half = gemm_fit.bytes_half if gemm_fit is not None else 0.0
+
+    def unpack(theta: np.ndarray) -> tuple[dict[str, KindEfficiency], MoeKernelSpec]:
+        fitted = {"moe_tokens": KindEfficiency(compute_max=1.0, rows_half=0.0, memory_max=float(10 ** theta[1]),
+                                               bytes_half=0.0, overhead=0.0)}
+        for j, dtype in enumerate(dtypes):
+            c_max, log_half, m_max = theta[2 + 3 * j: 5 + 3 * j]
+            fitted[f"grouped_gemm@{dtype}"] = KindEfficiency(compute_max=float(c_max), rows_half=float(10 ** log_half),
+                                                             memory_max=float(m_max), bytes_half=bytes_half,
+                                                             overhead=0.0)
+        spec = device.moe_kernel.model_copy(update={"layer_floor": float(10 ** theta[0])})
+        return fitted, spec
+
+    def predict_with(theta: np.ndarray) -> np.ndarray:
+        fitted, spec = unpack(theta)
+        trial = device.model_copy(update={"moe_kernel": spec, "calibration": None})
+        return prepared.predict(calibrated_cost(trial, {**kinds, **fitted}))
+
+    def residuals(theta: np.ndarray) -> np.ndarray:
+        return np.log(predict_with(theta)) - np.log(measured)
+
+    lo = [-7.0, -1.5] + [0.01, -1.0, 0.01] * len(dtypes)
+    hi = [-2.0, 1.3] + [20.0, 4.0, 20.0] * len(dtypes)
+    best = None
+    for floor0, half0 in ((-4.7, 1.5), (-4.3, 2.5), (-5.0, 0.5)):
+        x0 = np.array([floor0, np.log10(device.efficiency.memory)] + [device.efficiency.compute, half0,
+                                                                      device.efficiency.memory] * len(dtypes))
+        x0 = np.clip(x0, np.array(lo) + 1e-6, np.array(hi) - 1e-6)
+        res = least_squares(residuals, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.05, max_nfev=400)
+        if best is None or res.cost < best.cost:
+            best = res
+    return unpack(best.x)

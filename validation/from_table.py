@@ -18,7 +18,8 @@ Three table formats are read:
    | dtype | fp32, bf16, fp16 or fp8 (torch names float32, bfloat16, float16, float8_e4m3fn too); default bf16 |
    | m, k, n | gemm: rows (tokens) x in x out; grouped_gemm / fused_moe / moe_layer: m total tokens, k hidden, n expert width |
    | experts, tokens_per_expert | grouped_gemm / fused_moe / moe_layer: tokens per expert as space-separated integers, or `experts` alone (m spread evenly) |
-   | top_k | moe_layer: experts per token |
+   | top_k | moe_layer, fused_moe: experts per token (fused_moe: its token passes run over m x top_k rows; blank: the rows of tokens_per_expert) |
+   | weight_dtype | fused_moe: the experts' weight dtype where it differs from `dtype` (fp8 weights under bf16 compute) |
    | flops, bytes | attention: FLOPs and bytes as the engine counts its attention core (simulator/ops.py); `m` its rows (tokens) |
    | copy_bytes | copy / h2d / d2h: bytes copied |
    | time_s | measured seconds (median of repetitions), > 0 |
@@ -26,10 +27,13 @@ Three table formats are read:
    | spread | optional: run-to-run spread of the measurement (the noise floor column of errors.csv) |
 
    How rows map onto the simulator's ops (validation/predict.py): a gemm is one engine `gemm` op;
-   a grouped_gemm one `gemm` per non-empty expert (as the engine costs each expert); a
-   `fused_moe` row (one kernel running gate, up and down of every expert, e.g. a fused-MoE Triton
-   kernel) is the engine's expert op: per expert with c > 0 tokens one `gemm` of c x k x 3n (its
-   FLOPs 6 c k n, its three weight matrices read once); a `moe_layer` is the torch layer's
+   a grouped_gemm one `gemm` per non-empty expert (as the engine costs each expert); a `fused_moe`
+   row (a device's part of an MoE layer run as serving systems run it: a fused-MoE Triton kernel,
+   DeepEP + grouped GEMM; `m` all tokens routed, `tokens_per_expert` those of the local experts,
+   `k` hidden, `n` expert width) is the engine's fused form (simulator/moe_kernel_cost.py): the
+   layer floor + one grouped-GEMM launch + per expert with c > 0 tokens its gate/up/down work
+   (6 c k n FLOPs, its three weight matrices read once) + the token passes over m x top_k rows;
+   a `moe_layer` is the torch layer's
    kernels (router, softmax/top-k, permute, per-expert gate/up/down, SwiGLU, unpermute);
    `attention` one engine `attention` op; copies one `copy` op; h2d/d2h the fitted link.
 
@@ -43,11 +47,12 @@ Three table formats are read:
    rows become attention ops with the engine's FLOPs and bytes for that GQA shape; `floor_gemm`
    rows (host/launch floors, not kernels) and rows with an `error` are skipped.
 
-Splits, where a table does not give them: moe_layer and fused_moe rows are `e2e` (predicted by
-composing fitted ops, never fitted); GEMM and grouped rows whose token count is among the top
-quarter of the table's distinct token counts are `holdout_slice` (a token range left out
-entirely); of the rest a random quarter per kind (seeded; at least 3 left to fit) is
-`holdout_random`. A bad table is a ConfigError naming the file, the column and the line.
+Splits, where a table does not give them: moe_layer rows are `e2e` (predicted by composing
+fitted ops, never fitted); GEMM and grouped rows whose token count is among the top quarter of
+the table's distinct token counts are `holdout_slice` (a token range left out entirely), and so
+are fused_moe rows in the top quarter of theirs; of the rest a random quarter per kind and dtype
+(seeded; at least 3 left to fit) is `holdout_random`. Fused rows that fit calibrate the fused
+form (floor, token-pass efficiency, grouped GEMM per dtype: validation/fit.py `fit_fused`). A bad table is a ConfigError naming the file, the column and the line.
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ from moesim.hardware_profiles.schema import CalibrationSpec, DeviceSpec
 from moesim.simulator.cost_model import CostModel
 from moesim.validation.calibrate import Calibration, replace_profile, write_profile
 from moesim.validation.errors import error_table
-from moesim.validation.fit import MODEL_FORM, TableOp, calibrated_cost, fit_table_ops, predict_ops
+from moesim.validation.fit import FUSED_FORM, MODEL_FORM, TableOp, calibrated_cost, fit_table_ops, predict_ops
 from moesim.validation.measure import OpSpec
 
 KINDS = ("gemm", "grouped_gemm", "grouped_gemm_triton", "fused_moe", "moe_layer", "attention", "copy", "h2d", "d2h")
@@ -189,6 +194,12 @@ def _generic(path: Path, df: pd.DataFrame, time_col: str, default_dtype: str) ->
                        experts=len(counts))
             if kind == "moe_layer":
                 row.update(top_k=r.num(i, "top_k", integer=True))
+            elif kind == "fused_moe":
+                row.update(top_k=r.num(i, "top_k", integer=True, default=0.0) if "top_k" in df.columns else 0)
+                wd = r.text(i, "weight_dtype")
+                if wd and wd not in DTYPES:
+                    raise r.bad(i, "weight_dtype", " | ".join(sorted({v[0] for v in DTYPES.values()})) + " or blank", wd)
+                row.update(weight_dtype=wd)
         elif kind == "attention":
             row.update(m=r.num(i, "m", need="the attention's rows (tokens), > 0"), flops=r.num(i, "flops"),
                        bytes=r.num(i, "bytes"))
@@ -259,14 +270,15 @@ def assign_splits(rows: list[dict], seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     todo = [r for r in rows if not r["split"]]
     for r in todo:
-        if r["kind"] in ("moe_layer", "fused_moe"):
+        if r["kind"] == "moe_layer":
             r["split"] = "e2e"
-    tokens = sorted({int(r["m"]) for r in todo if r["kind"] in ("gemm", "grouped_gemm") and not r["split"]})
-    if len(tokens) >= 3:
-        top = tokens[-max(1, int(round(HOLDOUT_SHARE * len(tokens)))):]
-        for r in todo:
-            if r["kind"] in ("gemm", "grouped_gemm") and not r["split"] and int(r["m"]) >= top[0]:
-                r["split"] = "holdout_slice"
+    for kinds in (("gemm", "grouped_gemm"), ("fused_moe",)):  # each family leaves its own top token range out
+        tokens = sorted({int(r["m"]) for r in todo if r["kind"] in kinds and not r["split"]})
+        if len(tokens) >= 3:
+            top = tokens[-max(1, int(round(HOLDOUT_SHARE * len(tokens)))):]
+            for r in todo:
+                if r["kind"] in kinds and not r["split"] and int(r["m"]) >= top[0]:
+                    r["split"] = "holdout_slice"
     rest = [r for r in todo if not r["split"]]
     for kind in dict.fromkeys((r["kind"], r["dtype"]) for r in rest):
         idx = [j for j, r in enumerate(rest) if (r["kind"], r["dtype"]) == kind]
@@ -284,9 +296,11 @@ def to_ops(rows: list[dict]) -> list[TableOp]:
         k, n = int(r.get("k", 0) or 0), int(r.get("n", 0) or 0)
         if kind == "attention":
             ops.append(TableOp(OpSpec("attention", r["split"], m=m), dtype, elem, float(r["flops"]), float(r["bytes"])))
-        elif kind == "fused_moe":  # the engine's expert op: one c x k x 3n GEMM per expert
-            ops.append(TableOp(OpSpec("grouped_gemm", r["split"], m=m, k=k, n=3 * n, counts=r["counts"],
-                                      shape=r["shape"]), dtype, elem))
+        elif kind == "fused_moe":  # the engine's fused form (simulator/moe_kernel_cost.py)
+            welem = DTYPES[r["weight_dtype"]][1] if r.get("weight_dtype") else None
+            ops.append(TableOp(OpSpec("fused_moe", r["split"], m=m, k=k, n=n, counts=r["counts"],
+                                      experts=len(r["counts"]), top_k=int(r.get("top_k", 0) or 0), shape=r["shape"]),
+                               dtype, elem, weight_elem=welem))
         elif kind in GROUPED:
             ops.append(TableOp(OpSpec(kind, r["split"], m=m, k=k, n=n, counts=r["counts"],
                                       experts=int(r.get("experts", 0)), top_k=int(r.get("top_k", 0) or 0),
@@ -359,7 +373,7 @@ def calibrate_from_table(path: str | Path | Sequence[str | Path | tuple[str | Pa
                               field="dtype")
     measured = np.array([r["time_s"] for r in rows], dtype=float)
     fit = fit_table_ops(ops, measured, base)
-    tiled = base.model_copy(update={"gemm_tile": fit.gemm_tile})
+    tiled = base.model_copy(update={"gemm_tile": fit.gemm_tile, "moe_kernel": fit.moe_kernel or base.moe_kernel})
     table = pd.DataFrame([{
         "kind": r["kind"], "dtype": op.dtype, "split": op.spec.split, "shape": r["shape"], "m": op.spec.m,
         "k": op.spec.k, "n": op.spec.n, "experts": len(op.spec.counts) if op.spec.counts else op.spec.experts,
@@ -375,7 +389,8 @@ def calibrate_from_table(path: str | Path | Sequence[str | Path | tuple[str | Pa
     held = errors[(errors["kind"] == "all") & (errors["split"] != "fit")]
     calibration = CalibrationSpec(
         kinds=fit.kinds, links=fit.links, machine=machine, versions=versions, measurements="measurements.csv",
-        date=date or datetime.date.today().isoformat(), model_form=MODEL_FORM,
+        date=date or datetime.date.today().isoformat(),
+        model_form=MODEL_FORM + ("; " + FUSED_FORM if fit.moe_kernel is not None else ""), moe_kernel=fit.moe_kernel,
         validation={f"{r.split}_mape_after": float(r.after_mape) for r in held.itertuples()}
         | {f"{r.split}_mape_before": float(r.before_mape) for r in held.itertuples()})
     calibrated = replace_profile(tiled, calibration)

@@ -34,7 +34,7 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 @dataclass(frozen=True)
 class OpSpec:
-    kind: str  # gemm | grouped_gemm | grouped_gemm_triton | copy | h2d | d2h | moe_layer
+    kind: str  # gemm | grouped_gemm | grouped_gemm_triton | copy | h2d | d2h | moe_layer | fused_moe
     split: str  # fit | holdout_random | holdout_slice | e2e
     m: int = 0  # GEMM rows (tokens); total tokens for grouped / MoE layers
     k: int = 0
@@ -53,6 +53,10 @@ class OpSpec:
             live = [c for c in self.counts if c > 0]
             return (2.0 * sum(live) * self.k * self.n,
                     float(sum((c * self.k + self.k * self.n + c * self.n) * elem for c in live)))
+        if self.kind == "fused_moe":  # gate, up and down of every live expert (the engine's expert op)
+            live = [c for c in self.counts if c > 0]
+            return (6.0 * sum(live) * self.k * self.n,
+                    float(sum((3 * self.k * self.n + c * (2 * self.k + 3 * self.n)) * elem for c in live)))
         if self.kind in ("copy", "h2d", "d2h"):
             return 0.0, float(self.nbytes * (2 if self.kind == "copy" else 1))  # a device copy reads and writes
         return 0.0, 0.0
@@ -238,8 +242,10 @@ def model_grid(models: list[ModelSpec], device: str, dtype: str, max_tokens: int
                 if device == "cuda" and split == "fit":  # predicted as the per-expert GEMMs the engine costs
                     extra.append(replace(spec, kind="grouped_gemm_triton", split="e2e"))
         experts = moe.num_experts
-        while experts > 1 and 3 * experts * model.hidden_size * moe.expert_intermediate_size * elem                 > layer_budget_bytes:
+        while experts > 1 and 3 * experts * model.hidden_size * moe.expert_intermediate_size * elem > layer_budget_bytes:
             experts //= 2
+        if device == "cuda":
+            extra += fused_layer_specs(model, experts, max_tokens, fit_max, seed)
         for t in (16, 512, 4096):
             if t <= max_tokens:
                 extra.append(OpSpec("moe_layer", "e2e", m=t, k=model.hidden_size, n=moe.expert_intermediate_size,
@@ -248,6 +254,33 @@ def model_grid(models: list[ModelSpec], device: str, dtype: str, max_tokens: int
                       other_shapes=tuple(held), other_shape_names=tuple(held.values()),
                       copy_bytes=FULL.copy_bytes, grouped=(), moe_layers=(), extra=tuple(extra),
                       timing={"warmup": 5, "min_reps": 10, "min_time": 0.1})
+
+
+FUSED_TOKENS = (1, 4, 16, 64, 256, 512, 1024, 2048, 4096, 8192)
+
+
+def fused_layer_specs(model: ModelSpec, experts: int, max_tokens: int, fit_max: int, seed: int,
+                      alpha: float = 0.5) -> list[OpSpec]:
+    """Fused MoE layers (kernels/triton_fused_moe.py) of a model: all `experts` on one device at
+    the model's top-k, and, for models with 64+ experts, an EP8 device's slice (its experts' rows
+    only, as a dispatch delivers them). Token counts up to `fit_max` fit (a random share held
+    out), above are the held-out slice."""
+    moe = model.moe
+    out: list[OpSpec] = []
+    h, inter = model.hidden_size, moe.expert_intermediate_size
+    for t in FUSED_TOKENS:
+        if t > max_tokens:
+            continue
+        split = "fit" if t <= fit_max else "holdout_slice"
+        counts = routed_counts(experts, t, min(moe.top_k, experts), seed + 7 * t, alpha)
+        out.append(OpSpec("fused_moe", split, m=t, k=h, n=inter, counts=counts, experts=experts,
+                          top_k=min(moe.top_k, experts), shape=f"{model.name}:fused"))
+        if experts >= 64:
+            local = counts[:experts // 8]
+            if sum(local):
+                out.append(OpSpec("fused_moe", split, m=sum(local), k=h, n=inter, counts=local,
+                                  experts=len(local), top_k=1, shape=f"{model.name}:fused_ep8"))
+    return out
 
 
 ROTATE_BYTES = 256 * 2 ** 20  # weights cycle through this many bytes of copies: no rep finds them in cache
@@ -312,6 +345,21 @@ def _runner(spec: OpSpec, device: str, dtype) -> Callable[[], object]:
         else:
             src, dst = torch.empty(elems, device=device), torch.empty(elems, pin_memory=True)
         return lambda: dst.copy_(src, non_blocking=True)
+    if spec.kind == "fused_moe":  # a device's MoE layer as serving kernels run it: align, gate+up, down, reduce
+        from moesim.kernels.triton_fused_moe import fused_moe
+
+        top_k = max(spec.top_k, 1)
+        rows = sum(spec.counts)
+        flat = torch.repeat_interleave(torch.arange(len(spec.counts)), torch.tensor(spec.counts, dtype=torch.int64))
+        ids = flat[torch.randperm(rows, generator=gen)].reshape(rows // top_k, top_k).to(device)
+        gate_w = torch.full(ids.shape, 1.0 / top_k, device=device, dtype=dtype)
+        x = rand(rows // top_k, spec.k)
+        e = len(spec.counts)
+        sets = itertools.cycle([(torch.full((e, spec.k, spec.n), 0.01, device=device, dtype=dtype),
+                                 torch.full((e, spec.k, spec.n), 0.01, device=device, dtype=dtype),
+                                 torch.full((e, spec.n, spec.k), 0.01, device=device, dtype=dtype))
+                                for _ in range(_copies(3.0 * e * spec.k * spec.n * elem, pool))])
+        return lambda: fused_moe(x, ids, gate_w, *next(sets))
     if spec.kind == "moe_layer":
         from moesim.kernels.grouped_moe import GroupedMoE
 

@@ -4,7 +4,13 @@ A GEMM is one `gemm` op; a grouped GEMM one `gemm` per non-empty group (as the e
 expert); a device copy one `copy` op. A whole MoE layer is composed the way the torch layer runs:
 the router GEMM and its softmax/top-k passes, the permutation, per expert the gate, up and down
 GEMMs, the SwiGLU elementwise passes and the unpermute; Python interpreter time between kernels
-is not an op and is not predicted. Host<->device copies use the fitted link (or the datasheet link).
+is not an op and is not predicted. A `fused_moe` (one fused MoE kernel path, as serving runs it) is
+the engine's fused form (simulator/moe_kernel_cost.py): the layer floor, one grouped-GEMM launch,
+per live expert its gate/up/down work at the `grouped_gemm` efficiency, and the token passes over
+the m x top_k routed rows. Host<->device copies use the fitted link (or the datasheet link).
+
+`expand` runs once per set of specs; a fit then re-costs the same `Elementary` arrays under every
+trial efficiency (`predict_expanded`), so a 20k-row table fits in seconds.
 """
 
 from __future__ import annotations
@@ -14,22 +20,34 @@ from dataclasses import dataclass
 import numpy as np
 
 from moesim.simulator.cost_model import CostModel
+from moesim.simulator.moe_kernel_cost import MoeKernelCost
 from moesim.validation.measure import OpSpec
 
 
 @dataclass
 class Elementary:
-    """Flattened elementary ops of many measured ops; `owner[i]` says which measured op op i belongs to."""
+    """Flattened elementary ops of many measured ops; `owner[i]` says which measured op op i belongs
+    to. `fused` rows (per live expert of a fused_moe) carry no launch each: their spec pays one
+    grouped launch, the layer floor and the token passes over `fused_rows[spec]` routed rows."""
 
     kind: np.ndarray
     flops: np.ndarray
     nbytes: np.ndarray
     rows: np.ndarray
     owner: np.ndarray
+    fused_rows: np.ndarray  # (specs,) routed rows of each fused_moe spec, NaN for other specs
+    specs: int = 0
+    hidden: np.ndarray | None = None  # (specs,) of fused_moe specs: hidden, intermediate (token passes)
+    inter: np.ndarray | None = None
 
 
-def expand(specs: list[OpSpec], elem: int) -> Elementary:
+def expand(specs: list[OpSpec], elem: int, weight_elem: float | None = None) -> Elementary:
+    """The elementary ops of `specs` (operands of `elem` bytes; expert weights of `weight_elem`
+    bytes when they differ, e.g. fp8 weights under bf16 activations)."""
     kind, flops, nbytes, rows, owner = [], [], [], [], []
+    fused_rows = np.full(len(specs), np.nan)
+    hidden, inter = np.zeros(len(specs)), np.zeros(len(specs))
+    welem = elem if weight_elem is None else weight_elem
 
     def gemm(i: int, m: float, k: int, n: int) -> None:
         if m > 0:
@@ -54,6 +72,16 @@ def expand(specs: list[OpSpec], elem: int) -> Elementary:
                 gemm(i, c, s.k, s.n)
         elif s.kind == "copy":
             copy(i, 2.0 * s.nbytes)
+        elif s.kind == "fused_moe":  # the engine's expert op per live expert (ops.ffn_flops_bytes)
+            for c in s.counts:
+                if c > 0:
+                    kind.append("fused")
+                    flops.append(6.0 * c * s.k * s.n)
+                    nbytes.append(3.0 * s.k * s.n * welem + c * (2 * s.k + 3 * s.n) * elem)
+                    rows.append(float(c))
+                    owner.append(i)
+            fused_rows[i] = float(s.m * s.top_k) if s.top_k else float(sum(s.counts))
+            hidden[i], inter[i] = s.k, s.n
         elif s.kind == "moe_layer":  # the kernels the torch GroupedMoE forward launches, in order
             rows_routed = s.m * s.top_k
             gemm(i, s.m, s.k, s.experts)  # router logits
@@ -75,20 +103,46 @@ def expand(specs: list[OpSpec], elem: int) -> Elementary:
             copy(i, (rows_routed + s.m) * s.k * 4)  # sum the k outputs
             copy(i, 2.0 * s.m * s.k * elem)  # cast back
         # h2d / d2h are costed from the link, not the device (see predict)
-    return Elementary(np.array(kind), np.array(flops), np.array(nbytes), np.array(rows), np.array(owner, dtype=int))
+    return Elementary(np.array(kind), np.array(flops), np.array(nbytes), np.array(rows),
+                      np.array(owner, dtype=int), fused_rows, len(specs), hidden, inter)
 
 
-def predict(specs: list[OpSpec], cost: CostModel, dtype: str, elem: int,
-            links: dict[str, dict[str, float]] | None = None) -> np.ndarray:
-    """Simulated seconds of every spec under `cost` (NaN where it cannot say, e.g. an unfitted link)."""
-    ops = expand(specs, elem)
-    out = np.zeros(len(specs))
+def predict_expanded(ops: Elementary, specs: list[OpSpec], cost: CostModel, dtype: str, elem: int,
+                     links: dict[str, dict[str, float]] | None = None) -> np.ndarray:
+    """`predict` on specs already expanded (the fit's inner loop)."""
+    out = np.zeros(ops.specs)
     for kind in np.unique(ops.kind):
         sel = ops.kind == kind
-        t = cost.times(str(kind), ops.flops[sel], ops.nbytes[sel], ops.rows[sel], dtype)
-        out += np.bincount(ops.owner[sel], weights=t, minlength=len(specs))
+        if kind == "fused":
+            c, m, _ = cost.terms("grouped_gemm", ops.flops[sel], ops.nbytes[sel], ops.rows[sel], dtype)
+            t = np.maximum(c, m)
+        else:
+            t = cost.times(str(kind), ops.flops[sel], ops.nbytes[sel], ops.rows[sel], dtype)
+        out += np.bincount(ops.owner[sel], weights=t, minlength=ops.specs)
+    fused = np.flatnonzero(np.isfinite(ops.fused_rows))
+    if fused.size:
+        out[fused] += fused_fixed(cost, ops.fused_rows[fused], ops.hidden[fused], ops.inter[fused], dtype, elem)
     for i, s in enumerate(specs):
         if s.kind in ("h2d", "d2h"):
             link = (links or {}).get(s.kind)
             out[i] = link["latency"] + s.nbytes / link["bandwidth"] if link else np.nan
     return out
+
+
+def fused_fixed(cost: CostModel, rows: np.ndarray, hidden: np.ndarray, inter: np.ndarray, dtype: str,
+                elem: float) -> np.ndarray:
+    """Everything of a fused MoE layer but its experts' work: the floor, one grouped-GEMM launch and
+    the token passes over `rows` routed rows (simulator/moe_kernel_cost.py, vectorised over shapes)."""
+    act = dtype if dtype in ("bf16", "fp16", "fp32") else "bf16"  # fp8 GEMMs: 16-bit activations between them
+    act_elem = 4 if act == "fp32" else 2
+    kernel = MoeKernelCost(cost, "fused", 1.0, 0.0, act_elem, act)
+    spec = kernel.spec
+    nbytes = rows * (spec.hidden_passes * hidden + spec.intermediate_passes * inter) * act_elem
+    tokens = cost.times("moe_tokens", np.zeros_like(nbytes), nbytes, rows, act)
+    return kernel.floor + cost.overhead("grouped_gemm", dtype) + tokens
+
+
+def predict(specs: list[OpSpec], cost: CostModel, dtype: str, elem: int,
+            links: dict[str, dict[str, float]] | None = None, weight_elem: float | None = None) -> np.ndarray:
+    """Simulated seconds of every spec under `cost` (NaN where it cannot say, e.g. an unfitted link)."""
+    return predict_expanded(expand(specs, elem, weight_elem), specs, cost, dtype, elem, links)
