@@ -93,7 +93,7 @@ def _moe_rows(pipe: "StepPipeline", plan: "StepPlan", layer: int, device: int) -
             source = comm_cost.provenance(machine.routes, kind, pairs)
             op = name if len(stages) == 1 else f"{name}_stage{i + 1}"
             out.append((layer, device, name, op, "network", "comm", "", 0.0, 0.0, float(sent.sum()), floor, "link",
-                        np.nan, f"{source} (a lower bound: the fabric times it with contention)"))
+                        np.nan, f"link profiles: {source} (a lower bound: the fabric times it with contention)"))
     return out
 
 
