@@ -9,6 +9,13 @@ Three fits, each through `moesim.validation.from_table.calibrate_from_table`:
   bundled         real-shapes + ops.csv attention: how hardware_profiles/devices/h100-sxm-calibrated.yaml
                   is built (`--write` rewrites it and measurements/h100-2026-11-26/measurements.csv)
 
+  H100 GEMMs + fused MoE
+                  measurements/h100-2026-11-26-fused: this project's model-shaped GEMMs (Mixtral-8x7B,
+                  DeepSeek-V3; fit <= 512 tokens, slice 1k..8k) and its Triton fused MoE layers
+                  (1..8192 tokens, all experts and an EP8 slice), timed on an H100 in one session
+  fused MoE only  the fused rows of that table alone (issue 17 point 10): fit the fused form on
+                  <= 512 tokens, held out a random share and the 1k..8k-token range left out entirely
+
 Usage: python benchmarks/bench_calibration_tables.py [--write]
 """
 
@@ -17,6 +24,7 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +33,7 @@ from moesim.hardware_profiles import profile_path
 from moesim.validation.from_table import calibrate_from_table
 
 MEASURED = profile_path("devices", "H100-SXM").parent.parent / "measurements" / "h100-2026-11-26"
+FUSED = MEASURED.parent / "h100-2026-11-26-fused"
 
 
 def per_kind(cal) -> None:
@@ -83,11 +92,17 @@ def main() -> None:
     runs = {"real-shapes (moesim calibrate's table)": [MEASURED / "real-shapes.csv"],
             "ops.csv (bf16 + fp8 GEMMs, attention)": [MEASURED / "ops.csv"],
             "bundled (real-shapes + ops.csv attention)": [MEASURED / "real-shapes.csv",
-                                                          (MEASURED / "ops.csv", ["attention"])]}
+                                                          (MEASURED / "ops.csv", ["attention"])],
+            "H100 GEMMs + fused MoE (one GPU session)": [FUSED / "measurements.csv"],
+            "fused MoE only (issue 17 point 10)": [(FUSED / "measurements.csv", ["fused_moe"])]}
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, tables) in enumerate(runs.items()):
+            t0 = time.perf_counter()
             cal = calibrate_from_table(tables, "H100-SXM", Path(tmp) / str(i), date="2026-11-26")
-            print(f"\n== {name}: {len(cal.table)} rows, gemm tile {cal.profile.gemm_tile}")
+            took = time.perf_counter() - t0
+            print(f"\n== {name}: {len(cal.table)} rows, gemm tile {cal.profile.gemm_tile}, fitted in {took:.1f} s")
+            if cal.profile.calibration.moe_kernel is not None:
+                print(f"fused MoE floor {cal.profile.calibration.moe_kernel.layer_floor * 1e6:.1f} us")
             per_kind(cal)
             if write and i == 2:
                 write_bundled(cal)

@@ -178,9 +178,15 @@ def run_calibration(device: str = "cpu", size: str = "small", dtype: str = "floa
         from moesim.validation.timing import host_floor
 
         floor = host_floor(dtype)
-    measured = list(measure(specs, device, dtype, grid.timing, progress))
-    specs, timings = [m[0] for m in measured], [m[1] for m in measured]
     elem, sim_dtype = DTYPE_BYTES[dtype], SIM_DTYPE[dtype]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / "measurements.partial.csv"  # every row as it is measured: a cut-off run keeps its data
+    measured = []
+    for n, (spec, timing) in enumerate(measure(specs, device, dtype, grid.timing, progress)):
+        measured.append((spec, timing))
+        _rows([spec], [timing], elem).to_csv(partial, mode="a" if n else "w", header=not n, index=False)
+    specs, timings = [m[0] for m in measured], [m[1] for m in measured]
     table = _rows(specs, timings, elem)
     meas = table["measured_s"].to_numpy()
     fit = fit_profile(specs, meas, base, sim_dtype, elem)
@@ -191,9 +197,8 @@ def run_calibration(device: str = "cpu", size: str = "small", dtype: str = "floa
     load = _float(machine.get("load_average_at_start"))
     sentence, warnings = verdict(errors, load, int(machine.get("cpu_cores", 0) or 0),
                                  _at_floor(specs, timings, floor and floor["one_per_event_pair_s"]))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "measurements.csv", index=False)
+    partial.unlink(missing_ok=True)
     methods = sorted({t.method for t in timings})
     timing_info = {"methods": methods, "host_floor": floor} if floor else {"methods": methods}
     (out / "machine.json").write_text(json.dumps({"machine": machine, "versions": versions, "timing": timing_info,
