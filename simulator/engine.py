@@ -260,7 +260,7 @@ class Engine:
             self._times[step] = (hit.start + t0, hit.end + t0)
             self.fabric.extra_bytes += hit.link_bytes
             return
-        now = self.fabric.link_bytes
+        now = self.fabric.link_bytes - self.fabric.extra_bytes  # simulated bytes only: replays add their own
         shape = (self.n_layers, self.n, self.microbatches, self.P)
         self.cache.record(step, self._plans[step], st, en, t0, shape, now - self._link_bytes_seen)
         self._link_bytes_seen = now
