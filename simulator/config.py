@@ -66,7 +66,7 @@ class PlacementConfig(_Strict):
 
 
 class RoutingConfig(_Strict):
-    generator: Literal["uniform", "zipf", "fixed", "trace", "synthetic"] = "uniform"
+    generator: Literal["uniform", "zipf", "fixed", "trace", "synthetic", "load_matrix"] = "uniform"
     alpha: float = Field(1.2, gt=0, description="Zipf exponent")
     shuffle: bool = Field(True, description="Zipf: hot experts differ per layer")
     counts: list[list[int]] | None = Field(
@@ -84,6 +84,13 @@ class RoutingConfig(_Strict):
     max_nodes: int | None = Field(None, ge=1, description="uniform/zipf: node-limited routing (DeepSeek-V3 "
                                   "sec. 2.1.2): each token's experts lie on at most this many nodes (the "
                                   "nodes of the experts' primary copies); implies per_token")
+    loads: str | list[str] | None = Field(
+        None, description="load_matrix: an expert-load file (layers x experts counts or shares: .csv, .npy, "
+        ".parquet, SGLang/vLLM .json or .pt) or a list of them (a history of windows, in order)")
+    window: int | Literal["mean", "cycle"] = Field(
+        "mean", description="load_matrix: mean (the windows' mean shares every step), cycle (replay the "
+        "windows in order, steps_per_window steps each, then start over) or a window index")
+    steps_per_window: int = Field(1, ge=1, description="load_matrix with window: cycle: steps each window lasts")
 
     @model_validator(mode="after")
     def _source_given(self) -> "RoutingConfig":
@@ -93,9 +100,12 @@ class RoutingConfig(_Strict):
             raise ValueError("routing.generator 'trace' needs routing.trace (a trace file)")
         if self.generator == "synthetic" and self.synthetic is None:
             raise ValueError("routing.generator 'synthetic' needs routing.synthetic (inline or a YAML path)")
-        if (self.per_token or self.max_nodes is not None) and self.generator not in ("uniform", "zipf"):
-            raise ValueError(f"routing.per_token and routing.max_nodes apply to the uniform and zipf generators, "
-                             f"not '{self.generator}' (traces and the synthetic generator already draw per token)")
+        if self.generator == "load_matrix" and not self.loads:
+            raise ValueError("routing.generator 'load_matrix' needs routing.loads (a load file or a list of them)")
+        if (self.per_token or self.max_nodes is not None) and self.generator not in ("uniform", "zipf", "load_matrix"):
+            raise ValueError(f"routing.per_token and routing.max_nodes apply to the uniform, zipf and load_matrix "
+                             f"generators, not '{self.generator}' (traces and the synthetic generator already draw "
+                             "per token)")
         return self
 
 

@@ -25,6 +25,8 @@ from moesim.simulator.offload.setup import OffloadSetup, OffloadSetupError, setu
 from moesim.units import dtype_bytes, fmt_bytes
 from moesim.workloads import ModelSpec, load_model
 from moesim.errors import TraceError
+from moesim.workloads.load_matrix import read_load_matrix
+from moesim.workloads.load_matrix_routing import LoadMatrixRouting
 from moesim.workloads.node_limited_routing import NodeLimitedRouting, PerTokenRouting
 from moesim.workloads.routing import FixedRouting, PopularityRouting, RoutingSource, uniform_routing, zipf_routing
 from moesim.workloads.synthetic_routing import RoutingModelConfig, SyntheticRouting, load_routing_model
@@ -204,6 +206,8 @@ def resolve(sf: ScenarioFile) -> Scenario:
             raise config_error(sf, "workload.routing.source_map", str(err)) from None
     elif rc.generator == "synthetic":
         routing = _synthetic_routing(sf, rc.synthetic, experts, top_k, n_moe, cfg.seed)
+    elif rc.generator == "load_matrix":
+        routing = _load_matrix_routing(sf, model, cfg.seed)
     else:
         counts = np.asarray(rc.counts)
         if counts.shape != (n, experts):
@@ -218,7 +222,10 @@ def resolve(sf: ScenarioFile) -> Scenario:
     if not cfg.hardware.comm_floors:
         cluster = cluster.model_copy(update={"comm_floors": False})
     machine = build_machine(cluster, Scale(scale.flops, scale.memory_bandwidth, scale.link_bandwidth))
-    if rc.per_token or rc.max_nodes is not None:
+    if (rc.per_token or rc.max_nodes is not None) and isinstance(routing, LoadMatrixRouting):
+        routing = routing.map_sources(lambda r: _per_token_routing(sf, r, placement, machine, moe_tp, rc.max_nodes,
+                                                                   cfg.seed))
+    elif rc.per_token or rc.max_nodes is not None:
         routing = _per_token_routing(sf, routing, placement, machine, moe_tp, rc.max_nodes, cfg.seed)
     try:
         precision = expert_precision(model, cfg.precision)
@@ -306,6 +313,17 @@ def _synthetic_routing(sf: ScenarioFile, spec: RoutingModelConfig | str, experts
         return SyntheticRouting(spec, experts, top_k, layers, seed)
     except ValueError as err:
         raise config_error(sf, field + ".popularity", str(err)) from None
+
+
+def _load_matrix_routing(sf: ScenarioFile, model: ModelSpec, seed: int) -> LoadMatrixRouting:
+    """Replay of measured expert loads (one file or a history of windows), checked against the model."""
+    rc = sf.config.workload.routing
+    files = [rc.loads] if isinstance(rc.loads, str) else rc.loads
+    history = read_load_matrix([Path(f) if Path(f).is_absolute() else sf.base_dir / f for f in files], model)
+    try:
+        return LoadMatrixRouting(history, model.moe.top_k, rc.window, rc.steps_per_window, seed)
+    except ValueError as err:
+        raise config_error(sf, "workload.routing.window", str(err)) from None
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:

@@ -251,8 +251,8 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, list[str]]:
     rows = []
     for no, row in lines:
         if len(row) != width:
-            raise ConfigError(f"ragged rows: {len(row)} values where {'the header has' if header else 'the first row has'} "
-                              f"{width}", file=path, field=f"line {no}")
+            first = "the header has" if header else "the first row has"
+            raise ConfigError(f"ragged rows: {len(row)} values where {first} {width}", file=path, field=f"line {no}")
         for j, x in enumerate(row):
             if not _is_number(x):
                 col = f"column '{header[j]}'" if header else f"column {j + 1}"
