@@ -244,7 +244,17 @@ def _place(args: argparse.Namespace) -> int:
 
     console = console_for()
     overrides = list(args.set or []) + ([f"workload.steps={args.steps_sim}"] if args.steps_sim else [])
-    scenario = load_scenario(args.config, overrides)
+    if args.loads:  # measured expert loads replace the config's routing (placement and --simulate alike)
+        import json
+
+        files = [str(Path(f).resolve()) for f in args.loads]
+        overrides += ["workload.routing.generator=load_matrix", f"workload.routing.loads={json.dumps(files)}"]
+    try:
+        scenario = load_scenario(args.config, overrides)
+    except ConfigError as err:
+        if args.loads and err.file in files:
+            raise err.given_by("--loads") from None
+        raise
     _out_dir(args.out)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
@@ -630,6 +640,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated: contiguous, round_robin, random, eplb, eplb_hierarchical, ilp, "
                             "ilp_load, ilp_affinity")
     place.add_argument("--steps", type=_at_least(1), default=16, help="routing steps the placement is fitted on")
+    place.add_argument("--loads", nargs="+", type=Path, default=None, metavar="FILE",
+                       help="measured expert loads (layers x experts: .csv, .npy, .parquet, SGLang/vLLM .json or "
+                       ".pt; several files = windows in order) replace the config's routing; the load is the "
+                       "windows' mean")
     place.add_argument("--redundant", type=_at_least(0), default=0,
                        help="expert copies beyond one each (EPLB's redundant experts)")
     place.add_argument("--slots", type=_at_least(1), default=None, help="expert copies per device (default ceil((E+R)/ep), "

@@ -251,9 +251,11 @@ def print_placement_table(study: Any, console: Console) -> None:
     """One row per placement method: balance, bottleneck, traffic, solve time, gap, simulated step."""
     p = study.problem
     unit = p.time_model.unit
+    m = p.provenance.get("loads")  # a measured load matrix (moesim place --loads, routing: load_matrix)
+    source = (f"loads from {', '.join(m['files'])} ({m['kind']}, {m['windows']} window(s), window: {m['window']})"
+              if m else f"loads from routing steps {p.provenance.get('steps')}")
     console.print(f"[bold]Expert placement[/bold]: {p.num_experts} experts on {p.num_devices} devices in "
-                  f"{p.num_nodes} node(s), {p.num_layers} MoE layers, {p.redundant} redundant copies; "
-                  f"loads from routing steps {p.provenance.get('steps')}"
+                  f"{p.num_nodes} node(s), {p.num_layers} MoE layers, {p.redundant} redundant copies; {source}"
                   f"{' (in-sample: the simulation replays them)' if study.in_sample else ''}")
     table = Table()
     cols = ["method", "balance", "bottleneck", "remote", "inter-node", "x-dev flow", "solve", "gap"]

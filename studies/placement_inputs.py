@@ -8,13 +8,23 @@ the grouped-GEMM time of one expert over the token counts the routing produces).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from math import exp, lgamma
+from typing import Any
 
 import numpy as np
 
 from moesim.placement.problem import ExpertTimeModel, PlacementProblem, problem_from_routing, uniform_slots
 from moesim.simulator.ops import act_dtype, ffn_flops_bytes, gemm_dtype, token_bytes
 from moesim.simulator.scenario import Scenario
+from moesim.workloads.load_matrix_routing import LoadMatrixRouting
+
+
+@dataclass(frozen=True)
+class LoadHistoryProblem(PlacementProblem):
+    """A placement problem fitted to a measured load history, which it keeps for robust planning."""
+
+    load_history: np.ndarray | None = None  # (W, L, E) the per-step load each window alone gives (load's units)
 
 
 def pair_token_cost(sc: Scenario) -> np.ndarray:
@@ -114,11 +124,46 @@ def problem_from_scenario(sc: Scenario, steps: int = 16, redundant: int = 0, slo
     node_of = np.arange(ep) // sc.cluster.node.devices_per_node
     prov = {"scenario": sc.name, "model": sc.model.name, "cluster": sc.cluster.name, "ep": ep,
             "routing": sc.config.workload.routing.generator, "memory_slots_per_device": mem}
-    problem = problem_from_routing(sc.routing, sc.moe_tokens, len(sc.model.moe_layers), node_of=node_of,
-                                   token_cost=pair_token_cost(sc), redundant=redundant, slots=per_device,
-                                   steps=steps, first_step=first_step, provenance=prov)
+    matrix = sc.routing if isinstance(sc.routing, LoadMatrixRouting) else None
+    if matrix is not None:
+        prov["loads"] = {**matrix.history.describe(), "window": matrix.window}
+    if matrix is not None and matrix.exact_marginals:
+        problem = problem_from_load_matrix(matrix, sc.moe_tokens, node_of=node_of, token_cost=pair_token_cost(sc),
+                                           redundant=redundant, slots=per_device, provenance=prov)
+    else:
+        problem = problem_from_routing(sc.routing, sc.moe_tokens, len(sc.model.moe_layers), node_of=node_of,
+                                       token_cost=pair_token_cost(sc), redundant=redundant, slots=per_device,
+                                       steps=steps, first_step=first_step, provenance=prov)
     if time_model == "time":
         problem = problem.with_time_model(fit_expert_time(sc, float(problem.load.max())))
     elif time_model != "tokens":
         raise ValueError(f"unknown time model '{time_model}'; choose time or tokens")
+    if matrix is not None:
+        per_token = group_tokens(sc.moe_tokens, node_of.size).sum()
+        problem = LoadHistoryProblem(**{f.name: getattr(problem, f.name) for f in fields(problem)},
+                                     load_history=per_token * matrix.window_inclusion())
     return problem
+
+
+def group_tokens(tokens: np.ndarray, group_size: int) -> np.ndarray:
+    """(group_size,) tokens each group-local source sends per step, averaged over expert-parallel groups."""
+    return np.asarray(tokens, dtype=float).reshape(-1, group_size).mean(axis=0)
+
+
+def problem_from_load_matrix(routing: LoadMatrixRouting, tokens: np.ndarray, *, node_of: np.ndarray,
+                             token_cost: np.ndarray, redundant: int, slots: np.ndarray,
+                             provenance: dict[str, Any]) -> PlacementProblem:
+    """The expected placement problem of a load-matrix replay: no sampling noise.
+
+    Each source sends its tokens x the expected top-k inclusion of every expert (the replayed
+    windows' shares, capped at one copy per token), and consecutive layers are independent
+    (the flow routing_statistics estimates for count-only sources).
+    """
+    per_source = group_tokens(tokens, node_of.size)
+    incl = routing.expected_inclusion()  # (L, E), rows sum to top_k
+    dispatch = per_source[None, :, None] * incl[:, None, :]
+    load = dispatch.sum(axis=1)
+    flow = np.einsum("li,lj->lij", load[:-1], load[1:]) / max(float(per_source.sum()), 1.0)
+    prov = {**provenance, "flow": "independent layers (expected from the load matrix)"}
+    return PlacementProblem(load, dispatch, flow, routing.top_k, np.asarray(node_of), token_cost,
+                            np.asarray(slots, dtype=np.int64), redundant, provenance=prov)
