@@ -1,11 +1,13 @@
 """Baseline placements, each a small function `(problem, seed) -> Placement`.
 
 contiguous and round_robin ignore the loads (how Megatron/DeepSpeed and many serving stacks lay
-experts out); random is the no-information reference; eplb_global and eplb_hierarchical follow
-the greedy scheme of DeepSeek's EPLB: give redundant copies to the experts with the highest
-load per copy, then pack the copies heaviest first onto the least-loaded device that has room
-(hierarchical: first experts to nodes, then copies to the node's devices, so replicas stay
-inside a node). Loads are weighed with the problem's expert-time model.
+experts out); random is the no-information reference. eplb_global follows the greedy scheme
+of DeepSeek's EPLB (redundant copies to the experts with the highest load per copy, then copies
+heaviest first onto the least-loaded device with room) with loads weighed by the problem's
+expert-time model and slots as the problem gives them. eplb_hierarchical is EPLB as published
+(`eplb_rebalance`, a numpy port of `rebalance_experts` in github.com/deepseek-ai/EPLB,
+reproducing its README example exactly): expert groups to nodes, replicas within nodes, then
+GPUs, on token loads, with the global policy where the nodes do not divide the groups.
 """
 
 from __future__ import annotations
@@ -96,38 +98,157 @@ def eplb_global(problem: PlacementProblem, seed: int = 0) -> Placement:
     return from_share_matrices(shares)
 
 
+def eplb_balanced_packing(weight: np.ndarray, num_packs: int) -> tuple[np.ndarray, np.ndarray]:
+    """EPLB's `balanced_packing` for one row: n items into `num_packs` packs of exactly
+    n / num_packs items each, heaviest first onto the lightest pack that still has room.
+
+    Returns each item's pack and its rank (arrival order) in that pack. Ties follow EPLB under
+    PyTorch: items of equal weight in index order (torch's CPU sort is stable on rows of up to
+    16 items; longer rows with exact ties may be ordered differently there), and among packs
+    of equal weight the lowest index (Python's `min`). With one item per pack EPLB keeps the
+    items in place (item i in pack i) instead of sorting them, and so does this.
+    """
+    n = weight.size
+    if n % num_packs:
+        raise ValueError(f"{n} items do not pack evenly into {num_packs} packs")
+    per_pack = n // num_packs
+    if per_pack == 1:
+        return np.arange(n), np.zeros(n, dtype=np.int64)
+    pack = np.full(n, -1, dtype=np.int64)
+    rank = np.full(n, -1, dtype=np.int64)
+    pack_weight = np.zeros(num_packs, dtype=weight.dtype)  # float32 sums, as in EPLB
+    pack_items = np.zeros(num_packs, dtype=np.int64)
+    for item in np.argsort(-weight, kind="stable"):
+        open_packs = np.flatnonzero(pack_items < per_pack)
+        p = int(open_packs[np.argmin(pack_weight[open_packs])])  # first lightest
+        pack[item], rank[item] = p, pack_items[p]
+        pack_weight[p] += weight[item]
+        pack_items[p] += 1
+    return pack, rank
+
+
+def eplb_replicate(weight: np.ndarray, num_physical: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """EPLB's `replicate_experts` for one row: physical experts 0..n-1 are the n logical ones;
+    each further one copies the expert with the largest load per replica (first on ties).
+
+    Returns phy2log (logical expert of each physical one), the replica rank of each physical
+    expert, and the replica count of each logical expert. Division in the weight's dtype
+    (float32 as in EPLB) so that near-ties resolve the same way.
+    """
+    n = weight.size
+    if num_physical < n:
+        raise ValueError(f"{num_physical} physical experts cannot hold {n} logical ones")
+    phy2log = np.concatenate([np.arange(n), np.zeros(num_physical - n, dtype=np.int64)])
+    rank = np.zeros(num_physical, dtype=np.int64)
+    count = np.ones(n, dtype=np.int64)
+    for i in range(n, num_physical):
+        e = int(np.argmax(weight / count.astype(weight.dtype)))
+        phy2log[i], rank[i] = e, count[e]
+        count[e] += 1
+    return phy2log, rank, count
+
+
+def _eplb_layer(weight: np.ndarray, num_replicas: int, num_groups: int, num_nodes: int,
+                num_gpus: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """EPLB's hierarchical policy on one layer's (E,) float32 loads: phy2log, replica ranks, counts.
+
+    1. Pack the expert groups onto nodes (balanced packing of group loads, G / N groups each).
+    2. Inside each node replicate its experts into num_replicas / N physical experts.
+    3. Pack each node's physical experts (load / replicas each) onto its GPUs, equally many each.
+    Physical expert j sits on GPU j // (num_replicas / num_gpus); GPUs n*g..(n+1)*g-1 form node n.
+    """
+    E = weight.size
+    group_size = E // num_groups
+    per_node, gpus_per_node, per_gpu = num_replicas // num_nodes, num_gpus // num_nodes, num_replicas // num_gpus
+    group_node, group_rank = eplb_balanced_packing(weight.reshape(num_groups, group_size).sum(axis=1), num_nodes)
+    node_order = np.argsort(group_node * num_groups + group_rank, kind="stable")  # groups by (node, rank)
+    node_experts = (node_order[:, None] * group_size + np.arange(group_size)).reshape(num_nodes, -1)
+    phy2log = np.zeros(num_replicas, dtype=np.int64)
+    phyrank = np.zeros(num_replicas, dtype=np.int64)
+    logcnt = np.zeros(E, dtype=np.int64)
+    for n, experts in enumerate(node_experts):
+        local_log, local_rank, local_cnt = eplb_replicate(weight[experts], per_node)
+        per_replica = (weight[experts] / local_cnt.astype(weight.dtype))[local_log]
+        gpu, rank_on_gpu = eplb_balanced_packing(per_replica, gpus_per_node)
+        where = n * per_node + gpu * per_gpu + rank_on_gpu
+        phy2log[where] = experts[local_log]
+        phyrank[where] = local_rank
+        logcnt[experts] = local_cnt
+    return phy2log, phyrank, logcnt
+
+
+def eplb_rebalance(weight: np.ndarray, num_replicas: int, num_groups: int, num_nodes: int,
+                   num_gpus: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DeepSeek's EPLB `rebalance_experts` in numpy: (layers, experts) loads -> replica plan.
+
+    The hierarchical policy (groups to nodes, replicas within nodes, then GPUs) when the nodes
+    divide the groups, else the global one (EPLB's hierarchical policy with one group and one
+    node: replicas anywhere, packed over all GPUs). Loads are taken as float32, as EPLB does.
+
+    Returns phy2log (layers, num_replicas): the logical expert of each physical slot, slots
+    num_replicas / num_gpus per GPU in GPU order; log2phy (layers, experts, max replicas): each
+    expert's physical slots by replica rank, -1 padded; logcnt (layers, experts): replicas.
+    """
+    weight = np.asarray(weight, dtype=np.float32)
+    if weight.ndim != 2:
+        raise ValueError(f"weight must be (layers, experts), got shape {weight.shape}")
+    if (weight < 0).any() or not np.isfinite(weight).all():
+        raise ValueError("expert loads must be finite and non-negative")
+    L, E = weight.shape
+    if num_gpus % num_nodes:
+        raise ValueError(f"num_gpus={num_gpus} is not a multiple of num_nodes={num_nodes}")
+    if num_replicas % num_gpus:
+        raise ValueError(f"num_replicas={num_replicas} is not a multiple of num_gpus={num_gpus}: "
+                         "EPLB gives every GPU the same number of physical experts")
+    if num_replicas < E:
+        raise ValueError(f"num_replicas={num_replicas} is fewer than the {E} logical experts")
+    if num_groups % num_nodes:
+        num_groups = num_nodes = 1  # EPLB's global policy
+    elif E % num_groups:
+        raise ValueError(f"{E} experts do not split into num_groups={num_groups} equal groups")
+    layers = [_eplb_layer(weight[l], num_replicas, num_groups, num_nodes, num_gpus) for l in range(L)]
+    phy2log = np.stack([p for p, _, _ in layers])
+    phyrank = np.stack([r for _, r, _ in layers])
+    logcnt = np.stack([c for _, _, c in layers])
+    log2phy = np.full((L, E, int(logcnt.max())), -1, dtype=np.int64)
+    rows = np.repeat(np.arange(L), num_replicas)
+    log2phy[rows, phy2log.ravel(), phyrank.ravel()] = np.tile(np.arange(num_replicas), L)
+    return phy2log, log2phy, logcnt
+
+
 def eplb_hierarchical(problem: PlacementProblem, seed: int = 0) -> Placement:
-    """EPLB's hierarchical policy: balance experts over nodes (equal numbers per node), then
-    replicate and pack inside each node, so a hot expert's replicas share its node."""
+    """DeepSeek's published EPLB policy (`eplb_rebalance`) on the problem's token loads.
+
+    The problem's `expert_groups` are packed onto its nodes (whole groups per node, limiting
+    cross-node traffic under group-limited routing), experts are replicated inside their node
+    and the replicas packed onto the node's devices. Where the nodes do not divide the groups
+    (always for ungrouped models, expert_groups=1, on more than one node) this is EPLB's global
+    policy, as in EPLB. Every device gets the same number of physical experts, as EPLB needs:
+    floor((E + redundant) / D) each, so a redundant budget that is not a multiple of the devices
+    leaves the rest unused. Loads are balanced in tokens (EPLB's criterion; with equal copies
+    per device the expert-time model's fixed term is the same everywhere). Two replicas that
+    land on one device serve as one copy with their summed share.
+    """
     problem.check()
     E, D, N = problem.num_experts, problem.num_devices, problem.num_nodes
-    if N == 1:
-        return eplb_global(problem, seed)
     node_devices = [np.flatnonzero(problem.node_of == n) for n in range(N)]
-    node_slots = np.array([problem.slots[d].sum() for d in node_devices])
-    per_node = np.full(N, E // N) + (np.arange(N) < E % N)  # experts per node, equal up to one
-    if (per_node > node_slots).any():
-        raise ValueError(f"hierarchical EPLB needs {per_node.max()} slots per node; a node has {node_slots.min()}")
-    extra_per_node = np.minimum(node_slots - per_node, problem.redundant // N + (np.arange(N) < problem.redundant % N))
-    tm = problem.time_model
+    if len({d.size for d in node_devices}) != 1:
+        sizes = [int(d.size) for d in node_devices]
+        raise ValueError(f"EPLB needs the same number of devices on every node, got {sizes}")
+    per_gpu = problem.budget // D
+    if per_gpu * D < E:
+        raise ValueError(f"EPLB puts the same number of experts on every device: {E} experts + "
+                         f"{problem.redundant} redundant copies on {D} devices leave no multiple of {D} "
+                         f"between {E} and {problem.budget}")
+    if per_gpu > problem.slots.min():
+        raise ValueError(f"EPLB puts {per_gpu} experts on every device; device {int(np.argmin(problem.slots))} "
+                         f"has {problem.slots.min()} slots")
+    phy2log, _, logcnt = eplb_rebalance(problem.load, per_gpu * D, problem.expert_groups, N, D)
+    device_order = np.concatenate(node_devices)  # EPLB's GPU g is the (g mod gpus per node)-th device of node n
+    device = device_order[np.arange(per_gpu * D) // per_gpu]
     shares = np.zeros((problem.num_layers, E, D))
     for l in range(problem.num_layers):
-        load = problem.load[l]
-        node_load = np.zeros(N)
-        node_count = np.zeros(N, dtype=np.int64)
-        node_of_expert = np.zeros(E, dtype=np.int64)
-        for e in np.argsort(-load, kind="stable"):
-            open_nodes = [n for n in range(N) if node_count[n] < per_node[n]]
-            n = min(open_nodes, key=lambda n: (node_load[n], n))
-            node_of_expert[e] = n
-            node_load[n] += tm.fixed + tm.per_token * load[e]
-            node_count[n] += 1
-        room = problem.slots.copy()
-        for n in range(N):
-            mine = np.flatnonzero(node_of_expert == n)
-            copies = replicate_hottest(load[mine], int(extra_per_node[n]), node_devices[n].size)
-            packed = pack_copies(problem, load[mine], copies, node_devices[n], room)
-            shares[l, mine] = packed
+        np.add.at(shares[l], (phy2log[l], device), 1.0 / logcnt[l, phy2log[l]])
     return from_share_matrices(shares)
 
 

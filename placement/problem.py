@@ -9,7 +9,7 @@ slowest device's expert time, the quantity the simulator's straggler waits on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,7 @@ class PlacementProblem:
     redundant: int = 0  # copies allowed beyond one per expert, summed over devices
     time_model: ExpertTimeModel = TOKENS_MODEL
     provenance: dict[str, Any] = field(default_factory=dict)
+    expert_groups: int = 1  # routing groups of consecutive experts (DeepSeek-V3 n_group); 1 = ungrouped
 
     @property
     def num_layers(self) -> int:
@@ -72,12 +73,13 @@ class PlacementProblem:
         return self.num_experts + self.redundant
 
     def with_time_model(self, model: ExpertTimeModel) -> "PlacementProblem":
-        return PlacementProblem(self.load, self.dispatch, self.flow, self.top_k, self.node_of, self.token_cost,
-                                self.slots, self.redundant, model, self.provenance)
+        return replace(self, time_model=model)
 
     def check(self) -> None:
         """Raise ValueError with an explanation when no placement can satisfy the problem."""
         E, D = self.num_experts, self.num_devices
+        if self.expert_groups < 1 or E % self.expert_groups:
+            raise ValueError(f"{E} experts do not split into {self.expert_groups} equal expert groups")
         if self.redundant < 0:
             raise ValueError(f"redundant slots must be >= 0, got {self.redundant}")
         capacity = int(self.slots.sum())
@@ -104,7 +106,7 @@ def uniform_slots(num_experts: int, num_devices: int, redundant: int, memory_slo
 def problem_from_routing(routing: RoutingSource, tokens: np.ndarray, num_layers: int, *, node_of: np.ndarray,
                          token_cost: np.ndarray, redundant: int = 0, slots: np.ndarray | None = None,
                          steps: int = 16, first_step: int = 0, time_model: ExpertTimeModel = TOKENS_MODEL,
-                         provenance: dict[str, Any] | None = None) -> PlacementProblem:
+                         provenance: dict[str, Any] | None = None, expert_groups: int = 1) -> PlacementProblem:
     """Sample `steps` steps of a routing source (trace or generator) into a placement problem.
 
     `tokens[s]` is what each device sends per step; devices beyond one group (len(node_of))
@@ -117,4 +119,4 @@ def problem_from_routing(routing: RoutingSource, tokens: np.ndarray, num_layers:
     slot_arr = uniform_slots(E, D, redundant) if slots is None else np.asarray(slots, dtype=np.int64)
     prov = {"steps": [first_step, first_step + steps], "flow": how, **(provenance or {})}
     return PlacementProblem(dispatch.sum(axis=1), dispatch, flow, routing.top_k, np.asarray(node_of), token_cost,
-                            slot_arr, redundant, time_model, prov)
+                            slot_arr, redundant, time_model, prov, expert_groups)
