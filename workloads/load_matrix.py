@@ -260,7 +260,7 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, list[str]]:
         rows.append([float(x) for x in row])
     if not rows:
         raise ConfigError("the file has a header but no rows", file=path, field="line 2")
-    df = pd.DataFrame(rows, columns=header if header is not None else [str(j) for j in range(width)])
+    df = pd.DataFrame(rows, columns=header if header is not None else [f"column {j + 1}" for j in range(width)])
     return df, [f"line {no}" for no, _ in lines]
 
 
@@ -281,7 +281,7 @@ def _from_frame(df: pd.DataFrame, labels: list[str], path: Path,
             raise ConfigError(f"column '{col}' must hold numbers, but its type is {df[col].dtype}", file=path,
                               field=f"column '{col}'")
     values = df.to_numpy(dtype=np.float64)
-    _check_values(values, path, lambda at: f"{labels[at[0]]}, column '{df.columns[at[1]]}'")
+    _check_values(values, path, lambda at: f"{labels[at[0]]}, {_column(df.columns[at[1]])}")
     if len(df) == 0:
         raise ConfigError("the table has no rows", file=path, field="rows")
     value_col = next((c for c in _VALUE_COLUMNS if c in df.columns), None)
@@ -315,6 +315,11 @@ def _from_frame(df: pd.DataFrame, labels: list[str], path: Path,
                               file=path, field=labels[rows[0]])
         mats.append(df[experts].to_numpy(dtype=np.float64)[rows])
     return np.stack(mats), layer_ids, False, f"{fmt}-wide"
+
+
+def _column(name: str) -> str:
+    """A column as named in errors: "column 3" for a header-less CSV, else "column 'name'"."""
+    return name if name.startswith("column ") else f"column '{name}'"
 
 
 def _from_long(df: pd.DataFrame, labels: list[str], path: Path, layer_col: str,
