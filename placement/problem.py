@@ -50,6 +50,7 @@ class PlacementProblem:
     time_model: ExpertTimeModel = TOKENS_MODEL
     provenance: dict[str, Any] = field(default_factory=dict)
     expert_groups: int = 1  # routing groups of consecutive experts (DeepSeek-V3 n_group); 1 = ungrouped
+    load_history: np.ndarray | None = None  # (W, L, E) per-step load of each measured window (load's units)
 
     @property
     def num_layers(self) -> int:

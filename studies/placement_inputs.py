@@ -8,7 +8,7 @@ the grouped-GEMM time of one expert over the token counts the routing produces).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import replace
 from math import exp, lgamma
 from typing import Any
 
@@ -18,13 +18,6 @@ from moesim.placement.problem import ExpertTimeModel, PlacementProblem, problem_
 from moesim.simulator.ops import act_dtype, ffn_flops_bytes, gemm_dtype, token_bytes
 from moesim.simulator.scenario import Scenario
 from moesim.workloads.load_matrix_routing import LoadMatrixRouting
-
-
-@dataclass(frozen=True)
-class LoadHistoryProblem(PlacementProblem):
-    """A placement problem fitted to a measured load history, which it keeps for robust planning."""
-
-    load_history: np.ndarray | None = None  # (W, L, E) the per-step load each window alone gives (load's units)
 
 
 def pair_token_cost(sc: Scenario) -> np.ndarray:
@@ -139,9 +132,8 @@ def problem_from_scenario(sc: Scenario, steps: int = 16, redundant: int = 0, slo
     elif time_model != "tokens":
         raise ValueError(f"unknown time model '{time_model}'; choose time or tokens")
     if matrix is not None:
-        per_token = group_tokens(sc.moe_tokens, node_of.size).sum()
-        problem = LoadHistoryProblem(**{f.name: getattr(problem, f.name) for f in fields(problem)},
-                                     load_history=per_token * matrix.window_inclusion())
+        group_total = group_tokens(sc.moe_tokens, node_of.size).sum()  # tokens per step of one EP group
+        problem = replace(problem, load_history=group_total * matrix.window_inclusion())  # for robust planning
     return problem
 
 
