@@ -8,6 +8,10 @@ method: the bottleneck (most loaded device's tokens, summed over layers), balanc
 the share of consecutive-layer expert pairs on different devices. It then checks that the ILP's
 bottleneck is never worse than the greedy's, and reports how much the affinity-aware ILP cuts
 cross-device flow against the load-only ILP. All figures are from the model (no simulation).
+
+With `--backends pulp,matrix` it first times the `ilp` method per layer with each model build
+(before: PuLP objects; after: numpy matrices passed to HiGHS), with objective, worst gap and the
+number of MILPs solved, on every case.
 """
 
 from __future__ import annotations
@@ -50,13 +54,37 @@ def build(case: tuple, routing: RoutingModelConfig, layers: int, seed: int):
                                 slots=np.full(D, slots), steps=4)
 
 
+def backend_timing(backends: list[str], layers: int, time_limit: float, seed: int) -> None:
+    """Seconds per layer of the `ilp` method with each model build, same problems and time limit."""
+    print(f"ILP model build, time per layer ({layers} layers, time limit {time_limit:g} s per layer):")
+    print(f"  {'case':58s} {'backend':8s} {'s/layer':>8s} {'MILPs':>6s} {'objective':>12s} {'gap':>7s}")
+    routing = ROUTINGS["zipf-0.8 + affinity 0.7"]
+    for case_name, case in CASES.items():
+        problem = build(case, routing, layers, seed)
+        for backend in backends:
+            opts = IlpOptions(solver="highs", time_limit=time_limit, seed=seed, backend=backend)
+            t0 = time.perf_counter()
+            r = run_method("ilp", problem, opts, seed=seed)
+            per_layer = (time.perf_counter() - t0) / layers
+            solves = sum(int(x.status.split(" of ")[-1]) if " of " in x.status else 1 for x in r.ilp.reports)
+            objective = sum(x.objective for x in r.ilp.reports)
+            print(f"  {case_name[:58]:58s} {backend:8s} {per_layer:8.2f} {solves:6d} {objective:12.2f} "
+                  f"{r.ilp.worst_gap:7.2%}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=3, help="MoE layers per case")
     ap.add_argument("--time-limit", type=float, default=15.0, help="ILP seconds per layer (per phase)")
     ap.add_argument("--solver", default="auto")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--backends", default="", help="e.g. pulp,matrix: time the ILP per layer with each model build")
+    ap.add_argument("--backends-only", action="store_true", help="only the backend timing")
     args = ap.parse_args()
+    if args.backends:
+        backend_timing(args.backends.split(","), args.layers, args.time_limit, args.seed)
+        if args.backends_only:
+            return
     opts = IlpOptions(solver=args.solver, time_limit=args.time_limit, seed=args.seed)
     violations = 0
     for case_name, case in CASES.items():

@@ -30,13 +30,10 @@ each improvement. The bound then comes from the LP relaxation of the whole layer
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 import tempfile
-import warnings
-from contextlib import contextmanager
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -44,6 +41,7 @@ import numpy as np
 import pulp
 
 from moesim.placement.baselines import contiguous, eplb_global, round_robin
+from moesim.placement.ilp_matrix import as_scenarios, quiet_stdout, solve_layer_highs
 from moesim.placement.placement import Placement, from_share_matrices
 from moesim.placement.problem import ExpertTimeModel, PlacementProblem
 
@@ -62,6 +60,8 @@ class IlpOptions:
     gap: float = 1e-4  # relative gap at which a solve stops
     threads: int | None = None
     msg: bool = False
+    backend: str = "auto"  # auto (HiGHS: numpy matrices, CBC: PuLP) | matrix | pulp
+    worst_weight: float = 0.0  # scenarios: 0 = mean of the scenario bottlenecks, 1 = the worst one
 
 
 @dataclass
@@ -140,28 +140,13 @@ class _WarmHiGHS(pulp.HiGHS):
         lp.solverModel.run()
 
 
-@contextmanager
-def _quiet_stdout(enabled: bool):
-    """Silence a native library's stdout (HiGHS prints a banner even with output off)."""
-    if not enabled:
-        yield
-        return
-    sys.stdout.flush()
-    saved = os.dup(1)
-    with open(os.devnull, "w") as null:
-        os.dup2(null.fileno(), 1)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 1)
-            os.close(saved)
 
 
 def _run_solver(prob: pulp.LpProblem, solver: str, opts: IlpOptions) -> tuple[str, float]:
     """Solve; return (status, best lower bound)."""
     if solver == "highs":
         s = _WarmHiGHS(msg=opts.msg, timeLimit=opts.time_limit, gapRel=opts.gap, threads=opts.threads)
-        with _quiet_stdout(not opts.msg):
+        with quiet_stdout(not opts.msg):
             prob.solve(s)
         info = prob.solverModel.getInfo()
         status = prob.solverModel.modelStatusToString(prob.solverModel.getModelStatus())
@@ -202,12 +187,22 @@ def _layer_costs(problem: PlacementProblem, layer: int, prev_shares: np.ndarray 
 
 
 def _device_times(shares: np.ndarray, load: np.ndarray, tm: ExpertTimeModel) -> np.ndarray:
-    held = (shares > 1e-9) & (load[:, None] > 0)
-    return tm.fixed * held.sum(axis=0) + tm.per_token * load @ shares
+    """Expert time per device: (D,) for loads (E,), (S, D) for scenario loads (S, E)."""
+    held = (shares > 1e-9).astype(float)
+    return tm.fixed * ((load > 0).astype(float) @ held) + tm.per_token * load @ shares
 
 
-def _objective(shares: np.ndarray, load: np.ndarray, cost: np.ndarray, tm: ExpertTimeModel, w: float) -> float:
-    return float(_device_times(shares, load, tm).max() + w * (shares * cost).sum())
+def _bottleneck(times: np.ndarray, lam: float = 0.0) -> float:
+    """The bottleneck term: the slowest device; over scenarios (1 - lam) x mean + lam x worst."""
+    if times.ndim == 1:
+        return float(times.max())
+    peaks = times.max(axis=1)
+    return float((1.0 - lam) * peaks.mean() + lam * peaks.max())
+
+
+def _objective(shares: np.ndarray, load: np.ndarray, cost: np.ndarray, tm: ExpertTimeModel, w: float,
+               lam: float = 0.0) -> float:
+    return _bottleneck(_device_times(shares, load, tm), lam) + w * float((shares * cost).sum())
 
 
 def _variable(prob: pulp.LpProblem, name: str, low: float | None, high: float | None,
@@ -218,17 +213,44 @@ def _variable(prob: pulp.LpProblem, name: str, low: float | None, high: float | 
     return pulp.LpVariable(name, low, high, cat=cat)
 
 
+def use_matrix_backend(solver: str, opts: IlpOptions) -> bool:
+    """HiGHS gets the numpy-matrix model unless `backend="pulp"` asks for the PuLP build."""
+    if opts.backend not in ("auto", "matrix", "pulp"):
+        raise ValueError(f"unknown ILP backend '{opts.backend}'; choose auto, matrix or pulp")
+    if opts.backend == "matrix" and "highs" not in available_solvers():
+        raise ValueError("the matrix backend needs HiGHS (pip install highspy)")
+    return opts.backend == "matrix" or (opts.backend == "auto" and solver == "highs")
+
+
 def solve_layer(load: np.ndarray, cost: np.ndarray, slots: np.ndarray, budget: int, tm: ExpertTimeModel,
                 warm: np.ndarray, opts: IlpOptions, solver: str, weight: float,
-                max_bottleneck: float | None = None, relax: bool = False
+                max_bottleneck: float | None = None, relax: bool = False, t_floor: np.ndarray | None = None
                 ) -> tuple[np.ndarray, str, float, float, int, int]:
-    """One flat MILP (or its LP relaxation): (shares (E, D), status, objective, bound, #vars, #constraints)."""
+    """One flat MILP (or its LP relaxation): (shares (E, D), status, objective, bound, #vars, #constraints).
+
+    Loads (S, E) are scenarios sharing the placement (objective weighted by `opts.worst_weight`);
+    HiGHS solves the numpy-matrix build (ilp_matrix), CBC the PuLP one (one scenario only)."""
+    scenarios = as_scenarios(load)
+    if use_matrix_backend(solver, opts) or (relax and "highs" in available_solvers() and opts.backend != "pulp"):
+        return solve_layer_highs(scenarios, cost, slots, budget, tm, warm, opts, weight, max_bottleneck, relax,
+                                 opts.worst_weight, t_floor)
+    if scenarios.shape[0] > 1:
+        raise ValueError("the multi-scenario (robust) ILP needs HiGHS (pip install highspy)")
+    return solve_layer_pulp(scenarios[0], cost, slots, budget, tm, warm, opts, solver, weight, max_bottleneck, relax,
+                            None if t_floor is None else float(np.max(t_floor)))
+
+
+def solve_layer_pulp(load: np.ndarray, cost: np.ndarray, slots: np.ndarray, budget: int, tm: ExpertTimeModel,
+                     warm: np.ndarray, opts: IlpOptions, solver: str, weight: float,
+                     max_bottleneck: float | None = None, relax: bool = False, t_floor: float | None = None
+                     ) -> tuple[np.ndarray, str, float, float, int, int]:
+    """The PuLP build of one layer's MILP (CBC's path; HiGHS's too with `backend="pulp"`)."""
     E, D = cost.shape
     prob = pulp.LpProblem("expert_placement", pulp.LpMinimize)
     cat = "Continuous" if relax else "Binary"
     x = [[_variable(prob, f"x_{e}_{d}", 0, 1, cat) for d in range(D)] for e in range(E)]
     f = [[_variable(prob, f"f_{e}_{d}", 0, 1) for d in range(D)] for e in range(E)]
-    T = _variable(prob, "T", 0, None)
+    T = _variable(prob, "T", max(0.0, t_floor or 0.0), None)
     prob += pulp.LpAffineExpression([(T, 1.0)] + [(f[e][d], weight * float(cost[e, d]))
                                                   for e in range(E) for d in range(D) if cost[e, d] != 0])
     for e in range(E):
@@ -249,7 +271,7 @@ def solve_layer(load: np.ndarray, cost: np.ndarray, slots: np.ndarray, budget: i
         for d in range(D):
             x[e][d].setInitialValue(1 if held[e, d] else 0)
             f[e][d].setInitialValue(min(1.0, max(0.0, float(warm[e, d]))))
-    T.setInitialValue(float(_device_times(warm, load, tm).max()))
+    T.setInitialValue(max(float(_device_times(warm, load, tm).max()), t_floor or 0.0))
     if relax:
         status, bound = _run_solver(prob, "highs" if "highs" in available_solvers() else solver, opts)
         obj = float(pulp.value(prob.objective) or np.nan)
@@ -272,37 +294,39 @@ def _solve_part(load, cost, slots, budget, tm, warm, opts, solver, layer, part
     """Solve one subproblem (optionally two-phase) and keep the warm start if it is better."""
     reports = []
     cap = None
-    weight = opts.traffic_weight
+    weight, lam = opts.traffic_weight, opts.worst_weight
     if opts.bottleneck_slack is not None:
         t0 = time.perf_counter()
         shares, status, obj, bound, nv, nc = solve_layer(load, cost, slots, budget, tm, warm, opts, solver, 0.0)
         if np.isnan(shares).any():
             shares = warm
-        best_t = _objective(shares, load, cost, tm, 0.0)
+        best_t = _objective(shares, load, cost, tm, 0.0, lam)
         reports.append(SolveReport(layer, part + " (load)", solver, status, best_t, bound,
                                    time.perf_counter() - t0, nv, nc))
-        cap = best_t * (1 + opts.bottleneck_slack)
-        if _objective(warm, load, cost, tm, 0.0) > cap:  # greedy no longer feasible: warm-start phase 1
+        cap = _objective(shares, load, cost, tm, 0.0, 1.0) * (1 + opts.bottleneck_slack)  # every scenario's
+        if _objective(warm, load, cost, tm, 0.0, 1.0) > cap:  # greedy no longer feasible: warm-start phase 1
             warm = shares
     t0 = time.perf_counter()
     shares, status, obj, bound, nv, nc = solve_layer(load, cost, slots, budget, tm, warm, opts, solver, weight, cap)
     kept = bool(np.isnan(shares).any())
-    ours = np.inf if kept else _objective(shares, load, cost, tm, weight)
-    theirs = _objective(warm, load, cost, tm, weight)
+    ours = np.inf if kept else _objective(shares, load, cost, tm, weight, lam)
+    theirs = _objective(warm, load, cost, tm, weight, lam)
     if ours > theirs + 1e-12 * max(1.0, abs(theirs)):
         shares, kept = warm, True
-    final = _objective(shares, load, cost, tm, weight)
+    final = _objective(shares, load, cost, tm, weight, lam)
     reports.append(SolveReport(layer, part, solver, status, final, min(bound, final), time.perf_counter() - t0,
                                nv, nc, kept))
     return shares, reports
 
 
-def _simple_bound(load: np.ndarray, cost: np.ndarray, tm: ExpertTimeModel, weight: float) -> float:
-    """Every expert needs a copy and every token a device: T >= (fixed x E_active + per_token x total) / D;
-    and each expert's traffic is at least its cheapest device's."""
-    active = int((load > 0).sum())
-    T = (tm.fixed * active + tm.per_token * load.sum()) / cost.shape[1]
-    return float(T + weight * cost.min(axis=1).sum())
+def _simple_bound(load: np.ndarray, cost: np.ndarray, tm: ExpertTimeModel, weight: float, lam: float = 0.0
+                  ) -> float:
+    """Every expert needs a copy and every token a device: T >= (fixed x E_active + per_token x total) / D
+    (per scenario, combined as the objective combines them); each expert's traffic is at least its
+    cheapest device's."""
+    loads = as_scenarios(load)
+    T = (tm.fixed * (loads > 0).sum(axis=1) + tm.per_token * loads.sum(axis=1)) / cost.shape[1]
+    return _bottleneck(T[:, None], lam) + weight * float(cost.min(axis=1).sum())
 
 
 def _better(obj: float, times: np.ndarray, best_obj: float, best_times: np.ndarray) -> bool:
@@ -311,7 +335,7 @@ def _better(obj: float, times: np.ndarray, best_obj: float, best_times: np.ndarr
     tol = 1e-9 * max(1.0, abs(best_obj))
     if abs(obj - best_obj) > tol:
         return obj < best_obj
-    a, b = np.sort(times)[::-1], np.sort(best_times)[::-1]
+    a, b = np.sort(times, axis=None)[::-1], np.sort(best_times, axis=None)[::-1]
     diff = np.flatnonzero(np.abs(a - b) > 1e-9 * max(1.0, float(b.max())))
     return bool(diff.size) and a[diff[0]] < b[diff[0]]
 
@@ -319,7 +343,8 @@ def _better(obj: float, times: np.ndarray, best_obj: float, best_times: np.ndarr
 def _load_neighbourhood(shares: np.ndarray, load: np.ndarray, tm: ExpertTimeModel, m: int,
                         rng: np.random.Generator) -> np.ndarray:
     """The slowest and the least-loaded devices plus random others: room to move the bottleneck's load."""
-    order = np.argsort(-_device_times(shares, load, tm), kind="stable")
+    times = _device_times(shares, load, tm)
+    order = np.argsort(-(times if times.ndim == 1 else times.max(axis=0)), kind="stable")
     pick = list(order[: max(1, m // 4)]) + list(order[::-1][: max(1, m // 4)])
     rest = [d for d in rng.permutation(shares.shape[1]) if d not in pick]
     return np.array(sorted(set(pick) | set(rest[: m - len(set(pick))])))
@@ -345,15 +370,23 @@ def _solve_neighbourhoods(load: np.ndarray, cost: np.ndarray, slots: np.ndarray,
     (with `cap`, every device's expert time stays within it)."""
     t_start = time.perf_counter()
     E, D = cost.shape
-    weight = opts.traffic_weight
-    lp_opts = replace(opts, time_limit=max(0.5, opts.time_limit / 4))
-    _, status, lp_obj, _, nv, nc = solve_layer(load, cost, slots, budget, tm, warm, lp_opts, solver, weight, cap,
-                                               relax=True)
-    if status not in ("Optimal", "Optimal solution found"):  # an unfinished LP proves nothing
-        lp_obj = float("-inf")
-    lp_obj = max(lp_obj, _simple_bound(load, cost, tm, weight))
+    weight, lam = opts.traffic_weight, opts.worst_weight
+    lp_opts = replace(opts, time_limit=max(0.1, opts.time_limit / 4))
+    if weight == 0 and cap is None:  # shares 1/D everywhere balance every scenario: the LP is the simple bound
+        lp_obj, nv, nc = float("-inf"), 2 * E * D + as_scenarios(load).shape[0], E * D + E + D + 1
+    else:
+        _, status, lp_obj, _, nv, nc = solve_layer(load, cost, slots, budget, tm, warm, lp_opts, solver, weight,
+                                                   cap, relax=True)
+        if status not in ("Optimal", "Optimal solution found"):  # an unfinished LP proves nothing
+            lp_obj = float("-inf")
+    lp_obj = max(lp_obj, _simple_bound(load, cost, tm, weight, lam))
     best = warm.copy()
-    best_obj = _objective(best, load, cost, tm, weight)
+    best_obj = _objective(best, load, cost, tm, weight, lam)
+    if use_matrix_backend(solver, opts):  # re-split the warm start's replicas optimally (an LP: copies fixed)
+        polished, *_ = solve_layer_highs(load, cost, slots, budget, tm, warm, lp_opts, weight, cap,
+                                         worst_weight=lam, fixed_copies=warm > 1e-9)
+        if not np.isnan(polished).any() and _objective(polished, load, cost, tm, weight, lam) < best_obj:
+            best, best_obj = polished, _objective(polished, load, cost, tm, weight, lam)
     rng = np.random.default_rng((opts.seed, layer))
     m = min(opts.neighbourhood, D)
     sub_opts = replace(opts, time_limit=min(5.0, max(0.5, opts.time_limit / 10)))
@@ -370,18 +403,22 @@ def _solve_neighbourhoods(load: np.ndarray, cost: np.ndarray, slots: np.ndarray,
         mine = np.flatnonzero(portion > 1e-9)
         held_outside = int((np.delete(best, devs, axis=1) > 1e-9).sum())
         sub_budget = budget - held_outside
-        sub_load = load[mine] * portion[mine]
+        sub_load = load[..., mine] * portion[mine]
         sub_cost = cost[np.ix_(mine, devs)] * portion[mine][:, None]
         sub_warm = inside[mine] / portion[mine][:, None]
-        shares, st, *_ = solve_layer(sub_load, sub_cost, slots[devs], sub_budget, tm, sub_warm, sub_opts, solver,
-                                     weight, cap)
+        outside = np.delete(_device_times(best, load, tm), devs, axis=-1)
+        floor = outside.max(axis=-1) if outside.shape[-1] else None  # the rest of the layer's bottleneck
+        left = opts.time_limit - (time.perf_counter() - t_start)  # the layer's limit holds, not one more sub-solve
+        shares, st, *_ = solve_layer(sub_load, sub_cost, slots[devs], sub_budget, tm, sub_warm,
+                                     replace(sub_opts, time_limit=max(0.05, min(sub_opts.time_limit, left))),
+                                     solver, weight, cap, t_floor=floor)
         tries += 1
         if np.isnan(shares).any():
             stale += 1
             continue
         cand = best.copy()
         cand[np.ix_(mine, devs)] = shares * portion[mine][:, None]
-        obj = _objective(cand, load, cost, tm, weight)
+        obj = _objective(cand, load, cost, tm, weight, lam)
         if _better(obj, _device_times(cand, load, tm), best_obj, _device_times(best, load, tm)):
             best, best_obj, improved, stale = cand, obj, improved + 1, 0
         else:
@@ -392,11 +429,26 @@ def _solve_neighbourhoods(load: np.ndarray, cost: np.ndarray, slots: np.ndarray,
     return best, [report]
 
 
-def solve_ilp(problem: PlacementProblem, options: IlpOptions | None = None, progress=None) -> IlpResult:
-    """Solve every MoE layer in order (affinity to the layer before); return the placement and reports."""
+def solve_ilp(problem: PlacementProblem, options: IlpOptions | None = None, progress=None,
+              scenarios: np.ndarray | None = None) -> IlpResult:
+    """Solve every MoE layer in order (affinity to the layer before); return the placement and reports.
+
+    `scenarios` (S, L, E): loads the placement must serve together (robust objective, weighted
+    by `options.worst_weight`); the problem's mean load otherwise."""
     opts = options or IlpOptions()
     problem.check()
     solver = pick_solver(opts.solver)
+    use_matrix_backend(solver, opts)  # validates the backend name
+    if scenarios is not None:
+        scenarios = np.asarray(scenarios, dtype=float)
+        if scenarios.ndim != 3 or scenarios.shape[1:] != problem.load.shape:
+            raise ValueError(f"scenarios must have shape (S, {problem.num_layers}, {problem.num_experts}), "
+                             f"got {scenarios.shape}")
+        if (scenarios < 0).any() or not np.isfinite(scenarios).all():
+            raise ValueError("scenario loads must be finite and non-negative")
+    if not 0.0 <= opts.worst_weight <= 1.0:
+        raise ValueError(f"worst_weight must be in [0, 1], got {opts.worst_weight}")
+    lam = opts.worst_weight
     if opts.decomposition not in ("auto", "flat", "neighbourhood"):
         raise ValueError(f"unknown decomposition '{opts.decomposition}'; choose auto, flat or neighbourhood")
     E, D, L = problem.num_experts, problem.num_devices, problem.num_layers
@@ -413,21 +465,22 @@ def solve_ilp(problem: PlacementProblem, options: IlpOptions | None = None, prog
     for l in range(L):
         prev = shares[l - 1] if l > 0 else None
         cost = _layer_costs(problem, l, prev, opts)
-        warm = min((st[l] for st in starts), key=lambda w: _objective(w, problem.load[l], cost, tm, opts.traffic_weight))
+        load = problem.load[l] if scenarios is None else scenarios[:, l, :]
+        warm = min((st[l] for st in starts), key=lambda w: _objective(w, load, cost, tm, opts.traffic_weight, lam))
         if large and opts.bottleneck_slack is not None:
             load_only = replace(opts, traffic_weight=0.0, bottleneck_slack=None)
-            first, rep = _solve_neighbourhoods(problem.load[l], cost, problem.slots, problem.budget, tm, warm,
+            first, rep = _solve_neighbourhoods(load, cost, problem.slots, problem.budget, tm, warm,
                                                load_only, solver, l)
             rep[0].part += " (load)"
             reports.extend(rep)
-            cap = _objective(first, problem.load[l], cost, tm, 0.0) * (1 + opts.bottleneck_slack)
-            shares[l], rep = _solve_neighbourhoods(problem.load[l], cost, problem.slots, problem.budget, tm, first,
+            cap = _objective(first, load, cost, tm, 0.0, 1.0) * (1 + opts.bottleneck_slack)
+            shares[l], rep = _solve_neighbourhoods(load, cost, problem.slots, problem.budget, tm, first,
                                                    opts, solver, l, cap)
         elif large:
-            shares[l], rep = _solve_neighbourhoods(problem.load[l], cost, problem.slots, problem.budget, tm,
+            shares[l], rep = _solve_neighbourhoods(load, cost, problem.slots, problem.budget, tm,
                                                    warm, opts, solver, l)
         else:
-            shares[l], rep = _solve_part(problem.load[l], cost, problem.slots, problem.budget, tm,
+            shares[l], rep = _solve_part(load, cost, problem.slots, problem.budget, tm,
                                          warm, opts, solver, l, "flat")
         reports.extend(rep)
         if progress:
