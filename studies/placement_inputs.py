@@ -122,11 +122,13 @@ def problem_from_scenario(sc: Scenario, steps: int = 16, redundant: int = 0, slo
         prov["loads"] = {**matrix.history.describe(), "window": matrix.window}
     if matrix is not None and matrix.exact_marginals:
         problem = problem_from_load_matrix(matrix, sc.moe_tokens, node_of=node_of, token_cost=pair_token_cost(sc),
-                                           redundant=redundant, slots=per_device, provenance=prov)
+                                           redundant=redundant, slots=per_device, provenance=prov,
+                                           expert_groups=sc.model.moe.expert_groups)
     else:
         problem = problem_from_routing(sc.routing, sc.moe_tokens, len(sc.model.moe_layers), node_of=node_of,
                                        token_cost=pair_token_cost(sc), redundant=redundant, slots=per_device,
-                                       steps=steps, first_step=first_step, provenance=prov)
+                                       steps=steps, first_step=first_step, provenance=prov,
+                                       expert_groups=sc.model.moe.expert_groups)
     if time_model == "time":
         problem = problem.with_time_model(fit_expert_time(sc, float(problem.load.max())))
     elif time_model != "tokens":
@@ -144,7 +146,7 @@ def group_tokens(tokens: np.ndarray, group_size: int) -> np.ndarray:
 
 def problem_from_load_matrix(routing: LoadMatrixRouting, tokens: np.ndarray, *, node_of: np.ndarray,
                              token_cost: np.ndarray, redundant: int, slots: np.ndarray,
-                             provenance: dict[str, Any]) -> PlacementProblem:
+                             provenance: dict[str, Any], expert_groups: int = 1) -> PlacementProblem:
     """The expected placement problem of a load-matrix replay: no sampling noise.
 
     Each source sends its tokens x the expected top-k inclusion of every expert (the replayed
@@ -158,4 +160,4 @@ def problem_from_load_matrix(routing: LoadMatrixRouting, tokens: np.ndarray, *, 
     flow = np.einsum("li,lj->lij", load[:-1], load[1:]) / max(float(per_source.sum()), 1.0)
     prov = {**provenance, "flow": "independent layers (expected from the load matrix)"}
     return PlacementProblem(load, dispatch, flow, routing.top_k, np.asarray(node_of), token_cost,
-                            np.asarray(slots, dtype=np.int64), redundant, provenance=prov)
+                            np.asarray(slots, dtype=np.int64), redundant, provenance=prov, expert_groups=expert_groups)

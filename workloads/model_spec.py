@@ -58,11 +58,15 @@ class MoESpec(_Strict):
     )
     first_dense_layers: int = Field(0, ge=0, description="leading layers with a dense FFN")
     layer_freq: int = Field(1, ge=1, description="every n-th layer (after the dense ones) is MoE")
+    expert_groups: int = Field(1, ge=1, description="groups of consecutive experts for group-limited routing "
+                               "(DeepSeek n_group); EPLB's hierarchical policy packs whole groups onto nodes")
 
     @model_validator(mode="after")
     def _k_fits(self) -> "MoESpec":
         if self.top_k > self.num_experts:
             raise ValueError(f"top_k={self.top_k} exceeds num_experts={self.num_experts}")
+        if self.num_experts % self.expert_groups:
+            raise ValueError(f"expert_groups={self.expert_groups} does not divide num_experts={self.num_experts}")
         return self
 
 

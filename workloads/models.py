@@ -158,6 +158,9 @@ def hf_config_to_spec(cfg: dict[str, Any], default_name: str = "hf-model",
     freq = count("moe.layer_freq", "moe_layer_freq", "decoder_sparse_step", "encoder_sparse_step", default=1,
                  minimum=0) or 1
     count("vocab_size", "vocab_size")
+    groups = count("moe.expert_groups", "n_group", default=1) or 1
+    if experts % groups:
+        raise HFConfigError("n_group", f"{groups} expert groups do not divide the {experts} experts")
     if cfg.get("kv_lora_rank"):
         attention: dict[str, Any] = {
             "type": "mla",
@@ -207,6 +210,7 @@ def hf_config_to_spec(cfg: dict[str, Any], default_name: str = "hf-model",
             "shared_intermediate_size": (shared_size // shared if shared_size and shared else None),
             "first_dense_layers": first_dense,
             "layer_freq": freq,
+            "expert_groups": groups,
         },
         "dtype": dtype,
         "sources": {"*": "Hugging Face config.json"},
