@@ -86,6 +86,8 @@ def _routing_provenance(sc: Scenario) -> dict[str, Any]:
         out.update(alpha=rc.alpha, shuffle=rc.shuffle)
     elif rc.generator == "synthetic":
         out["model"] = sc.routing.cfg.model_dump(exclude={"popularity": {"weights"}})
+    elif rc.generator == "load_matrix":
+        out.update(loads=sc.routing.history.describe(), window=rc.window, steps_per_window=rc.steps_per_window)
     return out
 
 

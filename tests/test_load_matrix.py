@@ -150,6 +150,15 @@ def test_generator_cycles_windows_step_by_step(tmp_path, toy_config):
     assert int(one.routing.step(0, one.moe_tokens, 2).counts[0].sum(axis=0).argmax()) == 7
 
 
+def test_a_simulation_records_the_load_files_it_replayed(tmp_path, toy_config):
+    from moesim.simulator.run import simulate
+
+    path = _scenario(tmp_path, toy_config, {"generator": "load_matrix", "loads": "toy-moe8.csv"}, batch_size=64)
+    routing = simulate(path).summary["routing"]
+    assert routing["generator"] == "load_matrix" and routing["loads"]["files"][0].endswith("toy-moe8.csv")
+    assert routing["window"] == "mean"
+
+
 def test_place_loads_uses_the_matrix(tmp_path, toy_config, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     path = _scenario(tmp_path, toy_config, {"generator": "uniform"}, batch_size=64)
