@@ -3,7 +3,8 @@
 Methods: the baselines (contiguous, round_robin, random, eplb, eplb_hierarchical) and three
 ILP objectives: `ilp` (bottleneck time + weighted all-to-all and affinity traffic), `ilp_load`
 (bottleneck only, EPLB's goal solved exactly) and `ilp_affinity` (least traffic among
-placements whose bottleneck is within `slack` of ilp_load's).
+placements whose bottleneck is within `slack` of ilp_load's); `ilp_robust` serves several load
+scenarios with one placement (half mean, half worst-case bottleneck; placement/scenarios.py).
 """
 
 from __future__ import annotations
@@ -19,12 +20,17 @@ from moesim.placement.evaluate import PlacementScore, check_placement, score
 from moesim.placement.ilp import IlpOptions, IlpResult, solve_ilp
 from moesim.placement.placement import Placement
 from moesim.placement.problem import PlacementProblem
+from moesim.placement.scenarios import sample_drift_scenarios
+from moesim.workloads.synthetic_routing import DriftConfig
 
 ILP_VARIANTS = {
     "ilp": {},
     "ilp_load": {"traffic_weight": 0.0},
     "ilp_affinity": {"bottleneck_slack": 0.02},
+    "ilp_robust": {"worst_weight": 0.5},
 }
+ROBUST = {"ilp_robust"}
+DEFAULT_DRIFT = DriftConfig(sigma=0.1, rho=0.95)  # scenarios when neither given nor in the problem's history
 METHODS = [*BASELINES, *ILP_VARIANTS]
 
 
@@ -47,9 +53,21 @@ class MethodResult:
         return row
 
 
+def robust_scenarios(problem: PlacementProblem, scenarios: np.ndarray | None, seed: int = 0) -> np.ndarray:
+    """Scenarios for a robust method: given, else the problem's load history, else 8 drift-model draws."""
+    if scenarios is not None:
+        return np.asarray(scenarios, dtype=float)
+    history = getattr(problem, "load_history", None)
+    if history is not None:
+        return np.asarray(history, dtype=float)
+    return sample_drift_scenarios(problem.load, 8, DEFAULT_DRIFT, seed=seed)
+
+
 def run_method(name: str, problem: PlacementProblem, options: IlpOptions | None = None, seed: int = 0,
-               progress=None) -> MethodResult:
-    """Place with one method, check the placement against the problem, and score it."""
+               progress=None, scenarios: np.ndarray | None = None) -> MethodResult:
+    """Place with one method, check the placement against the problem, and score it.
+
+    `scenarios` (S, L, E) are the loads a robust method plans for (see robust_scenarios)."""
     if name not in METHODS:
         raise ValueError(f"unknown placement method '{name}'; choose from {', '.join(METHODS)}")
     t0 = time.perf_counter()
@@ -58,7 +76,8 @@ def run_method(name: str, problem: PlacementProblem, options: IlpOptions | None 
         placement = BASELINES[name](problem, seed)
     else:
         opts = replace(options or IlpOptions(), **ILP_VARIANTS[name])
-        ilp = solve_ilp(problem, opts, progress)
+        sc = robust_scenarios(problem, scenarios, seed) if name in ROBUST else None
+        ilp = solve_ilp(problem, opts, progress, sc)
         placement = ilp.placement
     seconds = time.perf_counter() - t0
     check_placement(placement, problem)
