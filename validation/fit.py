@@ -273,6 +273,7 @@ def fit_table_ops(ops: list[TableOp], measured: np.ndarray, device: DeviceSpec) 
 
 # --- The fused MoE layer (simulator/moe_kernel_cost.py) ---
 
+FUSED_NFEV = 60  # per start: converged starts take 30-40; a start that wanders is cut off (it never won)
 FUSED_PARAMS = 4  # log10 floor, and per dtype the grouped GEMM's c_max, log10 rows_half, m_max
 FUSED_FORM = ("fused MoE layer = floor + grouped launch + sum_e max(F_e/(peak*c_max*rows/(rows+rows_half)), "
               "B_e/(bw*m_max)) + rows*(hidden_passes*H + intermediate_passes*I)*act_bytes/(bw*e_copy)")
@@ -324,7 +325,7 @@ def fit_fused(ops: list[TableOp], measured: np.ndarray, device: DeviceSpec, kind
     for floor0, half0 in ((-4.7, 1.5), (-4.3, 2.5), (-5.0, 0.0)):
         x0 = np.array([floor0] + [device.efficiency.compute, half0, device.efficiency.memory] * len(dtypes))
         x0 = np.clip(x0, np.array(lo) + 1e-6, np.array(hi) - 1e-6)
-        res = least_squares(residuals, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.05, max_nfev=400)
+        res = least_squares(residuals, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.05, max_nfev=FUSED_NFEV)
         if best is None or res.cost < best.cost:
             best = res
     return unpack(best.x)

@@ -39,6 +39,13 @@ class Elementary:
     specs: int = 0
     hidden: np.ndarray | None = None  # (specs,) of fused_moe specs: hidden, intermediate (token passes)
     inter: np.ndarray | None = None
+    _kinds: list | None = None
+
+    def by_kind(self) -> list[tuple[str, np.ndarray]]:
+        """(kind, row indices) of every elementary kind, found once (a fit asks thousands of times)."""
+        if self._kinds is None:
+            self._kinds = [(str(k), np.flatnonzero(self.kind == k)) for k in np.unique(self.kind)]
+        return self._kinds
 
 
 def expand(specs: list[OpSpec], elem: int, weight_elem: float | None = None) -> Elementary:
@@ -111,8 +118,7 @@ def predict_expanded(ops: Elementary, specs: list[OpSpec], cost: CostModel, dtyp
                      links: dict[str, dict[str, float]] | None = None) -> np.ndarray:
     """`predict` on specs already expanded (the fit's inner loop)."""
     out = np.zeros(ops.specs)
-    for kind in np.unique(ops.kind):
-        sel = ops.kind == kind
+    for kind, sel in ops.by_kind():
         if kind == "fused":
             c, m, _ = cost.terms("grouped_gemm", ops.flops[sel], ops.nbytes[sel], ops.rows[sel], dtype)
             t = np.maximum(c, m)
