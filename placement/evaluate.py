@@ -105,7 +105,7 @@ def score(placement: Placement, problem: PlacementProblem) -> PlacementScore:
     if flow_total > 0:
         for l in range(L - 1):
             # pairs (i, j) spread over device pairs (d, d') by the two layers' shares
-            dev_pairs = np.einsum("id,ij,jk->dk", shares[l], problem.flow[l], shares[l + 1])
+            dev_pairs = shares[l].T @ problem.flow[l] @ shares[l + 1]  # (D, D): two matmuls, not a 3-way einsum
             cross_dev += dev_pairs[off_diag].sum()
             cross_node += dev_pairs[~same_node].sum()
         cross_dev /= flow_total
