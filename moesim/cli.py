@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 import sys
 from pathlib import Path
 
@@ -142,9 +143,36 @@ def _run_one(args: argparse.Namespace, scenario, out: Path, overrides: list[str]
         if not args.quiet:
             console.print(f"{scenario.name}: serving {total:,} requests")
     mode = "none" if args.quiet else args.progress
-    with step_progress(console, mode, total, f"simulating {scenario.name}", unit) as progress:
+    with step_progress(console, mode, total, f"simulating {scenario.name}", unit) as progress, \
+            _noting_ctrl_c() as interrupted:
         result = simulate(scenario, progress=progress)
+    if interrupted():  # the KeyboardInterrupt was raised inside a SimPy process, which swallows it
+        raise KeyboardInterrupt
     return write_run_dir(result, out, force=args.force, overrides=overrides), result
+
+
+@contextmanager
+def _noting_ctrl_c():
+    """Remember a Ctrl-C (and raise KeyboardInterrupt as usual): a SimPy process that the interrupt
+    lands in turns it into a failed event that may never be looked at, so the run would finish and
+    be written; the caller checks `interrupted()` afterwards."""
+    import signal
+
+    seen = []
+
+    def handler(signum, frame):
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: leave Ctrl-C alone
+        yield lambda: False
+        return
+    try:
+        yield lambda: bool(seen)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _sweep(args: argparse.Namespace, overrides: list[str], console) -> int:

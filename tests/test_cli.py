@@ -161,6 +161,39 @@ def test_memory_estimate_grows_with_steps_devices_and_layers():
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT semantics")
+def test_ctrl_c_swallowed_inside_a_simpy_process_still_stops_the_run(tmp_path, monkeypatch, capsys):
+    """SimPy hands a KeyboardInterrupt raised in one process to whatever waits on it, which may drop
+    it; the run then finishes. The CLI remembers the Ctrl-C itself and still writes nothing."""
+    import simpy
+
+    import moesim.simulator.run as run_module
+
+    real = run_module.simulate
+
+    def interrupted_inside_simpy(*args, **kwargs):
+        env = simpy.Environment()
+
+        def device(env):
+            yield env.timeout(1)
+            signal.raise_signal(signal.SIGINT)  # the interrupt lands inside a process
+
+        def waiter(env, p):
+            try:
+                yield p
+            except BaseException:  # noqa: BLE001 - a waiter that drops it
+                pass
+        env.process(waiter(env, env.process(device(env))))
+        env.run()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "simulate", interrupted_inside_simpy)
+    out = tmp_path / "run"
+    assert main(["simulate", str(ROOT / "examples" / "tiny-moe-trace-8xh100.yaml"), "--out", str(out),
+                 "--quiet"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
 def test_ctrl_c_stops_the_run_and_writes_nothing(tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
