@@ -247,6 +247,13 @@ def print_trace_stats(summary: dict, console: Console) -> None:
     console.print(unclipped(t))
 
 
+def _dispatch_note(provenance: dict) -> str:
+    """How the place table's inter-node share was priced (the scenario's dispatch), or nothing."""
+    d = provenance.get("dispatch")
+    return (f" (inter-node priced for {d['algorithm']} dispatch, {d['replica_choice']} replica choice)"
+            if d else "")
+
+
 def print_placement_table(study: Any, console: Console) -> None:
     """One row per placement method: balance, bottleneck, traffic, solve time, gap, simulated step."""
     p = study.problem
@@ -260,7 +267,7 @@ def print_placement_table(study: Any, console: Console) -> None:
     table = Table()
     cols = ["method", "balance", "bottleneck", "remote", "inter-node", "x-dev flow", "solve", "gap"]
     if study.simulated:
-        cols += ["sim step", "straggler"]
+        cols += ["sim step", "straggler", "sim inter-node/step"]
     for c in cols:
         table.add_column(c, justify="left" if c == "method" else "right")
     for _, row in study.table().iterrows():
@@ -270,14 +277,15 @@ def print_placement_table(study: Any, console: Console) -> None:
                  f"{row['flow_cross_device']:.1%}", fmt_time(row["solve_s"]),
                  "-" if row["gap"] != row["gap"] else f"{row['gap']:.2%}"]
         if study.simulated:
-            cells += [fmt_time(row["sim_step_s"]), f"{row['sim_straggler']:.2f}"]
+            cells += [fmt_time(row["sim_step_s"]), f"{row['sim_straggler']:.2f}", fmt_bytes(row["sim_inter_node_bytes"])]
         table.add_row(*cells)
     console.print(unclipped(table))
     console.print(f"balance = mean/max device tokens (1 is perfect); bottleneck = slowest device's modelled "
                   f"{'tokens' if unit == 'tokens' else 'expert time'} summed over MoE layers; remote / inter-node = "
-                  "dispatched tokens leaving their device / node; x-dev flow = consecutive-layer expert pairs on "
-                  "different devices; gap = worst layer's (objective - bound) / objective"
-                  + ("; sim step = simulated mean step latency" if study.simulated else ""))
+                  f"dispatched tokens leaving their device / node{_dispatch_note(p.provenance)}; x-dev flow = "
+                  "consecutive-layer expert pairs on different devices; gap = worst layer's (objective - bound) / objective"
+                  + ("; sim step = simulated mean step latency; sim inter-node/step = dispatch + combine bytes "
+                     "crossing nodes per simulated step" if study.simulated else ""))
 
 
 def print_serving_summary(result: Any, console: Console) -> None:

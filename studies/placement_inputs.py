@@ -44,14 +44,11 @@ def pair_token_cost(sc: Scenario) -> np.ndarray:
     algorithm = pol.dispatch.algorithm
     if algorithm in ("direct", "low_latency"):
         return base
-    E, k = sc.model.moe.num_experts, sc.model.moe.top_k
-    node = sc.machine.node_of[:ep] - sc.machine.node_of[0]
-    per_device = distinct_per_row(E, k, E / ep)
+    per_device, per_node = distinct_rows(sc)
     if algorithm == "dedup":
         return base * per_device
+    node = group_nodes(sc)
     rank = sc.machine.local_rank[:ep]
-    nodes = int(node.max()) + 1
-    per_node = distinct_per_row(E, k, E / nodes)
     cost = np.where(node[:, None] == node[None, :], base * per_device, 0.0)
     for s in range(ep):
         for d in range(ep):
@@ -60,6 +57,29 @@ def pair_token_cost(sc: Scenario) -> np.ndarray:
                 peer = on_node[min(rank[s] - rank[on_node[0]], on_node.size - 1)]
                 cost[s, d] = base[s, peer] * per_node + base[peer, d] * per_device
     return cost
+
+
+def group_nodes(sc: Scenario) -> np.ndarray:
+    """(ep,) node of each device of the first expert-parallel group, counted from 0."""
+    return sc.machine.node_of[:sc.ep] - sc.machine.node_of[0]
+
+
+def distinct_rows(sc: Scenario) -> tuple[float, float]:
+    """Expected distinct (token, destination device) and (token, destination node) pairs per
+    routed row under even routing: what dedup and hierarchical dispatch send per row."""
+    E, k = sc.model.moe.num_experts, sc.model.moe.top_k
+    nodes = int(group_nodes(sc).max()) + 1
+    return distinct_per_row(E, k, E / sc.ep), distinct_per_row(E, k, E / nodes)
+
+
+def dispatch_provenance(sc: Scenario) -> dict[str, Any]:
+    """What placement scoring needs of the scenario's dispatch: the replica choice, and the
+    inter-node rows one routed inter-node row costs (1 direct, once per destination device for
+    dedup, once per destination node for hierarchical; expectations as in pair_token_cost)."""
+    d = sc.config.policies.dispatch
+    per_device, per_node = distinct_rows(sc)
+    per_row = {"dedup": per_device, "hierarchical": per_node}.get(d.algorithm, 1.0)
+    return {"algorithm": d.algorithm, "replica_choice": d.replica_choice, "inter_node_rows_per_row": per_row}
 
 
 def distinct_per_row(experts: int, top_k: int, group: float) -> float:
@@ -116,7 +136,8 @@ def problem_from_scenario(sc: Scenario, steps: int = 16, redundant: int = 0, slo
         per_device = np.full(ep, slots, dtype=np.int64)
     node_of = np.arange(ep) // sc.cluster.node.devices_per_node
     prov = {"scenario": sc.name, "model": sc.model.name, "cluster": sc.cluster.name, "ep": ep,
-            "routing": sc.config.workload.routing.generator, "memory_slots_per_device": mem}
+            "routing": sc.config.workload.routing.generator, "memory_slots_per_device": mem,
+            "dispatch": dispatch_provenance(sc)}
     matrix = sc.routing if isinstance(sc.routing, LoadMatrixRouting) else None
     if matrix is not None:
         prov["loads"] = {**matrix.history.describe(), "window": matrix.window}

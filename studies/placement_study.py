@@ -39,7 +39,22 @@ class PlacementStudy:
         if self.simulated:
             df["sim_step_s"] = [self.simulated[r.method]["step_latency_s"]["mean"] for r in self.results]
             df["sim_straggler"] = [self.simulated[r.method]["straggler_ratio"]["mean"] for r in self.results]
+            df["sim_inter_node_bytes"] = [inter_node_bytes_per_step(self.simulated[r.method]) for r in self.results]
+            df["sim_inter_node_share"] = [inter_node_payload_share(self.simulated[r.method]) for r in self.results]
         return df
+
+
+def inter_node_bytes_per_step(summary: dict) -> float:
+    """Dispatch + combine payload bytes that crossed nodes per simulated step (one run's summary):
+    what a node-aware placement (with local replica choice) is meant to cut."""
+    pay = summary["all_to_all_payload_bytes"]
+    return (pay["dispatch_inter_node"] + pay["combine_inter_node"]) / max(int(summary["steps"]), 1)
+
+
+def inter_node_payload_share(summary: dict) -> float:
+    """Share of the dispatch payload that left its device which also left its node (0 if none left)."""
+    pay = summary["all_to_all_payload_bytes"]
+    return pay["dispatch_inter_node"] / pay["dispatch"] if pay["dispatch"] else 0.0
 
 
 def with_placement(sc: Scenario, placement: Placement) -> Scenario:
