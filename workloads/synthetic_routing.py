@@ -190,23 +190,31 @@ class SyntheticRouting:
         carried to the next layer (affinity) makes the next choice depend on this one.
         """
         L, S, E = incl.shape
-        k = self.top_k
         src = np.repeat(np.arange(S), tokens)
         T = src.size
-        ordered = np.take_along_axis(incl, np.broadcast_to(self.order[:, None, :], incl.shape), axis=2)
-        cdf = np.cumsum(ordered, axis=2)
-        cdf *= k / cdf[:, :, -1:]
-        cdf += (np.arange(S) * k)[None, :, None]  # one block per source: a single searchsorted serves all
-        offsets = (src * k)[:, None] + np.arange(k)[None, :]
         u = rng.random(T)
         layers = []
         counts = np.zeros((L, S, E), dtype=np.int64)
         for l in range(L):
             if l:
                 u = np.where(rng.random(T) < self.cfg.affinity, u, rng.random(T))
-            idx = np.searchsorted(cdf[l].ravel(), u[:, None] + offsets, side="right")
-            rank = np.clip(idx - (src * E)[:, None], 0, E - 1)
-            experts = self.order[l][rank]
+            experts = systematic_experts(incl[l], self.order[l], src, u, self.top_k)
             layers.append(experts.astype(np.int32))
             counts[l] = np.bincount((src[:, None] * E + experts).ravel(), minlength=S * E).reshape(S, E)
         return RoutingStep(counts=counts, token_experts=layers, token_source=src)
+
+
+def systematic_experts(incl: np.ndarray, order: np.ndarray, block: np.ndarray, u: np.ndarray, k: int) -> np.ndarray:
+    """(T, k) distinct experts of tokens at latent positions u in [0, 1), token i drawing from
+    row block[i] of the inclusion probabilities incl (B, E).
+
+    Each row, laid end to end in `order` and scaled to sum to k, covers [0, k); the token takes
+    the experts under u, u + 1, ..., u + k - 1 (systematic sampling). Shared by the generator
+    and the affinity fit, so the fit calibrates on exactly the draws synthesis makes.
+    """
+    B, E = incl.shape
+    cdf = np.cumsum(incl[:, order], axis=1)
+    cdf *= k / cdf[:, -1:]
+    cdf += (np.arange(B) * k)[:, None]  # one block per row: a single searchsorted serves all
+    idx = np.searchsorted(cdf.ravel(), u[:, None] + (block * k)[:, None] + np.arange(k)[None, :], side="right")
+    return order[np.clip(idx - (block * E)[:, None], 0, E - 1)]

@@ -8,19 +8,22 @@
   sampling noise) and the random-walk drift from its slope;
 - locality: how far each source's shares stray from the layer's, beyond sampling noise;
 - affinity: the strength whose synthetic traces give the same mutual information between
-  consecutive layers as the trace, found by bisection on simulated layer pairs of the same
-  size (common random numbers keep the curve monotone).
+  consecutive layers as the trace, found by bisection on layer pairs simulated per token with
+  the trace's own step sizes and sources (common random numbers keep the curve monotone).
 Each estimate is a median over layers (or layer pairs), which keeps one odd layer from
 dominating.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from moesim.workloads.routing import inclusion_probabilities
-from moesim.workloads.synthetic_routing import DriftConfig, PopularityConfig, RoutingModelConfig, SyntheticRouting
-from moesim.workloads.trace_stats import TraceTally, conditional_concentration, layer_pairs, shares, zipf_alpha
+from moesim.workloads.routing import inclusion_probabilities, layer_pairs
+from moesim.workloads.synthetic_routing import (DriftConfig, PopularityConfig, RoutingModelConfig, SyntheticRouting,
+                                                systematic_experts)
+from moesim.workloads.trace_stats import AFFINITY_TOKENS, TraceTally, conditional_concentration, shares, zipf_alpha
 
 MAX_LAG = 32
 AFFINITY_PAIRS = 4
@@ -87,46 +90,113 @@ def fit_locality(t: TraceTally) -> float:
     return float(np.clip(np.median(out), 0.0, 1.0))
 
 
-CALIBRATION_STEPS = 8
+CALIBRATION_TOKENS = 1 << 17  # at most this many simulated tokens per layer pair
+CALIBRATION_BLOCKS = 1 << 20  # at most this many (step, source) x expert inclusion entries per layer
 
 
-def _pair_mi(cfg: RoutingModelConfig, popularity: np.ndarray, top_k: int, tokens: int, sources: int,
-             seed: int) -> float:
-    """Mutual information between two layers of synthetic routing, pooled like the trace's
-    pairs: `tokens` tokens over a few steps and `sources` sources (drift, batch variance and
-    locality each blur the pooled coupling, so they are simulated too)."""
-    cfg = cfg.model_copy(update={"popularity": PopularityConfig(kind="explicit", weights=popularity.tolist())})
-    gen = SyntheticRouting(cfg, popularity.shape[1], top_k, 2, seed, per_token=True)
-    per = max(1, tokens // (CALIBRATION_STEPS * sources))
-    pairs = sum(layer_pairs(gen.step(s, np.full(sources, per), 2).token_experts, popularity.shape[1])[0]
-                for s in range(CALIBRATION_STEPS))
-    return conditional_concentration(pairs)["mi"]
+def calibration_steps(t: TraceTally, seed: int) -> list[np.ndarray]:
+    """Tokens per source of each simulated step, shaped like the trace: its own step sizes (as
+    many tokens as the tally paired, in order, until the budget), each token's source drawn by
+    the sources' shares.
+
+    The pooled mutual information depends on the step structure, not only on the token count:
+    per-step popularity (batch variance, drift) shared by both layers of a few large steps
+    couples them, while many small steps average it out. So the fit simulates the trace's
+    steps, not a few pooled ones."""
+    m = t.meta
+    sizes = np.minimum(t.step_tokens, AFFINITY_TOKENS).astype(np.int64)
+    w = t.source_counts.sum(axis=(0, 2)).astype(float)
+    w = w / w.sum() if w.sum() > 0 else np.full(m.num_sources, 1.0 / m.num_sources)
+    rng = np.random.default_rng([seed, 6])
+    out, tokens, blocks = [], 0, 0
+    for n in sizes:
+        per_source = rng.multinomial(n, w)
+        tokens, blocks = tokens + n, blocks + np.count_nonzero(per_source) * m.num_experts
+        if out and (tokens > CALIBRATION_TOKENS or blocks > CALIBRATION_BLOCKS):
+            break
+        out.append(per_source)
+    return out
+
+
+def inclusion_rows(p: np.ndarray, top_k: int) -> np.ndarray:
+    """`inclusion_probabilities` of every row (last axis) at once: scale to k, cap at 1 and give
+    the excess to the uncapped experts until none exceeds 1 (the fit needs it for up to a
+    million (step, source) rows, where a per-row call dominates)."""
+    p = p / p.sum(axis=-1, keepdims=True)
+    pi = np.zeros_like(p)
+    free = np.ones(p.shape, dtype=bool)
+    remaining = np.full(p.shape[:-1] + (1,), float(top_k))
+    while True:
+        scaled = p * remaining / np.maximum(np.where(free, p, 0.0).sum(axis=-1, keepdims=True), 1e-300)
+        over = free & (scaled >= 1.0)
+        if not over.any():
+            return np.where(free, scaled, pi)
+        pi[over] = 1.0
+        free &= ~over
+        remaining = top_k - np.where(free, 0.0, pi).sum(axis=-1, keepdims=True)
+
+
+@dataclass
+class PairDraws:
+    """A simulated layer pair with every random draw fixed except the affinity's coin: the
+    experts at the first layer, at the second under the carried position and under a fresh one,
+    and each token's uniform deciding whether it carries. The MI for any affinity is then a
+    recount (common random numbers: monotone in the affinity, and cheap to bisect)."""
+
+    first: np.ndarray  # (T, k)
+    carried: np.ndarray  # (T, k)
+    fresh: np.ndarray  # (T, k)
+    coin: np.ndarray  # (T,)
+    num_experts: int
+
+    def mi(self, affinity: float) -> float:
+        """Mutual information over the next layer's entropy of the pair at this affinity."""
+        second = np.where((self.coin < affinity)[:, None], self.carried, self.fresh)
+        return conditional_concentration(layer_pairs([self.first, second], self.num_experts)[0])["mi"]
+
+
+def pair_draws(cfg: RoutingModelConfig, t: TraceTally, firsts: np.ndarray, seed: int) -> dict[int, PairDraws]:
+    """PairDraws for the layer pairs (l, l + 1), l in `firsts`, drawn the way synthesis does: per
+    token, step by step with the step's popularity (drift, batch variance, locality), in the
+    trace's step sizes (`calibration_steps`)."""
+    m = t.meta
+    layers = np.unique(np.concatenate([firsts, firsts + 1]))
+    gen = SyntheticRouting(cfg, m.num_experts, m.top_k, m.num_moe_layers, seed, per_token=True)
+    rows, block, blocks = [], [], 0
+    for s, per_source in enumerate(calibration_steps(t, seed)):
+        used = np.flatnonzero(per_source)
+        rows.append(gen.popularity(s, per_source.size, np.random.default_rng([seed, 1, s]))[layers][:, used])
+        block.append(np.repeat(np.arange(blocks, blocks + used.size), per_source[used]))
+        blocks += used.size
+    incl = inclusion_rows(np.concatenate(rows, axis=1), m.top_k)  # (picked layers, blocks, E)
+    block = np.concatenate(block)
+    rng = np.random.default_rng([seed, 5])
+    u, coin, v = rng.random(block.size), rng.random(block.size), rng.random(block.size)
+
+    def experts(layer: int, at: np.ndarray) -> np.ndarray:
+        return systematic_experts(incl[np.searchsorted(layers, layer)], gen.order[layer], block, at, m.top_k)
+
+    return {int(l): PairDraws(first=experts(l, u), carried=experts(l + 1, u), fresh=experts(l + 1, v), coin=coin,
+                              num_experts=m.num_experts) for l in firsts}
 
 
 def fit_affinity(t: TraceTally, cfg: RoutingModelConfig, seed: int = 0, iterations: int = 12) -> float:
     """Affinity strength matching the mutual information of a few layer pairs (median), with
-    the other fitted parameters (`cfg`) in place."""
+    the other fitted parameters (`cfg`) in place, on pairs simulated with the trace's steps."""
     m = t.meta
-    if m.num_moe_layers < 2:
+    if m.num_moe_layers < 2 or not t.rows:
         return 0.0
-    p = shares(t.layer_counts)
-    tokens = int(t.transitions[0].sum() // (m.top_k * m.top_k))
     picks = np.unique(np.linspace(0, m.num_moe_layers - 2, min(AFFINITY_PAIRS, m.num_moe_layers - 1)).astype(int))
     found = []
-    for l in picks:
+    for l, draws in pair_draws(cfg, t, picks, seed).items():
         target = conditional_concentration(t.transitions[l])["mi"]
-        pops = p[l : l + 2]
-
-        def mi(a: float) -> float:
-            return _pair_mi(cfg.model_copy(update={"affinity": a}), pops, m.top_k, tokens, m.num_sources, seed)
-
-        if mi(0.0) >= target:
+        if draws.mi(0.0) >= target:
             found.append(0.0)
             continue
         lo, hi = 0.0, 1.0
         for _ in range(iterations):
             mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if mi(mid) < target else (lo, mid)
+            lo, hi = (mid, hi) if draws.mi(mid) < target else (lo, mid)
         found.append((lo + hi) / 2)
     return float(np.median(found))
 
