@@ -18,6 +18,7 @@ import pandas as pd
 from moesim.placement.baselines import BASELINES
 from moesim.placement.evaluate import PlacementScore, check_placement, score
 from moesim.placement.ilp import IlpOptions, IlpResult, solve_ilp
+from moesim.placement.joint import solve_joint
 from moesim.placement.placement import Placement
 from moesim.placement.problem import PlacementProblem
 from moesim.placement.scenarios import sample_drift_scenarios
@@ -28,6 +29,7 @@ ILP_VARIANTS = {
     "ilp_load": {"traffic_weight": 0.0},
     "ilp_affinity": {"bottleneck_slack": 0.02},
     "ilp_robust": {"worst_weight": 0.5},
+    "ilp_joint": {"bottleneck_slack": 0.02},  # ilp_affinity, then sweeps with both neighbours (placement/joint.py)
 }
 ROBUST = {"ilp_robust"}
 DEFAULT_DRIFT = DriftConfig(sigma=0.1, rho=0.95)  # scenarios when neither given nor in the problem's history
@@ -77,7 +79,7 @@ def run_method(name: str, problem: PlacementProblem, options: IlpOptions | None 
     else:
         opts = replace(options or IlpOptions(), **ILP_VARIANTS[name])
         sc = robust_scenarios(problem, scenarios, seed) if name in ROBUST else None
-        ilp = solve_ilp(problem, opts, progress, sc)
+        ilp = solve_joint(problem, opts, progress) if name == "ilp_joint" else solve_ilp(problem, opts, progress, sc)
         placement = ilp.placement
     seconds = time.perf_counter() - t0
     check_placement(placement, problem)
