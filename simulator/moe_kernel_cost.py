@@ -33,8 +33,9 @@ KERNELS = ("fused", "grouped", "per_expert")
 class MoeKernelCost:
     """Costs the routed-expert part of one device's MoE layer under one kernel form."""
 
-    def __init__(self, cost: CostModel, kernel: str, hidden: float, intermediate: float, act_bytes: float,
-                 act_dtype: str):
+    def __init__(self, cost: CostModel, kernel: str, hidden: float | np.ndarray, intermediate: float | np.ndarray,
+                 act_bytes: float, act_dtype: str):
+        """hidden / intermediate may be arrays (one layer shape per routed-row count: calibration)."""
         if kernel not in KERNELS:
             raise ValueError(f"unknown expert_kernel '{kernel}'; valid: {', '.join(KERNELS)}")
         self.cost, self.kernel = cost, kernel

@@ -127,7 +127,7 @@ def predict_expanded(ops: Elementary, specs: list[OpSpec], cost: CostModel, dtyp
         out += np.bincount(ops.owner[sel], weights=t, minlength=ops.specs)
     fused = np.flatnonzero(np.isfinite(ops.fused_rows))
     if fused.size:
-        out[fused] += fused_fixed(cost, ops.fused_rows[fused], ops.hidden[fused], ops.inter[fused], dtype, elem)
+        out[fused] += fused_fixed(cost, ops.fused_rows[fused], ops.hidden[fused], ops.inter[fused], dtype)
     for i, s in enumerate(specs):
         if s.kind in ("h2d", "d2h"):
             link = (links or {}).get(s.kind)
@@ -135,17 +135,12 @@ def predict_expanded(ops: Elementary, specs: list[OpSpec], cost: CostModel, dtyp
     return out
 
 
-def fused_fixed(cost: CostModel, rows: np.ndarray, hidden: np.ndarray, inter: np.ndarray, dtype: str,
-                elem: float) -> np.ndarray:
+def fused_fixed(cost: CostModel, rows: np.ndarray, hidden: np.ndarray, inter: np.ndarray, dtype: str) -> np.ndarray:
     """Everything of a fused MoE layer but its experts' work: the floor, one grouped-GEMM launch and
-    the token passes over `rows` routed rows (simulator/moe_kernel_cost.py, vectorised over shapes)."""
+    the token passes over `rows` routed rows (the engine's `MoeKernelCost`, over arrays of shapes)."""
     act = dtype if dtype in ("bf16", "fp16", "fp32") else "bf16"  # fp8 GEMMs: 16-bit activations between them
-    act_elem = 4 if act == "fp32" else 2
-    kernel = MoeKernelCost(cost, "fused", 1.0, 0.0, act_elem, act)
-    spec = kernel.spec
-    nbytes = rows * (spec.hidden_passes * hidden + spec.intermediate_passes * inter) * act_elem
-    tokens = cost.times("moe_tokens", np.zeros_like(nbytes), nbytes, rows, act)
-    return kernel.floor + cost.overhead("grouped_gemm", dtype) + tokens
+    kernel = MoeKernelCost(cost, "fused", hidden, inter, 4 if act == "fp32" else 2, act)
+    return kernel.fixed_and_tokens(rows) + kernel.launch(np.ones_like(rows), dtype)
 
 
 def predict(specs: list[OpSpec], cost: CostModel, dtype: str, elem: int,
