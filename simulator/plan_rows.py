@@ -37,10 +37,10 @@ def plan_op_rows(pipe: "StepPipeline", plan: "StepPlan", layer: int | None, devi
                                  ("shared_expert", ops.shared_expert)):
                 for r in group:
                     cost = host if r.unit == "host CPU" and host is not None else device_cost
-                    sol = float(cost.speed_of_light(r.op.flops, r.op.bytes, r.op.dtype))
                     rows.append((lay, d, phase, r.op.name, r.unit, r.op.kind, r.op.dtype, r.op.rows, r.op.flops,
-                                 r.op.bytes, r.cost.time, r.cost.bound, r.cost.time / sol if sol > 0 else np.nan,
-                                 cost.provenance(r.op.kind)))
+                                 r.op.bytes, r.cost.time, r.cost.bound,
+                                 _sol_ratio(cost, r.op.flops, r.op.bytes, r.op.dtype, r.cost.time),
+                                 cost.provenance(r.op.kind, r.op.dtype)))
             if ops.host_crossing:
                 rows.append((lay, d, "attention", "host_link_crossing", "host link", "comm", "", 0.0, 0.0, np.nan,
                              ops.host_crossing, "link", np.nan, "link profile"))
@@ -69,17 +69,17 @@ def _moe_rows(pipe: "StepPipeline", plan: "StepPlan", layer: int, device: int) -
         dtype = costs.expert_dtype
         if costs.quantized is not None and bool(costs.quantized[mi, pl.slot_expert[mi, j]]):
             dtype = act_dtype(costs.model)
-        sol = float(machine.cost.speed_of_light(flops[0, j], mem[0, j], dtype))
         out.append((layer, device, "expert", f"expert[{int(pl.slot_expert[mi, j])}]", "device", kind, dtype,
                     float(tokens[0, j]), float(flops[0, j]), float(mem[0, j]), t, bound,
-                    t / sol if sol > 0 else np.nan, source))
+                    _sol_ratio(machine.cost, flops[0, j], mem[0, j], dtype, t), source))
     if costs.expert_kernel != "per_expert" and slots.size:
         out.append((layer, device, "expert", "grouped_gemm_launch", "device", "launch", "", 0.0, 0.0, 0.0,
                     float(costs.grouped_launch(np.array([1.0]))[0]), "overhead", np.nan, source))
     for op in costs.moe_kernel.ops(float(tokens[0, slots].sum())):
         cost = machine.cost.op_cost(op)
         out.append((layer, device, "expert", op.name, "device", op.kind, op.dtype, op.rows, 0.0, op.bytes, cost.time,
-                    cost.bound, _sol_ratio(machine.cost, op, cost.time), costs.moe_kernel.provenance()))
+                    cost.bound, _sol_ratio(machine.cost, op.flops, op.bytes, op.dtype, cost.time),
+                    costs.moe_kernel.provenance()))
     kind = comm_cost.DISPATCH_KIND.get(pipe.dispatch.name, "all_to_all")
     for name, stages in (("dispatch", plan.traffic.dispatch), ("combine", plan.traffic.combine)):
         for i, stage in enumerate(stages):
@@ -97,7 +97,7 @@ def _moe_rows(pipe: "StepPipeline", plan: "StepPlan", layer: int, device: int) -
     return out
 
 
-def _sol_ratio(cost, op, time: float) -> float:
+def _sol_ratio(cost, flops: float, nbytes: float, dtype: str, time: float) -> float:
     """Time over the roofline bound (NaN where the op has no work: a fixed floor)."""
-    sol = float(cost.speed_of_light(op.flops, op.bytes, op.dtype))
+    sol = float(cost.speed_of_light(flops, nbytes, dtype))
     return time / sol if sol > 0 else np.nan
