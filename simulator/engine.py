@@ -179,6 +179,10 @@ class Engine:
             moe = [(make_collective(env, fabric, [s[m] for s in dis], extra, need_d[m], kind, floor),
                     make_collective(env, fabric, [s[m] for s in com], extra, need_c[m], kind, floor))
                    for m in range(dis[0].shape[0])]
+            if tr.combine_skipped is not None:  # a combine that moves nothing launches no kernel: no floor, no wait
+                nobody = np.zeros((self.n, self.n), dtype=bool)
+                for m in np.flatnonzero(tr.combine_skipped):
+                    moe[m] = (moe[m][0], make_collective(env, fabric, [s[m] for s in com], 0.0, nobody, kind, None))
             tp = []
             if self._tp_ring is not None:
                 groups = np.arange(self.n) // self.tp

@@ -105,10 +105,14 @@ def merge_microbatches(plans: list[StepPlan]) -> StepPlan:
 
     stages_d = [sum(p.traffic.dispatch[i] for p in plans) for i in range(len(first.traffic.dispatch))]
     stages_c = [sum(p.traffic.combine[i] for p in plans) for i in range(len(first.traffic.combine))]
+    residency = None if first.traffic.residency is None else sum(p.traffic.residency for p in plans)
+    skipped = None if first.traffic.combine_skipped is None else \
+        np.logical_and.reduce([p.traffic.combine_skipped for p in plans])
     return StepPlan(
         step=first.step, attention=add("attention"), dense_ffn=add("dense_ffn"), shared_expert=add("shared_expert"),
         expert=add("expert"), tp_bytes=sum(p.tp_bytes for p in plans),
-        traffic=Traffic(stages_d, stages_c, first.traffic.kernel_latency),
+        traffic=Traffic(stages_d, stages_c, first.traffic.kernel_latency, residency=residency,
+                        combine_skipped=skipped),
         rows_routed=add("rows_routed"), rows_dropped=add("rows_dropped"), rows_computed=add("rows_computed"),
         experts_active=np.maximum.reduce([p.experts_active for p in plans]), expert_tokens=add("expert_tokens"),
         slot_tokens=add("slot_tokens"), slot_time=add("slot_time"),
@@ -182,6 +186,9 @@ class StepPipeline:
         layer_ops, attention, dense, shared = self._compute(inp, tokens)
         expert, rows_computed, active, expert_tokens, rows_dropped, slot_tokens, slot_time, traffic = \
             self._moe(counts, tokens, routed)
+        if traffic.residency is not None:  # tokens move between layers (exflow): compute follows them
+            attention, dense, shared = (follow_residency(a, tokens, traffic.residency, moe)
+                                        for a in (attention, dense, shared))
         full = np.zeros((L, n))
         full[moe] = expert
         replica_tokens = tokens.reshape(-1, self.tp).sum(axis=1).max() if tokens.size else 0
@@ -299,6 +306,8 @@ def _expand_shards(traffic: Traffic, mt: int, tp: int, group_tokens: np.ndarray,
     """Shard-group traffic onto devices: shard a of a group talks to shard a of another (each
     holds the group's tokens and 1/mt of every expert). With data-parallel attention (tp < mt)
     the group first all-gathers its members' tokens, which dispatch carries too."""
+    if traffic.residency is not None or traffic.combine_skipped is not None:
+        raise ValueError("tokens that move between layers (exflow dispatch) are not simulated with moe_tp > 1")
     eye = np.eye(mt)
 
     def expand(stages: list[np.ndarray]) -> list[np.ndarray]:
@@ -310,3 +319,27 @@ def _expand_shards(traffic: Traffic, mt: int, tp: int, group_tokens: np.ndarray,
         gather = np.kron(np.eye(group_tokens.size), np.ones((mt, mt)) - eye) * per_device[:, None]
         dispatch[0] = dispatch[0] + gather[None] * layout.dispatch_bytes
     return Traffic(dispatch, combine, traffic.kernel_latency)
+
+
+def follow_residency(times: np.ndarray, tokens: np.ndarray, residency: np.ndarray, moe_layers: np.ndarray) -> np.ndarray:
+    """(L, N) per-token compute moved to where the tokens are (exflow: tokens stay on their
+    expert's device between MoE layers).
+
+    `residency[i]` (Lm, N) is the tokens on each device when MoE layer i's attention runs. Layers
+    up to and including the first MoE layer run at the sources (unchanged); MoE layer i and the
+    dense layers between MoE layers i-1 and i run where MoE layer i-1 left the tokens
+    (residency[i]); layers after the last MoE layer run at the sources again (the last combine
+    returns every token home). A row is rescaled as time[l, d] x resident[d] / tokens[d], or the
+    layer's mean time per token x resident[d] on a device without tokens of its own."""
+    out = times.copy()
+    if moe_layers.size < 2:
+        return out
+    tokens = np.asarray(tokens, dtype=float)
+    layers = np.arange(moe_layers[0] + 1, moe_layers[-1] + 1)
+    which = np.searchsorted(moe_layers, layers, side="left")  # the MoE layer at or after each layer
+    res = residency[which]  # (len(layers), N)
+    t = times[layers]
+    mean = t.sum(axis=1, keepdims=True) / max(tokens.sum(), 1.0)
+    per_token = np.where(tokens > 0, t / np.where(tokens > 0, tokens, 1.0), mean)
+    out[layers] = per_token * res
+    return out

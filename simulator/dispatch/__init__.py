@@ -4,7 +4,8 @@ MoE layers' dispatch and combine (DESIGN.md "Dispatch"). The network fabric time
 One file per family: `direct` (Megatron all-to-all, one row per (token, expert)), `dedup` (a
 token once per destination device), `hierarchical` (DeepEP normal: once per destination node
 over the network, then NVLink forwarding), `low_latency` (DeepEP low-latency: per (token,
-expert) RDMA with a per-kernel floor). Each is a one-method object; `Traffic` is what they make.
+expert) RDMA with a per-kernel floor), `token_stays` (ExFlow: a token stays on its expert's device
+between layers). Each is a one-method object; `Traffic` is what they make.
 The kernels' floors and efficiency in message size are the comm kind's (`comm_cost.DISPATCH_KIND`).
 """
 
@@ -42,6 +43,12 @@ class Traffic:
     combine: list[np.ndarray]
     kernel_latency: float | None = None
     distinct: np.ndarray | None = field(default=None)  # (Lm, N, N) token copies sent (dedup family)
+    # tokens move between layers (exflow): (Lm, N) tokens resident on each device when MoE layer i's
+    # attention runs; None: every token's attention runs on its own device (every other algorithm)
+    residency: np.ndarray | None = None
+    # (Lm,) True where a layer's combine moves nothing and launches no kernel (no floor); None: every
+    # layer launches its combine kernel
+    combine_skipped: np.ndarray | None = None
 
     def total(self, which: str) -> np.ndarray:
         """(Lm, N, N) bytes summed over stages (what the links carry)."""
