@@ -7,11 +7,14 @@ tests and notebooks may build a `StepPipeline` with their own stages instead.
 from __future__ import annotations
 
 from moesim.simulator.capacity import CapacityPolicy
+from moesim.simulator.config import config_error
 from moesim.simulator.dispatch import DispatchAlgorithm, DispatchLayout
 from moesim.simulator.dispatch.dedup import Dedup
 from moesim.simulator.dispatch.direct import Direct
 from moesim.simulator.dispatch.hierarchical import Hierarchical
 from moesim.simulator.dispatch.low_latency import LowLatency
+from moesim.simulator.dispatch.token_stays import TokenStays, exflow_problem
+from moesim.simulator.memory import kv_bytes_per_token
 from moesim.simulator.ops import token_bytes
 from moesim.simulator.replica_split import ReplicaSplit, split_weights
 from moesim.simulator.scenario import Scenario
@@ -28,7 +31,23 @@ def dispatch_algorithm(sc: Scenario) -> DispatchAlgorithm:
         return Hierarchical()
     if cfg.algorithm == "low_latency":
         return LowLatency(cfg.kernel_latency)
+    if cfg.algorithm == "exflow":
+        problem = exflow_problem(sc)  # checked again here: a study may have swapped the placement
+        if problem is not None:
+            raise config_error(sc.source, *problem)
+        return TokenStays(exflow_kv_bytes(sc) if cfg.kv_sync == "per_layer" else ())
     return Direct()
+
+
+def exflow_kv_bytes(sc: Scenario) -> tuple[float, ...]:
+    """Per MoE layer i, one token's KV bytes that ride on its dispatch under kv_sync per_layer: the
+    entries of every layer after MoE layer i-1 up to MoE layer i (those layers' attention ran where
+    MoE layer i-1 left the token); none on the first MoE layer (its attention and the layers
+    before it always run on the token's own device)."""
+    moe = list(sc.model.moe_layers)
+    return tuple(0.0 if i == 0 else float(sum(kv_bytes_per_token(sc.model, layer, sc.tp)
+                                             for layer in range(moe[i - 1] + 1, moe[i] + 1)))
+                 for i in range(len(moe)))
 
 
 def dispatch_layout(sc: Scenario) -> DispatchLayout:

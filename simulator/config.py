@@ -135,10 +135,16 @@ class WorkloadConfig(_Strict):
 class DispatchConfig(_Strict):
     """How routed tokens travel to their experts and back (simulator/dispatch/)."""
 
-    algorithm: Literal["direct", "dedup", "hierarchical", "low_latency"] = Field(
+    algorithm: Literal["direct", "dedup", "hierarchical", "low_latency", "exflow"] = Field(
         "direct", description="direct: a row per (token, expert) (Megatron); dedup: a token once per device; "
         "hierarchical: once per node over the network, then NVLink forwarding (DeepEP normal); "
-        "low_latency: per (token, expert) RDMA with a per-kernel floor (DeepEP low-latency)")
+        "low_latency: per (token, expert) RDMA with a per-kernel floor (DeepEP low-latency); "
+        "exflow: a token stays on its top-1 expert's device between MoE layers, one all-to-all per layer "
+        "(ExFlow; needs per-token routing ids, simulator/dispatch/token_stays.py)")
+    kv_sync: Literal["per_layer", "none"] = Field(
+        "per_layer", description="exflow only: per_layer: each token's new KV entries are all-gathered over the EP "
+        "group on the next MoE layer's dispatch (context coherence); none: contexts are assumed to be where "
+        "attention needs them already (an optimistic bound)")
     kernel_latency: Seconds | None = Field(None, ge=0, description="low_latency: fixed cost of each dispatch or "
                                            "combine kernel (launch, signalling, polling); default: the cluster "
                                            "profile's low_latency floor")

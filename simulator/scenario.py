@@ -18,6 +18,7 @@ from moesim.hardware_profiles.topology import Routes
 from moesim.placement import Placement, contiguous, load_placement_file, round_robin
 from moesim.simulator.config import ScenarioConfig, ScenarioFile, WorkloadConfig, config_error, load_config
 from moesim.simulator.cost_model import CostModel
+from moesim.simulator.dispatch.token_stays import exflow_problem
 from moesim.simulator.machine import Machine, Scale, build_machine
 from moesim.simulator.expert_precision import ExpertPrecision, expert_precision
 from moesim.simulator.memory import MemoryEstimate, estimate_memory
@@ -257,11 +258,15 @@ def resolve(sf: ScenarioFile) -> Scenario:
                            f"({fmt_bytes(device.memory.capacity)} less the {cfg.policies.memory_reserve:.0%} "
                            "reserve); lower the batch or kv_len, raise ep/tp, quantize experts (precision.bits) "
                            "or offload them (offload:)")
-    return Scenario(
+    scenario = Scenario(
         name=cfg.name or "scenario", config=cfg, source=sf, model=model, machine=machine, ep=ep, tp=tp, dp=dp, placement=placement, routing=routing,
         batch_per_replica=batch, moe_tokens=moe_tokens, memory=memory, precision=precision, offload=offload,
         moe_tp=moe_tp,
     )
+    problem = exflow_problem(scenario)  # exflow dispatch needs per-token ids: say so before the run
+    if problem is not None:
+        raise config_error(sf, *problem)
+    return scenario
 
 
 def workload_memory(model: ModelSpec, placement: Placement, tp: int, batch: int, wl: WorkloadConfig,

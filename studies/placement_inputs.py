@@ -45,7 +45,7 @@ def pair_token_cost(sc: Scenario) -> np.ndarray:
     if algorithm in ("direct", "low_latency"):
         return base
     per_device, per_node = distinct_rows(sc)
-    if algorithm == "dedup":
+    if algorithm in ("dedup", "exflow"):  # exflow: dedup's dispatch (its combine to the new home, priced alike)
         return base * per_device
     node = group_nodes(sc)
     rank = sc.machine.local_rank[:ep]
@@ -78,7 +78,7 @@ def dispatch_provenance(sc: Scenario) -> dict[str, Any]:
     dedup, once per destination node for hierarchical; expectations as in pair_token_cost)."""
     d = sc.config.policies.dispatch
     per_device, per_node = distinct_rows(sc)
-    per_row = {"dedup": per_device, "hierarchical": per_node}.get(d.algorithm, 1.0)
+    per_row = {"dedup": per_device, "exflow": per_device, "hierarchical": per_node}.get(d.algorithm, 1.0)
     return {"algorithm": d.algorithm, "replica_choice": d.replica_choice, "inter_node_rows_per_row": per_row}
 
 
