@@ -22,7 +22,9 @@ moesim's rendering (`policies.dispatch.algorithm: exflow`), per step and per EP 
 - Attention, shared experts and dense FFNs run where the tokens are (`Traffic.residency`): layers
   up to and including the first MoE layer at the sources, MoE layer i (i >= 1) and the dense
   layers just before it where MoE layer i-1 left the tokens, layers after the last MoE layer at
-  the sources again. `step_plan` rescales those rows by resident / own tokens per device.
+  the sources again. `step_plan` rescales those rows by resident / own tokens per device (the
+  device's own time per token; in serving iterations, where contexts differ by device, an
+  approximation). The plan's readable op rows are not rescaled: they describe the source layout.
 - Context coherence (`policies.dispatch.kv_sync`): attention of a token away from its source
   needs its sequence's KV cache there. `per_layer`: every attention layer that may run away from
   the source (every layer after the first MoE layer, up to the last MoE layer) sends each token's
