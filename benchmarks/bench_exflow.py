@@ -26,7 +26,7 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,6 @@ from moesim.simulator.run import simulate
 from moesim.simulator.scenario import load_scenario
 from moesim.studies.placement_inputs import problem_from_scenario
 from moesim.studies.placement_study import fit_window, with_placement
-from moesim.workloads.routing import RoutingStep
 
 CASES = [  # name, model, cluster, nodes, devices, sequences per GPU, kv_len
     ("Mixtral-8x7B (8 experts, top-2), 8xH100 1 node", "Mixtral-8x7B", "dgx-h100", None, 8, 64, 2048),
@@ -67,37 +66,6 @@ def config(model: str, cluster: str, nodes: int | None, devices: int, batch: int
     }
 
 
-@dataclass(frozen=True)
-class HomeShuffled:
-    """The routing source with each token's k expert ids in a random order of its own, the same
-    order in every layer. The synthetic generator lists a token's experts in systematic-sampling
-    order (column j is the expert under u + j), so column 0, exflow's home, would always be one of
-    the first 1/k of each layer's experts and pile the tokens onto a few devices; a real router's
-    top-1 is not biased that way. One permutation for all layers keeps the affinity of the home."""
-
-    inner: object
-
-    @property
-    def num_experts(self) -> int:
-        return self.inner.num_experts
-
-    @property
-    def cfg(self):  # the run summary records the generator's parameters
-        return self.inner.cfg
-
-    @property
-    def top_k(self) -> int:
-        return self.inner.top_k
-
-    def step(self, step: int, tokens: np.ndarray, num_layers: int) -> RoutingStep:
-        r = self.inner.step(step, tokens, num_layers)
-        if r.token_experts is None:
-            return r
-        T, k = r.token_experts[0].shape
-        order = np.argsort(np.random.default_rng([7, step]).random((T, k)), axis=1)
-        return replace(r, token_experts=[np.take_along_axis(te, order, axis=1) for te in r.token_experts])
-
-
 def moves(sc, placement) -> float:
     """Fraction of (token, consecutive layer) pairs whose top-1 expert changes device, over the
     simulated steps (one EP group: token sources are its devices)."""
@@ -114,7 +82,6 @@ def run_case(tmp: Path, name: str, model: str, cluster: str, nodes, devices: int
     path = tmp / "scenario.yaml"
     path.write_text(yaml.safe_dump(config(model, cluster, nodes, devices, batch, kv_len)))
     base = load_scenario(path)
-    base = replace(base, routing=HomeShuffled(base.routing))
     first, in_sample = fit_window(base, FIT_STEPS)
     problem = problem_from_scenario(base, FIT_STEPS, first_step=first)
     opts = IlpOptions(time_limit=10.0)

@@ -188,6 +188,10 @@ class SyntheticRouting:
         summing to k) cover [0, k); the token takes the experts under u, u + 1, ..., u + k - 1.
         That gives k distinct experts with exactly the intended inclusion probabilities, and a u
         carried to the next layer (affinity) makes the next choice depend on this one.
+        Column order: the expert under u would always come first, i.e. from the first 1/k of the
+        layer's order; each token's columns are rotated by its own random offset instead (the same
+        on every layer, drawn after everything else), so column 0, the "top-1" that consumers such
+        as the exflow dispatch read, is an unbiased one of the token's experts.
         """
         L, S, E = incl.shape
         src = np.repeat(np.arange(S), tokens)
@@ -201,6 +205,8 @@ class SyntheticRouting:
             experts = systematic_experts(incl[l], self.order[l], src, u, self.top_k)
             layers.append(experts.astype(np.int32))
             counts[l] = np.bincount((src[:, None] * E + experts).ravel(), minlength=S * E).reshape(S, E)
+        cols = (np.arange(self.top_k)[None, :] + rng.integers(self.top_k, size=T)[:, None]) % self.top_k
+        layers = [np.take_along_axis(experts, cols, axis=1) for experts in layers]
         return RoutingStep(counts=counts, token_experts=layers, token_source=src)
 
 
