@@ -20,7 +20,10 @@ verdict on moving from EPLB's placement to the robust one.
 A static placement cannot follow a drifting load, so a second table re-plans after every
 scoring window on what has been seen so far (the latest windows) and moves only when the
 rebalance rule says the expected gain over the next window beats the wall time of moving the
-weights (placement/rebalance_schedule.py). A window stands for `--window-serving-steps` decode
+weights (placement/rebalance_schedule.py); candidates are EPLB's or the robust ILP's plan on
+the latest windows with devices renamed to keep copies in place, or the ILP re-planning from
+the placement in force with every copy it moves priced at its transfer time spread over the
+horizon (`plan_rebalance`). A window stands for `--window-serving-steps` decode
 steps (default 1000, SGLang's default rebalance period), which sets the horizon the rule weighs;
 `--window-serving-steps 10` shows the rule refusing moves that cannot pay back. The case
 64/32 (64 GPUs, 32 redundant) is the issue's speed case (full robust placement in <= 60 s).
@@ -40,7 +43,8 @@ from moesim.placement.ilp import IlpOptions
 from moesim.placement.methods import run_method
 from moesim.placement.out_of_sample import evaluate_out_of_sample
 from moesim.placement.problem import problem_from_routing
-from moesim.placement.rebalance import expected_step_time, keep_copies_in_place, rebalance_decision
+from moesim.placement.rebalance import expected_step_time, plan_rebalance, rebalance_decision
+from moesim.placement.renaming import keep_copies_in_place
 from moesim.placement.rebalance_schedule import replay_rebalancing
 from moesim.placement.scenarios import sample_drift_scenarios, window_loads
 from moesim.workloads.synthetic_routing import DriftConfig, RoutingModelConfig, SyntheticRouting
@@ -81,12 +85,21 @@ def recent_scenarios(seen: np.ndarray, seed: int) -> np.ndarray:
 def rebalancing_table(problem, windows: np.ndarray, bw: np.ndarray, opts: IlpOptions, seed: int,
                       serving_steps: int) -> None:
     """Re-plan after every scoring window; move when the rule says so (see the module docstring)."""
-    def eplb_latest(seen):
+    def eplb_latest(seen, current=None):
         return eplb_global(replace(problem, load=seen[-1])).shares()
 
-    def robust_latest(seen):
+    def robust_latest(seen, current=None):
         return run_method("ilp_robust", replace(problem, load=seen[-1]), opts, seed,
                           scenarios=recent_scenarios(seen, seed)).placement.shares()
+
+    def move_aware(horizon):
+        def plan(seen, current=None):
+            latest = replace(problem, load=seen[-1])
+            if current is None:
+                return eplb_latest(seen)
+            return plan_rebalance(latest, current, EXPERT_BYTES, bw, horizon, SECONDS_PER_TOKEN,
+                                  opts).placement.shares()
+        return plan
 
     def rule(horizon):
         return lambda current, candidate, seen: rebalance_decision(
@@ -99,7 +112,9 @@ def rebalancing_table(problem, windows: np.ndarray, bw: np.ndarray, opts: IlpOpt
     runs = [(f"eplb, rule over {serving_steps} steps", eplb_latest, serving_steps, None),
             (f"eplb, kept in place, {serving_steps} steps", eplb_latest, serving_steps, align),
             ("eplb, kept in place, 10 steps", eplb_latest, 10, align),
-            (f"ilp_robust, kept in place, {serving_steps}", robust_latest, serving_steps, align)]
+            (f"ilp_robust, kept in place, {serving_steps}", robust_latest, serving_steps, align),
+            (f"ilp, moves priced, {serving_steps} steps", move_aware(serving_steps), serving_steps, None),
+            ("ilp, moves priced, 10 steps", move_aware(10), 10, None)]
     print(f"  re-planned after every window on the latest windows; a window = {serving_steps} decode steps:")
     print(f"  {'method':36s} {'out-of-sample':>13s} {'worst':>7s} {'moves':>7s} {'GB moved':>9s} "
           f"{'move s':>7s} {'move/serve':>10s} {'plan s':>7s}")

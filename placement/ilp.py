@@ -44,6 +44,7 @@ from moesim.placement.baselines import contiguous, eplb_global, round_robin
 from moesim.placement.ilp_matrix import as_scenarios, quiet_stdout, solve_layer_highs
 from moesim.placement.placement import Placement, from_share_matrices
 from moesim.placement.problem import ExpertTimeModel, PlacementProblem
+from moesim.placement.renaming import keep_copies_in_place
 
 
 @dataclass(frozen=True)
@@ -201,8 +202,10 @@ def _bottleneck(times: np.ndarray, lam: float = 0.0) -> float:
 
 
 def _objective(shares: np.ndarray, load: np.ndarray, cost: np.ndarray, tm: ExpertTimeModel, w: float,
-               lam: float = 0.0) -> float:
-    return _bottleneck(_device_times(shares, load, tm), lam) + w * float((shares * cost).sum())
+               lam: float = 0.0, copy_cost: np.ndarray | None = None) -> float:
+    """Bottleneck + weighted traffic (+ the cost of every copy held where `copy_cost` prices it)."""
+    moved = 0.0 if copy_cost is None else float(copy_cost[shares > 1e-9].sum())
+    return _bottleneck(_device_times(shares, load, tm), lam) + w * float((shares * cost).sum()) + moved
 
 
 def _variable(prob: pulp.LpProblem, name: str, low: float | None, high: float | None,
@@ -224,8 +227,8 @@ def use_matrix_backend(solver: str, opts: IlpOptions) -> bool:
 
 def solve_layer(load: np.ndarray, cost: np.ndarray, slots: np.ndarray, budget: int, tm: ExpertTimeModel,
                 warm: np.ndarray, opts: IlpOptions, solver: str, weight: float,
-                max_bottleneck: float | None = None, relax: bool = False, t_floor: np.ndarray | None = None
-                ) -> tuple[np.ndarray, str, float, float, int, int]:
+                max_bottleneck: float | None = None, relax: bool = False, t_floor: np.ndarray | None = None,
+                copy_cost: np.ndarray | None = None) -> tuple[np.ndarray, str, float, float, int, int]:
     """One flat MILP (or its LP relaxation): (shares (E, D), status, objective, bound, #vars, #constraints).
 
     Loads (S, E) are scenarios sharing the placement (objective weighted by `opts.worst_weight`);
@@ -233,17 +236,17 @@ def solve_layer(load: np.ndarray, cost: np.ndarray, slots: np.ndarray, budget: i
     scenarios = as_scenarios(load)
     if use_matrix_backend(solver, opts) or (relax and "highs" in available_solvers() and opts.backend != "pulp"):
         return solve_layer_highs(scenarios, cost, slots, budget, tm, warm, opts, weight, max_bottleneck, relax,
-                                 opts.worst_weight, t_floor)
+                                 opts.worst_weight, t_floor, copy_cost=copy_cost)
     if scenarios.shape[0] > 1:
         raise ValueError("the multi-scenario (robust) ILP needs HiGHS (pip install highspy)")
     return solve_layer_pulp(scenarios[0], cost, slots, budget, tm, warm, opts, solver, weight, max_bottleneck, relax,
-                            None if t_floor is None else float(np.max(t_floor)))
+                            None if t_floor is None else float(np.max(t_floor)), copy_cost)
 
 
 def solve_layer_pulp(load: np.ndarray, cost: np.ndarray, slots: np.ndarray, budget: int, tm: ExpertTimeModel,
                      warm: np.ndarray, opts: IlpOptions, solver: str, weight: float,
-                     max_bottleneck: float | None = None, relax: bool = False, t_floor: float | None = None
-                     ) -> tuple[np.ndarray, str, float, float, int, int]:
+                     max_bottleneck: float | None = None, relax: bool = False, t_floor: float | None = None,
+                     copy_cost: np.ndarray | None = None) -> tuple[np.ndarray, str, float, float, int, int]:
     """The PuLP build of one layer's MILP (CBC's path; HiGHS's too with `backend="pulp"`)."""
     E, D = cost.shape
     prob = pulp.LpProblem("expert_placement", pulp.LpMinimize)
@@ -251,8 +254,10 @@ def solve_layer_pulp(load: np.ndarray, cost: np.ndarray, slots: np.ndarray, budg
     x = [[_variable(prob, f"x_{e}_{d}", 0, 1, cat) for d in range(D)] for e in range(E)]
     f = [[_variable(prob, f"f_{e}_{d}", 0, 1) for d in range(D)] for e in range(E)]
     T = _variable(prob, "T", max(0.0, t_floor or 0.0), None)
+    moves = [] if copy_cost is None else [(x[e][d], float(copy_cost[e, d]))
+                                          for e in range(E) for d in range(D) if copy_cost[e, d] != 0]
     prob += pulp.LpAffineExpression([(T, 1.0)] + [(f[e][d], weight * float(cost[e, d]))
-                                                  for e in range(E) for d in range(D) if cost[e, d] != 0])
+                                                  for e in range(E) for d in range(D) if cost[e, d] != 0] + moves)
     for e in range(E):
         prob += pulp.LpAffineExpression([(f[e][d], 1.0) for d in range(D)]) == 1, f"serve_{e}"
         for d in range(D):
@@ -289,7 +294,7 @@ def solve_layer_pulp(load: np.ndarray, cost: np.ndarray, slots: np.ndarray, budg
         prob.numConstraints()
 
 
-def _solve_part(load, cost, slots, budget, tm, warm, opts, solver, layer, part
+def _solve_part(load, cost, slots, budget, tm, warm, opts, solver, layer, part, copy_cost=None
                 ) -> tuple[np.ndarray, list[SolveReport]]:
     """Solve one subproblem (optionally two-phase) and keep the warm start if it is better."""
     reports = []
@@ -307,13 +312,14 @@ def _solve_part(load, cost, slots, budget, tm, warm, opts, solver, layer, part
         if _objective(warm, load, cost, tm, 0.0, 1.0) > cap:  # greedy no longer feasible: warm-start phase 1
             warm = shares
     t0 = time.perf_counter()
-    shares, status, obj, bound, nv, nc = solve_layer(load, cost, slots, budget, tm, warm, opts, solver, weight, cap)
+    shares, status, obj, bound, nv, nc = solve_layer(load, cost, slots, budget, tm, warm, opts, solver, weight, cap,
+                                                     copy_cost=copy_cost)
     kept = bool(np.isnan(shares).any())
-    ours = np.inf if kept else _objective(shares, load, cost, tm, weight, lam)
-    theirs = _objective(warm, load, cost, tm, weight, lam)
+    ours = np.inf if kept else _objective(shares, load, cost, tm, weight, lam, copy_cost)
+    theirs = _objective(warm, load, cost, tm, weight, lam, copy_cost)
     if ours > theirs + 1e-12 * max(1.0, abs(theirs)):
         shares, kept = warm, True
-    final = _objective(shares, load, cost, tm, weight, lam)
+    final = _objective(shares, load, cost, tm, weight, lam, copy_cost)
     reports.append(SolveReport(layer, part, solver, status, final, min(bound, final), time.perf_counter() - t0,
                                nv, nc, kept))
     return shares, reports
@@ -365,28 +371,29 @@ def _traffic_neighbourhood(shares: np.ndarray, cost: np.ndarray, m: int, rng: np
 
 def _solve_neighbourhoods(load: np.ndarray, cost: np.ndarray, slots: np.ndarray, budget: int,
                           tm: ExpertTimeModel, warm: np.ndarray, opts: IlpOptions, solver: str, layer: int,
-                          cap: float | None = None) -> tuple[np.ndarray, list[SolveReport]]:
+                          cap: float | None = None, copy_cost: np.ndarray | None = None
+                          ) -> tuple[np.ndarray, list[SolveReport]]:
     """Large layers: LP bound of the whole layer, then exact MILPs over small device neighbourhoods
     (with `cap`, every device's expert time stays within it)."""
     t_start = time.perf_counter()
     E, D = cost.shape
     weight, lam = opts.traffic_weight, opts.worst_weight
     lp_opts = replace(opts, time_limit=max(0.1, opts.time_limit / 4))
-    if weight == 0 and cap is None:  # shares 1/D everywhere balance every scenario: the LP is the simple bound
+    if weight == 0 and cap is None and copy_cost is None:  # shares 1/D everywhere balance every scenario: the LP is the simple bound
         lp_obj, nv, nc = float("-inf"), 2 * E * D + as_scenarios(load).shape[0], E * D + E + D + 1
     else:
         _, status, lp_obj, _, nv, nc = solve_layer(load, cost, slots, budget, tm, warm, lp_opts, solver, weight,
-                                                   cap, relax=True)
+                                                   cap, relax=True, copy_cost=copy_cost)
         if status not in ("Optimal", "Optimal solution found"):  # an unfinished LP proves nothing
             lp_obj = float("-inf")
     lp_obj = max(lp_obj, _simple_bound(load, cost, tm, weight, lam))
     best = warm.copy()
-    best_obj = _objective(best, load, cost, tm, weight, lam)
+    best_obj = _objective(best, load, cost, tm, weight, lam, copy_cost)
     if use_matrix_backend(solver, opts):  # re-split the warm start's replicas optimally (an LP: copies fixed)
         polished, *_ = solve_layer_highs(load, cost, slots, budget, tm, warm, lp_opts, weight, cap,
                                          worst_weight=lam, fixed_copies=warm > 1e-9)
-        if not np.isnan(polished).any() and _objective(polished, load, cost, tm, weight, lam) < best_obj:
-            best, best_obj = polished, _objective(polished, load, cost, tm, weight, lam)
+        if not np.isnan(polished).any() and _objective(polished, load, cost, tm, weight, lam, copy_cost) < best_obj:
+            best, best_obj = polished, _objective(polished, load, cost, tm, weight, lam, copy_cost)
     rng = np.random.default_rng((opts.seed, layer))
     m = min(opts.neighbourhood, D)
     sub_opts = replace(opts, time_limit=min(5.0, max(0.5, opts.time_limit / 10)))
@@ -411,14 +418,15 @@ def _solve_neighbourhoods(load: np.ndarray, cost: np.ndarray, slots: np.ndarray,
         left = opts.time_limit - (time.perf_counter() - t_start)  # the layer's limit holds, not one more sub-solve
         shares, st, *_ = solve_layer(sub_load, sub_cost, slots[devs], sub_budget, tm, sub_warm,
                                      replace(sub_opts, time_limit=max(0.05, min(sub_opts.time_limit, left))),
-                                     solver, weight, cap, t_floor=floor)
+                                     solver, weight, cap, t_floor=floor,
+                                     copy_cost=None if copy_cost is None else copy_cost[np.ix_(mine, devs)])
         tries += 1
         if np.isnan(shares).any():
             stale += 1
             continue
         cand = best.copy()
         cand[np.ix_(mine, devs)] = shares * portion[mine][:, None]
-        obj = _objective(cand, load, cost, tm, weight, lam)
+        obj = _objective(cand, load, cost, tm, weight, lam, copy_cost)
         if _better(obj, _device_times(cand, load, tm), best_obj, _device_times(best, load, tm)):
             best, best_obj, improved, stale = cand, obj, improved + 1, 0
         else:
@@ -430,11 +438,15 @@ def _solve_neighbourhoods(load: np.ndarray, cost: np.ndarray, slots: np.ndarray,
 
 
 def solve_ilp(problem: PlacementProblem, options: IlpOptions | None = None, progress=None,
-              scenarios: np.ndarray | None = None) -> IlpResult:
+              scenarios: np.ndarray | None = None, move_from: np.ndarray | None = None,
+              copy_cost: float = 0.0) -> IlpResult:
     """Solve every MoE layer in order (affinity to the layer before); return the placement and reports.
 
     `scenarios` (S, L, E): loads the placement must serve together (robust objective, weighted
-    by `options.worst_weight`); the problem's mean load otherwise."""
+    by `options.worst_weight`); the problem's mean load otherwise. `move_from` (L, E, D): the
+    placement in force; every copy it lacks then costs `copy_cost` (objective units, e.g. the
+    weight transfer's seconds spread over the steps the plan will serve), so re-planning moves
+    only the copies that pay for themselves, and the current placement is one of the warm starts."""
     opts = options or IlpOptions()
     problem.check()
     solver = pick_solver(opts.solver)
@@ -454,11 +466,20 @@ def solve_ilp(problem: PlacementProblem, options: IlpOptions | None = None, prog
     E, D, L = problem.num_experts, problem.num_devices, problem.num_layers
     large = opts.decomposition == "neighbourhood" or (opts.decomposition == "auto" and E * D > opts.flat_limit)
     starts = [eplb_global(problem).shares()]
+    if move_from is not None:
+        move_from = np.asarray(move_from, dtype=float)
+        if move_from.shape != (L, E, D):
+            raise ValueError(f"move_from must have shape ({L}, {E}, {D}), got {move_from.shape}")
+        if copy_cost < 0:
+            raise ValueError(f"copy_cost must be >= 0, got {copy_cost}")
     for layout in (contiguous, round_robin):  # load-blind layouts win in memory-bound decode (no replica reads)
         try:
             starts.append(layout(problem).shares())
         except ValueError:
             pass
+    if move_from is not None:  # every start renamed to keep the most copies in place, and staying put
+        starts = [keep_copies_in_place(move_from, st, problem.node_of, problem.slots) for st in starts]
+        starts.append(move_from)
     shares = np.zeros((L, E, D))
     reports: list[SolveReport] = []
     tm = problem.time_model
@@ -466,7 +487,9 @@ def solve_ilp(problem: PlacementProblem, options: IlpOptions | None = None, prog
         prev = shares[l - 1] if l > 0 else None
         cost = _layer_costs(problem, l, prev, opts)
         load = problem.load[l] if scenarios is None else scenarios[:, l, :]
-        warm = min((st[l] for st in starts), key=lambda w: _objective(w, load, cost, tm, opts.traffic_weight, lam))
+        moves = None if move_from is None else np.where(move_from[l] > 1e-9, 0.0, copy_cost)
+        warm = min((st[l] for st in starts),
+                   key=lambda w: _objective(w, load, cost, tm, opts.traffic_weight, lam, moves))
         if large and opts.bottleneck_slack is not None:
             load_only = replace(opts, traffic_weight=0.0, bottleneck_slack=None)
             first, rep = _solve_neighbourhoods(load, cost, problem.slots, problem.budget, tm, warm,
@@ -475,13 +498,13 @@ def solve_ilp(problem: PlacementProblem, options: IlpOptions | None = None, prog
             reports.extend(rep)
             cap = _objective(first, load, cost, tm, 0.0, 1.0) * (1 + opts.bottleneck_slack)
             shares[l], rep = _solve_neighbourhoods(load, cost, problem.slots, problem.budget, tm, first,
-                                                   opts, solver, l, cap)
+                                                   opts, solver, l, cap, moves)
         elif large:
             shares[l], rep = _solve_neighbourhoods(load, cost, problem.slots, problem.budget, tm,
-                                                   warm, opts, solver, l)
+                                                   warm, opts, solver, l, copy_cost=moves)
         else:
             shares[l], rep = _solve_part(load, cost, problem.slots, problem.budget, tm,
-                                         warm, opts, solver, l, "flat")
+                                         warm, opts, solver, l, "flat", moves)
         reports.extend(rep)
         if progress:
             progress(l + 1, L)

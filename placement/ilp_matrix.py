@@ -83,12 +83,13 @@ def _rows_to_csr(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, num_rows:
 def build_layer(load: np.ndarray, cost: np.ndarray, slots: np.ndarray, budget: int, tm: ExpertTimeModel,
                 weight: float, worst_weight: float = 0.0, max_bottleneck: float | None = None,
                 relax: bool = False, t_floor: np.ndarray | None = None,
-                fixed_copies: np.ndarray | None = None) -> LayerMatrices:
+                fixed_copies: np.ndarray | None = None, copy_cost: np.ndarray | None = None) -> LayerMatrices:
     """The layer MILP (or its LP relaxation) for loads (E,) or scenarios (S, E); see the module doc.
 
     `t_floor` (S,): lower bounds of the bottleneck variables, the slowest device outside a
     neighbourhood, so a neighbourhood's objective is the whole layer's up to a constant.
-    `fixed_copies` (E, D) bool: x fixed to it, only the replica shares move (an LP in effect)."""
+    `fixed_copies` (E, D) bool: x fixed to it, only the replica shares move (an LP in effect).
+    `copy_cost` (E, D): objective cost of holding a copy of e on d (re-planning: moving it there)."""
     loads = as_scenarios(load)
     S, E = loads.shape
     D = cost.shape[1]
@@ -99,6 +100,8 @@ def build_layer(load: np.ndarray, cost: np.ndarray, slots: np.ndarray, budget: i
     X, F, T = 0, n_ed, 2 * n_ed
     col_cost = np.zeros(n)
     col_cost[F:F + n_ed] = weight * np.asarray(cost, dtype=float).ravel()
+    if copy_cost is not None:
+        col_cost[X:X + n_ed] = np.asarray(copy_cost, dtype=float).ravel()
     if S == 1:
         col_cost[T] = 1.0
     else:
@@ -237,12 +240,13 @@ def run_highs(m: LayerMatrices, warm_cols: np.ndarray | None, *, time_limit: flo
 def solve_layer_highs(load: np.ndarray, cost: np.ndarray, slots: np.ndarray, budget: int, tm: ExpertTimeModel,
                       warm: np.ndarray, opts, weight: float, max_bottleneck: float | None = None,
                       relax: bool = False, worst_weight: float = 0.0, t_floor: np.ndarray | None = None,
-                      fixed_copies: np.ndarray | None = None) -> tuple[np.ndarray, str, float, float, int, int]:
+                      fixed_copies: np.ndarray | None = None, copy_cost: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, str, float, float, int, int]:
     """`ilp.solve_layer`'s contract on HiGHS: (shares (E, D), status, objective, bound, #vars, #rows);
     shares are NaN when the solve gave nothing usable (the caller keeps its warm start)."""
     E, D = cost.shape
     m = build_layer(load, cost, slots, budget, tm, weight, worst_weight, max_bottleneck, relax, t_floor,
-                    fixed_copies)
+                    fixed_copies, copy_cost)
     warm_cols = warm_vector(m, warm, load, tm)
     values, status, obj, bound = run_highs(m, warm_cols, time_limit=opts.time_limit, gap=opts.gap,
                                            threads=opts.threads, msg=opts.msg)

@@ -8,11 +8,9 @@ after another at the link's bandwidth (max over receivers of sum bytes / bandwid
 is the expected step-time saving (sum over MoE layers of the bottleneck device's expert time,
 averaged over load scenarios) times the steps the placement will serve. Move iff gain > cost.
 
-A planner that starts from scratch names devices arbitrarily, so a new plan may move nearly
-every copy although most of it is the old one under other device names. `keep_copies_in_place`
-renames the candidate's devices (per layer, nodes first, then devices within nodes) to keep
-as many copies where they already are as possible: the balance is unchanged (renaming devices
-permutes their loads) and the bytes moved drop.
+A planner that starts from scratch names devices arbitrarily: `keep_copies_in_place`
+(placement/renaming.py) renames a candidate's devices to keep copies where they are, and
+`plan_rebalance` re-plans with the ILP from the placement in force, pricing every copy it moves.
 """
 
 from __future__ import annotations
@@ -20,9 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
-from moesim.placement.problem import ExpertTimeModel
+from moesim.placement.ilp import IlpOptions, IlpResult, solve_ilp
+from moesim.placement.problem import ExpertTimeModel, PlacementProblem
 from moesim.workloads.model_spec import ModelSpec
 
 
@@ -103,44 +101,25 @@ def rebalance_decision(current: np.ndarray, candidate: np.ndarray, load: np.ndar
     return RebalanceReport(bool(gain > cost), gain, cost, step_gain, float(pairs.sum()), copies, pairs)
 
 
-def _best_renaming(overlap: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-    """rename[c] = the current device a candidate device c becomes: the assignment that keeps
-    the most copies (`overlap[d, c]` copies stay if c is renamed d), over allowed pairs only."""
-    big = overlap.sum() + 1.0
-    rows, cols = linear_sum_assignment(np.where(allowed, -overlap, big))
-    rename = np.empty(overlap.shape[1], dtype=np.int64)
-    rename[cols] = rows
-    return rename
+def seconds_per_copy(expert_bytes: float, bandwidth: np.ndarray) -> float:
+    """A linear price of moving one expert copy: its bytes over the fastest link into a device,
+    with the moves spread over all devices receiving in parallel (the wall time `rebalance_decision`
+    charges is the max over receivers, which the re-plan's verdict still checks)."""
+    bw = np.asarray(bandwidth, dtype=float).copy()
+    np.fill_diagonal(bw, 0.0)
+    fastest_in = bw.max(axis=0)
+    if (fastest_in <= 0).any():
+        raise ValueError("every device needs a link to receive expert weights over")
+    return float(expert_bytes / fastest_in.mean() / bw.shape[0])
 
 
-def keep_copies_in_place(current: np.ndarray, candidate: np.ndarray, node_of: np.ndarray | None = None,
-                         slots: np.ndarray | None = None) -> np.ndarray:
-    """The candidate shares (L, E, D) with its devices renamed, per layer, to keep the most
-    copies of `current` in place.
-
-    Whole nodes map to whole nodes first (so a node-aware plan keeps its node structure), then
-    devices within each node pair; a device only takes the name of one with the same slots.
-    Loads per device are only permuted, so every balance figure of the candidate is kept."""
-    current, candidate = np.asarray(current, dtype=float), np.asarray(candidate, dtype=float)
-    if current.shape != candidate.shape or current.ndim != 3:
-        raise ValueError(f"placements must be (layers, experts, devices) of one shape: {current.shape}, "
-                         f"{candidate.shape}")
-    D = current.shape[2]
-    node_of = np.zeros(D, dtype=np.int64) if node_of is None else np.asarray(node_of, dtype=np.int64)
-    slots = np.ones(D, dtype=np.int64) if slots is None else np.asarray(slots)
-    nodes = np.unique(node_of)
-    members = [np.flatnonzero(node_of == n) for n in nodes]
-    same_shape = np.array([[len(a) == len(b) and sorted(slots[a]) == sorted(slots[b]) for b in members]
-                           for a in members])
-    out = np.empty_like(candidate)
-    for layer in range(current.shape[0]):
-        overlap = (current[layer] > 1e-9).T.astype(float) @ (candidate[layer] > 1e-9).astype(float)  # (D, D)
-        node_overlap = np.array([[overlap[np.ix_(a, b)].sum() for b in members] for a in members])
-        node_rename = _best_renaming(node_overlap, same_shape)
-        rename = np.empty(D, dtype=np.int64)
-        for cand_node, cur_node in enumerate(node_rename):
-            a, b = members[cur_node], members[cand_node]
-            sub = _best_renaming(overlap[np.ix_(a, b)], slots[a][:, None] == slots[b][None, :])
-            rename[b] = a[sub]
-        out[layer][:, rename] = candidate[layer]
-    return out
+def plan_rebalance(problem: PlacementProblem, current: np.ndarray, expert_bytes: float, bandwidth: np.ndarray,
+                   horizon_steps: int, time_per_unit: float = 1.0, options: IlpOptions | None = None,
+                   scenarios: np.ndarray | None = None) -> IlpResult:
+    """Re-plan from the placement in force: the ILP pays, per copy the current shares (L, E, D) lack,
+    its move time spread over the `horizon_steps` the new plan will serve (in the time model's
+    units), so it keeps what is in place unless moving pays back within the horizon."""
+    if horizon_steps <= 0:
+        raise ValueError(f"horizon_steps must be > 0, got {horizon_steps}")
+    price = seconds_per_copy(expert_bytes, bandwidth) / time_per_unit / horizon_steps
+    return solve_ilp(problem, options, scenarios=scenarios, move_from=current, copy_cost=price)

@@ -24,7 +24,8 @@ import numpy as np
 from moesim.placement.out_of_sample import max_over_mean, split_windows
 from moesim.placement.rebalance import RebalanceReport
 
-SharesPlanner = Callable[[np.ndarray], np.ndarray]  # windows seen (w, L, E) -> shares (L, E, D)
+# windows seen (w, L, E), the placement in force (None for the first plan) -> shares (L, E, D)
+SharesPlanner = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
 Rule = Callable[[np.ndarray, np.ndarray, np.ndarray], RebalanceReport]  # current, candidate, seen -> verdict
 Align = Callable[[np.ndarray, np.ndarray], np.ndarray]  # current, candidate -> candidate renamed (keep_copies_in_place)
 
@@ -47,7 +48,8 @@ class RebalancingRow:
 def replay_rebalancing(method: str, windows: np.ndarray, plan_windows: int, planner: SharesPlanner,
                        rule: Rule, align: Align | None = None) -> RebalancingRow:
     """Plan on windows [0, k), then for each later window: score it with the placement in force,
-    plan a candidate on everything seen so far (that window included), rename its devices with
+    plan a candidate on everything seen so far (that window included) and the placement in force
+    (a move-aware planner keeps what pays to keep), rename its devices with
     `align` where given (to keep copies in place), and move iff `rule` says so.
 
     The placement scoring window w was fixed before w was seen; the last window's candidate is
@@ -55,7 +57,7 @@ def replay_rebalancing(method: str, windows: np.ndarray, plan_windows: int, plan
     windows = np.asarray(windows, dtype=float)
     _, score = split_windows(windows.shape[0], plan_windows)
     t0 = time.perf_counter()
-    current = np.asarray(planner(windows[:plan_windows].copy()), dtype=float)
+    current = np.asarray(planner(windows[:plan_windows].copy(), None), dtype=float)
     plan_s = time.perf_counter() - t0
     ratios, moves, decisions, moved, move_s, gain_s = [], 0, 0, 0.0, 0.0, 0.0
     for w in score:
@@ -64,7 +66,7 @@ def replay_rebalancing(method: str, windows: np.ndarray, plan_windows: int, plan
             break
         seen = windows[:w + 1].copy()
         t0 = time.perf_counter()
-        candidate = np.asarray(planner(seen), dtype=float)
+        candidate = np.asarray(planner(seen, current), dtype=float)
         if align is not None:
             candidate = align(current, candidate)
         plan_s += time.perf_counter() - t0

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from moesim.placement.baselines import eplb_global
+from moesim.placement.ilp import IlpOptions, available_solvers, solve_ilp
 from moesim.placement.out_of_sample import max_over_mean
 from moesim.placement.problem import PlacementProblem, TOKENS_MODEL
-from moesim.placement.rebalance import keep_copies_in_place, rebalance_decision, transfer_bytes
+from moesim.placement.rebalance import rebalance_decision, transfer_bytes
+from moesim.placement.renaming import keep_copies_in_place
 from moesim.placement.rebalance_schedule import replay_rebalancing
 
 
@@ -73,7 +75,8 @@ def test_replay_scores_each_window_with_a_placement_decided_before_it():
     problem = problem_for(windows.mean(axis=0), devices=4, redundant=4, per_node=4)
     seen_lengths = []
 
-    def planner(seen):
+    def planner(seen, current):
+        assert (current is None) == (len(seen) == 3)
         seen_lengths.append(len(seen))
         return eplb_global(replace(problem, load=seen[-1])).shares()
 
@@ -108,7 +111,7 @@ def test_replay_tracks_cheaper_rebalancing_on_a_drifting_load():
     windows = np.stack([np.roll(base, w)[None, :] for w in range(W)])  # (W, 1, E)
     problem = problem_for(windows[0], devices=4, redundant=0, per_node=4)
 
-    def planner(seen):
+    def planner(seen, current=None):
         return eplb_global(replace(problem, load=seen[-1])).shares()
 
     def rule(cur, cand, seen):
@@ -118,3 +121,48 @@ def test_replay_tracks_cheaper_rebalancing_on_a_drifting_load():
     static = max_over_mean(planner(windows[:4]), windows[4:]).mean()
     assert tracked.moves >= 1
     assert tracked.out_of_sample < static
+
+
+def _moved_copies(current: np.ndarray, new: np.ndarray) -> int:
+    return int(((new > 1e-9) & ~(current > 1e-9)).sum())
+
+
+def _bottleneck(shares: np.ndarray, load: np.ndarray) -> float:
+    return float(sum((load[l] @ shares[l]).max() for l in range(load.shape[0])))
+
+
+@pytest.mark.skipif("highs" not in available_solvers(), reason="needs highspy")
+def test_priced_moves_trade_balance_against_copies_moved_exactly():
+    """Exact solves on a small layer: an unaffordable move keeps the current placement; a free one
+    reaches the unpriced optimum; in between, the priced plan is optimal for bottleneck + price x moves."""
+    rng = np.random.default_rng(5)
+    old = rng.gamma(0.7, 10.0, size=(1, 12))
+    new = old * rng.lognormal(0, 0.8, size=old.shape)
+    problem = problem_for(new, devices=4, redundant=4, per_node=2)
+    current = eplb_global(replace(problem, load=old)).shares()
+    opts = IlpOptions(solver="highs", traffic_weight=0.0, time_limit=30, gap=1e-9, decomposition="flat")
+    free = solve_ilp(problem, opts).placement.shares()
+
+    stay = solve_ilp(problem, opts, move_from=current, copy_cost=1e6).placement.shares()
+    assert _moved_copies(current, stay) == 0
+
+    zero = solve_ilp(problem, opts, move_from=current, copy_cost=0.0).placement.shares()
+    assert _bottleneck(zero, new) == pytest.approx(_bottleneck(free, new), rel=1e-6)
+
+    price = 0.5 * (_bottleneck(current, new) - _bottleneck(free, new)) / max(_moved_copies(current, free), 1)
+    priced = solve_ilp(problem, opts, move_from=current, copy_cost=price).placement.shares()
+    for other in (current, free, zero, stay):
+        assert _bottleneck(priced, new) + price * _moved_copies(current, priced) <= \
+            _bottleneck(other, new) + price * _moved_copies(current, other) + 1e-6
+    assert _moved_copies(current, priced) <= _moved_copies(current, free)
+    assert _moved_copies(current, free) > 0 and _bottleneck(free, new) < _bottleneck(current, new)  # a real trade
+
+
+def test_plan_rebalance_prices_a_copy_by_its_transfer_spread_over_the_horizon():
+    from moesim.placement.rebalance import seconds_per_copy
+
+    bw = np.full((4, 4), 100.0)
+    bw[:2, 2:] = bw[2:, :2] = 10.0
+    assert seconds_per_copy(1000.0, bw) == pytest.approx(1000.0 / 100.0 / 4)
+    with pytest.raises(ValueError, match="link"):
+        seconds_per_copy(1.0, np.eye(3))
