@@ -297,8 +297,14 @@ def _place(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise ConfigError(f"cannot place experts for {args.config}: {err}") from None
     out = args.out or Path("runs") / f"{scenario.name}-placement"
+    rebalance = _rebalance_verdicts(args, study) if args.rebalance_from else None
     write_study(study, out)
     print_placement_table(study, console)
+    if rebalance is not None:
+        rebalance.to_csv(out / "rebalance.csv", index=False)
+        console.print(f"rebalance from {args.rebalance_from} over {args.horizon_steps} steps "
+                      "(placements renamed to keep copies in place):")
+        console.print(rebalance.drop(columns="horizon_steps").to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     if args.report:
         from moesim.reports.placement_report import write_placement_report
 
@@ -308,6 +314,23 @@ def _place(args: argparse.Namespace) -> int:
                   f"{Path(out, 'placement.yaml').resolve()}}}`; a relative path there resolves against the config "
                   "file's folder)")
     return 0
+
+
+def _rebalance_verdicts(args: argparse.Namespace, study):
+    """The rebalance rule's verdict for every method against the placement file in force."""
+    from moesim.errors import ConfigError
+    from moesim.placement.placement import load_placement_file
+    from moesim.studies.placement_rebalance import rebalance_from
+
+    p = study.problem
+    try:
+        current = load_placement_file(args.rebalance_from, p.num_experts, p.num_devices, p.num_layers)
+    except ConfigError as err:
+        raise err.given_by("--rebalance-from") from None
+    try:
+        return rebalance_from(study, current, args.horizon_steps)
+    except ValueError as err:
+        raise ConfigError(str(err), file=args.rebalance_from, field="--rebalance-from") from None
 
 
 def _roofline(args: argparse.Namespace) -> int:
@@ -666,7 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
     place.add_argument("config", type=Path, help="scenario config: model, cluster, parallelism, routing")
     place.add_argument("--methods", default="contiguous,round_robin,random,eplb,eplb_hierarchical,ilp_load,ilp",
                        help="comma-separated: contiguous, round_robin, random, eplb, eplb_hierarchical, ilp, "
-                            "ilp_load, ilp_affinity")
+                            "ilp_load, ilp_affinity, ilp_robust, ilp_joint")
     place.add_argument("--steps", type=_at_least(1), default=16, help="routing steps the placement is fitted on")
     place.add_argument("--loads", nargs="+", type=Path, default=None, metavar="FILE",
                        help="measured expert loads (layers x experts: .csv, .npy, .parquet, SGLang/vLLM .json or "
@@ -683,6 +706,11 @@ def build_parser() -> argparse.ArgumentParser:
     place.add_argument("--traffic-weight", type=_non_negative_float, default=1.0,
                        help="weight of all-to-all traffic in the ILP")
     place.add_argument("--decomposition", choices=["auto", "flat", "neighbourhood"], default="auto")
+    place.add_argument("--rebalance-from", type=Path, default=None, metavar="PLACEMENT.yaml",
+                       help="the placement in force: rename each method's placement to keep copies in place and "
+                            "say whether moving to it pays (expected gain over --horizon-steps vs weight transfer)")
+    place.add_argument("--horizon-steps", type=_at_least(1), default=1000,
+                       help="steps a new placement will serve before the next rebalance (with --rebalance-from)")
     place.add_argument("--simulate", action="store_true", help="simulate every placement and add its step time")
     place.add_argument("--steps-sim", type=_at_least(1), default=None, help="override workload.steps for --simulate")
     _add_set(place)

@@ -20,6 +20,19 @@ from moesim.simulator.scenario import Scenario
 from moesim.workloads.load_matrix_routing import LoadMatrixRouting
 
 
+def pair_bandwidth(sc: Scenario) -> np.ndarray:
+    """(ep, ep) bytes/s between the first EP group's devices: the slowest link on each pair's
+    route (0 on the diagonal)."""
+    ep, r = sc.ep, sc.routes
+    bw = np.zeros((ep, ep))
+    for s in range(ep):
+        for d in range(ep):
+            if s != d:
+                p = s * r.num_devices + d
+                bw[s, d] = r.link_bandwidth[r.pair_links[r.pair_ptr[p]:r.pair_ptr[p + 1]]].min()
+    return bw
+
+
 def pair_token_cost(sc: Scenario) -> np.ndarray:
     """(ep, ep) seconds one routed (token, expert) row from device s to device d costs under the
     scenario's dispatch algorithm (dispatch + combine payload over the pair's slowest link).
@@ -31,16 +44,11 @@ def pair_token_cost(sc: Scenario) -> np.ndarray:
     NVLink to the expert's GPU. rho(m) = E[distinct] / E[rows] for a group of m of E experts
     under top-k: (1 - C(E-m, k) / C(E, k)) / (k m / E).
     """
-    ep, r = sc.ep, sc.routes
+    ep = sc.ep
     pol = sc.config.policies
     per_token = token_bytes(sc.model, pol.dispatch_dtype) + token_bytes(sc.model, pol.combine_dtype)
-    base = np.zeros((ep, ep))
-    for s in range(ep):
-        for d in range(ep):
-            if s != d:
-                p = s * r.num_devices + d
-                links = r.pair_links[r.pair_ptr[p]:r.pair_ptr[p + 1]]
-                base[s, d] = per_token / r.link_bandwidth[links].min()
+    bw = pair_bandwidth(sc)
+    base = np.divide(per_token, bw, out=np.zeros((ep, ep)), where=bw > 0)
     algorithm = pol.dispatch.algorithm
     if algorithm in ("direct", "low_latency"):
         return base
