@@ -4,7 +4,9 @@ under layer-by-layer and joint (affinity across all layers) expert placement.
 Routing is the synthetic generator with strong inter-layer affinity (a token's routing position
 carries to the next layer with probability 0.9), drawn per token. Each case places the experts
 with `ilp_load` (balance only, layer by layer), `ilp_affinity` (layer by layer, each layer next to
-the one before) and `ilp_joint` (block-coordinate sweeps over all layers), fitted on routing
+the one before), `ilp_joint` (block-coordinate sweeps over all layers) and `joint/top1`
+(`ilp_joint` on the problem `moesim place` builds for an exflow scenario: the layer-to-layer flow
+is each token's top-1 expert at l to its experts at l+1, the moves exflow pays), fitted on routing
 steps that the simulation does not replay, then simulates every placement under
 
 - dedup: a token once per destination device, and back to its source after every layer;
@@ -84,11 +86,13 @@ def run_case(tmp: Path, name: str, model: str, cluster: str, nodes, devices: int
     base = load_scenario(path)
     first, in_sample = fit_window(base, FIT_STEPS)
     problem = problem_from_scenario(base, FIT_STEPS, first_step=first)
+    path.write_text(yaml.safe_dump(config(model, cluster, nodes, devices, batch, kv_len, "exflow", "none")))
+    exflow_problem = problem_from_scenario(load_scenario(path), FIT_STEPS, first_step=first)  # top-1 flow
     opts = IlpOptions(time_limit=10.0)
     rows = []
-    for method in METHODS:
+    for label, method, prob in [(m, m, problem) for m in METHODS] + [("joint/top1", "ilp_joint", exflow_problem)]:
         t0 = time.perf_counter()
-        placement = run_method(method, problem, opts).placement
+        placement = run_method(method, prob, opts).placement
         solve = time.perf_counter() - t0
         frac = moves(base, placement)
         for algorithm, kv in DISPATCH:
@@ -98,12 +102,12 @@ def run_case(tmp: Path, name: str, model: str, cluster: str, nodes, devices: int
             imbalance = 1.0 if res is None else float(np.mean(res.max(axis=1) / res.mean(axis=1)))
             s = simulate(sc).summary
             pay, steps = s["all_to_all_payload_bytes"], max(int(s["steps"]), 1)
-            rows.append({"case": name, "placement": method, "dispatch": algorithm if algorithm == "dedup" else
+            rows.append({"case": name, "placement": label, "dispatch": algorithm if algorithm == "dedup" else
                          f"exflow kv={kv}", "moves": frac,
                          "a2a_MB": (pay["dispatch"] + pay["combine"]) / steps / 1e6,
                          "inter_MB": (pay["dispatch_inter_node"] + pay["combine_inter_node"]) / steps / 1e6,
                          "step_ms": s["step_latency_s"]["p50"] * 1e3, "imbalance": imbalance, "solve_s": solve, "in_sample": in_sample})
-            print(f"  {method:12s} {rows[-1]['dispatch']:20s} step {rows[-1]['step_ms']:.3f} ms", file=sys.stderr)
+            print(f"  {label:12s} {rows[-1]['dispatch']:20s} step {rows[-1]['step_ms']:.3f} ms", file=sys.stderr)
     ref = rows[0]["step_ms"]
     for r in rows:
         r["vs_base"] = r["step_ms"] / ref

@@ -107,15 +107,17 @@ def uniform_slots(num_experts: int, num_devices: int, redundant: int, memory_slo
 def problem_from_routing(routing: RoutingSource, tokens: np.ndarray, num_layers: int, *, node_of: np.ndarray,
                          token_cost: np.ndarray, redundant: int = 0, slots: np.ndarray | None = None,
                          steps: int = 16, first_step: int = 0, time_model: ExpertTimeModel = TOKENS_MODEL,
-                         provenance: dict[str, Any] | None = None, expert_groups: int = 1) -> PlacementProblem:
+                         provenance: dict[str, Any] | None = None, expert_groups: int = 1,
+                         flow_from_top1: bool = False) -> PlacementProblem:
     """Sample `steps` steps of a routing source (trace or generator) into a placement problem.
 
     `tokens[s]` is what each device sends per step; devices beyond one group (len(node_of))
-    are further expert-parallel groups whose routing is averaged in.
+    are further expert-parallel groups whose routing is averaged in. `flow_from_top1`: the
+    layer-to-layer flow a token makes when it stays on its top-1 expert's device (exflow).
     """
     D = node_of.size
     dispatch, flow, how = routing_statistics(routing, np.asarray(tokens, dtype=np.int64), num_layers, D, steps,
-                                             first_step)
+                                             first_step, flow_from_top1)
     E = routing.num_experts
     slot_arr = uniform_slots(E, D, redundant) if slots is None else np.asarray(slots, dtype=np.int64)
     prov = {"steps": [first_step, first_step + steps], "flow": how, **(provenance or {})}

@@ -157,7 +157,8 @@ def problem_from_scenario(sc: Scenario, steps: int = 16, redundant: int = 0, slo
         problem = problem_from_routing(sc.routing, sc.moe_tokens, len(sc.model.moe_layers), node_of=node_of,
                                        token_cost=pair_token_cost(sc), redundant=redundant, slots=per_device,
                                        steps=steps, first_step=first_step, provenance=prov,
-                                       expert_groups=sc.model.moe.expert_groups)
+                                       expert_groups=sc.model.moe.expert_groups,
+                                       flow_from_top1=sc.config.policies.dispatch.algorithm == "exflow")
     if time_model == "time":
         problem = problem.with_time_model(fit_expert_time(sc, float(problem.load.max())))
     elif time_model != "tokens":

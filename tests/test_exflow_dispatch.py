@@ -227,3 +227,29 @@ def test_end_to_end_top1_skips_empty_combines(tmp_path):
     cfg["policies"]["dispatch"] = {"algorithm": "exflow"}
     sc = load_scenario(toy_file(tmp_path, cfg))
     assert scenario_plan(sc, 0).traffic.combine_skipped.tolist() == [True, True, False]
+
+
+def test_top1_flow_pairs_each_tokens_home_with_its_next_experts():
+    from moesim.workloads.routing import layer_pairs
+
+    ids = [np.array([[1, 2], [3, 0]]), np.array([[0, 1], [2, 3]])]
+    every = layer_pairs(ids, 4)[0]
+    home = layer_pairs(ids, 4, from_top1=True)[0]
+    assert every.sum() == home.sum() == 8  # k x k pairs per token either way
+    expected = np.zeros((4, 4), dtype=int)
+    expected[1, 0] = expected[1, 1] = expected[3, 2] = expected[3, 3] = 2  # home 1 -> {0, 1}, home 3 -> {2, 3}
+    np.testing.assert_array_equal(home, expected)
+    assert every[2, 0] == 1 and home[2].sum() == 0  # the second expert at l leads nowhere for exflow
+
+
+def test_place_prices_exflow_moves_from_the_top1_expert(tmp_path):
+    from moesim.studies.placement_inputs import problem_from_scenario
+
+    cfg = _exflow_config(per_token=True)
+    exflow = problem_from_scenario(load_scenario(toy_file(tmp_path, cfg)), steps=2)
+    cfg["policies"] = {"dispatch": {"algorithm": "dedup"}}
+    dedup = problem_from_scenario(load_scenario(toy_file(tmp_path, cfg)), steps=2)
+    assert "top-1" in exflow.provenance["flow"] and "top-1" not in dedup.provenance["flow"]
+    np.testing.assert_allclose(exflow.load, dedup.load)  # only the flow differs
+    np.testing.assert_allclose(exflow.flow.sum(axis=(1, 2)), dedup.flow.sum(axis=(1, 2)))
+    assert not np.allclose(exflow.flow, dedup.flow)

@@ -38,12 +38,18 @@ class RoutingSource(Protocol):
         ...
 
 
-def layer_pairs(experts: list[np.ndarray], num_experts: int) -> np.ndarray:
-    """(L-1, E, E) counts of every (expert at l, expert at l+1) pair of each token (k x k each)."""
+def layer_pairs(experts: list[np.ndarray], num_experts: int, from_top1: bool = False) -> np.ndarray:
+    """(L-1, E, E) counts of every (expert at l, expert at l+1) pair of each token (k x k each).
+
+    `from_top1`: only the token's first-listed expert at l, paired with each of its k at l+1, and
+    counted k times (so totals match): the moves of a token that stays on its top-1 expert's
+    device between layers (exflow dispatch)."""
     L = len(experts)
     out = np.zeros((max(L - 1, 0), num_experts, num_experts), dtype=np.int64)
     for l in range(L - 1):
         a, b = experts[l].astype(np.int64), experts[l + 1].astype(np.int64)
+        if from_top1:
+            a = np.repeat(a[:, :1], a.shape[1], axis=1)
         flat = (a[:, :, None] * num_experts + b[:, None, :]).ravel()
         out[l] = np.bincount(flat, minlength=num_experts * num_experts).reshape(num_experts, num_experts)
     return out

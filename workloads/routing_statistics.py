@@ -16,11 +16,13 @@ from moesim.workloads.trace_routing import TraceRouting
 
 
 def routing_statistics(routing: RoutingSource, tokens: np.ndarray, num_layers: int, group_size: int,
-                       steps: int, first_step: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+                       steps: int, first_step: int = 0, flow_from_top1: bool = False
+                       ) -> tuple[np.ndarray, np.ndarray, str]:
     """Mean per-step dispatch (L, group, E) and consecutive-layer flow (L-1, E, E) over `steps`
     steps, averaged over expert-parallel groups. The flow is measured from per-token expert
-    ids when the source has them, else the independent-layers expectation. Returns
-    (dispatch, flow, how the flow was obtained)."""
+    ids when the source has them, else the independent-layers expectation; `flow_from_top1`
+    pairs only each token's top-1 expert at l with its experts at l+1 (what exflow moves).
+    Returns (dispatch, flow, how the flow was obtained)."""
     E = routing.num_experts
     groups = tokens.size // group_size
     dispatch = np.zeros((num_layers, group_size, E))
@@ -30,13 +32,13 @@ def routing_statistics(routing: RoutingSource, tokens: np.ndarray, num_layers: i
         r = routing.step(step, tokens, num_layers)
         dispatch += r.counts.reshape(num_layers, groups, group_size, E).sum(axis=1)
         if r.token_experts is not None and num_layers > 1:
-            flow += layer_pairs(r.token_experts, E)
+            flow += layer_pairs(r.token_experts, E, flow_from_top1)
         else:
             measured = False
     dispatch /= steps * groups
     if measured:
         flow /= steps * groups
-        how = "measured from per-token routing"
+        how = "measured from per-token routing" + (" (top-1 at l to every expert at l+1)" if flow_from_top1 else "")
     else:
         load = dispatch.sum(axis=1)
         total_tokens = float(tokens.sum()) / groups
