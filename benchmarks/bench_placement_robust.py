@@ -43,7 +43,8 @@ from moesim.placement.ilp import IlpOptions
 from moesim.placement.methods import run_method
 from moesim.placement.out_of_sample import evaluate_out_of_sample
 from moesim.placement.problem import problem_from_routing
-from moesim.placement.rebalance import expected_step_time, plan_rebalance, rebalance_decision
+from moesim.placement.rebalance import expected_step_time, plan_rebalance, rebalance_decision, seconds_per_copy
+from moesim.placement.repair import repair_placement
 from moesim.placement.renaming import keep_copies_in_place
 from moesim.placement.rebalance_schedule import replay_rebalancing
 from moesim.placement.scenarios import sample_drift_scenarios, window_loads
@@ -106,6 +107,15 @@ def rebalancing_table(problem, windows: np.ndarray, bw: np.ndarray, opts: IlpOpt
             current, candidate, seen[-1], problem.time_model, EXPERT_BYTES, bw, horizon,
             time_per_unit=SECONDS_PER_TOKEN)
 
+    def repaired(horizon):
+        price = seconds_per_copy(EXPERT_BYTES, bw) / horizon / SECONDS_PER_TOKEN  # tokens of work per copy
+
+        def plan(seen, current=None):
+            if current is None:
+                return eplb_latest(seen)
+            return repair_placement(current, seen[-1], problem.time_model, price)[0]
+        return plan
+
     def align(current, candidate):
         return keep_copies_in_place(current, candidate, problem.node_of, problem.slots)
 
@@ -114,7 +124,9 @@ def rebalancing_table(problem, windows: np.ndarray, bw: np.ndarray, opts: IlpOpt
             ("eplb, kept in place, 10 steps", eplb_latest, 10, align),
             (f"ilp_robust, kept in place, {serving_steps}", robust_latest, serving_steps, align),
             (f"ilp, moves priced, {serving_steps} steps", move_aware(serving_steps), serving_steps, None),
-            ("ilp, moves priced, 10 steps", move_aware(10), 10, None)]
+            ("ilp, moves priced, 10 steps", move_aware(10), 10, None),
+            (f"repair in place, {serving_steps} steps", repaired(serving_steps), serving_steps, None),
+            ("repair in place, 10 steps", repaired(10), 10, None)]
     print(f"  re-planned after every window on the latest windows; a window = {serving_steps} decode steps:")
     print(f"  {'method':36s} {'out-of-sample':>13s} {'worst':>7s} {'moves':>7s} {'GB moved':>9s} "
           f"{'move s':>7s} {'move/serve':>10s} {'plan s':>7s}")

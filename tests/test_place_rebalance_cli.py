@@ -33,6 +33,10 @@ def test_rebalance_from_itself_moves_nothing_and_a_reshuffle_is_renamed_back(tmp
     assert table.loc["eplb", "gain_us_per_step"] == 0
     assert table.loc["round_robin", "copies_moved"] > 0  # round robin drops the replicas: other copies
     assert (table["horizon_steps"] == 50).all()
+    # the repair row starts from the placement in force: it only moves what pays
+    assert "repair" in table.index and (second / "placement-repair.yaml").exists()
+    assert table.loc["repair", "copies_moved"] <= table.loc["round_robin", "copies_moved"]
+    assert table.loc["repair", "gain_us_per_step"] >= 0
     written = yaml.safe_load((second / "placement-eplb.yaml").read_text())
     as_sets = [[sorted(devs) for devs in layer] for layer in written["layers"]]
     assert as_sets == [[sorted(devs) for devs in layer] for layer in data["layers"]]  # renamed to the one in force
