@@ -43,7 +43,7 @@ from moesim.placement.ilp import IlpOptions
 from moesim.placement.methods import run_method
 from moesim.placement.out_of_sample import evaluate_out_of_sample
 from moesim.placement.problem import problem_from_routing
-from moesim.placement.rebalance import expected_step_time, plan_rebalance, rebalance_decision, seconds_per_copy
+from moesim.placement.rebalance import copy_price, expected_step_time, plan_rebalance, rebalance_decision
 from moesim.placement.repair import repair_placement
 from moesim.placement.renaming import keep_copies_in_place
 from moesim.placement.rebalance_schedule import replay_rebalancing
@@ -108,7 +108,7 @@ def rebalancing_table(problem, windows: np.ndarray, bw: np.ndarray, opts: IlpOpt
             time_per_unit=SECONDS_PER_TOKEN)
 
     def repaired(horizon):
-        price = seconds_per_copy(EXPERT_BYTES, bw) / horizon / SECONDS_PER_TOKEN  # tokens of work per copy
+        price = copy_price(EXPERT_BYTES, bw, horizon, SECONDS_PER_TOKEN)  # tokens of work per copy
 
         def plan(seen, current=None):
             if current is None:

@@ -304,7 +304,8 @@ def _place(args: argparse.Namespace) -> int:
         rebalance.to_csv(out / "rebalance.csv", index=False)
         console.print(f"rebalance from {args.rebalance_from} over {args.horizon_steps} steps "
                       "(placements renamed to keep copies in place):")
-        console.print(rebalance.drop(columns="horizon_steps").to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+        table = rebalance.drop(columns="horizon_steps")
+        console.print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     if args.report:
         from moesim.reports.placement_report import write_placement_report
 

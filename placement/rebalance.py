@@ -113,13 +113,19 @@ def seconds_per_copy(expert_bytes: float, bandwidth: np.ndarray) -> float:
     return float(expert_bytes / fastest_in.mean() / bw.shape[0])
 
 
+def copy_price(expert_bytes: float, bandwidth: np.ndarray, horizon_steps: int, time_per_unit: float = 1.0) -> float:
+    """What moving one copy costs per step the new placement serves, in the time model's units:
+    `seconds_per_copy` spread over `horizon_steps` (the price repair and plan_rebalance charge)."""
+    if horizon_steps <= 0:
+        raise ValueError(f"horizon_steps must be > 0, got {horizon_steps}")
+    return seconds_per_copy(expert_bytes, bandwidth) / time_per_unit / horizon_steps
+
+
 def plan_rebalance(problem: PlacementProblem, current: np.ndarray, expert_bytes: float, bandwidth: np.ndarray,
                    horizon_steps: int, time_per_unit: float = 1.0, options: IlpOptions | None = None,
                    scenarios: np.ndarray | None = None) -> IlpResult:
     """Re-plan from the placement in force: the ILP pays, per copy the current shares (L, E, D) lack,
     its move time spread over the `horizon_steps` the new plan will serve (in the time model's
     units), so it keeps what is in place unless moving pays back within the horizon."""
-    if horizon_steps <= 0:
-        raise ValueError(f"horizon_steps must be > 0, got {horizon_steps}")
-    price = seconds_per_copy(expert_bytes, bandwidth) / time_per_unit / horizon_steps
+    price = copy_price(expert_bytes, bandwidth, horizon_steps, time_per_unit)
     return solve_ilp(problem, options, scenarios=scenarios, move_from=current, copy_cost=price)

@@ -45,7 +45,13 @@ def _device_times(copies: list[tuple[int, int]], load: np.ndarray, tm: ExpertTim
     return np.bincount(devices, weights=w, minlength=D), w
 
 
-def _best_swap(copies, w, times, load, tm) -> tuple[float, int, int] | None:
+def _hottest(copies: list[tuple[int, int]], load: np.ndarray) -> tuple[int, np.ndarray]:
+    """The expert with the highest load per copy, and every expert's copy count."""
+    n = np.bincount([e for e, _ in copies], minlength=load.size)
+    return int(np.argmax(np.where(n > 0, load / np.maximum(n, 1), -np.inf))), n
+
+
+def _best_swap(copies, w, times) -> tuple[float, int, int] | None:
     """The swap between the slowest device and another that lowers the pair's max the most."""
     experts = np.array([e for e, _ in copies])
     devices = np.array([d for _, d in copies])
@@ -74,9 +80,7 @@ def _best_swap(copies, w, times, load, tm) -> tuple[float, int, int] | None:
 def _best_rereplication(copies, load, tm, D) -> tuple[list[tuple[int, int]], np.ndarray] | None:
     """Drop one copy of the expert that loses least (its other copies absorb the load) and give its
     slot to the expert with the highest load per copy; the candidate with the lowest bottleneck."""
-    experts = np.array([e for e, _ in copies])
-    n = np.bincount(experts, minlength=load.size)
-    hot = int(np.argmax(np.where(n > 0, load / np.maximum(n, 1), -np.inf)))
+    hot, n = _hottest(copies, load)
     spare = [e for e in np.argsort(load / np.maximum(n - 1, 1)) if n[e] >= 2 and e != hot][:4]
     best = None
     held = set(copies)
@@ -95,13 +99,12 @@ def _best_addition(copies, load, tm, D, slots, budget) -> tuple[list[tuple[int, 
     """A copy of the expert with the highest load per copy on the free slot that helps most."""
     if slots is None or len(copies) >= budget:
         return None
-    experts = np.array([e for e, _ in copies])
     used = np.bincount([d for _, d in copies], minlength=D)
-    n = np.bincount(experts, minlength=load.size)
-    hot = int(np.argmax(np.where(n > 0, load / np.maximum(n, 1), -np.inf)))
+    hot, _ = _hottest(copies, load)
+    held = set(copies)
     best = None
     for d in np.flatnonzero(used < slots):
-        if (hot, int(d)) in set(copies):
+        if (hot, int(d)) in held:
             continue
         trial = copies + [(hot, int(d))]
         times, _ = _device_times(trial, load, tm, D)
@@ -119,7 +122,7 @@ def repair_layer(shares: np.ndarray, load: np.ndarray, tm: ExpertTimeModel, pric
     for _ in range(max_moves):
         times, w = _device_times(copies, load, tm, D)
         peak = float(times.max())
-        swap = _best_swap(copies, w, times, load, tm)
+        swap = _best_swap(copies, w, times)
         swap_gain = -np.inf
         if swap is not None:
             _, a, b = swap

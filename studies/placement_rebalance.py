@@ -1,8 +1,9 @@
 """`moesim place --rebalance-from FILE`: is each new placement worth moving to from the one in force?
 
 A `repair` row joins the methods: the placement in force fixed by the moves that pay within the
-horizon (placement/repair.py). Each method's placement is first renamed to keep the most copies where the current placement
-has them (placement/renaming.py: balance unchanged, fewer bytes moved), then the rebalance rule
+horizon (placement/repair.py). Each method's placement is first renamed to keep the most copies
+where the current placement has them (placement/renaming.py: balance unchanged, fewer bytes
+moved), then the rebalance rule
 (placement/rebalance.py) weighs its expected step-time gain over `horizon_steps` against the
 wall time of moving the weights over the cluster's links.
 """
@@ -16,7 +17,7 @@ import pandas as pd
 from moesim.placement.evaluate import check_placement, score
 from moesim.placement.methods import MethodResult
 from moesim.placement.placement import Placement, from_share_matrices
-from moesim.placement.rebalance import model_expert_bytes, rebalance_decision, seconds_per_copy
+from moesim.placement.rebalance import copy_price, model_expert_bytes, rebalance_decision
 from moesim.placement.repair import repair_placement
 from moesim.placement.renaming import keep_copies_in_place
 from moesim.studies.placement_inputs import pair_bandwidth
@@ -26,8 +27,7 @@ def rebalance_from(study, current: Placement, horizon_steps: int) -> pd.DataFram
     """One row per method: the rule's verdict on moving from `current` to its (renamed) placement.
 
     Adds the `repair` result to the study and renames every method's placement in place (so the
-    written files move least).
-    Needs the modelled-time objective: the rule compares seconds with seconds."""
+    written files move least). Needs the modelled-time objective: the rule compares seconds with seconds."""
     problem = study.problem
     if problem.time_model.unit != "s":
         raise ValueError("--rebalance-from weighs seconds of expert time against seconds of weight transfer: "
@@ -43,8 +43,8 @@ def rebalance_from(study, current: Placement, horizon_steps: int) -> pd.DataFram
     expert_bytes = model_expert_bytes(study.scenario.model)
     load = problem.load_history if problem.load_history is not None else problem.load
     t0 = time.perf_counter()
-    fixed, _ = repair_placement(now, problem.load, problem.time_model,
-                                seconds_per_copy(expert_bytes, bw) / horizon_steps, problem.slots, problem.budget)
+    fixed, _ = repair_placement(now, problem.load, problem.time_model, copy_price(expert_bytes, bw, horizon_steps),
+                                problem.slots, problem.budget)
     repaired = from_share_matrices(fixed)
     check_placement(repaired, problem)
     study.results.append(MethodResult("repair", repaired, score(repaired, problem), time.perf_counter() - t0))
@@ -59,4 +59,3 @@ def rebalance_from(study, current: Placement, horizon_steps: int) -> pd.DataFram
                      "move_s": verdict.cost_s, "gain_us_per_step": verdict.step_gain_s * 1e6,
                      "gain_s_over_horizon": verdict.gain_s, "horizon_steps": horizon_steps})
     return pd.DataFrame(rows)
-

@@ -159,10 +159,13 @@ def test_priced_moves_trade_balance_against_copies_moved_exactly():
 
 
 def test_plan_rebalance_prices_a_copy_by_its_transfer_spread_over_the_horizon():
-    from moesim.placement.rebalance import seconds_per_copy
+    from moesim.placement.rebalance import copy_price, seconds_per_copy
 
     bw = np.full((4, 4), 100.0)
     bw[:2, 2:] = bw[2:, :2] = 10.0
     assert seconds_per_copy(1000.0, bw) == pytest.approx(1000.0 / 100.0 / 4)
     with pytest.raises(ValueError, match="link"):
         seconds_per_copy(1.0, np.eye(3))
+    assert copy_price(1000.0, bw, 10, time_per_unit=2.0) == pytest.approx(1000.0 / 100.0 / 4 / 2.0 / 10)
+    with pytest.raises(ValueError, match="horizon"):
+        copy_price(1000.0, bw, 0)
