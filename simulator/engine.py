@@ -176,13 +176,13 @@ class Engine:
             # an explicit kernel latency (policies.dispatch.kernel_latency) replaces the profile's floor
             kind, extra = self._moe_kind, tr.kernel_latency or 0.0
             floor = self._moe_floor if tr.kernel_latency is None else None
+            skipped = tr.combine_skipped  # a combine that moves nothing launches no kernel: no floor, no wait
+            nobody = np.zeros((self.n, self.n), dtype=bool)
             moe = [(make_collective(env, fabric, [s[m] for s in dis], extra, need_d[m], kind, floor),
+                    make_collective(env, fabric, [s[m] for s in com], 0.0, nobody, kind, None)
+                    if skipped is not None and skipped[m] else
                     make_collective(env, fabric, [s[m] for s in com], extra, need_c[m], kind, floor))
                    for m in range(dis[0].shape[0])]
-            if tr.combine_skipped is not None:  # a combine that moves nothing launches no kernel: no floor, no wait
-                nobody = np.zeros((self.n, self.n), dtype=bool)
-                for m in np.flatnonzero(tr.combine_skipped):
-                    moe[m] = (moe[m][0], make_collective(env, fabric, [s[m] for s in com], 0.0, nobody, kind, None))
             tp = []
             if self._tp_ring is not None:
                 groups = np.arange(self.n) // self.tp
