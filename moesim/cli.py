@@ -39,28 +39,27 @@ _positive_float = _finite_float(0.0, strict=True)
 _non_negative_float = _finite_float(0.0, strict=False)
 
 
-def _out_file(path: Path | None, option: str, suffixes: tuple[str, ...] = ()) -> Path | None:
-    """Check a file to be written: not a folder, its folder creatable, the suffix one we write."""
+def _out_file(path: Path | None, option: str, suffixes: tuple[str, ...] = (), force: bool = False) -> Path | None:
+    """Check a file to be written: not a folder, its folder writable, the suffix one we write, not
+    an input of the command, and not there yet unless --force."""
     from moesim.errors import ConfigError
-    from moesim.simulator.run import check_out_dir
+    from moesim.outputs import check_file_target
 
     if path is None:
         return None
-    if path.is_dir():
-        raise ConfigError(f"{path} is a folder; give a file name", field=option)
     if suffixes and path.suffix not in suffixes:
         raise ConfigError(f"{path} must end in {' or '.join(suffixes)}", field=option)
-    check_out_dir(path.parent, option)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_file_target(path, option, force)
     return path
 
 
-def _out_dir(path: Path | str | None, option: str = "--out") -> Path | None:
-    from moesim.simulator.run import check_out_dir
+def _out_dir(path: Path | str | None, option: str = "--out", force: bool = False) -> Path | None:
+    """Check an output folder before any work: writable, and new, empty or (with --force) moesim's."""
+    from moesim.outputs import check_replaceable
 
     if path is None:
         return None
-    check_out_dir(Path(path), option)
+    check_replaceable(Path(path), option, force)
     return Path(path)
 
 
@@ -74,27 +73,26 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _run_dir_for(args: argparse.Namespace, scenario, console, suffix: str = "") -> Path:
-    """Where a run goes: --out (refused if it holds files, unless --force), else the default
-    runs/<name>, moving on to a free name when an earlier run is there."""
-    from moesim.errors import ConfigError
-    from moesim.simulator.run import default_run_dir, free_run_dir
+    """Where a run goes: --out (refused if it holds files, unless --force and moesim wrote them),
+    else the default runs/<name>, moving on to a free name when an earlier run is there."""
+    from moesim.outputs import free_name, holds_files
+    from moesim.simulator.run import default_run_dir
 
-    out = _out_dir(args.out)
+    out = _out_dir(args.out, force=args.force)
     if out is None:
         out = default_run_dir(scenario)
         out = out.with_name(out.name + suffix)
-        if out.exists() and any(out.iterdir()) and not args.force:
-            taken, out = out, free_run_dir(out)
+        if holds_files(out) and not args.force:
+            taken, out = out, free_name(out)
             if not args.quiet:
                 console.print(f"{taken} holds an earlier run: writing {out} (--force replaces it)")
-    elif out.exists() and any(out.iterdir()) and not args.force:
-        raise ConfigError(f"{out} already holds files (an earlier run?); pass --force to replace it, or --out "
-                          "another folder", field="--out")
+        _out_dir(out, "outputs.dir" if scenario.config.outputs.dir else "--out", force=args.force)
     return out
 
 
 def _simulate(args: argparse.Namespace) -> int:
     from moesim.reports.terminal import console_for
+    from moesim.simulator.run import write_run_dir
     from moesim.simulator.scenario import load_scenario
 
     console = console_for(stderr=args.json)  # with --json, stdout carries only the JSON
@@ -103,7 +101,8 @@ def _simulate(args: argparse.Namespace) -> int:
         return _sweep(args, overrides, console)
     scenario = load_scenario(args.config, overrides)
     out = _run_dir_for(args, scenario, console)
-    run_dir, result = _run_one(args, scenario, out, overrides, console)
+    result = _simulated(args, scenario, console)
+    run_dir = write_run_dir(result, out, force=args.force, overrides=overrides, keep="the run directory")
     if args.json:
         from moesim import json_io
 
@@ -115,18 +114,17 @@ def _simulate(args: argparse.Namespace) -> int:
     if not args.quiet:
         console.print(f"run directory: [bold]{run_dir}[/bold]")
     if args.report:
-        from moesim.reports.run_report import write_run_report
-
-        page = write_run_report(run_dir)
+        page = _run_report(run_dir, None)
         if not args.quiet:
             console.print(f"report: [bold]{page}[/bold]")
     return 0
 
 
-def _run_one(args: argparse.Namespace, scenario, out: Path, overrides: list[str], console):
-    """Estimate, simulate with progress, and write one run directory."""
+def _simulated(args: argparse.Namespace, scenario, console):
+    """Estimate (refusing a run that would not fit in memory) and simulate with progress."""
+    from moesim import interrupts
     from moesim.reports.terminal import step_progress
-    from moesim.simulator.run import simulate, write_run_dir
+    from moesim.simulator.run import simulate
     from moesim.simulator.run_estimate import check_fits, estimate_run
 
     serving = scenario.config.serving
@@ -143,45 +141,43 @@ def _run_one(args: argparse.Namespace, scenario, out: Path, overrides: list[str]
         if not args.quiet:
             console.print(f"{scenario.name}: serving {total:,} requests")
     mode = "none" if args.quiet else args.progress
-    with step_progress(console, mode, total, f"simulating {scenario.name}", unit) as progress, \
-            _noting_ctrl_c() as interrupted:
+    with step_progress(console, mode, total, f"simulating {scenario.name}", unit) as progress:
         result = simulate(scenario, progress=progress)
-    if interrupted():  # the KeyboardInterrupt was raised inside a SimPy process, which swallows it
-        raise KeyboardInterrupt
-    return write_run_dir(result, out, force=args.force, overrides=overrides), result
+    interrupts.check()  # a signal that landed in a SimPy process may have been turned into a failed event
+    return result
 
 
-@contextmanager
-def _noting_ctrl_c():
-    """Remember a Ctrl-C (and raise KeyboardInterrupt as usual): a SimPy process that the interrupt
-    lands in turns it into a failed event that may never be looked at, so the run would finish and
-    be written; the caller checks `interrupted()` afterwards."""
-    import signal
+def _run_report(run_dir: Path, out: Path | None, force: bool = True) -> Path:
+    """The HTML/Markdown report of a run, written atomically (RUN_DIR/report by default)."""
+    from moesim.outputs import atomic_dir
+    from moesim.reports.run_report import write_run_report
 
-    seen = []
+    target = Path(out) if out is not None else Path(run_dir) / "report"
+    with atomic_dir(target, command="report", force=force, keep="the report") as partial:
+        page = write_run_report(run_dir, partial)
+    return target / page.relative_to(partial)
 
-    def handler(signum, frame):
-        seen.append(signum)
-        raise KeyboardInterrupt
 
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: leave Ctrl-C alone
-        yield lambda: False
-        return
-    try:
-        yield lambda: bool(seen)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+def _sweep_points(args: argparse.Namespace, loads: list[float], closed: bool) -> list[tuple[str, str, str]]:
+    """(label, --set item, folder name) of every point of a load sweep, in load order."""
+    points = []
+    for x in loads:
+        label, item = (f"users={int(x)}", f"serving.users={int(x)}") if closed else \
+            (f"rate={x:g}/s", f"serving.arrivals.rate={x:g}")
+        points.append((label, item, label.replace("/", "-per-")))
+    return points
 
 
 def _sweep(args: argparse.Namespace, overrides: list[str], console) -> int:
     """--load A,B,C: one serving run per load (closed loop: users; open loop: arrival rate), then a
-    throughput-latency report over them."""
-    from moesim import json_io
+    throughput-latency report over them, all in one folder written atomically. An interrupted
+    sweep keeps the points it finished (in a new folder only; an earlier sweep stays untouched)
+    and says which."""
+    from moesim import interrupts, json_io
     from moesim.errors import ConfigError
+    from moesim.outputs import MARKER, atomic_dir, holds_files
     from moesim.reports.sweep_report import sweep_table, write_sweep_report
-    from moesim.reports.terminal import unclipped
+    from moesim.simulator.run import write_run_dir
     from moesim.simulator.scenario import load_scenario
 
     try:
@@ -198,27 +194,41 @@ def _sweep(args: argparse.Namespace, overrides: list[str], console) -> int:
     closed = serving.users is not None
     if closed and any(x != int(x) for x in loads):
         raise ConfigError("a closed loop sweeps whole numbers of users", field="--load")
+    points = _sweep_points(args, loads, closed)
+    scenarios = [load_scenario(args.config, overrides + [item]) for _, item, _ in points]  # every point validates first
     root = _run_dir_for(args, base, console, "-sweep")
-    points = []
-    for x in loads:
-        label, item = (f"users={int(x)}", f"serving.users={int(x)}") if closed else \
-            (f"rate={x:g}/s", f"serving.arrivals.rate={x:g}")
-        sc = load_scenario(args.config, overrides + [item])
-        run_dir, _ = _run_one(args, sc, root / label.replace("/", "-per-"), overrides + [item], console)
-        points.append((label, run_dir))
-    page = write_sweep_report(points, root, f"{base.name}: throughput against latency (simulated)")
-    table = sweep_table(points)
+    earlier = holds_files(root)
+    stopped: KeyboardInterrupt | None = None
+    kept: list[str] = []
+    with atomic_dir(root, command="simulate --load", force=args.force) as partial:
+        try:
+            for (label, item, folder), sc in zip(points, scenarios):
+                write_run_dir(_simulated(args, sc, console), partial / folder, overrides=overrides + [item])
+        except KeyboardInterrupt as err:
+            kept = [label for label, _, folder in points if (partial / folder / MARKER).exists()]
+            if not kept or earlier:  # nothing to keep, or an earlier sweep there that must stay whole
+                raise
+            stopped = err
+            json_io.write(partial / "sweep.json", {"status": "interrupted", "loads": [p[0] for p in points],
+                                                    "finished": kept}, indent=2)
+            interrupts.keep(f"{len(kept)} of {len(points)} sweep points ({', '.join(kept)}) in {root}, without "
+                            "the sweep report")  # noted now: committing below re-raises the pending signal
+        else:
+            shown = [(label, root / folder) for label, _, folder in points]
+            write_sweep_report([(label, partial / folder) for label, _, folder in points], partial,
+                               f"{base.name}: throughput against latency (simulated)", shown=shown)
+            json_io.write(partial / "sweep.json", {"status": "complete", "loads": [p[0] for p in points],
+                                                    "finished": [p[0] for p in points]}, indent=2)
+    if stopped is not None:
+        raise stopped
+    table = sweep_table([(label, root / folder) for label, _, folder in points])
+    page = root / "report.html"
     if args.json:
         print(json_io.dumps({"name": base.name, "sweep_dir": str(root), "points": table.to_dict("records")}, indent=2))
     elif not args.quiet:
-        from rich.table import Table
+        from moesim.reports.terminal import print_sweep_table
 
-        t = Table(title=f"{base.name}: load sweep (simulated)")
-        for col in table.columns:
-            t.add_column(str(col), justify="left" if col == table.columns[0] else "right")
-        for row in table.itertuples(index=False):
-            t.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
-        console.print(unclipped(t))
+        print_sweep_table(table, f"{base.name}: load sweep (simulated)", console)
         console.print(f"sweep report: [bold]{page}[/bold]")
     return 0
 
@@ -240,22 +250,22 @@ def _config_show(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from moesim.outputs import atomic_dir
     from moesim.reports.terminal import console_for
     from moesim.simulator.run import check_run_dir
 
     console = console_for()
     for run in args.runs:
         check_run_dir(run)
-    _out_dir(args.out)
     if len(args.runs) == 1:
-        from moesim.reports.run_report import write_run_report
-
-        page = write_run_report(args.runs[0], args.out)
+        # RUN_DIR/report is the report's own folder: rewriting it needs no --force
+        page = _run_report(args.runs[0], args.out, force=args.force or args.out is None)
     else:
         from moesim.reports.compare_report import write_comparison_report
 
         out = args.out or Path("runs") / ("compare-" + "-vs-".join(Path(r).name for r in args.runs))[:120]
-        page = write_comparison_report(args.runs, out)
+        with atomic_dir(out, command="report", force=args.force or args.out is None, keep="the report") as partial:
+            page = out / write_comparison_report(args.runs, partial).relative_to(partial)
     console.print(f"report: [bold]{page}[/bold]")
     return 0
 
@@ -264,6 +274,7 @@ def _place(args: argparse.Namespace) -> int:
     from moesim.reports.terminal import console_for, status
 
     from moesim.errors import ConfigError
+    from moesim.outputs import atomic_dir
     from moesim.placement.ilp import IlpOptions
     from moesim.placement.methods import METHODS
     from moesim.reports.terminal import print_placement_table
@@ -283,7 +294,9 @@ def _place(args: argparse.Namespace) -> int:
         if args.loads and err.file in files:
             raise err.given_by("--loads") from None
         raise
-    _out_dir(args.out)
+    out = args.out or Path("runs") / f"{scenario.name}-placement"
+    force = args.force or args.out is None  # the default folder is moesim's own: rewritten without --force
+    _out_dir(out, force=force)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -296,20 +309,23 @@ def _place(args: argparse.Namespace) -> int:
                               time_model=args.objective, options=opts, simulate=args.simulate, progress=update)
     except ValueError as err:
         raise ConfigError(f"cannot place experts for {args.config}: {err}") from None
-    out = args.out or Path("runs") / f"{scenario.name}-placement"
     rebalance = _rebalance_verdicts(args, study) if args.rebalance_from else None
-    write_study(study, out)
+    with atomic_dir(out, command="place", force=force, keep="the placement folder") as partial:
+        write_study(study, partial)
+        if rebalance is not None:
+            rebalance.to_csv(partial / "rebalance.csv", index=False)
+        if args.report:
+            from moesim.reports.placement_report import write_placement_report
+
+            page = out / write_placement_report(study, partial).relative_to(partial)
     print_placement_table(study, console)
     if rebalance is not None:
-        rebalance.to_csv(out / "rebalance.csv", index=False)
+        from moesim.reports.terminal import print_rebalance_table
+
         console.print(f"rebalance from {args.rebalance_from} over {args.horizon_steps} steps "
                       "(placements renamed to keep copies in place):")
-        table = rebalance.drop(columns="horizon_steps")
-        console.print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+        print_rebalance_table(rebalance, console)
     if args.report:
-        from moesim.reports.placement_report import write_placement_report
-
-        page = write_placement_report(study, out)
         console.print(f"report: [bold]{page}[/bold]")
     console.print(f"placement files and methods.csv in [bold]{out}[/bold] (use with `placement: {{file: "
                   f"{Path(out, 'placement.yaml').resolve()}}}`; a relative path there resolves against the config "
@@ -343,7 +359,8 @@ def _roofline(args: argparse.Namespace) -> int:
     from moesim.reports.terminal import print_roofline
     from moesim.simulator.cost_model import CostModel
     from moesim.simulator.ops import act_dtype, gemm_dtype
-    from moesim.simulator.roofline import device_roof, expert_sweep, model_roofline, ridge_tokens, scenario_roofline
+    from moesim.simulator.roofline import (StepOutOfRange, device_roof, expert_sweep, model_roofline, ridge_tokens,
+                                           scenario_roofline)
     from moesim.simulator.scenario import load_scenario
     from moesim.workloads import load_model
     import pandas as pd
@@ -364,7 +381,10 @@ def _roofline(args: argparse.Namespace) -> int:
         if args.step >= sc.steps and sc.config.workload.routing.generator == "trace" \
                 and not sc.config.workload.routing.repeat:
             raise ConfigError(f"step {args.step} is past the scenario's {sc.steps} steps", field="--step")
-        rows = scenario_roofline(sc, args.layer, args.step, args.rank, others=devices[1:])
+        try:
+            rows = scenario_roofline(sc, args.layer, args.step, args.rank, others=devices[1:])
+        except StepOutOfRange as err:
+            raise ConfigError(str(err), field="--step") from None
         weight = float(sc.precision.expert_bytes().max()) if not sc.precision.uniform_native else None
         name = sc.name
         facts = [("scenario", f"{sc.name}: {model.name} on {sc.cluster.name} (ep={sc.ep}, tp={sc.tp}, dp={sc.dp})"),
@@ -402,7 +422,11 @@ def _roofline(args: argparse.Namespace) -> int:
                       + ", ".join(s.name for s in devices if s.calibration is not None)))
     actual = rows.loc[(rows["group"] == "routed expert") & (rows["device"] == devices[0].name), "tokens"].to_numpy()
     out = Path(args.out) if args.out else Path("runs") / f"roofline-{name}"
-    page = write_roofline(rows, sweep, ridges, roofs, out, f"Roofline: {name}", facts, measured, actual)
+    from moesim.outputs import atomic_dir
+
+    with atomic_dir(out, command="roofline", force=args.force or not args.out, keep="the roofline folder") as partial:
+        page = out / write_roofline(rows, sweep, ridges, roofs, partial, f"Roofline: {name}", facts, measured,
+                                    actual).relative_to(partial)
     print_roofline(rows, ridges, console)
     console.print(f"roofline charts and tables: [bold]{page.parent}[/bold]")
     return 0
@@ -420,10 +444,10 @@ def _calibrate(args: argparse.Namespace) -> int:
     if args.from_nccl_tests:
         return _calibrate_links(args)
     from moesim.errors import MoesimError
-    from moesim.reports.terminal import console_for, status, unclipped
+    from moesim.reports.terminal import console_for
 
     try:
-        from moesim.validation.calibrate import run_calibration
+        import moesim.validation.calibrate  # noqa: F401 - torch must be there
     except ImportError as err:
         raise MoesimError(f"moesim calibrate needs the calibrate extra ({err}); install it with "
                           "pip install torch==2.13.0 && pip install -e \".[calibrate]\"") from None
@@ -440,39 +464,60 @@ def _calibrate(args: argparse.Namespace) -> int:
             models.append(load_model(name))
         except ConfigError as err:
             raise err.given_by("--model") from None
-    from moesim.reports.calibration_report import write_calibration_report
-
     default = f"calibrate-{args.device}-{args.size}" if not args.from_table else f"calibrate-{Path(args.from_table).stem}"
-    out = _out_dir(args.out) or Path("runs") / default
-    if args.from_table:
-        from moesim.validation.from_table import calibrate_from_table
+    out = Path(args.out) if args.out else Path("runs") / default
+    force = args.force or args.out is None
+    _out_dir(out, force=force)
+    cal = _calibrated(args, console, models, out, force)
+    from moesim.reports.terminal import print_calibration_errors
 
-        with status(console, f"fitting {args.from_table}"):
-            cal = calibrate_from_table(args.from_table, args.profile, out)
-    else:
-        with status(console, "measuring") as update:
-            cal = run_calibration(args.device, args.size, args.dtype, args.profile, out,
-                                  progress=lambda msg: update(f"measuring {msg}"), threads=args.threads,
-                                  models=models or None)
-    write_calibration_report(cal)
-    e = cal.errors
-    from rich.table import Table
-
-    t = Table(title=f"{cal.profile.name}: simulated vs measured (MAPE / bias; noise floor)")
-    for col in ("split", "kind", "n", "MAPE before", "MAPE after", "bias after", "noise"):
-        t.add_column(col, justify="left" if col in ("split", "kind") else "right")
-    for r in e.itertuples():
-        t.add_row(r.split, r.kind, str(r.n), f"{r.before_mape:.1%}", f"{r.after_mape:.1%}", f"{r.after_bias:+.1%}",
-                  f"{r.noise_floor:.1%}")
-    console.print(unclipped(t))
+    print_calibration_errors(cal, console)
     verdict = getattr(cal, "verdict", "")
     if verdict:
         console.print(f"[bold]verdict[/bold]: {verdict}")
     for w in getattr(cal, "warnings", []) or []:
         console.print(f"[bold yellow]warning[/bold yellow]: {w}")
-    console.print(f"calibrated profile: [bold]{cal.out_dir / (cal.profile.name + '.yaml')}[/bold]; "
-                  f"report: [bold]{cal.out_dir / 'report.html'}[/bold]")
+    console.print(f"calibrated profile: [bold]{out / (cal.profile.name + '.yaml')}[/bold]; "
+                  f"report: [bold]{out / 'report.html'}[/bold]")
     return 0
+
+
+def _calibrated(args: argparse.Namespace, console, models: list, out: Path, force: bool):
+    """Fit (from a table) or measure and fit, writing the calibration folder atomically. An
+    interrupted measurement keeps its streamed rows (in a new folder only) and says so."""
+    from moesim import interrupts
+    from moesim.outputs import atomic_dir, holds_files
+    from moesim.reports.calibration_report import write_calibration_report
+    from moesim.reports.terminal import status
+
+    earlier = holds_files(out)
+    stopped: KeyboardInterrupt | None = None
+    with atomic_dir(out, command="calibrate", force=force, keep="the calibration folder") as partial:
+        if args.from_table:
+            from moesim.validation.from_table import calibrate_from_table
+
+            with status(console, f"fitting {args.from_table}"):
+                cal = calibrate_from_table(args.from_table, args.profile, partial)
+        else:
+            from moesim.validation.calibrate import run_calibration
+
+            try:
+                with status(console, "measuring") as update:
+                    cal = run_calibration(args.device, args.size, args.dtype, args.profile, partial,
+                                          progress=lambda msg: update(f"measuring {msg}"), threads=args.threads,
+                                          models=models or None)
+            except KeyboardInterrupt as err:
+                rows = partial / "measurements.partial.csv"
+                if earlier or not rows.exists():
+                    raise
+                stopped = err
+                n = max(sum(1 for _ in rows.open()) - 1, 0)
+                interrupts.keep(f"{n} measured rows in {out / rows.name} (no profile was fitted)")
+        if stopped is None:
+            write_calibration_report(cal)
+    if stopped is not None:
+        raise stopped
+    return cal
 
 
 def _calibrate_links(args: argparse.Namespace) -> int:
@@ -509,10 +554,13 @@ def _calibrate_links(args: argparse.Namespace) -> int:
                                                datetime.date.today().isoformat())
         except ValueError as err:
             raise ConfigError(str(err), field="--profile") from None
-        out = _out_dir(args.out) or Path("runs") / "calibrate-nccl"
-        out.mkdir(parents=True, exist_ok=True)
+        from moesim.outputs import atomic_dir
+
+        out = Path(args.out) if args.out else Path("runs") / "calibrate-nccl"
+        with atomic_dir(out, command="calibrate --from-nccl-tests", force=args.force or not args.out,
+                        keep="the calibration folder") as partial:
+            (partial / f"{data['name']}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
         path = out / f"{data['name']}.yaml"
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
         for w in warnings:
             print(f"warning: {w}")
         print(f"cluster profile with the fitted collective costs: {path} (use it as hardware.cluster)")
@@ -546,7 +594,7 @@ def _trace_stats(args: argparse.Namespace) -> int:
     from moesim.workloads.trace_stats import compute_stats, tally
 
     console = console_for()
-    _out_dir(args.out)
+    _out_dir(args.out, force=args.force)
     trace = open_trace(args.file, _trace_model(args.model))
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task(f"reading {args.file.name}", total=trace.num_rows)
@@ -554,9 +602,11 @@ def _trace_stats(args: argparse.Namespace) -> int:
     stats = compute_stats(t, args.devices)
     print_trace_stats(stats.summary, console)
     if args.out:
+        from moesim.outputs import atomic_dir
         from moesim.reports.trace_plots import write_stats_dir
 
-        files = write_stats_dir(stats, t, args.out)
+        with atomic_dir(args.out, command="trace stats", force=args.force, keep="the statistics folder") as partial:
+            files = write_stats_dir(stats, t, partial)
         console.print(f"wrote {len(files)} files to [bold]{args.out}[/bold]")
     return 0
 
@@ -569,17 +619,34 @@ def _trace_fit(args: argparse.Namespace) -> int:
     from moesim.workloads.trace_reader import open_trace
     from moesim.workloads.trace_stats import tally
 
-    _out_file(args.out, "--out", (".yaml", ".yml"))
+    from moesim.outputs import atomic_file, note_input
+
+    note_input(args.file)
+    out = args.out or args.file.with_suffix(".generator.yaml")
+    first = "# Routing generator fitted by `moesim trace fit`"
+    force = args.force or (args.out is None and _first_line(out).startswith(first))  # our own default: rewritten
+    _out_file(out, "--out", (".yaml", ".yml"), force)
     trace = open_trace(args.file, _trace_model(args.model))
     cfg, report = fit_routing_model(tally(trace, args.max_steps), source=str(args.file), seed=args.seed)
-    out = args.out or args.file.with_suffix(".generator.yaml")
-    header = ("# Routing generator fitted by `moesim trace fit` (estimates from the trace; see\n"
+    header = (f"{first} (estimates from the trace; see\n"
               f"# workloads/trace_fit.py). Use as workload.routing: {{generator: synthetic, synthetic: {out.name}}}\n")
-    out.write_text(header + yaml.safe_dump({"synthetic": cfg.model_dump(exclude_none=True, exclude_defaults=True)}, sort_keys=False,
-                                                default_flow_style=None, width=120))
+    with atomic_file(out, force=force, keep="the generator") as tmp:
+        tmp.write_text(header + yaml.safe_dump({"synthetic": cfg.model_dump(exclude_none=True, exclude_defaults=True)},
+                                               sort_keys=False, default_flow_style=None, width=120))
     print(json_io.dumps(report, indent=2))
     print(f"wrote {out}")
     return 0
+
+
+def _first_line(path: Path) -> str:
+    """The first line of a text file moesim may have written, or "" (missing, unreadable, binary)."""
+    from moesim.outputs import reading_own_output
+
+    try:
+        with reading_own_output(), open(path, encoding="utf-8") as f:
+            return f.readline()
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 def _trace_synth(args: argparse.Namespace) -> int:
@@ -588,15 +655,19 @@ def _trace_synth(args: argparse.Namespace) -> int:
     from moesim.workloads.synthetic_routing import load_routing_model
     from moesim.workloads.trace_synth import synthesize_trace
 
-    _out_file(args.out, "--out", (".parquet",))
+    from moesim.outputs import atomic_file, note_input
+
+    note_input(args.generator)
+    _out_file(args.out, "--out", (".parquet",), args.force)
     try:
         model = load_model(args.model)
     except ConfigError as err:
         raise err.given_by("--model") from None
     cfg = load_routing_model(args.generator)
-    path = synthesize_trace(args.out, cfg, len(model.moe_layers), model.moe.num_experts, model.moe.top_k,
-                            [args.tokens] * args.sources, args.steps, args.seed, model.name, args.source_kind)
-    print(f"wrote {path}")
+    with atomic_file(args.out, force=args.force, keep="the trace") as tmp:
+        synthesize_trace(tmp, cfg, len(model.moe_layers), model.moe.num_experts, model.moe.top_k,
+                         [args.tokens] * args.sources, args.steps, args.seed, model.name, args.source_kind)
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -606,27 +677,30 @@ def _trace_convert(args: argparse.Namespace) -> int:
     from moesim.workloads.trace_format import write_trace
     from moesim.workloads.trace_reader import open_trace
 
-    _out_file(args.out, "OUT", (".parquet",))
+    from moesim.outputs import atomic_file, note_input
+
+    note_input(args.file)
+    _out_file(args.out, "OUT", (".parquet",), args.force)
     trace = open_trace(args.file, _trace_model(args.model), num_sources=args.sources, source_kind=args.source_kind)
-    if args.sort:
-        import pyarrow.compute as pc
+    with atomic_file(args.out, option="OUT", force=args.force, keep="the trace") as tmp:
+        if args.sort:
+            import pyarrow.compute as pc
 
-        table = trace.to_table()
-        table = table.take(pc.sort_indices(table, [("step", "ascending"), ("moe_layer", "ascending"),
-                                                   ("token", "ascending")]))
-        pq.write_table(table, args.out)
-        trace = open_trace(args.out, _trace_model(args.model))
-        n = sum(1 for _ in trace.steps())
-    else:
-        n = 0
+            table = trace.to_table()
+            table = table.take(pc.sort_indices(table, [("step", "ascending"), ("moe_layer", "ascending"),
+                                                       ("token", "ascending")]))
+            pq.write_table(table, tmp)
+            n = sum(1 for _ in open_trace(tmp, _trace_model(args.model)).steps())
+        else:
+            n = 0
 
-        def counted():
-            nonlocal n
-            for rows in trace.steps():
-                n += 1
-                yield rows
+            def counted():
+                nonlocal n
+                for rows in trace.steps():
+                    n += 1
+                    yield rows
 
-        write_trace(args.out, trace.meta, counted())
+            write_trace(tmp, trace.meta, counted())
     print(f"wrote {args.out}: {n} steps, checked against the model" if args.model else f"wrote {args.out}: {n} steps")
     return 0
 
@@ -635,12 +709,16 @@ def _requests(args: argparse.Namespace) -> int:
     from moesim import json_io
     from moesim.workloads.arrivals import describe_requests, generate_requests, load_requests_config
 
-    _out_file(args.out, "--out", (".csv", ".parquet"))
+    from moesim.outputs import atomic_file, note_input
+
+    note_input(args.config)
+    _out_file(args.out, "--out", (".csv", ".parquet"), args.force)
     cfg = load_requests_config(args.config)
     df = generate_requests(cfg, args.seed, base_dir=args.config.parent)
     print(json_io.dumps(describe_requests(df), indent=2))
     if args.out:
-        df.to_csv(args.out, index=False) if args.out.suffix == ".csv" else df.to_parquet(args.out, index=False)
+        with atomic_file(args.out, force=args.force, keep="the requests") as tmp:
+            df.to_csv(tmp, index=False) if args.out.suffix == ".csv" else df.to_parquet(tmp, index=False)
         print(f"wrote {args.out}")
     return 0
 
@@ -685,6 +763,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("runs", nargs="+", type=Path, help="run directories written by `moesim simulate`")
     rep.add_argument("--out", type=Path, default=None,
                      help="output folder (default RUN_DIR/report, or runs/compare-... for several runs)")
+    rep.add_argument("--force", action="store_true", help="replace an existing --out folder that moesim wrote")
     rep.set_defaults(func=_report)
     place = sub.add_parser("place", help="expert placement: ILP and baselines on a scenario's routing")
     place.add_argument("config", type=Path, help="scenario config: model, cluster, parallelism, routing")
@@ -717,6 +796,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(place)
     place.add_argument("--report", action="store_true", help="write report.html / report.md with plots")
     place.add_argument("--out", type=Path, default=None, help="output folder (default runs/<name>-placement)")
+    place.add_argument("--force", action="store_true", help="replace an existing --out folder that moesim wrote")
     place.set_defaults(func=_place)
     roof = sub.add_parser("roofline", help="every op of a layer on the device roofline (config, or --model/--device)")
     roof.add_argument("config", nargs="?", help="scenario config (its layer as the engine plans it)")
@@ -732,6 +812,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(roof)
     roof.add_argument("--measured", help="CSV of measured ops (device, op, flops, bytes, time_s) to plot")
     roof.add_argument("--out", help="output folder (default runs/roofline-<name>)")
+    roof.add_argument("--force", action="store_true", help="replace an existing --out folder that moesim wrote")
     roof.set_defaults(func=_roofline)
 
     cal = sub.add_parser("calibrate", help="measure ops with torch, fit the cost model, report simulated vs measured")
@@ -751,6 +832,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fit latency and bandwidth per collective from nccl-tests output; with --profile CLUSTER, "
                           "write a variant of that cluster profile whose collectives hold the fitted costs")
     cal.add_argument("--out", type=Path, help="output folder (default runs/calibrate-<device>-<size>)")
+    cal.add_argument("--force", action="store_true", help="replace an existing --out folder that moesim wrote")
     cal.set_defaults(func=_calibrate)
 
     prof = sub.add_parser("profiles", help="list or show bundled hardware profiles and models")
@@ -766,6 +848,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--devices", type=_at_least(1), default=8, help="devices for the co-location statistics")
     st.add_argument("--max-steps", type=_at_least(1), default=None)
     st.add_argument("--out", type=Path, default=None, help="folder for stats.json, tables and plots")
+    st.add_argument("--force", action="store_true", help="replace an existing --out folder that moesim wrote")
     st.set_defaults(func=_trace_stats)
     fit = tsub.add_parser("fit", help="estimate the synthetic generator's parameters from a trace")
     fit.add_argument("file", type=Path)
@@ -773,6 +856,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--max-steps", type=_at_least(1), default=None)
     fit.add_argument("--seed", type=_at_least(0), default=0)
     fit.add_argument("--out", type=Path, default=None, help="generator YAML (default FILE.generator.yaml)")
+    fit.add_argument("--force", action="store_true", help="replace an existing --out file")
     fit.set_defaults(func=_trace_fit)
     syn = tsub.add_parser("synth", help="write a trace drawn from a generator YAML")
     syn.add_argument("generator", type=Path)
@@ -783,6 +867,7 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--source-kind", choices=["device", "request"], default="device")
     syn.add_argument("--seed", type=_at_least(0), default=0)
     syn.add_argument("--out", type=Path, required=True)
+    syn.add_argument("--force", action="store_true", help="replace an existing --out file")
     syn.set_defaults(func=_trace_synth)
     conv = tsub.add_parser("convert", help="convert a .npz/.jsonl/.npy/.pt dump (or a Parquet file) to a trace")
     conv.add_argument("file", type=Path)
@@ -791,31 +876,49 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--sources", type=_at_least(1), default=None, help="number of sources (default: max id + 1)")
     conv.add_argument("--source-kind", choices=["device", "request"], default=None)
     conv.add_argument("--sort", action="store_true", help="sort rows by step first (loads the file whole)")
+    conv.add_argument("--force", action="store_true", help="replace an existing OUT file (never the input)")
     conv.set_defaults(func=_trace_convert)
     req = sub.add_parser("requests", help="generate request arrivals and lengths from a requests YAML")
     req.add_argument("config", type=Path)
     req.add_argument("--seed", type=_at_least(0), default=0)
     req.add_argument("--out", type=Path, default=None, help=".csv or .parquet")
+    req.add_argument("--force", action="store_true", help="replace an existing --out file")
     req.set_defaults(func=_requests)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from moesim import interrupts
     from moesim.errors import MoesimError
+    from moesim.outputs import tracking_inputs
 
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except MoesimError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # the filesystem refused an output (disk full, permissions, a name too long)
-        where = f" {err.filename}" if err.filename else ""
-        print(f"error: cannot write or read{where}: {err.strerror or err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: nothing was written (run directories appear only when complete)", file=sys.stderr)
-        return 130
+    with interrupts.handling_signals(), tracking_inputs():
+        try:
+            args = build_parser().parse_args(argv)
+            code = args.func(args)
+            interrupts.check()  # a signal swallowed where it landed still stops the command
+            return code
+        except MoesimError as err:
+            if interrupts.pending() is not None:  # the error came from cutting the work short
+                return _interrupted(interrupts.Interrupted(interrupts.pending()))
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except OSError as err:  # the filesystem refused an output (disk full, permissions, a name too long)
+            if interrupts.pending() is not None:
+                return _interrupted(interrupts.Interrupted(interrupts.pending()))
+            where = f" {err.filename}" if err.filename else ""
+            print(f"error: cannot write or read{where}: {err.strerror or err}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as err:
+            return _interrupted(err)
+
+
+def _interrupted(err: KeyboardInterrupt) -> int:
+    """Say which signal stopped the command and exactly what it kept; 130 (SIGINT) or 143 (SIGTERM)."""
+    from moesim import interrupts
+
+    print(interrupts.message(err), file=sys.stderr, flush=True)
+    return interrupts.exit_code(err)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,8 @@ import numpy as np
 import pulp
 
 from moesim.placement.baselines import contiguous, eplb_global, round_robin
-from moesim.placement.ilp_matrix import as_scenarios, quiet_stdout, solve_layer_highs
+from moesim.placement.ilp_matrix import (as_scenarios, cbc_stopped_on_interrupt, quiet_stdout, run_interruptibly,
+                                         solve_layer_highs)
 from moesim.placement.placement import Placement, from_share_matrices
 from moesim.placement.problem import ExpertTimeModel, PlacementProblem
 from moesim.placement.renaming import keep_copies_in_place
@@ -138,7 +139,7 @@ class _WarmHiGHS(pulp.HiGHS):
         sol.col_value = values
         sol.value_valid = True
         lp.solverModel.setSolution(sol)
-        lp.solverModel.run()
+        run_interruptibly(lp.solverModel)
 
 
 
@@ -159,7 +160,8 @@ def _run_solver(prob: pulp.LpProblem, solver: str, opts: IlpOptions) -> tuple[st
             warnings.simplefilter("ignore", DeprecationWarning)
             s = pulp.PULP_CBC_CMD(msg=False, timeLimit=opts.time_limit, gapRel=opts.gap, warmStart=True,
                                   threads=opts.threads, logPath=str(log))
-        prob.solve(s)
+        with cbc_stopped_on_interrupt():
+            prob.solve(s)
         text = log.read_text() if log.exists() else ""
     status = pulp.LpStatus[prob.status]
     m = re.search(r"^Result - (.+)$", text, re.M)

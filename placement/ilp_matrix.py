@@ -21,6 +21,7 @@ import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -206,6 +207,60 @@ def _highs_lp(m: LayerMatrices):
     return lp
 
 
+def run_interruptibly(h) -> None:
+    """`h.run()` in HiGHS's solver thread, so that a signal reaches Python within 0.1 s: the solve
+    is cancelled through HiGHS's interrupt callback and the interrupt raised again (highspy's own
+    handler would swallow it and return as if the time limit had passed)."""
+    if not hasattr(h, "startSolve"):  # highspy before 1.8: no solver thread
+        h.run()
+        return
+    h.HandleUserInterrupt = True
+    h.startSolve()
+    try:
+        while not h.wait(0.1)[0]:
+            pass
+    except KeyboardInterrupt:
+        h.cancelSolve()
+        h.wait(5.0)  # the interrupt callback stops it at its next check
+        raise
+
+
+class _TrackedSubprocess:
+    """The subprocess module as PuLP's CBC interface sees it, remembering the processes it starts."""
+
+    def __init__(self, real, started: list):
+        self._real, self._started = real, started
+
+    def Popen(self, *args, **kwargs):  # noqa: N802 (subprocess's name)
+        proc = self._real.Popen(*args, **kwargs)
+        self._started.append(proc)
+        return proc
+
+    def __getattr__(self, name: str):
+        return getattr(self._real, name)
+
+
+@contextmanager
+def cbc_stopped_on_interrupt() -> Iterator[None]:
+    """PuLP runs CBC as a child process and waits for it: a signal sent to moesim alone would leave
+    CBC running to its time limit, so the solver processes started here are killed on an interrupt."""
+    import pulp.apis.coin_api as coin
+
+    started: list = []
+    real = coin.subprocess
+    coin.subprocess = _TrackedSubprocess(real, started)
+    try:
+        yield
+    except KeyboardInterrupt:
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        raise
+    finally:
+        coin.subprocess = real
+
+
 def run_highs(m: LayerMatrices, warm_cols: np.ndarray | None, *, time_limit: float, gap: float,
               threads: int | None, msg: bool) -> tuple[np.ndarray | None, str, float, float]:
     """Solve; return (column values or None, status, objective, best bound)."""
@@ -224,7 +279,7 @@ def run_highs(m: LayerMatrices, warm_cols: np.ndarray | None, *, time_limit: flo
             sol.col_value = warm_cols
             sol.value_valid = True
             h.setSolution(sol)
-        h.run()
+        run_interruptibly(h)
     status = h.modelStatusToString(h.getModelStatus())
     info = h.getInfo()
     solution = h.getSolution()

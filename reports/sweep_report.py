@@ -2,11 +2,12 @@
 or open-loop arrival rate), read back from their run directories.
 
 `sweep_table` is one row per point with the numbers of each run's summary.json (metrics.serving),
-unchanged: load, requests/s, output tokens/s (total and per GPU), TTFT / TPOT p50 and p99, E2E p50
+unchanged: load, offered and achieved requests/s and whether the point is saturated (achieved short
+of offered, see serving/results.offered_and_achieved), requests/s, output tokens/s (total and per GPU), TTFT / TPOT p50 and p99, E2E p50
 and the goodput share. `write_sweep_report` writes report.html (self-contained: the plot embedded as
 a data URI, the table as a data-URI download) and report.md beside the PNG and CSV, with the table,
 the throughput-latency plot and where latency turns up (the knee: the first point whose p99 TPOT
-exceeds KNEE_FACTOR times that of the lowest load). Every number is simulated, a model output.
+exceeds KNEE_FACTOR times that of the lowest load) or saturates. Every number is simulated, a model output.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ SWEEP_PNG = "throughput_latency.png"
 SWEEP_CSV = "sweep.csv"
 # sweep_table's columns: (name, path into metrics.serving); "load" is the point's label
 COLUMNS = (
+    ("offered_requests_per_s", ("load", "offered_requests_per_s")),
+    ("achieved_requests_per_s", ("load", "achieved_requests_per_s")),
+    ("saturated", ("load", "saturated")),  # 1.0 / 0.0, NaN where a point is not judged
     ("requests_per_s", ("throughput", "requests_per_s")),
     ("output_tokens_per_s", ("throughput", "output_tokens_per_s")),
     ("output_tokens_per_s_per_gpu", ("throughput", "output_tokens_per_s_per_gpu")),
@@ -37,7 +41,8 @@ COLUMNS = (
     ("e2e_p50_s", ("latency", "e2e_s", "p50")),
     ("goodput_share", ("goodput", "share")),
 )
-HEADERS = ["load", "requests/s", "output tokens/s", "output tokens/s per GPU", "TTFT p50", "TTFT p99",
+HEADERS = ["load", "offered req/s", "achieved req/s", "saturated", "requests/s", "output tokens/s",
+           "output tokens/s per GPU", "TTFT p50", "TTFT p99",
            "TPOT p50", "TPOT p99", "E2E p50", "goodput share"]
 
 
@@ -118,6 +123,10 @@ def knee_sentence(table: pd.DataFrame, factor: float = KNEE_FACTOR) -> str:
     tpot = table["tpot_p99_s"]
     base = int(tpot.notna().to_numpy().argmax())
     b = table.iloc[base]
+    saturated = saturation_sentence(table)
+    if found is None and saturated:
+        return (f"{saturated} p99 TPOT stays within {factor:g}x of the lowest load's ({_time(b['tpot_p99_s'])} at "
+                f"{b['load']}), so TPOT alone does not show it.")
     if found is None:
         return (f"Latency does not turn up in this range: p99 TPOT stays within {factor:g}x of the lowest load's "
                 f"({_time(b['tpot_p99_s'])} at {b['load']}) at every point, the highest being "
@@ -128,11 +137,40 @@ def knee_sentence(table: pd.DataFrame, factor: float = KNEE_FACTOR) -> str:
             f"{k['tpot_p99_s'] / b['tpot_p99_s']:.1f}x the {_time(b['tpot_p99_s'])} at the lowest load "
             f"({b['load']}), the first point above {factor:g}x; output tokens/s per GPU there "
             f"{_sig(k['output_tokens_per_s_per_gpu'])} (against {_sig(prev['output_tokens_per_s_per_gpu'])} "
-            f"at {prev['load']}).")
+            f"at {prev['load']})." + (f" {saturated}" if saturated else ""))
+
+
+def _yes_no(x: float) -> str:
+    return "–" if x != x else ("yes" if x else "no")
+
+
+def saturated_rows(table: pd.DataFrame) -> list[int]:
+    """Rows whose deployment did not keep up with the offered load."""
+    if "saturated" not in table:
+        return []
+    return [i for i, v in enumerate(table["saturated"].to_numpy(dtype=float)) if v == 1.0]
+
+
+def saturation_sentence(table: pd.DataFrame) -> str:
+    """The saturated points in words, or "" when none is."""
+    rows = saturated_rows(table)
+    if not rows:
+        return ""
+    parts = []
+    for i in rows:
+        r = table.iloc[i]
+        if r["achieved_requests_per_s"] == r["achieved_requests_per_s"]:
+            parts.append(f"{r['load']} (achieved {_sig(r['achieved_requests_per_s'])} of "
+                         f"{_sig(r['offered_requests_per_s'])} req/s offered)")
+        else:
+            parts.append(f"{r['load']} (requests left unfinished at the horizon)")
+    return ("Saturated at " + ", ".join(parts) + ": the deployment finishes requests more slowly than they arrive, "
+            "so its queue grows for as long as the load lasts and the latencies there depend on the run's length.")
 
 
 def _cells(row: pd.Series) -> list[str]:
-    return [str(row["load"]), _sig(row["requests_per_s"]), _sig(row["output_tokens_per_s"]),
+    return [str(row["load"]), _sig(row["offered_requests_per_s"]), _sig(row["achieved_requests_per_s"]),
+            _yes_no(row["saturated"]), _sig(row["requests_per_s"]), _sig(row["output_tokens_per_s"]),
             _sig(row["output_tokens_per_s_per_gpu"]), _time(row["ttft_p50_s"]), _time(row["ttft_p99_s"]),
             _time(row["tpot_p50_s"]), _time(row["tpot_p99_s"]), _time(row["e2e_p50_s"]), _pct(row["goodput_share"])]
 
@@ -144,9 +182,12 @@ def _slo(serving: dict[str, Any]) -> str:
     return " and ".join(limits) if limits else "none given (every measured finished request counts)"
 
 
-def write_sweep_report(points: list[tuple[str, Path]], out_dir: Path, title: str) -> Path:
+def write_sweep_report(points: list[tuple[str, Path]], out_dir: Path, title: str,
+                       shown: list[tuple[str, Path]] | None = None) -> Path:
     """Write out_dir/report.html (self-contained) and report.md, the throughput-latency PNG and
-    sweep.csv for the serving runs `points` ((label, run directory), in load order); return the HTML."""
+    sweep.csv for the serving runs `points` ((label, run directory), in load order); return the HTML.
+    `shown` are the run directories as the report names them (where they will be once the sweep
+    folder being written is in place), default `points`."""
     if not points:
         raise MoesimError("a load sweep report needs at least one point (label, serving run directory)")
     out = Path(out_dir)
@@ -155,7 +196,8 @@ def write_sweep_report(points: list[tuple[str, Path]], out_dir: Path, title: str
     serving = [(label, s["metrics"]["serving"]) for label, s in summaries]
     table = pd.DataFrame([_row(label, sv) for label, sv in serving],
                          columns=["load"] + [name for name, _ in COLUMNS]).astype({name: float for name, _ in COLUMNS})
-    table.assign(run_dir=[str(run) for _, run in points]).to_csv(out / SWEEP_CSV, index=False)
+    shown = shown or points
+    table.assign(run_dir=[str(run) for _, run in shown]).to_csv(out / SWEEP_CSV, index=False)
     # the plot's own title adds "throughput against latency": name it after the runs, not the page
     throughput_latency(serving, out, SWEEP_PNG, title=str(summaries[0][1].get("name") or "load sweep"))
 
@@ -174,7 +216,7 @@ def write_sweep_report(points: list[tuple[str, Path]], out_dir: Path, title: str
              ("SLO (goodput)", _slo(sv0)),
              ("warm-up excluded", f"the earliest {_pct(float(req0.get('warmup_share') or 0.0))} of each point's "
                                   "requests are left out of every statistic"),
-             ("run directories", "; ".join(f"{label}: {run}" for label, run in points)),
+             ("run directories", "; ".join(f"{label}: {run}" for label, run in shown)),
              ("source", f"every number simulated, a model output of moesim, not a measurement. Source: {source}")]
     blocks: list[tuple[str, object]] = [
         ("h2", "Per load point"),
@@ -193,5 +235,5 @@ def write_sweep_report(points: list[tuple[str, Path]], out_dir: Path, title: str
                ("figure", Figure(SWEEP_PNG, "Throughput against latency",
                                  "Output tokens/s per GPU against TPOT (left) and TTFT (right), p50 and p99, one "
                                  "point per load, labelled. Simulated; warm-up excluded."))]
-    intro = [("verdict", ("mixed" if found else "good", knee_sentence(table)))]
+    intro = [("verdict", ("mixed" if found or saturated_rows(table) else "good", knee_sentence(table)))]
     return write_page(out, "report", title, facts, blocks, intro)

@@ -1,23 +1,42 @@
 """Rich terminal output: the headline metrics of a run and the bundled profiles.
 
 Output must survive pipes, CI logs and narrow terminals: off a terminal the console is wide
-(tables keep their natural width, lines are not wrapped), and in a narrow terminal table cells
-wrap instead of being cut with an ellipsis (`unclipped`).
+(tables keep their natural width, lines are not wrapped), and every table goes through
+`print_table`, which never wraps or cuts a cell: a table too wide for the terminal loses its
+optional columns, or else is printed as one block of `column  value` lines per row.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import numbers
 import sys
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from rich.console import Console
+from rich.cells import cell_len
+from rich.console import Console, RenderableType
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from moesim.units import fmt_bytes, fmt_time
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 PIPE_WIDTH = 400  # off a terminal: wide enough that no table of ours wraps
+MEASURE_WIDTH = 10_000  # room to measure a table in: no column is squeezed
+GAP = "  "  # between a record's column name and its value
+# columns a table drops (in this order) before it falls back to one block per row: each is
+# derivable from the others or a solver detail, and the files written beside hold all of them
+ROOFLINE_OPTIONAL = ("roof TFLOP/s", "share")  # = TFLOP/s / of roof; = time / the layer's time
+PLACEMENT_OPTIONAL = ("solve", "gap", "x-dev flow")
+SWEEP_OPTIONAL = ("output_tokens_per_s_per_gpu", "ttft_p50_s", "tpot_p50_s", "e2e_p50_s")  # sweep.csv has them
+REBALANCE_OPTIONAL = ("copies_moved", "gb_moved")  # what move_s prices; rebalance.csv has them
 
 
 def console_for(stderr: bool = False) -> Console:
@@ -29,11 +48,137 @@ def console_for(stderr: bool = False) -> Console:
 
 
 def unclipped(table: Table) -> Table:
-    """The table with every column wrapping its cells rather than cutting them ("9.94…")."""
+    """The table with every column folding its cells rather than cutting them ("9.94…").
+
+    Superseded by `print_table` (folding splits numbers across lines); kept only for callers
+    not yet moved to it."""
     for col in table.columns:
         col.overflow = "fold"
         col.no_wrap = False
     return table
+
+
+def natural_width(console: Console, table: Table) -> int:
+    """How many terminal columns the table takes with no cell wrapped (its title, which may wrap, aside)."""
+    return Measurement.get(console, console.options.update_width(MEASURE_WIDTH), table).maximum
+
+
+def print_table(console: Console, table: Table, optional: Sequence[str] = ()) -> None:
+    """Print a table without ever wrapping or cutting a cell, so no number is split across lines.
+
+    At its natural width when that fits the console; else without as many of its `optional`
+    columns (headers, dropped in the order given) as it takes to fit, with a note naming them;
+    else as one block per row (`_print_records`)."""
+    for col in table.columns:
+        col.no_wrap = True
+    if natural_width(console, table) <= console.width:
+        _print_boxed(console, table)
+        return
+    present = {str(col.header) for col in table.columns}
+    dropped: list[str] = []
+    for header in (h for h in optional if h in present):
+        dropped.append(header)
+        narrow = _without_columns(table, dropped)
+        if natural_width(console, narrow) <= console.width:
+            _print_boxed(console, narrow)
+            console.print(Text(f"(not shown at this width: {', '.join(dropped)}; widen the terminal for them)",
+                               style="dim"))
+            return
+    _print_records(console, table)
+
+
+def _print_boxed(console: Console, table: Table) -> None:
+    """A table that fits, as rich prints it; but a title with a word wider than the table (a long
+    scenario name), which rich would fold mid-word at the table's width, goes above it on its own."""
+    if table.title:
+        title = _cell_text(console, table.title, "table.title")
+        if max((cell_len(word) for word in title.plain.split()), default=0) > natural_width(console, table):
+            console.print(title)
+            table = copy.copy(table)
+            table.title = None
+    console.print(table)
+
+
+def _without_columns(table: Table, headers: Sequence[str]) -> Table:
+    """A shallow copy of the table without the columns of these headers (the rest keep their cells)."""
+    out = copy.copy(table)
+    kept = [col for col in table.columns if str(col.header) not in headers]
+    out.columns = [dataclasses.replace(col, _index=i) for i, col in enumerate(kept)]
+    return out
+
+
+def _print_records(console: Console, table: Table) -> None:
+    """The table for a console too narrow for it: its title, then per row a `header: first cell`
+    heading and indented `header  value` lines (a header-less key/value table: just its rows as
+    `key  value` lines). Values start in one column (and right align when all fit); a value too
+    long for its line goes on the next one, and only one wider than the console wraps (at spaces)."""
+    if table.title:
+        console.print(_cell_text(console, table.title, "table.title"))
+    cols = table.columns
+    cells = [[_cell_text(console, cell, col.style) for cell in col.cells] for col in cols]
+    rows = list(zip(*cells))
+    if table.show_header:
+        keys = [_cell_text(console, col.header, "") for col in cols]
+        blocks = [(Text.assemble(keys[0], ": ", row[0], style="bold"), list(zip(keys[1:], row[1:]))) for row in rows]
+        indent = 2
+    else:
+        blocks = [(None, [(row[0], Text(GAP).join(row[1:])) for row in rows])]
+        indent = 0
+    items = [item for _, block in blocks for item in block]
+    room = console.width - indent - len(GAP)
+    one_line = [(key, value) for key, value in items if key.cell_len + value.cell_len <= room]
+    key_w = max((key.cell_len for key, _ in one_line), default=0)
+    value_w = max((value.cell_len for _, value in one_line), default=0)
+    right = len(one_line) == len(items) and key_w + value_w <= room  # values as one right-aligned column
+    for heading, block in blocks:
+        if heading is not None:
+            _print_line(console, heading)
+        for key, value in block:
+            if key.cell_len <= key_w and key_w + (value_w if right else value.cell_len) <= room:  # names padded
+                pad = key_w - key.cell_len + (value_w - value.cell_len if right else 0)
+                _print_line(console, Text.assemble(" " * indent, key, " " * pad + GAP, value))
+            elif key.cell_len + value.cell_len <= room:
+                _print_line(console, Text.assemble(" " * indent, key, GAP, value))
+            else:
+                _print_line(console, Text.assemble(" " * indent, key))
+                _print_line(console, Text.assemble(" " * (indent + 2), value))
+    if table.caption:
+        console.print(_cell_text(console, table.caption, "table.caption"))
+
+
+def _cell_text(console: Console, cell: RenderableType, style: Any) -> Text:
+    """A table cell (markup string, Text, or anything else by its str) as styled Text."""
+    if isinstance(cell, str):
+        text = console.render_str(cell, highlight=False)
+    elif isinstance(cell, Text):
+        text = cell.copy()
+    else:
+        text = Text(str(cell))
+    if style:
+        text.stylize(style)
+    return text
+
+
+def _print_line(console: Console, line: Text) -> None:
+    """One record line, never wrapped when it fits the console (else wrapped at spaces, not inside a word)."""
+    console.print(line, no_wrap=line.cell_len <= console.width, overflow="fold")
+
+
+def print_frame(console: Console, frame: pd.DataFrame, title: str | None = None,
+                optional: Sequence[str] = ()) -> None:
+    """A DataFrame through `print_table`: a column per frame column (the first left aligned, the
+    rest right), floats as `{:.4g}`, anything else (ints, strings, bools) by its str."""
+    t = Table(title=title)
+    for i, col in enumerate(frame.columns):
+        t.add_column(str(col), justify="left" if i == 0 else "right")
+    for row in frame.itertuples(index=False, name=None):
+        t.add_row(*(Text(f"{v:.4g}" if _is_float(v) else str(v)) for v in row))
+    print_table(console, t, optional)
+
+
+def _is_float(v: Any) -> bool:
+    """Whether a frame value is a real, non-integer number (Python or numpy float; not int or bool)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, numbers.Integral)  # bool is Integral
 
 
 @contextmanager
@@ -113,14 +258,14 @@ def print_summary(result: Any, console: Console) -> None:
     bar = s.get("error_bar") or {}
     head.add_row("error bar", f"±{bar['relative']:.1%} (calibrated profile's held-out MAPE)"
                  if bar.get("relative") is not None else "none (datasheet profile, error never measured)")
-    console.print(unclipped(head))
+    print_table(console, head)
     share = Table(title="where the time went (share of device time)")
     share.add_column("phase")
     share.add_column("share", justify="right")
     for phase, frac in sorted(s["time_share"].items(), key=lambda kv: -kv[1]):
         if frac > 0.0005:
             share.add_row(phase, f"{frac:6.1%}")
-    console.print(unclipped(share))
+    print_table(console, share)
     if s.get("offload"):
         print_offload(s["offload"], console)
 
@@ -147,7 +292,7 @@ def print_offload(off: dict, console: Console) -> None:
               f"({stall['share_of_device_time']:.1%} of device time)")
     t.add_row("copy engine busy", f"{off['copy_engine_utilization']:.1%}")
     t.add_row("peak device memory", fmt_bytes(off["peak_device_memory_bytes"]))
-    console.print(unclipped(t))
+    print_table(console, t)
 
 
 def print_roofline(rows: Any, ridges: dict, console: Console) -> None:
@@ -158,10 +303,10 @@ def print_roofline(rows: Any, ridges: dict, console: Console) -> None:
         for col in ("op", "FLOP/B", "TFLOP/s", "roof TFLOP/s", "of roof", "bound", "time", "share"):
             t.add_column(col, justify="left" if col in ("op", "bound") else "right")
         for _, r in sub.iterrows():
-            t.add_row(r["op"], f"{r['intensity']:.3g}", f"{r['achieved_flops_per_s'] / 1e12:.3g}",
+            t.add_row(Text(r["op"]), f"{r['intensity']:.3g}", f"{r['achieved_flops_per_s'] / 1e12:.3g}",
                       f"{r['attainable_flops_per_s'] / 1e12:.3g}", f"{r['roof_fraction']:.0%}", r["bound"],
                       fmt_time(r["time_s"]), f"{r['share_of_layer']:.1%}")
-        console.print(unclipped(t))
+        print_table(console, t, optional=ROOFLINE_OPTIONAL)
     console.print("expert GEMM compute-bound from (tokens per expert): "
                   + ", ".join(f"{d} {n:.0f}" if n else f"{d} never (<= 8192)" for d, n in ridges.items()))
 
@@ -244,7 +389,7 @@ def print_trace_stats(summary: dict, console: Console) -> None:
     t.add_row("step-to-step TV (sampling alone)", f"{f(drift['step_to_step_tv'])} ({f(drift['sampling_tv'])})")
     t.add_row("first vs last quarter TV", f(drift["first_vs_last_quarter_tv"]))
     t.add_row(f"{summary['source_kind']} popularity TV from the layer's", f(summary["locality"]["source_tv"]))
-    console.print(unclipped(t))
+    print_table(console, t)
 
 
 def _dispatch_note(provenance: dict) -> str:
@@ -279,7 +424,7 @@ def print_placement_table(study: Any, console: Console) -> None:
         if study.simulated:
             cells += [fmt_time(row["sim_step_s"]), f"{row['sim_straggler']:.2f}", fmt_bytes(row["sim_inter_node_bytes"])]
         table.add_row(*cells)
-    console.print(unclipped(table))
+    print_table(console, table, optional=PLACEMENT_OPTIONAL)
     console.print(f"balance = mean/max device tokens (1 is perfect); bottleneck = slowest device's modelled "
                   f"{'tokens' if unit == 'tokens' else 'expert time'} summed over MoE layers; remote / inter-node = "
                   f"dispatched tokens leaving their device / node{_dispatch_note(p.provenance)}; x-dev flow = "
@@ -300,7 +445,7 @@ def print_serving_summary(result: Any, console: Console) -> None:
                        ("queue_s", "queueing")):
         p = lat[key]
         t.add_row(label, *(fmt_time(p[k]) if p[k] is not None else "-" for k in ("mean", "p50", "p90", "p99")))
-    console.print(unclipped(t))
+    print_table(console, t)
     h = Table(show_header=False)
     h.add_column("metric", style="bold")
     h.add_column("value", justify="right")
@@ -325,4 +470,25 @@ def print_serving_summary(result: Any, console: Console) -> None:
     h.add_row("memory per rank", f"weights {fmt_bytes(mem['weights'])}, KV {fmt_bytes(mem['kv_cache'])} "
               f"({mem['kv_tokens']:,} tokens), other {fmt_bytes(mem['activations'] + mem['comm_buffers'])}, "
               f"reserve {fmt_bytes(mem['runtime_reserve'])}")
-    console.print(unclipped(h))
+    print_table(console, h)
+
+
+def print_sweep_table(table: pd.DataFrame, title: str, console: Console) -> None:
+    """A load sweep's points (`sweep_table`, any extra columns included), one row per load."""
+    print_frame(console, table, title, SWEEP_OPTIONAL)
+
+
+def print_calibration_errors(cal: Any, console: Console) -> None:
+    """A calibration's simulated-vs-measured errors per split and kind, before and after the fit."""
+    t = Table(title=f"{cal.profile.name}: simulated vs measured (MAPE / bias; noise floor)")
+    for col in ("split", "kind", "n", "MAPE before", "MAPE after", "bias after", "noise"):
+        t.add_column(col, justify="left" if col in ("split", "kind") else "right")
+    for r in cal.errors.itertuples():
+        t.add_row(Text(str(r.split)), Text(str(r.kind)), str(r.n), f"{r.before_mape:.1%}", f"{r.after_mape:.1%}",
+                  f"{r.after_bias:+.1%}", f"{r.noise_floor:.1%}")
+    print_table(console, t)
+
+
+def print_rebalance_table(df: pd.DataFrame, console: Console) -> None:
+    """The rebalance rule's verdict per method (`rebalance_from`), without the horizon every row shares."""
+    print_frame(console, df.drop(columns="horizon_steps", errors="ignore"), optional=REBALANCE_OPTIONAL)

@@ -10,21 +10,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from moesim.errors import ConfigError
 from moesim.simulator.offload.config import OffloadConfig, PrecisionConfig
 from moesim.simulator.serving.config import ServingConfig
+from moesim.workloads.arrivals import MAX_TOKENS, WHY_TOKENS, Tokens
 from moesim.workloads.synthetic_routing import RoutingModelConfig
 from moesim.units import Seconds
-from moesim.yaml_io import load_yaml, validate
+from moesim.yaml_io import at_most, load_yaml, parse_yaml, resolve_lenient, validate
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+MAX_STEPS = 10**9  # steps of a fixed-batch run (its plans are kept: run_estimate refuses most before this)
+Sequences = Annotated[int, at_most(MAX_TOKENS, "sequences", WHY_TOKENS)]
 
 
 class HardwareScale(_Strict):
@@ -69,7 +74,7 @@ class RoutingConfig(_Strict):
     generator: Literal["uniform", "zipf", "fixed", "trace", "synthetic", "load_matrix"] = "uniform"
     alpha: float = Field(1.2, gt=0, description="Zipf exponent")
     shuffle: bool = Field(True, description="Zipf: hot experts differ per layer")
-    counts: list[list[int]] | None = Field(
+    counts: list[list[Tokens]] | None = Field(
         None, description="fixed: counts[source_device][expert], the same for every MoE layer and step"
     )
     trace: str | None = Field(None, description="trace: a routing trace file (.parquet, .npz, .jsonl, .npy, .pt)")
@@ -111,15 +116,19 @@ class RoutingConfig(_Strict):
 
 class WorkloadConfig(_Strict):
     phase: Literal["prefill", "decode"]
-    batch_size: int | None = Field(None, ge=1, description="sequences per attention (DP) replica")
-    tokens_per_device: int | None = Field(None, ge=1, description="MoE tokens per device per step")
-    seq_len: int | None = Field(None, ge=1, description="prompt length of a prefill sequence")
-    kv_len: int | None = Field(None, ge=0, description="context already cached, for decode")
-    steps: int = Field(1, ge=1)
+    batch_size: Sequences | None = Field(None, ge=1, description="sequences per attention (DP) replica")
+    tokens_per_device: Tokens | None = Field(None, ge=1, description="MoE tokens per device per step")
+    seq_len: Tokens | None = Field(None, ge=1, description="prompt length of a prefill sequence")
+    kv_len: Tokens | None = Field(None, ge=0, description="context already cached, for decode")
+    steps: Annotated[int, at_most(MAX_STEPS, "steps", "simulate a few hundred: steady-state metrics need no "
+                                  "more")] = Field(1, ge=1)
     routing: RoutingConfig = RoutingConfig()
 
     @model_validator(mode="after")
     def _shape(self) -> "WorkloadConfig":
+        if self.phase == "prefill" and self.batch_size and self.seq_len and self.batch_size * self.seq_len > MAX_TOKENS:
+            raise ValueError(f"workload.batch_size x workload.seq_len = {self.batch_size * self.seq_len:,} tokens per "
+                             f"replica is more than moesim can simulate: at most {MAX_TOKENS:,} ({WHY_TOKENS})")
         both = self.batch_size is not None and self.tokens_per_device is not None
         neither = self.batch_size is None and self.tokens_per_device is None
         if both or (neither and self.routing.generator != "trace"):
@@ -177,8 +186,20 @@ class OutputsConfig(_Strict):
     trace_steps: int = Field(2, ge=0, description="steps written to trace.json (0: none)")
 
 
+def _folder_name(name: str | None) -> str | None:
+    """A scenario name becomes a folder (runs/<name>): it may not lead out of the output root."""
+    if name is None:
+        return None
+    bad = [c for c in ("/", "\\", "\0") if c in name]
+    if bad or name.strip() in ("", ".", "..") or name.startswith(".") or len(name) > 200:
+        raise ValueError(f"'{name}' cannot be a scenario name: the name becomes the run folder runs/<name>, so it may "
+                         "not contain a path separator, start with '.', be empty or exceed 200 characters; choose "
+                         "where runs go with outputs.dir or --out")
+    return name
+
+
 class ScenarioConfig(_Strict):
-    name: str | None = None
+    name: Annotated[str | None, AfterValidator(_folder_name)] = None
     model: str = Field(description="bundled model name, model YAML or Hugging Face config.json path")
     hardware: HardwareConfig
     parallelism: ParallelismConfig = ParallelismConfig()
@@ -242,7 +263,7 @@ class ScenarioFile:
         if p.is_absolute() or p.suffix not in (".yaml", ".yml", ".json", ".parquet", ".pq", ".npz", ".npy", ".pt",
                                                 ".pth", ".jsonl"):
             return value
-        return str((self.base_dir / p).resolve())
+        return str(resolve_lenient(self.base_dir / p))  # a symlink loop is reported by the file's reader
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ScenarioFile:
@@ -257,13 +278,18 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Scenari
         cfg = validate(ScenarioConfig, data, path)
     except ConfigError as err:
         given = [o for o, f in zip(overrides, set_fields)
-                 if err.field and ((err.field + ".").startswith(f + ".") or (f + ".").startswith(err.field + "."))]
+                 if err.field and (_within(err.field, f) or _within(f, err.field))]
         if given:
             raise ConfigError(f"{err.detail} (value given by --set {given[-1]})", file=path, field=err.field) from None
         raise
     if cfg.name is None:
         cfg.name = path.stem
     return ScenarioFile(cfg, path, data, overrides)
+
+
+def _within(field: str, section: str) -> bool:
+    """Whether a field path lies in a section (`a.b[2].c` in `a.b`), or is it."""
+    return field == section or field.startswith((section + ".", section + "["))
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> list[str]:
@@ -277,7 +303,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> list[str]:
         if not sep or not key or any(not p for p in parts):
             raise ConfigError(f"'{item}' is not FIELD=VALUE (e.g. workload.batch_size=64)", field="--set")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = parse_yaml(text) if text.strip() else None
         except yaml.YAMLError as err:
             raise ConfigError(f"the value of '{item}' is not valid YAML ({str(err).splitlines()[0]})",
                               field="--set") from None

@@ -19,6 +19,7 @@ import simpy
 
 from typing import Iterable
 
+from moesim import interrupts
 from moesim.errors import MoesimError
 from moesim.simulator import comm_cost
 from moesim.simulator.collectives import GroupCollective, make_collective, staged_pairs
@@ -57,6 +58,23 @@ class EngineResult:
         """(steps, L, N, P) time in each phase, summed over micro-batches (0 where it did not run)."""
         dur = self.end - self.start
         return np.where(np.isnan(dur), 0.0, dur).sum(axis=3)
+
+
+CHECK_EVERY = 4096  # events between looks for a signal a SimPy process may have swallowed
+
+
+def run_events(env: simpy.Environment) -> None:
+    """`env.run()` that also stops within a few milliseconds of a signal: a KeyboardInterrupt raised
+    inside a SimPy process becomes a failed event, which a waiting process may drop."""
+    step = env.step
+    try:
+        while True:
+            for _ in range(CHECK_EVERY):
+                step()
+            interrupts.check()
+    except simpy.core.EmptySchedule:
+        pass
+    interrupts.check()
 
 
 class Engine:
@@ -306,7 +324,7 @@ class Engine:
         for d in range(self.n):
             self.env.process(self.stream(self, d))
         try:
-            self.env.run()
+            run_events(self.env)
         except MoesimError as err:  # SimPy re-raises a process's error as a copy without its fields
             if isinstance(err.__cause__, MoesimError):
                 raise err.__cause__ from None

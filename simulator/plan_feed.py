@@ -54,7 +54,11 @@ class ThreadFeed:
 
 
 def _build_ahead(plans: Iterator[list[StepPlan]], conn) -> None:
-    """Child process: send every step's plans, then None; an error is sent in their place."""
+    """Child process: send every step's plans, then None; an error is sent in their place. Signals
+    are the parent's to handle (it stops the child when it stops)."""
+    from moesim import interrupts
+
+    interrupts.ignore_in_child()
     try:
         for step_plans in plans:
             for p in step_plans:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 from moesim import json_io
 from moesim.errors import ConfigError
+from moesim.outputs import atomic_dir, check_out_dir, free_name as free_run_dir  # noqa: F401 - re-exported
 from moesim.simulator.config import ScenarioFile
 from moesim.simulator.engine import Engine
 from moesim.simulator.metrics import SimResult, summarize
@@ -54,57 +52,17 @@ def default_run_dir(sc: Scenario) -> Path:
     return Path("runs") / (cfg.name or "scenario")
 
 
-def free_run_dir(path: Path) -> Path:
-    """`path` if nothing is there, else the first free `path-2`, `path-3`, ..."""
-    if not path.exists():
-        return path
-    i = 2
-    while path.with_name(f"{path.name}-{i}").exists():
-        i += 1
-    return path.with_name(f"{path.name}-{i}")
-
-
-def check_out_dir(path: Path, option: str = "--out") -> None:
-    """Refuse an output folder that cannot be one: a file, a path under a file, or unwritable."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{path} is a file, not a folder; give a folder for the results", field=option)
-    parent = path
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ConfigError(f"{path} lies under {parent}, which is a file", field=option)
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot write under {parent} (permission denied)", field=option)
-
-
 def write_run_dir(result: SimResult, out: str | Path | None = None, *, force: bool = False,
-                  overrides: list[str] | None = None) -> Path:
+                  overrides: list[str] | None = None, keep: str | None = None) -> Path:
     """Write summary.json, the phase/utilization/layer/traffic/link/expert-time tables, the copy
     tables of an offloading run and trace.json; return the directory.
 
-    Everything is written into a hidden sibling and renamed into place when complete, so an
-    interrupted write leaves nothing that looks like a run. An existing directory is replaced
-    only with `force` (no file of the earlier run survives); without it the write is refused."""
+    Written atomically (`moesim.outputs.atomic_dir`): an interrupted write leaves nothing that
+    looks like a run. An existing directory is replaced only with `force` and only if moesim
+    wrote it (no file of the earlier run survives); otherwise the write is refused."""
     run_dir = Path(out) if out else default_run_dir(result.scenario)
-    check_out_dir(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()) and not force:
-        raise ConfigError(f"{run_dir} already holds files (an earlier run?); pass --force to replace it, "
-                          "or --out another folder", field="--out")
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.partial-", dir=run_dir.parent))
-    try:
+    with atomic_dir(run_dir, command="simulate", force=force, keep=keep) as partial:
         _write_files(result, partial, overrides or [])
-        if run_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.old-", dir=run_dir.parent))
-            os.replace(run_dir, old / "run")
-            os.replace(partial, run_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(partial, run_dir)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return run_dir
 
 

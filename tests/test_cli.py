@@ -51,7 +51,7 @@ def test_config_show_prints_the_resolved_config_with_defaults(capsys):
 
 def test_an_existing_run_directory_needs_force_and_keeps_nothing_of_the_old_run(tmp_path, capsys):
     out = tmp_path / "run"
-    out.mkdir()
+    assert main(["simulate", MIXTRAL, "--steps", "1", "--out", str(out), "--quiet"]) == 0
     (out / "copies.csv").write_text("stale from an offloading run\n")
     assert main(["simulate", MIXTRAL, "--steps", "1", "--out", str(out), "--quiet"]) == 2
     assert "--force" in capsys.readouterr().err and (out / "copies.csv").exists()

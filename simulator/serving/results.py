@@ -150,6 +150,44 @@ def time_average_in_system(arrival: np.ndarray, leave: np.ndarray, start: float,
     return float(overlap.sum() / (end - start))
 
 
+SATURATED_BELOW = 0.9  # achieved under 90% of offered: the queue grows for as long as the load lasts
+MIN_ARRIVALS_TO_TELL = 8
+
+
+def offered_and_achieved(measured: pd.DataFrame, table: pd.DataFrame) -> dict[str, Any]:
+    """Offered load (measured arrivals per second) against achieved (finishes per second), and
+    whether the deployment is saturated (achieved short of offered, or measured requests left
+    unfinished at the horizon).
+
+    Both rates are counted over the later three quarters of the measured arrival span (past the
+    ramp-up); finishes over the same span shifted by the median e2e latency, so that a deployment
+    that keeps up counts the same requests leaving as arriving, while one that cannot finishes
+    them at its own service rate. With fewer than MIN_ARRIVALS_TO_TELL arrivals there the point
+    is not judged (None)."""
+    arrival = np.sort(measured["arrival_s"].to_numpy(dtype=float))
+    unfinished = int((~measured["finished"].to_numpy(dtype=bool)).sum())
+    out: dict[str, Any] = {"offered_requests_per_s": None, "achieved_requests_per_s": None, "achieved_share": None,
+                           "saturated": True if unfinished else None, "measured_unfinished": unfinished}
+    if arrival.size < 2:
+        return out
+    lo, hi = float(np.quantile(arrival, 0.25)), float(arrival[-1])
+    n_arr = int(np.count_nonzero((arrival >= lo) & (arrival <= hi)))
+    finish = table["finish_s"].to_numpy(dtype=float)
+    finish = np.sort(finish[np.isfinite(finish)])
+    done = measured[measured["finished"].to_numpy(dtype=bool)]
+    if hi <= lo or n_arr < MIN_ARRIVALS_TO_TELL or not len(done) or not finish.size:
+        return out
+    shift = float(np.median(done["e2e_s"].to_numpy(dtype=float)))
+    f_lo, f_hi = lo + shift, min(hi + shift, float(finish[-1]))
+    offered = n_arr / (hi - lo)
+    if f_hi <= f_lo:
+        return {**out, "offered_requests_per_s": offered}
+    achieved = int(np.count_nonzero((finish >= f_lo) & (finish <= f_hi))) / (f_hi - f_lo)
+    share = achieved / offered
+    return {**out, "offered_requests_per_s": offered, "achieved_requests_per_s": achieved, "achieved_share": share,
+            "saturated": bool(unfinished or share < SATURATED_BELOW)}
+
+
 def serving_summary(table: pd.DataFrame, iterations: pd.DataFrame, horizon_s: float, num_gpus: int,
                     slo: Mapping[str, float | None] | None) -> dict[str, Any]:
     """The aggregate numbers of a serving run, as strict JSON data (None wherever a number is undefined).
@@ -274,4 +312,5 @@ def serving_summary(table: pd.DataFrame, iterations: pd.DataFrame, horizon_s: fl
         "goodput": goodput,
         "batch": batch,
         "littles_law": little,
+        "load": offered_and_achieved(measured, table),
     })
