@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from contextlib import contextmanager
+import os
 import sys
 from pathlib import Path
 
@@ -85,7 +85,7 @@ def _run_dir_for(args: argparse.Namespace, scenario, console, suffix: str = "") 
         if holds_files(out) and not args.force:
             taken, out = out, free_name(out)
             if not args.quiet:
-                console.print(f"{taken} holds an earlier run: writing {out} (--force replaces it)")
+                console.print(f"{taken} holds files (an earlier run?): writing {out} (--force replaces a run there)")
         _out_dir(out, "outputs.dir" if scenario.config.outputs.dir else "--out", force=args.force)
     return out
 
@@ -200,7 +200,8 @@ def _sweep(args: argparse.Namespace, overrides: list[str], console) -> int:
     earlier = holds_files(root)
     stopped: KeyboardInterrupt | None = None
     kept: list[str] = []
-    with atomic_dir(root, command="simulate --load", force=args.force) as partial:
+    with atomic_dir(root, command="simulate --load", force=args.force,
+                    keep=lambda: None if stopped else "the sweep") as partial:
         try:
             for (label, item, folder), sc in zip(points, scenarios):
                 write_run_dir(_simulated(args, sc, console), partial / folder, overrides=overrides + [item])
@@ -492,7 +493,8 @@ def _calibrated(args: argparse.Namespace, console, models: list, out: Path, forc
 
     earlier = holds_files(out)
     stopped: KeyboardInterrupt | None = None
-    with atomic_dir(out, command="calibrate", force=force, keep="the calibration folder") as partial:
+    with atomic_dir(out, command="calibrate", force=force,
+                    keep=lambda: None if stopped else "the calibration folder") as partial:
         if args.from_table:
             from moesim.validation.from_table import calibrate_from_table
 
@@ -526,18 +528,18 @@ def _calibrate_links(args: argparse.Namespace) -> int:
 
     from moesim import json_io
     from moesim.errors import ConfigError
-    from moesim.validation.nccl_tests import fit_collectives, parse_nccl_tests
+    from moesim.validation.nccl_tests import fit_collectives, parse_nccl_tests, read_nccl_log, usable_rows
 
     frames = []
     for path in args.from_nccl_tests:
         try:
-            text = Path(path).read_text()
-        except OSError as err:
-            raise ConfigError(f"cannot read {path} ({err.strerror})", field="--from-nccl-tests") from None
+            text = read_nccl_log(path)
+        except ConfigError as err:  # missing, a folder, a symlink loop, binary
+            raise err.given_by("--from-nccl-tests") from None
         df = parse_nccl_tests(text)
-        if len(df) == 0:
-            raise ConfigError(f"{path} holds no nccl-tests result rows (size, count, type, time, algbw, busbw)",
-                              field="--from-nccl-tests")
+        if not usable_rows(df).any():
+            raise ConfigError(f"{path} holds no nccl-tests result rows (size, count, type, time, algbw, busbw) with "
+                              "a positive time and size", field="--from-nccl-tests")
         frames.append(df)
     fits = fit_collectives(pd.concat(frames, ignore_index=True))
     print(json_io.dumps(fits, indent=2))
@@ -892,7 +894,7 @@ def main(argv: list[str] | None = None) -> int:
     from moesim.errors import MoesimError
     from moesim.outputs import tracking_inputs
 
-    with interrupts.handling_signals(), tracking_inputs():
+    with interrupts.handling_signals(keep_after=argv is None), tracking_inputs():  # argv None: the moesim process
         try:
             args = build_parser().parse_args(argv)
             code = args.func(args)
@@ -910,7 +912,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: cannot write or read{where}: {err.strerror or err}", file=sys.stderr)
             return 2
         except KeyboardInterrupt as err:
-            return _interrupted(err)
+            code = _interrupted(err)
+            if argv is None:  # the moesim process: outputs are cleaned up, skip the interpreter's teardown
+                try:
+                    sys.stdout.flush()
+                finally:
+                    os._exit(code)
+            return code
 
 
 def _interrupted(err: KeyboardInterrupt) -> int:

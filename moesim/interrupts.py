@@ -12,6 +12,7 @@ a third forces the exit. The CLI exits 130 (SIGINT) or 143 (SIGTERM) and names w
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
@@ -41,31 +42,93 @@ class Interrupted(KeyboardInterrupt):
 _seen: list[int] = []
 _defer_depth = 0
 _kept: list[str] = []
+_raised = False  # the first signal has been raised as Interrupted
+_redelivering = 0  # signals this module sends itself (not the user's: they do not count)
 
 
-def _handler(signum: int, frame) -> None:  # noqa: ARG001 - the signal module's signature
-    _seen.append(signum)
+def _where_exceptions_are_ignored(frame) -> bool:
+    """A frame whose exception Python would print and drop ("Exception ignored in ..."): a weakref
+    callback of the import system, or a finaliser."""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "__del__" or (code.co_filename.startswith("<frozen importlib") and code.co_name == "cb"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _redeliver(signum: int) -> None:
+    """Run the handler again in the main thread shortly, where raising is not lost."""
+    import _thread
+
+    global _redelivering
+    _redelivering += 1
+    _thread.interrupt_main(signum)
+
+
+def _handler(signum: int, frame) -> None:
+    global _raised, _redelivering
+    if _redelivering:
+        _redelivering -= 1
+    else:
+        _seen.append(signum)
     if len(_seen) >= FORCE_AFTER:
         os._exit(128 + _seen[0])
-    if len(_seen) == 1 and _defer_depth == 0:
-        raise Interrupted(signum)
+    if _raised or _defer_depth:
+        return
+    if _where_exceptions_are_ignored(frame):
+        threading.Timer(0.01, _redeliver, args=(_seen[0],)).start()
+        return
+    _raised = True
+    raise Interrupted(_seen[0])
+
+
+def _after_the_command(signum: int, frame) -> None:  # noqa: ARG001
+    """A signal once the command has returned (the interpreter is shutting down): every output is
+    complete; say what was kept and leave at once with the signal's status."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    _seen.append(signum)
+    try:
+        sys.stderr.write(message(Interrupted(_seen[0])) + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    os._exit(128 + _seen[0])
+
+
+def _block_at_exit() -> None:
+    """Last of the exit handlers: Python is about to put its default signal handlers back while it
+    tears down, and a signal then would kill a command that has finished; block it instead."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, set(SIGNALS))
 
 
 @contextmanager
-def handling_signals() -> Iterator[None]:
-    """Install the handler for SIGINT and SIGTERM (main thread only) and forget earlier signals."""
+def handling_signals(keep_after: bool = False) -> Iterator[None]:
+    """Install the handler for SIGINT and SIGTERM (main thread only) and forget earlier signals.
+    With `keep_after` (the `moesim` process itself), a signal after the block still ends the
+    process cleanly instead of with Python's default (a traceback during shutdown)."""
+    global _raised
     _seen.clear()
     _kept.clear()
+    _raised = False
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {s: signal.signal(s, _handler) for s in SIGNALS}
+    if keep_after and hasattr(signal, "pthread_sigmask"):
+        atexit.register(_block_at_exit)  # registered first, so it runs last
     try:
         yield
     finally:
         for s, h in previous.items():
-            signal.signal(s, h)
-        _seen.clear()  # handled: library calls after this command must not see it
+            signal.signal(s, _after_the_command if keep_after else h)
+        if not keep_after:
+            _seen.clear()  # handled: library calls after this command must not see it
+            _raised = False
 
 
 def pending() -> int | None:

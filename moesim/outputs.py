@@ -22,7 +22,7 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from moesim import interrupts
 from moesim.errors import ConfigError
@@ -194,11 +194,12 @@ def _commit_dir(partial: Path, target: Path) -> None:
 
 @contextmanager
 def atomic_dir(target: str | Path, *, command: str, force: bool = False, option: str = "--out",
-               keep: str | None = None) -> Iterator[Path]:
+               keep: str | Callable[[], str | None] | None = None) -> Iterator[Path]:
     """Yield a hidden folder beside `target` to write into; when the block ends normally, mark
     it as moesim's and rename it to `target` (replacing an earlier moesim output with `force`).
     On an error or an interrupt the hidden folder is removed and `target` is untouched. `keep`
-    names the output in the interrupt message if a signal arrives once it is committed."""
+    names the output in the interrupt message if a signal arrives once it is committed (a
+    callable: asked at that moment, None to say nothing)."""
     target = Path(target)
     check_replaceable(target, option, force)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -210,8 +211,9 @@ def atomic_dir(target: str | Path, *, command: str, force: bool = False, option:
         with interrupts.deferred():
             check_replaceable(target, option, force)  # an input read during the work may lie there
             _commit_dir(partial, target)
-            if keep:
-                interrupts.keep(f"{keep} {target}")
+            what = keep() if callable(keep) else keep
+            if what:
+                interrupts.keep(f"{what} {target}")
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

@@ -6,25 +6,97 @@ placement files) goes through here, so the checks every input gets live here too
   silently keep the last one);
 - a number that is not finite (`.nan`, `.inf`, `1e999`) is an error naming its field,
   whatever the schema says, before anything reaches numpy;
+- a number that overflows to infinity (`1e400`, however it is spelt) or underflows to zero
+  (`1e-400`) is an error naming its field, and so is a non-finite number anywhere in the
+  validated model (pydantic reads the string "1e400" as inf);
 - an unknown key is reported before the required key it probably misspells, with the
-  closest valid key of that level ("did you mean 'hardware'?").
+  closest valid key of that level ("did you mean 'hardware'?");
+- a document over MAX_DOCUMENT_BYTES, or whose aliases would expand past MAX_YAML_NODES nodes
+  (a "billion laughs"), is refused before it is built; a symlink loop, a folder, a device or
+  a binary file in place of a config names the file (`check_file`, `read_text_file`).
 """
 
 from __future__ import annotations
 
 import difflib
+import errno
 import math
+import os
+import re
+import stat
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, ValidationError
 
 from moesim.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
+
+MAX_DOCUMENT_BYTES = 16 * 2**20  # a config-like document (YAML, JSON) larger than this is refused unread
+MAX_YAML_NODES = 1_000_000  # nodes a YAML document may hold once its aliases are expanded
+
+
+# --- files: every config-like input is read through here ---------------------------------------
+
+def resolve_lenient(path: str | Path) -> Path:
+    """`path` made absolute with symlinks resolved, or lexically where resolving fails (a symlink
+    loop makes Path.resolve raise RuntimeError): the reader then reports the loop naming the file."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError):
+        return Path(os.path.abspath(path))
+
+
+def check_file(path: str | Path, what: str = "file") -> Path:
+    """The path if it is a regular file that exists; else a ConfigError naming it and saying what
+    it is instead (missing, a broken symlink, a symlink loop, a folder, a device or pipe)."""
+    path = Path(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        broken = path.is_symlink()
+        raise ConfigError(f"{what} not found" + (f" (a symlink to {os.readlink(path)}, which does not exist)"
+                                                 if broken else ""), file=path) from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ConfigError(f"{what} is a symlink loop (too many levels of symbolic links); point it at a real "
+                              "file", file=path) from None
+        raise ConfigError(f"cannot read {what} ({err.strerror})", file=path) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"is a directory, not a {what}", file=path)
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"is not a regular file (a device, socket or pipe); expected a {what}", file=path)
+    return path
+
+
+def read_bytes_file(path: str | Path, what: str = "file", max_bytes: int | None = MAX_DOCUMENT_BYTES) -> bytes:
+    """A regular file's bytes (`check_file`), refused unread when larger than `max_bytes`."""
+    path = check_file(path, what)
+    size = path.stat().st_size
+    if max_bytes is not None and size > max_bytes:
+        raise ConfigError(f"{what} is {size / 2**20:.1f} MiB, over the {max_bytes / 2**20:.0f} MiB limit for a "
+                          "config-like document (is it the right file?)", file=path)
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"cannot read {what} ({err.strerror})", file=path) from None
+
+
+def read_text_file(path: str | Path, what: str = "file", max_bytes: int | None = MAX_DOCUMENT_BYTES) -> str:
+    """A text file's contents (`read_bytes_file`); binary data (a NUL byte, or bytes that are not
+    UTF-8) is an error naming the file rather than a UnicodeDecodeError."""
+    raw = read_bytes_file(path, what, max_bytes)
+    try:
+        if b"\x00" in raw:
+            raise UnicodeDecodeError("utf-8", raw, raw.index(b"\x00"), raw.index(b"\x00") + 1, "NUL byte")
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"not a text file (binary data at byte {err.start}: cannot decode it as UTF-8); "
+                          f"expected a {what}", file=path) from None
 
 
 class _DuplicateKey(yaml.YAMLError):
@@ -34,8 +106,77 @@ class _DuplicateKey(yaml.YAMLError):
         self.key, self.line = key, line
 
 
+class _TooLarge(yaml.YAMLError):
+    """A document whose aliases expand past MAX_YAML_NODES nodes."""
+
+
+class Underflow(float):
+    """A number literal that is not zero but reads as 0.0 (`1.0e-400`): kept as 0.0 with its text,
+    so that the checks in `validate` can name its field."""
+
+    text: str
+
+    def __new__(cls, text: str) -> "Underflow":
+        obj = super().__new__(cls, 0.0)
+        obj.text = text
+        return obj
+
+
+_EXP_NUMBER = re.compile(r"^\s*[-+]?(?P<mant>\d[\d_]*\.?[\d_]*|\.\d[\d_]*)[eE][-+]?\d+\s*[A-Za-zµ/]*\s*$")
+
+
+def number_text_problem(text: str) -> str | None:
+    """Why a number literal (with an optional unit, "1e-400 us") cannot be a float64: it overflows
+    to infinity or underflows to zero though not written as zero; None when it is fine."""
+    m = _EXP_NUMBER.match(text)
+    if not m:
+        return None
+    literal = text.strip()
+    num = re.match(r"[-+]?[\d_.]+[eE][-+]?\d+", literal)
+    value = float(num.group(0).replace("_", "")) if num else 1.0
+    if math.isinf(value):
+        return f"must be a finite number: {literal!r} overflows a float64 (the largest is about 1.8e308)"
+    if value == 0.0 and any(c in "123456789" for c in m.group("mant")):
+        return (f"{literal!r} underflows to 0 (the smallest float64 is about 5e-324), so the number would be "
+                "lost; write 0 if zero is meant")
+    return None
+
+
+def _expanded_nodes(root: yaml.Node, limit: int) -> int:
+    """Nodes the document holds with every alias expanded, counted on the composed graph with
+    memoisation (linear in the composed size); raises _TooLarge past `limit`."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        kids: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            kids = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            kids = [n for pair in node.value for n in pair]
+        if not children_done:
+            stack.append((node, True))
+            stack.extend((k, False) for k in kids if id(k) not in sizes)
+            continue
+        total = 1 + sum(sizes.get(id(k), 0) for k in kids)
+        if total > limit:
+            raise _TooLarge(f"the document's aliases expand to more than {limit:,} nodes (an alias bomb?); "
+                            "refused before building it")
+        sizes[id(node)] = total
+    return sizes[id(root)]
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (merge keys `<<` may be overridden)."""
+    """SafeLoader that refuses a key given twice in one mapping (merge keys `<<` may be overridden)
+    and keeps a number literal that underflows to 0.0 recognisable (`Underflow`)."""
+
+    def construct_yaml_float(self, node):  # type: ignore[override]
+        value = super().construct_yaml_float(node)
+        if value == 0.0 and number_text_problem(str(node.value)):
+            return Underflow(str(node.value))
+        return value
 
     def construct_mapping(self, node, deep=False):  # type: ignore[override]
         if isinstance(node, yaml.MappingNode):
@@ -55,26 +196,32 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def parse_yaml(text: str) -> Any:
-    """yaml.safe_load that also refuses duplicate keys (raises yaml.YAMLError)."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:float", _UniqueKeyLoader.construct_yaml_float)
+
+
+def parse_yaml(text: str, max_nodes: int = MAX_YAML_NODES) -> Any:
+    """yaml.safe_load that also refuses duplicate keys and documents whose aliases expand past
+    `max_nodes` nodes (raises yaml.YAMLError); the expansion is sized before anything is built."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_nodes(node, max_nodes)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML mapping; a missing file, a syntax error, a duplicate key or a non-mapping names the file."""
+    """Parse a YAML mapping; a missing or odd file (`read_text_file`), a syntax error, a duplicate
+    key, an alias bomb or a non-mapping names the file."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError("file not found", file=path) from None
-    except IsADirectoryError:
-        raise ConfigError("is a directory, not a YAML file", file=path) from None
-    except UnicodeDecodeError:
-        raise ConfigError("not a text file (cannot decode it as UTF-8); expected YAML", file=path) from None
-    except OSError as err:
-        raise ConfigError(f"cannot read file ({err.strerror})", file=path) from None
+    text = read_text_file(path, "YAML file")
     try:
         data = parse_yaml(text)
+    except _TooLarge as err:
+        raise ConfigError(str(err), file=path) from None
     except _DuplicateKey as err:
         raise ConfigError(str(err), file=path, field=str(err.key)) from None
     except yaml.YAMLError as err:
@@ -87,6 +234,17 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping at the top level, found {type(data).__name__}", file=path)
     return data
+
+
+def at_most(limit: int | float, unit: str, why: str) -> AfterValidator:
+    """A pydantic validator bounding a count or a span: past `limit` the error says what the
+    simulator cannot do with it (`why`), rather than numpy failing to allocate later."""
+    def check(value: Any) -> Any:
+        if value is not None and value > limit:
+            shown, most = (f"{value:,}", f"{limit:,}") if isinstance(value, int) else (f"{value:g}", f"{limit:g}")
+            raise ValueError(f"{shown} {unit} is more than moesim can simulate: at most {most} ({why})")
+        return value
+    return AfterValidator(check)
 
 
 # --- what the schema allows at a field path (for "did you mean") ---------------------------------
@@ -163,6 +321,16 @@ def suggestion(word: str, choices: list[str]) -> str:
     return ("; did you mean " + " or ".join(f"'{c}'" for c in close) + "?") if close else ""
 
 
+def _loc_text(loc: tuple[Any, ...]) -> str:
+    """A pydantic error location as the user writes the field: `workload.routing.counts[1][3]`."""
+    out = ""
+    for part in loc:
+        if str(part).startswith("function-"):
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
 def format_validation_error(err: ValidationError, model: type[BaseModel] | None = None) -> tuple[str, str]:
     """(field path, message) of the most useful error pydantic reports, in the user's terms.
 
@@ -171,7 +339,7 @@ def format_validation_error(err: ValidationError, model: type[BaseModel] | None 
     errors = err.errors()
     extra = [e for e in errors if e["type"] == "extra_forbidden"]
     first = extra[0] if extra else errors[0]
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
+    loc = _loc_text(first["loc"])
     msg = first["msg"]
     explained: list[dict] = []  # a required key reported missing because it is the misspelt one
     if first["type"] == "extra_forbidden":
@@ -202,34 +370,59 @@ def format_validation_error(err: ValidationError, model: type[BaseModel] | None 
     return loc, msg
 
 
-def _non_finite(data: Any, loc: tuple[str, ...] = ()) -> tuple[str, float] | None:
-    """The field path of the first NaN or infinite number in parsed YAML/JSON data."""
-    if isinstance(data, float) and not math.isfinite(data):
-        return ".".join(loc), data
-    if isinstance(data, dict):
-        for k, v in data.items():
-            hit = _non_finite(v, loc + (str(k),))
-            if hit:
-                return hit
+def _bad_number(data: Any, loc: tuple[str, ...] = ()) -> tuple[str, str] | None:
+    """(field path, problem) of the first number in parsed YAML/JSON data, or in a validated
+    model, that is NaN or infinite, or whose literal overflows or underflows a float64."""
+    problem = None
+    if isinstance(data, Underflow):
+        problem = number_text_problem(data.text)
+    elif isinstance(data, float) and not math.isfinite(data):
+        problem = f"must be a finite number (got {data!r})"
+    elif isinstance(data, str):
+        problem = number_text_problem(data)
+    if problem:
+        return ".".join(loc), problem
+    if isinstance(data, BaseModel):
+        items: Any = ((name, getattr(data, name)) for name in type(data).model_fields)
+    elif isinstance(data, dict):
+        items = data.items()
     elif isinstance(data, (list, tuple)):
-        for i, v in enumerate(data):
-            hit = _non_finite(v, loc + (f"[{i}]",) if not loc else loc[:-1] + (f"{loc[-1]}[{i}]",))
-            if hit:
-                return hit
+        items = ((f"[{i}]", v) for i, v in enumerate(data))
+    else:
+        return None
+    for key, value in items:
+        key = str(key)
+        if key.startswith("[") and loc:
+            where = loc[:-1] + (loc[-1] + key,)
+        else:
+            where = loc + (key,)
+        hit = _bad_number(value, where)
+        if hit:
+            return hit
     return None
+
+
+def _number_error(hit: tuple[str, str], path: str | Path | None) -> ConfigError:
+    """The ConfigError of a `_bad_number` finding (field path, problem)."""
+    field, problem = hit
+    return ConfigError(problem, file=path, field=field or None)
 
 
 def validate(model: type[M], data: dict[str, Any], path: str | Path | None = None) -> M:
     """Validate a mapping against a schema; errors name the file and the field path.
 
-    No number in the input may be NaN or infinite (no physical quantity, count or
-    probability here is), whatever the schema's own constraints."""
-    bad = _non_finite(data)
+    No number in the input may be NaN or infinite, or written so that it overflows or underflows
+    a float64 (no physical quantity, count or probability here is), whatever the schema's own
+    constraints; the validated model is checked too, since pydantic reads "1e400" as inf."""
+    bad = _bad_number(data)
     if bad:
-        field, value = bad
-        raise ConfigError(f"must be a finite number (got {value!r})", file=path, field=field or None)
+        raise _number_error(bad, path)
     try:
-        return model.model_validate(data)
+        out = model.model_validate(data)
     except ValidationError as err:
         field, msg = format_validation_error(err, model)
         raise ConfigError(msg, file=path, field=field or None) from None
+    bad = _bad_number(out)
+    if bad:
+        raise _number_error(bad, path)
+    return out

@@ -47,17 +47,6 @@ def console_for(stderr: bool = False) -> Console:
     return Console(stderr=stderr, width=PIPE_WIDTH, soft_wrap=True, color_system=None)
 
 
-def unclipped(table: Table) -> Table:
-    """The table with every column folding its cells rather than cutting them ("9.94…").
-
-    Superseded by `print_table` (folding splits numbers across lines); kept only for callers
-    not yet moved to it."""
-    for col in table.columns:
-        col.overflow = "fold"
-        col.no_wrap = False
-    return table
-
-
 def natural_width(console: Console, table: Table) -> int:
     """How many terminal columns the table takes with no cell wrapped (its title, which may wrap, aside)."""
     return Measurement.get(console, console.options.update_width(MEASURE_WIDTH), table).maximum

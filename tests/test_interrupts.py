@@ -1,0 +1,197 @@
+"""SIGINT and SIGTERM stop every command within a second, in every output mode, exit 130/143 and
+leave nothing half-written (issue 24). Each case runs the real `moesim` in a child process, sends
+the signal at a random moment (seeded), to the process alone or to its whole process group (as a
+terminal's Ctrl-C does, reaching the plan feed's child and a CBC solver too), and checks the exit
+status, the message, the time to stop and every output. The default set runs one moment per
+command family; the `slow` set runs every command at several seeds with both signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+from moesim.outputs import MARKER
+
+from conftest import EXAMPLES, ROOT
+
+MIXTRAL = str(EXAMPLES / "mixtral-decode-8xh100.yaml")
+SERVING = str(EXAMPLES / "serving-mixtral-8xh100.yaml")
+TRACE = str(EXAMPLES / "traces" / "tiny-moe.parquet")
+TABLE = str(ROOT / "hardware_profiles" / "measurements" / "h100-2026-11-26-fused" / "measurements.csv")
+STOP_WITHIN_S = 2.0  # "within a second", with room for a loaded 2-core CI machine
+
+
+class Command(NamedTuple):
+    name: str
+    argv: list[str]
+    outputs: list[str]  # folders or files (relative to the case folder) the command may write
+    window: tuple[float, float] = (0.3, 3.0)  # seconds after the start in which the signal is sent
+    stop_within: float = STOP_WITHIN_S
+
+
+COMMANDS = {c.name: c for c in [
+    Command("simulate-none", ["simulate", MIXTRAL, "--steps", "80", "--out", "out", "--progress", "none"], ["out"]),
+    Command("simulate-plain", ["simulate", MIXTRAL, "--steps", "80", "--out", "out", "--progress", "plain"], ["out"]),
+    Command("simulate-bar", ["simulate", MIXTRAL, "--steps", "80", "--out", "out", "--progress", "bar"], ["out"]),
+    Command("simulate-json", ["simulate", MIXTRAL, "--steps", "80", "--out", "out", "--quiet", "--json"], ["out"]),
+    Command("simulate-report", ["simulate", MIXTRAL, "--steps", "20", "--out", "out", "--report", "--quiet"],
+            ["out"]),
+    Command("serving", ["simulate", SERVING, "--set", "serving.num_requests=32", "--out", "out", "--progress",
+                        "plain"], ["out"]),
+    Command("sweep", ["simulate", SERVING, "--set", "serving.num_requests=8", "--load", "2,4,8", "--out", "out",
+                      "--progress", "none"], ["out"], (0.3, 5.0)),
+    Command("place-highs", ["place", MIXTRAL, "--methods", "eplb,ilp", "--solver", "highs", "--time-limit", "5",
+                            "--out", "out"], ["out"]),
+    Command("place-cbc", ["place", MIXTRAL, "--methods", "eplb,ilp", "--solver", "cbc", "--time-limit", "5",
+                          "--out", "out"], ["out"]),
+    Command("roofline", ["roofline", MIXTRAL, "--out", "out"], ["out"]),
+    Command("calibrate-table", ["calibrate", "--from-table", TABLE, "--profile", "H100-SXM", "--out", "out"],
+            ["out"], (0.5, 6.0)),
+    # a CPU GEMM being timed is not cut short: the command stops once it returns (up to ~1 s on 2 cores)
+    Command("calibrate-cpu", ["calibrate", "--device", "cpu", "--size", "small", "--out", "out"], ["out"],
+            (1.0, 12.0), 3.0),
+    Command("report", ["report", "RUN", "--out", "rep"], ["rep"], (0.3, 2.5)),
+    Command("trace-stats", ["trace", "stats", TRACE, "--out", "out"], ["out"], (0.3, 2.0)),
+    Command("trace-convert", ["trace", "convert", TRACE, "t.parquet", "--sort"], ["t.parquet"], (0.3, 1.5)),
+    Command("trace-fit", ["trace", "fit", TRACE, "--out", "g.yaml"], ["g.yaml"], (0.3, 2.0)),
+    Command("config-show", ["config", "show", MIXTRAL], [], (0.1, 0.8)),
+    Command("requests", ["requests", str(EXAMPLES / "workloads" / "requests-bursty.yaml"), "--out", "r.parquet"],
+            ["r.parquet"], (0.2, 1.5)),
+]}
+
+
+class Outcome(NamedTuple):
+    code: int | None
+    err: str
+    stop_s: float
+    finished_first: bool
+
+
+_STARTUP: list[float] = []
+
+
+def startup_s() -> float:
+    """Seconds from starting a `moesim` process to its handlers being in place (measured once, as
+    the time `moesim --version` takes): a signal before that meets Python's defaults, not moesim."""
+    if not _STARTUP:
+        t = time.monotonic()
+        subprocess.run([sys.executable, "-m", "moesim.cli", "--version"], check=True, capture_output=True)
+        _STARTUP.append(time.monotonic() - t)
+    return _STARTUP[0]
+
+
+def interrupt(argv: list[str], folder: Path, seed: int, signum: int, window: tuple[float, float]) -> Outcome:
+    """Run `moesim argv` in `folder`, send `signum` at a seeded random moment in `window` (never
+    before moesim has started), wait."""
+    rng = random.Random(seed)
+    window = (max(window[0], startup_s()), max(window[1], startup_s() + 0.5))
+    group = seed % 2 == 1  # odd seeds: the whole process group, as a terminal's Ctrl-C
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "moesim.cli", *argv], cwd=folder, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=group)
+    time.sleep(rng.uniform(*window))
+    finished_first = proc.poll() is not None
+    sent = time.monotonic()
+    if not finished_first:
+        os.killpg(proc.pid, signum) if group else proc.send_signal(signum)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"{argv} ignored {signal.Signals(signum).name} for 60 s")
+    return Outcome(proc.returncode, err.decode(errors="replace"), time.monotonic() - sent, finished_first)
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*") if ".partial-" in p.name or ".old-" in p.name)
+
+
+def check_outputs(command: Command, folder: Path) -> None:
+    """Every output is absent or whole; nothing hidden is left behind."""
+    assert leftovers(folder) == [], leftovers(folder)
+    for name in command.outputs:
+        path = folder / name
+        if not path.exists():
+            continue
+        if path.is_dir():
+            assert (path / MARKER).is_file(), f"{path} exists without moesim's marker: {list(path.iterdir())}"
+            sweep = path / "sweep.json"
+            if sweep.exists():  # an interrupted sweep keeps only whole points, and says which
+                info = json.loads(sweep.read_text())
+                kept = sorted(p.name for p in path.iterdir() if p.is_dir())
+                assert kept == sorted(x.replace("/", "-per-") for x in info["finished"]), (kept, info)
+                assert all((path / k / MARKER).is_file() for k in kept)
+        elif path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            assert pq.read_table(path).num_rows > 0  # a whole file
+        else:
+            import yaml
+
+            assert yaml.safe_load(path.read_text())  # a whole file
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory) -> str:
+    """A finished run directory for `moesim report` to read."""
+    from moesim.cli import main
+
+    out = tmp_path_factory.mktemp("interrupts") / "run"
+    assert main(["simulate", MIXTRAL, "--steps", "20", "--out", str(out), "--quiet"]) == 0
+    return str(out)
+
+
+def check(command: Command, folder: Path, seed: int, signum: int, run: str = "") -> Outcome:
+    argv = [run if a == "RUN" else a for a in command.argv]
+    out = interrupt(argv, folder, seed, signum, command.window)
+    assert "Traceback" not in out.err, out.err
+    if out.finished_first:
+        assert out.code == 0, out.err
+    else:
+        assert out.code in (128 + signum, 0), f"exit {out.code}: {out.err}"
+        if out.code != 0:
+            assert f"interrupted ({signal.Signals(signum).name})" in out.err, out.err
+            assert out.stop_s < command.stop_within, f"took {out.stop_s:.2f} s to stop"
+    check_outputs(command, folder)
+    return out
+
+
+FAST = [("simulate-none", 0, signal.SIGINT), ("simulate-plain", 1, signal.SIGTERM), ("serving", 1, signal.SIGINT),
+        ("sweep", 2, signal.SIGTERM), ("place-highs", 0, signal.SIGINT), ("place-cbc", 3, signal.SIGTERM)]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("name,seed,signum", FAST, ids=[f"{n}-{s}-{signal.Signals(g).name}" for n, s, g in FAST])
+def test_a_signal_at_a_random_moment_stops_the_command_cleanly(tmp_path, name, seed, signum):
+    check(COMMANDS[name], tmp_path, seed, signum)
+
+
+SLOW = [(name, seed, sig) for name in COMMANDS for seed in range(3) for sig in (signal.SIGINT, signal.SIGTERM)]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("name,seed,signum", SLOW, ids=[f"{n}-{s}-{signal.Signals(g).name}" for n, s, g in SLOW])
+def test_every_command_stops_cleanly_at_random_moments(tmp_path, run_dir, name, seed, signum):
+    check(COMMANDS[name], tmp_path, 10 + seed, signum, run_dir)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_signal_during_the_solver_reaches_python_and_is_not_swallowed(tmp_path):
+    """HiGHS runs in its own thread and highspy's handler would swallow Ctrl-C: a signal during a long
+    solve stops the command within a second instead of after the time limit."""
+    argv = ["place", MIXTRAL, "--methods", "ilp", "--solver", "highs", "--time-limit", "60", "--steps", "64",
+            "--out", "out"]
+    out = interrupt(argv, tmp_path, 0, signal.SIGINT, (4.0, 4.0))
+    assert out.code == 130 and out.stop_s < STOP_WITHIN_S, (out.code, out.stop_s, out.err)
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
