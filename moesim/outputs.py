@@ -114,19 +114,25 @@ def _input_at(path: Path, inside: bool) -> str | None:
     return None
 
 
-def is_moesim_output(path: Path) -> bool:
-    """An empty folder, one holding moesim's marker, or a run directory from before the marker."""
-    path = Path(path)
-    if not any(path.iterdir()):
-        return True
-    if (path / MARKER).is_file():
-        return True
+def _is_run_dir(path: Path) -> bool:
+    """A run directory written by moesim before the marker: its summary.json says so."""
     try:
         with reading_own_output():
             summary = json.loads((path / "summary.json").read_text())
     except (OSError, ValueError):
         return False
     return isinstance(summary, dict) and "moesim_version" in summary and "metrics" in summary
+
+
+def is_moesim_output(path: Path) -> bool:
+    """An empty folder, one holding moesim's marker, or from before the marker a run directory or
+    the `report` folder inside one."""
+    path = Path(path)
+    if not any(path.iterdir()) or (path / MARKER).is_file():
+        return True
+    if path.name == "report" and (path / "report.html").is_file() and _is_run_dir(path.parent):
+        return True
+    return _is_run_dir(path)
 
 
 def check_out_dir(path: Path, option: str = "--out") -> None:

@@ -224,3 +224,14 @@ def test_the_sweep_report_names_where_its_points_are(tmp_path, capsys):
     assert run(["simulate", path, "--load", "2", "--out", out, "--progress", "none"], capsys)[0] == 0
     text = (out / "sweep.csv").read_text()
     assert str(out / "rate=2-per-s") in text and ".partial-" not in text
+
+
+def test_a_report_folder_from_before_the_marker_is_rewritten_but_a_foreign_one_is_not(toy, capsys):
+    assert run(SIM + ["--out", "r", "--report"], capsys)[0] == 0
+    (toy / "r" / "report" / MARKER).unlink()  # written by an older moesim
+    assert run(["report", "r"], capsys)[0] == 0 and (toy / "r" / "report" / MARKER).exists()
+    for f in (toy / "r" / "report").iterdir():
+        f.unlink()
+    (toy / "r" / "report" / "notes.txt").write_text("mine")
+    rc, err = run(["report", "r"], capsys)
+    assert rc == 2 and "did not write" in err and (toy / "r" / "report" / "notes.txt").read_text() == "mine"
