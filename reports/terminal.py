@@ -463,7 +463,10 @@ def print_serving_summary(result: Any, console: Console) -> None:
 
 
 def print_sweep_table(table: pd.DataFrame, title: str, console: Console) -> None:
-    """A load sweep's points (`sweep_table`, any extra columns included), one row per load."""
+    """A load sweep's points (`sweep_table`, any extra columns included), one row per load;
+    `saturated` (1.0 / 0.0 / NaN in the table) reads yes / no / – ."""
+    if "saturated" in table:
+        table = table.assign(saturated=["–" if v != v else ("yes" if v else "no") for v in table["saturated"]])
     print_frame(console, table, title, SWEEP_OPTIONAL)
 
 

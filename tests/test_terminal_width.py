@@ -143,7 +143,7 @@ def _sweep() -> pd.DataFrame:
                          "tpot_p99_s": [0.0134, 0.0135, 0.014, 0.04, 0.2],
                          "e2e_p50_s": [1.23, 1.3, 1.4, 2.0, 10.0], "goodput_share": [1.0, 1.0, 0.98765, 0.5, 0.0],
                          "offered": [0.321, 1.2345, 4.61, 18.5, 74.0], "achieved": [0.321, 1.2345, 4.61, 12.3456, 14.0],
-                         "saturated": [False, False, False, True, True]}).astype({"requests_per_s": float})
+                         "saturated": [0.0, 0.0, 0.0, 1.0, 1.0]}).astype({"requests_per_s": float})
 
 
 def _calibration() -> SimpleNamespace:
@@ -181,7 +181,7 @@ CASES: dict[str, tuple[Callable[[Console], None], list[str]]] = {
     "placement_simulated": (lambda c: print_placement_table(_study(simulated=True, unit="s"), c),
                             ["0.321", "4.61", "140 GB", "98.8 ms"]),
     "sweep": (lambda c: print_sweep_table(_sweep(), f"{LONG_NAME}: load sweep (simulated)", c),
-              ["4.61e+04", "1.235e+06", "0.321", "12.35", "0.9877", "users=256", "True"]),
+              ["4.61e+04", "1.235e+06", "0.321", "12.35", "0.9877", "users=256", "yes"]),
     "calibration": (lambda c: print_calibration_errors(_calibration(), c),
                     ["46.1%", "+0.5%", "-32.1%", "grouped_gemm_triton", "1234"]),
     "rebalance": (lambda c: print_rebalance_table(_rebalance(), c), ["4.61e+04", "2305", "16.07", "0.123", "stay"]),
