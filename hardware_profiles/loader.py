@@ -10,9 +10,10 @@ from pydantic import BaseModel
 
 from moesim.errors import ConfigError, unknown_name
 from moesim.hardware_profiles.schema import ClusterSpec, DeviceSpec, LinkSpec
-from moesim.yaml_io import load_yaml, validate
+from moesim.yaml_io import check_file, load_yaml, resolve_lenient, validate
 
 PROFILE_DIR = Path(__file__).resolve().parent
+MAX_DEVICES = 8192  # route tables are devices x devices: 8192**2 x 8 bytes is 512 MiB each
 _KINDS: dict[str, type[BaseModel]] = {"devices": DeviceSpec, "links": LinkSpec, "clusters": ClusterSpec}
 
 M = TypeVar("M", bound=BaseModel)
@@ -37,10 +38,10 @@ def _resolve(kind: str, name_or_path: str | Path) -> Path:
     text = str(name_or_path)
     path = Path(text)
     if text.endswith((".yaml", ".yml")):
-        if path.is_file():
-            return path
-        what = "is a directory, not a YAML file" if path.is_dir() else "not found"
-        raise ConfigError(f"{kind[:-1]} profile file {text} {what}")
+        try:
+            return check_file(path, "YAML file")
+        except ConfigError as err:  # a symlink loop, a folder, ...: named here, anchored by the caller
+            raise ConfigError(f"{kind[:-1]} profile file {text}: {err.detail}") from None
     table = _bundled(kind)
     lookup = {k.lower(): v for k, v in table.items()}
     if text.lower() in lookup:
@@ -60,7 +61,7 @@ def load_device(name_or_path: str | Path) -> DeviceSpec:
     spec: DeviceSpec = _load("devices", path)  # type: ignore[assignment]
     cal = spec.calibration
     if cal is not None and cal.measurements and not Path(cal.measurements).is_absolute():
-        absolute = str((path.parent / cal.measurements).resolve())
+        absolute = str(resolve_lenient(path.parent / cal.measurements))
         spec = spec.model_copy(update={"calibration": cal.model_copy(update={"measurements": absolute})})
     return spec
 
@@ -70,10 +71,16 @@ def load_link(name_or_path: str | Path) -> LinkSpec:
 
 
 def load_cluster(name_or_path: str | Path) -> ClusterSpec:
-    """A cluster profile; its device, link, host and storage names must resolve too."""
+    """A cluster profile; its device, link, host and storage names must resolve too, and its size
+    must be one the simulator can hold (MAX_DEVICES)."""
     path = _resolve("clusters", name_or_path)
     cluster: ClusterSpec = _absolute_paths(_load("clusters", path), path.parent)  # type: ignore[arg-type]
     node = cluster.node
+    if cluster.num_devices > MAX_DEVICES:
+        raise ConfigError(f"{cluster.nodes:,} nodes x {node.devices_per_node:,} devices = {cluster.num_devices:,} "
+                          f"devices is more than moesim can simulate: at most {MAX_DEVICES:,} (it keeps "
+                          "device-to-device route tables, devices x devices)", file=path,
+                          field="nodes" if cluster.nodes > 1 else "node.devices_per_node")
     checks = [("node.device", "devices", node.device), ("node.intra_node.link", "links", node.intra_node.link)]
     if node.nic:
         checks += [("node.nic.link", "links", node.nic.link), ("node.nic.attach", "links", node.nic.attach)]
@@ -93,7 +100,8 @@ def _absolute_paths(cluster: ClusterSpec, base: Path) -> ClusterSpec:
     """Make device/link names that are YAML paths relative to the cluster file absolute."""
 
     def fix(name: str) -> str:
-        return str((base / name).resolve()) if name.endswith((".yaml", ".yml")) and not Path(name).is_absolute() else name
+        return str(resolve_lenient(base / name)) if name.endswith((".yaml", ".yml")) and not Path(name).is_absolute() \
+            else name
 
     node = cluster.node
     update = {"device": fix(node.device),

@@ -287,7 +287,9 @@ def _place(args: argparse.Namespace) -> int:
     if args.loads:  # measured expert loads replace the config's routing (placement and --simulate alike)
         import json
 
-        files = [str(Path(f).resolve()) for f in args.loads]
+        from moesim.yaml_io import resolve_lenient
+
+        files = [str(resolve_lenient(f)) for f in args.loads]  # a symlink loop is reported by the reader
         overrides += ["workload.routing.generator=load_matrix", f"workload.routing.loads={json.dumps(files)}"]
     try:
         scenario = load_scenario(args.config, overrides)
@@ -367,7 +369,7 @@ def _roofline(args: argparse.Namespace) -> int:
     import pandas as pd
 
     console = console_for()
-    _out_dir(args.out)
+    _out_dir(args.out, force=args.force)
     try:
         extra = [load_device(d) for d in args.device]
     except ConfigError as err:

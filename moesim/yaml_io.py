@@ -4,11 +4,10 @@ Every door into the simulator (scenario configs, profiles, models, generators, r
 placement files) goes through here, so the checks every input gets live here too:
 - a key given twice in one mapping is an error naming the key and both lines (PyYAML would
   silently keep the last one);
-- a number that is not finite (`.nan`, `.inf`, `1e999`) is an error naming its field,
-  whatever the schema says, before anything reaches numpy;
-- a number that overflows to infinity (`1e400`, however it is spelt) or underflows to zero
-  (`1e-400`) is an error naming its field, and so is a non-finite number anywhere in the
-  validated model (pydantic reads the string "1e400" as inf);
+- a number that is not finite (`.nan`, `.inf`), or whose literal overflows to infinity
+  (`1e400`, however it is spelt) or underflows to zero (`1e-400`), is an error naming its
+  field, whatever the schema says, before anything reaches numpy; the validated model is
+  checked as well (pydantic reads the string "inf" as a float);
 - an unknown key is reported before the required key it probably misspells, with the
   closest valid key of that level ("did you mean 'hardware'?");
 - a document over MAX_DOCUMENT_BYTES, or whose aliases would expand past MAX_YAML_NODES nodes
@@ -122,7 +121,8 @@ class Underflow(float):
         return obj
 
 
-_EXP_NUMBER = re.compile(r"^\s*[-+]?(?P<mant>\d[\d_]*\.?[\d_]*|\.\d[\d_]*)[eE][-+]?\d+\s*[A-Za-zµ/]*\s*$")
+# a number in exponent form (the only way to spell one that over- or underflows), with an optional unit
+_EXP_NUMBER = re.compile(r"^\s*(?P<num>[-+]?(?P<mant>\d[\d_]*\.?[\d_]*|\.\d[\d_]*)[eE][-+]?\d+)\s*[A-Za-zµ/]*\s*$")
 
 
 def number_text_problem(text: str) -> str | None:
@@ -131,9 +131,7 @@ def number_text_problem(text: str) -> str | None:
     m = _EXP_NUMBER.match(text)
     if not m:
         return None
-    literal = text.strip()
-    num = re.match(r"[-+]?[\d_.]+[eE][-+]?\d+", literal)
-    value = float(num.group(0).replace("_", "")) if num else 1.0
+    literal, value = text.strip(), float(m.group("num").replace("_", ""))
     if math.isinf(value):
         return f"must be a finite number: {literal!r} overflows a float64 (the largest is about 1.8e308)"
     if value == 0.0 and any(c in "123456789" for c in m.group("mant")):
@@ -172,7 +170,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that refuses a key given twice in one mapping (merge keys `<<` may be overridden)
     and keeps a number literal that underflows to 0.0 recognisable (`Underflow`)."""
 
-    def construct_yaml_float(self, node):  # type: ignore[override]
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:  # type: ignore[override]
         value = super().construct_yaml_float(node)
         if value == 0.0 and number_text_problem(str(node.value)):
             return Underflow(str(node.value))
@@ -272,35 +270,55 @@ def _tag_of(model: type[BaseModel]) -> set[str]:
     return out
 
 
+def _member_names(tp: Any) -> set[str]:
+    """Names pydantic gives a union member in an error location: a model's class name or
+    discriminator tag, else the type as it prints it (`str`, `int`, `list[str]`)."""
+    if _is_model(tp):
+        return _tag_of(tp)
+    text = str(tp).replace("typing.", "")
+    return {n for n in (getattr(tp, "__name__", None), text, text.lower(), text.lower().replace(" ", "")) if n}
+
+
+def _step(current: list[Any], part: Any) -> tuple[list[Any], bool] | None:
+    """The types one location part leads to from `current`, and whether the part was a union
+    member's tag rather than a field or an index (None: the path leaves the schema)."""
+    fields = [a for m in current if _is_model(m) and str(part) in m.model_fields
+              for a in _members(m.model_fields[str(part)].annotation)]
+    if fields:
+        return fields, False
+    if len(current) > 1:  # a union member named in the path (discriminator tag, class or type name)
+        chosen = [t for t in current if str(part) in _member_names(t)]
+        if chosen:
+            return chosen, True
+    nxt = []  # containers: dict values / list items
+    for tp in current:
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if origin in (dict, typing.Mapping) and len(args) == 2:
+            nxt.extend(_members(args[1]))
+        elif origin in (list, tuple, set, typing.Sequence) and args:
+            nxt.extend(_members(args[0]))
+    return (nxt, False) if nxt else None
+
+
+def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> list[tuple[list[Any], bool]] | None:
+    """For each part of `loc`, the types it leads to and whether it was a union tag (None: off the schema)."""
+    current: list[Any] = [model]
+    out = []
+    for part in loc:
+        step = _step(current, part)
+        if step is None:
+            return None
+        current = step[0]
+        out.append(step)
+    return out
+
+
 def valid_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
     """Field names of the model found at `loc` inside `model` (None if the path is not a model)."""
-    current: list[Any] = [model]
-    for part in loc:
-        models = [m for m in current if _is_model(m)]
-        if models:
-            chosen = [m for m in models if str(part) in _tag_of(m)] if len(models) > 1 else []
-            if chosen:  # a union member named in the path (discriminator tag or class name)
-                current = chosen
-                continue
-            nxt: list[Any] = []
-            for m in models:
-                f = m.model_fields.get(str(part))
-                if f is not None:
-                    nxt.extend(_members(f.annotation))
-            if not nxt:
-                return None
-            current = nxt
-            continue
-        nxt = []  # containers: dict values / list items
-        for tp in current:
-            origin, args = typing.get_origin(tp), typing.get_args(tp)
-            if origin in (dict, typing.Mapping) and len(args) == 2:
-                nxt.extend(_members(args[1]))
-            elif origin in (list, tuple, set, typing.Sequence) and args:
-                nxt.extend(_members(args[0]))
-        if not nxt:
-            return None
-        current = nxt
+    steps = _walk(model, loc)
+    if steps is None:
+        return None
+    current = steps[-1][0] if steps else [model]
     keys = sorted({k for m in current if _is_model(m) for k in m.model_fields})
     return keys or None
 
@@ -321,13 +339,18 @@ def suggestion(word: str, choices: list[str]) -> str:
     return ("; did you mean " + " or ".join(f"'{c}'" for c in close) + "?") if close else ""
 
 
-def _loc_text(loc: tuple[Any, ...]) -> str:
-    """A pydantic error location as the user writes the field: `workload.routing.counts[1][3]`."""
+def _loc_text(loc: tuple[Any, ...], model: type[BaseModel] | None = None) -> str:
+    """A pydantic error location as the user writes the field: `workload.routing.counts[1][3]`,
+    without the union-member tags pydantic inserts (`synthetic.RoutingModelConfig.affinity`)."""
+    loc = tuple(p for p in loc if not str(p).startswith("function-"))
+    steps = (_walk(model, loc) if model is not None else None) or []
+    # a class or type name goes; a discriminator value stays (`arrivals.gamma.cv`: the gamma process's cv)
+    tags = {i for i, (types, tag) in enumerate(steps)
+            if tag and any(not _is_model(t) or str(loc[i]) == t.__name__ for t in types)}
     out = ""
-    for part in loc:
-        if str(part).startswith("function-"):
-            continue
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    for i, part in enumerate(loc):
+        if i not in tags:
+            out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
 
@@ -339,7 +362,7 @@ def format_validation_error(err: ValidationError, model: type[BaseModel] | None 
     errors = err.errors()
     extra = [e for e in errors if e["type"] == "extra_forbidden"]
     first = extra[0] if extra else errors[0]
-    loc = _loc_text(first["loc"])
+    loc = _loc_text(first["loc"], model)
     msg = first["msg"]
     explained: list[dict] = []  # a required key reported missing because it is the misspelt one
     if first["type"] == "extra_forbidden":

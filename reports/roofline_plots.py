@@ -9,6 +9,8 @@ engine's cost function (simulator/roofline.py); measured points say they are mea
 
 from __future__ import annotations
 
+import warnings
+
 from pathlib import Path
 
 import numpy as np
@@ -31,17 +33,17 @@ def load_measured(path: str | Path, device_name: str | None = None) -> pd.DataFr
     the right sign is a ConfigError naming the file, the column and the line."""
     from moesim.errors import ConfigError
 
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError("measured points file not found", file=path)
-    if path.is_dir():
-        raise ConfigError("is a directory; expected a CSV file of measured points", file=path)
+    from moesim.yaml_io import check_file
+
+    path = check_file(path, "measured points file")
     try:
-        df = pd.read_csv(path)
+        with warnings.catch_warnings():  # a row with more fields than the header: an error, not a silent loss
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            df = pd.read_csv(path, index_col=False)
     except pd.errors.EmptyDataError:
         raise ConfigError(f"the file is empty; expected a CSV with the header {','.join(MEASURED_COLUMNS)}",
                           file=path) from None
-    except (UnicodeDecodeError, pd.errors.ParserError, ValueError, OSError) as err:
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.ParserWarning, ValueError, OSError) as err:
         first = str(err).splitlines()[0] if str(err) else ""
         raise ConfigError(f"not a readable CSV file ({type(err).__name__}: {first})", file=path) from None
     calibrate = "measured_s" in df.columns and "time_s" not in df.columns  # a `moesim calibrate` measurements.csv

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from moesim.errors import MoesimError
+from moesim.errors import ConfigError, MoesimError
 from moesim.reports.html_page import (
     CSS,
     Figure,
@@ -141,13 +141,36 @@ class RunData:
         return self.metrics.get("offload") or None
 
 
+def _damaged(path: Path, err: Exception) -> ConfigError:
+    """A run file that exists but cannot be read (truncated, overwritten, not what simulate wrote)."""
+    first = str(err).splitlines()[0] if str(err) else ""
+    return ConfigError(f"this file of the run directory is damaged and cannot be read ({type(err).__name__}: "
+                       f"{first[:200]}); simulate the scenario again to rewrite the run", file=path)
+
+
+#: columns every version of `moesim simulate` wrote to each table, which the report indexes by
+_KEY_COLUMNS = {"layers.csv": ("step", "layer"), "utilization.csv": ("device",), "traffic.csv": ("src", "dst"),
+                "links.csv": ("from", "to", "bytes"), "expert_time.csv": ("layer", "device", "expert_time_s")}
+
+
 def _read_csv(path: Path) -> pd.DataFrame | None:
+    """A run directory's CSV table (None when absent; a damaged one is a ConfigError naming it)."""
     if not path.is_file():
         return None
     try:
         return pd.read_csv(path)
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
+    except (ValueError, UnicodeDecodeError, OSError) as err:  # ParserError is a ValueError
+        raise _damaged(path, err) from None
+
+
+def _read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """A run directory's Parquet table; a truncated or foreign file is a ConfigError naming it."""
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except Exception as err:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, KeyError ... for a bad file
+        raise _damaged(path, err) from None
 
 
 def load_run(run_dir: str | Path) -> RunData:
@@ -178,14 +201,18 @@ def load_run(run_dir: str | Path) -> RunData:
     run = RunData(path, summary)
     phases = path / "phases.parquet"
     if phases.is_file():
-        run.phases = pd.read_parquet(phases, columns=["step", "layer", "device", "phase", "start_s", "end_s",
-                                                      "duration_s"])
+        run.phases = _read_parquet(phases, ["step", "layer", "device", "phase", "start_s", "end_s", "duration_s"])
         run.phases["phase"] = run.phases["phase"].astype(str)
     else:
         run.missing.append("phases.parquet")
     for attr, name in (("layers", "layers.csv"), ("utilization", "utilization.csv"), ("traffic", "traffic.csv"),
                        ("links", "links.csv"), ("expert_time", "expert_time.csv"), ("copies", "copies.csv")):
         df = _read_csv(path / name)
+        lacking = [c for c in _KEY_COLUMNS.get(name, ()) if df is not None and len(df.columns) and c not in df.columns]
+        if lacking:
+            raise ConfigError(f"this file of the run directory lacks column(s) {', '.join(lacking)} (found "
+                              f"{', '.join(map(str, df.columns))[:200]}), so it is not the table `moesim simulate` "
+                              "wrote; simulate the scenario again to rewrite the run", file=path / name)
         setattr(run, attr, df)
         if df is None and (attr != "copies" or run.offload):
             run.missing.append(name)
@@ -1010,7 +1037,7 @@ def serving_memory_table(sv: dict[str, Any]) -> Table | None:
 
 def _serving_tables(path: Path) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
     req = path / "requests.parquet"
-    requests = pd.read_parquet(req) if req.is_file() else None
+    requests = _read_parquet(req) if req.is_file() else None
     return requests, _read_csv(path / "iterations.csv")
 
 

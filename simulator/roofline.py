@@ -16,7 +16,7 @@ tokens per expert and finds where it crosses the ridge point.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,7 @@ from moesim.simulator.ops import (
 )
 from moesim.simulator.scenario import Scenario
 from moesim.simulator.step_plan import StepPlan
+from moesim.simulator.step_source import FixedBatch
 from moesim.units import dtype_bytes
 from moesim.workloads.model_spec import ModelSpec
 
@@ -132,14 +133,28 @@ def op_rows(cost: CostModel, ops: list[Op], phase: str, layer: int, links: dict[
 # ---------------------------------------------------------------- a scenario's layer
 
 
+class StepOutOfRange(ValueError):
+    """A step past the iterations a serving run forms (a fixed batch plans any step)."""
+
+
 def scenario_plan(sc: Scenario, step: int = 0) -> StepPlan:
-    """The engine's plan of one step of a scenario (the whole step, not split into micro-batches)."""
+    """The engine's plan of one step of a scenario (the whole step, not split into micro-batches).
+
+    A fixed batch plans any step, also past `workload.steps` (the routing of step s is drawn from
+    (seed, s) and a decode context has grown by s tokens), without building the steps before it;
+    a serving config's iterations are formed in order, so those have to exist."""
     from moesim.simulator.compose import pipeline_for, step_source_for
 
-    for inp in step_source_for(sc):
+    source = step_source_for(sc)
+    if isinstance(source, FixedBatch):
+        first = next(iter(replace(source, steps=1, kv_len=source.kv_len + step)))  # step 0, context after `step`
+        return pipeline_for(sc).plan(replace(first, step=step))
+    formed = 0
+    for inp in source:
         if inp.step == step:
             return pipeline_for(sc).plan(inp)
-    raise ValueError(f"step {step} is past the scenario's {sc.steps} steps")
+        formed = inp.step + 1
+    raise StepOutOfRange(f"step {step} is past the {formed} iterations the serving run forms (steps 0..{formed - 1})")
 
 
 def plan_roofline_rows(cost: CostModel, rows: pd.DataFrame, phase: str) -> pd.DataFrame:

@@ -115,9 +115,10 @@ def check_run_dir(path: str | Path) -> Path:
         raise ConfigError(f"{path} is not a run directory (no such folder)", field="RUN_DIR")
     summary = path / "summary.json"
     try:
-        status = json.loads(summary.read_text()).get("status")
+        data = json.loads(summary.read_text())
     except (OSError, ValueError):
-        status = None
+        data = None
+    status = data.get("status") if isinstance(data, dict) else None
     missing = [f for f in RUN_FILES if not (path / f).exists()]
     if status != "complete" or missing:
         what = f"missing {', '.join(missing)}" if missing else "its summary.json does not say it completed"

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from moesim.errors import ConfigError
+from moesim.yaml_io import check_file
 from moesim.hardware_profiles import ClusterSpec, DeviceSpec, load_cluster, load_device
 from moesim.hardware_profiles.topology import Routes
 from moesim.placement import Placement, contiguous, load_placement_file, round_robin
@@ -87,6 +88,15 @@ class Scenario:
         return self.config.seed
 
 
+def _config_file(sf: ScenarioFile, field: str, value: str, what: str) -> Path:
+    """The file a config field names (relative to the config); missing or odd, the error names both."""
+    path = Path(sf.resolve_path(value))
+    try:
+        return check_file(path, what)
+    except ConfigError as err:
+        raise config_error(sf, field, f"{path}: {err.detail}") from None
+
+
 def _wrap(sf: ScenarioFile, field: str, err: ConfigError) -> ConfigError:
     """Re-anchor a loader error on the config field that named the missing thing."""
     if err.file is None:
@@ -157,9 +167,7 @@ def resolve(sf: ScenarioFile) -> Scenario:
 
     n_moe = len(model.moe_layers)
     if cfg.placement.file:
-        path = Path(sf.resolve_path(cfg.placement.file))
-        if not path.exists():
-            raise config_error(sf, "placement.file", f"placement file {path} not found")
+        path = _config_file(sf, "placement.file", cfg.placement.file, "placement file")
         placement = load_placement_file(path, experts, ep, n_moe)
     elif cfg.placement.policy == "round_robin":
         placement = round_robin(experts, ep, n_moe)
@@ -192,7 +200,9 @@ def resolve(sf: ScenarioFile) -> Scenario:
             raise config_error(sf, "workload.tokens_per_device", f"tokens_per_device x tp = {replica_tokens} "
                                f"is not a whole number of sequences of seq_len={seq}")
         batch = replica_tokens // seq
-    split = np.array([len(a) for a in np.array_split(np.arange(replica_tokens), tp)], dtype=np.int64)
+    # tokens per tp rank as np.array_split deals them (the first ranks take one more), without
+    # allocating a token array: a batch too big for memory reaches the memory check below
+    split = np.array([replica_tokens // tp + (k < replica_tokens % tp) for k in range(tp)], dtype=np.int64)
     moe_tokens = np.tile(split, dp)
 
     top_k = model.moe.top_k
@@ -310,10 +320,7 @@ def _synthetic_routing(sf: ScenarioFile, spec: RoutingModelConfig | str, experts
     """The composable generator from an inline config or a generator YAML (e.g. `moesim trace fit`)."""
     field = "workload.routing.synthetic"
     if isinstance(spec, str):
-        path = Path(sf.resolve_path(spec))
-        if not path.exists():
-            raise config_error(sf, field, f"generator file {path} not found")
-        spec = load_routing_model(path)
+        spec = load_routing_model(_config_file(sf, field, spec, "generator file"))
     try:
         return SyntheticRouting(spec, experts, top_k, layers, seed)
     except ValueError as err:

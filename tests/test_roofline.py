@@ -56,12 +56,15 @@ def test_ridge_crossing_in_tokens_per_expert_matches_hand_calculation():
     assert 250 < want < 300
 
 
-@pytest.mark.parametrize("example,steps", [("mixtral-decode-8xh100.yaml", 1), ("deepseek-v3-decode-4x8-h800.yaml", 1),
-                                           ("offload-mixtral-4090-lru.yaml", 1), ("deepseek-v3-prefill-4x8-h800.yaml", 1)])
-def test_roofline_ops_agree_with_the_engine_plan(tmp_path, example, steps):
+@pytest.mark.parametrize("example,workload", [
+    pytest.param(name, workload, id=name) for name, workload in [
+        ("mixtral-decode-8xh100.yaml", {}), ("deepseek-v3-decode-4x8-h800.yaml", {}),
+        ("offload-mixtral-4090-lru.yaml", {}),
+        ("deepseek-v3-prefill-4x8-h800.yaml", {"seq_len": 1024})]])  # 4k-token prompts take seconds to sample
+def test_roofline_ops_agree_with_the_engine_plan(tmp_path, example, workload):
     """The roofline's op times add up, phase by phase, to the times the engine replays (same cost function)."""
     cfg = example_config(example)
-    cfg["workload"]["steps"] = steps
+    cfg["workload"].update(steps=1, **workload)
     sc = resolve(config_from_dict(cfg, EXAMPLES))
     plan = scenario_plan(sc, 0)
     layer = sc.model.moe_layers[-1]
@@ -106,8 +109,10 @@ def test_roofline_bad_input_exits_with_a_message(tmp_path, capsys):
     assert "H100-SXM" in capsys.readouterr().err
     bad = tmp_path / "bad.csv"
     bad.write_text("op,flops\ngemm,1\n")
-    assert main(["roofline", "--model", "Mixtral-8x7B", "--measured", str(bad), "--out", str(tmp_path)]) == 2
+    assert main(["roofline", "--model", "Mixtral-8x7B", "--measured", str(bad), "--out", str(tmp_path / "r")]) == 2
     assert "time_s" in capsys.readouterr().err
+    assert main(["roofline", "--model", "Mixtral-8x7B", "--out", str(tmp_path), "--force"]) == 2  # not moesim's
+    assert "did not write" in capsys.readouterr().err and bad.exists()
     assert main(["roofline", "--out", str(tmp_path)]) == 2
 
 

@@ -72,6 +72,7 @@ from moesim.validation.calibrate import Calibration, replace_profile, write_prof
 from moesim.validation.errors import error_table
 from moesim.validation.fit import FUSED_FORM, MODEL_FORM, TableOp, calibrated_cost, fit_table_ops, predict_ops
 from moesim.validation.measure import OpSpec
+from moesim.yaml_io import check_file
 
 KINDS = ("gemm", "grouped_gemm", "grouped_gemm_triton", "fused_moe", "moe_layer", "attention", "copy", "h2d", "d2h")
 SPLITS = ("fit", "holdout_random", "holdout_slice", "e2e")
@@ -84,10 +85,7 @@ HOLDOUT_SHARE = 0.25
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    if not path.exists():
-        raise ConfigError("op timing table not found", file=path)
-    if path.is_dir():
-        raise ConfigError("is a directory; expected a CSV table of op timings", file=path)
+    check_file(path, "op timing table (CSV)")  # missing, a folder, a symlink loop
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
@@ -117,6 +115,8 @@ class _Rows:
 
     def num(self, i: int, col: str, *, need: str = "a number > 0", integer: bool = False, minimum: float = 0.0,
             strict: bool = True, default: float | None = None) -> float:
+        if integer and need == "a number > 0":
+            need = "a whole number > 0"
         raw = self.text(i, col)
         if raw == "":
             if default is not None:
@@ -371,7 +371,7 @@ def calibrate_from_table(path: str | Path | Sequence[str | Path | tuple[str | Pa
     for op in ops:
         if op.dtype not in base.compute and op.spec.kind not in ("copy", "h2d", "d2h"):
             raise ConfigError(f"profile '{base.name}' has no {op.dtype} peak but the table has {op.dtype} rows",
-                              field="dtype")
+                              file=paths[0], field="dtype")
     measured = np.array([r["time_s"] for r in rows], dtype=float)
     fit = fit_table_ops(ops, measured, base)
     tiled = base.model_copy(update={"gemm_tile": fit.gemm_tile, "moe_kernel": fit.moe_kernel or base.moe_kernel})

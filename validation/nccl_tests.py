@@ -29,14 +29,28 @@ telling the floor from a per-message overhead needs logs at several rank counts 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from moesim.yaml_io import read_text_file
 
 COLUMNS = ["collective", "size_bytes", "count", "type", "redop", "root", "place", "time_us", "algbw", "busbw", "wrong"]
 _PREFIX = re.compile(r"^\s*(\[\d+\]\s*)+")
 _START = re.compile(r"Collective test starting:\s*(\S+)")
 _BINARY = re.compile(r"\b([a-z_]+_perf)\b")
+
+
+def read_nccl_log(path: str | Path) -> str:
+    """An nccl-tests log's text; a missing, odd (folder, symlink loop) or binary file is a
+    ConfigError naming it (logs are data: no size limit)."""
+    return read_text_file(path, "nccl-tests log", max_bytes=None)
+
+
+def usable_rows(df: pd.DataFrame) -> pd.Series:
+    """Rows a fit can use: a positive finite time for a positive message size."""
+    return (df["time_us"] > 0) & np.isfinite(df["time_us"].astype(float)) & (df["size_bytes"] > 0)
 
 
 def _float(text: str) -> float:
@@ -92,7 +106,7 @@ def fit_collectives(df: pd.DataFrame, place: str = "out", min_bytes: float = 0.0
 
     out: dict[str, dict[str, float]] = {}
     size_ok = (df["size_bytes"] >= min_bytes) & (df["size_bytes"] <= max_bytes)
-    sel = df[(df["place"] == place) & (df["time_us"] > 0) & (df["size_bytes"] > 0) & size_ok]
+    sel = df[(df["place"] == place) & usable_rows(df) & size_ok]
     for name, g in sel.groupby("collective", sort=False):
         t = g["time_us"].to_numpy(float) * 1e-6
         size = g["size_bytes"].to_numpy(float)

@@ -26,12 +26,29 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from moesim.errors import ConfigError
 from moesim.units import Seconds
-from moesim.yaml_io import load_yaml, validate
+from moesim.yaml_io import at_most, check_file, load_yaml, validate
 
 #: columns of the request table, in order, with their dtypes
 REQUEST_COLUMNS = {"request_id": "int64", "arrival_s": "float64", "prompt_tokens": "int64",
                    "output_tokens": "int64"}
-_MAX_REQUESTS = 50_000_000  # guards against a typo like rate: 1e9 with duration: 1 h
+MAX_REQUESTS = 50_000_000  # guards against a typo like rate: 1e9 with duration: 1 h (and the memory it would take)
+#: seconds of arrivals float64 still resolves to well under a microsecond (spacing 1.5e-8 s at 1e8 s)
+MAX_SPAN_S = 1e8
+MAX_LENGTH = 2**31 - 1  # tokens of one request: past any model's context, and sums stay in int64
+#: tokens (or sequences, or cached context) of one replica's step, here and in the scenario config: far
+#: past any device's memory, so the memory check refuses what does not fit with its numbers, and token
+#: arithmetic stays in int64
+MAX_TOKENS = 2**40
+WHY_TOKENS = "no device holds the activations or KV cache of 2**40 tokens"
+Tokens = Annotated[int, at_most(MAX_TOKENS, "tokens", WHY_TOKENS)]
+
+#: a count of requests (or of users sending them): the request table is held in memory
+RequestCount = Annotated[int, at_most(MAX_REQUESTS, "requests", "the request table would not fit in memory; "
+                                      "simulate fewer requests")]
+#: a token length of one request
+TokenLength = Annotated[int, at_most(MAX_LENGTH, "tokens", "no model has a context that long")]
+#: a span of simulated seconds
+Span = Annotated[Seconds, at_most(MAX_SPAN_S, "s", "float64 seconds lose microsecond resolution past 1e8 s")]
 
 
 class _Strict(BaseModel):
@@ -69,15 +86,15 @@ Arrivals = Annotated[PoissonArrivals | GammaArrivals | FileArrivals, Field(discr
 
 class FixedLength(_Strict):
     dist: Literal["fixed"]
-    value: int = Field(ge=1)
+    value: TokenLength = Field(ge=1)
 
 
 class UniformLength(_Strict):
     """Integers uniform on [low, high], both inclusive."""
 
     dist: Literal["uniform"]
-    low: int = Field(ge=1)
-    high: int = Field(ge=1)
+    low: TokenLength = Field(ge=1)
+    high: TokenLength = Field(ge=1)
 
     @model_validator(mode="after")
     def _ordered(self) -> "UniformLength":
@@ -87,8 +104,8 @@ class UniformLength(_Strict):
 
 
 class _Clipped(_Strict):
-    min: int = Field(1, ge=1, description="samples below are clipped up to this")
-    max: int | None = Field(None, ge=1, description="samples above are clipped down to this")
+    min: TokenLength = Field(1, ge=1, description="samples below are clipped up to this")
+    max: TokenLength | None = Field(None, ge=1, description="samples above are clipped down to this")
 
     @model_validator(mode="after")
     def _ordered(self) -> "_Clipped":
@@ -134,13 +151,16 @@ class RequestsConfig(_Strict):
     arrivals: Arrivals
     prompt_tokens: LengthDist | None = None
     output_tokens: LengthDist | None = None
-    num_requests: int | None = Field(None, ge=1)
-    duration: Seconds | None = Field(None, description="only requests arriving before this (seconds)")
+    num_requests: RequestCount | None = Field(None, ge=1)
+    duration: Span | None = Field(None, description="only requests arriving before this (seconds)")
 
     @model_validator(mode="after")
     def _bounded(self) -> "RequestsConfig":
         if self.duration is not None and not self.duration > 0:
             raise ValueError(f"requests.duration must be > 0 (got {self.duration})")
+        span = span_problem(self.arrivals, self.num_requests, self.duration, "requests")
+        if span:
+            raise ValueError(span)
         if self.arrivals.process != "file":
             if self.num_requests is None and self.duration is None:
                 raise ValueError(f"arrivals.process '{self.arrivals.process}' needs requests.num_requests "
@@ -150,6 +170,28 @@ class RequestsConfig(_Strict):
                     raise ValueError(f"requests.{name} is required (a length distribution) unless arrivals "
                                      "come from a file with that column")
         return self
+
+
+def span_problem(arrivals: PoissonArrivals | GammaArrivals | FileArrivals | None, num_requests: int | None,
+                 duration: float | None, section: str) -> str | None:
+    """Why the arrivals cannot be simulated, or None: `num_requests` at `arrivals.rate` would outrun
+    float64 seconds (their span num_requests / rate past MAX_SPAN_S: times of ~1e300 s lose every
+    digit), or rate x `duration` asks for more than MAX_REQUESTS requests."""
+    rate = getattr(arrivals, "rate", None)
+    if rate is None:
+        return None
+    if duration is not None and num_requests is None and rate * duration > MAX_REQUESTS:
+        return (f"{section}.arrivals.rate x {section}.duration = {rate * duration:.3g} requests, more than the "
+                f"{MAX_REQUESTS:,} a request table may hold; set {section}.num_requests or a shorter duration")
+    if num_requests is None or duration is not None:
+        return None  # a duration bounds the span itself
+    span = num_requests / rate
+    if span <= MAX_SPAN_S:
+        return None
+    return (f"{section}.arrivals.rate = {rate:g} requests/s with {section}.num_requests = {num_requests:,} spans "
+            f"about {span:.3g} s of arrivals, more than the {MAX_SPAN_S:.0e} s that float64 seconds hold at "
+            "microsecond resolution (times that large would lose every token time); raise the rate or send fewer "
+            "requests")
 
 
 # --- files -------------------------------------------------------------------------------
@@ -177,8 +219,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     """Read a csv, parquet or jsonl file into a DataFrame; failures raise ConfigError naming it."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if not path.exists():
-        raise ConfigError("file not found", file=path)
+    check_file(path, "file")  # missing, a folder, a symlink loop
     try:
         if suffix == ".csv":
             return pd.read_csv(path)
@@ -186,6 +227,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
             return pd.read_parquet(path)
         if suffix in (".jsonl", ".ndjson"):
             return pd.read_json(path, lines=True)
+    except pd.errors.EmptyDataError:
+        raise ConfigError("cannot read file: it is empty (expected a header row with arrival_s or the length "
+                          "column)", file=path) from None
     except Exception as err:  # noqa: BLE001 - any reader failure is the user's file
         raise ConfigError(f"cannot read file ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})",
                           file=path) from None
@@ -216,11 +260,17 @@ def _numeric_column(df: pd.DataFrame, column: str, path: Path) -> np.ndarray:
 
 
 def check_arrivals(values: np.ndarray, path: Path, column: str = "arrival_s") -> np.ndarray:
-    """Arrival times must be >= 0 and non-decreasing; the error names the first bad row."""
+    """Arrival times must be >= 0, at most MAX_SPAN_S and non-decreasing; the error names the first bad row."""
     neg = values < 0
     if neg.any():
         i = int(np.argmax(neg))
         raise ConfigError(f"{_row(path, i)}: arrival time {float(values[i]):g} is negative", file=path, field=column)
+    late = values > MAX_SPAN_S
+    if late.any():
+        i = int(np.argmax(late))
+        raise ConfigError(f"{_row(path, i)}: arrival time {float(values[i]):g} s is past {MAX_SPAN_S:.0e} s, where "
+                          "float64 seconds stop resolving microseconds (are the times in microseconds?)", file=path,
+                          field=column)
     dec = np.diff(values) < 0
     if dec.any():
         i = int(np.argmax(dec)) + 1
@@ -263,8 +313,8 @@ def _synthetic_arrivals(cfg: RequestsConfig, rng: np.random.Generator) -> np.nda
     else:
         assert cfg.duration is not None
         expected = arr.rate * cfg.duration
-        if expected > _MAX_REQUESTS:
-            raise ConfigError(f"rate x duration = {expected:.3g} requests; more than {_MAX_REQUESTS:.0e} "
+        if expected > MAX_REQUESTS:
+            raise ConfigError(f"rate x duration = {expected:.3g} requests; more than {MAX_REQUESTS:.0e} "
                               "(set num_requests or a shorter duration)", field="requests.duration")
         chunks, total = [], 0.0
         chunk = int(expected + 10 * np.sqrt(expected) + 16)
@@ -293,7 +343,7 @@ def sample_lengths(dist: FixedLength | UniformLength | NormalLength | LognormalL
     else:  # lognormal from the mean m and std s of the lengths: sigma^2 = ln(1 + s^2/m^2)
         sigma2 = np.log1p((dist.std / dist.mean) ** 2)
         x = rng.lognormal(np.log(dist.mean) - sigma2 / 2, np.sqrt(sigma2), size=n)
-    hi = dist.max if dist.max is not None else np.iinfo(np.int64).max // 2
+    hi = dist.max if dist.max is not None else MAX_LENGTH
     return np.clip(np.rint(x), dist.min, hi).astype(np.int64)
 
 

@@ -41,6 +41,7 @@ top_k experts with load in every layer (what any top-k routing produces).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from dataclasses import dataclass, replace
@@ -52,6 +53,7 @@ import pandas as pd
 
 from moesim.errors import ConfigError
 from moesim.workloads.model_spec import ModelSpec
+from moesim.yaml_io import check_file, read_text_file
 
 SUFFIXES = {".csv": "csv", ".npy": "npy", ".parquet": "parquet", ".pq": "parquet", ".json": "json",
             ".pt": "pt", ".pth": "pt"}
@@ -160,8 +162,7 @@ def _read_one(path: Path) -> LoadHistory:
     if fmt is None:
         raise ConfigError(f"unknown load matrix format '{path.suffix}'; use one of {', '.join(sorted(SUFFIXES))}",
                           file=path, field="format")
-    if not path.exists():
-        raise ConfigError("load matrix file not found", file=path)
+    check_file(path, "load matrix file")
     layer_ids, sparse, dropped = None, False, 0
     if fmt == "csv":
         arr, layer_ids, sparse, fmt = _from_frame(*_read_csv(path), path, "csv")
@@ -174,8 +175,9 @@ def _read_one(path: Path) -> LoadHistory:
     elif fmt == "npy":
         try:
             raw = np.load(path, allow_pickle=False)
-        except ValueError as err:
-            raise ConfigError(f"not a numeric .npy array ({err})", file=path, field="array") from None
+        except (ValueError, EOFError, OSError) as err:  # a pickled, truncated or foreign file
+            raise ConfigError(f"not a numeric .npy array ({type(err).__name__}: {err})", file=path,
+                              field="array") from None
         arr = _stack(_dense(raw, path, "array"), path, "array")
     else:
         obj = _read_json(path) if fmt == "json" else _read_torch(path)
@@ -239,13 +241,14 @@ def _stack(arr: np.ndarray, path: Path, field: str) -> np.ndarray:
 
 def _read_csv(path: Path) -> tuple[pd.DataFrame, list[str]]:
     """A CSV as a float frame (named columns if it has a header) and the line of each row."""
-    with open(path, newline="") as f:
-        lines = [(i + 1, row) for i, row in enumerate(csv.reader(f)) if row and not row[0].lstrip().startswith("#")]
+    text = read_text_file(path, "CSV load matrix", max_bytes=None)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    lines = [(i + 1, row) for i, row in enumerate(reader) if row and not row[0].lstrip().startswith("#")]
     if not lines:
         raise ConfigError("the file has no rows", file=path, field="line 1")
     header = None
     if any(not _is_number(x) for x in lines[0][1]):
-        header = [x.strip().lower() for x in lines[0][1]]
+        header = _header(lines[0][1], path)
         lines = lines[1:]
     width = len(header) if header is not None else len(lines[0][1]) if lines else 0
     rows = []
@@ -264,6 +267,20 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, list[str]]:
     return df, [f"line {no}" for no, _ in lines]
 
 
+def _header(row: list[str], path: Path) -> list[str]:
+    """The first CSV row as column names. A row that mixes numbers with text other than the known
+    column names (layer, window, expert, count, ...) is a row of loads with a text cell, not a
+    header (expert columns may be named by number: `layer,0,1,2,3`)."""
+    names = [x.strip().lower() for x in row]
+    known = {"window", "expert", *_LAYER_COLUMNS, *_VALUE_COLUMNS}
+    if any(_is_number(x) for x in names):
+        text = next((j for j, x in enumerate(names) if not _is_number(x) and x not in known), None)
+        if text is not None:
+            raise ConfigError(f"'{row[text]}' is not a number (column {text + 1}); the first row mixes numbers and "
+                              "text, so it is neither a header nor a row of loads", file=path, field="line 1")
+    return names
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -276,6 +293,13 @@ def _from_frame(df: pd.DataFrame, labels: list[str], path: Path,
                 fmt: str) -> tuple[np.ndarray, tuple[int, ...] | None, bool, str]:
     """A wide or long table as (windows, layers, experts): returns (array, layer ids, sparse, format)."""
     df = df.rename(columns=lambda c: str(c).strip().lower())
+    seen: set[str] = set()
+    for j, col in enumerate(df.columns):
+        if col == "" or col in seen:
+            what = f"column {j + 1} has no name" if col == "" else f"column '{col}' appears twice"
+            raise ConfigError(f"{what} in the header; every column needs its own name", file=path,
+                              field=f"column {j + 1}")
+        seen.add(col)
     for col in df.columns:
         if not pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col]):
             raise ConfigError(f"column '{col}' must hold numbers, but its type is {df[col].dtype}", file=path,
@@ -359,7 +383,7 @@ def _first_duplicate(ids: np.ndarray) -> int | None:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_text_file(path, "JSON load dump", max_bytes=None))
     except json.JSONDecodeError as err:
         raise ConfigError(f"not valid JSON ({err.msg})", file=path, field=f"line {err.lineno}") from None
 
@@ -373,7 +397,8 @@ def _read_torch(path: Path) -> Any:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for foreign or corrupt files
-        raise ConfigError(f"not a readable torch file ({str(err).splitlines()[0]})", file=path,
+        first = str(err).splitlines()[0] if str(err) else "empty or truncated"
+        raise ConfigError(f"not a readable torch file ({type(err).__name__}: {first})", file=path,
                           field="format") from None
     return _to_numpy(obj)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -89,6 +89,16 @@ class ModelSpec(_Strict):
     kv_dtype: str | None = Field(None, description="KV cache; default dtype")
     sources: dict[str, str] = Field(default_factory=dict)
     notes: str = ""
+
+    @field_validator("dtype", "expert_dtype", "kv_dtype")
+    @classmethod
+    def _dtype_known(cls, dt: str | None) -> str | None:
+        """A dtype the cost model knows (else the error surfaced later, pinned on the scenario)."""
+        from moesim.units import DTYPE_BITS
+
+        if dt is not None and dt not in DTYPE_BITS:
+            raise ValueError(f"unknown dtype '{dt}'; valid: {', '.join(DTYPE_BITS)}")
+        return dt
 
     @model_validator(mode="after")
     def _expert_compute_dtype_known(self) -> "ModelSpec":

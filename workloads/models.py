@@ -10,7 +10,7 @@ from typing import Any
 
 from moesim.errors import ConfigError, unknown_name
 from moesim.workloads.model_spec import ModelSpec
-from moesim.yaml_io import load_yaml, validate
+from moesim.yaml_io import load_yaml, read_text_file, validate
 
 MODEL_DIR = Path(__file__).resolve().parent / "models"
 
@@ -28,8 +28,13 @@ def load_model(name_or_path: str | Path) -> ModelSpec:
     """A model by bundled name (case-insensitive), spec YAML path, or HF config.json path."""
     text = str(name_or_path)
     path = Path(text)
-    if path.suffix == ".json" or path.is_dir():
-        return _load_hf(path / "config.json" if path.is_dir() else path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError("is a directory with no config.json in it; give a model YAML, a Hugging Face "
+                              "config.json or the folder that holds one", file=path)
+        return _load_hf(path / "config.json")
+    if path.suffix == ".json":
+        return _load_hf(path)
     if path.suffix in (".yaml", ".yml"):
         return _load_yaml(path)
     lookup = {k.lower(): v for k, v in _bundled().items()}
@@ -45,19 +50,9 @@ def _load_yaml(path: Path) -> ModelSpec:
 
 def _load_hf(path: Path) -> ModelSpec:
     """A Hugging Face config.json: read, check its counts (errors name the HF key), map, validate."""
+    text = read_text_file(path, "JSON config")
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError("file not found", file=path) from None
-    except IsADirectoryError:
-        raise ConfigError("is a directory; give the config.json inside it or the folder that holds one",
-                          file=path) from None
-    except OSError as err:
-        raise ConfigError(f"cannot read file ({err.strerror})", file=path) from None
-    try:
-        cfg = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError("not a text file (cannot decode it as UTF-8); expected a JSON config", file=path) from None
+        cfg = json.loads(text)
     except json.JSONDecodeError as err:
         raise ConfigError(f"malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}", file=path) from None
     if not isinstance(cfg, dict):

@@ -86,6 +86,9 @@ def load_routing_model(path: str | Path) -> RoutingModelConfig:
     from moesim.yaml_io import load_yaml, validate
 
     data = load_yaml(Path(path))
+    if not data:  # all defaults would be a uniform generator nobody asked for
+        raise ConfigError("the generator file is empty; expected a 'synthetic:' mapping (popularity, drift, "
+                          "affinity, ...) as `moesim trace fit` writes", file=path, field="synthetic")
     if isinstance(data, dict) and "synthetic" in data:
         data = data["synthetic"]
     if not isinstance(data, dict):

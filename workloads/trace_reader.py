@@ -16,9 +16,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from moesim.errors import TraceError
+from moesim.errors import ConfigError, TraceError
 from moesim.workloads.model_spec import ModelSpec
 from moesim.workloads.trace_format import META_KEY, StepRows, TraceMeta
+from moesim.yaml_io import check_file
 
 BATCH_ROWS = 1 << 18
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -239,8 +240,10 @@ def open_trace(path: str | Path, model: ModelSpec | None = None, *, batch_rows: 
     `num_sources` / `source_kind` override what a dump without metadata cannot say.
     """
     path = Path(path)
-    if not path.exists():
-        raise TraceError("file not found", file=path)
+    try:
+        check_file(path, "file")
+    except ConfigError as err:  # missing, a symlink loop, a folder: a trace error like the rest
+        raise TraceError(err.detail, file=path) from None
     suffix = path.suffix.lower()
     if suffix in PARQUET_SUFFIXES:
         try:

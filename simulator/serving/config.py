@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from moesim.units import Seconds
-from moesim.workloads.arrivals import Arrivals, LengthDist
+from moesim.workloads.arrivals import Arrivals, LengthDist, RequestCount, Span, Tokens, span_problem
 
 
 class _Strict(BaseModel):
@@ -22,8 +22,8 @@ class _Strict(BaseModel):
 class SchedulerConfig(_Strict):
     """Iteration-level continuous batching of one attention replica (vLLM / SGLang style)."""
 
-    max_batch_tokens: int = Field(8192, ge=1, description="tokens per iteration: prefill chunks + one per decode")
-    max_running: int = Field(256, ge=1, description="sequences running at once per replica")
+    max_batch_tokens: Tokens = Field(8192, ge=1, description="tokens per iteration: prefill chunks + one per decode")
+    max_running: RequestCount = Field(256, ge=1, description="sequences running at once per replica")
     order: Literal["mixed", "prefill_first"] = Field(
         "mixed", description="mixed: decodes and prefill chunks share an iteration; prefill_first: an iteration "
         "with prefill work runs only prefill")
@@ -66,12 +66,12 @@ class DisaggregationConfig(_Strict):
 
 class ServingConfig(_Strict):
     arrivals: Arrivals | None = Field(None, description="open loop: the arrival process")
-    users: int | None = Field(None, ge=1, description="closed loop: concurrent users")
-    think_time: Seconds = Field(0.0, ge=0, description="closed loop: pause between a reply and the next request")
+    users: RequestCount | None = Field(None, ge=1, description="closed loop: concurrent users")
+    think_time: Span = Field(0.0, ge=0, description="closed loop: pause between a reply and the next request")
     prompt_tokens: LengthDist | None = None
     output_tokens: LengthDist | None = None
-    num_requests: int | None = Field(None, ge=1)
-    duration: Seconds | None = Field(None, gt=0, description="open loop: only requests arriving before this")
+    num_requests: RequestCount | None = Field(None, ge=1)
+    duration: Span | None = Field(None, gt=0, description="open loop: only requests arriving before this")
     horizon: Seconds | None = Field(None, gt=0, description="stop simulating here; unfinished requests are reported")
     warmup: float = Field(0.1, ge=0, lt=1, description="share of requests (earliest first) left out of statistics")
     scheduler: SchedulerConfig = SchedulerConfig()
@@ -99,4 +99,7 @@ class ServingConfig(_Strict):
         if self.arrivals is not None and self.arrivals.process != "file" \
                 and self.num_requests is None and self.duration is None:
             raise ValueError("open-loop arrivals need serving.num_requests or serving.duration")
+        span = span_problem(self.arrivals, self.num_requests, self.duration, "serving")
+        if span:
+            raise ValueError(span)
         return self

@@ -32,8 +32,9 @@ from moesim.simulator.serving.setup import rank_memory
 from moesim.simulator.serving.source import request_table as traffic_table
 
 
-def _pool(sc: Scenario, role: str, requests: pd.DataFrame) -> Scenario:
-    """The scenario of one pool: the same config on its nodes with its parallelism, no split."""
+def _pool(sc: Scenario, role: str) -> Scenario:
+    """The scenario of one pool: the same config on its nodes with its parallelism, no split (its
+    requests are set by the caller)."""
     cfg = sc.config
     pool = getattr(cfg.serving.disaggregation, role)
     data = cfg.as_written(exclude_none=True)
@@ -47,7 +48,6 @@ def _pool(sc: Scenario, role: str, requests: pd.DataFrame) -> Scenario:
     except ConfigError as err:
         raise ConfigError(f"{err.detail} (the {role} pool of serving.disaggregation)", file=err.file,
                           field=err.field) from None
-    pool_sc.serving_requests = requests
     return pool_sc
 
 
@@ -79,14 +79,15 @@ def simulate_disaggregated(sc: Scenario, progress=None) -> SimResult:
                           f"{sc.cluster.nodes} nodes of cluster '{sc.cluster.name}'", file=sc.source.path,
                           field="serving.disaggregation")
     requests = traffic_table(sc.config.serving, sc.seed, sc.source.base_dir)
-    pre = _pool(sc, "prefill", requests.assign(output_tokens=1))
+    pre, dec = _pool(sc, "prefill"), _pool(sc, "decode")  # both checked before either is simulated
+    pre.serving_requests = requests.assign(output_tokens=1)
     pre_result = simulate(pre, progress=progress)
     first = pre_result.requests.set_index("request_id")["finish_s"]  # the first token ends a 1-token request
     seconds, bandwidth, per_token = kv_transfer_seconds(sc, pre.tp, requests["prompt_tokens"].to_numpy())
     ready = requests["request_id"].map(first).to_numpy() + seconds
     more = requests["output_tokens"].to_numpy() > 1
     decode_requests = requests[more].assign(arrival_s=ready[more], transferred=True)
-    dec = _pool(sc, "decode", decode_requests.reset_index(drop=True))
+    dec.serving_requests = decode_requests.reset_index(drop=True)
     dec_result = simulate(dec, progress=progress)
 
     # join: first token from the prefill pool, the rest from the decode pool

@@ -82,4 +82,5 @@ def serving_source(sc: Scenario) -> ServingSource:
             "tokens; raise ep/tp, quantize the experts, shorten requests or lower scheduler.max_batch_tokens",
             file=sc.source.path, field="serving")
     replicas = sc.num_devices // sc.tp
-    return ServingSource(cfg, requests, replicas, sc.tp, float(mem.kv_tokens))
+    return ServingSource(cfg, requests, replicas, sc.tp, float(mem.kv_tokens),
+                         config_file=str(sc.source.path) if sc.source.path else None)

@@ -19,10 +19,26 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 
+from moesim.errors import ConfigError
 from moesim.simulator.serving.config import ServingConfig
 from moesim.simulator.step_source import AttentionMix, StepInput
 from moesim.workloads.arrivals import RequestsConfig, generate_requests, sample_lengths
 from moesim.workloads.batching import BatchItem, ContinuousBatcher, SchedulerPolicy
+
+
+#: simulated seconds past which float64 no longer resolves token times (spacing ~1e-7 s at 1e9 s)
+MAX_SIM_TIME_S = 1e9
+
+
+def check_time(t: float, config_file: str | None = None) -> float:
+    """The simulated time `t`, or an error when it is past MAX_SIM_TIME_S: an answer there would be
+    rounding noise (arrival rates are bounded on load; this catches what grows during the run)."""
+    if t > MAX_SIM_TIME_S:
+        raise ConfigError(f"simulated time reached {t:,.0f} s, past the {MAX_SIM_TIME_S:.0e} s where float64 seconds "
+                          "stop resolving token times; the traffic spans too long (serving.arrivals.rate, "
+                          "serving.num_requests, serving.think_time or the arrival file's arrival_s)",
+                          file=config_file, field="serving")
+    return t
 
 
 @dataclass
@@ -47,6 +63,7 @@ class ServingSource:
     kv_capacity_tokens: float
     clock: Callable[[], float] = lambda: 0.0
     interactive: bool = True  # iterations depend on simulated time: no building ahead
+    config_file: str | None = None  # the scenario config, for errors found during the run
     iterations: list[Iteration] = field(default_factory=list)
     replica_of: dict[int, int] = field(default_factory=dict)
     first_scheduled: dict[int, float] = field(default_factory=dict)
@@ -104,7 +121,7 @@ class ServingSource:
         step = 0
         horizon = self.cfg.horizon
         while True:
-            now = self.clock()
+            now = check_time(self.clock(), self.config_file)
             self._send(self._user_ready, now + self.cfg.think_time)
             self._user_ready = 0
             if horizon is not None and now >= horizon:
@@ -118,7 +135,7 @@ class ServingSource:
                     waits.append(self._pending[0][0])
                 if not waits:
                     return  # every request has finished
-                start_at = max(min(waits), now)
+                start_at = check_time(max(min(waits), now), self.config_file)
                 if horizon is not None and start_at >= horizon:
                     return
                 self._route(start_at)
