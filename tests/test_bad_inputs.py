@@ -1540,12 +1540,57 @@ CLI_ARG_CASES = [
          ["roofline", "--model", "config.json", "--out", "out"], ["--model", "config.json", "num_local_experts"]),
 ]
 
+# outputs: --force replaces only moesim's own folders, nothing writes over an input, names stay in runs/
+FOREIGN = {"mine/notes.txt": "a file moesim did not write"}
+OUTPUT_CASES = [
+    Case("out-force-foreign-folder", {**TOY, **FOREIGN}, SIM[:-3] + ["--quiet", "--out", "mine", "--force"],
+         ["mine", "did not write", "--out"]),
+    Case("out-force-config-folder", TOY, ["simulate", "scenario.yaml", "--quiet", "--out", ".", "--force"],
+         ["did not write", "--out"]),
+    Case("out-holds-a-run-without-force", {**TOY, **run_dir("out")}, SIM, ["out", "--force"]),
+    Case("out-force-run-holding-the-config", {**TOY, **run_dir("out"), "out/scenario.yaml": sc({"model": "../toy-model.yaml",
+                                                                   "hardware.cluster": "../toy-cluster.yaml"})["scenario.yaml"]},
+         ["simulate", "out/scenario.yaml", "--quiet", "--out", "out", "--force"], ["out", "reads"]),
+    Case("out-is-a-file", {**TOY, "f.txt": "x"}, ["simulate", "scenario.yaml", "--quiet", "--out", "f.txt"],
+         ["f.txt", "--out"]),
+    Case("out-name-parent", sc({"name": "../../x"}), ["simulate", "scenario.yaml", "--quiet"],
+         ["scenario.yaml", "name", "separator"]),
+    Case("out-name-absolute", sc({"name": "/tmp/moesim-x"}), ["simulate", "scenario.yaml", "--quiet"],
+         ["scenario.yaml", "name", "separator"]),
+    Case("out-name-hidden", sc({"name": ".x"}), ["simulate", "scenario.yaml", "--quiet"], ["scenario.yaml", "name"]),
+    Case("out-name-backslash", sc({"name": "a\\b"}), ["simulate", "scenario.yaml", "--quiet"],
+         ["scenario.yaml", "name"]),
+    Case("out-name-dotdot", sc({"name": ".."}), ["simulate", "scenario.yaml", "--quiet"], ["scenario.yaml", "name"]),
+    Case("out-name-set", TOY, ["simulate", "scenario.yaml", "--quiet", "--set", "name=../up"], ["name", "--set"]),
+    Case("out-sweep-force-foreign", serve(**{"mine/notes.txt": "x"}),
+         ["simulate", "serve.yaml", "--quiet", "--load", "2", "--out", "mine", "--force"], ["mine", "did not write"]),
+    Case("out-convert-in-place", {**TOY, "t.parquet": parquet()}, ["trace", "convert", "t.parquet", "t.parquet"],
+         ["t.parquet", "input"]),
+    Case("out-convert-in-place-force", {**TOY, "t.parquet": parquet()},
+         ["trace", "convert", "t.parquet", "t.parquet", "--force"], ["t.parquet", "input"]),
+    Case("out-convert-exists", {**TOY, "t.parquet": parquet(), "o.parquet": "mine"},
+         ["trace", "convert", "t.parquet", "o.parquet"], ["o.parquet", "--force"]),
+    Case("out-convert-to-folder", {**TOY, "t.parquet": parquet(), "o.parquet/x": "mine"},
+         ["trace", "convert", "t.parquet", "o.parquet"], ["o.parquet", "folder"]),
+    Case("out-synth-exists", {**gen(), "t.parquet": "mine"}, SYNTH, ["t.parquet", "--force"]),
+    Case("out-requests-exists", req(**{"r.csv": "mine"}), REQS + ["--out", "r.csv"], ["r.csv", "--force"]),
+    Case("out-requests-over-config", req(), REQS + ["--out", "r.yaml"], ["r.yaml"]),
+    Case("out-report-foreign", {**run_dir("run"), **FOREIGN}, ["report", "run", "--out", "mine", "--force"],
+         ["mine", "did not write"]),
+    Case("out-report-over-its-run", run_dir("run"), ["report", "run", "--out", "run", "--force"], ["run", "reads"]),
+    Case("out-place-foreign", {**TOY, **FOREIGN}, ["place", "scenario.yaml", "--methods", "eplb", "--out", "mine",
+                                                    "--force"], ["mine", "did not write"]),
+    Case("out-roofline-foreign", {**TOY, **FOREIGN}, ROOF_SC[:-1] + ["mine", "--force"], ["mine", "did not write"]),
+    Case("out-trace-stats-foreign", {**TOY, "t.parquet": parquet(), **FOREIGN},
+         stats("t.parquet", "--out", "mine", "--force"), ["mine", "did not write"]),
+]
+
 FILE_CASES = (CONFIG_CASES + SCENARIO_MORE_CASES + DEVICE_CASES + LINK_CASES + CLUSTER_CASES + PROFILE_MORE_CASES
               + HF_CASES + MODEL_CASES + TRACE_CASES + PLACEMENT_CASES + PLACEMENT_MORE_CASES + REQUEST_CASES
               + REQUEST_MORE_CASES + MEASURED_CASES + MEASURED_MORE_CASES + GENERATOR_CASES + GENERATOR_MORE_CASES
               + SERVING_CASES + DISAGGREGATION_CASES + LOAD_MATRIX_CASES + NCCL_CASES + TABLE_CASES + RUN_DIR_CASES
               + ODD_CASES)
-CASES = FILE_CASES + CLI_ARG_CASES + SET_CASES + LOAD_ARG_CASES + ROOFLINE_CASES
+CASES = FILE_CASES + CLI_ARG_CASES + SET_CASES + LOAD_ARG_CASES + ROOFLINE_CASES + OUTPUT_CASES
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
@@ -1628,6 +1673,7 @@ GROUPS = {
     "requests": REQUEST_CASES + REQUEST_MORE_CASES, "generators": GENERATOR_CASES + GENERATOR_MORE_CASES,
     "measured CSVs": MEASURED_CASES + MEASURED_MORE_CASES, "run directories": RUN_DIR_CASES,
     "other arguments": CLI_ARG_CASES + ROOFLINE_CASES, "odd files": ODD_CASES,
+    "outputs (--force, inputs, names)": OUTPUT_CASES,
 }
 
 
