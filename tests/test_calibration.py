@@ -57,9 +57,17 @@ TINY = GridConfig(tokens=(1, 2, 4, 8, 16, 32, 64, 128), slice_tokens=(256, 512),
                   timing={"warmup": 2, "min_reps": 7, "min_time": 0.01})
 
 
-def test_small_cpu_calibration_beats_the_datasheet_on_held_out_gemms(tmp_path):
-    cal = run_calibration("cpu", grid=TINY, out_dir=tmp_path, threads=1)
+@pytest.fixture(scope="module")
+def small_cpu_calibration(tmp_path_factory):
+    """One small real CPU calibration for the module, with its report, in a folder of its own."""
+    out = tmp_path_factory.mktemp("calibration")
+    cal = run_calibration("cpu", grid=TINY, out_dir=out, threads=1)
     write_calibration_report(cal)  # the CLI writes it after the run (reports sit above validation)
+    return cal, out
+
+
+def test_small_cpu_calibration_beats_the_datasheet_on_held_out_gemms(small_cpu_calibration):
+    cal, tmp_path = small_cpu_calibration
     held = cal.table[(cal.table["kind"] == "gemm") & cal.table["split"].isin(["holdout_random", "holdout_slice"])]
     before = error_stats(held["sim_before_s"].to_numpy(), held["measured_s"].to_numpy())
     after = error_stats(held["sim_after_s"].to_numpy(), held["measured_s"].to_numpy())
@@ -81,9 +89,6 @@ def test_small_cpu_calibration_beats_the_datasheet_on_held_out_gemms(tmp_path):
     t = CostModel(spec).times("gemm", 2 * 64 * 256 * 512, (64 * 256 + 256 * 512 + 64 * 512) * 4, 64, "fp32")
     row = cal.table[(cal.table["kind"] == "gemm") & (cal.table["m"] == 64) & (cal.table["k"] == 256)]
     assert float(t) == pytest.approx(float(row["sim_after_s"].iloc[0]), rel=1e-9)
-    assert main(["roofline", "--model", "OLMoE-1B-7B", "--device", str(tmp_path / f"{cal.profile.name}.yaml"),
-                 "--out", str(tmp_path / "roof")]) == 0
-    assert "measured points" in (tmp_path / "roof" / "roofline.md").read_text()  # the profile's own measurements
     # a cluster naming the calibrated profile simulates with its fitted costs
     (tmp_path / "cluster.yaml").write_text(
         f"name: calibrated-box\nnode: {{device: {cal.profile.name}.yaml, devices_per_node: 1, "
@@ -97,6 +102,14 @@ def test_small_cpu_calibration_beats_the_datasheet_on_held_out_gemms(tmp_path):
     result = simulate(tmp_path / "sc.yaml")
     assert result.scenario.cost.efficiency.__class__.__name__ == "CalibratedEfficiency"
     assert result.summary["step_latency_s"]["mean"] > 0
+
+
+@pytest.mark.slow  # the roofline command's charts take seconds
+def test_roofline_of_a_calibrated_profile_shows_its_own_measurements(small_cpu_calibration, tmp_path):
+    cal, folder = small_cpu_calibration
+    assert main(["roofline", "--model", "OLMoE-1B-7B", "--device", str(folder / f"{cal.profile.name}.yaml"),
+                 "--out", str(tmp_path / "roof")]) == 0
+    assert "measured points" in (tmp_path / "roof" / "roofline.md").read_text()  # the profile's own measurements
 
 
 def test_timing_summary_and_bad_input(tmp_path, capsys):

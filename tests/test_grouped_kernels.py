@@ -1,19 +1,16 @@
 """Grouped MoE kernels: permute / grouped GEMM / unpermute against the dense and loop-based references.
 
 The Triton kernel is checked under the Triton interpreter on CPU. TRITON_INTERPRET must be set before
-triton is first imported, so those checks run in a fresh interpreter (subprocess) and stay small."""
+triton is first imported, so those checks run in a fresh interpreter (one for all snippets, started beside
+the tests as soon as collection ends: see conftest.in_background) and stay small."""
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import interpreted  # noqa: E402
 from moesim.kernels.grouped_moe import (  # noqa: E402
     GroupedMoE,
     grouped_gemm,
@@ -224,18 +221,7 @@ def test_triton_unavailable_is_a_one_line_runtime_error(monkeypatch):
 # ---------------------------------------------------------------------------------------- (d), (e)
 
 
-def run_interpreted(code: str) -> str:
-    """Run `code` in a fresh Python with TRITON_INTERPRET=1 (set before triton is imported)."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"interpreter run failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
-
-
-def test_triton_kernel_matches_torch_under_interpreter():
-    pytest.importorskip("triton")
-    out = run_interpreted("""
+KERNEL_VS_TORCH = interpreted("test_triton_kernel_matches_torch_under_interpreter", """
         import torch
         from moesim.kernels.grouped_moe import grouped_gemm_torch
         from moesim.kernels.triton_grouped_gemm import grouped_gemm_triton, triton_available
@@ -267,12 +253,13 @@ def test_triton_kernel_matches_torch_under_interpreter():
         assert grouped_gemm_triton(x[:0], [0, 0, 0, 0], w).shape == (0, 48)
         print("ok")
     """)
-    assert out.strip().endswith("ok")
 
 
-def test_grouped_moe_triton_backend_end_to_end_under_interpreter():
-    pytest.importorskip("triton")
-    out = run_interpreted("""
+def test_triton_kernel_matches_torch_under_interpreter(background):
+    assert background.snippet(KERNEL_VS_TORCH).strip().endswith("ok")
+
+
+TRITON_BACKEND = interpreted("test_grouped_moe_triton_backend_end_to_end_under_interpreter", """
         import torch
         from moesim.kernels.grouped_moe import GroupedMoE
         from moesim.kernels.moe_layer import MoELayer
@@ -286,4 +273,7 @@ def test_grouped_moe_triton_backend_end_to_end_under_interpreter():
             torch.testing.assert_close(out, loop(x), atol=1e-5, rtol=1e-5)
         print("ok")
     """)
-    assert out.strip().endswith("ok")
+
+
+def test_grouped_moe_triton_backend_end_to_end_under_interpreter(background):
+    assert background.snippet(TRITON_BACKEND).strip().endswith("ok")

@@ -1,8 +1,6 @@
 """Run directories: summary, tables, a valid Chrome trace; every bundled example runs."""
 
 import json
-import subprocess
-import sys
 
 import jsonschema
 import pandas as pd
@@ -12,7 +10,7 @@ from moesim.simulator.config import config_from_dict
 from moesim.simulator.run import simulate, write_run_dir
 from moesim.simulator.scenario import resolve
 
-from conftest import shrink_serving, EXAMPLES, example_config, write_config
+from conftest import shrink_serving, EXAMPLES, example_config, in_background, write_config
 
 # The Trace Event Format (https://docs.google.com/document/d/1CvAClvFfyA5R-PhYUmn5OOQtYMH4h6I0nSsKchNAySU):
 # complete events need name, ph "X", ts, dur (microseconds), pid, tid; metadata events ph "M".
@@ -79,13 +77,28 @@ def test_trace_validates_against_trace_event_format(run_dir):
     assert max(e["args"]["step"] for e in complete) == 1  # trace_steps: 2
 
 
-@pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
-def test_every_bundled_example_runs(tmp_path, example):
+EXAMPLE_NAMES = sorted(p.name for p in EXAMPLES.glob("*.yaml"))
+SHORT_PROMPT = 1024  # prefill examples run with prompts cut to this many tokens by default
+
+
+def _long_prompts(name: str) -> bool:
+    workload = example_config(name).get("workload", {})
+    return workload.get("phase") == "prefill" and workload.get("seq_len", 0) > SHORT_PROMPT
+
+
+@pytest.mark.parametrize("example,full_prompts", [pytest.param(name, False, id=name) for name in EXAMPLE_NAMES] + [
+    pytest.param(name, True, marks=pytest.mark.slow, id=f"{name}-full-prompts")
+    for name in EXAMPLE_NAMES if _long_prompts(name)])
+def test_every_bundled_example_runs(tmp_path, example, full_prompts):
+    """Every example, a few steps or requests; long prefill prompts are shortened except in the slow set
+    (DeepSeek-V3 prefill at its 4096-token prompts samples ~60M expert choices a step)."""
     cfg = example_config(example)
     if "serving" in cfg:
         shrink_serving(cfg)
     else:
         cfg["workload"]["steps"] = min(cfg["workload"]["steps"], 2)
+        if not full_prompts and cfg["workload"].get("phase") == "prefill":
+            cfg["workload"]["seq_len"] = min(cfg["workload"]["seq_len"], SHORT_PROMPT)
     cfg["outputs"] = {"dir": str(tmp_path / "run")}
     res = simulate(resolve(config_from_dict(cfg, EXAMPLES)))  # relative paths as in the example folder
     assert res.summary["step_latency_s"]["mean"] > 0
@@ -93,18 +106,26 @@ def test_every_bundled_example_runs(tmp_path, example):
         assert res.requests["finished"].all() and res.summary["serving"]["latency"]["ttft_s"]["count"] > 0
 
 
-def test_cli_simulate_writes_run_directory(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "moesim.cli", "simulate", str(EXAMPLES / "mixtral-decode-8xh100.yaml"),
-                           "--steps", "2", "--out", str(tmp_path / "run")], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert "step latency" in proc.stdout
-    assert (tmp_path / "run" / "summary.json").exists() and (tmp_path / "run" / "trace.json").exists()
+CLI_SIMULATE = in_background("test_cli_simulate_writes_run_directory", "-m", "moesim.cli", "simulate",
+                             EXAMPLES / "mixtral-decode-8xh100.yaml", "--steps", "2", "--out", "{out}/run")
 
 
-def test_cli_profiles_list_and_show():
-    out = subprocess.run([sys.executable, "-m", "moesim.cli", "profiles", "list"], capture_output=True, text=True)
-    assert out.returncode == 0 and "H100-SXM" in out.stdout and "DeepSeek-V3" in out.stdout
-    show = subprocess.run([sys.executable, "-m", "moesim.cli", "profiles", "show", "h800-4x8"], capture_output=True, text=True)
-    assert show.returncode == 0 and "topology:" in show.stdout
-    bad = subprocess.run([sys.executable, "-m", "moesim.cli", "profiles", "show", "H900"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "H100-SXM" in bad.stderr
+def test_cli_simulate_writes_run_directory(background):
+    """`python -m moesim.cli simulate` in a fresh Python (started beside the tests: see conftest)."""
+    rc, out, err, folder = background.run(CLI_SIMULATE)
+    assert rc == 0, err
+    assert "step latency" in out
+    assert (folder / "run" / "summary.json").exists() and (folder / "run" / "trace.json").exists()
+
+
+def test_cli_profiles_list_and_show(capsys):
+    """In process (the test above runs `python -m moesim.cli` itself; a fresh Python costs a second)."""
+    from moesim.cli import main
+
+    assert main(["profiles", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "H100-SXM" in out and "DeepSeek-V3" in out
+    assert main(["profiles", "show", "h800-4x8"]) == 0
+    assert "topology:" in capsys.readouterr().out
+    assert main(["profiles", "show", "H900"]) == 2
+    assert "H100-SXM" in capsys.readouterr().err

@@ -8,6 +8,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pytest
 from moesim.placement.ilp import IlpOptions
 from moesim.placement.methods import compare_methods
 from moesim.placement.problem import problem_from_routing
@@ -87,6 +88,7 @@ def test_report_from_simulated_study(tmp_path: Path) -> None:
     assert ("in-sample" if study.in_sample else "out-of-sample") in text
 
 
+@pytest.mark.slow  # places and simulates the whole Mixtral example (32 MoE layers), then plots it
 def test_report_out_of_sample_mixtral(tmp_path: Path) -> None:
     """Mixtral decode (32 MoE layers, zipf routing): baselines only, simulated out of sample."""
     study = _simulated_study(EXAMPLE, ["contiguous", "eplb"])

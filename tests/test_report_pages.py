@@ -22,12 +22,14 @@ import pytest
 import yaml
 from moesim.reports.compare_report import write_comparison_report
 from moesim.reports.html_page import Table
-from moesim.reports.run_report import STRAGGLER_CMAP, straggler_colors, write_run_report
+from moesim.reports.run_report import STRAGGLER_CMAP, straggler_colors
 from moesim.simulator.config import config_from_dict
-from moesim.simulator.run import simulate, write_run_dir
+from moesim.simulator.run import simulate
 from moesim.simulator.run_tables import OFFLOAD_COPY, link_table
 from moesim.validation.errors import error_table
 from moesim.reports.calibration_report import verdict, write_validation_report
+
+from conftest import in_background
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 RUN = "tiny-moe-trace-8xh100.yaml"  # 8 devices: straggler map, traffic, links; simulates in a blink
@@ -104,18 +106,18 @@ def _config(name: str, steps: int = 2) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict:
-    """Each example simulated once for the module: its result and its run directory."""
-    root = tmp_path_factory.mktemp("pages")
-    out = {}
-    for name in (RUN, OFFLOAD):
-        result = simulate(config_from_dict(_config(name), EXAMPLES))
-        out[name] = (result, write_run_dir(result, root / Path(name).stem))
-    return out
+def runs(example_runs) -> dict:
+    """Each example simulated once for the session (shared with test_run_report, as are their reports):
+    its result and its run directory."""
+    return {name: example_runs.run(_config(name), Path(name).stem) for name in (RUN, OFFLOAD)}
 
 
-def test_run_report_is_self_contained(runs, tmp_path: Path) -> None:
-    page = write_run_report(runs[RUN][1], tmp_path / "report")
+def _report(example_runs, name: str) -> Path:
+    return example_runs.report(_config(name), Path(name).stem)
+
+
+def test_run_report_is_self_contained(example_runs, tmp_path: Path) -> None:
+    page = _report(example_runs, RUN)
     text = assert_self_contained(page, tmp_path, min_images=6)
     assert "Straggler map" in text and 'download="metrics.csv"' in text
     # the Markdown beside it still shows the PNG files by name
@@ -123,7 +125,7 @@ def test_run_report_is_self_contained(runs, tmp_path: Path) -> None:
     assert "](run-expert-time.png)" in md and (page.parent / "run-expert-time.png").is_file()
 
 
-def test_offload_link_table_counts_copied_bytes(runs, tmp_path: Path) -> None:
+def test_offload_link_table_counts_copied_bytes(runs, example_runs, tmp_path: Path) -> None:
     """An offloading run moves its expert copies over the host link: links.csv, the link table and
     the run report count exactly the bytes of the copies that landed."""
     result, run_dir = runs[OFFLOAD]
@@ -142,7 +144,8 @@ def test_offload_link_table_counts_copied_bytes(runs, tmp_path: Path) -> None:
     assert float(written.loc[written["source"] == OFFLOAD_COPY, "bytes"].sum()) == pytest.approx(copied)
     assert float(written.loc[written["class"] == "pcie", "bytes"].sum()) > 0  # not "pcie: 0"
 
-    page = write_run_report(run_dir, tmp_path / "report")
+    page = _report(example_runs, OFFLOAD)
+    assert page.parent == run_dir.parent / f"{run_dir.name}-report"  # the report of this very run
     text = assert_self_contained(page, tmp_path, min_images=5)
     assert "Bytes over links" in text and "offload copy" in text
     assert "no link carried bytes" not in text
@@ -199,11 +202,14 @@ def test_placement_report_is_self_contained(tmp_path: Path) -> None:
     assert '<div class="scroll">' in text  # the wide methods table scrolls instead of overflowing
 
 
-def test_roofline_page_is_self_contained(tmp_path: Path) -> None:
-    from moesim.cli import main
+ROOFLINE = in_background("test_roofline_page_is_self_contained", "-m", "moesim.cli", "roofline",
+                         EXAMPLES / "mixtral-decode-8xh100.yaml", "--out", "{out}/roof")  # beside the tests
 
-    assert main(["roofline", str(EXAMPLES / "mixtral-decode-8xh100.yaml"), "--out", str(tmp_path / "roof")]) == 0
-    assert_self_contained(tmp_path / "roof" / "roofline.html", tmp_path, min_images=3)
+
+def test_roofline_page_is_self_contained(background, tmp_path: Path) -> None:
+    rc, _, err, folder = background.run(ROOFLINE)
+    assert rc == 0, err
+    assert_self_contained(folder / "roof" / "roofline.html", tmp_path, min_images=3)
 
 
 def _calibration_table(after_factor: float) -> pd.DataFrame:

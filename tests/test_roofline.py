@@ -16,7 +16,7 @@ from moesim.simulator.roofline import device_roof, expert_sweep, op_rows, ridge_
 from moesim.simulator.scenario import resolve
 from moesim.workloads import load_model
 
-from conftest import EXAMPLES, example_config
+from conftest import DATA, EXAMPLES, example_config, in_background
 
 H100_PEAK, H100_BW = 989.4e12 * 0.7, 3.35e12 * 0.8  # bf16 dense peak and HBM3 at the profile's efficiencies
 
@@ -80,14 +80,20 @@ def test_roofline_ops_agree_with_the_engine_plan(tmp_path, example, workload):
         assert rows["share_of_layer"].sum() == pytest.approx(1.0)
 
 
-def test_roofline_command_writes_charts_and_tables(tmp_path):
-    measured = tmp_path / "measured.csv"
-    pd.DataFrame({"device": ["H100-SXM"], "op": ["gemm"], "flops": [1e12], "bytes": [1e9], "time_s": [3e-3]}
-                 ).to_csv(measured, index=False)
-    out = tmp_path / "roof"
-    rc = main(["roofline", str(EXAMPLES / "mixtral-decode-8xh100.yaml"), "--device", "Logic-PIM", "--device",
-               "Xeon-8480", "--measured", str(measured), "--out", str(out)])
-    assert rc == 0
+# `moesim roofline` twice in fresh Pythons, beside the other tests (conftest.in_background): its charts
+# take seconds. The measured point: one H100 GEMM of 1e12 FLOP and 1e9 bytes in 3 ms.
+ROOFLINE = in_background("test_roofline_command_writes_charts_and_tables#1", "-m", "moesim.cli", "roofline",
+                         EXAMPLES / "mixtral-decode-8xh100.yaml", "--device", "Logic-PIM", "--device", "Xeon-8480",
+                         "--measured", DATA / "roofline-measured.csv", "--out", "{out}/roof")
+ROOFLINE_MODEL = in_background("test_roofline_command_writes_charts_and_tables#2", "-m", "moesim.cli",
+                               "roofline", "--model", "Qwen3-30B-A3B", "--device", "H100-SXM", "--device", "B200",
+                               "--out", "{out}/roof2")
+
+
+def test_roofline_command_writes_charts_and_tables(background):
+    rc, _, err, folder = background.run(ROOFLINE)
+    assert rc == 0, err
+    out = folder / "roof"
     for name in ("roofline.png", "expert-sweep.png", "time-share.png", "roofline.csv", "expert-sweep.csv",
                  "ridge.csv", "roofline.html", "roofline.md"):
         assert (out / name).stat().st_size > 0, name
@@ -97,10 +103,9 @@ def test_roofline_command_writes_charts_and_tables(tmp_path):
     ridge = pd.read_csv(out / "ridge.csv").set_index("device")
     assert ridge.loc["Logic-PIM", "compute_bound_from_tokens_per_expert"] < ridge.loc[
         "H100-SXM", "compute_bound_from_tokens_per_expert"]  # PIM's low ridge: Duplex's Op/B argument
-    out2 = tmp_path / "roof2"
-    assert main(["roofline", "--model", "Qwen3-30B-A3B", "--device", "H100-SXM", "--device", "B200", "--out",
-                 str(out2)]) == 0
-    phases = set(pd.read_csv(out2 / "roofline.csv")["phase"])
+    rc, _, err, folder = background.run(ROOFLINE_MODEL)
+    assert rc == 0, err
+    phases = set(pd.read_csv(folder / "roof2" / "roofline.csv")["phase"])
     assert phases == {"prefill", "decode"}
 
 

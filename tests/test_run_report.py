@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import shrink_serving
+from conftest import ExampleRuns, shrink_serving
 from moesim.errors import MoesimError
 from moesim.reports.compare_report import change, run_names, write_comparison_report
 from moesim.reports.run_report import load_run, write_run_report
@@ -88,33 +88,23 @@ def _run(cfg: dict, out: Path) -> Path:
     return write_run_dir(simulate(config_from_dict(cfg, EXAMPLES)), out)
 
 
-_RUNS: dict[str, Path] = {}
-_REPORTS: dict[str, Path] = {}
+@pytest.fixture
+def root(example_runs: ExampleRuns) -> ExampleRuns:
+    """The session's example runs, shared with the other report tests (conftest.ExampleRuns)."""
+    return example_runs
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("runs")
+def _example_run(root: ExampleRuns, name: str) -> Path:
+    """Each example simulated once (2 steps, fewer for the slow ones) for the whole session."""
+    return root.run(_config(name), Path(name).stem)[1]
 
 
-def _example_run(root: Path, name: str) -> Path:
-    """Each example simulated once (2 steps, fewer for the slow ones) for the whole module."""
-    key = f"{root}/{name}"
-    if key not in _RUNS:
-        _RUNS[key] = _run(_config(name), root / Path(name).stem)
-    return _RUNS[key]
-
-
-def _example_report(root: Path, name: str) -> Path:
+def _example_report(root: ExampleRuns, name: str) -> Path:
     """Each example's report written once, into a folder of its own (not the default run/report)."""
-    key = f"{root}/{name}"
-    if key not in _REPORTS:
-        run = _example_run(root, name)
-        _REPORTS[key] = write_run_report(run, run.parent / f"{run.name}-report")
-    return _REPORTS[key]
+    return root.report(_config(name), Path(name).stem)
 
 
-def test_run_report(root: Path) -> None:
+def test_run_report(root: ExampleRuns) -> None:
     page = _example_report(root, DECODE)
     run = _example_run(root, DECODE)
     out = page.parent
@@ -146,7 +136,8 @@ def test_run_report(root: Path) -> None:
     assert steps["step_latency_s"].mean() == pytest.approx(summary["step_latency_s"]["mean"], rel=1e-6)
 
 
-def test_multi_node_run_report(root: Path) -> None:
+@pytest.mark.slow  # DeepSeek-V3's 61 layers x 32 devices: seconds of plotting
+def test_multi_node_run_report(root: ExampleRuns) -> None:
     page = _example_report(root, MULTI_NODE)
     _check_page(page, min_images=6)
     text = page.read_text(encoding="utf-8")
@@ -154,7 +145,7 @@ def test_multi_node_run_report(root: Path) -> None:
     assert "cross nodes" in text and "inter-node share" in text
 
 
-def test_offload_run_report(root: Path) -> None:
+def test_offload_run_report(root: ExampleRuns) -> None:
     page = _example_report(root, OFFLOAD)
     out = page.parent
     parsed = _check_page(page, min_images=4)
@@ -175,7 +166,7 @@ def test_offload_run_report(root: Path) -> None:
     assert per_layer["fetched_bytes"].sum() > 0
 
 
-def test_comparison_of_placements(root: Path, tmp_path: Path) -> None:
+def test_comparison_of_placements(root: ExampleRuns, tmp_path: Path) -> None:
     """Mixtral with EP4 (two experts per device): contiguous against round-robin placement."""
     dirs = []
     for policy in ("contiguous", "round_robin"):
@@ -195,7 +186,7 @@ def test_comparison_of_placements(root: Path, tmp_path: Path) -> None:
     assert "step_latency_mean_s" in set(table["metric"])
 
 
-def test_comparison_of_offload_policies(root: Path, tmp_path: Path) -> None:
+def test_comparison_of_offload_policies(root: ExampleRuns, tmp_path: Path) -> None:
     oracle = _config(OFFLOAD)
     oracle["name"] = "offload-oracle"
     oracle["offload"]["prefetch"] = {"policy": "oracle", "lookahead": 1}
@@ -223,7 +214,7 @@ def test_change_direction() -> None:
     assert change(None, 2.0, "lower")[1] == ""
 
 
-def test_duplicate_names(root: Path, tmp_path: Path) -> None:
+def test_duplicate_names(root: ExampleRuns, tmp_path: Path) -> None:
     run = _example_run(root, DECODE)
     copy = tmp_path / "copy"
     copy.mkdir()
@@ -233,7 +224,7 @@ def test_duplicate_names(root: Path, tmp_path: Path) -> None:
     assert len(set(run_names([a, a]))) == 2
 
 
-def test_missing_summary(tmp_path: Path, root: Path) -> None:
+def test_missing_summary(tmp_path: Path, root: ExampleRuns) -> None:
     run = _example_run(root, DECODE)
     empty = tmp_path / "not-a-run"
     empty.mkdir()
@@ -249,7 +240,7 @@ def test_missing_summary(tmp_path: Path, root: Path) -> None:
         write_comparison_report([run], tmp_path / "cmp")
 
 
-def test_missing_optional_files(root: Path, tmp_path: Path) -> None:
+def test_missing_optional_files(root: ExampleRuns, tmp_path: Path) -> None:
     """A run directory with only summary.json still reports (into run/report by default), with notes in
     place of the figures."""
     bare = tmp_path / "bare"
@@ -262,14 +253,19 @@ def test_missing_optional_files(root: Path, tmp_path: Path) -> None:
     assert (page.parent / "metrics.csv").is_file()
 
 
-@pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
-def test_every_example_reports(example: str, root: Path) -> None:
+# The examples whose reports the default tests above write already run by default; every other example's
+# report (seconds of plotting each) is in the slow set (pytest -m slow).
+@pytest.mark.parametrize("example", [
+    pytest.param(name, marks=() if name in (DECODE, OFFLOAD) else pytest.mark.slow)
+    for name in sorted(p.name for p in EXAMPLES.glob("*.yaml"))])
+def test_every_example_reports(example: str, root: ExampleRuns) -> None:
     page = _example_report(root, example)
     _check_page(page, min_images=3)
     name = yaml.safe_load((EXAMPLES / example).read_text())["name"]
     assert name in page.read_text(encoding="utf-8")
 
 
+@pytest.mark.slow  # three CLI runs of the Mixtral example, two reports
 def test_simulate_report_flag_and_report_command(tmp_path):
     """`moesim simulate --report` writes RUN_DIR/report; `moesim report A B` compares two runs."""
     from moesim.cli import main

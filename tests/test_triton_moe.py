@@ -2,35 +2,26 @@
 
 Alignment is plain torch and is checked in-process against hand calculations. The kernels run under the
 Triton interpreter on CPU; TRITON_INTERPRET must be set before triton is first imported, so those checks
-run in a fresh interpreter (subprocess) with small shapes."""
+run with small shapes in a fresh interpreter (one for all snippets, started beside the tests as soon as
+collection ends, as is the benchmark's smoke run: see conftest.in_background)."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import in_background, interpreted  # noqa: E402
 from moesim.kernels.moe_align import align_counts, align_topk_ids, choose_block_m, max_blocks  # noqa: E402
 from moesim.kernels.triton_fused_moe import check_fused_args, fused_moe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks" / "bench_triton_moe.py"
-
-
-def run_interpreted(code: str, *args: str, script: Path | None = None) -> str:
-    """Run `code` (or `script` with args) in a fresh Python with TRITON_INTERPRET=1 set before triton loads."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    cmd = [sys.executable, str(script), *args] if script else [sys.executable, "-c", textwrap.dedent(code)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"interpreter run failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
 
 
 # ---------------------------------------------------------------------------------------------- alignment
@@ -126,9 +117,7 @@ def test_fused_moe_unavailable_is_one_line(monkeypatch):
 # ---------------------------------------------------------------------------------------------- kernels
 
 
-def test_fused_moe_matches_loop_reference_under_interpreter():
-    pytest.importorskip("triton")
-    out = run_interpreted("""
+FUSED_VS_LOOP = interpreted("test_fused_moe_matches_loop_reference_under_interpreter", """
         import torch
         import torch.nn.functional as F
         from moesim.kernels.triton_fused_moe import fused_moe
@@ -170,12 +159,13 @@ def test_fused_moe_matches_loop_reference_under_interpreter():
         assert z.shape == (0, 16)
         print("ok")
     """)
-    assert out.strip().endswith("ok")
 
 
-def test_grouped_moe_triton_fused_backend_matches_dense_reference():
-    pytest.importorskip("triton")
-    out = run_interpreted("""
+def test_fused_moe_matches_loop_reference_under_interpreter(background):
+    assert background.snippet(FUSED_VS_LOOP).strip().endswith("ok")
+
+
+FUSED_BACKEND = interpreted("test_grouped_moe_triton_fused_backend_matches_dense_reference", """
         import torch
         from moesim.kernels.grouped_moe import GroupedMoE
         from moesim.kernels.moe_layer import MoELayer
@@ -193,7 +183,10 @@ def test_grouped_moe_triton_fused_backend_matches_dense_reference():
             torch.testing.assert_close(bf(xb).float(), bf.dense_reference(xb).float(), atol=3e-2, rtol=3e-2)
         print("ok")
     """)
-    assert out.strip().endswith("ok")
+
+
+def test_grouped_moe_triton_fused_backend_matches_dense_reference(background):
+    assert background.snippet(FUSED_BACKEND).strip().endswith("ok")
 
 
 SYNC_GUARD = """
@@ -233,12 +226,7 @@ SYNC_GUARD = """
 """
 
 
-def test_fused_forward_does_no_host_sync():
-    """Every host read a CUDA forward could hit is made to raise; the fused forward must not touch one.
-
-    The old "triton" backend (counts read on the host) is the control: the same guard must catch it."""
-    pytest.importorskip("triton")
-    out = run_interpreted(SYNC_GUARD + """
+NO_HOST_SYNC = interpreted("test_fused_forward_does_no_host_sync", SYNC_GUARD + """
     from moesim.kernels.grouped_moe import GroupedMoE
     torch.manual_seed(0)
     x = torch.randn(13, 32)
@@ -255,22 +243,32 @@ def test_fused_forward_does_no_host_sync():
             raise SystemExit("the guard missed the host sync of the 'triton' backend")
     print("ok")
     """)
+
+
+def test_fused_forward_does_no_host_sync(background):
+    """Every host read a CUDA forward could hit is made to raise; the fused forward must not touch one.
+
+    The old "triton" backend (counts read on the host) is the control: the same guard must catch it."""
+    out = background.snippet(NO_HOST_SYNC)
     assert "control caught" in out and out.strip().endswith("ok")
 
 
 # ---------------------------------------------------------------------------------------------- benchmark
 
 
-def test_benchmark_smoke_and_report(tmp_path):
+BENCH_SMOKE = in_background("test_benchmark_smoke_and_report", BENCH, "--smoke", "--out", "{out}",
+                            "--compare", "{out}/none", env={"TRITON_INTERPRET": "1"}, needs=("triton",))
+
+
+def test_benchmark_smoke_and_report(background):
     """`bench_triton_moe.py --smoke` runs tiny cases under the interpreter; --report reprints its table."""
-    pytest.importorskip("triton")
-    out = run_interpreted("", "--smoke", "--out", str(tmp_path), "--compare", str(tmp_path / "none"),
-                          script=BENCH)
+    rc, out, err, folder = background.run(BENCH_SMOKE)
+    assert rc == 0, f"interpreter run failed:\n{out}\n{err}"
     assert "grouped" in out and "layer" in out
-    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    rows = json.loads((folder / "results.json").read_text())["rows"]
     assert {r["kind"] for r in rows} == {"grouped", "layer"}
     assert all(r["max_rel_err"] < 1e-3 for r in rows)
-    report = subprocess.run([sys.executable, str(BENCH), "--report", str(tmp_path)],
+    report = subprocess.run([sys.executable, str(BENCH), "--report", str(folder)],
                             capture_output=True, text=True, timeout=120)
     assert report.returncode == 0, report.stderr
     assert "ratio" in report.stdout
