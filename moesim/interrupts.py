@@ -100,10 +100,13 @@ def _after_the_command(signum: int, frame) -> None:  # noqa: ARG001
     os._exit(128 + _seen[0])
 
 
-def _block_at_exit() -> None:
-    """Last of the exit handlers: Python is about to put its default signal handlers back while it
-    tears down, and a signal then would kill a command that has finished; block it instead."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, set(SIGNALS))
+def _ignore_at_exit() -> None:
+    """Last of the exit handlers: Python is about to put the default action back on signals that
+    have a Python handler while it tears down, and a signal then would kill a command that has
+    finished. An ignored signal is left ignored (and ignoring is process-wide, unlike blocking,
+    which would leave the BLAS and solver threads open to it)."""
+    for s in SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
 
 
 @contextmanager
@@ -119,8 +122,8 @@ def handling_signals(keep_after: bool = False) -> Iterator[None]:
         yield
         return
     previous = {s: signal.signal(s, _handler) for s in SIGNALS}
-    if keep_after and hasattr(signal, "pthread_sigmask"):
-        atexit.register(_block_at_exit)  # registered first, so it runs last
+    if keep_after:
+        atexit.register(_ignore_at_exit)  # registered first, so it runs last
     try:
         yield
     finally:
