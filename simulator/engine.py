@@ -84,7 +84,6 @@ class Engine:
     def __init__(self, scenario: Scenario, progress: Callable[[int], None] | None = None,
                  plans: Iterable[list[StepPlan]] | None = None, overlap: Callable | None = None):
         from moesim.simulator.compose import pipeline_for, step_source_for
-        from moesim.simulator.overlap.schedules import schedule_for
 
         self.sc = scenario
         self.env = simpy.Environment()
@@ -106,6 +105,16 @@ class Engine:
                 self.cache = IterationCache(pipeline)
                 plans = self.cache.plans(source)
         self._feed = plan_feed(iter(plans), pipeline, steps, self.interactive)
+        try:
+            self._set_up(scenario, progress, overlap)
+        except BaseException:  # an error or an interrupt here must not leave the feed's child running
+            self._feed.close()
+            raise
+
+    def _set_up(self, scenario: Scenario, progress: Callable[[int], None] | None, overlap: Callable | None) -> None:
+        """Everything the engine holds besides its plan feed (split out so a failure closes the feed)."""
+        from moesim.simulator.overlap.schedules import schedule_for
+
         self.stream = overlap or schedule_for(scenario)
         self.progress = progress
         L, n = scenario.model.num_layers, scenario.num_devices
@@ -321,9 +330,9 @@ class Engine:
     def run(self) -> EngineResult:
         if self._ended == 0:
             raise MoesimError("the step source yielded no steps: nothing to simulate")
-        for d in range(self.n):
-            self.env.process(self.stream(self, d))
         try:
+            for d in range(self.n):
+                self.env.process(self.stream(self, d))
             run_events(self.env)
         except MoesimError as err:  # SimPy re-raises a process's error as a copy without its fields
             if isinstance(err.__cause__, MoesimError):

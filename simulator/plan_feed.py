@@ -53,12 +53,15 @@ class ThreadFeed:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _build_ahead(plans: Iterator[list[StepPlan]], conn) -> None:
+def _build_ahead(plans: Iterator[list[StepPlan]], conn, parent_end) -> None:
     """Child process: send every step's plans, then None; an error is sent in their place. Signals
-    are the parent's to handle (it stops the child when it stops)."""
+    are the parent's to handle (it stops the child when it stops). The parent's end of the pipe,
+    inherited by the fork, is closed first: should the parent die without stopping the child, the
+    next send fails and the child ends, instead of blocking on a full pipe for ever."""
     from moesim import interrupts
 
     interrupts.ignore_in_child()
+    parent_end.close()
     try:
         for step_plans in plans:
             for p in step_plans:
@@ -86,7 +89,8 @@ class ProcessFeed:
         ctx = multiprocessing.get_context("fork")
         self._pipeline = pipeline
         self._conn, child = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(target=_build_ahead, args=(plans, child), daemon=True, name="moesim-plans")
+        self._proc = ctx.Process(target=_build_ahead, args=(plans, child, self._conn), daemon=True,
+                                 name="moesim-plans")
         self._proc.start()
         child.close()
         self._done = False

@@ -90,14 +90,14 @@ def startup_s() -> float:
 
 
 def interrupt(argv: list[str], folder: Path, seed: int, signum: int, window: tuple[float, float]) -> Outcome:
-    """Run `moesim argv` in `folder`, send `signum` at a seeded random moment in `window` (never
-    before moesim has started), wait."""
+    """Run `moesim argv` in `folder` (its own process group), send `signum` at a seeded random
+    moment in `window` (never before moesim has started), wait; fail if it leaves a process behind."""
     rng = random.Random(seed)
     window = (max(window[0], startup_s()), max(window[1], startup_s() + 0.5))
     group = seed % 2 == 1  # odd seeds: the whole process group, as a terminal's Ctrl-C
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "moesim.cli", *argv], cwd=folder, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=group)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     time.sleep(rng.uniform(*window))
     finished_first = proc.poll() is not None
     sent = time.monotonic()
@@ -106,10 +106,43 @@ def interrupt(argv: list[str], folder: Path, seed: int, signum: int, window: tup
     try:
         _, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=10)
         pytest.fail(f"{argv} ignored {signal.Signals(signum).name} for 60 s")
-    return Outcome(proc.returncode, err.decode(errors="replace"), time.monotonic() - sent, finished_first)
+    stop = time.monotonic() - sent
+    survivors = _group_alive(proc.pid)
+    if survivors:  # e.g. a plan-feed child its parent did not stop: it would hold the outputs' pipes
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"{argv} left a process of its group running after it exited")
+    return Outcome(proc.returncode, err.decode(errors="replace"), stop, finished_first)
+
+
+def _members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group, from /proc (Linux); elsewhere, any."""
+    if not Path("/proc/self/stat").exists():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return []
+        return [pgid]
+    live = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            live.append(int(stat.parent.name))
+    return live
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group is still running, a moment after its leader exited."""
+    for _ in range(20):
+        if not _members(pgid):
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -195,3 +228,41 @@ def test_a_signal_during_the_solver_reaches_python_and_is_not_swallowed(tmp_path
     out = interrupt(argv, tmp_path, 0, signal.SIGINT, (4.0, 4.0))
     assert out.code == 130 and out.stop_s < STOP_WITHIN_S, (out.code, out.stop_s, out.err)
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+ORPHAN = """
+import os, sys, time
+from moesim.simulator.plan_feed import ProcessFeed
+
+class Plan:
+    pipeline = None
+    payload = b"x" * 65536  # a few plans fill the pipe
+
+def plans():
+    while True:
+        yield [Plan()]
+
+feed = ProcessFeed(plans(), pipeline=None)
+feed.next()
+print(feed._proc.pid, flush=True)
+time.sleep(0.3)  # the child fills the pipe and blocks on its next send
+os._exit(0)  # the parent dies without stopping it (as an interrupt before the engine's cleanup would)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the plan feed forks on Linux only")
+def test_a_plan_feed_child_does_not_outlive_its_parent():
+    """The forked plan builder must not block for ever on a full pipe once its parent is gone (it
+    would hold the parent's stdout and stderr open, so whoever reads them would wait for ever)."""
+    out = subprocess.run([sys.executable, "-c", ORPHAN], capture_output=True, text=True, timeout=30)
+    child = int(out.stdout.split()[0])
+    for _ in range(60):
+        try:
+            stat = Path(f"/proc/{child}/stat").read_text()
+        except FileNotFoundError:
+            return
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return
+        time.sleep(0.05)
+    os.kill(child, signal.SIGKILL)
+    pytest.fail("the plan feed's child was still running 3 s after its parent died")
