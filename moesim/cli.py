@@ -158,7 +158,7 @@ def _run_report(run_dir: Path, out: Path | None, force: bool = True) -> Path:
     return target / page.relative_to(partial)
 
 
-def _sweep_points(args: argparse.Namespace, loads: list[float], closed: bool) -> list[tuple[str, str, str]]:
+def _sweep_points(loads: list[float], closed: bool) -> list[tuple[str, str, str]]:
     """(label, --set item, folder name) of every point of a load sweep, in load order."""
     points = []
     for x in loads:
@@ -194,7 +194,7 @@ def _sweep(args: argparse.Namespace, overrides: list[str], console) -> int:
     closed = serving.users is not None
     if closed and any(x != int(x) for x in loads):
         raise ConfigError("a closed loop sweeps whole numbers of users", field="--load")
-    points = _sweep_points(args, loads, closed)
+    points = _sweep_points(loads, closed)
     scenarios = [load_scenario(args.config, overrides + [item]) for _, item, _ in points]  # every point validates first
     root = _run_dir_for(args, base, console, "-sweep")
     earlier = holds_files(root)
@@ -902,14 +902,13 @@ def main(argv: list[str] | None = None) -> int:
             code = args.func(args)
             interrupts.check()  # a signal swallowed where it landed still stops the command
             return code
-        except MoesimError as err:
+        except (MoesimError, OSError) as err:
             if interrupts.pending() is not None:  # the error came from cutting the work short
                 return _interrupted(interrupts.Interrupted(interrupts.pending()))
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        except OSError as err:  # the filesystem refused an output (disk full, permissions, a name too long)
-            if interrupts.pending() is not None:
-                return _interrupted(interrupts.Interrupted(interrupts.pending()))
+            if isinstance(err, MoesimError):
+                print(f"error: {err}", file=sys.stderr)
+                return 2
+            # the filesystem refused an output (disk full, permissions, a name too long)
             where = f" {err.filename}" if err.filename else ""
             print(f"error: cannot write or read{where}: {err.strerror or err}", file=sys.stderr)
             return 2

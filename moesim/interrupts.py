@@ -163,11 +163,6 @@ def keep(description: str) -> None:
     _kept.append(description)
 
 
-def kept() -> list[str]:
-    """What `keep` noted since the handler was installed."""
-    return list(_kept)
-
-
 def ignore_in_child() -> None:
     """In a forked helper process: leave SIGINT to the parent (which stops the child itself), and
     end quietly on SIGTERM."""

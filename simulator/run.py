@@ -8,7 +8,7 @@ from typing import Callable
 
 from moesim import json_io
 from moesim.errors import ConfigError
-from moesim.outputs import atomic_dir, check_out_dir, free_name as free_run_dir  # noqa: F401 - re-exported
+from moesim.outputs import atomic_dir
 from moesim.simulator.config import ScenarioFile
 from moesim.simulator.engine import Engine
 from moesim.simulator.metrics import SimResult, summarize

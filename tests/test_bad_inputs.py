@@ -1581,6 +1581,13 @@ OUTPUT_CASES = [
     Case("out-place-foreign", {**TOY, **FOREIGN}, ["place", "scenario.yaml", "--methods", "eplb", "--out", "mine",
                                                     "--force"], ["mine", "did not write"]),
     Case("out-roofline-foreign", {**TOY, **FOREIGN}, ROOF_SC[:-1] + ["mine", "--force"], ["mine", "did not write"]),
+    Case("out-calibrate-foreign", {"ops.csv": "kind,m,k,n,time_s\ngemm,16,1024,1024,1e-5\n", **FOREIGN},
+         ["calibrate", "--from-table", "ops.csv", "--profile", "H100-SXM", "--out", "mine", "--force"],
+         ["mine", "did not write"]),
+    Case("out-trace-fit-exists", {**TOY, "t.parquet": parquet(), "g.yaml": "mine"},
+         ["trace", "fit", "t.parquet", "--out", "g.yaml"], ["g.yaml", "--force"]),
+    Case("out-trace-fit-over-its-trace", {**TOY, "t.yaml": parquet()}, ["trace", "fit", "t.yaml", "--out", "t.yaml",
+                                                                       "--force"], ["t.yaml", "input"]),
     Case("out-trace-stats-foreign", {**TOY, "t.parquet": parquet(), **FOREIGN},
          stats("t.parquet", "--out", "mine", "--force"), ["mine", "did not write"]),
 ]
