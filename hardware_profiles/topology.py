@@ -138,6 +138,16 @@ class Routes:
     link_peak: np.ndarray | None = None  # B/s per directed link before efficiency
     comm: dict[str, LinkComm] = field(default_factory=dict)  # per comm kind (empty: no floors, link efficiency)
 
+    def path_links(self, src: int, dst: int) -> np.ndarray:
+        """The directed links of the path src -> dst (empty for a device to itself)."""
+        p = src * self.num_devices + dst
+        return self.pair_links[self.pair_ptr[p]:self.pair_ptr[p + 1]]
+
+    def slowest_bandwidth(self, src: int, dst: int) -> float:
+        """Achievable B/s of the slowest link on the path src -> dst (inf for a device to itself)."""
+        links = self.path_links(src, dst)
+        return float(self.link_bandwidth[links].min()) if links.size else float("inf")
+
 
 def compute_routes(g: nx.DiGraph) -> Routes:
     devices = sorted((d for d, a in g.nodes(data=True) if a.get("kind") == "device"),

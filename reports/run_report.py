@@ -44,11 +44,12 @@ from moesim.reports.html_page import (
     table_html,
     table_markdown,
 )
+from moesim.simulator.phases import PHASES
 from moesim.units import fmt_bytes, fmt_time
 
-# Phases in timeline order, each with one colour used by every figure (run and comparison reports).
-PHASE_ORDER = ["attention", "tp_allreduce", "dense_ffn", "shared_expert", "dispatch", "offload_stall",
-               "expert", "straggler_wait", "combine"]
+# Phases in timeline order (simulator/phases.py is their one source), each with one colour used by
+# every figure (run and comparison reports); tests/test_contracts.py checks every phase has one.
+PHASE_ORDER = list(PHASES)
 PHASE_COLORS = {
     "attention": "#4C72B0",
     "tp_allreduce": "#8172B3",
@@ -59,6 +60,7 @@ PHASE_COLORS = {
     "expert": "#2A9D5C",
     "straggler_wait": "#DA8BC3",
     "combine": "#CCB974",
+    "moe_allreduce": "#937860",
     "idle": "#C8C8C8",
 }
 LINK_CLASS_COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]

@@ -20,7 +20,7 @@ from typing import Generator
 import numpy as np
 import simpy
 
-from moesim.simulator.network import Collective, Fabric, sending_pairs
+from moesim.simulator.network import Arrival, Collective, Fabric, sending_pairs
 
 
 def make_collective(env: simpy.Environment, fabric: Fabric, stages: list[np.ndarray], extra_latency: float = 0.0,
@@ -43,7 +43,7 @@ class _Waiting:
         self.waiters: dict[int, tuple[simpy.Event, float, float]] = {}
 
     def wait(self, d: int, not_before: float, then: float) -> simpy.Event:
-        ev = simpy.Event(self.env)
+        ev = Arrival(self.env)
         self.waiters[d] = (ev, not_before, then)
         return ev
 
@@ -51,9 +51,7 @@ class _Waiting:
         item = self.waiters.pop(d, None)
         if item is not None:
             ev, not_before, then = item
-            delay = max(at, not_before) + then - self.env.now
-            self.env.schedule(ev, delay=max(0.0, delay))
-            ev._ok, ev._value = True, None  # an Event scheduled directly, as SimPy's Timeout does
+            ev.fire_after(max(at, not_before) + then - self.env.now)
 
 
 class GroupCollective:

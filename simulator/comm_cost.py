@@ -99,14 +99,12 @@ def injection_time(routes: Routes, kind: str, src: int, sent: np.ndarray, floor:
     """A lower bound on a device's part of a kernel: its floor (`floor`, else the largest on its paths),
     the longest path latency, and every message's seconds on the slowest link of its path, in turn
     (the fabric adds contention). `sent`: (N,) bytes to each device (its own entry is ignored)."""
-    n = routes.num_devices
     comm = routes.comm.get(kind)
     total, latency, worst_floor = 0.0, 0.0, 0.0
     for dst in np.flatnonzero(sent > 0):
         if dst == src:
             continue
-        p = src * n + int(dst)
-        links = routes.pair_links[routes.pair_ptr[p]:routes.pair_ptr[p + 1]]
+        links = routes.path_links(src, int(dst))
         if comm is None or routes.link_peak is None:
             secs = sent[dst] / routes.link_bandwidth[links]
         else:

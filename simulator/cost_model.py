@@ -211,9 +211,6 @@ class CostModel:
             bound = "compute" if c >= m else "memory"
         return OpCost(max(c, m) + o, c, m, o, bound)
 
-    def op_time(self, op: Op) -> float:
-        return self.op_cost(op).time
-
 
 def profile_efficiency(device: DeviceSpec) -> ProfileEfficiency:
     """The datasheet efficiencies of a device profile (GEMM, memory, grouped GEMM per dtype)."""

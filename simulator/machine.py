@@ -58,14 +58,6 @@ class Machine:
         """(N,) every device's index within its node (DeepEP forwards to the same local rank)."""
         return np.arange(self.num_devices) % self.devices_per_node
 
-    def slowest_link(self, src: int, dst: int) -> float:
-        """Achievable B/s of the slowest link on the path src -> dst (inf for a device to itself)."""
-        if src == dst:
-            return float("inf")
-        r = self.routes
-        p = src * r.num_devices + dst
-        return float(r.link_bandwidth[r.pair_links[r.pair_ptr[p]:r.pair_ptr[p + 1]]].min())
-
 
 def build_machine(cluster: ClusterSpec, scale: Scale = Scale()) -> Machine:
     """Resolve a cluster profile into a Machine with the what-if scale applied everywhere."""

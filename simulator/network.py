@@ -337,17 +337,20 @@ def sending_pairs(matrices: np.ndarray) -> np.ndarray:
     return need
 
 
-class _Arrival(simpy.Event):
+class Arrival(simpy.Event):
     """An event whose firing time is set later, when the network knows the arrival time.
 
     Saves a second wake-up per wait (wait for readiness, then for the bytes): the same
-    mechanism SimPy's own Timeout uses, triggered from the collective's wave instead.
+    mechanism SimPy's own Timeout uses, triggered from the collective's wave instead. SimPy has
+    no public call for "succeed after a delay", so this is the one place that sets the event's
+    private `_ok`/`_value` (as `simpy.Timeout.__init__` does); pyproject pins simpy to the 4.1
+    series, and tests/test_contracts.py checks the behaviour.
     """
 
     def fire_after(self, delay: float) -> None:
         self._ok = True
         self._value = None
-        self.env.schedule(self, delay=max(0.0, delay))
+        self.env.schedule(self, delay=delay if delay > 0.0 else 0.0)
 
 
 class Collective:
@@ -392,7 +395,7 @@ class Collective:
         self._waved = False
         self._queue: list[int] = []
         self._times: list[float] = []
-        self._waiters: dict[int, tuple[_Arrival, float, float]] = {}
+        self._waiters: dict[int, tuple[Arrival, float, float]] = {}
 
     @property
     def arrival(self) -> np.ndarray:
@@ -461,16 +464,12 @@ class Collective:
         if not waiters:
             return
         now = self.env.now
-        schedule = self.env.schedule
         for d in now_ready:  # ascending, as the events are scheduled in this order
             w = waiters.pop(d, None)
             if w is not None:
                 ev, not_before, then = w
                 a = arrival_list[d]
-                delay = (not_before if not_before > a else a) + then - now
-                ev._ok = True
-                ev._value = None
-                schedule(ev, delay=delay if delay > 0.0 else 0.0)
+                ev.fire_after((not_before if not_before > a else a) + then - now)
 
     def received_at(self, dst: int, not_before: float = 0.0) -> float:
         """When `dst` could use its inbound bytes: their arrival, and not before `not_before` (nor its floor)."""
@@ -486,7 +485,7 @@ class Collective:
         if self._floor is not None and self._own[dst] > not_before:
             not_before = self._own[dst]
         if not self._ready[dst]:
-            ev = _Arrival(self.env)
+            ev = Arrival(self.env)
             self._waiters[dst] = (ev, not_before, then)
             yield ev
             return

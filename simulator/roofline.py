@@ -72,23 +72,6 @@ def device_roof(cost: CostModel, dtype: str) -> Roof:
                 cost.bandwidth * float(eff.memory("gemm", np.array(1e12))), peak, cost.bandwidth)
 
 
-@dataclass(frozen=True)
-class Link:
-    """What an all-to-all op of one device crosses: bytes per destination and each path's bottleneck."""
-
-    name: str
-    bytes_to: np.ndarray  # (N,) bytes to each destination (own device 0)
-    bandwidth_to: np.ndarray  # (N,) achievable B/s of the slowest link on the path
-    latency: float
-
-    def time(self) -> float:
-        """The device's sends serialized over its links (its injection link is the usual bottleneck)."""
-        sent = self.bytes_to > 0
-        if not sent.any():
-            return 0.0
-        return float((self.bytes_to[sent] / self.bandwidth_to[sent]).sum()) + self.latency
-
-
 def _group(op: Op) -> str:
     if op.name.startswith("expert["):
         return "routed expert"
@@ -97,25 +80,12 @@ def _group(op: Op) -> str:
         op.name, "communication" if op.kind == "comm" else "attention")
 
 
-def op_rows(cost: CostModel, ops: list[Op], phase: str, layer: int, links: dict[str, Link] | None = None,
-            expert_flops: float = 0.0) -> pd.DataFrame:
-    """One roofline row per op (compute ops through `cost.op_cost`, comm ops through `links`)."""
+def op_rows(cost: CostModel, ops: list[Op], phase: str, layer: int) -> pd.DataFrame:
+    """One roofline row per compute op, costed through `cost.op_cost` (communication ops are skipped:
+    the plan's own rows carry what the fabric timed)."""
     rows = []
     for op in ops:
         if op.kind == "comm":
-            link = (links or {}).get(op.name)
-            if link is None or op.bytes <= 0:
-                continue
-            t = link.time()
-            sent = link.bytes_to > 0
-            bw = float(link.bytes_to[sent].sum() / (link.bytes_to[sent] / link.bandwidth_to[sent]).sum())
-            intensity = expert_flops / op.bytes if op.bytes else 0.0
-            # the network roof: the expert FLOP/s the link can feed; above the device's peak, the
-            # layer is not link-bound
-            attainable = intensity * bw
-            achieved = expert_flops / t if t else 0.0
-            rows.append((cost.device.name, phase, layer, op.name, _group(op), op.kind, op.rows, 0.0, op.bytes, intensity, t,
-                         achieved, attainable, achieved / attainable if attainable else np.nan, "link"))
             continue
         c = cost.op_cost(op)
         intensity = op.flops / op.bytes if op.bytes else np.inf
@@ -207,8 +177,9 @@ def scenario_roofline(sc: Scenario, layer: int | None = None, step: int = 0, dev
     frames = [plan_roofline_rows(sc.cost, rows, phase)]
     compute = rows[(rows["kind"] != "comm") & (rows["kind"] != "launch")]
     ops = [Op(r.op, r.kind, r.phase, r.flops, r.bytes, r.rows, r.dtype or "bf16") for r in compute.itertuples()]
+    scale = sc.machine.scale  # hardware.scale applies to every device the roofline compares
     for spec in others:
-        other = CostModel(spec)
+        other = CostModel(spec, flops_scale=scale.flops, memory_bandwidth_scale=scale.memory_bandwidth)
         frames.append(op_rows(other, _recast(ops, sc.model, other), phase, layer))
     return pd.concat(frames, ignore_index=True)
 

@@ -8,7 +8,7 @@ step, decode contexts growing by one token a step); a serving scheduler is anoth
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Iterator
 
 import numpy as np
 
@@ -66,12 +66,6 @@ class StepInput:
     microbatch: int = 0  # which micro-batch of the step this is (two-batch overlap splits a step)
     attention: tuple[AttentionMix, ...] | None = None  # serving: per device, the iteration's attention work
     start_at: float | None = None  # serving: the step does not start before this time (idle until an arrival)
-
-
-class StepSource(Protocol):
-    def __iter__(self) -> Iterator[StepInput]:
-        """Step inputs in order; the run ends when the iterator does."""
-        ...
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,7 @@ def pair_bandwidth(sc: Scenario) -> np.ndarray:
     """(ep, ep) bytes/s between the first EP group's devices: the slowest link on each pair's
     route (0 on the diagonal)."""
     ep, r = sc.ep, sc.routes
-    bw = np.zeros((ep, ep))
-    for s in range(ep):
-        for d in range(ep):
-            if s != d:
-                p = s * r.num_devices + d
-                bw[s, d] = r.link_bandwidth[r.pair_links[r.pair_ptr[p]:r.pair_ptr[p + 1]]].min()
-    return bw
+    return np.array([[r.slowest_bandwidth(s, d) if s != d else 0.0 for d in range(ep)] for s in range(ep)])
 
 
 def pair_token_cost(sc: Scenario) -> np.ndarray:

@@ -61,9 +61,7 @@ def kv_transfer_seconds(sc: Scenario, prefill_tp: int, prompt_tokens: np.ndarray
     if dst >= routes.num_devices:
         raise ConfigError("the decode pool has no nodes left in the cluster: prefill.nodes + decode.nodes must not "
                           f"exceed the cluster's {sc.cluster.nodes}", file=sc.source.path, field="serving.disaggregation")
-    p = src * routes.num_devices + dst
-    links = routes.pair_links[routes.pair_ptr[p]:routes.pair_ptr[p + 1]]
-    bandwidth = float(routes.link_bandwidth[links].min())
+    bandwidth = routes.slowest_bandwidth(src, dst)
     latency = float(routes.pair_latency[src, dst])
     seconds = latency + prompt_tokens * per_token / (bandwidth * prefill_tp)
     return seconds, bandwidth, per_token
