@@ -912,14 +912,25 @@ def main(argv: list[str] | None = None) -> int:
             where = f" {err.filename}" if err.filename else ""
             print(f"error: cannot write or read{where}: {err.strerror or err}", file=sys.stderr)
             return 2
+        except Exception:
+            if interrupts.pending() is None:
+                raise
+            # the signal landed where a library turned it into its own error (a C extension's
+            # import says "initialization failed"): it is still the interruption
+            return _stopped(interrupts.Interrupted(interrupts.pending()), argv)
         except KeyboardInterrupt as err:
-            code = _interrupted(err)
-            if argv is None:  # the moesim process: outputs are cleaned up, skip the interpreter's teardown
-                try:
-                    sys.stdout.flush()
-                finally:
-                    os._exit(code)
-            return code
+            return _stopped(err, argv)
+
+
+def _stopped(err: KeyboardInterrupt, argv: list[str] | None) -> int:
+    """Report the interruption; the moesim process itself then leaves at once."""
+    code = _interrupted(err)
+    if argv is None:  # the moesim process: outputs are cleaned up, skip the interpreter's teardown
+        try:
+            sys.stdout.flush()
+        finally:
+            os._exit(code)
+    return code
 
 
 def _interrupted(err: KeyboardInterrupt) -> int:
