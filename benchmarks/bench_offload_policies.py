@@ -75,7 +75,8 @@ def row(name: str, cfg: dict, repeats: int) -> str:
     s, o = res.summary, res.summary["offload"]
     fetched = sum(o["bytes_fetched"].values()) / s["steps"] / 2**20
     pf = f"{o['prefetches_used']}/{o['prefetches_wasted']}/{o['late_prefetches']}" if o["prefetches"] else "-"
-    return (f"| {name} | {s['step_latency_s']['mean'] * 1e3:.1f} | {o['hit_rate']:.1%} | {fetched:,.0f} | "
+    late = f"{o['late_hit_rate']:.1%}" if "late_hit_rate" in o else "-"
+    return (f"| {name} | {s['step_latency_s']['mean'] * 1e3:.1f} | {o['hit_rate']:.1%} | {late} | {fetched:,.0f} | "
             f"{o['stall_s']['share_of_device_time']:.1%} | {pf} | {o['host_experts_run']} | "
             f"{o['copy_engine_utilization']:.0%} | {statistics.median(walls):.2f} |")
 
@@ -85,8 +86,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
-    head = ("| variant | step ms (simulated) | hit rate | MiB fetched / step | stall share | "
-            "prefetch used/wasted/late | host-CPU experts | copy engine busy | wall s |\n|---|---|---|---|---|---|---|---|---|")
+    head = ("| variant | step ms (simulated) | hit rate (on time) | late hits | MiB fetched / step | stall share | "
+            "prefetch used/wasted/late | host-CPU experts | copy engine busy | wall s |\n"
+            "|---|---|---|---|---|---|---|---|---|---|")
     for title, example, variants in (
         ("Mixtral-8x7B, batch 1 decode, RTX 4090 + host DDR5 over PCIe 4.0 x16", "offload-mixtral-4090-lru.yaml", MIXTRAL),
         ("DeepSeek-V2-Lite, batch 1 decode, Jetson Orin Nano 8GB + NVMe (PCIe 3.0 x4)",

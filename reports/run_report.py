@@ -472,7 +472,10 @@ def headline_metrics(summary: dict[str, Any], *, for_comparison: bool = False) -
         add("memory_per_device_bytes", "memory per device (max) vs capacity", mem["max"], text, "bytes", "lower")
     off = m.get("offload")
     hit = m.get("cache_hit_rate")
-    add("cache_hit_rate", "expert cache hit rate", hit, _pct(hit), "share", "higher", bool(off) and hit is not None)
+    add("cache_hit_rate", "expert cache hit rate (on time)", hit, _pct(hit), "share", "higher",
+        bool(off) and hit is not None)
+    miss = (off or {}).get("miss_rate")  # late hits are neither: they waited on a prefetch's copy
+    add("cache_miss_rate", "expert cache miss rate", miss, _pct(miss), "share", "lower", miss is not None)
     stall = ((off or {}).get("stall_s") or {})
     add("offload_stall_share", "offload stall share of device time", stall.get("share_of_device_time"),
         _pct(stall.get("share_of_device_time")), "share", "lower", "share_of_device_time" in stall)

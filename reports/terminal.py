@@ -265,7 +265,9 @@ def print_offload(off: dict, console: Console) -> None:
                     f"prefetch {off['prefetch']['policy']})", show_header=False)
     t.add_column("metric", style="bold")
     t.add_column("value", justify="right")
-    t.add_row("cache hit rate", f"{off['hit_rate']:.1%} ({off['hits']:,} hits, {off['misses']:,} misses)")
+    t.add_row("cache hit rate (on time)", f"{off['hit_rate']:.1%} ({off['hits']:,} hits, {off['misses']:,} misses)")
+    if off.get("late_hits") is not None and (off["late_hits"] or off["prefetches"]):  # not in older summaries
+        t.add_row("late hits (waited on copy)", f"{off['late_hit_rate']:.1%} ({off['late_hits']:,})")
     fetched = sum(off["bytes_fetched"].values())
     kinds = off["bytes_fetched_by_kind"]
     t.add_row(f"bytes fetched from {off['tier']}", f"{fmt_bytes(fetched)} (demand {fmt_bytes(kinds['demand'])}, "
@@ -455,6 +457,10 @@ def print_serving_summary(result: Any, console: Console) -> None:
     b = sv["batch"]
     h.add_row("batch: mean / max sequences", f"{num(b['mean_sequences'], '.1f')} / {b['max_sequences']}")
     h.add_row("KV cache use: mean / max", f"{num(b['kv_use_mean'], '.0%')} / {num(b['kv_use_max'], '.0%')}")
+    cache = sv.get("iteration_cache")  # None: the cache was off (absent in older or disaggregated summaries)
+    if cache:
+        h.add_row("iteration cache: hits / misses", f"{cache['hits']:,} / {cache['misses']:,}, "
+                  f"{num(cache['replayed_share'], '.0%')} of time replayed")
     mem = sv["memory_per_rank_bytes"]
     h.add_row("memory per rank", f"weights {fmt_bytes(mem['weights'])}, KV {fmt_bytes(mem['kv_cache'])} "
               f"({mem['kv_tokens']:,} tokens), other {fmt_bytes(mem['activations'] + mem['comm_buffers'])}, "

@@ -194,6 +194,8 @@ def summarize(sc: Scenario, raw: EngineResult) -> SimResult:
         "all_to_all_payload_bytes": payload,
         "tokens": {"routed_assignments": routed, "computed_assignments": computed,
                    "dropped_assignments": dropped},
+        # on-time hits / demands: a prefetch still in flight when the layer asked is a late hit
+        # (offload["late_hit_rate"]), not a hit
         "cache_hit_rate": offload["hit_rate"] if offload else None,
         "offload": offload,
         "memory_per_device_bytes": {"max": sc.memory.total, "weights": sc.memory.weights,

@@ -10,13 +10,14 @@ replays: `mean` (the mean of the windows' shares, every step), an index (that wi
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, Hashable
 
 import numpy as np
 
 from moesim.workloads.load_matrix import LoadHistory
 from moesim.workloads.node_limited_routing import PerTokenRouting
-from moesim.workloads.routing import PopularityRouting, RoutingSource, RoutingStep, inclusion_probabilities
+from moesim.workloads.routing import (PopularityRouting, RoutingSource, RoutingStep, inclusion_probabilities,
+                                      routing_regime)
 
 
 @dataclass
@@ -67,6 +68,15 @@ class LoadMatrixRouting:
 
     def step(self, step: int, tokens: np.ndarray, num_layers: int) -> RoutingStep:
         return self.sources[self.window_at(step)].step(step, tokens, num_layers)
+
+    def regime(self, step: int) -> Hashable | None:
+        """The regime of the window source the step replays; with several windows (cycle), tagged
+        by the window (see `routing_regime`)."""
+        w = self.window_at(step)
+        inner = routing_regime(self.sources[w], step)
+        if inner is None or len(self.sources) == 1:
+            return inner
+        return ("load_window", w, inner)
 
     def map_sources(self, fn: Callable[[PopularityRouting], RoutingSource]) -> "LoadMatrixRouting":
         """The same replay with every window's source replaced by fn(source) (e.g. per-token draws)."""

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Hashable
 
 import numpy as np
 
-from moesim.workloads.routing import RoutingStep, inclusion_probabilities
+from moesim.workloads.routing import STATIONARY, RoutingStep, inclusion_probabilities
 
 _QUADRATURE_POINTS = 400
 
@@ -183,6 +184,10 @@ class PerTokenRouting:
         experts = [_smallest_k(_race(rng, src.size, self._inv_w[l]), self.top_k) for l in range(num_layers)]
         return _finish(experts, src, tokens.size, self.num_experts)
 
+    def regime(self, step: int) -> Hashable:
+        """One popularity for the run (`routing_regime`)."""
+        return STATIONARY
+
 
 @dataclass
 class NodeLimitedRouting:
@@ -248,6 +253,10 @@ class NodeLimitedRouting:
             else:
                 experts.append(self._limited(rng, src.size, table, self._inv_w[l]))
         return _finish(experts, src, tokens.size, self.num_experts)
+
+    def regime(self, step: int) -> Hashable:
+        """One popularity on one placement for the run (`routing_regime`)."""
+        return STATIONARY
 
     def _limited(self, rng: np.random.Generator, tokens: int, table: np.ndarray, inv_w: np.ndarray) -> np.ndarray:
         """(tokens, k) top-k ids among the experts on each token's M best nodes.

@@ -6,13 +6,17 @@ layers, plus per-token expert ids where the source has them. Generators emit cou
 (vectorised numpy, never a Python loop per token) and are deterministic under a seed: step s
 draws from its own generator seeded by (seed, s), so results do not depend on the order in
 which the simulator asks for steps.
+
+Every source also names the *routing regime* of a step (`regime(step)`, read through
+`routing_regime`): which distribution that step draws from, so that a consumer that reuses one
+step's draw for another (the serving iteration cache) never crosses a change of distribution.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Protocol
+from typing import Hashable, Protocol
 
 import numpy as np
 
@@ -36,6 +40,39 @@ class RoutingSource(Protocol):
     def step(self, step: int, tokens: np.ndarray, num_layers: int) -> RoutingStep:
         """Routing of `step` for `tokens[s]` tokens at each source s over `num_layers` MoE layers."""
         ...
+
+    def regime(self, step: int) -> Hashable | None:
+        """The routing regime of `step` (see `routing_regime`, which says what each source returns)."""
+        ...
+
+
+STATIONARY = "stationary"  # the regime of a source whose distribution never changes over the run
+
+
+def routing_regime(source: object, step: int) -> Hashable | None:
+    """A hashable token of the distribution `source.step(step, ...)` draws from.
+
+    Two steps with equal regimes (and equal tokens per source) draw from the same distribution:
+    their routings differ only by sampling noise, so one draw may stand for the other (the serving
+    iteration cache, simulator/serving/iteration_cache.py, keys on the batch shape and this). None
+    means the step's distribution is its own, shared with no other step: nothing may stand for it.
+    This is the one place the decision is made; each source's `regime` method implements its line:
+
+    - STATIONARY, one regime for the run: uniform and zipf (`PopularityRouting`), fixed counts
+      (`FixedRouting`), per-token and node-limited draws (`PerTokenRouting`, `NodeLimitedRouting`:
+      a fixed popularity on a fixed placement), a load-matrix replay of the mean or of one window,
+      and the synthetic generator without drift (its batch variance is a fresh draw each step from
+      a fixed distribution; locality preferences and the affinity order are fixed for the run);
+    - None: the synthetic generator with drift (sigma > 0: popularity walks a step every step, so
+      no two steps share a distribution) and a trace without repeat (each trace step is its own
+      routing);
+    - a recurring index: a trace with repeat (the trace step, step mod the trace's length: the same
+      rows come back each lap), a load-matrix cycle (the window the step replays, with that
+      window's source's own regime);
+    - a source without a `regime` method: None (unknown sources are never stood in for).
+    """
+    regime = getattr(source, "regime", None)
+    return regime(step) if callable(regime) else None
 
 
 def layer_pairs(experts: list[np.ndarray], num_experts: int, from_top1: bool = False) -> np.ndarray:
@@ -201,6 +238,10 @@ class PopularityRouting:
         counts = sample_counts(rng, np.asarray(tokens, dtype=np.int64), self._tables, self.num_experts, self.top_k)
         return RoutingStep(counts=counts)
 
+    def regime(self, step: int) -> Hashable:
+        """One popularity for the run (`routing_regime`)."""
+        return STATIONARY
+
 
 def uniform_routing(num_experts: int, top_k: int, num_layers: int, seed: int = 0) -> PopularityRouting:
     """Every expert equally likely at every layer."""
@@ -241,3 +282,7 @@ class FixedRouting:
                 f"got {counts.sum(axis=2)[0].tolist()}"
             )
         return RoutingStep(counts=np.array(counts))
+
+    def regime(self, step: int) -> Hashable:
+        """The same counts every step (`routing_regime`)."""
+        return STATIONARY

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Hashable, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from moesim.workloads.routing import RoutingStep, cap_at_tokens, inclusion_probabilities, zipf_popularity
+from moesim.workloads.routing import (STATIONARY, RoutingStep, cap_at_tokens, inclusion_probabilities,
+                                      zipf_popularity)
 
 
 class _Strict(BaseModel):
@@ -167,6 +168,11 @@ class SyntheticRouting:
         if self.cfg.locality > 0:
             p = (1 - self.cfg.locality) * p + self.cfg.locality * self._preferences(sources)
         return p
+
+    def regime(self, step: int) -> Hashable | None:
+        """Stationary without drift; with drift (sigma > 0) every step has its own popularity, so
+        its own regime (None; see `routing_regime`)."""
+        return None if self.cfg.drift.sigma > 0 else STATIONARY
 
     def step(self, step: int, tokens: np.ndarray, num_layers: int) -> RoutingStep:
         if num_layers != self.num_layers:

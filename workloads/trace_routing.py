@@ -12,7 +12,7 @@ modulo otherwise.
 
 from __future__ import annotations
 
-from typing import Iterator, Literal
+from typing import Hashable, Iterator, Literal
 
 import numpy as np
 
@@ -84,6 +84,11 @@ class TraceRouting:
         self._iter = None
         raise TraceError(f"the simulation asked for step {index + 1} but the trace has only {self._next} steps; "
                          "simulate fewer steps or set workload.routing.repeat: true", file=self.trace.path)
+
+    def regime(self, step: int) -> Hashable | None:
+        """Each trace step is its own routing: with repeat, the trace step the simulated step reads
+        (it comes back every lap); without, None (no other step shares it; see `routing_regime`)."""
+        return ("trace_step", step % self.num_steps) if self.repeat else None
 
     def step(self, step: int, tokens: np.ndarray, num_layers: int) -> RoutingStep:
         if num_layers != self.trace.meta.num_moe_layers:

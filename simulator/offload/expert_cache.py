@@ -7,6 +7,10 @@ the others misses that must be copied in, evicting by policy. Policies: LRU, LFU
 the whole run, LRU among ties) and pinned-hot (a fixed set, e.g. the hottest experts of a trace,
 never evicted; LRU for the rest). Prefetches insert without counting as an access, so a
 prefetched expert that is then used is a hit and one that is not used is wasted bandwidth.
+
+The cache knows slots, not time: a hit here means the expert has a slot, even if its copy is
+still in flight. The offload manager splits these hits into on-time and late ones (the reported
+hit rate counts on-time hits only); `CacheStats` is residency accounting.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ class CacheFullError(ValueError):
 
 @dataclass
 class CacheStats:
-    hits: int = 0
+    hits: int = 0  # the expert had a slot (its copy may still be in flight: see the module docstring)
     misses: int = 0
     evictions: int = 0
     prefetches: int = 0

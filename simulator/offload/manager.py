@@ -5,6 +5,12 @@ device's experts is waiting for: nothing (resident), a copy (a miss, or a prefet
 flight), or a host CPU job (a cold expert run on the CPU). Copies go through the copy engine of
 the device's path to the tier (per device for host memory, per node for an SSD), so demand
 fetches and prefetches queue on the same link and overlap with compute.
+
+Each expert a layer asks for is counted once, by what it found when the router chose: an on-time
+hit (resident, its copy landed), a late hit (a copy, issued earlier by a prefetch, still in
+flight: the layer waits for it), or a miss (no copy in flight: the layer fetches it itself, or
+runs it on the host CPU). The cache counts late hits as hits (the expert has a slot); the hit
+rate reported is on-time hits only.
 """
 
 from __future__ import annotations
@@ -49,6 +55,24 @@ class LayerWait:
     resident_time: float  # GEMM time of experts already in memory (run first)
     fetched: list[tuple[simpy.Event, float]] = field(default_factory=list)  # (copy landed, GEMM time)
     host: list[simpy.Event] = field(default_factory=list)  # host CPU experts returning
+
+
+@dataclass
+class DemandCounts:
+    """How the experts the layers asked for were found, one count per (device, step, layer, expert)."""
+
+    on_time: int = 0  # resident when the layer asked, its copy (if any) landed
+    late: int = 0  # a copy issued earlier (by a prefetch) was still in flight: the layer waits for it
+    fetched: int = 0  # a miss the layer fetched itself (demand copy)
+    host: int = 0  # a miss run on the host CPU
+
+    @property
+    def misses(self) -> int:
+        return self.fetched + self.host
+
+    @property
+    def total(self) -> int:
+        return self.on_time + self.late + self.fetched + self.host
 
 
 class OffloadManager:
@@ -104,7 +128,8 @@ class OffloadManager:
             self._cpus = [simpy.Resource(env, 1) for _ in range(-(-sc.num_devices // per_socket))]
             self._cpu_of = [self._cpus[d // per_socket] for d in range(sc.num_devices)]
             self._cpu_free = [0.0] * len(self._cpus)
-        self.late_prefetches = 0
+        self.late_prefetches = 0  # prefetch copies a layer found still in flight (promoted to demand)
+        self.counts = DemandCounts()  # on-time hits, late hits and misses (accounting only)
         self.activation_bytes = 0.0
         m = sc.model
         self._token_bytes = token_bytes(m, act_dtype(m))
@@ -164,12 +189,21 @@ class OffloadManager:
         for key in misses:
             pending[key] = engine.request(key, d, self.key_bytes(key), "demand", plan.step)
         wait = LayerWait(0.0)
+        counts, missed = self.counts, set(misses)
         for key, t, n in zip(keys, times, tokens):
             if key in host:
+                counts.host += 1
                 wait.host.append(self._host_job(d, plan.step, key, float(n)))
                 continue
             copy = pending.get(key)
-            if copy is not None and copy.end is None:
+            in_flight = copy is not None and copy.end is None
+            if key in missed:
+                counts.fetched += 1
+            elif in_flight:  # the cache counted a hit, but the copy has not landed
+                counts.late += 1
+            else:
+                counts.on_time += 1
+            if in_flight:
                 if copy.kind == "prefetch":
                     self.late_prefetches += 1
                     engine.promote(copy)

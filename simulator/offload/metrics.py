@@ -1,6 +1,10 @@
 """Offloading results of a run: hit rate, bytes per tier, stalls per layer, peak device memory.
 
 All numbers come from the simulation (model output) of the offload manager and the timeline.
+Each expert a layer asks for (a demand) is an on-time hit (resident, its copy landed), a late hit
+(a prefetch's copy still in flight when the router chose: the layer waits for it) or a miss (no
+copy in flight: fetched on demand or run on the host CPU). `hit_rate` is on-time hits / demands;
+`hit_rate + late_hit_rate + miss_rate == 1`. The caches' own counters count late hits as hits.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ def offload_summary(sc: Scenario, raw: EngineResult) -> dict[str, Any] | None:
     if off is None:
         return None
     setup, cfg = off.setup, off.cfg
-    hits = sum(c.stats.hits for c in off.caches)
-    misses = sum(c.stats.misses for c in off.caches)
+    counts = off.counts
+    demands = counts.total
     prefetches = sum(c.stats.prefetches for c in off.caches)
     useful = sum(c.stats.prefetch_hits for c in off.caches)
     copies = off.copies_table()
@@ -43,11 +47,15 @@ def offload_summary(sc: Scenario, raw: EngineResult) -> dict[str, Any] | None:
         "hybrid": cfg.hybrid.model_dump(),
         "cache_capacity": setup.capacity_text(),
         "cache_holds_all_experts": setup.holds_all,
-        "hits": hits, "misses": misses,
-        "hit_rate": hits / (hits + misses) if hits + misses else 1.0,
+        "demands": demands,
+        "hits": counts.on_time, "late_hits": counts.late, "misses": counts.misses,
+        "misses_fetched": counts.fetched, "misses_on_host": counts.host,
+        "hit_rate": counts.on_time / demands if demands else 1.0,  # on time only
+        "late_hit_rate": counts.late / demands if demands else 0.0,
+        "miss_rate": counts.misses / demands if demands else 0.0,
         "evictions": sum(c.stats.evictions for c in off.caches),
         "prefetches": prefetches, "prefetches_used": useful, "prefetches_wasted": prefetches - useful,
-        "late_prefetches": off.late_prefetches,
+        "late_prefetches": off.late_prefetches,  # prefetch copies a layer waited on: the late hits
         "prefetch_accuracy": useful / prefetches if prefetches else None,
         "copies_cancelled": int(copies["cancelled"].sum()) if len(copies) else 0,
         "bytes_fetched": {setup.tier.name: by_kind["demand"] + by_kind["prefetch"]},

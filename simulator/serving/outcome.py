@@ -8,7 +8,8 @@ import pandas as pd
 
 from moesim.simulator.engine import EngineResult
 from moesim.simulator.scenario import Scenario
-from moesim.simulator.serving.results import request_table, serving_summary
+from moesim.simulator.serving.iteration_cache import IterationCache
+from moesim.simulator.serving.results import iteration_cache_summary, request_table, serving_summary
 from moesim.simulator.serving.setup import rank_memory
 from moesim.simulator.serving.source import ServingSource
 
@@ -23,8 +24,10 @@ def replica_step_times(raw: EngineResult, tp: int) -> tuple[np.ndarray, np.ndarr
     return start.reshape(steps, n // tp, tp).min(axis=2), end.reshape(steps, n // tp, tp).max(axis=2)
 
 
-def serving_outcome(sc: Scenario, raw: EngineResult, source: ServingSource) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """(requests table, iterations table, summary) of a finished serving run."""
+def serving_outcome(sc: Scenario, raw: EngineResult, source: ServingSource,
+                    cache: IterationCache | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """(requests table, iterations table, summary) of a finished serving run. `cache`: the run's
+    iteration cache; the summary's `iteration_cache` is None when the run had none."""
     cfg = sc.config.serving
     start, end = replica_step_times(raw, sc.tp)
     token_times: dict[int, list[float]] = {}
@@ -58,4 +61,17 @@ def serving_outcome(sc: Scenario, raw: EngineResult, source: ServingSource) -> t
     summary["memory_per_rank_bytes"] = rank_memory(sc).as_dict()
     summary["replicas"] = len(source.batchers)
     summary["iterations"] = len(source.iterations)
+    summary["iteration_cache"] = cache_outcome(cache, start, end)
     return table, iterations, summary
+
+
+def cache_outcome(cache: IterationCache | None, start: np.ndarray, end: np.ndarray) -> dict | None:
+    """The iteration cache's part of the summary from the (steps, replicas) step times, None without one."""
+    if cache is None:
+        return None
+    steps = start.shape[0]
+    seconds = np.fmax.reduce(end, axis=1) - np.fmin.reduce(start, axis=1) if steps else np.empty(0)  # NaN-blind
+    replayed = np.zeros(steps, dtype=bool)
+    replayed[[s for s in cache.replays if s < steps]] = True
+    return iteration_cache_summary(cache.KEY, cache.hits, cache.misses, cache.own_regime, len(cache.regimes),
+                                   seconds, replayed)

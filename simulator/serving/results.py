@@ -188,6 +188,33 @@ def offered_and_achieved(measured: pd.DataFrame, table: pd.DataFrame) -> dict[st
             "saturated": bool(unfinished or share < SATURATED_BELOW)}
 
 
+def iteration_cache_summary(key: str, hits: int, misses: int, own_regime: int, regimes: int,
+                            iteration_s: np.ndarray, replayed: np.ndarray) -> dict[str, Any]:
+    """summary.json's `serving.iteration_cache`: what the iteration cache (simulator/serving/
+    iteration_cache.py) replayed.
+
+    key: what a timeline is kept under; hits / misses: iterations replayed / simulated in full
+    (hits + misses = iterations fed to the engine); own_regime_iterations: the misses whose routing
+    regime is their own (drift, a trace without repeat), which nothing can replay; regimes: the
+    distinct routing regimes met otherwise (1 for stationary routing); replayed_iteration_share:
+    hits / (hits + misses); replayed_share: replayed iteration seconds / all iteration seconds,
+    an iteration lasting from its replica's first start to its last end (`iteration_s[s]`, with
+    `replayed[s]` true where step s was replayed), None when no iteration time was simulated."""
+    iteration_s = np.nan_to_num(np.asarray(iteration_s, dtype=float))
+    replayed = np.asarray(replayed, dtype=bool)
+    total = float(iteration_s.sum())
+    fed = int(hits) + int(misses)
+    return finite({
+        "key": key,
+        "hits": int(hits),
+        "misses": int(misses),
+        "own_regime_iterations": int(own_regime),
+        "regimes": int(regimes),
+        "replayed_iteration_share": int(hits) / fed if fed else None,
+        "replayed_share": float(iteration_s[replayed].sum()) / total if total > 0 else None,
+    })
+
+
 def serving_summary(table: pd.DataFrame, iterations: pd.DataFrame, horizon_s: float, num_gpus: int,
                     slo: Mapping[str, float | None] | None) -> dict[str, Any]:
     """The aggregate numbers of a serving run, as strict JSON data (None wherever a number is undefined).
