@@ -26,7 +26,7 @@ import yaml
 
 from moesim.simulator.compose import pipeline_for, step_source_for
 from moesim.simulator.config import config_from_dict
-from moesim.simulator.engine import Engine
+from moesim.simulator.compose import engine_for
 from moesim.simulator.phases import PHASE_INDEX
 from moesim.simulator.scenario import resolve
 
@@ -70,7 +70,7 @@ def measure(mode: str, ep: int, tmp: Path) -> dict[str, float]:
     plan = next(iter(pipeline_for(sc).plans(step_source_for(sc))))[0]
     for arr in (plan.attention, plan.dense_ffn, plan.shared_expert, plan.expert):
         arr[:] = 0.0  # communication only
-    raw = Engine(sc, plans=iter([[plan]])).run()
+    raw = engine_for(sc, plans=iter([[plan]])).run()
     layer = sc.model.moe_layers[0]
     span = {}
     for phase in ("dispatch", "combine"):

@@ -29,11 +29,6 @@ import numpy as np
 
 from moesim.hardware_profiles.topology import Routes
 
-# the comm kind each dispatch algorithm's kernels are
-DISPATCH_KIND = {"direct": "all_to_all", "dedup": "all_to_all", "hierarchical": "hierarchical",
-                 "low_latency": "low_latency", "exflow": "all_to_all"}
-
-
 def efficiency(message_bytes, eff_max, half_bytes) -> np.ndarray:
     """eff(b) = eff_max x b / (b + half_bytes): the fraction of link bandwidth a b-byte message reaches."""
     b = np.asarray(message_bytes, dtype=float)

@@ -1,42 +1,122 @@
-"""Compose a scenario's step pipeline from its config: which stage object fills each slot.
+"""Compose a scenario's simulation from its config: which object fills each slot.
 
-The only place where config names become stage objects (a plain `if` per choice, no registry);
-tests and notebooks may build a `StepPipeline` with their own stages instead.
+The only place where config names become objects: one table per named slot (the dispatch
+algorithm, the overlap schedule), read here and by the config schema's check of a name; then the
+schedule's program, the step pipeline, the step source and the engine with everything it runs.
+A new algorithm or schedule is its own file plus one line in its table. Tests and notebooks may
+build any of these objects by hand instead.
 """
 
 from __future__ import annotations
 
+from typing import Callable, Iterable
+
 from moesim.simulator.capacity import CapacityPolicy
 from moesim.simulator.config import config_error
 from moesim.simulator.dispatch import DispatchAlgorithm, DispatchLayout
+from moesim.simulator.dispatch.all_gather import AllGather
 from moesim.simulator.dispatch.dedup import Dedup
 from moesim.simulator.dispatch.direct import Direct
 from moesim.simulator.dispatch.hierarchical import Hierarchical
 from moesim.simulator.dispatch.low_latency import LowLatency
 from moesim.simulator.dispatch.token_stays import TokenStays, exflow_problem
+from moesim.simulator.engine import Engine
 from moesim.simulator.memory import kv_bytes_per_token
 from moesim.simulator.ops import token_bytes
+from moesim.simulator.overlap.schedules import Schedule
+from moesim.simulator.overlap.sequential import SEQUENTIAL
+from moesim.simulator.overlap.shortcut import SHORTCUT
+from moesim.simulator.overlap.two_batch import TWO_BATCH
+from moesim.simulator.program import Program, StepShape
 from moesim.simulator.replica_split import ReplicaSplit, split_weights
 from moesim.simulator.scenario import Scenario
 from moesim.simulator.step_costs import StepCosts
-from moesim.simulator.step_plan import StepPipeline
+from moesim.simulator.step_plan import StepPipeline, StepPlan
 from moesim.simulator.step_source import FixedBatch
 
 
+def _exflow(sc: Scenario) -> TokenStays:
+    problem = exflow_problem(sc)  # checked again here: a study may have swapped the placement
+    if problem is not None:
+        raise config_error(sc.source, *problem)
+    kv = exflow_kv_bytes(sc) if sc.config.policies.dispatch.kv_sync == "per_layer" else ()
+    return TokenStays(kv)
+
+
+# `policies.dispatch.algorithm`: name -> the algorithm for a scenario
+DISPATCH_ALGORITHMS: dict[str, Callable[[Scenario], DispatchAlgorithm]] = {
+    "direct": lambda sc: Direct(),
+    "dedup": lambda sc: Dedup(),
+    "hierarchical": lambda sc: Hierarchical(),
+    "low_latency": lambda sc: LowLatency(sc.config.policies.dispatch.kernel_latency),
+    "exflow": _exflow,
+    "all_gather": lambda sc: AllGather(),
+}
+
+# `policies.overlap`: name -> the schedule whose program every device runs
+OVERLAP_SCHEDULES: dict[str, Schedule] = {"none": SEQUENTIAL, "two_batch": TWO_BATCH, "shortcut": SHORTCUT}
+
+
 def dispatch_algorithm(sc: Scenario) -> DispatchAlgorithm:
-    cfg = sc.config.policies.dispatch
-    if cfg.algorithm == "dedup":
-        return Dedup()
-    if cfg.algorithm == "hierarchical":
-        return Hierarchical()
-    if cfg.algorithm == "low_latency":
-        return LowLatency(cfg.kernel_latency)
-    if cfg.algorithm == "exflow":
-        problem = exflow_problem(sc)  # checked again here: a study may have swapped the placement
-        if problem is not None:
-            raise config_error(sc.source, *problem)
-        return TokenStays(exflow_kv_bytes(sc) if cfg.kv_sync == "per_layer" else ())
-    return Direct()
+    """`policies.dispatch.algorithm` as its object (an unknown name is a config error)."""
+    name = sc.config.policies.dispatch.algorithm
+    make = DISPATCH_ALGORITHMS.get(name)
+    if make is None:
+        raise config_error(sc.source, "policies.dispatch.algorithm", f"unknown dispatch algorithm '{name}'; "
+                           f"choose one of {', '.join(DISPATCH_ALGORITHMS)}")
+    return make(sc)
+
+
+def overlap_schedule(sc: Scenario) -> Schedule:
+    """`policies.overlap` as its schedule (an unknown name is a config error)."""
+    name = sc.config.policies.overlap
+    schedule = OVERLAP_SCHEDULES.get(name)
+    if schedule is None:
+        raise config_error(sc.source, "policies.overlap", f"unknown overlap schedule '{name}'; "
+                           f"choose one of {', '.join(OVERLAP_SCHEDULES)}")
+    if sc.offload is not None and not schedule.offload:
+        able = [n for n, s in OVERLAP_SCHEDULES.items() if s.offload]
+        raise config_error(sc.source, "policies.overlap", f"overlap '{name}' is not simulated together with expert "
+                           f"offloading (its dispatch waits do not run the experts next, where copies are waited "
+                           f"for); use overlap: {' or '.join(able)} with offload:")
+    return schedule
+
+
+def step_shape(sc: Scenario, serving: bool) -> StepShape:
+    """What the overlap schedule sees of a scenario's steps."""
+    m = sc.model
+    return StepShape(tuple(m.is_moe_layer(layer) for layer in range(m.num_layers)), sc.tp > 1, sc.moe_tp > 1,
+                     overlap_schedule(sc).microbatches, sc.config.policies.overlap_shared_experts, serving)
+
+
+def step_program(sc: Scenario, serving: bool = False) -> Program:
+    """One step's instructions for every device under the scenario's overlap schedule."""
+    shape = step_shape(sc, serving)
+    program = overlap_schedule(sc).program(shape)
+    program.check(shape)
+    return program
+
+
+def engine_for(sc: Scenario, progress: Callable[[int], None] | None = None,
+               plans: Iterable[list[StepPlan]] | None = None, program: Program | None = None) -> Engine:
+    """The engine of a scenario with everything it runs: the program, the dispatch kind, and the plans
+    (the scenario's pipeline over its step source, behind the serving iteration cache where asked;
+    or `plans`, built by hand, with `program` in place of the schedule's where given)."""
+    comm_kind = dispatch_algorithm(sc).comm_kind
+    if plans is not None:
+        return Engine(sc, plans, program or step_program(sc), comm_kind, progress=progress)
+    pipeline = pipeline_for(sc)
+    source = step_source_for(sc)
+    serving = sc.config.serving is not None
+    cache = None
+    feed = pipeline.plans(source)
+    if serving and sc.config.serving.iteration_cache:
+        from moesim.simulator.serving.iteration_cache import IterationCache
+
+        cache = IterationCache(pipeline)
+        feed = cache.plans(source)
+    return Engine(sc, feed, step_program(sc, serving), comm_kind, source=source, cache=cache, ahead=True,
+                  steps=getattr(source, "steps", None), progress=progress)
 
 
 def exflow_kv_bytes(sc: Scenario) -> tuple[float, ...]:
@@ -72,7 +152,7 @@ def pipeline_for(sc: Scenario) -> StepPipeline:
                       host_link=(off.host.latency, off.host.bandwidth) if host_attention else None)
     capacity = CapacityPolicy(pol.capacity_factor, pol.overflow, m.moe.top_k, m.moe.num_experts)
     return StepPipeline(m, sc.num_devices, sc.tp, sc.ep, sc.routing, capacity, replicas, dispatch_algorithm(sc),
-                        costs, layout, moe_tp=sc.moe_tp, microbatches=2 if pol.overlap == "two_batch" else 1)
+                        costs, layout, moe_tp=sc.moe_tp, microbatches=overlap_schedule(sc).microbatches)
 
 
 def step_source_for(sc: Scenario):

@@ -141,15 +141,31 @@ class WorkloadConfig(_Strict):
         return self
 
 
+def _one_of(table: str, what: str):
+    """A validator: the name is a key of compose's `table` (the one list of choices; read lazily,
+    since compose imports this module)."""
+
+    def check(name: str) -> str:
+        from moesim.simulator import compose
+
+        names = getattr(compose, table)
+        if name not in names:
+            raise ValueError(f"unknown {what} '{name}'; choose one of {', '.join(names)}")
+        return name
+
+    return AfterValidator(check)
+
+
 class DispatchConfig(_Strict):
     """How routed tokens travel to their experts and back (simulator/dispatch/)."""
 
-    algorithm: Literal["direct", "dedup", "hierarchical", "low_latency", "exflow"] = Field(
+    algorithm: Annotated[str, _one_of("DISPATCH_ALGORITHMS", "dispatch algorithm")] = Field(
         "direct", description="direct: a row per (token, expert) (Megatron); dedup: a token once per device; "
         "hierarchical: once per node over the network, then NVLink forwarding (DeepEP normal); "
         "low_latency: per (token, expert) RDMA with a per-kernel floor (DeepEP low-latency); "
         "exflow: a token stays on its top-1 expert's device between MoE layers, one all-to-all per layer "
-        "(ExFlow; needs per-token routing ids, simulator/dispatch/token_stays.py)")
+        "(ExFlow; needs per-token routing ids, simulator/dispatch/token_stays.py); all_gather: every token to "
+        "every device of its EP group, a reduce-scatter back (Megatron-Core's allgather dispatcher)")
     kv_sync: Literal["per_layer", "none"] = Field(
         "per_layer", description="exflow only: per_layer: each token's new KV entries are all-gathered over the EP "
         "group on the next MoE layer's dispatch (context coherence); none: contexts are assumed to be where "
@@ -164,7 +180,7 @@ class DispatchConfig(_Strict):
 
 class PoliciesConfig(_Strict):
     dispatch: DispatchConfig = DispatchConfig()
-    overlap: Literal["none", "two_batch", "shortcut"] = Field(
+    overlap: Annotated[str, _one_of("OVERLAP_SCHEDULES", "overlap schedule")] = Field(
         "none", description="none: phases in order; two_batch: two micro-batches, one computes while the "
         "other's all-to-all is in flight (DeepSeek); shortcut: a layer's dispatch overlaps its attention "
         "and dense compute (ScMoE)")
@@ -231,9 +247,6 @@ class ScenarioConfig(_Strict):
             if self.routing is not None and self.routing.generator == "trace":
                 raise ValueError("serving routes tokens with a generator (uniform, zipf, synthetic, fixed); a trace "
                                  "fixes tokens per step, which a scheduler decides here")
-            if self.policies.overlap == "shortcut":
-                raise ValueError("serving runs with policies.overlap none or two_batch (the shortcut schedule is not "
-                                 "wired to the serving step source yet)")
             if self.offload is not None:
                 raise ValueError("serving with expert offloading is not modelled yet; drop the offload section")
             # the rest of resolution sizes memory and routing from a workload: one decode token per device

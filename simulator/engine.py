@@ -2,8 +2,9 @@
 
 The engine pulls step plans (a list of micro-batch plans per step) from the step pipeline until
 the step source is exhausted; it assumes no step count. How a device interleaves compute and
-all-to-all within a step is the overlap schedule's business (`simulator/overlap/`): a
-generator per device that uses the engine's collectives and records phase times here.
+all-to-all within a step is the overlap schedule's business (`simulator/overlap/`): it writes
+a step program (`simulator/program.py`) that the device interpreter (`simulator/interpreter.py`)
+runs on every device, using the engine's collectives and recording phase times here.
 Nothing is a global barrier: a device waits only for the devices that send to it (and for its
 TP / MoE-TP group in an all-reduce), so the slowest expert device delays exactly those whose
 tokens it holds.
@@ -12,12 +13,10 @@ tokens it holds.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Generator
+from typing import Callable, Generator, Iterable
 
 import numpy as np
 import simpy
-
-from typing import Iterable
 
 from moesim import interrupts
 from moesim.errors import MoesimError
@@ -25,7 +24,9 @@ from moesim.simulator import comm_cost
 from moesim.simulator.collectives import GroupCollective, make_collective, staged_pairs
 from moesim.simulator.network import Fabric, sending_pairs
 from moesim.simulator.offload.manager import LayerWait, OffloadManager
+from moesim.simulator.interpreter import device_stream
 from moesim.simulator.plan_feed import plan_feed
+from moesim.simulator.program import Program
 from moesim.simulator.phases import PHASES, EXP as _EXP, STRAG as _STRAG, COMB as _COMB
 from moesim.simulator.scenario import Scenario
 from moesim.simulator.step_plan import StepPlan, merge_microbatches
@@ -78,44 +79,38 @@ def run_events(env: simpy.Environment) -> None:
 
 
 class Engine:
-    """Replays plans in time. `plans` (an iterable of per-step micro-batch plan lists) defaults to the
-    scenario's own pipeline over its step source; tests pass hand-built plans."""
+    """Replays plans in time: every device runs `program` (one step's instructions, built by the
+    overlap schedule) on each step's plans. Composed by `compose.engine_for(scenario)`, which
+    hands it everything it runs; tests pass hand-built plans and programs.
 
-    def __init__(self, scenario: Scenario, progress: Callable[[int], None] | None = None,
-                 plans: Iterable[list[StepPlan]] | None = None, overlap: Callable | None = None):
-        from moesim.simulator.compose import pipeline_for, step_source_for
+    `plans`: per-step lists of micro-batch plans. `comm_kind`: the dispatch algorithm's kernel kind
+    (its floors). `source`: the step source behind the plans where it reads the engine's clock
+    (serving). `ahead`: the plans may be built ahead in a forked child (the scenario's own pipeline,
+for `steps` steps). `cache`: the serving
+    iteration cache that fed the plans, if any."""
 
+    def __init__(self, scenario: Scenario, plans: Iterable[list[StepPlan]], program: Program, comm_kind: str,
+                 *, source=None, cache=None, ahead: bool = False, steps: int | None = None,
+                 progress: Callable[[int], None] | None = None):
         self.sc = scenario
         self.env = simpy.Environment()
         self.fabric = Fabric(scenario.routes)
-        pipeline = steps = None
-        self.source = None
-        self.interactive = False
-        self.cache = None  # serving: replays iterations whose shape was simulated before
-        if plans is None:
-            pipeline = pipeline_for(scenario)
-            source = self.source = step_source_for(scenario)
-            if hasattr(source, "bind_clock"):  # the source forms steps at the simulated time (serving)
-                source.bind_clock(lambda: self.env.now)
-                self.interactive = True
-            plans, steps = pipeline.plans(source), getattr(source, "steps", None)
-            if self.interactive and getattr(scenario.config.serving, "iteration_cache", False):
-                from moesim.simulator.serving.iteration_cache import IterationCache
-
-                self.cache = IterationCache(pipeline)
-                plans = self.cache.plans(source)
-        self._feed = plan_feed(iter(plans), pipeline, steps, self.interactive)
+        self.source = source
+        self.cache = cache  # serving: replays iterations whose shape was simulated before
+        self.interactive = hasattr(source, "bind_clock")  # the source forms steps at the simulated time
+        if self.interactive:
+            source.bind_clock(lambda: self.env.now)
+        self._feed = plan_feed(iter(plans), steps, self.interactive, ahead)
         try:
-            self._set_up(scenario, progress, overlap)
+            self._set_up(scenario, progress, program, comm_kind)
         except BaseException:  # an error or an interrupt here must not leave the feed's child running
             self._feed.close()
             raise
 
-    def _set_up(self, scenario: Scenario, progress: Callable[[int], None] | None, overlap: Callable | None) -> None:
+    def _set_up(self, scenario: Scenario, progress: Callable[[int], None] | None, program: Program,
+                comm_kind: str) -> None:
         """Everything the engine holds besides its plan feed (split out so a failure closes the feed)."""
-        from moesim.simulator.overlap.schedules import schedule_for
-
-        self.stream = overlap or schedule_for(scenario)
+        self.program = program
         self.progress = progress
         L, n = scenario.model.num_layers, scenario.num_devices
         self.n_layers, self.n = L, n
@@ -134,7 +129,7 @@ class Engine:
         self._barriers: dict[int, list] = {}
         self._step_t0: dict[int, float] = {}
         self._link_bytes_seen = 0.0
-        self.microbatches = 1
+        self.microbatches = program.microbatches
         tp = scenario.tp
         self.tp = tp
         self._tp_ring = _ring(n, tp) if tp > 1 else None
@@ -150,15 +145,15 @@ class Engine:
         # all-to-all synchronises its whole EP group, and the busiest rank is everyone's straggler
         self._group_pairs = (group[:, None] == group[None, :]) & ~np.eye(n, dtype=bool)
         # comm kernel costs (comm_cost): each collective's kind and every device's floor in it
-        self._moe_kind = comm_cost.DISPATCH_KIND.get(scenario.config.policies.dispatch.algorithm, "all_to_all")
+        self._moe_kind = comm_kind
         self._moe_floor = _floors(scenario.routes, self._moe_kind, self._group_pairs)
         self._tp_floor = _floors(scenario.routes, "all_reduce", _group_pairs(n, tp)) if tp > 1 else None
         self._moe_tp_floor = _floors(scenario.routes, "all_reduce", _group_pairs(n, mt)) if mt > 1 else None
+        self._size = L * n * self.microbatches * self.P
         first = self.plans(0)
-        if first is not None:
-            self.microbatches = len(first)
-            self._size = L * n * self.microbatches * self.P
-            self._alloc(0)
+        if first is not None and len(first) != self.microbatches:
+            raise MoesimError(f"the plans of step 0 have {len(first)} micro-batches but the overlap program runs "
+                              f"{self.microbatches}")
 
     # ---- plans, pulled from the source ---------------------------------------------------
     def plans(self, step: int) -> list[StepPlan] | None:
@@ -174,8 +169,7 @@ class Engine:
                 self._ended = self._pulled
                 return None
             self._plans[self._pulled] = nxt
-            if self._pulled:
-                self._alloc(self._pulled)
+            self._alloc(self._pulled)
             self._pulled += 1
         return self._plans.get(step)
 
@@ -332,7 +326,7 @@ class Engine:
             raise MoesimError("the step source yielded no steps: nothing to simulate")
         try:
             for d in range(self.n):
-                self.env.process(self.stream(self, d))
+                self.env.process(device_stream(self, d, self.program))
             run_events(self.env)
         except MoesimError as err:  # SimPy re-raises a process's error as a copy without its fields
             if isinstance(err.__cause__, MoesimError):

@@ -4,8 +4,8 @@ Routing and costing a step is numpy work that does not depend on the timeline (a
 only on the seed and the step), so it can run ahead. In a thread it competes with the event
 loop for the GIL (small numpy calls hold it); in a forked child process it does not, which
 roughly halves the wall time of long runs on two cores. The child sends each step's plans
-through a pipe (the pipe's buffer bounds how far ahead it runs) without their back-reference
-to the pipeline, which the parent re-attaches. Where fork is unavailable, or the run is short,
+through a pipe (the pipe's buffer bounds how far ahead it runs); plans are plain data, so
+they pickle as they are. Where fork is unavailable, or the run is short,
 plans are built in a thread as before. Results are identical either way.
 """
 
@@ -17,7 +17,7 @@ import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
 
-from moesim.simulator.step_plan import StepPipeline, StepPlan
+from moesim.simulator.step_plan import StepPlan
 
 MIN_STEPS_FOR_PROCESS = 8  # a fork costs a few ms: not worth it for a handful of steps
 
@@ -64,8 +64,6 @@ def _build_ahead(plans: Iterator[list[StepPlan]], conn, parent_end) -> None:
     parent_end.close()
     try:
         for step_plans in plans:
-            for p in step_plans:
-                p.pipeline = None  # the parent has its own copy
             conn.send(step_plans)
         conn.send(None)
     except BaseException as err:  # noqa: BLE001 - every failure must reach the parent
@@ -85,9 +83,8 @@ class _Failure:
 class ProcessFeed:
     """Builds plans in a forked child process; `next` receives them in order."""
 
-    def __init__(self, plans: Iterator[list[StepPlan]], pipeline: StepPipeline):
+    def __init__(self, plans: Iterator[list[StepPlan]]):
         ctx = multiprocessing.get_context("fork")
-        self._pipeline = pipeline
         self._conn, child = ctx.Pipe(duplex=False)
         self._proc = ctx.Process(target=_build_ahead, args=(plans, child, self._conn), daemon=True,
                                  name="moesim-plans")
@@ -109,8 +106,6 @@ class ProcessFeed:
         if got is None:
             self._done = True
             return None
-        for p in got:
-            p.pipeline = self._pipeline
         return got
 
     def close(self) -> None:
@@ -120,14 +115,14 @@ class ProcessFeed:
         self._proc.join()
 
 
-def plan_feed(plans: Iterator[list[StepPlan]], pipeline: StepPipeline | None, steps: int | None,
-              interactive: bool = False):
-    """The feed for a run: built on demand for a source that reads the simulated clock; a child
-    process for long runs of the scenario's own pipeline on a platform that forks cheaply
-    (Linux); a thread otherwise."""
+def plan_feed(plans: Iterator[list[StepPlan]], steps: int | None, interactive: bool = False,
+              ahead: bool = False):
+    """The feed for a run: built on demand for a source that reads the simulated clock; with
+    `ahead` (the scenario's own pipeline, nothing the parent must see), a child process for long
+    runs on a platform that forks cheaply (Linux); a thread otherwise."""
     if interactive:
         return DirectFeed(plans)
     forks = sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
-    if pipeline is not None and forks and steps is not None and steps >= MIN_STEPS_FOR_PROCESS:
-        return ProcessFeed(plans, pipeline)
+    if ahead and forks and steps is not None and steps >= MIN_STEPS_FOR_PROCESS:
+        return ProcessFeed(plans)
     return ThreadFeed(plans)

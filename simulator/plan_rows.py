@@ -80,7 +80,7 @@ def _moe_rows(pipe: "StepPipeline", plan: "StepPlan", layer: int, device: int) -
         out.append((layer, device, "expert", op.name, "device", op.kind, op.dtype, op.rows, 0.0, op.bytes, cost.time,
                     cost.bound, _sol_ratio(machine.cost, op.flops, op.bytes, op.dtype, cost.time),
                     costs.moe_kernel.provenance()))
-    kind = comm_cost.DISPATCH_KIND.get(pipe.dispatch.name, "all_to_all")
+    kind = pipe.dispatch.comm_kind
     for name, stages in (("dispatch", plan.traffic.dispatch), ("combine", plan.traffic.combine)):
         for i, stage in enumerate(stages):
             sent = stage[mi, device].copy()

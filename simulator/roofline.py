@@ -36,7 +36,7 @@ from moesim.simulator.ops import (
     shared_expert_op,
 )
 from moesim.simulator.scenario import Scenario
-from moesim.simulator.step_plan import StepPlan
+from moesim.simulator.step_plan import StepPipeline, StepPlan
 from moesim.simulator.step_source import FixedBatch
 from moesim.units import dtype_bytes
 from moesim.workloads.model_spec import ModelSpec
@@ -107,7 +107,7 @@ class StepOutOfRange(ValueError):
     """A step past the iterations a serving run forms (a fixed batch plans any step)."""
 
 
-def scenario_plan(sc: Scenario, step: int = 0) -> StepPlan:
+def scenario_plan(sc: Scenario, step: int = 0, pipeline: StepPipeline | None = None) -> StepPlan:
     """The engine's plan of one step of a scenario (the whole step, not split into micro-batches).
 
     A fixed batch plans any step, also past `workload.steps` (the routing of step s is drawn from
@@ -115,16 +115,25 @@ def scenario_plan(sc: Scenario, step: int = 0) -> StepPlan:
     a serving config's iterations are formed in order, so those have to exist."""
     from moesim.simulator.compose import pipeline_for, step_source_for
 
+    pipeline = pipeline or pipeline_for(sc)
     source = step_source_for(sc)
     if isinstance(source, FixedBatch):
         first = next(iter(replace(source, steps=1, kv_len=source.kv_len + step)))  # step 0, context after `step`
-        return pipeline_for(sc).plan(replace(first, step=step))
+        return pipeline.plan(replace(first, step=step))
     formed = 0
     for inp in source:
         if inp.step == step:
-            return pipeline_for(sc).plan(inp)
+            return pipeline.plan(inp)
         formed = inp.step + 1
     raise StepOutOfRange(f"step {step} is past the {formed} iterations the serving run forms (steps 0..{formed - 1})")
+
+
+def scenario_op_rows(sc: Scenario, step: int = 0, layer: int | None = None, device: int | None = None) -> pd.DataFrame:
+    """The op rows of one step of a scenario (one layer / device where given), as the engine costs them."""
+    from moesim.simulator.compose import pipeline_for
+
+    pipeline = pipeline_for(sc)
+    return pipeline.op_rows(scenario_plan(sc, step, pipeline), layer, device)
 
 
 def plan_roofline_rows(cost: CostModel, rows: pd.DataFrame, phase: str) -> pd.DataFrame:
@@ -173,7 +182,7 @@ def scenario_roofline(sc: Scenario, layer: int | None = None, step: int = 0, dev
     if layer is None:
         layer = sc.model.moe_layers[0] if sc.model.moe_layers else 0
     phase = sc.config.workload.phase
-    rows = scenario_plan(sc, step).op_rows(layer, device)
+    rows = scenario_op_rows(sc, step, layer, device)
     frames = [plan_roofline_rows(sc.cost, rows, phase)]
     compute = rows[(rows["kind"] != "comm") & (rows["kind"] != "launch")]
     ops = [Op(r.op, r.kind, r.phase, r.flops, r.bytes, r.rows, r.dtype or "bf16") for r in compute.itertuples()]

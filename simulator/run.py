@@ -10,7 +10,7 @@ from moesim import json_io
 from moesim.errors import ConfigError
 from moesim.outputs import atomic_dir
 from moesim.simulator.config import ScenarioFile
-from moesim.simulator.engine import Engine
+from moesim.simulator.compose import engine_for
 from moesim.simulator.metrics import SimResult, summarize
 from moesim.simulator.run_tables import expert_time_table, link_table, traffic_table
 from moesim.simulator.scenario import Scenario, load_scenario, resolve
@@ -28,7 +28,7 @@ def simulate(scenario: Scenario | ScenarioFile | str | Path,
         from moesim.simulator.serving.disaggregation import simulate_disaggregated
 
         return simulate_disaggregated(scenario, progress)
-    engine = Engine(scenario, progress)
+    engine = engine_for(scenario, progress)
     if scenario.config.serving is not None and progress is not None:  # serving counts finished requests
         engine.progress = lambda step: progress(len(engine.source.finished))
     raw = engine.run()
@@ -36,7 +36,8 @@ def simulate(scenario: Scenario | ScenarioFile | str | Path,
     if scenario.config.serving is not None:
         from moesim.simulator.serving.outcome import serving_outcome
 
-        result.requests, result.iterations, result.summary["serving"] = serving_outcome(scenario, raw, engine.source)
+        result.requests, result.iterations, result.summary["serving"] = serving_outcome(scenario, raw, engine.source,
+                                                                                        cache=engine.cache)
     return result
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moesim.errors import MoesimError
+from moesim.simulator.compose import dispatch_algorithm, overlap_schedule
 from moesim.simulator.phases import PHASES
 from moesim.simulator.scenario import Scenario
 from moesim.units import fmt_bytes
@@ -61,9 +62,9 @@ def estimate_run(sc: Scenario, steps: int | None = None) -> RunEstimate:
     steps = sc.steps if steps is None else steps
     m = sc.model
     L, Lm, n = m.num_layers, len(m.moe_layers), sc.num_devices
-    mb = 2 if sc.config.policies.overlap == "two_batch" else 1
+    mb = overlap_schedule(sc).microbatches
     P = len(PHASES)
-    stages = 2 if sc.config.policies.dispatch.algorithm == "hierarchical" else 1
+    stages = dispatch_algorithm(sc).stages
     slots = sc.placement.slot_expert.shape[1]
     groups = max(n // max(sc.ep * sc.moe_tp, 1), 1)
     timeline = 2 * L * n * mb * P * (8 + 8 + 12)  # start/end: list slots, half hold a float object, then arrays

@@ -147,9 +147,6 @@ def resolve(sf: ScenarioFile) -> Scenario:
             raise config_error(sf, "parallelism.moe_tp", f"moe_tp={moe_tp} with attention tp={tp}: use moe_tp = tp "
                                "(experts split over the attention TP group, as vLLM/TRT-LLM do) or tp = 1 "
                                "(data-parallel attention; tokens are all-gathered within each MoE-TP group)")
-    if cfg.policies.overlap != "none" and cfg.offload is not None:
-        raise config_error(sf, "policies.overlap", f"overlap '{cfg.policies.overlap}' is not simulated together "
-                           "with expert offloading yet; use overlap: none with offload:")
     experts = model.moe.num_experts
     if cfg.placement.policy and experts % ep:
         raise config_error(sf, "parallelism.ep", f"ep={ep} does not divide the {experts} experts of "

@@ -8,7 +8,7 @@ No Python loop runs per token or per expert; the engine only sees (layer, device
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -49,7 +49,6 @@ class StepPlan:
     moe_reduce_bytes: float = 0.0  # MoE-TP: all-reduce bytes per rank after each MoE block
     inputs: StepInput | None = None
     layer_ops: list[list[LayerOps]] | None = None  # [layer][device] the non-expert ops costed
-    pipeline: "StepPipeline | None" = field(default=None, repr=False)
     microbatch: int = 0
 
     @property
@@ -60,13 +59,6 @@ class StepPlan:
     @property
     def combine(self) -> np.ndarray:
         return self.traffic.total("combine")
-
-    def op_rows(self, layer: int | None = None, device: int | None = None) -> pd.DataFrame:
-        """Readable rows of every op (one layer / one device where given), as the engine costed them:
-        compute ops with their cost, routed experts per expert copy, all-to-all bytes per device."""
-        if self.pipeline is None or self.layer_ops is None:
-            raise ValueError("this plan was built by hand: it has no op rows")
-        return self.pipeline.op_rows(self, layer, device)
 
 
 def split_counts(counts: np.ndarray, part_tokens: list[np.ndarray]) -> list[np.ndarray]:
@@ -203,7 +195,7 @@ class StepPipeline:
             tp_bytes=tp_allreduce_bytes(m, float(replica_tokens), self.tp), traffic=traffic,
             rows_routed=counts.sum(axis=(1, 2)), rows_dropped=rows_dropped, rows_computed=rows_computed,
             experts_active=active, expert_tokens=expert_tokens, slot_tokens=slot_tokens, slot_time=slot_time,
-            moe_reduce_bytes=reduce_bytes, inputs=inp, layer_ops=layer_ops, pipeline=self, microbatch=inp.microbatch)
+            moe_reduce_bytes=reduce_bytes, inputs=inp, layer_ops=layer_ops, microbatch=inp.microbatch)
 
     def _compute(self, inp: StepInput, tokens: np.ndarray):
         """Non-expert compute of every (layer, device), from the step's own tokens."""
@@ -298,7 +290,12 @@ class StepPipeline:
         return TokenIds(routed.token_experts, source)
 
     # ---- readable rows -----------------------------------------------------------------
-    def op_rows(self, plan: StepPlan, layer: int | None, device: int | None) -> pd.DataFrame:
+    def op_rows(self, plan: StepPlan, layer: int | None = None, device: int | None = None) -> pd.DataFrame:
+        """Readable rows of every op of `plan` (one layer / one device where given), as this pipeline
+        costed them: compute ops with their cost, routed experts per expert copy, all-to-all bytes
+        per device. The plan is plain data; the pipeline that built it knows its costs."""
+        if plan.layer_ops is None:
+            raise ValueError("this plan was built by hand: it has no op rows")
         return plan_op_rows(self, plan, layer, device)
 
 

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from moesim.placement.problem import ExpertTimeModel, PlacementProblem, problem_from_routing, uniform_slots
+from moesim.simulator.compose import dispatch_algorithm
+from moesim.simulator.dispatch import RowPricing
 from moesim.simulator.ops import act_dtype, ffn_flops_bytes, gemm_dtype, token_bytes
 from moesim.simulator.scenario import Scenario
 from moesim.workloads.load_matrix_routing import LoadMatrixRouting
@@ -27,38 +29,26 @@ def pair_bandwidth(sc: Scenario) -> np.ndarray:
     return np.array([[r.slowest_bandwidth(s, d) if s != d else 0.0 for d in range(ep)] for s in range(ep)])
 
 
-def pair_token_cost(sc: Scenario) -> np.ndarray:
-    """(ep, ep) seconds one routed (token, expert) row from device s to device d costs under the
-    scenario's dispatch algorithm (dispatch + combine payload over the pair's slowest link).
-
-    The ILP is linear in rows, so a deduplicating dispatch is priced at its expected cost per row
-    under even routing: `dedup` sends a token once per device, so a row costs the pair's cost x
-    rho(experts per device); `hierarchical` crosses the network once per (token, node) to the
-    peer GPU of the same local rank (network cost x rho(experts per node)) and forwards over
-    NVLink to the expert's GPU. rho(m) = E[distinct] / E[rows] for a group of m of E experts
-    under top-k: (1 - C(E-m, k) / C(E, k)) / (k m / E).
-    """
+def row_pricing(sc: Scenario) -> RowPricing:
+    """What the dispatch algorithm needs to price a routed row on the first EP group."""
     ep = sc.ep
     pol = sc.config.policies
     per_token = token_bytes(sc.model, pol.dispatch_dtype) + token_bytes(sc.model, pol.combine_dtype)
     bw = pair_bandwidth(sc)
     base = np.divide(per_token, bw, out=np.zeros((ep, ep)), where=bw > 0)
-    algorithm = pol.dispatch.algorithm
-    if algorithm in ("direct", "low_latency"):
-        return base
     per_device, per_node = distinct_rows(sc)
-    if algorithm in ("dedup", "exflow"):  # exflow: dedup's dispatch (its combine to the new home, priced alike)
-        return base * per_device
-    node = group_nodes(sc)
-    rank = sc.machine.local_rank[:ep]
-    cost = np.where(node[:, None] == node[None, :], base * per_device, 0.0)
-    for s in range(ep):
-        for d in range(ep):
-            if node[s] != node[d]:
-                on_node = np.flatnonzero(node == node[d])
-                peer = on_node[min(rank[s] - rank[on_node[0]], on_node.size - 1)]
-                cost[s, d] = base[s, peer] * per_node + base[peer, d] * per_device
-    return cost
+    return RowPricing(base, per_device, per_node, group_nodes(sc), sc.machine.local_rank[:ep])
+
+
+def pair_token_cost(sc: Scenario) -> np.ndarray:
+    """(ep, ep) seconds one routed (token, expert) row from device s to device d costs under the
+    scenario's dispatch algorithm (dispatch + combine payload over the pair's slowest link).
+
+    The ILP is linear in rows, so a deduplicating dispatch is priced at its expected cost per row
+    under even routing (the algorithm's `row_cost`): rho(m) = E[distinct] / E[rows] for a group of
+    m of E experts under top-k: (1 - C(E-m, k) / C(E, k)) / (k m / E).
+    """
+    return dispatch_algorithm(sc).row_cost(row_pricing(sc))
 
 
 def group_nodes(sc: Scenario) -> np.ndarray:
@@ -79,8 +69,7 @@ def dispatch_provenance(sc: Scenario) -> dict[str, Any]:
     inter-node rows one routed inter-node row costs (1 direct, once per destination device for
     dedup, once per destination node for hierarchical; expectations as in pair_token_cost)."""
     d = sc.config.policies.dispatch
-    per_device, per_node = distinct_rows(sc)
-    per_row = {"dedup": per_device, "exflow": per_device, "hierarchical": per_node}.get(d.algorithm, 1.0)
+    per_row = dispatch_algorithm(sc).inter_node_rows_per_row(row_pricing(sc))
     return {"algorithm": d.algorithm, "replica_choice": d.replica_choice, "inter_node_rows_per_row": per_row}
 
 
@@ -152,7 +141,7 @@ def problem_from_scenario(sc: Scenario, steps: int = 16, redundant: int = 0, slo
                                        token_cost=pair_token_cost(sc), redundant=redundant, slots=per_device,
                                        steps=steps, first_step=first_step, provenance=prov,
                                        expert_groups=sc.model.moe.expert_groups,
-                                       flow_from_top1=sc.config.policies.dispatch.algorithm == "exflow")
+                                       flow_from_top1=dispatch_algorithm(sc).flow_from_top1)
     if time_model == "time":
         problem = problem.with_time_model(fit_expert_time(sc, float(problem.load.max())))
     elif time_model != "tokens":

@@ -904,7 +904,9 @@ SCENARIO_MORE_CASES = [
          ["scenario.yaml", "offload.cache.policy", "lru"]),
     Case("cfg-offload-prefetch-accuracy", sc({"offload": {"prefetch": {"policy": "predictor", "accuracy": 1.5}}}), SIM,
          ["scenario.yaml", "offload.prefetch.accuracy"]),
-    Case("cfg-offload-with-overlap", sc({"offload": {}, "policies": {"overlap": "two_batch"}}), SIM,
+    Case("cfg-offload-with-overlap", sc({"offload": {}, "policies": {"overlap": "two_batch"}}, **{
+        "toy-cluster_yaml": edit(TOY["toy-cluster.yaml"],
+                                 {"node.host": {"device": "Xeon-8480", "count": 1, "link": "PCIe5-x16"}})}), SIM,
          ["scenario.yaml", "policies.overlap", "offload"]),
     Case("cfg-outputs-dir-list", sc({"outputs": {"dir": [1]}}), SIM, ["scenario.yaml", "outputs.dir", "string"]),
     Case("cfg-name-mapping", sc({"name": {"a": 1}}), SIM, ["scenario.yaml", "name", "string"]),
@@ -1094,7 +1096,8 @@ SERVING_CASES = [
          ["serve.yaml", "not both"]),
     Case("srv-routing-trace", serve({"routing": {"generator": "trace", "trace": "t.parquet"}}), SRV,
          ["serve.yaml", "trace"]),
-    Case("srv-overlap-shortcut", serve({"policies": {"overlap": "shortcut"}}), SRV, ["serve.yaml", "shortcut"]),
+    Case("srv-overlap-unknown", serve({"policies": {"overlap": "three_batch"}}), SRV,
+         ["serve.yaml", "policies.overlap", "shortcut"]),
     Case("srv-offload", serve({"offload": {}}), SRV, ["serve.yaml", "offload"]),
     Case("srv-serving-not-mapping", serve({"serving": [1, 2]}), SRV, ["serve.yaml", "serving"]),
     # the guard in the serving loop: simulated time past 1e9 s (a closed loop thinking for 1e8 s a request)

@@ -1,9 +1,16 @@
 """Contract tests that guard the seams: one source for the phase list (reports included), SimPy's
-delayed-success mechanism the network relies on, and `hardware.scale` reaching every device the
-roofline compares."""
+delayed-success mechanism the network relies on, `hardware.scale` reaching every device the
+roofline compares, config names becoming objects in compose.py only (a new dispatch algorithm or
+overlap schedule is its own code plus one line there), and plans that are plain data (built in a
+forked child or a thread, the run is the same)."""
 
 from __future__ import annotations
 
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 import pytest
 import simpy
 
@@ -15,7 +22,7 @@ from moesim.simulator.phases import PHASES
 from moesim.simulator.roofline import scenario_roofline
 from moesim.simulator.scenario import resolve
 
-from conftest import EXAMPLES, example_config
+from conftest import EXAMPLES, ROOT, example_config, toy_file
 
 
 def test_reports_order_and_colour_every_phase_the_engine_records():
@@ -60,3 +67,140 @@ def test_hardware_scale_reaches_the_other_devices_of_the_roofline():
     slow_h, fast_h = (t[t["device"] == base.device.name]["time_s"].sum() for t in (t0, t1))
     assert fast_mi < 0.7 * slow_mi  # twice the roofs (less the fixed overheads); unscaled it was equal
     assert fast_mi / slow_mi == pytest.approx(fast_h / slow_h, rel=0.15)  # the same what-if on both devices
+
+
+# ---- names become objects in compose.py only ----------------------------------------------------
+
+PRODUCTION = ["simulator", "studies", "reports", "moesim", "placement", "workloads", "validation", "kernels",
+              "hardware_profiles"]
+STAGE_OBJECTS = {"Direct", "Dedup", "Hierarchical", "LowLatency", "TokenStays", "AllGather", "SEQUENTIAL",
+                 "TWO_BATCH", "SHORTCUT"}
+
+
+def test_dispatch_algorithms_and_schedules_are_built_in_compose_only():
+    """No production module but compose.py imports an algorithm's class or a schedule: nothing else
+    can keep its own table of names (before issue 25 five files re-read the algorithm's name)."""
+    found = []
+    for folder in PRODUCTION:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if path.name == "compose.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ImportFrom):
+                    found += [f"{path.relative_to(ROOT)}: {a.name}" for a in node.names if a.name in STAGE_OBJECTS]
+    assert found == []
+
+
+@dataclass(frozen=True)
+class Teleport:
+    """A test's own dispatch algorithm: direct traffic, priced as DeepEP's low-latency kernels."""
+
+    name: str = "teleport"
+    comm_kind: str = "low_latency"
+    stages: int = 1
+    flow_from_top1: bool = False
+
+    def row_cost(self, p):
+        return p.base
+
+    def inter_node_rows_per_row(self, p):
+        return 1.0
+
+    def __call__(self, device_rows, rows, slot_device, tokens, layout, token_ids=None):
+        from moesim.simulator.dispatch import Traffic
+
+        return Traffic([device_rows * layout.dispatch_bytes], [np.transpose(device_rows, (0, 2, 1)) * layout.combine_bytes])
+
+
+def _toy_two_nodes(tmp_path: Path, **policies) -> Path:
+    cfg = {"name": "toy-2x2", "model": "toy-moe8.yaml", "hardware": {"cluster": "toy-cluster-2x2.yaml"},
+           "parallelism": {"ep": 4, "tp": 1, "dp": 4},
+           "workload": {"phase": "decode", "batch_size": 16, "kv_len": 99, "steps": 3,
+                        "routing": {"generator": "zipf", "alpha": 1.2}},
+           "policies": policies, "outputs": {"trace_steps": 0}}
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    return toy_file(tmp_path, cfg)
+
+
+def test_a_new_dispatch_algorithm_is_its_class_and_one_line_in_compose(tmp_path, monkeypatch):
+    """Plugged in by one line of compose's table, the test's algorithm is what the config check,
+    the engine, the op rows, the placement problem and the run estimate all use: it runs exactly
+    as low_latency (the same traffic and kernel kind) in each of them."""
+    from moesim.simulator import compose
+    from moesim.simulator.roofline import scenario_op_rows
+    from moesim.simulator.run import simulate
+    from moesim.simulator.run_estimate import estimate_run
+    from moesim.simulator.scenario import load_scenario
+    from moesim.studies.placement_inputs import pair_token_cost
+
+    monkeypatch.setitem(compose.DISPATCH_ALGORITHMS, "teleport", lambda sc: Teleport())  # the one line
+    new = load_scenario(_toy_two_nodes(tmp_path / "new", dispatch={"algorithm": "teleport"}))
+    old = load_scenario(_toy_two_nodes(tmp_path / "old", dispatch={"algorithm": "low_latency"}))
+    got, want = simulate(new), simulate(old)
+    assert got.summary["step_latency_s"] == want.summary["step_latency_s"]
+    np.testing.assert_array_equal(got.raw.end, want.raw.end)
+    comm = [scenario_op_rows(sc, 0, 1, 0).query("kind == 'comm'")[["bytes", "time_s"]] for sc in (new, old)]
+    assert comm[0].equals(comm[1]) and len(comm[0])
+    np.testing.assert_array_equal(pair_token_cost(new), pair_token_cost(old))
+    assert estimate_run(new).memory_bytes == estimate_run(old).memory_bytes
+
+
+def shared_first_program(shape):
+    """A test's own overlap schedule: the shared experts run before the dispatch leaves (nothing
+    overlaps the all-to-all)."""
+    from moesim.simulator.program import Program, compute, submit, wait
+
+    out = []
+    for layer, moe in enumerate(shape.is_moe):
+        out.append(compute("attention", layer))
+        if not moe:
+            out.append(compute("dense_ffn", layer))
+            continue
+        out += [compute("shared_expert", layer), submit("dispatch", layer), wait("dispatch", "dispatch", layer),
+                compute("expert", layer), submit("combine", layer), wait("combine", "combine", layer)]
+    return Program(tuple(out))
+
+
+def test_a_new_overlap_schedule_is_its_program_and_one_line_in_compose(tmp_path, monkeypatch):
+    """Plugged in by one line of compose's table, the test's schedule passes the config check and
+    runs on the one interpreter: the same plans cost the same compute, its shared experts end
+    before its dispatch starts, and hiding nothing it is never faster than overlap none."""
+    from moesim.simulator import compose
+    from moesim.simulator.overlap.schedules import Schedule
+    from moesim.simulator.phases import PHASE_INDEX
+    from moesim.simulator.run import simulate
+
+    monkeypatch.setitem(compose.OVERLAP_SCHEDULES, "shared_first", Schedule("shared_first", shared_first_program))
+    new = simulate(_toy_two_nodes(tmp_path / "new", overlap="shared_first"))
+    old = simulate(_toy_two_nodes(tmp_path / "old", overlap="none"))
+    dur_new, dur_old = (r.raw.end - r.raw.start for r in (new, old))
+    for phase in ("attention", "shared_expert", "expert"):
+        i = PHASE_INDEX[phase]
+        np.testing.assert_allclose(np.nan_to_num(dur_new[..., i]), np.nan_to_num(dur_old[..., i]), rtol=1e-12)
+    shared, dispatch = PHASE_INDEX["shared_expert"], PHASE_INDEX["dispatch"]
+    moe = ~np.isnan(new.raw.start[..., dispatch])
+    assert (new.raw.end[..., shared][moe] <= new.raw.start[..., dispatch][moe] + 1e-15).all()
+    assert np.nanmax(new.raw.end) >= np.nanmax(old.raw.end) * (1 - 1e-12)
+
+
+def test_plans_built_in_a_forked_child_or_a_thread_give_the_same_run(monkeypatch):
+    """Plans are plain data (no back-reference to the pipeline): pickled through the plan feed's
+    pipe they replay exactly as the thread's."""
+    from moesim.simulator import plan_feed
+    from moesim.simulator.compose import engine_for
+    from moesim.simulator.metrics import summarize
+
+    cfg = example_config("mixtral-decode-8xh100.yaml")
+    cfg["workload"]["steps"] = 12
+    sc = resolve(config_from_dict(cfg, EXAMPLES))
+    runs = {}
+    for name, minimum in (("process", 1), ("thread", 10**9)):
+        monkeypatch.setattr(plan_feed, "MIN_STEPS_FOR_PROCESS", minimum)
+        engine = engine_for(sc)
+        kind = type(engine._feed).__name__
+        runs[name] = (kind, engine.run())
+    assert runs["process"][0] == "ProcessFeed" and runs["thread"][0] == "ThreadFeed"
+    a, b = runs["process"][1], runs["thread"][1]
+    np.testing.assert_array_equal(a.start, b.start)
+    np.testing.assert_array_equal(a.end, b.end)
+    assert summarize(sc, a).summary == summarize(sc, b).summary

@@ -84,7 +84,7 @@ def _zipf_config(algorithm: str, overlap: str = "none") -> dict:
     return cfg
 
 
-@pytest.mark.parametrize("algorithm", ["direct", "dedup", "hierarchical", "low_latency"])
+@pytest.mark.parametrize("algorithm", ["direct", "dedup", "hierarchical", "low_latency", "all_gather"])
 def test_rows_are_conserved_and_combine_returns_what_dispatch_sent(tmp_path, algorithm):
     sc, plan = plan_of(tmp_path, _zipf_config(algorithm))
     assert np.allclose(plan.rows_computed.sum(axis=1) + plan.rows_dropped, plan.rows_routed)
@@ -110,7 +110,7 @@ def test_dedup_and_hierarchical_never_move_more_than_direct(tmp_path):
     assert hier_net[:, inter].sum() <= dedup[:, inter].sum() * (1 + 1e-12) <= direct[:, inter].sum() * (1 + 1e-12)
 
 
-@pytest.mark.parametrize("algorithm", ["direct", "dedup", "hierarchical", "low_latency"])
+@pytest.mark.parametrize("algorithm", ["direct", "dedup", "hierarchical", "low_latency", "all_gather"])
 @pytest.mark.parametrize("overlap", ["none", "two_batch", "shortcut"])
 def test_more_link_bandwidth_never_slows_a_step(tmp_path, algorithm, overlap):
     latency = []
@@ -247,3 +247,27 @@ def test_placement_token_cost_prices_the_chosen_dispatch(tmp_path):
     assert h[0, 2] == pytest.approx(d[0, 2] * rho_node)  # the peer (same local rank) on node 1
     assert h[0, 3] == pytest.approx(d[0, 2] * rho_node + d[2, 3] * rho_dev)  # via the peer, then NVLink
     assert (cost["dedup"] <= d).all() and h[0, 2] < d[0, 2]
+
+
+def test_all_gather_sends_every_token_to_every_peer_whatever_the_routing(tmp_path):
+    """Megatron's allgather dispatcher by hand: each of the 4 tokens of every device goes to the 3
+    other devices of the EP group; the reduce-scatter returns 4 partial rows from each peer. The
+    routing (COUNTS, or zipf) changes the experts' rows, never the bytes."""
+    everywhere = np.full((4, 4), 4.0) - 4.0 * np.eye(4)
+    for cfg in (two_node_config("all_gather"), _zipf_config("all_gather")):
+        sc, plan = plan_of(tmp_path, cfg)
+        tokens = cfg["workload"]["batch_size"]
+        for layer in range(plan.dispatch.shape[0]):
+            np.testing.assert_allclose(plan.dispatch[layer] / ROW, everywhere * tokens / 4)
+            np.testing.assert_allclose(plan.combine[layer] / ROW, everywhere.T * tokens / 4)
+    direct = plan_of(tmp_path, two_node_config("direct"))[1]
+    gathered = plan_of(tmp_path, two_node_config("all_gather"))[1]
+    np.testing.assert_allclose(gathered.rows_computed, direct.rows_computed)  # the experts' work is the routing's
+
+
+def test_all_gather_needs_no_placement_to_price(tmp_path):
+    """The placement ILP pays nothing for a row under all-gather: no placement moves a byte."""
+    from moesim.studies.placement_inputs import pair_token_cost
+
+    sc = load_scenario(toy_file(tmp_path, two_node_config("all_gather")))
+    assert not pair_token_cost(sc).any()

@@ -244,14 +244,13 @@ import os, sys, time
 from moesim.simulator.plan_feed import ProcessFeed
 
 class Plan:
-    pipeline = None
     payload = b"x" * 65536  # a few plans fill the pipe
 
 def plans():
     while True:
         yield [Plan()]
 
-feed = ProcessFeed(plans(), pipeline=None)
+feed = ProcessFeed(plans())
 feed.next()
 print(feed._proc.pid, flush=True)
 time.sleep(0.3)  # the child fills the pipe and blocks on its next send

@@ -59,11 +59,13 @@ def test_fused_adds_exactly_floor_and_token_passes_to_grouped(tmp_path, toy_conf
 
 
 def test_plan_rows_and_roofline_show_the_floor_and_token_passes(tmp_path, toy_config):
+    from moesim.simulator.compose import pipeline_for
     from moesim.simulator.roofline import scenario_plan
 
     res = _toy(tmp_path, toy_config)
-    plan = scenario_plan(res.scenario, 0)
-    rows = plan.op_rows(0, 1)
+    pipeline = pipeline_for(res.scenario)
+    plan = scenario_plan(res.scenario, 0, pipeline)
+    rows = pipeline.op_rows(plan, 0, 1)
     moe = rows[rows.phase == "expert"]
     assert set(moe.op) >= {"moe_floor", "moe_token_passes", "expert[2]", "expert[3]"}
     assert moe.time_s.sum() == pytest.approx(plan.expert[0, 1], rel=1e-12)

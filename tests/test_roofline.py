@@ -12,7 +12,8 @@ from moesim.hardware_profiles import load_device
 from moesim.simulator.config import config_from_dict
 from moesim.simulator.cost_model import CostModel
 from moesim.simulator.ops import Op
-from moesim.simulator.roofline import device_roof, expert_sweep, op_rows, ridge_tokens, scenario_plan, scenario_roofline
+from moesim.simulator.roofline import (device_roof, expert_sweep, op_rows, ridge_tokens, scenario_op_rows,
+                                      scenario_plan, scenario_roofline)
 from moesim.simulator.scenario import resolve
 from moesim.workloads import load_model
 
@@ -129,7 +130,7 @@ def test_op_rows_say_where_each_cost_came_from_and_its_speed_of_light_ratio(tmp_
     from moesim.simulator.metrics import error_bar
 
     sc = load_scenario_example("mixtral-decode-8xh100.yaml")
-    rows = scenario_plan(sc, 0).op_rows(1, 0)
+    rows = scenario_op_rows(sc, 0, 1, 0)
     compute = rows[rows["kind"].isin(["gemm", "attention"])]
     assert (compute["source"] == "datasheet").all()
     assert (compute["sol_ratio"] >= 1.0 - 1e-12).all()

@@ -131,7 +131,7 @@ def test_a_deployment_that_cannot_hold_one_request_is_refused(tmp_path):
 def test_iteration_cache_replays_repeated_shapes_and_agrees_with_the_full_simulation(tmp_path):
     """Fixed lengths: most iterations repeat a shape. Replayed iterations reuse one routing draw,
     so results differ from simulating each only through routing noise (well under 5% here)."""
-    from moesim.simulator.engine import Engine
+    from moesim.simulator.compose import engine_for
     from moesim.simulator.serving.outcome import serving_outcome
 
     cached = run(tmp_path, users=4, num_requests=12)
@@ -141,7 +141,7 @@ def test_iteration_cache_replays_repeated_shapes_and_agrees_with_the_full_simula
         b = full.summary["serving"]["latency"][metric]["mean"]
         assert a == pytest.approx(b, rel=0.05), metric
     sc = load_scenario(toy_file(tmp_path, serving_config(users=4, num_requests=12)))
-    engine = Engine(sc)
+    engine = engine_for(sc)
     raw = engine.run()
     assert engine.cache.hits > engine.cache.misses  # most iterations replayed
     table, iterations, _ = serving_outcome(sc, raw, engine.source)
@@ -158,6 +158,21 @@ def test_two_batch_overlap_serves_every_request(tmp_path):
     assert req["finished"].all() and (req["tokens_emitted"] == req["output_tokens"]).all()
     assert r.iterations["prefill_tokens"].sum() == req["prompt_tokens"].sum()
     assert r.raw.start.shape[3] == 2  # two micro-batches in the timeline
+
+
+def test_shortcut_overlap_serves_every_request_and_hides_dispatch_behind_attention(tmp_path):
+    """Every schedule runs on the one interpreter, which owns the serving hooks, so the shortcut
+    schedule serves too (before issue 25 it had no serving path): requests and tokens are
+    conserved, and its first iteration (the same batch as without overlap) is no slower."""
+    runs = {}
+    for overlap in ("none", "shortcut"):
+        cfg = serving_config()
+        cfg["policies"] = {"overlap": overlap}
+        runs[overlap] = r = simulate(load_scenario(toy_file(tmp_path, cfg)))
+        req = r.requests
+        assert req["finished"].all() and (req["tokens_emitted"] == req["output_tokens"]).all()
+    first = {k: float(np.nanmax(r.raw.end[0]) - np.nanmin(r.raw.start[0])) for k, r in runs.items()}
+    assert first["shortcut"] <= first["none"] * (1 + 1e-12)
 
 
 def test_attention_mix_splits_sequences_evenly():

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import moesim
-from moesim.simulator.engine import Engine
+from moesim.simulator.compose import engine_for
 from moesim.simulator.metrics import summarize
-from moesim.simulator.roofline import scenario_plan
+from moesim.simulator.roofline import scenario_op_rows, scenario_plan
 from moesim.simulator.run import simulate
 from moesim.simulator.scenario import load_scenario
 from moesim.errors import ConfigError
@@ -59,12 +59,15 @@ def test_two_batch_hand_calculation(tmp_path, toy_config):
 
 def _back_to_back(path) -> float:
     """Makespan of a one-step two-batch scenario's micro-batches replayed in sequence with no overlap."""
-    from moesim.simulator.compose import pipeline_for, step_source_for
-    from moesim.simulator.overlap.sequential import sequential_stream
+    from dataclasses import replace
+
+    from moesim.simulator.compose import pipeline_for, step_shape, step_source_for
+    from moesim.simulator.overlap.sequential import sequential_program
 
     sc = load_scenario(path)
     first = next(iter(pipeline_for(sc).plans(step_source_for(sc))))
-    raw = Engine(sc, plans=iter([[p] for p in first]), overlap=sequential_stream).run()
+    program = sequential_program(replace(step_shape(sc, False), microbatches=1))
+    raw = engine_for(sc, plans=iter([[p] for p in first]), program=program).run()
     return float(np.nanmax(raw.end) - np.nanmin(raw.start))
 
 
@@ -179,21 +182,17 @@ def test_grouped_kernel_launches_once_per_device(tmp_path, toy_config):
     for kernel in ("grouped", "per_expert"):
         c = copy.deepcopy(toy)
         c["policies"] = {"expert_kernel": kernel}
-        sc = load_scenario(toy_file(tmp_path, c))
-        # give the toy GPU a launch overhead so the difference shows
-        object.__setattr__(sc.machine.cost.device, "overhead", 5e-6) if False else None
-        results[kernel] = scenario_plan(sc, 0)
+        results[kernel] = scenario_op_rows(load_scenario(toy_file(tmp_path, c)), 0, 0, 1)
     # device 1 runs two experts: per_expert charges two launches, grouped one (toy overhead is 0,
     # so times agree; the op rows say which launches were charged)
-    rows = results["grouped"].op_rows(0, 1)
-    assert (rows["op"] == "grouped_gemm_launch").sum() == 1
-    assert (results["per_expert"].op_rows(0, 1)["op"] == "grouped_gemm_launch").sum() == 0
+    assert (results["grouped"]["op"] == "grouped_gemm_launch").sum() == 1
+    assert (results["per_expert"]["op"] == "grouped_gemm_launch").sum() == 0
 
 
 def test_attention_is_sized_from_the_step_tokens_of_a_trace():
     sc = load_scenario(EXAMPLES / "tiny-moe-trace-8xh100.yaml")
     plan = scenario_plan(sc, 0)
-    rows = plan.op_rows(0, 0)
+    rows = scenario_op_rows(sc, 0, 0, 0)
     qkv = rows[rows.op == "qkv_proj"].iloc[0]
     assert qkv["rows"] * sc.tp == pytest.approx(plan.inputs.moe_tokens.reshape(-1, sc.tp).sum(axis=1).max()) or \
         qkv["rows"] > 0
@@ -214,8 +213,8 @@ def test_engine_replays_hand_built_plans(tmp_path, toy_config):
     plan.attention[:] = 1e-3
     plan.expert[:] = 0.0
     plan.expert[0, 1] = 2e-3
-    assert summarize(sc, Engine(sc, plans=iter([[plan], [plan], [plan]])).run()).summary["steps"] == 3
-    result = summarize(sc, Engine(sc, plans=iter([[plan]])).run())
+    assert summarize(sc, engine_for(sc, plans=iter([[plan], [plan], [plan]])).run()).summary["steps"] == 3
+    result = summarize(sc, engine_for(sc, plans=iter([[plan]])).run())
     # step = attention + dispatch transfer + device 1's expert + combine transfer
     assert _step(result) == pytest.approx(1e-3 + TRANSFER + 2e-3 + TRANSFER, rel=1e-9)
 
@@ -225,7 +224,7 @@ def test_an_empty_step_source_is_an_error(tmp_path, toy_config):
     from moesim.errors import MoesimError
 
     with pytest.raises(MoesimError):
-        Engine(sc, plans=iter([])).run()
+        engine_for(sc, plans=iter([])).run()
 
 
 # ---- public API -----------------------------------------------------------------------------

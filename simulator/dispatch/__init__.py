@@ -6,7 +6,9 @@ token once per destination device), `hierarchical` (DeepEP normal: once per dest
 over the network, then NVLink forwarding), `low_latency` (DeepEP low-latency: per (token,
 expert) RDMA with a per-kernel floor), `token_stays` (ExFlow: a token stays on its expert's device
 between layers). Each is a one-method object; `Traffic` is what they make.
-The kernels' floors and efficiency in message size are the comm kind's (`comm_cost.DISPATCH_KIND`).
+An algorithm carries its own facts, so nothing else keeps a table of names: `comm_kind` (whose
+kernel floors and efficiency in message size apply, `comm_cost`), `stages` (pipelined stages of
+its traffic) and `row_cost` (what the placement ILP pays for one routed row between two devices).
 """
 
 from __future__ import annotations
@@ -67,8 +69,33 @@ class TokenIds:
     token_source: np.ndarray  # (T,) the device (or MoE-TP shard group) each token starts on
 
 
+@dataclass(frozen=True)
+class RowPricing:
+    """What pricing one routed (token, expert) row needs, for the first EP group's devices: `base`
+    (ep, ep) seconds of one row's dispatch + combine payload over each pair's slowest link;
+    `per_device` / `per_node` the expected distinct (token, device) / (token, node) pairs per row
+    under even routing; each device's node and local rank."""
+
+    base: np.ndarray
+    per_device: float
+    per_node: float
+    node: np.ndarray
+    local_rank: np.ndarray
+
+
 class DispatchAlgorithm(Protocol):
     name: str
+    comm_kind: str  # the kernel kind whose floors and message-size efficiency apply (comm_cost)
+    stages: int  # pipelined stages of its traffic (1: a plain all-to-all)
+    flow_from_top1: bool  # placement measures layer-to-layer flow from each token's top-1 expert (exflow)
+
+    def row_cost(self, p: RowPricing) -> np.ndarray:
+        """(ep, ep) seconds the placement ILP charges one routed row from device s to device d."""
+        ...
+
+    def inter_node_rows_per_row(self, p: RowPricing) -> float:
+        """Inter-node rows one routed inter-node row costs (placement scoring)."""
+        ...
 
     def __call__(self, device_rows: np.ndarray, rows: np.ndarray, slot_device: np.ndarray, tokens: np.ndarray,
                  layout: DispatchLayout, token_ids: TokenIds | None = None) -> Traffic:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.simulator.dispatch import DispatchLayout, TokenIds, Traffic
+from moesim.simulator.dispatch import DispatchLayout, RowPricing, TokenIds, Traffic
 from moesim.simulator.dispatch.distinct import distinct_pairs
 
 
@@ -35,6 +35,15 @@ def distinct_device_rows(rows: np.ndarray, slot_device: np.ndarray, tokens: np.n
 @dataclass(frozen=True)
 class Dedup:
     name: str = "dedup"
+    comm_kind: str = "all_to_all"
+    stages: int = 1
+    flow_from_top1: bool = False
+
+    def row_cost(self, p: RowPricing) -> np.ndarray:
+        return p.base * p.per_device  # a token once per destination device
+
+    def inter_node_rows_per_row(self, p: RowPricing) -> float:
+        return p.per_device
 
     def __call__(self, device_rows: np.ndarray, rows: np.ndarray, slot_device: np.ndarray, tokens: np.ndarray,
                  layout: DispatchLayout, token_ids: TokenIds | None = None) -> Traffic:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.simulator.dispatch import DispatchLayout, TokenIds, Traffic
+from moesim.simulator.dispatch import DispatchLayout, RowPricing, TokenIds, Traffic
 
 
 @dataclass(frozen=True)
@@ -14,6 +14,15 @@ class Direct:
     """A token with two experts on one device is sent twice; combine returns every row."""
 
     name: str = "direct"
+    comm_kind: str = "all_to_all"
+    stages: int = 1
+    flow_from_top1: bool = False
+
+    def row_cost(self, p: RowPricing) -> np.ndarray:
+        return p.base
+
+    def inter_node_rows_per_row(self, p: RowPricing) -> float:
+        return 1.0
 
     def __call__(self, device_rows: np.ndarray, rows: np.ndarray, slot_device: np.ndarray, tokens: np.ndarray,
                  layout: DispatchLayout, token_ids: TokenIds | None = None) -> Traffic:

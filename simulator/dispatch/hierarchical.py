@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.simulator.dispatch import DispatchLayout, TokenIds, Traffic
+from moesim.simulator.dispatch import DispatchLayout, RowPricing, TokenIds, Traffic
 from moesim.simulator.dispatch.distinct import distinct_pairs
 
 
@@ -37,6 +37,27 @@ def forwarding(layout: DispatchLayout, g: int) -> tuple[np.ndarray, np.ndarray, 
 @dataclass(frozen=True)
 class Hierarchical:
     name: str = "hierarchical"
+    comm_kind: str = "hierarchical"
+    stages: int = 2
+    flow_from_top1: bool = False
+
+    def row_cost(self, p: RowPricing) -> np.ndarray:
+        """Within a node a row costs the pair's cost x rho(experts per device); across nodes it crosses
+        the network once per (token, node) to the peer GPU of the same local rank (network cost x
+        rho(experts per node)) and is forwarded over NVLink to the expert's GPU."""
+        node, rank, base = p.node, p.local_rank, p.base
+        ep = node.size
+        cost = np.where(node[:, None] == node[None, :], base * p.per_device, 0.0)
+        for s in range(ep):
+            for d in range(ep):
+                if node[s] != node[d]:
+                    on_node = np.flatnonzero(node == node[d])
+                    peer = on_node[min(rank[s] - rank[on_node[0]], on_node.size - 1)]
+                    cost[s, d] = base[s, peer] * p.per_node + base[peer, d] * p.per_device
+        return cost
+
+    def inter_node_rows_per_row(self, p: RowPricing) -> float:
+        return p.per_node
 
     def __call__(self, device_rows: np.ndarray, rows: np.ndarray, slot_device: np.ndarray, tokens: np.ndarray,
                  layout: DispatchLayout, token_ids: TokenIds | None = None) -> Traffic:

@@ -10,13 +10,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.simulator.dispatch import DispatchLayout, TokenIds, Traffic
+from moesim.simulator.dispatch import DispatchLayout, RowPricing, TokenIds, Traffic
 
 
 @dataclass(frozen=True)
 class LowLatency:
     kernel_latency: float | None = None  # seconds per dispatch or combine kernel (None: the profile's floor)
     name: str = "low_latency"
+    comm_kind: str = "low_latency"
+    stages: int = 1
+    flow_from_top1: bool = False
+
+    def row_cost(self, p: RowPricing) -> np.ndarray:
+        return p.base  # one row per (token, expert), as direct
+
+    def inter_node_rows_per_row(self, p: RowPricing) -> float:
+        return 1.0
 
     def __call__(self, device_rows: np.ndarray, rows: np.ndarray, slot_device: np.ndarray, tokens: np.ndarray,
                  layout: DispatchLayout, token_ids: TokenIds | None = None) -> Traffic:

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.simulator.dispatch import DispatchLayout, TokenIds, Traffic
+from moesim.simulator.dispatch import DispatchLayout, RowPricing, TokenIds, Traffic
 
 NAME = "exflow"
 
@@ -112,6 +112,15 @@ class TokenStays:
 
     kv_bytes: tuple[float, ...] = ()
     name: str = NAME
+    comm_kind: str = "all_to_all"
+    stages: int = 1
+    flow_from_top1: bool = True  # its moves follow each token's top-1 expert from layer to layer
+
+    def row_cost(self, p: RowPricing) -> np.ndarray:
+        return p.base * p.per_device  # dedup's dispatch; its combine to the new home is priced alike
+
+    def inter_node_rows_per_row(self, p: RowPricing) -> float:
+        return p.per_device
 
     def __call__(self, device_rows: np.ndarray, rows: np.ndarray, slot_device: np.ndarray, tokens: np.ndarray,
                  layout: DispatchLayout, token_ids: TokenIds | None = None) -> Traffic:

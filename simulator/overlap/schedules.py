@@ -1,19 +1,21 @@
-"""Pick a scenario's overlap schedule (`policies.overlap`): a generator function per device."""
+"""What an overlap schedule is: a name, its micro-batches per step, and the program it writes."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
-from moesim.simulator.overlap.sequential import sequential_stream
-from moesim.simulator.overlap.shortcut import shortcut_stream
-from moesim.simulator.overlap.two_batch import two_batch_stream
-from moesim.simulator.scenario import Scenario
+from moesim.simulator.program import Program, StepShape
 
 
-def schedule_for(sc: Scenario) -> Callable:
-    overlap = sc.config.policies.overlap
-    if overlap == "two_batch":
-        return two_batch_stream
-    if overlap == "shortcut":
-        return shortcut_stream
-    return sequential_stream
+@dataclass(frozen=True)
+class Schedule:
+    """An overlap schedule (`policies.overlap`): `program(shape)` is one step's instructions for
+    every device (simulator/program.py); `microbatches` is how many parts the pipeline splits a
+    step into for it; `offload`: whether its programs can wait for expert copies (each dispatch
+    wait runs the experts in the same wake-up, `wait_then`), which expert offloading needs."""
+
+    name: str
+    program: Callable[[StepShape], Program]
+    microbatches: int = 1
+    offload: bool = False

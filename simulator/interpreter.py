@@ -1,0 +1,157 @@
+"""The device interpreter: runs a step program (simulator/program.py) on one device, step after step.
+
+One SimPy process per device. Per step it asks the engine for the step's plans, times lists and
+collectives, then walks the program's instructions, recording each phase's start and end in the
+engine's flat per-step lists (index ((layer x N + device) x MB + micro-batch) x P + phase): the
+hot loop touches no numpy scalars. Serving hooks (start at an arrival, replay a cached
+iteration, the iteration barrier) and offloading (look up the expert cache when the dispatch is
+submitted, wait for copies and host jobs before the experts) are the interpreter's, so every
+schedule gets them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Generator
+
+from moesim.errors import MoesimError
+from moesim.simulator.phases import EXP, STALL
+from moesim.simulator.program import (ALL_REDUCE, ALL_REDUCE_MORE, BESIDE, COMPUTE, SUBMIT, WAIT, WAIT_ARRIVAL,
+                                      WAIT_THEN, Program)
+
+if TYPE_CHECKING:
+    from moesim.simulator.engine import Engine
+
+DISPATCH, COMBINE, TP_ATTENTION, TP_FFN, MOE_REDUCE = range(5)  # program.COLLECTIVES, in order
+
+
+def compile_for_device(program: Program, d: int, n: int, P: int, moe_index: dict[int, int]) -> list[tuple]:
+    """The program with every phase as its absolute index in the flat lists, for device `d`:
+    (opcode, index, operand, layer, micro-batch, moe layer index, phase)."""
+    MB = program.microbatches
+    out = []
+    for op, phase, layer, mb, operand in program.instructions:
+        i = ((layer * n + d) * MB + mb) * P + (phase if phase >= 0 else 0)
+        out.append((op, i, operand, layer, mb, moe_index.get(layer, -1), phase))
+    return out
+
+
+def _collective(colls, which: int, layer: int, m: int):
+    if which == DISPATCH:
+        return colls.moe[m][0]
+    if which == COMBINE:
+        return colls.moe[m][1]
+    if which == TP_ATTENTION:
+        return colls.tp[layer][0]
+    if which == TP_FFN:
+        return colls.tp[layer][1]
+    return colls.moe_reduce[m]
+
+
+def device_stream(engine: "Engine", d: int, program: Program) -> Generator:
+    """Run `program` on device `d` for every step the engine's plans hold."""
+    env = engine.env
+    MB = program.microbatches
+    P = engine.P
+    code = compile_for_device(program, d, engine.n, P, engine.moe_index)
+    last = len(code) - 1
+    offload = engine.offload
+    fused = False  # the previous wait already ran the next compute in its wake-up
+    s = 0
+    plans = engine.plans(0)
+    while plans is not None:
+        if (yield from engine.begin_step(plans, s, d)):  # serving: replayed from a cached timeline
+            s += 1
+            plans = engine.plans(s)
+            continue
+        st, en = engine.times(s)
+        dur = [[x[d] for x in engine.lists(s, mb)] for mb in range(MB)]
+        colls = [engine.collectives(s, mb) for mb in range(MB)]
+        free_at = None  # a `beside` compute's end: the next wait does not end before it
+        off_wait = None  # offloading: what this MoE layer's experts wait for
+        for k, (op, i, operand, layer, mb, m, _) in enumerate(code):
+            if op == COMPUTE:
+                if fused:
+                    fused = False
+                else:
+                    st[i] = env.now
+                    yield env.timeout(dur[mb][operand][layer])
+                en[i] = env.now
+            elif op == SUBMIT:
+                coll = _collective(colls[mb], operand, layer, m)
+                coll.submit(d)
+                if offload is not None and operand == DISPATCH:  # the router has chosen: look up the cache
+                    plan = plans[mb]
+                    w = offload.demand(plan, d, m)
+                    offload.prefetch(plan, d, m)
+                    off_wait = w if (w.fetched or w.host) else None  # all resident: the no-offload timeline
+            elif op == WAIT_THEN:
+                coll = _collective(colls[mb], operand, layer, m)
+                nb = env.now if free_at is None else free_at
+                free_at = None
+                if off_wait is not None:  # copies or host jobs to wait for before the experts
+                    if k == last or code[k + 1][6] != EXP:
+                        raise MoesimError("with offloading, a program's dispatch wait must run the experts next")
+                    yield from coll.inbound(d, not_before=nb)
+                    st[i] = nb
+                    base = i - i % P
+                    ready = en[i] = st[base + STALL] = env.now
+                    stall = yield from engine.run_offloaded_experts(off_wait)
+                    en[base + STALL] = st[base + EXP] = ready + stall
+                    off_wait = None
+                    fused = True
+                    continue
+                if k < last:
+                    nxt = code[k + 1]
+                    then, nxt_st = dur[nxt[4]][nxt[2]][nxt[3]], st
+                else:  # the next step's first compute (a fixed batch: the next step is known already)
+                    following = engine.plans(s + 1)
+                    nxt = code[0]
+                    then, nxt_st = None, None
+                    if following is not None:
+                        then = engine.lists(s + 1, nxt[4])[nxt[2]][d][nxt[3]]
+                        nxt_st = engine.times(s + 1)[0]
+                if then is None:
+                    yield from coll.inbound(d, not_before=nb, then=0.0)
+                    st[i] = nb
+                    en[i] = coll.received_at(d, not_before=nb)
+                    continue
+                yield from coll.inbound(d, not_before=nb, then=then)
+                st[i] = nb
+                en[i] = nxt_st[nxt[1]] = coll.received_at(d, nb)
+                fused = True
+            elif op == WAIT:
+                if off_wait is not None:
+                    raise MoesimError("with offloading, a program's dispatch wait must run the experts next")
+                coll = _collective(colls[mb], operand, layer, m)
+                nb = env.now if free_at is None else free_at
+                free_at = None
+                st[i] = nb
+                yield from coll.inbound(d, not_before=nb)
+                en[i] = env.now
+            elif op == BESIDE:
+                now = env.now
+                st[i] = now
+                free_at = en[i] = now + dur[mb][operand][layer]
+            elif op == WAIT_ARRIVAL:
+                coll = _collective(colls[mb], operand, layer, m)
+                nb = env.now if free_at is None else free_at
+                free_at = None
+                yield from coll.inbound(d, not_before=nb, then=0.0)
+                st[i] = nb
+                en[i] = coll.received_at(d, not_before=nb)
+            elif op == ALL_REDUCE:
+                coll = _collective(colls[mb], operand, layer, m)
+                st[i] = env.now
+                coll.submit(d)
+                yield from coll.inbound(d)
+                en[i] = env.now
+            elif op == ALL_REDUCE_MORE:
+                coll = _collective(colls[mb], operand, layer, m)
+                coll.submit(d)
+                yield from coll.inbound(d)
+                en[i] = env.now
+        engine.step_done(d, s)
+        if engine.interactive:
+            yield from engine.iteration_barrier(s)
+        s += 1
+        plans = engine.plans(s)
