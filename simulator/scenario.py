@@ -22,8 +22,9 @@ from moesim.simulator.cost_model import CostModel
 from moesim.simulator.dispatch.token_stays import exflow_problem
 from moesim.simulator.machine import Machine, Scale, build_machine
 from moesim.simulator.expert_precision import ExpertPrecision, expert_precision
-from moesim.simulator.memory import MemoryEstimate, estimate_memory
-from moesim.simulator.offload.setup import OffloadSetup, OffloadSetupError, setup_offload
+from moesim.simulator.memory import MemoryEstimate
+from moesim.simulator.memory_ledger import resident_memory, usable_bytes, workload_memory
+from moesim.simulator.offload.setup import OffloadSetup, OffloadSetupError
 from moesim.units import dtype_bytes, fmt_bytes
 from moesim.workloads import ModelSpec, load_model
 from moesim.errors import TraceError
@@ -80,6 +81,11 @@ class Scenario:
         return self.cluster.num_devices
 
     @property
+    def memory_budget(self) -> float:
+        """Bytes a run may fill of each device (the memory ledger: capacity less the reserve)."""
+        return usable_bytes(self.device.memory.capacity, self.config.policies.memory_reserve)
+
+    @property
     def steps(self) -> int:
         return self.config.workload.steps
 
@@ -104,25 +110,68 @@ def _wrap(sf: ScenarioFile, field: str, err: ConfigError) -> ConfigError:
     return ConfigError(f"{err.detail} (while loading '{field}' from {sf.path})", file=err.file, field=err.field)
 
 
+@dataclass(frozen=True)
+class Parallelism:
+    """The device groups of a scenario: attention TP x DP over every device, MoE groups of ep x moe_tp."""
+
+    tp: int
+    dp: int
+    ep: int
+    moe_tp: int
+
+
 def resolve(sf: ScenarioFile) -> Scenario:
-    """Turn a validated config into a Scenario, checking the rules that span sections."""
-    cfg = sf.config
+    """Turn a validated config into a Scenario, checking the rules that span sections. Each step is
+    a named function of what the steps before it resolved; the validated config is not changed (a
+    value resolution derives, such as a trace's tokens per device, goes into the scenario's copy)."""
+    model = _model(sf)
+    cluster = _cluster(sf)
+    par = _parallelism(sf, model, cluster)
+    _check_policies(sf)
+    placement = _placement(sf, model, par.ep)
+    trace, cfg = _trace_workload(sf, model, cluster.num_devices, par.tp)
+    batch, moe_tokens = _batch(sf, cfg.workload, par)
+    machine = _machine(sf, cluster)
+    routing = _routing(sf, cfg, model, trace, cluster.num_devices, par, moe_tokens, placement, machine)
+    precision = _precision(sf, model)
+    memory, offload = _memory(sf, cfg, model, machine, placement, par, batch, moe_tokens, precision)
+    scenario = Scenario(
+        name=cfg.name or "scenario", config=cfg, source=sf, model=model, machine=machine, ep=par.ep, tp=par.tp,
+        dp=par.dp, placement=placement, routing=routing, batch_per_replica=batch, moe_tokens=moe_tokens,
+        memory=memory, precision=precision, offload=offload, moe_tp=par.moe_tp,
+    )
+    problem = exflow_problem(scenario)  # exflow dispatch needs per-token ids: say so before the run
+    if problem is not None:
+        raise config_error(sf, *problem)
+    return scenario
+
+
+def _model(sf: ScenarioFile) -> ModelSpec:
     try:
-        model = load_model(sf.resolve_path(cfg.model))
+        return load_model(sf.resolve_path(sf.config.model))
     except ConfigError as err:
         raise _wrap(sf, "model", err) from None
+
+
+def _cluster(sf: ScenarioFile) -> ClusterSpec:
+    """The cluster profile, cut to `hardware.nodes` where asked."""
+    hw = sf.config.hardware
     try:
-        cluster = load_cluster(sf.resolve_path(cfg.hardware.cluster))
-        device = load_device(cluster.node.device)
+        cluster = load_cluster(sf.resolve_path(hw.cluster))
+        load_device(cluster.node.device)
     except ConfigError as err:
         raise _wrap(sf, "hardware.cluster", err) from None
-    if cfg.hardware.nodes is not None:
-        if cfg.hardware.nodes > cluster.nodes:
-            raise config_error(sf, "hardware.nodes", f"{cfg.hardware.nodes} nodes asked but cluster '{cluster.name}' "
+    if hw.nodes is not None:
+        if hw.nodes > cluster.nodes:
+            raise config_error(sf, "hardware.nodes", f"{hw.nodes} nodes asked but cluster '{cluster.name}' "
                                f"has {cluster.nodes}")
-        cluster = cluster.model_copy(update={"nodes": cfg.hardware.nodes})
+        cluster = cluster.model_copy(update={"nodes": hw.nodes})
+    return cluster
+
+
+def _parallelism(sf: ScenarioFile, model: ModelSpec, cluster: ClusterSpec) -> Parallelism:
     n = cluster.num_devices
-    par = cfg.parallelism
+    par = sf.config.parallelism
     tp = par.tp
     dp = par.dp if par.dp is not None else n // tp
     if tp * dp != n:
@@ -148,45 +197,62 @@ def resolve(sf: ScenarioFile) -> Scenario:
                                "(experts split over the attention TP group, as vLLM/TRT-LLM do) or tp = 1 "
                                "(data-parallel attention; tokens are all-gathered within each MoE-TP group)")
     experts = model.moe.num_experts
-    if cfg.placement.policy and experts % ep:
+    if sf.config.placement.policy and experts % ep:
         raise config_error(sf, "parallelism.ep", f"ep={ep} does not divide the {experts} experts of "
                            f"{model.name}; choose ep among {[d for d in range(1, n + 1) if experts % d == 0 and n % d == 0]} "
                            "or give a placement file")
     heads = model.attention.num_heads
     if heads % tp:
         raise config_error(sf, "parallelism.tp", f"tp={tp} must divide the {heads} attention heads of {model.name}")
-    for field, dtype in (("policies.dispatch_dtype", cfg.policies.dispatch_dtype),
-                         ("policies.combine_dtype", cfg.policies.combine_dtype)):
+    return Parallelism(tp, dp, ep, moe_tp)
+
+
+def _check_policies(sf: ScenarioFile) -> None:
+    pol = sf.config.policies
+    for field, dtype in (("policies.dispatch_dtype", pol.dispatch_dtype), ("policies.combine_dtype", pol.combine_dtype)):
         try:
             dtype_bytes(dtype)
         except ValueError as err:
             raise config_error(sf, field, str(err)) from None
 
-    n_moe = len(model.moe_layers)
-    if cfg.placement.file:
-        path = _config_file(sf, "placement.file", cfg.placement.file, "placement file")
-        placement = load_placement_file(path, experts, ep, n_moe)
-    elif cfg.placement.policy == "round_robin":
-        placement = round_robin(experts, ep, n_moe)
-    else:
-        placement = contiguous(experts, ep, n_moe)
 
-    wl = cfg.workload
-    rc = wl.routing
-    trace = None
-    if rc.generator == "trace":
-        trace_path = Path(sf.resolve_path(rc.trace))
-        try:
-            trace = open_trace(trace_path, model)
-            if wl.steps > trace.num_steps and not rc.repeat:
-                raise config_error(sf, "workload.steps", f"{wl.steps} steps asked but the trace {trace_path.name} "
-                                   f"has {trace.num_steps}; simulate fewer or set workload.routing.repeat: true")
-            if wl.batch_size is None and wl.tokens_per_device is None:
-                per_device = trace_tokens_per_device(trace, n, tp, rc.source_map)
-                wl.tokens_per_device = max(1, -(-int(per_device.sum()) // n))
-        except TraceError as err:
-            raise ConfigError(f"{err} (while loading 'workload.routing.trace' of {sf.path or '<config>'})",
-                              file=err.file, field=err.where) from None
+def _placement(sf: ScenarioFile, model: ModelSpec, ep: int) -> Placement:
+    cfg = sf.config.placement
+    experts, n_moe = model.moe.num_experts, len(model.moe_layers)
+    if cfg.file:
+        path = _config_file(sf, "placement.file", cfg.file, "placement file")
+        return load_placement_file(path, experts, ep, n_moe)
+    if cfg.policy == "round_robin":
+        return round_robin(experts, ep, n_moe)
+    return contiguous(experts, ep, n_moe)
+
+
+def _trace_workload(sf: ScenarioFile, model: ModelSpec, n: int, tp: int) -> tuple[object | None, ScenarioConfig]:
+    """The routing trace, if the workload replays one, and the config the scenario keeps: a copy
+    whose workload has the trace's mean tokens per device where it gives neither a batch nor tokens."""
+    cfg = sf.config
+    wl, rc = cfg.workload, cfg.workload.routing
+    if rc.generator != "trace":
+        return None, cfg
+    trace_path = Path(sf.resolve_path(rc.trace))
+    try:
+        trace = open_trace(trace_path, model)
+        if wl.steps > trace.num_steps and not rc.repeat:
+            raise config_error(sf, "workload.steps", f"{wl.steps} steps asked but the trace {trace_path.name} "
+                               f"has {trace.num_steps}; simulate fewer or set workload.routing.repeat: true")
+        if wl.batch_size is None and wl.tokens_per_device is None:
+            per_device = trace_tokens_per_device(trace, n, tp, rc.source_map)
+            tokens = max(1, -(-int(per_device.sum()) // n))
+            cfg = cfg.model_copy(update={"workload": wl.model_copy(update={"tokens_per_device": tokens})})
+    except TraceError as err:
+        raise ConfigError(f"{err} (while loading 'workload.routing.trace' of {sf.path or '<config>'})",
+                          file=err.file, field=err.where) from None
+    return trace, cfg
+
+
+def _batch(sf: ScenarioFile, wl: WorkloadConfig, par: Parallelism) -> tuple[int, np.ndarray]:
+    """(sequences per attention replica, tokens each device sends into each MoE layer)."""
+    tp = par.tp
     if wl.batch_size is not None:
         batch = wl.batch_size
         replica_tokens = batch * (wl.seq_len if wl.phase == "prefill" else 1)
@@ -198,18 +264,30 @@ def resolve(sf: ScenarioFile) -> Scenario:
                                f"is not a whole number of sequences of seq_len={seq}")
         batch = replica_tokens // seq
     # tokens per tp rank as np.array_split deals them (the first ranks take one more), without
-    # allocating a token array: a batch too big for memory reaches the memory check below
+    # allocating a token array: a batch too big for memory reaches the memory check
     split = np.array([replica_tokens // tp + (k < replica_tokens % tp) for k in range(tp)], dtype=np.int64)
-    moe_tokens = np.tile(split, dp)
+    return batch, np.tile(split, par.dp)
 
-    top_k = model.moe.top_k
+
+def _machine(sf: ScenarioFile, cluster: ClusterSpec) -> Machine:
+    hw = sf.config.hardware
+    if not hw.comm_floors:
+        cluster = cluster.model_copy(update={"comm_floors": False})
+    scale = hw.scale
+    return build_machine(cluster, Scale(scale.flops, scale.memory_bandwidth, scale.link_bandwidth))
+
+
+def _routing(sf: ScenarioFile, cfg: ScenarioConfig, model: ModelSpec, trace, n: int, par: Parallelism,
+             moe_tokens: np.ndarray, placement: Placement, machine: Machine) -> RoutingSource:
+    rc = cfg.workload.routing
+    experts, top_k, n_moe = model.moe.num_experts, model.moe.top_k, len(model.moe_layers)
     if rc.generator == "uniform":
         routing: RoutingSource = uniform_routing(experts, top_k, n_moe, cfg.seed)
     elif rc.generator == "zipf":
         routing = zipf_routing(experts, top_k, n_moe, rc.alpha, cfg.seed, rc.shuffle)
     elif rc.generator == "trace":
         try:
-            routing = TraceRouting(trace, n, tp, rc.source_map, rc.repeat)
+            routing = TraceRouting(trace, n, par.tp, rc.source_map, rc.repeat)
         except TraceError as err:
             raise config_error(sf, "workload.routing.source_map", str(err)) from None
     elif rc.generator == "synthetic":
@@ -225,64 +303,51 @@ def resolve(sf: ScenarioFile) -> Scenario:
             raise config_error(sf, "workload.routing.counts", "each device's row must be non-negative and "
                                f"sum to top_k x its tokens = {(moe_tokens * top_k).tolist()}")
         routing = FixedRouting(experts, top_k, counts)
+    if not (rc.per_token or rc.max_nodes is not None):
+        return routing
+    per_token = (lambda r: _per_token_routing(sf, r, placement, machine, par.moe_tp, rc.max_nodes, cfg.seed))
+    if isinstance(routing, LoadMatrixRouting):
+        return routing.map_sources(per_token)
+    return per_token(routing)
 
-    scale = cfg.hardware.scale
-    if not cfg.hardware.comm_floors:
-        cluster = cluster.model_copy(update={"comm_floors": False})
-    machine = build_machine(cluster, Scale(scale.flops, scale.memory_bandwidth, scale.link_bandwidth))
-    if (rc.per_token or rc.max_nodes is not None) and isinstance(routing, LoadMatrixRouting):
-        routing = routing.map_sources(lambda r: _per_token_routing(sf, r, placement, machine, moe_tp, rc.max_nodes,
-                                                                   cfg.seed))
-    elif rc.per_token or rc.max_nodes is not None:
-        routing = _per_token_routing(sf, routing, placement, machine, moe_tp, rc.max_nodes, cfg.seed)
+
+def _precision(sf: ScenarioFile, model: ModelSpec) -> ExpertPrecision:
     try:
-        precision = expert_precision(model, cfg.precision)
+        return expert_precision(model, sf.config.precision)
     except ValueError as err:
         raise config_error(sf, "precision.per_expert", str(err)) from None
-    memory = workload_memory(model, placement, tp, batch, wl, int(moe_tokens.max()), precision.expert_bytes() / moe_tp)
-    budget = device.memory.capacity * (1 - cfg.policies.memory_reserve)
-    offload = None
-    if cfg.offload is not None:
-        try:
-            offload = setup_offload(cfg.offload, machine, placement, memory, precision.expert_bytes(), budget)
-        except OffloadSetupError as err:
-            raise config_error(sf, err.field, str(err)) from None
-        memory = offload.memory
-    if memory.total > budget:
-        field = "workload.batch_size" if wl.batch_size is not None else "workload.tokens_per_device"
-        if cfg.serving is not None:  # serving: the weights alone (with one token) do not fit
-            field = "parallelism"
-        grows = ""
-        if wl.phase == "decode" and wl.steps > 1 and cfg.offload is None:
-            first = workload_memory(model, placement, tp, batch, wl.model_copy(update={"steps": 1}),
-                                    int(moe_tokens.max()), precision.expert_bytes() / moe_tp)
-            if first.total <= budget:  # it fits at the start: the steps grow the cache past memory
-                field = "workload.steps"
-                grows = (f" by the last step (decode grows the KV cache a token a step, to kv_len + steps = "
-                         f"{(wl.kv_len or 0) + wl.steps} tokens; simulate fewer steps)")
-        raise config_error(sf, field, f"the workload does not fit in memory{grows}: each {device.name} needs "
-                           f"{fmt_bytes(memory.total)} ({memory.describe()}) but has {fmt_bytes(budget)} usable "
-                           f"({fmt_bytes(device.memory.capacity)} less the {cfg.policies.memory_reserve:.0%} "
-                           "reserve); lower the batch or kv_len, raise ep/tp, quantize experts (precision.bits) "
-                           "or offload them (offload:)")
-    scenario = Scenario(
-        name=cfg.name or "scenario", config=cfg, source=sf, model=model, machine=machine, ep=ep, tp=tp, dp=dp, placement=placement, routing=routing,
-        batch_per_replica=batch, moe_tokens=moe_tokens, memory=memory, precision=precision, offload=offload,
-        moe_tp=moe_tp,
-    )
-    problem = exflow_problem(scenario)  # exflow dispatch needs per-token ids: say so before the run
-    if problem is not None:
-        raise config_error(sf, *problem)
-    return scenario
 
 
-def workload_memory(model: ModelSpec, placement: Placement, tp: int, batch: int, wl: WorkloadConfig,
-                    max_moe_tokens: int, expert_bytes: np.ndarray | None = None) -> MemoryEstimate:
-    """Peak memory per device of a workload (KV cache to the last decode step) under a placement,
-    with every placed expert resident (`expert_bytes[l, e]` each; default the model dtype)."""
-    kv_len = (wl.kv_len or 0) + wl.steps if wl.phase == "decode" else wl.seq_len
-    replica_tokens = batch * (wl.seq_len if wl.phase == "prefill" else 1)
-    return estimate_memory(model, placement, tp, batch, kv_len, replica_tokens, max_moe_tokens, expert_bytes)
+def _memory(sf: ScenarioFile, cfg: ScenarioConfig, model: ModelSpec, machine: Machine, placement: Placement,
+            par: Parallelism, batch: int, moe_tokens: np.ndarray,
+            precision: ExpertPrecision) -> tuple[MemoryEstimate, OffloadSetup | None]:
+    """What each device keeps (the memory ledger), checked against what it may fill."""
+    wl, device = cfg.workload, machine.device
+    budget = usable_bytes(device.memory.capacity, cfg.policies.memory_reserve)
+    try:
+        memory, offload = resident_memory(model, placement, par.tp, par.moe_tp, batch, wl, int(moe_tokens.max()),
+                                          precision, cfg.offload, machine, budget)
+    except OffloadSetupError as err:
+        raise config_error(sf, err.field, str(err)) from None
+    if memory.total <= budget:
+        return memory, offload
+    field = "workload.batch_size" if wl.batch_size is not None else "workload.tokens_per_device"
+    if cfg.serving is not None:  # serving: the weights alone (with one token) do not fit
+        field = "parallelism"
+    grows = ""
+    if wl.phase == "decode" and wl.steps > 1 and cfg.offload is None:
+        first = workload_memory(model, placement, par.tp, batch, wl.model_copy(update={"steps": 1}),
+                                int(moe_tokens.max()), precision.expert_bytes() / par.moe_tp)
+        if first.total <= budget:  # it fits at the start: the steps grow the cache past memory
+            field = "workload.steps"
+            grows = (f" by the last step (decode grows the KV cache a token a step, to kv_len + steps = "
+                     f"{(wl.kv_len or 0) + wl.steps} tokens; simulate fewer steps)")
+    raise config_error(sf, field, f"the workload does not fit in memory{grows}: each {device.name} needs "
+                       f"{fmt_bytes(memory.total)} ({memory.describe()}) but has {fmt_bytes(budget)} usable "
+                       f"({fmt_bytes(device.memory.capacity)} less the {cfg.policies.memory_reserve:.0%} "
+                       "reserve); lower the batch or kv_len, raise ep/tp, quantize experts (precision.bits) "
+                       "or offload them (offload:)")
+
 
 
 def _per_token_routing(sf: ScenarioFile, counts_routing: PopularityRouting, placement: Placement, machine: Machine,

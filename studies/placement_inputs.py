@@ -90,9 +90,8 @@ def expert_bytes(sc: Scenario) -> float:
 def memory_slots(sc: Scenario) -> int:
     """Expert copies one device can hold next to everything else the scenario keeps in memory."""
     mem = sc.memory
-    budget = sc.device.memory.capacity * (1 - sc.config.policies.memory_reserve)
     other = mem.per_device - mem.expert_weights
-    return max(0, int((budget - float(other.max())) // expert_bytes(sc)))
+    return max(0, int((sc.memory_budget - float(other.max())) // expert_bytes(sc)))
 
 
 def fit_expert_time(sc: Scenario, max_tokens: float) -> ExpertTimeModel:

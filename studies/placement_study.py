@@ -22,8 +22,8 @@ from moesim.placement.placement import Placement
 from moesim.placement.problem import PlacementProblem
 from moesim.studies.placement_inputs import problem_from_scenario
 from moesim.workloads.routing_statistics import statistics_window
-from moesim.simulator.offload.setup import setup_offload
-from moesim.simulator.scenario import Scenario, workload_memory
+from moesim.simulator.memory_ledger import resident_memory
+from moesim.simulator.scenario import Scenario
 
 
 @dataclass
@@ -59,13 +59,10 @@ def inter_node_payload_share(summary: dict) -> float:
 
 def with_placement(sc: Scenario, placement: Placement) -> Scenario:
     """The scenario with another placement (memory re-estimated for the new copies)."""
-    memory = workload_memory(sc.model, placement, sc.tp, sc.batch_per_replica, sc.config.workload,
-                             int(sc.moe_tokens.max()), sc.precision.expert_bytes())
-    offload = sc.offload
-    if offload is not None:
-        budget = sc.device.memory.capacity * (1 - sc.config.policies.memory_reserve)
-        offload = setup_offload(offload.config, sc.machine, placement, memory, offload.expert_bytes, budget)
-        memory = offload.memory
+    memory, offload = resident_memory(sc.model, placement, sc.tp, sc.moe_tp, sc.batch_per_replica,
+                                      sc.config.workload, int(sc.moe_tokens.max()), sc.precision,
+                                      sc.offload.config if sc.offload is not None else None, sc.machine,
+                                      sc.memory_budget)
     return replace(sc, placement=placement, memory=memory, offload=offload)
 
 

@@ -204,3 +204,32 @@ def test_plans_built_in_a_forked_child_or_a_thread_give_the_same_run(monkeypatch
     np.testing.assert_array_equal(a.start, b.start)
     np.testing.assert_array_equal(a.end, b.end)
     assert summarize(sc, a).summary == summarize(sc, b).summary
+
+
+# ---- one memory ledger ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("moe_tp", [1, 2])
+def test_every_memory_figure_comes_from_the_one_ledger(moe_tp):
+    """The scenario's estimate, a study's re-placed scenario (the same placement), the placement
+    problem's expert slots and the serving ranks' budget agree: before issue 25 the budget was
+    written four times and a re-placed MoE-TP scenario counted whole experts on every shard."""
+    from moesim.simulator.serving.setup import rank_memory
+    from moesim.studies.placement_inputs import expert_bytes, memory_slots
+    from moesim.studies.placement_study import with_placement
+
+    cfg = example_config("mixtral-decode-8xh100.yaml")
+    cfg["parallelism"] = {"tp": 1, "moe_tp": moe_tp}
+    sc = resolve(config_from_dict(cfg, EXAMPLES))
+    again = with_placement(sc, sc.placement)
+    np.testing.assert_array_equal(again.memory.per_device, sc.memory.per_device)
+    assert again.memory.total == sc.memory.total
+    capacity = sc.device.memory.capacity
+    assert sc.memory_budget == pytest.approx(capacity * (1 - cfg["policies"].get("memory_reserve", 0.1)))
+    other = float((sc.memory.per_device - sc.memory.expert_weights).max())
+    assert memory_slots(sc) == int((sc.memory_budget - other) // expert_bytes(sc))
+
+    serving = example_config("serving-mixtral-8xh100.yaml")
+    ssc = resolve(config_from_dict(serving, EXAMPLES))
+    mem = rank_memory(ssc)
+    assert mem.capacity - mem.runtime_reserve == pytest.approx(ssc.memory_budget, rel=1e-15)
+    assert mem.weights + mem.activations + mem.comm_buffers + mem.kv_cache == pytest.approx(ssc.memory_budget)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from moesim.errors import ConfigError
 from moesim.simulator.memory import estimate_memory, kv_bytes_per_token
+from moesim.simulator.memory_ledger import reserve_bytes
 from moesim.simulator.ops import act_dtype
 from moesim.simulator.scenario import Scenario
 from moesim.simulator.serving.source import ServingSource, request_table
@@ -56,7 +57,7 @@ def rank_memory(sc: Scenario) -> RankMemory:
     comm = 2.0 * per_rank_tokens * model.moe.top_k * model.hidden_size * ab  # dispatch recv + combine send rows
     activations = max(est.activations - comm, 0.0)  # estimate_memory counts those buffers with activations
     capacity = sc.device.memory.capacity
-    reserve = capacity * sc.config.policies.memory_reserve
+    reserve = reserve_bytes(capacity, sc.config.policies.memory_reserve)
     kv = capacity - reserve - est.weights - activations - comm
     per_token = sum(kv_bytes_per_token(model, layer, sc.tp) for layer in range(model.num_layers))
     return RankMemory(capacity, est.weights, activations, comm, reserve, max(kv, 0.0), per_token)
