@@ -233,3 +233,15 @@ def test_every_memory_figure_comes_from_the_one_ledger(moe_tp):
     mem = rank_memory(ssc)
     assert mem.capacity - mem.runtime_reserve == pytest.approx(ssc.memory_budget, rel=1e-15)
     assert mem.weights + mem.activations + mem.comm_buffers + mem.kv_cache == pytest.approx(ssc.memory_budget)
+
+
+def test_resolving_leaves_the_validated_config_as_it_was():
+    """A value resolution derives (a trace's mean tokens per device) goes into the scenario's copy
+    of the config, not into the file's validated config (issue 25: resolve mutated it)."""
+    from moesim.simulator.config import load_config
+
+    sf = load_config(EXAMPLES / "tiny-moe-trace-8xh100.yaml")
+    before = sf.config.model_dump()
+    sc = resolve(sf)
+    assert sf.config.model_dump() == before and sf.config.workload.tokens_per_device is None
+    assert sc.config.workload.tokens_per_device == int(sc.moe_tokens.mean()) > 0
