@@ -86,6 +86,8 @@ def load_cluster(name_or_path: str | Path) -> ClusterSpec:
         checks += [("node.nic.link", "links", node.nic.link), ("node.nic.attach", "links", node.nic.attach)]
     if node.host:
         checks += [("node.host.device", "devices", node.host.device), ("node.host.link", "links", node.host.link)]
+    for i, unit in enumerate(node.units):
+        checks += [(f"node.units.{i}.device", "devices", unit.device), (f"node.units.{i}.link", "links", unit.link)]
     if node.storage:
         checks.append(("node.storage.link", "links", node.storage.link))
     for field, kind, name in checks:
@@ -110,6 +112,8 @@ def _absolute_paths(cluster: ClusterSpec, base: Path) -> ClusterSpec:
         update["nic"] = node.nic.model_copy(update={"link": fix(node.nic.link), "attach": fix(node.nic.attach)})
     if node.host:
         update["host"] = node.host.model_copy(update={"device": fix(node.host.device), "link": fix(node.host.link)})
+    if node.units:
+        update["units"] = [u.model_copy(update={"device": fix(u.device), "link": fix(u.link)}) for u in node.units]
     if node.storage:
         update["storage"] = node.storage.model_copy(update={"link": fix(node.storage.link)})
     return cluster.model_copy(update={"node": node.model_copy(update=update)})

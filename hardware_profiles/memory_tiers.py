@@ -35,19 +35,20 @@ def memory_tiers(cluster: ClusterSpec, link_scale: float = 1.0, memory_scale: fl
     tiers = [MemoryTier("device", dev.memory.capacity, dev.memory.bandwidth * dev.efficiency.memory * memory_scale,
                         0.0, 1,
                         (f"{dev.name} memory",))]
-    if node.host is None:  # a unified-memory SoC (e.g. Jetson): storage reads land in device memory
+    host = node.host_cpu
+    if host is None:  # a unified-memory SoC (e.g. Jetson): storage reads land in device memory
         if node.storage is not None:
             disk = load_link(node.storage.link)
             tiers.append(MemoryTier("storage", node.storage.capacity / node.devices_per_node,
                                     disk.bandwidth * disk.efficiency * link_scale, disk.latency, node.devices_per_node,
                                     (disk.name,), (disk.kind,)))
         return tiers
-    host_cpu = load_device(node.host.device)
-    host_link = load_link(node.host.link)
-    per_socket = -(-node.devices_per_node // node.host.count)
+    host_cpu = load_device(host.device)
+    host_link = load_link(host.link)
+    per_socket = -(-node.devices_per_node // host.count)
     link_bw = host_link.bandwidth * host_link.efficiency * link_scale
     dram_share = host_cpu.memory.bandwidth * host_cpu.efficiency.memory * memory_scale / per_socket
-    tiers.append(MemoryTier("host", host_cpu.memory.capacity * node.host.count / node.devices_per_node,
+    tiers.append(MemoryTier("host", host_cpu.memory.capacity * host.count / node.devices_per_node,
                             min(link_bw, dram_share), host_link.latency, per_socket,
                             (f"{host_cpu.name} memory", host_link.name), (host_link.kind,)))
     if node.storage is not None:

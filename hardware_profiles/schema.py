@@ -205,6 +205,31 @@ class HostSpec(_Strict):
     link: str = Field(description="link between a device and its host (e.g. PCIe5-x16)")
 
 
+ACCELERATOR = "accelerator"  # the unit name of a node's `device` (the accelerators themselves)
+HOST = "host"  # the unit name of the host CPU (offloading's host tier and host-run ops)
+
+
+class UnitSpec(_Strict):
+    """A compute unit of a node beside its accelerators (a Logic-PIM, the host CPU, an NPU): its
+    own device profile, the link an accelerator reaches it by, and whose memory it computes on."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="what policies.units calls it (e.g. pim, host)")
+    device: str = Field(description="its device profile (e.g. Logic-PIM, Grace-CPU)")
+    link: str = Field(description="link between an accelerator and this unit (e.g. PIM-internal, NVLink-C2C)")
+    count: int | None = Field(None, ge=1, description="units of this kind per node, the accelerators split evenly "
+                              "over them; default one beside each accelerator (the host: one per node)")
+    memory: Literal["own", "accelerator"] = Field(
+        "own", description="own: it computes on its own memory (a host CPU's DRAM: weights it runs live there); "
+        "accelerator: on the accelerator's memory (a PIM on the logic dies of its HBM)")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name == ACCELERATOR:
+            raise ValueError(f"'{ACCELERATOR}' names the node's device itself; give this unit another name")
+        return name
+
+
 class StorageSpec(_Strict):
     link: str = Field(description="storage device's read link (e.g. NVMe-Gen4-x4), one per node")
     capacity: Bytes = Field(gt=0, description="bytes of storage for offloaded weights")
@@ -215,7 +240,9 @@ class NodeSpec(_Strict):
     devices_per_node: int = Field(ge=1)
     intra_node: IntraNodeSpec
     nic: NicSpec | None = None
-    host: HostSpec | None = None
+    host: HostSpec | None = Field(None, description="the host CPU (shorthand for a unit named host)")
+    units: list[UnitSpec] = Field(default_factory=list, description="compute units beside the accelerators "
+                                  "(Logic-PIM, the host CPU as `name: host`, an NPU), each with its own profile and link")
     storage: StorageSpec | None = Field(None, description="storage tier for expert offloading (read via the host)")
 
     @model_validator(mode="after")
@@ -224,6 +251,46 @@ class NodeSpec(_Strict):
             raise ValueError(f"intra_node.topology 'none' leaves the {self.devices_per_node} devices of a node "
                              "unconnected; use 'switch' or 'full_mesh' (none suits one device per node)")
         return self
+
+    @model_validator(mode="after")
+    def _units_are_distinct(self) -> "NodeSpec":
+        names = [u.name for u in self.units]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"units {twice} are named twice; each unit of a node needs its own name")
+        for u in self.units:
+            if u.name == HOST and self.host is not None:
+                raise ValueError("the host CPU is given twice, as node.host and as a unit named host; keep one")
+            if u.name == HOST and u.memory != "own":
+                raise ValueError("the host unit computes on its own DRAM (memory: own)")
+            if u.count is not None and self.devices_per_node % u.count:
+                raise ValueError(f"unit {u.name}: count {u.count} must divide the {self.devices_per_node} devices of "
+                                 "a node (each unit serves an equal share of them)")
+        return self
+
+    @property
+    def host_cpu(self) -> HostSpec | None:
+        """The host CPU, however the profile gives it (node.host, or a unit named host)."""
+        if self.host is not None:
+            return self.host
+        unit = next((u for u in self.units if u.name == HOST), None)
+        if unit is None:
+            return None
+        return HostSpec(device=unit.device, count=unit.count or 1, link=unit.link)
+
+    @property
+    def compute_units(self) -> list[UnitSpec]:
+        """Every unit beside the accelerators, the host CPU among them however it was given."""
+        if self.host is None:
+            return list(self.units)
+        host = UnitSpec(name=HOST, device=self.host.device, link=self.host.link, count=self.host.count)
+        return [host, *self.units]
+
+    def unit_count(self, unit: UnitSpec) -> int:
+        """Units of this kind per node (the accelerators split evenly over them)."""
+        if unit.count is not None:
+            return unit.count
+        return 1 if unit.name == HOST else self.devices_per_node
 
 
 class ClusterSpec(_Strict):

@@ -50,7 +50,7 @@ def _check_measured_links(cluster: ClusterSpec) -> None:
     """Measured costs must name a link of the cluster profile (by the link profile's name)."""
     node = cluster.node
     named = [node.intra_node.link] + ([node.nic.link, node.nic.attach] if node.nic else []) \
-        + ([node.host.link] if node.host else []) + ([node.storage.link] if node.storage else [])
+        + [u.link for u in node.compute_units] + ([node.storage.link] if node.storage else [])
     names = {load_link(n).name for n in named}
     for kind, per_link in cluster.collectives.items():
         for name in per_link:
@@ -91,12 +91,13 @@ def build_topology(cluster: ClusterSpec, link_bandwidth_scale: float = 1.0) -> n
             for a in range(per):
                 for b in range(a + 1, per):
                     connect(devs[a], devs[b], intra)
-        if node.host:
-            host_link = load_link(node.host.link)
-            for h in range(node.host.count):
-                g.add_node(f"n{n}.host{h}", kind="host", node=n, profile=node.host.device)
+        host = node.host_cpu
+        if host:
+            host_link = load_link(host.link)
+            for h in range(host.count):
+                g.add_node(f"n{n}.host{h}", kind="host", node=n, profile=host.device)
             for j, name in enumerate(devs):
-                connect(name, f"n{n}.host{j * node.host.count // per}", host_link)
+                connect(name, f"n{n}.host{j * host.count // per}", host_link)
         if node.nic and cluster.nodes > 1:
             nic_link, attach = load_link(node.nic.link), load_link(node.nic.attach)
             for j, name in enumerate(devs):

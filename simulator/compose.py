@@ -30,7 +30,7 @@ from moesim.simulator.overlap.two_batch import TWO_BATCH
 from moesim.simulator.program import Program, StepShape
 from moesim.simulator.replica_split import ReplicaSplit, split_weights
 from moesim.simulator.scenario import Scenario
-from moesim.simulator.step_costs import StepCosts
+from moesim.simulator.step_costs import StepCosts, UnitChoice
 from moesim.simulator.step_plan import StepPipeline, StepPlan
 from moesim.simulator.step_source import FixedBatch
 
@@ -145,14 +145,27 @@ def pipeline_for(sc: Scenario) -> StepPipeline:
     layout = dispatch_layout(sc)
     node_of_local = layout.node_of[:sc.ep] - layout.node_of[0]
     replicas = ReplicaSplit(sc.placement, split_weights(sc.placement, node_of_local, pol.dispatch.replica_choice))
-    off = sc.offload
-    host_attention = off is not None and off.config.hybrid.attention == "host"
     costs = StepCosts(m, sc.machine, sc.tp, sc.precision, expert_kernel=pol.expert_kernel, small_ops=pol.small_ops,
-                      moe_tp=sc.moe_tp, host_attention=host_attention,
-                      host_link=(off.host.latency, off.host.bandwidth) if host_attention else None)
+                      moe_tp=sc.moe_tp, units=unit_choice(sc))
     capacity = CapacityPolicy(pol.capacity_factor, pol.overflow, m.moe.top_k, m.moe.num_experts)
     return StepPipeline(m, sc.num_devices, sc.tp, sc.ep, sc.routing, capacity, replicas, dispatch_algorithm(sc),
                         costs, layout, moe_tp=sc.moe_tp, microbatches=overlap_schedule(sc).microbatches)
+
+
+def unit_choice(sc: Scenario) -> UnitChoice:
+    """`policies.units` as units of the machine (`auto`: every unit may take an op); offloading's
+    `hybrid.attention: host` is attention on the host unit."""
+    units = sc.machine.units
+    cfg = sc.config.policies.units
+    off = sc.offload
+
+    def pick(name: str) -> tuple:
+        return tuple(units.values()) if name == "auto" else (units[name],)
+
+    attention = cfg.attention
+    if off is not None and off.config.hybrid.attention == "host":
+        attention = "host"
+    return UnitChoice(pick(attention), pick(cfg.dense_ffn), pick(cfg.shared_expert), units[cfg.expert])
 
 
 def step_source_for(sc: Scenario):

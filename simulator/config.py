@@ -178,8 +178,33 @@ class DispatchConfig(_Strict):
         "(EPLB-style serving); global: every copy by the placement's shares")
 
 
+UNIT_NAME = r"^[a-z][a-z0-9_]*$"
+
+
+class UnitsConfig(_Strict):
+    """Which compute unit of a node runs each part of a layer (simulator/machine.py ComputeUnit).
+
+    A value is a unit of the cluster's nodes (`accelerator`, `host`, or a name from node.units) or
+    `auto`: each op goes to the unit that finishes it first, its activations' crossing included
+    (Duplex's rule: low Op/B ops to Logic-PIM, high Op/B ones to the xPU). Routed experts take a
+    named unit (not auto)."""
+
+    attention: str = Field("accelerator", pattern=UNIT_NAME, description="attention, its projections and the KV cache")
+    dense_ffn: str = Field("accelerator", pattern=UNIT_NAME, description="the FFN of dense layers")
+    shared_expert: str = Field("accelerator", pattern=UNIT_NAME, description="shared experts")
+    expert: str = Field("accelerator", pattern=UNIT_NAME, description="routed experts (a named unit)")
+
+    @model_validator(mode="after")
+    def _experts_named(self) -> "UnitsConfig":
+        if self.expert == "auto":
+            raise ValueError("policies.units.expert takes a unit name; auto is for attention, dense_ffn and "
+                             "shared_expert (a layer's routed experts run as one kernel on one unit)")
+        return self
+
+
 class PoliciesConfig(_Strict):
     dispatch: DispatchConfig = DispatchConfig()
+    units: UnitsConfig = Field(UnitsConfig(), description="which compute unit runs each part of a layer")
     overlap: Annotated[str, _one_of("OVERLAP_SCHEDULES", "overlap schedule")] = Field(
         "none", description="none: phases in order; two_batch: two micro-batches, one computes while the "
         "other's all-to-all is in flight (DeepSeek); shortcut: a layer's dispatch overlaps its attention "

@@ -26,7 +26,7 @@ OP_COLUMNS = ["layer", "device", "phase", "op", "unit", "kind", "dtype", "rows",
 
 def plan_op_rows(pipe: "StepPipeline", plan: "StepPlan", layer: int | None, device: int | None) -> pd.DataFrame:
     L, n = plan.attention.shape
-    device_cost, host = pipe.costs.cost, pipe.costs.machine.host_cost
+    cost_of = {u.label: u.cost for u in pipe.costs.machine.units.values()}
     layers = range(L) if layer is None else [layer]
     devices = range(n) if device is None else [device]
     rows: list[tuple] = []
@@ -36,14 +36,16 @@ def plan_op_rows(pipe: "StepPipeline", plan: "StepPlan", layer: int | None, devi
             for phase, group in (("attention", ops.attention), ("dense_ffn", ops.dense_ffn),
                                  ("shared_expert", ops.shared_expert)):
                 for r in group:
-                    cost = host if r.unit == "host CPU" and host is not None else device_cost
+                    cost = cost_of[r.unit]
                     rows.append((lay, d, phase, r.op.name, r.unit, r.op.kind, r.op.dtype, r.op.rows, r.op.flops,
                                  r.op.bytes, r.cost.time, r.cost.bound,
                                  _sol_ratio(cost, r.op.flops, r.op.bytes, r.op.dtype, r.cost.time),
                                  cost.provenance(r.op.kind, r.op.dtype)))
-            if ops.host_crossing:
-                rows.append((lay, d, "attention", "host_link_crossing", "host link", "comm", "", 0.0, 0.0, np.nan,
-                             ops.host_crossing, "link", np.nan, "link profile"))
+            for phase, crossing in ops.crossings:  # activations to a unit off the accelerator and back
+                if crossing.time:
+                    name = "host" if crossing.unit == "host CPU" else crossing.unit
+                    rows.append((lay, d, phase, f"{name}_link_crossing", f"{name} link", "comm", "", 0.0, 0.0, np.nan,
+                                 crossing.time, "link", np.nan, "link profile"))
             if lay in pipe.moe_index:
                 rows.extend(_moe_rows(pipe, plan, lay, d))
     return pd.DataFrame(rows, columns=OP_COLUMNS)
@@ -58,28 +60,34 @@ def _moe_rows(pipe: "StepPipeline", plan: "StepPlan", layer: int, device: int) -
     slots = np.flatnonzero((pl.slot_device[mi] == local) & (plan.slot_tokens[g, mi] > 0))
     out: list[tuple] = []
     machine = costs.machine
+    cost, unit = costs.expert_cost, costs.expert_unit.label
     tokens = plan.slot_tokens[g, mi][None, :]
     flops, mem, work, overhead = costs.expert_terms(tokens, pl.slot_expert[mi][None, :])
     kind = costs.moe_kernel.gemm_kind
-    c, b, _ = machine.cost.terms(kind, flops, mem, tokens, costs.expert_dtype)
-    source = machine.cost.provenance(kind, costs.expert_dtype)
+    c, b, _ = cost.terms(kind, flops, mem, tokens, costs.expert_dtype)
+    source = cost.provenance(kind, costs.expert_dtype)
     for j in slots:
         t = float(plan.slot_time[g, mi, j])
         bound = "compute" if c[0, j] >= b[0, j] else "memory"
         dtype = costs.expert_dtype
         if costs.quantized is not None and bool(costs.quantized[mi, pl.slot_expert[mi, j]]):
             dtype = act_dtype(costs.model)
-        out.append((layer, device, "expert", f"expert[{int(pl.slot_expert[mi, j])}]", "device", kind, dtype,
+        out.append((layer, device, "expert", f"expert[{int(pl.slot_expert[mi, j])}]", unit, kind, dtype,
                     float(tokens[0, j]), float(flops[0, j]), float(mem[0, j]), t, bound,
-                    _sol_ratio(machine.cost, flops[0, j], mem[0, j], dtype, t), source))
+                    _sol_ratio(cost, flops[0, j], mem[0, j], dtype, t), source))
     if costs.expert_kernel != "per_expert" and slots.size:
-        out.append((layer, device, "expert", "grouped_gemm_launch", "device", "launch", "", 0.0, 0.0, 0.0,
+        out.append((layer, device, "expert", "grouped_gemm_launch", unit, "launch", "", 0.0, 0.0, 0.0,
                     float(costs.grouped_launch(np.array([1.0]))[0]), "overhead", np.nan, source))
-    for op in costs.moe_kernel.ops(float(tokens[0, slots].sum())):
-        cost = machine.cost.op_cost(op)
-        out.append((layer, device, "expert", op.name, "device", op.kind, op.dtype, op.rows, 0.0, op.bytes, cost.time,
-                    cost.bound, _sol_ratio(machine.cost, op.flops, op.bytes, op.dtype, cost.time),
+    rows_in = float(tokens[0, slots].sum())
+    for op in costs.moe_kernel.ops(rows_in):
+        spent = cost.op_cost(op)
+        out.append((layer, device, "expert", op.name, unit, op.kind, op.dtype, op.rows, 0.0, op.bytes, spent.time,
+                    spent.bound, _sol_ratio(cost, op.flops, op.bytes, op.dtype, spent.time),
                     costs.moe_kernel.provenance()))
+    crossing = float(costs.expert_crossing(np.array([rows_in]))[0])
+    if crossing:
+        out.append((layer, device, "expert", f"{unit}_link_crossing", f"{unit} link", "comm", "", 0.0, 0.0, np.nan,
+                    crossing, "link", np.nan, "link profile"))
     kind = pipe.dispatch.comm_kind
     for name, stages in (("dispatch", plan.traffic.dispatch), ("combine", plan.traffic.combine)):
         for i, stage in enumerate(stages):

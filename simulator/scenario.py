@@ -132,6 +132,7 @@ def resolve(sf: ScenarioFile) -> Scenario:
     trace, cfg = _trace_workload(sf, model, cluster.num_devices, par.tp)
     batch, moe_tokens = _batch(sf, cfg.workload, par)
     machine = _machine(sf, cluster)
+    _check_units(sf, machine)
     routing = _routing(sf, cfg, model, trace, cluster.num_devices, par, moe_tokens, placement, machine)
     precision = _precision(sf, model)
     memory, offload = _memory(sf, cfg, model, machine, placement, par, batch, moe_tokens, precision)
@@ -275,6 +276,22 @@ def _machine(sf: ScenarioFile, cluster: ClusterSpec) -> Machine:
         cluster = cluster.model_copy(update={"comm_floors": False})
     scale = hw.scale
     return build_machine(cluster, Scale(scale.flops, scale.memory_bandwidth, scale.link_bandwidth))
+
+
+def _check_units(sf: ScenarioFile, machine: Machine) -> None:
+    """Every unit `policies.units` names is a unit of the cluster's nodes."""
+    cfg = sf.config
+    have = list(machine.units)
+    for part in ("attention", "dense_ffn", "shared_expert", "expert"):
+        name = getattr(cfg.policies.units, part)
+        if name != "auto" and name not in machine.units:
+            raise config_error(sf, f"policies.units.{part}", f"unit '{name}' is not a unit of cluster "
+                               f"'{machine.cluster.name}' (its units: {', '.join(have)}; add it to the cluster's "
+                               "node.units, or choose auto)")
+    hybrid = cfg.offload.hybrid.attention if cfg.offload is not None else None
+    if hybrid == "host" and cfg.policies.units.attention not in ("accelerator", "host"):
+        raise config_error(sf, "policies.units.attention", f"attention is sent to '{cfg.policies.units.attention}' "
+                           "but offload.hybrid.attention is host; keep one of the two")
 
 
 def _routing(sf: ScenarioFile, cfg: ScenarioConfig, model: ModelSpec, trace, n: int, par: Parallelism,

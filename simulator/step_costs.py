@@ -4,6 +4,12 @@ The non-expert ops of a device's layer (attention, router, shared expert, dense 
 embedding and LM head) are costed once per distinct shape and cached; routed experts are
 costed per expert copy, vectorised. The engine's per-(layer, device) times are sums of exactly
 these rows, so the roofline and the tests read the numbers the engine used.
+
+Each part of a layer runs on the compute unit `policies.units` names for it (`UnitChoice`): its
+ops are costed with that unit's cost model, and a part off the accelerator pays the crossing of
+its activations to the unit and back (`ComputeUnit.crossing`), once per layer. `auto` sends each
+op to whichever of the accelerator and one other unit finishes the part first, crossing
+included. Norms, the embedding, the LM head and the router stay on the accelerator.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import numpy as np
 
 from moesim.simulator.cost_model import CostModel, OpCost
 from moesim.simulator.expert_precision import ExpertPrecision
-from moesim.simulator.machine import Machine
+from moesim.simulator.machine import ComputeUnit, Machine
 from moesim.simulator.moe_kernel_cost import MoeKernelCost
 from moesim.simulator.ops import (
     LayerContext,
@@ -46,20 +52,53 @@ class OpRow:
 
 
 @dataclass(frozen=True)
+class Crossing:
+    """Activations handed to a unit off the accelerator and back, once in a layer's part."""
+
+    unit: str  # the unit's label (op rows)
+    time: float
+
+
+@dataclass(frozen=True)
 class LayerOps:
     """The non-expert compute ops of one device's layer, by engine phase."""
 
     attention: tuple[OpRow, ...]  # attention, norms, router (+ embedding / LM head at the ends)
     dense_ffn: tuple[OpRow, ...]
     shared_expert: tuple[OpRow, ...]
-    host_crossing: float = 0.0  # host attention: activations over the host link, both ways
+    crossings: tuple[tuple[str, Crossing], ...] = ()  # (phase, crossing) of parts off the accelerator
 
     def time(self, rows: tuple[OpRow, ...]) -> float:
         return sum(r.cost.time for r in rows)
 
+    def crossing_time(self, phase: str) -> float:
+        return sum(c.time for p, c in self.crossings if p == phase)
+
     @property
     def attention_time(self) -> float:
-        return self.time(self.attention) + self.host_crossing
+        return self.time(self.attention) + self.crossing_time("attention")
+
+    @property
+    def dense_time(self) -> float:
+        return self.time(self.dense_ffn) + self.crossing_time("dense_ffn")
+
+    @property
+    def shared_time(self) -> float:
+        return self.time(self.shared_expert) + self.crossing_time("shared_expert")
+
+
+@dataclass(frozen=True)
+class UnitChoice:
+    """Where each part of a layer runs: a tuple of one unit (named) or of every unit (auto)."""
+
+    attention: tuple[ComputeUnit, ...]
+    dense_ffn: tuple[ComputeUnit, ...]
+    shared_expert: tuple[ComputeUnit, ...]
+    expert: ComputeUnit
+
+    @classmethod
+    def on(cls, unit: ComputeUnit) -> "UnitChoice":
+        return cls((unit,), (unit,), (unit,), unit)
 
 
 class StepCosts:
@@ -67,16 +106,17 @@ class StepCosts:
 
     def __init__(self, model: ModelSpec, machine: Machine, tp: int, precision: ExpertPrecision, *,
                  expert_kernel: str = "fused", small_ops: bool = False, moe_tp: int = 1,
-                 host_attention: bool = False, host_link: tuple[float, float] | None = None):
+                 units: UnitChoice | None = None):
         self.model, self.machine, self.tp, self.moe_tp = model, machine, tp, moe_tp
         self.cost: CostModel = machine.cost
+        self.units = units or UnitChoice.on(machine.accelerator)
+        self.expert_unit = self.units.expert
+        self.expert_cost: CostModel = self.expert_unit.cost
         self.expert_kernel = expert_kernel
         self.small_ops = small_ops
-        self.host_attention = host_attention
-        self.host_link = host_link  # (latency, bandwidth) of the host link, for host attention
-        m, dt = model, self.cost.dtypes
+        m, dt = model, self.expert_cost.dtypes
         self.expert_dtype = m.expert_compute_dtype or gemm_dtype(m.routed_expert_dtype, dt, act_dtype(m))
-        self.moe_kernel = MoeKernelCost(self.cost, expert_kernel, m.hidden_size,
+        self.moe_kernel = MoeKernelCost(self.expert_cost, expert_kernel, m.hidden_size,
                                         m.moe.expert_intermediate_size / moe_tp, dtype_bytes(act_dtype(m)), act_dtype(m))
         pl_bytes = precision.expert_bytes()
         self.precision = precision
@@ -88,6 +128,36 @@ class StepCosts:
         cost = cost or self.cost
         return OpRow(op, unit, cost.op_cost(op))
 
+    def _on_units(self, phase: str, units: tuple[ComputeUnit, ...], make_ops, tokens: float
+                  ) -> tuple[list[OpRow], list[tuple[str, Crossing]]]:
+        """A part's ops on its unit (one named) or split between the accelerator and the one other
+        unit that finishes the part first with its crossing (auto); `make_ops(dtypes)` builds them."""
+        activation = tokens * token_bytes(self.model, act_dtype(self.model))
+
+        def placed(unit: ComputeUnit) -> tuple[list[OpRow], list[tuple[str, Crossing]], float]:
+            rows = [self._row(op, unit.cost, unit.label) for op in make_ops(unit.cost.dtypes)]
+            cross = [(phase, Crossing(unit.label, unit.crossing(activation)))] if not unit.is_accelerator else []
+            return rows, cross, sum(r.cost.time for r in rows) + sum(c.time for _, c in cross)
+
+        if len(units) == 1:
+            rows, cross, _ = placed(units[0])
+            return rows, cross
+        home = next(u for u in units if u.is_accelerator)
+        home_rows, _, best = placed(home)
+        best_rows, best_cross = home_rows, []
+        for unit in units:
+            if unit.is_accelerator:
+                continue
+            there = [self._row(op, unit.cost, unit.label) for op in make_ops(unit.cost.dtypes)]
+            rows = [t if t.cost.time < h.cost.time else h for h, t in zip(home_rows, there)]
+            if all(r is h for r, h in zip(rows, home_rows)):
+                continue  # nothing is faster there
+            cross = [(phase, Crossing(unit.label, unit.crossing(activation)))]
+            total = sum(r.cost.time for r in rows) + cross[0][1].time
+            if total < best:
+                best_rows, best_cross, best = rows, cross, total
+        return best_rows, best_cross
+
     @lru_cache(maxsize=4096)
     def layer_ops(self, layer_kind: tuple, batch: float, seq_len: int, kv_len: int, phase: str,
                   moe_tokens: float) -> LayerOps:
@@ -95,14 +165,9 @@ class StepCosts:
         m = self.model
         layer, is_moe, first, last = layer_kind
         ctx = LayerContext(phase, batch, seq_len, kv_len, self.tp)
-        crossing = 0.0
-        if self.host_attention:
-            host = self.machine.host_cost
-            att = [self._row(op, host, "host CPU") for op in attention_ops(m, layer, ctx, host.dtypes)]
-            latency, bandwidth = self.host_link
-            crossing = 2 * (latency + ctx.attn_tokens * token_bytes(m, act_dtype(m)) / bandwidth)
-        else:
-            att = [self._row(op) for op in attention_ops(m, layer, ctx, self.cost.dtypes)]
+        u = self.units
+        att, crossings = self._on_units("attention", u.attention, lambda dt: attention_ops(m, layer, ctx, dt),
+                                        ctx.attn_tokens)
         if self.small_ops:
             att += [self._row(op) for op in norm_ops(m, ctx.attn_tokens, self.cost.dtypes)]
             att += [self._row(op) for op in model_edge_ops(m, ctx.attn_tokens, self.tp, first, last, batch,
@@ -111,12 +176,15 @@ class StepCosts:
         shared: list[OpRow] = []
         if is_moe:
             att.append(self._row(router_op(m, float(moe_tokens))))
-            op = shared_expert_op(m, float(moe_tokens), self.cost.dtypes)
-            if op is not None:
-                shared.append(self._row(op))
+            if shared_expert_op(m, float(moe_tokens), self.cost.dtypes) is not None:
+                shared, more = self._on_units("shared_expert", u.shared_expert,
+                                              lambda dt: [shared_expert_op(m, float(moe_tokens), dt)], float(moe_tokens))
+                crossings += more
         else:
-            dense.append(self._row(dense_ffn_op(m, ctx.attn_tokens, self.tp, self.cost.dtypes)))
-        return LayerOps(tuple(att), tuple(dense), tuple(shared), crossing)
+            dense, more = self._on_units("dense_ffn", u.dense_ffn,
+                                         lambda dt: [dense_ffn_op(m, ctx.attn_tokens, self.tp, dt)], ctx.attn_tokens)
+            crossings += more
+        return LayerOps(tuple(att), tuple(dense), tuple(shared), tuple(crossings))
 
     #: ops of a mixed iteration's attention that depend on the prefill / decode split, not just tokens
     _SPLIT_OPS = ("attn_core", "attn_absorb", "kv_up")
@@ -137,7 +205,7 @@ class StepCosts:
         if mix.decode_batch:
             part = self.layer_ops(layer_kind, mix.decode_batch, 1, mix.decode_kv, "decode", 0)
             att += [r for r in part.attention if r.op.name in self._SPLIT_OPS]
-        return LayerOps(tuple(att), base.dense_ffn, base.shared_expert, base.host_crossing)
+        return LayerOps(tuple(att), base.dense_ffn, base.shared_expert, base.crossings)
 
     # ---- routed experts -----------------------------------------------------------------
     def expert_terms(self, slot_tokens: np.ndarray, slot_expert: np.ndarray
@@ -150,10 +218,10 @@ class StepCosts:
         flops, mem = ffn_flops_bytes(m, slot_tokens, m.moe.expert_intermediate_size / self.moe_tp,
                                      m.routed_expert_dtype, wbytes)
         kind = self.moe_kernel.gemm_kind
-        c, b, o = self.cost.terms(kind, flops, mem, slot_tokens, self.expert_dtype)
+        c, b, o = self.expert_cost.terms(kind, flops, mem, slot_tokens, self.expert_dtype)
         work = np.maximum(c, b)
         if self.quantized is not None:  # weight-only formats compute in the activation dtype
-            cq, bq, oq = self.cost.terms(kind, flops, mem, slot_tokens, act_dtype(m))
+            cq, bq, oq = self.expert_cost.terms(kind, flops, mem, slot_tokens, act_dtype(m))
             q = self.quantized[lidx, slot_expert]
             work, o = np.where(q, np.maximum(cq, bq), work), np.where(q, oq, o)
         return flops, mem, work, o
@@ -162,6 +230,15 @@ class StepCosts:
         """(Lm, J) GEMM time of every expert copy as the per-expert kernel runs it (with its launch)."""
         _, _, work, overhead = self.expert_terms(slot_tokens, slot_expert)
         return work + overhead
+
+    def expert_crossing(self, rows: np.ndarray) -> np.ndarray:
+        """Seconds a device's routed rows take to its expert unit and back (0 on the accelerator,
+        and where no row arrives)."""
+        unit = self.expert_unit
+        if unit.is_accelerator:
+            return np.zeros_like(rows, dtype=float)
+        nbytes = rows * token_bytes(self.model, act_dtype(self.model))
+        return np.where(rows > 0, 2 * (unit.latency + nbytes / unit.bandwidth), 0.0)
 
     def grouped_launch(self, active: np.ndarray) -> np.ndarray:
         """Launch overhead of a device's routed experts: one per active expert (per_expert), or one

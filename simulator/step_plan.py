@@ -219,7 +219,7 @@ class StepPipeline:
                 else:
                     o = self.costs.layer_ops(kind, b if b != int(b) else int(b), inp.seq_len, inp.kv_len, inp.phase, t)
                 ops_of[kind, (b, t)] = o
-                times[i, j] = (o.attention_time, o.time(o.dense_ffn), o.time(o.shared_expert))
+                times[i, j] = (o.attention_time, o.dense_time, o.shared_time)
         layer_ops = [[ops_of[kind, k] for k in keys] for kind in self._kinds]
         per_device = times[:, which]  # (L, n, 3)
         attention, dense, shared = (np.ascontiguousarray(per_device[..., k]) for k in range(3))
@@ -266,6 +266,8 @@ class StepPipeline:
             else:
                 slot_time = work + overhead
                 expert_time[:, devs] = np.einsum("lj,ljd->ld", slot_time, onehot)
+            if not costs.expert_unit.is_accelerator:  # the routed rows go to the expert unit and back
+                expert_time[:, devs] += costs.expert_crossing(np.einsum("lj,ljd->ld", slot_tokens, onehot))
             kept_tokens.append(slot_tokens)
             kept_time.append(slot_time)
             rows_computed[:, devs] = np.einsum("lj,ljd->ld", slot_tokens, onehot)

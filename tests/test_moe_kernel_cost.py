@@ -121,7 +121,10 @@ def test_w8a16_reads_fp8_weights_but_computes_at_bf16_peak():
     w8a16 = model.model_copy(update={"expert_compute_dtype": "bf16"})
     base = load_device("H100-SXM")  # without the profile's lower fp8 grouped-GEMM efficiency
     plain = base.model_copy(update={"moe_kernel": base.moe_kernel.model_copy(update={"compute": {}})})
-    machine = type("M", (), {"cost": CostModel(plain)})()
+    from moesim.simulator.machine import ComputeUnit
+
+    unit = ComputeUnit("accelerator", "device", plain, CostModel(plain), 0.0, float("inf"), None, 1)
+    machine = type("M", (), {"cost": unit.cost, "accelerator": unit})()
     a = StepCosts(model, machine, 1, expert_precision(model, None))
     b = StepCosts(w8a16, machine, 1, expert_precision(w8a16, None))
     assert a.expert_dtype == "fp8" and b.expert_dtype == "bf16"

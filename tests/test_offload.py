@@ -257,7 +257,7 @@ def test_bad_offload_configs_name_the_field(tmp_path, change, field, text):
 def test_hybrid_without_a_host_and_a_cache_too_small_for_one_layer(tmp_path):
     cfg = example_config("offload-dsv2lite-jetson-storage.yaml")
     cfg["offload"]["hybrid"] = {"cold_experts": "auto"}
-    with pytest.raises(ConfigError, match="no node.host") as err:
+    with pytest.raises(ConfigError, match="no host CPU") as err:
         resolve(config_from_dict(cfg, tmp_path))
     assert err.value.field == "offload.hybrid.cold_experts"
     small = _mixtral_4090(capacity=1)

@@ -66,10 +66,10 @@ def setup_offload(cfg: OffloadConfig, machine: Machine, placement: Placement,
     hybrid = cfg.hybrid
     host_device = host_cost = None
     if hybrid.attention == "host" or hybrid.cold_experts != "fetch":
-        if cluster.node.host is None:
+        if cluster.node.host_cpu is None:
             field = "offload.hybrid.attention" if hybrid.attention == "host" else "offload.hybrid.cold_experts"
             raise OffloadSetupError(field, f"hybrid execution runs on the host CPU, but cluster '{cluster.name}' "
-                                    "has no node.host")
+                                    "has no host CPU (node.host, or a unit named host in node.units)")
         host_device, host_cost = machine.host_device, machine.host_cost
     placed = memory.expert_weights if memory.expert_weights is not None else np.zeros_like(memory.per_device)
     other = memory.per_device - placed
