@@ -87,7 +87,7 @@ def load_cluster(name_or_path: str | Path) -> ClusterSpec:
     if node.host:
         checks += [("node.host.device", "devices", node.host.device), ("node.host.link", "links", node.host.link)]
     for i, unit in enumerate(node.units):
-        checks += [(f"node.units.{i}.device", "devices", unit.device), (f"node.units.{i}.link", "links", unit.link)]
+        checks += [(f"node.units[{i}].device", "devices", unit.device), (f"node.units[{i}].link", "links", unit.link)]
     if node.storage:
         checks.append(("node.storage.link", "links", node.storage.link))
     for field, kind, name in checks:

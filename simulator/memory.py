@@ -19,6 +19,7 @@ class MemoryEstimate:
     activations: float
     per_device: np.ndarray  # (ep,) total bytes of each device of an EP group
     expert_weights: np.ndarray | None = None  # (ep,) routed-expert bytes of each device (inside per_device)
+    on_units: tuple[tuple[str, float], ...] = ()  # (unit, bytes of one accelerator's share) kept on units' own memory
 
     @property
     def total(self) -> float:

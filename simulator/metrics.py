@@ -200,7 +200,9 @@ def summarize(sc: Scenario, raw: EngineResult) -> SimResult:
         "offload": offload,
         "memory_per_device_bytes": {"max": sc.memory.total, "weights": sc.memory.weights,
                                     "kv_cache": sc.memory.kv_cache, "activations": sc.memory.activations,
-                                    "capacity": sc.device.memory.capacity},
+                                    "capacity": sc.device.memory.capacity,
+                                    # bytes of one accelerator's share kept on units of their own memory
+                                    **({"on_units": dict(sc.memory.on_units)} if sc.memory.on_units else {})},
         "source": "model (simulated); costs from the datasheet profile with default efficiencies",
     }
     return SimResult(sc, summary, util, layers, raw)

@@ -288,6 +288,10 @@ def _check_units(sf: ScenarioFile, machine: Machine) -> None:
             raise config_error(sf, f"policies.units.{part}", f"unit '{name}' is not a unit of cluster "
                                f"'{machine.cluster.name}' (its units: {', '.join(have)}; add it to the cluster's "
                                "node.units, or choose auto)")
+    if cfg.offload is not None and cfg.policies.units.expert != "accelerator":
+        raise config_error(sf, "policies.units.expert", "routed experts are sent to a unit while offloading decides "
+                           "where experts live; with offload:, run cold experts on the host with "
+                           "offload.hybrid.cold_experts: host (or auto) instead")
     hybrid = cfg.offload.hybrid.attention if cfg.offload is not None else None
     if hybrid == "host" and cfg.policies.units.attention not in ("accelerator", "host"):
         raise config_error(sf, "policies.units.attention", f"attention is sent to '{cfg.policies.units.attention}' "
@@ -343,9 +347,19 @@ def _memory(sf: ScenarioFile, cfg: ScenarioConfig, model: ModelSpec, machine: Ma
     budget = usable_bytes(device.memory.capacity, cfg.policies.memory_reserve)
     try:
         memory, offload = resident_memory(model, placement, par.tp, par.moe_tp, batch, wl, int(moe_tokens.max()),
-                                          precision, cfg.offload, machine, budget)
+                                          precision, cfg.offload, machine, budget, cfg.policies.units)
     except OffloadSetupError as err:
         raise config_error(sf, err.field, str(err)) from None
+    for name, held in memory.on_units:
+        unit = machine.units[name]
+        room = usable_bytes(unit.memory_capacity, cfg.policies.memory_reserve)
+        if held > room:
+            part = "expert" if name == cfg.policies.units.expert else "attention"
+            what = "the routed experts' weights" if part == "expert" else "the KV cache"
+            raise config_error(sf, f"policies.units.{part}", f"{what} kept on unit '{name}' ({unit.device.name}) take "
+                               f"{fmt_bytes(held)} per accelerator, but its memory holds {fmt_bytes(room)} per "
+                               f"accelerator ({fmt_bytes(unit.memory_capacity)} less the reserve); raise ep, quantize "
+                               "the experts or keep them on the accelerator")
     if memory.total <= budget:
         return memory, offload
     field = "workload.batch_size" if wl.batch_size is not None else "workload.tokens_per_device"

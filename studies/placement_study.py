@@ -62,7 +62,7 @@ def with_placement(sc: Scenario, placement: Placement) -> Scenario:
     memory, offload = resident_memory(sc.model, placement, sc.tp, sc.moe_tp, sc.batch_per_replica,
                                       sc.config.workload, int(sc.moe_tokens.max()), sc.precision,
                                       sc.offload.config if sc.offload is not None else None, sc.machine,
-                                      sc.memory_budget)
+                                      sc.memory_budget, sc.config.policies.units)
     return replace(sc, placement=placement, memory=memory, offload=offload)
 
 

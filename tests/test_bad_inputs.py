@@ -98,6 +98,8 @@ def clu(changes: dict[str, Any]) -> dict[str, Any]:
 
 
 SIM = ["simulate", "scenario.yaml", "--out", "out", "--quiet"]
+PIM_UNIT = {"name": "pim", "device": "Logic-PIM", "link": "PCIe5-x16"}
+HOST_CPU = {"device": "Xeon-8480", "count": 1, "link": "PCIe5-x16"}
 ROOF = ["roofline", "--model", "toy-model.yaml", "--device", "toy-device.yaml", "--out", "out"]
 ROOF_SC = ["roofline", "scenario.yaml", "--out", "out"]
 
@@ -344,6 +346,40 @@ CLUSTER_CASES = [
          ["toy-cluster.yaml", "node.intra_node.link", "nolink.yaml", "not found"]),
     Case("clu-host-count-zero", clu({"node.host": {"device": "Xeon-8480", "count": 0, "link": "PCIe5-x16"}}), SIM,
          ["toy-cluster.yaml", "node.host.count"]),
+    Case("clu-unit-named-accelerator", clu({"node.units": [{**PIM_UNIT, "name": "accelerator"}]}), SIM,
+         ["toy-cluster.yaml", "node.units[0].name", "another name"]),
+    Case("clu-unit-name-odd", clu({"node.units": [{**PIM_UNIT, "name": "PIM 1"}]}), SIM,
+         ["toy-cluster.yaml", "node.units[0].name"]),
+    Case("clu-unit-named-twice", clu({"node.units": [PIM_UNIT, PIM_UNIT]}), SIM,
+         ["toy-cluster.yaml", "units ['pim'] are named twice"]),
+    Case("clu-unit-host-twice", clu({"node.host": HOST_CPU, "node.units": [{**HOST_CPU, "name": "host"}]}), SIM,
+         ["toy-cluster.yaml", "host CPU is given twice"]),
+    Case("clu-unit-host-on-accelerator-memory", clu({"node.units": [{**HOST_CPU, "name": "host",
+                                                                      "memory": "accelerator"}]}), SIM,
+         ["toy-cluster.yaml", "host unit", "memory: own"]),
+    Case("clu-unit-count-not-dividing", clu({"node.units": [{**PIM_UNIT, "count": 3}]}), SIM,
+         ["toy-cluster.yaml", "count 3", "divide the 2 devices"]),
+    Case("clu-unit-device-unknown", clu({"node.units": [{**PIM_UNIT, "device": "Logic-PIM-9"}]}), SIM,
+         ["toy-cluster.yaml", "node.units[0].device", "Logic-PIM"]),
+    Case("clu-unit-link-unknown", clu({"node.units": [{**PIM_UNIT, "link": "pim9"}]}), SIM,
+         ["toy-cluster.yaml", "node.units[0].link", "unknown link"]),
+    Case("clu-unit-memory-odd", clu({"node.units": [{**PIM_UNIT, "memory": "shared"}]}), SIM,
+         ["toy-cluster.yaml", "node.units[0].memory", "own"]),
+    Case("cfg-units-unknown-unit", sc({"policies": {"units": {"attention": "pim"}}}), SIM,
+         ["scenario.yaml", "policies.units.attention", "unit 'pim'", "accelerator"]),
+    Case("cfg-units-expert-auto", sc({"policies": {"units": {"expert": "auto"}}}), SIM,
+         ["scenario.yaml", "policies.units", "auto is for attention"]),
+    Case("cfg-units-unknown-part", sc({"policies": {"units": {"router": "accelerator"}}}), SIM,
+         ["scenario.yaml", "policies.units.router"]),
+    Case("cfg-units-name-odd", sc({"policies": {"units": {"attention": "Host CPU"}}}), SIM,
+         ["scenario.yaml", "policies.units.attention"]),
+    Case("cfg-units-experts-with-offload", sc({"offload": {}, "policies": {"units": {"expert": "host"}}}, **{
+        "toy-cluster_yaml": edit(TOY["toy-cluster.yaml"], {"node.host": HOST_CPU})}), SIM,
+         ["scenario.yaml", "policies.units.expert", "offload"]),
+    Case("cfg-units-attention-against-hybrid", sc({"offload": {"hybrid": {"attention": "host"}},
+                                                   "policies": {"units": {"attention": "pim"}}}, **{
+        "toy-cluster_yaml": edit(TOY["toy-cluster.yaml"], {"node.host": HOST_CPU, "node.units": [PIM_UNIT]})}), SIM,
+         ["scenario.yaml", "policies.units.attention", "hybrid.attention"]),
     Case("clu-storage-capacity-negative", clu({"node.storage": {"link": "NVMe-Gen4-x4", "capacity": "-1 TB"}}), SIM,
          ["toy-cluster.yaml", "node.storage.capacity"]),
     Case("clu-nic-devices-zero", clu({"nodes": 2, "node.nic": {"link": "toy-nic.yaml", "devices_per_nic": 0,

@@ -27,7 +27,7 @@ def test_dgx_host_memory_is_shared_per_socket():
 def test_storage_without_host_reads_into_unified_memory():
     """A unified-memory SoC has no host tier: storage reads go straight to device memory."""
     spec = load_cluster("gpu-host-pcie").model_dump()
-    spec["node"]["host"] = None
+    spec["node"]["units"] = []  # its host CPU is a unit named host
     tiers = {t.name: t for t in memory_tiers(ClusterSpec.model_validate(spec))}
     assert set(tiers) == {"device", "storage"}
     assert tiers["storage"].bandwidth == pytest.approx(7.45e9 * 0.9)

@@ -1,0 +1,193 @@
+"""A node of several compute units (issue 25): the cluster syntax, old host files unchanged, per-part
+unit choice costed by hand on a toy xPU + PIM node, auto's Op/B rule, experts on a unit, and the
+memory a unit of its own memory takes off the accelerator."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from moesim.errors import ConfigError
+from moesim.hardware_profiles import load_cluster
+from moesim.hardware_profiles.schema import ClusterSpec
+from moesim.simulator.compose import pipeline_for
+from moesim.simulator.config import config_from_dict
+from moesim.simulator.machine import build_machine
+from moesim.simulator.roofline import scenario_op_rows, scenario_plan
+from moesim.simulator.run import simulate
+from moesim.simulator.scenario import load_scenario, resolve
+
+from conftest import EXAMPLES, example_config, toy_file
+
+TOY_PIM = {"name": "Toy-PIM", "kind": "pim", "memory": {"capacity": "100 GB", "bandwidth": "4 TB/s"},
+           "compute": {"bf16": "10 TFLOPS"}, "efficiency": {"compute": 1.0, "memory": 1.0}, "overhead": "0 us",
+           "gemm_tile": 1}
+TOY_HANDOFF = {"name": "Toy-Handoff", "kind": "pim", "bandwidth": "1 TB/s", "latency": "1 us", "efficiency": 1.0}
+LAT, BW = 1e-6, 1e12  # the toy hand-off link
+TOKEN_BYTES = 1024 * 2  # the toy model's hidden size in bf16
+
+
+def toy_pim(tmp_path: Path, toy_config: dict, memory: str = "accelerator", **units) -> Path:
+    """The toy scenario on a toy-2 node whose devices each have a toy PIM beside them."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = toy_file(tmp_path, {**toy_config, "policies": {"units": units}, "hardware": {"cluster": "pim-cluster.yaml"}})
+    (tmp_path / "toy-pim.yaml").write_text(yaml.safe_dump(TOY_PIM))
+    (tmp_path / "toy-handoff.yaml").write_text(yaml.safe_dump(TOY_HANDOFF))
+    cluster = yaml.safe_load((tmp_path / "toy-cluster.yaml").read_text())
+    cluster["node"]["units"] = [{"name": "pim", "device": "toy-pim.yaml", "link": "toy-handoff.yaml",
+                                 "memory": memory}]
+    (tmp_path / "pim-cluster.yaml").write_text(yaml.safe_dump(cluster))
+    return path
+
+
+def test_hidden_size_is_what_the_hand_calculations_assume(tmp_path, toy_config):
+    sc = load_scenario(toy_file(tmp_path, toy_config))
+    assert sc.model.hidden_size * 2 == TOKEN_BYTES
+
+
+# ---- the cluster syntax ------------------------------------------------------------------------
+
+HOST_CLUSTERS = ["gh200", "gpu-host-pcie", "rtx4090-workstation", "dgx-h100", "h800-4x8", "ascend-910b-8"]
+
+
+@pytest.mark.parametrize("name", HOST_CLUSTERS)
+def test_a_host_as_a_unit_is_the_old_node_host(name):
+    """The bundled host-CPU nodes are now written as units; the same node in the old node.host
+    syntax resolves to the same units, memory tiers and routes."""
+    new = load_cluster(name)
+    spec = new.model_dump()
+    host = next(u for u in spec["node"]["units"] if u["name"] == "host")
+    spec["node"]["units"] = [u for u in spec["node"]["units"] if u["name"] != "host"]
+    spec["node"]["host"] = {"device": host["device"], "count": host["count"], "link": host["link"]}
+    old = ClusterSpec.model_validate(spec)
+    a, b = build_machine(new), build_machine(old)
+    def facts(machine):
+        return {k: (u.label, u.device, u.latency, u.bandwidth, u.memory_capacity, u.shared_by, u.cost.device)
+                for k, u in machine.units.items()}
+
+    assert facts(a) == facts(b) and a.tiers == b.tiers
+    assert a.routes.link_names == b.routes.link_names
+    np.testing.assert_array_equal(a.routes.link_bandwidth, b.routes.link_bandwidth)
+    assert a.host is not None and a.host.label == "host CPU" and a.host_cost is a.units["host"].cost
+
+
+def test_an_offloading_run_is_the_same_on_the_old_host_syntax(tmp_path):
+    """offload.hybrid.attention: host runs on the host unit: the run on a cluster file that still
+    says node.host is the run on the bundled (units) file, bit for bit."""
+    cfg = example_config("offload-mixtral-4090-lru.yaml")
+    cfg["offload"]["hybrid"] = {"attention": "host", "cold_experts": "host"}
+    cfg["workload"]["steps"] = 3
+    spec = load_cluster("rtx4090-workstation").model_dump(exclude_defaults=True)
+    host = spec["node"].pop("units")[0]
+    spec["node"]["host"] = {k: host[k] for k in ("device", "count", "link")}
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(spec))
+    new = simulate(resolve(config_from_dict(copy.deepcopy(cfg), EXAMPLES)))
+    cfg["hardware"]["cluster"] = str(tmp_path / "old.yaml")
+    old = simulate(resolve(config_from_dict(cfg, EXAMPLES)))
+    np.testing.assert_array_equal(new.raw.end, old.raw.end)
+    assert new.summary["step_latency_s"] == old.summary["step_latency_s"]
+    rows = scenario_op_rows(new.scenario, 0, 1, 0)
+    assert set(rows[rows.phase == "attention"].unit) >= {"host CPU", "host link"}
+
+
+def test_the_duplex_bundle_has_a_pim_beside_every_xpu():
+    m = build_machine(load_cluster("duplex-h100-pim-8"))
+    assert list(m.units) == ["accelerator", "pim"]
+    pim = m.units["pim"]
+    assert pim.device.kind == "pim" and pim.memory_capacity is None and pim.shared_by == 1
+    assert pim.bandwidth == pytest.approx(3.35e12 * 0.8)  # the shared HBM's external interface
+
+
+# ---- per-part unit choice, by hand -------------------------------------------------------------
+
+def test_attention_on_the_pim_is_its_ops_on_the_pim_plus_the_hand_off(tmp_path, toy_config):
+    """Every attention op costed on the PIM's roofline; the layer pays 2 x (latency + tokens x
+    token bytes / bandwidth) to hand the activations over and back."""
+    sc = load_scenario(toy_pim(tmp_path, toy_config, attention="pim"))
+    (tmp_path / "base").mkdir()
+    base = load_scenario(toy_file(tmp_path / "base", toy_config))
+    pipe = pipeline_for(sc)
+    plan = scenario_plan(sc, 0, pipe)
+    rows = pipe.op_rows(plan, 0, 0)
+    att = rows[rows.phase == "attention"]
+    on_pim = att[att.unit == "pim"]
+    assert len(on_pim) and set(att.unit) <= {"pim", "pim link", "device"}
+    tokens = sc.batch_per_replica  # decode: one token per sequence
+    crossing = att[att.op == "pim_link_crossing"].time_s.sum()
+    assert crossing == pytest.approx(2 * (LAT + tokens * TOKEN_BYTES / BW), rel=1e-12)
+    pim = sc.machine.units["pim"].cost
+    for r in on_pim.itertuples():
+        t = max(r.flops / pim.device.compute["bf16"], r.bytes / pim.device.memory.bandwidth)
+        assert r.time_s == pytest.approx(t, rel=1e-9)
+    assert plan.attention[0, 0] == pytest.approx(att.time_s.sum(), rel=1e-12)  # the engine adds exactly these
+    np.testing.assert_allclose(plan.expert, scenario_plan(base, 0).expert)  # the experts stayed on the xPU
+
+
+def test_experts_on_the_pim_are_costed_there_with_their_rows_handed_over(tmp_path, toy_config):
+    sc = load_scenario(toy_pim(tmp_path, toy_config, expert="pim"))
+    pipe = pipeline_for(sc)
+    plan = scenario_plan(sc, 0, pipe)
+    rows = pipe.op_rows(plan, 0, 1)
+    moe = rows[rows.phase == "expert"]
+    assert set(moe.unit) == {"pim", "pim link"}
+    assert moe.time_s.sum() == pytest.approx(plan.expert[0, 1], rel=1e-12)
+    routed = plan.rows_computed[0, 1]
+    assert moe[moe.op == "pim_link_crossing"].time_s.sum() == pytest.approx(2 * (LAT + routed * TOKEN_BYTES / BW))
+
+
+def test_auto_sends_low_op_per_byte_ops_to_the_pim_and_never_slows_a_part(tmp_path, toy_config):
+    """Decode attention's core (a few FLOPs per byte of KV) runs faster on the 4 TB/s PIM; the
+    auto split is never slower than the xPU alone, and at prefill the GEMMs stay on the xPU."""
+    xpu = load_scenario(toy_pim(tmp_path / "x", toy_config))
+    auto = load_scenario(toy_pim(tmp_path / "a", toy_config, attention="auto"))
+    px, pa = scenario_plan(xpu, 0), scenario_plan(auto, 0)
+    assert (pa.attention <= px.attention * (1 + 1e-12)).all() and (pa.attention < px.attention).any()
+    rows = scenario_op_rows(auto, 0, 0, 0)
+    assert rows.loc[rows.op == "attn_core", "unit"].tolist() == ["pim"]
+    prefill = copy.deepcopy(toy_config)
+    prefill["workload"] = {"phase": "prefill", "batch_size": 4, "seq_len": 512, "steps": 1,
+                           "routing": {"generator": "uniform"}}
+    rows = scenario_op_rows(load_scenario(toy_pim(tmp_path / "p", prefill, attention="auto")), 0, 0, 0)
+    projections = rows[rows.op.str.endswith("proj")]
+    assert len(projections) and (projections.unit == "device").all()  # compute-bound: the xPU's 100 TFLOPS
+
+
+# ---- memory on units ---------------------------------------------------------------------------
+
+def test_experts_on_a_unit_of_its_own_memory_leave_the_accelerator(tmp_path, toy_config):
+    """The weights of experts a host-like unit runs live in its memory: the accelerator's ledger
+    drops them and the summary names where they went; a unit too small is a config error."""
+    xpu = load_scenario(toy_pim(tmp_path / "x", toy_config, memory="own"))
+    own = load_scenario(toy_pim(tmp_path / "o", toy_config, memory="own", expert="pim"))
+    moved = float(xpu.memory.expert_weights.max())
+    assert moved > 0 and dict(own.memory.on_units) == {"pim": pytest.approx(moved)}
+    np.testing.assert_allclose(own.memory.per_device, xpu.memory.per_device - xpu.memory.expert_weights)
+    shared = load_scenario(toy_pim(tmp_path / "s", toy_config, memory="accelerator", expert="pim"))
+    assert shared.memory.on_units == () and shared.memory.total == xpu.memory.total  # PIM reads the HBM
+    small = toy_pim(tmp_path / "t", toy_config, memory="own", expert="pim")
+    pim = yaml.safe_load((small.parent / "toy-pim.yaml").read_text())
+    pim["memory"]["capacity"] = "1 KB"
+    (small.parent / "toy-pim.yaml").write_text(yaml.safe_dump(pim))
+    with pytest.raises(ConfigError, match="kept on unit 'pim'") as err:
+        load_scenario(small)
+    assert err.value.field == "policies.units.expert"
+
+
+def test_a_gh200_with_attention_on_grace_keeps_the_kv_cache_in_lpddr5x():
+    """MoE-Lens-style: attention on the host unit moves the KV cache to Grace's memory."""
+    cfg = example_config("mixtral-decode-8xh100.yaml")
+    cfg["hardware"] = {"cluster": "gh200"}
+    cfg["parallelism"] = {"tp": 1, "ep": 1, "dp": 1}
+    cfg["workload"].update({"batch_size": 8, "steps": 2})
+    cfg["precision"] = {"bits": 4}
+    gpu = resolve(config_from_dict(copy.deepcopy(cfg), EXAMPLES))
+    cfg["policies"] = {"units": {"attention": "host"}}
+    grace = resolve(config_from_dict(cfg, EXAMPLES))
+    assert dict(grace.memory.on_units) == {"host": pytest.approx(gpu.memory.kv_cache)}
+    assert grace.memory.total == pytest.approx(gpu.memory.total - gpu.memory.kv_cache)
+    rows = scenario_op_rows(grace, 0, 0, 0)
+    assert "host CPU" in set(rows.unit) and "host_link_crossing" in set(rows.op)
