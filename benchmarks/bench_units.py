@@ -42,11 +42,11 @@ def step_s(cfg: dict) -> float:
 def duplex(steps: int) -> None:
     print("1. Duplex-style node: Mixtral-8x7B decode, EP8, 2k context (step time, model)")
     splits = {"xPU only": {},
-              "PIM only": {"attention": "pim", "dense_ffn": "pim", "shared_expert": "pim", "expert": "pim"},
-              "attention+experts on PIM": {"attention": "pim", "expert": "pim"},
-              "auto attention, experts on PIM": {"attention": "auto", "expert": "pim"}}
-    print(f"{'batch/GPU':>10} " + " ".join(f"{k:>31}" for k in splits))
-    for batch in (8, 32, 128, 256):
+              "PIM only": {"attention": "pim", "expert": "pim"},  # Mixtral has no dense or shared FFN
+              "attention on PIM": {"attention": "pim"},
+              "auto (per op / device)": {"attention": "auto", "expert": "auto"}}
+    print(f"{'batch/GPU':>10} " + " ".join(f"{k:>26}" for k in splits))
+    for batch in (8, 32, 64, 128):
         cfg = example("mixtral-decode-8xh100.yaml")
         cfg["hardware"] = {"cluster": "duplex-h100-pim-8"}
         cfg["workload"].update({"batch_size": batch, "steps": steps})
@@ -56,8 +56,7 @@ def duplex(steps: int) -> None:
             cfg["policies"]["units"] = units
             times[name] = step_s(cfg)
         base = times["xPU only"]
-        print(f"{batch:>10} " + " ".join(f"{times[k] * 1e3:>10.3f} ms ({base / times[k]:>5.2f}x xPU)      "
-                                        for k in splits))
+        print(f"{batch:>10} " + " ".join(f"{times[k] * 1e3:>9.3f} ms ({base / times[k]:>5.2f}x xPU)" for k in splits))
 
 
 def moe_lens(steps: int) -> None:

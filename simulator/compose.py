@@ -165,7 +165,7 @@ def unit_choice(sc: Scenario) -> UnitChoice:
     attention = cfg.attention
     if off is not None and off.config.hybrid.attention == "host":
         attention = "host"
-    return UnitChoice(pick(attention), pick(cfg.dense_ffn), pick(cfg.shared_expert), units[cfg.expert])
+    return UnitChoice(pick(attention), pick(cfg.dense_ffn), pick(cfg.shared_expert), pick(cfg.expert))
 
 
 def step_source_for(sc: Scenario):

@@ -186,20 +186,13 @@ class UnitsConfig(_Strict):
 
     A value is a unit of the cluster's nodes (`accelerator`, `host`, or a name from node.units) or
     `auto`: each op goes to the unit that finishes it first, its activations' crossing included
-    (Duplex's rule: low Op/B ops to Logic-PIM, high Op/B ones to the xPU). Routed experts take a
-    named unit (not auto)."""
+    (Duplex's rule: low Op/B ops to Logic-PIM, high Op/B ones to the xPU); for routed experts,
+    each device's experts of a layer run on the unit that finishes them first."""
 
     attention: str = Field("accelerator", pattern=UNIT_NAME, description="attention, its projections and the KV cache")
     dense_ffn: str = Field("accelerator", pattern=UNIT_NAME, description="the FFN of dense layers")
     shared_expert: str = Field("accelerator", pattern=UNIT_NAME, description="shared experts")
-    expert: str = Field("accelerator", pattern=UNIT_NAME, description="routed experts (a named unit)")
-
-    @model_validator(mode="after")
-    def _experts_named(self) -> "UnitsConfig":
-        if self.expert == "auto":
-            raise ValueError("policies.units.expert takes a unit name; auto is for attention, dense_ffn and "
-                             "shared_expert (a layer's routed experts run as one kernel on one unit)")
-        return self
+    expert: str = Field("accelerator", pattern=UNIT_NAME, description="routed experts (auto: per device and layer)")
 
 
 class PoliciesConfig(_Strict):

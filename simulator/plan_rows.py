@@ -60,31 +60,32 @@ def _moe_rows(pipe: "StepPipeline", plan: "StepPlan", layer: int, device: int) -
     slots = np.flatnonzero((pl.slot_device[mi] == local) & (plan.slot_tokens[g, mi] > 0))
     out: list[tuple] = []
     machine = costs.machine
-    cost, unit = costs.expert_cost, costs.expert_unit.label
+    kernel = costs.experts[0 if plan.expert_unit is None else int(plan.expert_unit[mi, device])]
+    cost, unit = kernel.cost, kernel.unit.label
     tokens = plan.slot_tokens[g, mi][None, :]
-    flops, mem, work, overhead = costs.expert_terms(tokens, pl.slot_expert[mi][None, :])
-    kind = costs.moe_kernel.gemm_kind
-    c, b, _ = cost.terms(kind, flops, mem, tokens, costs.expert_dtype)
-    source = cost.provenance(kind, costs.expert_dtype)
+    flops, mem, work, overhead = kernel.terms(tokens, pl.slot_expert[mi][None, :])
+    kind = kernel.moe_kernel.gemm_kind
+    c, b, _ = cost.terms(kind, flops, mem, tokens, kernel.dtype)
+    source = cost.provenance(kind, kernel.dtype)
     for j in slots:
         t = float(plan.slot_time[g, mi, j])
         bound = "compute" if c[0, j] >= b[0, j] else "memory"
-        dtype = costs.expert_dtype
-        if costs.quantized is not None and bool(costs.quantized[mi, pl.slot_expert[mi, j]]):
+        dtype = kernel.dtype
+        if kernel.quantized is not None and bool(kernel.quantized[mi, pl.slot_expert[mi, j]]):
             dtype = act_dtype(costs.model)
         out.append((layer, device, "expert", f"expert[{int(pl.slot_expert[mi, j])}]", unit, kind, dtype,
                     float(tokens[0, j]), float(flops[0, j]), float(mem[0, j]), t, bound,
                     _sol_ratio(cost, flops[0, j], mem[0, j], dtype, t), source))
     if costs.expert_kernel != "per_expert" and slots.size:
         out.append((layer, device, "expert", "grouped_gemm_launch", unit, "launch", "", 0.0, 0.0, 0.0,
-                    float(costs.grouped_launch(np.array([1.0]))[0]), "overhead", np.nan, source))
+                    float(kernel.launch(np.array([1.0]))[0]), "overhead", np.nan, source))
     rows_in = float(tokens[0, slots].sum())
-    for op in costs.moe_kernel.ops(rows_in):
+    for op in kernel.moe_kernel.ops(rows_in):
         spent = cost.op_cost(op)
         out.append((layer, device, "expert", op.name, unit, op.kind, op.dtype, op.rows, 0.0, op.bytes, spent.time,
                     spent.bound, _sol_ratio(cost, op.flops, op.bytes, op.dtype, spent.time),
-                    costs.moe_kernel.provenance()))
-    crossing = float(costs.expert_crossing(np.array([rows_in]))[0])
+                    kernel.moe_kernel.provenance()))
+    crossing = float(kernel.crossing(np.array([rows_in]))[0])
     if crossing:
         out.append((layer, device, "expert", f"{unit}_link_crossing", f"{unit} link", "comm", "", 0.0, 0.0, np.nan,
                     crossing, "link", np.nan, "link profile"))

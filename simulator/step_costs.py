@@ -20,17 +20,15 @@ from functools import lru_cache
 import numpy as np
 
 from moesim.simulator.cost_model import CostModel, OpCost
+from moesim.simulator.expert_kernel import ExpertKernel
 from moesim.simulator.expert_precision import ExpertPrecision
 from moesim.simulator.machine import ComputeUnit, Machine
-from moesim.simulator.moe_kernel_cost import MoeKernelCost
 from moesim.simulator.ops import (
     LayerContext,
     Op,
     act_dtype,
     attention_ops,
     dense_ffn_op,
-    ffn_flops_bytes,
-    gemm_dtype,
     model_edge_ops,
     norm_ops,
     router_op,
@@ -38,7 +36,6 @@ from moesim.simulator.ops import (
     token_bytes,
 )
 from moesim.simulator.step_source import AttentionMix
-from moesim.units import dtype_bytes
 from moesim.workloads.model_spec import ModelSpec
 
 
@@ -94,11 +91,11 @@ class UnitChoice:
     attention: tuple[ComputeUnit, ...]
     dense_ffn: tuple[ComputeUnit, ...]
     shared_expert: tuple[ComputeUnit, ...]
-    expert: ComputeUnit
+    expert: tuple[ComputeUnit, ...]
 
     @classmethod
     def on(cls, unit: ComputeUnit) -> "UnitChoice":
-        return cls((unit,), (unit,), (unit,), unit)
+        return cls((unit,), (unit,), (unit,), (unit,))
 
 
 class StepCosts:
@@ -110,18 +107,13 @@ class StepCosts:
         self.model, self.machine, self.tp, self.moe_tp = model, machine, tp, moe_tp
         self.cost: CostModel = machine.cost
         self.units = units or UnitChoice.on(machine.accelerator)
-        self.expert_unit = self.units.expert
-        self.expert_cost: CostModel = self.expert_unit.cost
         self.expert_kernel = expert_kernel
         self.small_ops = small_ops
-        m, dt = model, self.expert_cost.dtypes
-        self.expert_dtype = m.expert_compute_dtype or gemm_dtype(m.routed_expert_dtype, dt, act_dtype(m))
-        self.moe_kernel = MoeKernelCost(self.expert_cost, expert_kernel, m.hidden_size,
-                                        m.moe.expert_intermediate_size / moe_tp, dtype_bytes(act_dtype(m)), act_dtype(m))
-        pl_bytes = precision.expert_bytes()
         self.precision = precision
-        self.expert_weight_bytes = pl_bytes / moe_tp  # (Lm, E) bytes of one shard of each expert
-        self.quantized = precision.quantized if not precision.uniform_native else None
+        # the routed experts on each candidate unit (one, or every unit under auto)
+        self.experts = tuple(ExpertKernel(model, u, expert_kernel, precision, moe_tp) for u in self.units.expert)
+        self.expert_dtype = self.experts[0].dtype
+        self.moe_kernel = self.experts[0].moe_kernel
 
     # ---- non-expert ops -----------------------------------------------------------------
     def _row(self, op: Op, cost: CostModel | None = None, unit: str = "device") -> OpRow:
@@ -210,37 +202,11 @@ class StepCosts:
     # ---- routed experts -----------------------------------------------------------------
     def expert_terms(self, slot_tokens: np.ndarray, slot_expert: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(FLOPs, bytes, time without launch overhead, launch overhead) of every expert copy
-        (Lm, J) at its token count; each copy computes its shard (1/moe_tp of the intermediate)."""
-        m = self.model
-        lidx = np.arange(slot_expert.shape[0])[:, None]
-        wbytes = self.expert_weight_bytes[lidx, slot_expert]
-        flops, mem = ffn_flops_bytes(m, slot_tokens, m.moe.expert_intermediate_size / self.moe_tp,
-                                     m.routed_expert_dtype, wbytes)
-        kind = self.moe_kernel.gemm_kind
-        c, b, o = self.expert_cost.terms(kind, flops, mem, slot_tokens, self.expert_dtype)
-        work = np.maximum(c, b)
-        if self.quantized is not None:  # weight-only formats compute in the activation dtype
-            cq, bq, oq = self.expert_cost.terms(kind, flops, mem, slot_tokens, act_dtype(m))
-            q = self.quantized[lidx, slot_expert]
-            work, o = np.where(q, np.maximum(cq, bq), work), np.where(q, oq, o)
-        return flops, mem, work, o
+        """(FLOPs, bytes, time without launch overhead, launch overhead) of every expert copy on
+        the first expert unit (`ExpertKernel.terms`)."""
+        return self.experts[0].terms(slot_tokens, slot_expert)
 
     def expert_time(self, slot_tokens: np.ndarray, slot_expert: np.ndarray) -> np.ndarray:
         """(Lm, J) GEMM time of every expert copy as the per-expert kernel runs it (with its launch)."""
         _, _, work, overhead = self.expert_terms(slot_tokens, slot_expert)
         return work + overhead
-
-    def expert_crossing(self, rows: np.ndarray) -> np.ndarray:
-        """Seconds a device's routed rows take to its expert unit and back (0 on the accelerator,
-        and where no row arrives)."""
-        unit = self.expert_unit
-        if unit.is_accelerator:
-            return np.zeros_like(rows, dtype=float)
-        nbytes = rows * token_bytes(self.model, act_dtype(self.model))
-        return np.where(rows > 0, 2 * (unit.latency + nbytes / unit.bandwidth), 0.0)
-
-    def grouped_launch(self, active: np.ndarray) -> np.ndarray:
-        """Launch overhead of a device's routed experts: one per active expert (per_expert), or one
-        per device that runs any expert (grouped and fused: one grouped-GEMM kernel)."""
-        return self.moe_kernel.launch(active, self.expert_dtype)

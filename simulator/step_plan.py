@@ -50,6 +50,7 @@ class StepPlan:
     inputs: StepInput | None = None
     layer_ops: list[list[LayerOps]] | None = None  # [layer][device] the non-expert ops costed
     microbatch: int = 0
+    expert_unit: np.ndarray | None = None  # (L_moe, N) which candidate expert unit ran each device's layer (auto)
 
     @property
     def dispatch(self) -> np.ndarray:
@@ -108,7 +109,8 @@ def merge_microbatches(plans: list[StepPlan]) -> StepPlan:
         rows_routed=add("rows_routed"), rows_dropped=add("rows_dropped"), rows_computed=add("rows_computed"),
         experts_active=np.maximum.reduce([p.experts_active for p in plans]), expert_tokens=add("expert_tokens"),
         slot_tokens=add("slot_tokens"), slot_time=add("slot_time"),
-        moe_reduce_bytes=sum(p.moe_reduce_bytes for p in plans), inputs=first.inputs)
+        moe_reduce_bytes=sum(p.moe_reduce_bytes for p in plans), inputs=first.inputs,
+        expert_unit=first.expert_unit)  # auto: the first micro-batch's units stand for the step
 
 
 @dataclass
@@ -176,7 +178,7 @@ class StepPipeline:
         if moe.size:  # a trace decides each device's real tokens: attention is sized from them
             tokens = counts[0].sum(axis=1) // m.moe.top_k if counts.shape[1] == n else tokens
         layer_ops, attention, dense, shared = self._compute(inp, tokens)
-        expert, rows_computed, active, expert_tokens, rows_dropped, slot_tokens, slot_time, traffic = \
+        expert, rows_computed, active, expert_tokens, rows_dropped, slot_tokens, slot_time, traffic, unit_of = \
             self._moe(counts, tokens, routed)
         if traffic.residency is not None:  # tokens move between layers (exflow): compute follows them
             attention, dense, shared = (follow_residency(a, tokens, traffic.residency, moe)
@@ -195,7 +197,8 @@ class StepPipeline:
             tp_bytes=tp_allreduce_bytes(m, float(replica_tokens), self.tp), traffic=traffic,
             rows_routed=counts.sum(axis=(1, 2)), rows_dropped=rows_dropped, rows_computed=rows_computed,
             experts_active=active, expert_tokens=expert_tokens, slot_tokens=slot_tokens, slot_time=slot_time,
-            moe_reduce_bytes=reduce_bytes, inputs=inp, layer_ops=layer_ops, microbatch=inp.microbatch)
+            moe_reduce_bytes=reduce_bytes, inputs=inp, layer_ops=layer_ops, microbatch=inp.microbatch,
+            expert_unit=unit_of)
 
     def _compute(self, inp: StepInput, tokens: np.ndarray):
         """Non-expert compute of every (layer, device), from the step's own tokens."""
@@ -237,6 +240,7 @@ class StepPipeline:
         ns = counts.shape[1]
         groups = ns // ep
         expert_time = np.zeros((Lm, ns))
+        unit_of = np.zeros((Lm, ns), dtype=np.int64)  # the expert unit of each device's layer (costs.experts)
         rows_dropped = np.zeros(Lm, dtype=np.int64)
         rows_computed = np.zeros((Lm, ns))
         active = np.zeros((Lm, ns), dtype=np.int64)
@@ -255,19 +259,17 @@ class StepPipeline:
             sent = kept.astype(float) if self.identity_slots else self.replicas(kept)
             all_rows[g] = sent
             slot_tokens = self.replicas.slot_tokens(kept, sent)
-            flops, mem, work, overhead = costs.expert_terms(slot_tokens, pl.slot_expert)
-            if costs.expert_kernel != "per_expert":
-                slot_time = work
-                busy = np.einsum("lj,ljd->ld", (slot_tokens > 0).astype(float), onehot)
-                rows_in = np.einsum("lj,ljd->ld", slot_tokens, onehot)
-                expert_time[:, devs] = np.einsum("lj,ljd->ld", work, onehot) + costs.grouped_launch(busy)
-                if costs.expert_kernel == "fused":
-                    expert_time[:, devs] += costs.moe_kernel.fixed_and_tokens(rows_in)
-            else:
-                slot_time = work + overhead
-                expert_time[:, devs] = np.einsum("lj,ljd->ld", slot_time, onehot)
-            if not costs.expert_unit.is_accelerator:  # the routed rows go to the expert unit and back
-                expert_time[:, devs] += costs.expert_crossing(np.einsum("lj,ljd->ld", slot_tokens, onehot))
+            times, slot_time = costs.experts[0].device_time(slot_tokens, pl.slot_expert, onehot)
+            if len(costs.experts) > 1:  # auto: each device's layer on the unit that finishes it first
+                options = [(times, slot_time)] + [k.device_time(slot_tokens, pl.slot_expert, onehot)
+                                                  for k in costs.experts[1:]]
+                stacked = np.stack([t for t, _ in options])  # (units, Lm, ep)
+                pick = np.argmin(stacked, axis=0)
+                unit_of[:, devs] = pick
+                times = np.take_along_axis(stacked, pick[None], axis=0)[0]
+                slot_unit = np.einsum("ljd,ld->lj", onehot, pick.astype(float)).round().astype(np.int64)
+                slot_time = np.take_along_axis(np.stack([s for _, s in options]), slot_unit[None], axis=0)[0]
+            expert_time[:, devs] = times
             kept_tokens.append(slot_tokens)
             kept_time.append(slot_time)
             rows_computed[:, devs] = np.einsum("lj,ljd->ld", slot_tokens, onehot)
@@ -278,10 +280,11 @@ class StepPipeline:
         if mt > 1:
             traffic = _expand_shards(traffic, mt, self.tp, tokens, self.layout)
             expert_time = np.repeat(expert_time, mt, axis=1)
+            unit_of = np.repeat(unit_of, mt, axis=1)
             rows_computed = np.repeat(rows_computed, mt, axis=1) / mt
             active = np.repeat(active, mt, axis=1)
         return (expert_time, rows_computed, active, expert_tokens, rows_dropped, np.stack(kept_tokens),
-                np.stack(kept_time), traffic)
+                np.stack(kept_time), traffic, unit_of if len(costs.experts) > 1 else None)
 
     def _token_ids(self, routed: RoutingStep | None, rows_dropped: np.ndarray) -> TokenIds | None:
         """The step's per-token expert ids for dispatch, where they say exactly where every row

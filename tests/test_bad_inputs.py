@@ -367,8 +367,6 @@ CLUSTER_CASES = [
          ["toy-cluster.yaml", "node.units[0].memory", "own"]),
     Case("cfg-units-unknown-unit", sc({"policies": {"units": {"attention": "pim"}}}), SIM,
          ["scenario.yaml", "policies.units.attention", "unit 'pim'", "accelerator"]),
-    Case("cfg-units-expert-auto", sc({"policies": {"units": {"expert": "auto"}}}), SIM,
-         ["scenario.yaml", "policies.units", "auto is for attention"]),
     Case("cfg-units-unknown-part", sc({"policies": {"units": {"router": "accelerator"}}}), SIM,
          ["scenario.yaml", "policies.units.router"]),
     Case("cfg-units-name-odd", sc({"policies": {"units": {"attention": "Host CPU"}}}), SIM,

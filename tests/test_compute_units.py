@@ -25,7 +25,7 @@ from conftest import EXAMPLES, example_config, toy_file
 
 TOY_PIM = {"name": "Toy-PIM", "kind": "pim", "memory": {"capacity": "100 GB", "bandwidth": "4 TB/s"},
            "compute": {"bf16": "10 TFLOPS"}, "efficiency": {"compute": 1.0, "memory": 1.0}, "overhead": "0 us",
-           "gemm_tile": 1}
+           "gemm_tile": 1, "moe_kernel": {"layer_floor": "0 us", "hidden_passes": 0, "intermediate_passes": 0}}
 TOY_HANDOFF = {"name": "Toy-Handoff", "kind": "pim", "bandwidth": "1 TB/s", "latency": "1 us", "efficiency": 1.0}
 LAT, BW = 1e-6, 1e12  # the toy hand-off link
 TOKEN_BYTES = 1024 * 2  # the toy model's hidden size in bf16
@@ -191,3 +191,28 @@ def test_a_gh200_with_attention_on_grace_keeps_the_kv_cache_in_lpddr5x():
     assert grace.memory.total == pytest.approx(gpu.memory.total - gpu.memory.kv_cache)
     rows = scenario_op_rows(grace, 0, 0, 0)
     assert "host CPU" in set(rows.unit) and "host_link_crossing" in set(rows.op)
+
+
+def test_auto_experts_run_each_devices_layer_on_the_unit_that_finishes_first(tmp_path, toy_config):
+    """Duplex's expert co-processing, per device and layer: under auto each device's expert time
+    is the smaller of its time on the xPU and on the PIM (hand-off included), and its op rows
+    name the unit that ran it."""
+    # device 0 computes 4095 rows of expert 0 (compute-bound: the xPU's 100 TFLOPS win), device 1
+    # one row of expert 3 (weight reads: the PIM's 4 TB/s win)
+    cfg = copy.deepcopy(toy_config)
+    cfg["workload"]["routing"]["counts"] = [[2048, 0, 0, 0], [2047, 0, 0, 1]]
+    cfg["workload"]["batch_size"] = 2048
+    plans = {}
+    for name in ("accelerator", "pim", "auto"):
+        sc = load_scenario(toy_pim(tmp_path / name, cfg, expert=name))
+        pipe = pipeline_for(sc)
+        plans[name] = (sc, pipe, scenario_plan(sc, 0, pipe))
+    xpu, pim, auto = (plans[k][2].expert for k in ("accelerator", "pim", "auto"))
+    np.testing.assert_array_equal(auto, np.minimum(xpu, pim))
+    sc, pipe, plan = plans["auto"]
+    assert xpu[0, 0] < pim[0, 0] and pim[0, 1] < xpu[0, 1]  # one device each way
+    for d in range(2):
+        want = "pim" if pim[0, d] < xpu[0, d] else "device"
+        rows = pipe.op_rows(plan, 0, d)
+        assert set(rows[rows.phase == "expert"].unit) - {"pim link"} == {want}
+        assert rows[rows.phase == "expert"].time_s.sum() == pytest.approx(plan.expert[0, d], rel=1e-12)

@@ -1,0 +1,84 @@
+"""A device's routed experts of one MoE layer on one compute unit, as its MoE kernel runs them.
+
+Each expert copy is costed on the unit's roofline at its token count (weight-only quantized
+formats compute in the activation dtype); the kernel form adds its launches and, for `fused`,
+the per-layer floor and the token passes (`moe_kernel_cost`). A unit off the accelerator also
+takes the device's routed rows over and back (`ComputeUnit.crossing`). With several candidate
+units (`policies.units.expert: auto`) the step pipeline runs each (layer, device) on the one that
+finishes first: Duplex's expert co-processing at the granularity of a device's layer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from moesim.simulator.expert_precision import ExpertPrecision
+from moesim.simulator.machine import ComputeUnit
+from moesim.simulator.moe_kernel_cost import MoeKernelCost
+from moesim.simulator.ops import act_dtype, ffn_flops_bytes, gemm_dtype, token_bytes
+from moesim.units import dtype_bytes
+from moesim.workloads.model_spec import ModelSpec
+
+
+class ExpertKernel:
+    """The routed experts of a device's layer on `unit` under kernel form `kernel`."""
+
+    def __init__(self, model: ModelSpec, unit: ComputeUnit, kernel: str, precision: ExpertPrecision, moe_tp: int):
+        m = model
+        self.model, self.unit, self.kernel, self.moe_tp = model, unit, kernel, moe_tp
+        self.cost = unit.cost
+        self.dtype = m.expert_compute_dtype or gemm_dtype(m.routed_expert_dtype, self.cost.dtypes, act_dtype(m))
+        self.moe_kernel = MoeKernelCost(self.cost, kernel, m.hidden_size, m.moe.expert_intermediate_size / moe_tp,
+                                        dtype_bytes(act_dtype(m)), act_dtype(m))
+        self.weight_bytes = precision.expert_bytes() / moe_tp  # (Lm, E) bytes of one shard of each expert
+        self.quantized = precision.quantized if not precision.uniform_native else None
+
+    def terms(self, slot_tokens: np.ndarray, slot_expert: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(FLOPs, bytes, time without launch overhead, launch overhead) of every expert copy
+        (Lm, J) at its token count; each copy computes its shard (1/moe_tp of the intermediate)."""
+        m = self.model
+        lidx = np.arange(slot_expert.shape[0])[:, None]
+        wbytes = self.weight_bytes[lidx, slot_expert]
+        flops, mem = ffn_flops_bytes(m, slot_tokens, m.moe.expert_intermediate_size / self.moe_tp,
+                                     m.routed_expert_dtype, wbytes)
+        kind = self.moe_kernel.gemm_kind
+        c, b, o = self.cost.terms(kind, flops, mem, slot_tokens, self.dtype)
+        work = np.maximum(c, b)
+        if self.quantized is not None:  # weight-only formats compute in the activation dtype
+            cq, bq, oq = self.cost.terms(kind, flops, mem, slot_tokens, act_dtype(m))
+            q = self.quantized[lidx, slot_expert]
+            work, o = np.where(q, np.maximum(cq, bq), work), np.where(q, oq, o)
+        return flops, mem, work, o
+
+    def launch(self, active: np.ndarray) -> np.ndarray:
+        """Launch overhead of a device's routed experts: one per active expert (per_expert), or one
+        per device that runs any expert (grouped and fused: one grouped-GEMM kernel)."""
+        return self.moe_kernel.launch(active, self.dtype)
+
+    def crossing(self, rows: np.ndarray) -> np.ndarray:
+        """Seconds a device's routed rows take to the unit and back (0 on the accelerator, and
+        where no row arrives)."""
+        unit = self.unit
+        if unit.is_accelerator:
+            return np.zeros_like(rows, dtype=float)
+        nbytes = rows * token_bytes(self.model, act_dtype(self.model))
+        return np.where(rows > 0, 2 * (unit.latency + nbytes / unit.bandwidth), 0.0)
+
+    def device_time(self, slot_tokens: np.ndarray, slot_expert: np.ndarray, onehot: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """((Lm, ep) time of each device's experts per layer, (Lm, J) time charged to each copy);
+        `onehot[l, j, d]` says which device of the group holds copy j."""
+        _, _, work, overhead = self.terms(slot_tokens, slot_expert)
+        if self.kernel != "per_expert":
+            busy = np.einsum("lj,ljd->ld", (slot_tokens > 0).astype(float), onehot)
+            total = np.einsum("lj,ljd->ld", work, onehot) + self.launch(busy)
+            if self.kernel == "fused":
+                total += self.moe_kernel.fixed_and_tokens(np.einsum("lj,ljd->ld", slot_tokens, onehot))
+            slot_time = work
+        else:
+            slot_time = work + overhead
+            total = np.einsum("lj,ljd->ld", slot_time, onehot)
+        if not self.unit.is_accelerator:  # the routed rows go to the unit and back
+            total += self.crossing(np.einsum("lj,ljd->ld", slot_tokens, onehot))
+        return total, slot_time
