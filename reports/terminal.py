@@ -291,10 +291,13 @@ def print_roofline(rows: Any, ridges: dict, console: Console) -> None:
     first = rows["device"].iloc[0]
     for phase, sub in rows[rows["device"] == first].groupby("phase", sort=False):
         t = Table(title=f"{first}, {phase}: one layer on the roofline (modelled)")
-        for col in ("op", "FLOP/B", "TFLOP/s", "roof TFLOP/s", "of roof", "bound", "time", "share"):
-            t.add_column(col, justify="left" if col in ("op", "bound") else "right")
+        units = "unit" in sub and sub.loc[sub["kind"] != "comm", "unit"].nunique() > 1  # ops on several units
+        for col in ("op",) + (("unit",) if units else ()) + ("FLOP/B", "TFLOP/s", "roof TFLOP/s", "of roof", "bound",
+                                                              "time", "share"):
+            t.add_column(col, justify="left" if col in ("op", "unit", "bound") else "right")
         for _, r in sub.iterrows():
-            t.add_row(Text(r["op"]), f"{r['intensity']:.3g}", f"{r['achieved_flops_per_s'] / 1e12:.3g}",
+            t.add_row(Text(r["op"]), *((Text(str(r["unit"])),) if units else ()), f"{r['intensity']:.3g}",
+                      f"{r['achieved_flops_per_s'] / 1e12:.3g}",
                       f"{r['attainable_flops_per_s'] / 1e12:.3g}", f"{r['roof_fraction']:.0%}", r["bound"],
                       fmt_time(r["time_s"]), f"{r['share_of_layer']:.1%}")
         print_table(console, t, optional=ROOFLINE_OPTIONAL)

@@ -41,7 +41,7 @@ from moesim.simulator.step_source import FixedBatch
 from moesim.units import dtype_bytes
 from moesim.workloads.model_spec import ModelSpec
 
-COLUMNS = ["device", "phase", "layer", "op", "group", "kind", "tokens", "flops", "bytes", "intensity", "time_s",
+COLUMNS = ["device", "phase", "layer", "op", "group", "unit", "kind", "tokens", "flops", "bytes", "intensity", "time_s",
            "achieved_flops_per_s", "attainable_flops_per_s", "roof_fraction", "bound", "share_of_layer"]
 
 
@@ -92,7 +92,7 @@ def op_rows(cost: CostModel, ops: list[Op], phase: str, layer: int) -> pd.DataFr
         roof = device_roof(cost, op.dtype)
         attainable = float(roof.attainable(intensity))
         achieved = op.flops / c.time if c.time else 0.0
-        rows.append((cost.device.name, phase, layer, op.name, _group(op), op.kind, op.rows, op.flops, op.bytes, intensity,
+        rows.append((cost.device.name, phase, layer, op.name, _group(op), "device", op.kind, op.rows, op.flops, op.bytes, intensity,
                      c.time, achieved, attainable, achieved / attainable if attainable else np.nan, c.bound))
     df = pd.DataFrame(rows, columns=COLUMNS[:-1])
     total = df["time_s"].sum()
@@ -136,15 +136,20 @@ def scenario_op_rows(sc: Scenario, step: int = 0, layer: int | None = None, devi
     return pipeline.op_rows(scenario_plan(sc, step, pipeline), layer, device)
 
 
-def plan_roofline_rows(cost: CostModel, rows: pd.DataFrame, phase: str) -> pd.DataFrame:
-    """Roofline rows from a plan's op rows: the times are the engine's, the roof is the device's.
-    All-to-all rows get the network roof: the routed-expert FLOP/s their bytes can feed."""
+def plan_roofline_rows(cost: CostModel, rows: pd.DataFrame, phase: str,
+                       unit_costs: dict[str, CostModel] | None = None) -> pd.DataFrame:
+    """Roofline rows from a plan's op rows: the times are the engine's, the roof is that of the unit
+    that ran the op (`unit_costs` by op-row unit label; the accelerator's is `cost`). All-to-all
+    rows get the network roof: the routed-expert FLOP/s their bytes can feed."""
+    unit_costs = {"device": cost, **(unit_costs or {})}
     expert_flops = float(rows.loc[rows["phase"] == "expert", "flops"].sum())
     out = []
     for r in rows.itertuples(index=False):
         op = Op(r.op, r.kind, r.phase, r.flops, r.bytes, r.rows, r.dtype or "bf16")
-        if r.kind == "comm" and not np.isfinite(r.bytes):  # host attention's link crossing: a time, no roof
-            out.append((cost.device.name, phase, r.layer, r.op, "attention", r.kind, r.rows, 0.0, 0.0, np.nan,
+        if r.kind == "comm" and not np.isfinite(r.bytes):  # a hand-off to a unit and back: a time, no roof
+            group = {"dense_ffn": "dense FFN", "shared_expert": "shared expert", "expert": "routed expert"}.get(
+                r.phase, "attention")  # the part whose hand-off it is
+            out.append((cost.device.name, phase, r.layer, r.op, group, r.unit, r.kind, r.rows, 0.0, 0.0, np.nan,
                         r.time_s, 0.0, np.nan, np.nan, "link"))
             continue
         if r.kind == "comm":
@@ -154,17 +159,19 @@ def plan_roofline_rows(cost: CostModel, rows: pd.DataFrame, phase: str) -> pd.Da
             bw = r.bytes / r.time_s if r.time_s else np.inf
             achieved = expert_flops / r.time_s if r.time_s else 0.0
             attainable = intensity * bw
-            out.append((cost.device.name, phase, r.layer, r.op, _group(op), r.kind, r.rows, 0.0, r.bytes, intensity,
+            out.append((cost.device.name, phase, r.layer, r.op, _group(op), r.unit, r.kind, r.rows, 0.0, r.bytes,
+                        intensity,
                         r.time_s, achieved, attainable, achieved / attainable if attainable else np.nan, "link"))
             continue
         if r.kind == "launch":
             continue
-        unit_cost = cost if r.unit == "device" else None
+        unit_cost = unit_costs.get(r.unit)
         intensity = r.flops / r.bytes if r.bytes else np.inf
         attainable = float(device_roof(unit_cost, op.dtype).attainable(intensity)) if unit_cost else np.nan
         achieved = r.flops / r.time_s if r.time_s else 0.0
-        out.append((cost.device.name, phase, r.layer, r.op, _group(op), r.kind, r.rows, r.flops, r.bytes, intensity,
-                    r.time_s, achieved, attainable, achieved / attainable if attainable else np.nan, r.bound))
+        out.append((cost.device.name, phase, r.layer, r.op, _group(op), r.unit, r.kind, r.rows, r.flops, r.bytes,
+                    intensity, r.time_s, achieved, attainable, achieved / attainable if attainable else np.nan,
+                    r.bound))
     df = pd.DataFrame(out, columns=COLUMNS[:-1])
     compute = rows[rows["kind"] == "launch"]["time_s"].sum()  # a grouped launch belongs to the routed experts
     if compute and (df["group"] == "routed expert").any():
@@ -183,7 +190,7 @@ def scenario_roofline(sc: Scenario, layer: int | None = None, step: int = 0, dev
         layer = sc.model.moe_layers[0] if sc.model.moe_layers else 0
     phase = sc.config.workload.phase
     rows = scenario_op_rows(sc, step, layer, device)
-    frames = [plan_roofline_rows(sc.cost, rows, phase)]
+    frames = [plan_roofline_rows(sc.cost, rows, phase, {u.label: u.cost for u in sc.machine.units.values()})]
     compute = rows[(rows["kind"] != "comm") & (rows["kind"] != "launch")]
     ops = [Op(r.op, r.kind, r.phase, r.flops, r.bytes, r.rows, r.dtype or "bf16") for r in compute.itertuples()]
     scale = sc.machine.scale  # hardware.scale applies to every device the roofline compares
