@@ -44,7 +44,7 @@ def duplex(steps: int) -> None:
     splits = {"xPU only": {},
               "PIM only": {"attention": "pim", "expert": "pim"},  # Mixtral has no dense or shared FFN
               "attention on PIM": {"attention": "pim"},
-              "auto (per op / device)": {"attention": "auto", "expert": "auto"}}
+              "fastest (per op / device)": {"attention": "fastest", "expert": "fastest"}}
     print(f"{'batch/GPU':>10} " + " ".join(f"{k:>26}" for k in splits))
     for batch in (8, 32, 64, 128):
         cfg = example("mixtral-decode-8xh100.yaml")

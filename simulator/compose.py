@@ -30,7 +30,7 @@ from moesim.simulator.overlap.two_batch import TWO_BATCH
 from moesim.simulator.program import Program, StepShape
 from moesim.simulator.replica_split import ReplicaSplit, split_weights
 from moesim.simulator.scenario import Scenario
-from moesim.simulator.step_costs import StepCosts, UnitChoice
+from moesim.simulator.step_costs import PartUnits, StepCosts, UnitChoice
 from moesim.simulator.step_plan import StepPipeline, StepPlan
 from moesim.simulator.step_source import FixedBatch
 
@@ -153,14 +153,20 @@ def pipeline_for(sc: Scenario) -> StepPipeline:
 
 
 def unit_choice(sc: Scenario) -> UnitChoice:
-    """`policies.units` as units of the machine (`auto`: every unit may take an op); offloading's
-    `hybrid.attention: host` is attention on the host unit."""
+    """`policies.units` as units of the machine (`fastest`: every unit may take an op; `threshold`:
+    the accelerator and the rule's unit); offloading's `hybrid.attention: host` is attention on the
+    host unit."""
     units = sc.machine.units
     cfg = sc.config.policies.units
     off = sc.offload
 
-    def pick(name: str) -> tuple:
-        return tuple(units.values()) if name == "auto" else (units[name],)
+    def pick(name: str) -> PartUnits:
+        if name == "fastest":
+            return PartUnits(tuple(units.values()), "fastest")
+        if name == "threshold":
+            rule = cfg.threshold
+            return PartUnits((sc.machine.accelerator, units[rule.unit]), "threshold", rule.op_per_byte)
+        return PartUnits((units[name],))
 
     attention = cfg.attention
     if off is not None and off.config.hybrid.attention == "host":

@@ -184,15 +184,36 @@ UNIT_NAME = r"^[a-z][a-z0-9_]*$"
 class UnitsConfig(_Strict):
     """Which compute unit of a node runs each part of a layer (simulator/machine.py ComputeUnit).
 
-    A value is a unit of the cluster's nodes (`accelerator`, `host`, or a name from node.units) or
-    `auto`: each op goes to the unit that finishes it first, its activations' crossing included
-    (Duplex's rule: low Op/B ops to Logic-PIM, high Op/B ones to the xPU); for routed experts,
-    each device's experts of a layer run on the unit that finishes them first."""
+    A value is a unit of the cluster's nodes (`accelerator`, `host`, or a name from node.units),
+    `fastest`: each op goes to whichever of the accelerator and one other unit finishes the part
+    first, its activations' hand-off included (so Duplex's Op/B rule emerges from the costs), or
+    `threshold`: ops under `threshold.op_per_byte` FLOP/B go to `threshold.unit`, the rest stay on
+    the accelerator (the rule as a fixed number). Routed experts choose per device and layer (the
+    device's experts of a layer run as one kernel)."""
 
     attention: str = Field("accelerator", pattern=UNIT_NAME, description="attention, its projections and the KV cache")
     dense_ffn: str = Field("accelerator", pattern=UNIT_NAME, description="the FFN of dense layers")
     shared_expert: str = Field("accelerator", pattern=UNIT_NAME, description="shared experts")
-    expert: str = Field("accelerator", pattern=UNIT_NAME, description="routed experts (auto: per device and layer)")
+    expert: str = Field("accelerator", pattern=UNIT_NAME, description="routed experts (per device and layer)")
+    threshold: "OpPerByteRule | None" = Field(None, description="the fixed Op/B rule a part set to threshold follows")
+
+    @model_validator(mode="after")
+    def _threshold_given(self) -> "UnitsConfig":
+        parts = [p for p in ("attention", "dense_ffn", "shared_expert", "expert") if getattr(self, p) == "threshold"]
+        if parts and self.threshold is None:
+            raise ValueError(f"{', '.join(parts)}: threshold needs policies.units.threshold "
+                             "(e.g. {unit: pim, op_per_byte: 16}: ops under 16 FLOP/B go to the pim unit)")
+        return self
+
+
+class OpPerByteRule(_Strict):
+    """Ops whose arithmetic intensity is under `op_per_byte` run on `unit`; the rest on the accelerator."""
+
+    unit: str = Field(pattern=UNIT_NAME, description="the unit that takes the low-intensity ops")
+    op_per_byte: float = Field(gt=0, description="FLOPs per byte of memory traffic below which an op goes there")
+
+
+UnitsConfig.model_rebuild()
 
 
 class PoliciesConfig(_Strict):

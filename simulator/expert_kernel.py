@@ -4,8 +4,9 @@ Each expert copy is costed on the unit's roofline at its token count (weight-onl
 formats compute in the activation dtype); the kernel form adds its launches and, for `fused`,
 the per-layer floor and the token passes (`moe_kernel_cost`). A unit off the accelerator also
 takes the device's routed rows over and back (`ComputeUnit.crossing`). With several candidate
-units (`policies.units.expert: auto`) the step pipeline runs each (layer, device) on the one that
-finishes first: Duplex's expert co-processing at the granularity of a device's layer.
+units (`policies.units.expert: fastest` or `threshold`) the step pipeline runs each (layer,
+device) on the one that finishes first, or by the layer's Op/B: Duplex's expert co-processing at
+the granularity of a device's layer.
 """
 
 from __future__ import annotations

@@ -185,7 +185,9 @@ def plan_roofline_rows(cost: CostModel, rows: pd.DataFrame, phase: str,
 def scenario_roofline(sc: Scenario, layer: int | None = None, step: int = 0, device: int = 0,
                       others: list[DeviceSpec] = ()) -> pd.DataFrame:
     """Roofline rows of one layer of the scenario (default: its first MoE layer) on one device, read
-    from the engine's own plan; and the same compute ops costed on each of `others`."""
+    from the engine's own plan (each op on the roof of the unit that ran it); then the same compute
+    ops costed on every other unit of the node (each as if it ran the whole layer) and on each of
+    `others`."""
     if layer is None:
         layer = sc.model.moe_layers[0] if sc.model.moe_layers else 0
     phase = sc.config.workload.phase
@@ -193,6 +195,9 @@ def scenario_roofline(sc: Scenario, layer: int | None = None, step: int = 0, dev
     frames = [plan_roofline_rows(sc.cost, rows, phase, {u.label: u.cost for u in sc.machine.units.values()})]
     compute = rows[(rows["kind"] != "comm") & (rows["kind"] != "launch")]
     ops = [Op(r.op, r.kind, r.phase, r.flops, r.bytes, r.rows, r.dtype or "bf16") for r in compute.itertuples()]
+    for unit in sc.machine.units.values():  # the node's other units, already scaled
+        if not unit.is_accelerator:
+            frames.append(op_rows(unit.cost, _recast(ops, sc.model, unit.cost), phase, layer))
     scale = sc.machine.scale  # hardware.scale applies to every device the roofline compares
     for spec in others:
         other = CostModel(spec, flops_scale=scale.flops, memory_bandwidth_scale=scale.memory_bandwidth)

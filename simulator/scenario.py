@@ -282,12 +282,15 @@ def _check_units(sf: ScenarioFile, machine: Machine) -> None:
     """Every unit `policies.units` names is a unit of the cluster's nodes."""
     cfg = sf.config
     have = list(machine.units)
-    for part in ("attention", "dense_ffn", "shared_expert", "expert"):
-        name = getattr(cfg.policies.units, part)
-        if name != "auto" and name not in machine.units:
-            raise config_error(sf, f"policies.units.{part}", f"unit '{name}' is not a unit of cluster "
-                               f"'{machine.cluster.name}' (its units: {', '.join(have)}; add it to the cluster's "
-                               "node.units, or choose auto)")
+    named = [(f"policies.units.{part}", getattr(cfg.policies.units, part))
+             for part in ("attention", "dense_ffn", "shared_expert", "expert")]
+    if cfg.policies.units.threshold is not None:
+        named.append(("policies.units.threshold.unit", cfg.policies.units.threshold.unit))
+    for field, name in named:
+        if name not in ("fastest", "threshold") and name not in machine.units:
+            raise config_error(sf, field, f"unit '{name}' is not a unit of cluster '{machine.cluster.name}' (its "
+                               f"units: {', '.join(have)}; add it to the cluster's node.units, or choose fastest "
+                               "or threshold)")
     if cfg.offload is not None and cfg.policies.units.expert != "accelerator":
         raise config_error(sf, "policies.units.expert", "routed experts are sent to a unit while offloading decides "
                            "where experts live; with offload:, run cold experts on the host with "

@@ -85,17 +85,29 @@ class LayerOps:
 
 
 @dataclass(frozen=True)
-class UnitChoice:
-    """Where each part of a layer runs: a tuple of one unit (named) or of every unit (auto)."""
+class PartUnits:
+    """Where one part of a layer may run and by which rule: `named` (the one unit given),
+    `fastest` (the accelerator first, then every other unit) or `threshold` (the accelerator and
+    the rule's unit; ops under `op_per_byte` FLOP/B go to the latter)."""
 
-    attention: tuple[ComputeUnit, ...]
-    dense_ffn: tuple[ComputeUnit, ...]
-    shared_expert: tuple[ComputeUnit, ...]
-    expert: tuple[ComputeUnit, ...]
+    units: tuple[ComputeUnit, ...]
+    rule: str = "named"
+    op_per_byte: float | None = None
+
+
+@dataclass(frozen=True)
+class UnitChoice:
+    """Where each part of a layer runs."""
+
+    attention: PartUnits
+    dense_ffn: PartUnits
+    shared_expert: PartUnits
+    expert: PartUnits
 
     @classmethod
     def on(cls, unit: ComputeUnit) -> "UnitChoice":
-        return cls((unit,), (unit,), (unit,), (unit,))
+        one = PartUnits((unit,))
+        return cls(one, one, one, one)
 
 
 class StepCosts:
@@ -111,7 +123,8 @@ class StepCosts:
         self.small_ops = small_ops
         self.precision = precision
         # the routed experts on each candidate unit (one, or every unit under auto)
-        self.experts = tuple(ExpertKernel(model, u, expert_kernel, precision, moe_tp) for u in self.units.expert)
+        self.experts = tuple(ExpertKernel(model, u, expert_kernel, precision, moe_tp) for u in self.units.expert.units)
+        self.expert_rule = self.units.expert  # how a device's layer picks among `experts`
         self.expert_dtype = self.experts[0].dtype
         self.moe_kernel = self.experts[0].moe_kernel
 
@@ -120,20 +133,29 @@ class StepCosts:
         cost = cost or self.cost
         return OpRow(op, unit, cost.op_cost(op))
 
-    def _on_units(self, phase: str, units: tuple[ComputeUnit, ...], make_ops, tokens: float
+    def _on_units(self, phase: str, part: PartUnits, make_ops, tokens: float
                   ) -> tuple[list[OpRow], list[tuple[str, Crossing]]]:
-        """A part's ops on its unit (one named) or split between the accelerator and the one other
-        unit that finishes the part first with its crossing (auto); `make_ops(dtypes)` builds them."""
+        """A part's ops on its unit (named), split by Op/B between the accelerator and the rule's
+        unit (threshold), or split between the accelerator and the one other unit that finishes
+        the part first with its hand-off (fastest); `make_ops(dtypes)` builds the ops."""
         activation = tokens * token_bytes(self.model, act_dtype(self.model))
+        units = part.units
 
         def placed(unit: ComputeUnit) -> tuple[list[OpRow], list[tuple[str, Crossing]], float]:
             rows = [self._row(op, unit.cost, unit.label) for op in make_ops(unit.cost.dtypes)]
             cross = [(phase, Crossing(unit.label, unit.crossing(activation)))] if not unit.is_accelerator else []
             return rows, cross, sum(r.cost.time for r in rows) + sum(c.time for _, c in cross)
 
-        if len(units) == 1:
+        if part.rule == "named":
             rows, cross, _ = placed(units[0])
             return rows, cross
+        if part.rule == "threshold":
+            home_rows, _, _ = placed(units[0])
+            there = [self._row(op, units[1].cost, units[1].label) for op in make_ops(units[1].cost.dtypes)]
+            rows = [t if (h.op.flops / h.op.bytes if h.op.bytes else float("inf")) < part.op_per_byte else h
+                    for h, t in zip(home_rows, there)]
+            moved = any(r is not h for r, h in zip(rows, home_rows))
+            return rows, [(phase, Crossing(units[1].label, units[1].crossing(activation)))] if moved else []
         home = next(u for u in units if u.is_accelerator)
         home_rows, _, best = placed(home)
         best_rows, best_cross = home_rows, []

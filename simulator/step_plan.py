@@ -260,11 +260,18 @@ class StepPipeline:
             all_rows[g] = sent
             slot_tokens = self.replicas.slot_tokens(kept, sent)
             times, slot_time = costs.experts[0].device_time(slot_tokens, pl.slot_expert, onehot)
-            if len(costs.experts) > 1:  # auto: each device's layer on the unit that finishes it first
+            if len(costs.experts) > 1:  # each device's layer on the unit its rule picks
                 options = [(times, slot_time)] + [k.device_time(slot_tokens, pl.slot_expert, onehot)
                                                   for k in costs.experts[1:]]
                 stacked = np.stack([t for t, _ in options])  # (units, Lm, ep)
-                pick = np.argmin(stacked, axis=0)
+                if costs.expert_rule.rule == "threshold":  # the device's layer's FLOPs per weight byte
+                    flops, mem, _, _ = costs.experts[0].terms(slot_tokens, pl.slot_expert)
+                    dev_flops, dev_bytes = (np.einsum("lj,ljd->ld", x, onehot) for x in (flops, mem))
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        low = dev_flops / dev_bytes < costs.expert_rule.op_per_byte
+                    pick = np.where(low & (dev_bytes > 0), 1, 0)
+                else:  # fastest
+                    pick = np.argmin(stacked, axis=0)
                 unit_of[:, devs] = pick
                 times = np.take_along_axis(stacked, pick[None], axis=0)[0]
                 slot_unit = np.einsum("ljd,ld->lj", onehot, pick.astype(float)).round().astype(np.int64)

@@ -367,6 +367,14 @@ CLUSTER_CASES = [
          ["toy-cluster.yaml", "node.units[0].memory", "own"]),
     Case("cfg-units-unknown-unit", sc({"policies": {"units": {"attention": "pim"}}}), SIM,
          ["scenario.yaml", "policies.units.attention", "unit 'pim'", "accelerator"]),
+    Case("cfg-units-threshold-without-rule", sc({"policies": {"units": {"attention": "threshold"}}}), SIM,
+         ["scenario.yaml", "policies.units", "threshold needs policies.units.threshold"]),
+    Case("cfg-units-threshold-unit-unknown", sc({"policies": {"units": {
+        "attention": "threshold", "threshold": {"unit": "npu", "op_per_byte": 16}}}}), SIM,
+         ["scenario.yaml", "policies.units.threshold.unit", "unit 'npu'"]),
+    Case("cfg-units-threshold-not-positive", sc({"policies": {"units": {
+        "attention": "threshold", "threshold": {"unit": "accelerator", "op_per_byte": 0}}}}), SIM,
+         ["scenario.yaml", "policies.units.threshold.op_per_byte", "greater than 0"]),
     Case("cfg-units-unknown-part", sc({"policies": {"units": {"router": "accelerator"}}}), SIM,
          ["scenario.yaml", "policies.units.router"]),
     Case("cfg-units-name-odd", sc({"policies": {"units": {"attention": "Host CPU"}}}), SIM,

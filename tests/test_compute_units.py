@@ -1,5 +1,5 @@
 """A node of several compute units (issue 25): the cluster syntax, old host files unchanged, per-part
-unit choice costed by hand on a toy xPU + PIM node, auto's Op/B rule, experts on a unit, and the
+unit choice costed by hand on a toy xPU + PIM node, fastest's Op/B rule, experts on a unit, and the
 memory a unit of its own memory takes off the accelerator."""
 
 from __future__ import annotations
@@ -139,11 +139,11 @@ def test_experts_on_the_pim_are_costed_there_with_their_rows_handed_over(tmp_pat
     assert moe[moe.op == "pim_link_crossing"].time_s.sum() == pytest.approx(2 * (LAT + routed * TOKEN_BYTES / BW))
 
 
-def test_auto_sends_low_op_per_byte_ops_to_the_pim_and_never_slows_a_part(tmp_path, toy_config):
+def test_fastest_sends_low_op_per_byte_ops_to_the_pim_and_never_slows_a_part(tmp_path, toy_config):
     """Decode attention's core (a few FLOPs per byte of KV) runs faster on the 4 TB/s PIM; the
-    auto split is never slower than the xPU alone, and at prefill the GEMMs stay on the xPU."""
+    fastest split is never slower than the xPU alone, and at prefill the GEMMs stay on the xPU."""
     xpu = load_scenario(toy_pim(tmp_path / "x", toy_config))
-    auto = load_scenario(toy_pim(tmp_path / "a", toy_config, attention="auto"))
+    auto = load_scenario(toy_pim(tmp_path / "a", toy_config, attention="fastest"))
     px, pa = scenario_plan(xpu, 0), scenario_plan(auto, 0)
     assert (pa.attention <= px.attention * (1 + 1e-12)).all() and (pa.attention < px.attention).any()
     rows = scenario_op_rows(auto, 0, 0, 0)
@@ -151,7 +151,7 @@ def test_auto_sends_low_op_per_byte_ops_to_the_pim_and_never_slows_a_part(tmp_pa
     prefill = copy.deepcopy(toy_config)
     prefill["workload"] = {"phase": "prefill", "batch_size": 4, "seq_len": 512, "steps": 1,
                            "routing": {"generator": "uniform"}}
-    rows = scenario_op_rows(load_scenario(toy_pim(tmp_path / "p", prefill, attention="auto")), 0, 0, 0)
+    rows = scenario_op_rows(load_scenario(toy_pim(tmp_path / "p", prefill, attention="fastest")), 0, 0, 0)
     projections = rows[rows.op.str.endswith("proj")]
     assert len(projections) and (projections.unit == "device").all()  # compute-bound: the xPU's 100 TFLOPS
 
@@ -193,8 +193,8 @@ def test_a_gh200_with_attention_on_grace_keeps_the_kv_cache_in_lpddr5x():
     assert "host CPU" in set(rows.unit) and "host_link_crossing" in set(rows.op)
 
 
-def test_auto_experts_run_each_devices_layer_on_the_unit_that_finishes_first(tmp_path, toy_config):
-    """Duplex's expert co-processing, per device and layer: under auto each device's expert time
+def test_fastest_experts_run_each_devices_layer_on_the_unit_that_finishes_first(tmp_path, toy_config):
+    """Duplex's expert co-processing, per device and layer: under fastest each device's expert time
     is the smaller of its time on the xPU and on the PIM (hand-off included), and its op rows
     name the unit that ran it."""
     # device 0 computes 4095 rows of expert 0 (compute-bound: the xPU's 100 TFLOPS win), device 1
@@ -203,16 +203,44 @@ def test_auto_experts_run_each_devices_layer_on_the_unit_that_finishes_first(tmp
     cfg["workload"]["routing"]["counts"] = [[2048, 0, 0, 0], [2047, 0, 0, 1]]
     cfg["workload"]["batch_size"] = 2048
     plans = {}
-    for name in ("accelerator", "pim", "auto"):
+    for name in ("accelerator", "pim", "fastest"):
         sc = load_scenario(toy_pim(tmp_path / name, cfg, expert=name))
         pipe = pipeline_for(sc)
         plans[name] = (sc, pipe, scenario_plan(sc, 0, pipe))
-    xpu, pim, auto = (plans[k][2].expert for k in ("accelerator", "pim", "auto"))
+    xpu, pim, auto = (plans[k][2].expert for k in ("accelerator", "pim", "fastest"))
     np.testing.assert_array_equal(auto, np.minimum(xpu, pim))
-    sc, pipe, plan = plans["auto"]
+    sc, pipe, plan = plans["fastest"]
     assert xpu[0, 0] < pim[0, 0] and pim[0, 1] < xpu[0, 1]  # one device each way
     for d in range(2):
         want = "pim" if pim[0, d] < xpu[0, d] else "device"
         rows = pipe.op_rows(plan, 0, d)
         assert set(rows[rows.phase == "expert"].unit) - {"pim link"} == {want}
         assert rows[rows.phase == "expert"].time_s.sum() == pytest.approx(plan.expert[0, d], rel=1e-12)
+
+
+def test_a_fixed_op_per_byte_threshold_splits_ops_and_expert_layers_by_their_intensity(tmp_path, toy_config):
+    """threshold: ops under the given FLOP/B go to the rule's unit, the rest stay on the xPU; a
+    device's expert layer goes by its FLOPs per weight byte (the heavy device stays home)."""
+    cfg = copy.deepcopy(toy_config)
+    cfg["workload"]["routing"]["counts"] = [[2048, 0, 0, 0], [2047, 0, 0, 1]]
+    cfg["workload"]["batch_size"] = 2048
+    path = toy_pim(tmp_path, cfg, attention="threshold", expert="threshold")
+    text = yaml.safe_load(path.read_text())
+    text["policies"]["units"]["threshold"] = {"unit": "pim", "op_per_byte": 16}
+    path.write_text(yaml.safe_dump(text))
+    sc = load_scenario(path)
+    pipe = pipeline_for(sc)
+    plan = scenario_plan(sc, 0, pipe)
+    rows = pipe.op_rows(plan, 0, 0)
+    compute = rows[(rows.phase == "attention") & rows.unit.isin(["pim", "device"]) & (rows.bytes > 0)]
+    for r in compute.itertuples():
+        if r.op in ("input_norm", "post_attention_norm", "router", "embedding", "final_norm", "lm_head"):
+            continue  # these always stay on the accelerator
+        assert r.unit == ("pim" if r.flops / r.bytes < 16 else "device"), r.op
+    expert_units = [set(pipe.op_rows(plan, 0, d).query("phase == 'expert'").unit) - {"pim link"} for d in (0, 1)]
+    assert expert_units == [{"device"}, {"pim"}]  # 4095 rows: ~Op/B 4095; one row: ~1
+
+
+def test_threshold_without_its_rule_is_a_config_error(tmp_path, toy_config):
+    with pytest.raises(ConfigError, match="threshold needs policies.units.threshold"):
+        load_scenario(toy_pim(tmp_path, toy_config, attention="threshold"))
