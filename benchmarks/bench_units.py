@@ -1,16 +1,21 @@
 """Heterogeneous nodes built on compute units (issue 25): what sending parts of a layer to another
 unit of the node buys, as the simulator models it (every figure is a model output).
 
-1. Duplex (Yun et al., MICRO 2024): Mixtral-8x7B decode on eight H100-class xPUs, each with a
-   Logic-PIM on its HBM (hardware_profiles/clusters/duplex-h100-pim-8.yaml, assumptions labelled
-   there): step time with every part on the xPU, every part on the PIM (a PIM-only node),
-   attention and experts on the PIM (the paper's low-Op/B split), and `auto` attention with
-   experts on the PIM, over decode batch sizes. The paper reports up to 2.67x (2.07x mean) the
-   throughput of an H100; that figure is its own cycle-level simulator's, not reproduced here.
+1. Duplex (Yun et al., MICRO 2024): Mixtral-8x7B and Qwen3-30B-A3B (GQA) decoding at batch
+   1..256 on eight H100-class xPUs, each with a Logic-PIM on its HBM
+   (hardware_profiles/clusters/duplex-h100-pim-8.yaml, assumptions labelled there): step time on
+   the xPU alone, on the PIM alone, and with `fastest` (each attention op, each device's expert
+   layer, on the unit that finishes it first); which ops the PIM takes at each batch, the share
+   of expert layers it runs, and the batch where experts move back to the xPU, against the
+   crossover the two roofs predict. The paper reports up to 2.67x (2.07x mean) the throughput of
+   an H100; that figure is its own cycle-level simulator's, not reproduced here.
 2. MoE-Lens on a GH200: attention (and its KV cache) on the Grace unit lets a batch that does
    not fit in HBM run; step time and throughput against the largest batch that fits on the GPU.
-3. Fiddler on an RTX 4090 workstation: every routed expert on the Ryzen host unit (weights in
-   DDR5) against fetching 4-bit experts over PCIe on demand (offloading, LRU).
+3. Fiddler on an RTX 4090 workstation: misses fetched over PCIe (offloading, LRU), misses run
+   on the host unit (offloading's cold experts on the CPU, Fiddler's rule), every expert on the
+   host unit (policies.units, weights in DDR5).
+4. GH200 offloading: Mixtral-8x7B bf16 experts in Grace memory fetched over NVLink-C2C, against
+   an H100 whose host is a Xeon over PCIe5; and every expert run on the host unit of each.
 
 Run:  python benchmarks/bench_units.py [--steps 4]
 """
@@ -21,6 +26,7 @@ import argparse
 import copy
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from moesim.errors import ConfigError
@@ -39,24 +45,60 @@ def step_s(cfg: dict) -> float:
     return simulate(resolve(config_from_dict(copy.deepcopy(cfg), EXAMPLES))).summary["step_latency_s"]["mean"]
 
 
+def crossover_rows() -> float:
+    """Tokens per expert above which an expert GEMM is faster on the xPU than on the PIM, from the
+    two roofs (bf16 weights: FLOPs per weight byte = tokens): the PIM's compute roof against the
+    xPU's memory roof, where the xPU is still weight-bound (model, from the profiles)."""
+    from moesim.hardware_profiles import load_device
+
+    pim, xpu = load_device("Logic-PIM"), load_device("H100-SXM")
+    return (pim.compute["bf16"] * pim.efficiency.compute) / (xpu.memory.bandwidth * xpu.efficiency.memory)
+
+
+def duplex_point(model: str, batch: int, steps: int, units: dict) -> tuple[float, object]:
+    from moesim.simulator.compose import pipeline_for
+    from moesim.simulator.roofline import scenario_plan
+
+    cfg = example("mixtral-decode-8xh100.yaml")
+    cfg["model"] = model
+    cfg["hardware"] = {"cluster": "duplex-h100-pim-8"}
+    cfg["workload"].update({"batch_size": batch, "steps": steps})
+    cfg["outputs"] = {"trace_steps": 0}
+    cfg["policies"]["units"] = units
+    sc = resolve(config_from_dict(cfg, EXAMPLES))
+    pipe = pipeline_for(sc)
+    return simulate(sc).summary["step_latency_s"]["mean"], (sc, pipe, scenario_plan(sc, 0, pipe))
+
+
 def duplex(steps: int) -> None:
-    print("1. Duplex-style node: Mixtral-8x7B decode, EP8, 2k context (step time, model)")
-    splits = {"xPU only": {},
-              "PIM only": {"attention": "pim", "expert": "pim"},  # Mixtral has no dense or shared FFN
-              "attention on PIM": {"attention": "pim"},
-              "fastest (per op / device)": {"attention": "fastest", "expert": "fastest"}}
-    print(f"{'batch/GPU':>10} " + " ".join(f"{k:>26}" for k in splits))
-    for batch in (8, 32, 64, 128):
-        cfg = example("mixtral-decode-8xh100.yaml")
-        cfg["hardware"] = {"cluster": "duplex-h100-pim-8"}
-        cfg["workload"].update({"batch_size": batch, "steps": steps})
-        cfg["outputs"] = {"trace_steps": 0}
-        times = {}
-        for name, units in splits.items():
-            cfg["policies"]["units"] = units
-            times[name] = step_s(cfg)
-        base = times["xPU only"]
-        print(f"{batch:>10} " + " ".join(f"{times[k] * 1e3:>9.3f} ms ({base / times[k]:>5.2f}x xPU)" for k in splits))
+    print("1. Duplex-style node (8 x H100-class xPU + Logic-PIM), decode at 2k context, EP8 (model)")
+    print(f"   roofline crossover: an expert GEMM leaves the PIM above ~{crossover_rows():.0f} tokens per expert "
+          "(PIM compute roof = xPU weight-read roof)")
+    fastest = {"attention": "fastest", "expert": "fastest"}
+    pim_only = {"attention": "pim", "expert": "pim"}  # neither model has a dense or shared FFN
+    for model in ("Mixtral-8x7B", "Qwen3-30B-A3B"):
+        print(f"\n   {model}")
+        print(f"   {'batch':>5} {'xPU':>10} {'PIM only':>10} {'fastest':>10} {'speed-up':>8} {'expert layers':>13} "
+              f"{'rows/expert':>11}  attention ops on the PIM")
+        crossover = None
+        for batch in (1, 2, 4, 8, 16, 32, 64, 128, 256):
+            try:
+                xpu, _ = duplex_point(model, batch, steps, {})
+            except ConfigError:
+                print(f"   {batch:>5} does not fit in memory")
+                continue
+            pim, _ = duplex_point(model, batch, steps, pim_only)
+            best, (sc, pipe, plan) = duplex_point(model, batch, steps, fastest)
+            on_pim = float((plan.expert_unit == 1).mean()) if plan.expert_unit is not None else 0.0
+            busy = plan.rows_computed / max(plan.experts_active.max(), 1)
+            rows = pipe.op_rows(plan, sc.model.moe_layers[0], 0)
+            att = rows[(rows.phase == "attention") & (rows.unit == "pim")].op.tolist()
+            if crossover is None and on_pim < 0.5:
+                crossover = batch
+            print(f"   {batch:>5} {xpu * 1e3:>8.2f}ms {pim * 1e3:>8.2f}ms {best * 1e3:>8.2f}ms {xpu / best:>7.2f}x "
+                  f"{on_pim:>12.0%} {float(np.mean(busy)):>11.1f}  {', '.join(att) or '-'}")
+        print(f"   experts move back to the xPU (under half the device-layers on the PIM) from batch "
+              f"{crossover if crossover else '> 256'}")
 
 
 def moe_lens(steps: int) -> None:
@@ -86,13 +128,36 @@ def fiddler(steps: int) -> None:
     off["workload"]["steps"] = steps
     off["outputs"] = {"trace_steps": 0}
     fetch = step_s(off)
+    cold = copy.deepcopy(off)
+    cold["offload"]["hybrid"] = {"cold_experts": "host"}
+    on_miss = step_s(cold)
     cpu = copy.deepcopy(off)
     cpu.pop("offload")
     cpu["policies"] = {"units": {"expert": "host"}}
     on_host = step_s(cpu)
-    print(f"  experts fetched over PCIe on demand (LRU offloading): {fetch * 1e3:8.2f} ms/step")
-    print(f"  every expert run on the Ryzen host unit:              {on_host * 1e3:8.2f} ms/step "
-          f"({fetch / on_host:.2f}x)")
+    print(f"  misses fetched over PCIe on demand (offloading, LRU):        {fetch * 1e3:8.2f} ms/step")
+    print(f"  misses run on the host unit (offload.hybrid.cold_experts):    {on_miss * 1e3:8.2f} ms/step")
+    print(f"  every expert on the host unit (policies.units.expert: host): {on_host * 1e3:8.2f} ms/step")
+
+
+def gh200_offload(steps: int) -> None:
+    print("\n4. Offloading Mixtral-8x7B bf16 (94 GB of weights) at batch 1: Grace memory over NVLink-C2C vs a PCIe "
+          "host (model)")
+    base = example("offload-mixtral-4090-lru.yaml")
+    base.pop("precision")
+    base["workload"]["steps"] = steps
+    base["outputs"] = {"trace_steps": 0}
+    for cluster, note in (("gpu-host-pcie", "H100 SXM + Xeon 8480 over PCIe5 x16"),
+                          ("gh200", "GH200: Hopper + Grace over NVLink-C2C")):
+        cfg = copy.deepcopy(base)
+        cfg["hardware"] = {"cluster": cluster}
+        fetched = step_s(cfg)
+        cpu = copy.deepcopy(cfg)
+        cpu.pop("offload")
+        cpu["policies"] = {"units": {"expert": "host"}}
+        on_host = step_s(cpu)
+        print(f"  {note:<40} experts fetched: {fetched * 1e3:8.2f} ms/step   experts run on the host unit: "
+              f"{on_host * 1e3:8.2f} ms/step")
 
 
 def main() -> None:
@@ -102,6 +167,7 @@ def main() -> None:
     duplex(args.steps)
     moe_lens(args.steps)
     fiddler(args.steps)
+    gh200_offload(args.steps)
 
 
 if __name__ == "__main__":
