@@ -244,6 +244,13 @@ def print_summary(result: Any, console: Console) -> None:
                  f"{fmt_bytes(pay['dispatch'] + pay['combine'])} ({fmt_bytes(pay['dispatch_inter_node'] + pay['combine_inter_node'])})")
     mem = s["memory_per_device_bytes"]
     head.add_row("memory per device", f"{fmt_bytes(mem['max'])} of {fmt_bytes(mem['capacity'])}")
+    for unit, held in (mem.get("on_units") or {}).items():
+        head.add_row(f"kept on unit {unit}", fmt_bytes(held))
+    units = s.get("units")
+    if units:  # a part of the layer ran off the accelerator
+        shares = ", ".join(f"{u} {f:.0%}"
+                           for u, f in sorted(units["compute_share"].items(), key=lambda kv: -kv[1]))
+        head.add_row("compute by unit (step 0)", f"{shares}, hand-offs {units['handoff_share']:.0%}")
     bar = s.get("error_bar") or {}
     head.add_row("error bar", f"±{bar['relative']:.1%} (calibrated profile's held-out MAPE)"
                  if bar.get("relative") is not None else "none (datasheet profile, error never measured)")

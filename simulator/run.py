@@ -15,6 +15,7 @@ from moesim.simulator.metrics import SimResult, summarize
 from moesim.simulator.run_tables import expert_time_table, link_table, traffic_table
 from moesim.simulator.scenario import Scenario, load_scenario, resolve
 from moesim.simulator.trace_export import write_chrome_trace
+from moesim.simulator.unit_usage import unit_usage, uses_units
 
 
 def simulate(scenario: Scenario | ScenarioFile | str | Path,
@@ -33,6 +34,12 @@ def simulate(scenario: Scenario | ScenarioFile | str | Path,
         engine.progress = lambda step: progress(len(engine.source.finished))
     raw = engine.run()
     result = summarize(scenario, raw)
+    if uses_units(scenario):  # which unit ran what, from the first step's plan
+        from moesim.simulator.compose import pipeline_for
+        from moesim.simulator.roofline import scenario_plan
+
+        pipeline = pipeline_for(scenario)
+        result.summary["units"] = unit_usage(scenario, pipeline, scenario_plan(scenario, 0, pipeline))
     if scenario.config.serving is not None:
         from moesim.simulator.serving.outcome import serving_outcome
 

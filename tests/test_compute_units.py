@@ -244,3 +244,17 @@ def test_a_fixed_op_per_byte_threshold_splits_ops_and_expert_layers_by_their_int
 def test_threshold_without_its_rule_is_a_config_error(tmp_path, toy_config):
     with pytest.raises(ConfigError, match="threshold needs policies.units.threshold"):
         load_scenario(toy_pim(tmp_path, toy_config, attention="threshold"))
+
+
+def test_the_summary_says_which_unit_ran_what(tmp_path, toy_config):
+    """summary.json's units: shares of step 0's compute by unit and of hand-offs add up to 1, and
+    the seconds by part are the plan's op rows."""
+    res = simulate(load_scenario(toy_pim(tmp_path, toy_config, attention="pim")))
+    units = res.summary["units"]
+    assert units["rules"]["attention"] == "pim" and set(units["compute_share"]) == {"accelerator", "pim"}
+    assert sum(units["compute_share"].values()) + units["handoff_share"] == pytest.approx(1.0)
+    plan = scenario_plan(res.scenario, 0)
+    on_pim = units["seconds_by_part"]["attention"]["pim"]
+    assert 0 < on_pim < plan.attention.sum()
+    (tmp_path / "plain").mkdir()
+    assert "units" not in simulate(load_scenario(toy_file(tmp_path / "plain", toy_config))).summary
