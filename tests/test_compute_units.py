@@ -258,3 +258,20 @@ def test_the_summary_says_which_unit_ran_what(tmp_path, toy_config):
     assert 0 < on_pim < plan.attention.sum()
     (tmp_path / "plain").mkdir()
     assert "units" not in simulate(load_scenario(toy_file(tmp_path / "plain", toy_config))).summary
+
+
+def test_serving_with_attention_on_grace_budgets_the_kv_cache_in_grace_memory():
+    """A serving rank whose attention runs on a unit of its own memory admits by that unit's share
+    of memory (LPDDR5X on a GH200), not by what HBM leaves after the weights."""
+    from moesim.simulator.serving.setup import rank_memory
+
+    cfg = example_config("serving-mixtral-8xh100.yaml")
+    cfg["hardware"] = {"cluster": "gh200"}
+    cfg["parallelism"] = {"tp": 1, "ep": 1, "dp": 1}
+    cfg["precision"] = {"bits": 8}
+    gpu = rank_memory(resolve(config_from_dict(copy.deepcopy(cfg), EXAMPLES)))
+    cfg["policies"] = {"units": {"attention": "host"}}
+    grace = resolve(config_from_dict(cfg, EXAMPLES))
+    mem = rank_memory(grace)
+    assert mem.kv_cache == pytest.approx(grace.machine.units["host"].memory_capacity * 0.9)
+    assert mem.kv_tokens > 4 * gpu.kv_tokens  # 480 GB of LPDDR5X against what 96 GB of HBM leaves

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from moesim.errors import ConfigError
 from moesim.simulator.memory import estimate_memory, kv_bytes_per_token
-from moesim.simulator.memory_ledger import reserve_bytes
+from moesim.hardware_profiles.schema import ACCELERATOR
+from moesim.simulator.memory_ledger import on_units, reserve_bytes, usable_bytes
 from moesim.simulator.ops import act_dtype
 from moesim.simulator.scenario import Scenario
 from moesim.simulator.serving.source import ServingSource, request_table
@@ -53,12 +54,17 @@ def rank_memory(sc: Scenario) -> RankMemory:
     per_rank_tokens = -(-budget_tokens // sc.tp)
     est = estimate_memory(model, sc.placement, sc.tp, 1, 0, budget_tokens, per_rank_tokens,
                           sc.precision.expert_bytes() / sc.moe_tp)
+    units = sc.config.policies.units
+    est = on_units(est, sc.machine, units.expert, ACCELERATOR)  # experts a unit of its own memory keeps
     ab = dtype_bytes(act_dtype(model))
     comm = 2.0 * per_rank_tokens * model.moe.top_k * model.hidden_size * ab  # dispatch recv + combine send rows
     activations = max(est.activations - comm, 0.0)  # estimate_memory counts those buffers with activations
     capacity = sc.device.memory.capacity
     reserve = reserve_bytes(capacity, sc.config.policies.memory_reserve)
     kv = capacity - reserve - est.weights - activations - comm
+    kv_unit = sc.machine.units.get(units.attention)
+    if kv_unit is not None and kv_unit.memory_capacity is not None:  # attention keeps its KV cache there
+        kv = usable_bytes(kv_unit.memory_capacity, sc.config.policies.memory_reserve)
     per_token = sum(kv_bytes_per_token(model, layer, sc.tp) for layer in range(model.num_layers))
     return RankMemory(capacity, est.weights, activations, comm, reserve, max(kv, 0.0), per_token)
 
