@@ -25,6 +25,7 @@ from moesim.simulator.collectives import GroupCollective, make_collective, stage
 from moesim.simulator.network import Fabric, sending_pairs
 from moesim.simulator.offload.manager import LayerWait, OffloadManager
 from moesim.simulator.interpreter import device_stream
+from moesim.simulator.unit_streams import unit_device_stream
 from moesim.simulator.plan_feed import plan_feed
 from moesim.simulator.program import Program
 from moesim.simulator.phases import PHASES, EXP as _EXP, STRAG as _STRAG, COMB as _COMB
@@ -154,6 +155,9 @@ for `steps` steps). `cache`: the serving
         if first is not None and len(first) != self.microbatches:
             raise MoesimError(f"the plans of step 0 have {len(first)} micro-batches but the overlap program runs "
                               f"{self.microbatches}")
+        # a stream per compute unit where micro-batches can overlap on different units (unit_streams.py)
+        self.unit_streams = (first is not None and first[0].unit_time is not None and self.microbatches > 1
+                             and self.offload is None)
 
     # ---- plans, pulled from the source ---------------------------------------------------
     def plans(self, step: int) -> list[StepPlan] | None:
@@ -325,8 +329,9 @@ for `steps` steps). `cache`: the serving
         if self._ended == 0:
             raise MoesimError("the step source yielded no steps: nothing to simulate")
         try:
+            stream = unit_device_stream if self.unit_streams else device_stream
             for d in range(self.n):
-                self.env.process(device_stream(self, d, self.program))
+                self.env.process(stream(self, d, self.program))
             run_events(self.env)
         except MoesimError as err:  # SimPy re-raises a process's error as a copy without its fields
             if isinstance(err.__cause__, MoesimError):

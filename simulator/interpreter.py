@@ -35,7 +35,8 @@ def compile_for_device(program: Program, d: int, n: int, P: int, moe_index: dict
     return out
 
 
-def _collective(colls, which: int, layer: int, m: int):
+def collective_of(colls, which: int, layer: int, m: int):
+    """The step's collective an instruction names (program.COLLECTIVES) for its layer / MoE layer."""
     if which == DISPATCH:
         return colls.moe[m][0]
     if which == COMBINE:
@@ -77,7 +78,7 @@ def device_stream(engine: "Engine", d: int, program: Program) -> Generator:
                     yield env.timeout(dur[mb][operand][layer])
                 en[i] = env.now
             elif op == SUBMIT:
-                coll = _collective(colls[mb], operand, layer, m)
+                coll = collective_of(colls[mb], operand, layer, m)
                 coll.submit(d)
                 if offload is not None and operand == DISPATCH:  # the router has chosen: look up the cache
                     plan = plans[mb]
@@ -85,7 +86,7 @@ def device_stream(engine: "Engine", d: int, program: Program) -> Generator:
                     offload.prefetch(plan, d, m)
                     off_wait = w if (w.fetched or w.host) else None  # all resident: the no-offload timeline
             elif op == WAIT_THEN:
-                coll = _collective(colls[mb], operand, layer, m)
+                coll = collective_of(colls[mb], operand, layer, m)
                 nb = env.now if free_at is None else free_at
                 free_at = None
                 if off_wait is not None:  # copies or host jobs to wait for before the experts
@@ -122,7 +123,7 @@ def device_stream(engine: "Engine", d: int, program: Program) -> Generator:
             elif op == WAIT:
                 if off_wait is not None:
                     raise MoesimError("with offloading, a program's dispatch wait must run the experts next")
-                coll = _collective(colls[mb], operand, layer, m)
+                coll = collective_of(colls[mb], operand, layer, m)
                 nb = env.now if free_at is None else free_at
                 free_at = None
                 st[i] = nb
@@ -133,20 +134,20 @@ def device_stream(engine: "Engine", d: int, program: Program) -> Generator:
                 st[i] = now
                 free_at = en[i] = now + dur[mb][operand][layer]
             elif op == WAIT_ARRIVAL:
-                coll = _collective(colls[mb], operand, layer, m)
+                coll = collective_of(colls[mb], operand, layer, m)
                 nb = env.now if free_at is None else free_at
                 free_at = None
                 yield from coll.inbound(d, not_before=nb, then=0.0)
                 st[i] = nb
                 en[i] = coll.received_at(d, not_before=nb)
             elif op == ALL_REDUCE:
-                coll = _collective(colls[mb], operand, layer, m)
+                coll = collective_of(colls[mb], operand, layer, m)
                 st[i] = env.now
                 coll.submit(d)
                 yield from coll.inbound(d)
                 en[i] = env.now
             elif op == ALL_REDUCE_MORE:
-                coll = _collective(colls[mb], operand, layer, m)
+                coll = collective_of(colls[mb], operand, layer, m)
                 coll.submit(d)
                 yield from coll.inbound(d)
                 en[i] = env.now

@@ -83,6 +83,18 @@ class LayerOps:
     def shared_time(self) -> float:
         return self.time(self.shared_expert) + self.crossing_time("shared_expert")
 
+    def unit_split(self, labels: tuple[str, ...]) -> np.ndarray:
+        """(units, 3) seconds of attention, dense FFN and shared experts on each unit (`labels` in
+        machine order); a hand-off counts on the unit it hands to (that unit waits for it)."""
+        out = np.zeros((len(labels), 3))
+        index = {label: k for k, label in enumerate(labels)}
+        for p, rows in enumerate((self.attention, self.dense_ffn, self.shared_expert)):
+            for r in rows:
+                out[index[r.unit], p] += r.cost.time
+        for phase, c in self.crossings:
+            out[index[c.unit], ("attention", "dense_ffn", "shared_expert").index(phase)] += c.time
+        return out
+
 
 @dataclass(frozen=True)
 class PartUnits:
@@ -125,6 +137,10 @@ class StepCosts:
         # the routed experts on each candidate unit (one, or every unit under auto)
         self.experts = tuple(ExpertKernel(model, u, expert_kernel, precision, moe_tp) for u in self.units.expert.units)
         self.expert_rule = self.units.expert  # how a device's layer picks among `experts`
+        self.unit_labels = tuple(u.label for u in machine.units.values())
+        parts = (self.units.attention, self.units.dense_ffn, self.units.shared_expert, self.units.expert)
+        # whether any part may run off the accelerator: then plans say how much ran on each unit
+        self.splits_units = any(not u.is_accelerator for p in parts for u in p.units)
         self.expert_dtype = self.experts[0].dtype
         self.moe_kernel = self.experts[0].moe_kernel
 

@@ -50,7 +50,10 @@ class StepPlan:
     inputs: StepInput | None = None
     layer_ops: list[list[LayerOps]] | None = None  # [layer][device] the non-expert ops costed
     microbatch: int = 0
-    expert_unit: np.ndarray | None = None  # (L_moe, N) which candidate expert unit ran each device's layer (auto)
+    expert_unit: np.ndarray | None = None  # (L_moe, N) which candidate expert unit ran each device's layer
+    # (parts, units, L, N) seconds of attention, dense FFN, shared and routed experts on each unit (in
+    # machine order) where a part may run off the accelerator; None: everything on the accelerator
+    unit_time: np.ndarray | None = None
 
     @property
     def dispatch(self) -> np.ndarray:
@@ -110,7 +113,7 @@ def merge_microbatches(plans: list[StepPlan]) -> StepPlan:
         experts_active=np.maximum.reduce([p.experts_active for p in plans]), expert_tokens=add("expert_tokens"),
         slot_tokens=add("slot_tokens"), slot_time=add("slot_time"),
         moe_reduce_bytes=sum(p.moe_reduce_bytes for p in plans), inputs=first.inputs,
-        expert_unit=first.expert_unit)  # auto: the first micro-batch's units stand for the step
+        expert_unit=first.expert_unit, unit_time=None if first.unit_time is None else add("unit_time"))  # auto: the first micro-batch's units stand for the step
 
 
 @dataclass
@@ -177,14 +180,25 @@ class StepPipeline:
             counts = routed.counts  # (Lm, N, E)
         if moe.size:  # a trace decides each device's real tokens: attention is sized from them
             tokens = counts[0].sum(axis=1) // m.moe.top_k if counts.shape[1] == n else tokens
-        layer_ops, attention, dense, shared = self._compute(inp, tokens)
+        layer_ops, attention, dense, shared, unit_time = self._compute(inp, tokens)
         expert, rows_computed, active, expert_tokens, rows_dropped, slot_tokens, slot_time, traffic, unit_of = \
             self._moe(counts, tokens, routed)
         if traffic.residency is not None:  # tokens move between layers (exflow): compute follows them
             attention, dense, shared = (follow_residency(a, tokens, traffic.residency, moe)
                                         for a in (attention, dense, shared))
+            if unit_time is not None:
+                unit_time = np.stack([[follow_residency(u, tokens, traffic.residency, moe) for u in part]
+                                      for part in unit_time])
         full = np.zeros((L, n))
         full[moe] = expert
+        if unit_time is not None:  # (parts, units, L, n): the experts on the unit each device's layer picked
+            index = {label: k for k, label in enumerate(self.costs.unit_labels)}
+            on = np.array([index[k.unit.label] for k in self.costs.experts])[unit_of if unit_of is not None
+                                                                             else np.zeros_like(expert, dtype=np.int64)]
+            experts = np.zeros((len(index), L, n))
+            for k in range(len(index)):
+                experts[k][moe] = np.where(on == k, expert, 0.0)
+            unit_time = np.concatenate([unit_time, experts[None]])
         replica_tokens = tokens.reshape(-1, self.tp).sum(axis=1).max() if tokens.size else 0
         ab = dtype_bytes(act_dtype(m))
         reduce_bytes = 0.0
@@ -198,7 +212,7 @@ class StepPipeline:
             rows_routed=counts.sum(axis=(1, 2)), rows_dropped=rows_dropped, rows_computed=rows_computed,
             experts_active=active, expert_tokens=expert_tokens, slot_tokens=slot_tokens, slot_time=slot_time,
             moe_reduce_bytes=reduce_bytes, inputs=inp, layer_ops=layer_ops, microbatch=inp.microbatch,
-            expert_unit=unit_of)
+            expert_unit=unit_of, unit_time=unit_time)
 
     def _compute(self, inp: StepInput, tokens: np.ndarray):
         """Non-expert compute of every (layer, device), from the step's own tokens."""
@@ -215,6 +229,8 @@ class StepPipeline:
         which = np.array([distinct[k] for k in keys], dtype=np.int64)
         ops_of = {}  # (kind, key): LayerOps, costed once per distinct pair
         times = np.empty((len(self._kinds), len(distinct), 3))
+        labels = self.costs.unit_labels
+        splits = np.empty((len(self._kinds), len(distinct), len(labels), 3)) if self.costs.splits_units else None
         for i, kind in enumerate(self._kinds):
             for (b, t), j in distinct.items():
                 if inp.attention is not None:
@@ -223,10 +239,13 @@ class StepPipeline:
                     o = self.costs.layer_ops(kind, b if b != int(b) else int(b), inp.seq_len, inp.kv_len, inp.phase, t)
                 ops_of[kind, (b, t)] = o
                 times[i, j] = (o.attention_time, o.dense_time, o.shared_time)
+                if splits is not None:
+                    splits[i, j] = o.unit_split(labels)
         layer_ops = [[ops_of[kind, k] for k in keys] for kind in self._kinds]
         per_device = times[:, which]  # (L, n, 3)
         attention, dense, shared = (np.ascontiguousarray(per_device[..., k]) for k in range(3))
-        return layer_ops, attention.reshape(L, n), dense.reshape(L, n), shared.reshape(L, n)
+        unit_time = None if splits is None else np.ascontiguousarray(splits[:, which].transpose(3, 2, 0, 1))
+        return layer_ops, attention.reshape(L, n), dense.reshape(L, n), shared.reshape(L, n), unit_time
 
     def _moe(self, counts: np.ndarray, tokens: np.ndarray, routed: RoutingStep | None = None):
         """Capacity, replica split, expert costs and dispatch of every MoE layer (vectorised)."""

@@ -275,3 +275,62 @@ def test_serving_with_attention_on_grace_budgets_the_kv_cache_in_grace_memory():
     mem = rank_memory(grace)
     assert mem.kv_cache == pytest.approx(grace.machine.units["host"].memory_capacity * 0.9)
     assert mem.kv_tokens > 4 * gpu.kv_tokens  # 480 GB of LPDDR5X against what 96 GB of HBM leaves
+
+
+def test_a_plan_says_how_much_of_each_part_ran_on_each_unit(tmp_path, toy_config):
+    """unit_time (parts, units, layers, devices) adds up to the phase arrays the engine replays."""
+    sc = load_scenario(toy_pim(tmp_path, toy_config, attention="fastest", expert="pim"))
+    plan = scenario_plan(sc, 0)
+    split = plan.unit_time
+    assert split.shape == (4, 2, sc.model.num_layers, sc.num_devices)
+    for k, whole in enumerate((plan.attention, plan.dense_ffn, plan.shared_expert, plan.expert)):
+        np.testing.assert_allclose(split[k].sum(axis=0), whole, rtol=1e-12, atol=1e-18)
+    assert split[3, 0].sum() == 0 and split[3, 1].sum() > 0  # the experts ran on the PIM
+    assert scenario_plan(load_scenario(toy_file(tmp_path, toy_config)), 0).unit_time is None
+
+
+# ---- a stream per unit ---------------------------------------------------------------------------
+
+def _duplex_two_batch(batch: int = 64) -> dict:
+    cfg = example_config("mixtral-decode-8xh100.yaml")
+    cfg["hardware"] = {"cluster": "duplex-h100-pim-8"}
+    cfg["workload"].update({"batch_size": batch, "steps": 2})
+    cfg["policies"].update({"units": {"attention": "pim"}, "overlap": "two_batch"})
+    cfg["outputs"] = {"trace_steps": 0}
+    return cfg
+
+
+def test_units_compute_at_once_where_the_micro_batches_allow():
+    """Two-batch overlap with attention on the PIM: one micro-batch's attention runs on the PIM while
+    the other's experts run on the xPU, so the step is shorter than with one stream per device,
+    and no compute phase is shorter than the seconds its plan gives it."""
+    from moesim.simulator.compose import engine_for
+    from moesim.simulator.metrics import summarize
+    from moesim.simulator.phases import PHASE_INDEX
+
+    sc = resolve(config_from_dict(_duplex_two_batch(), EXAMPLES))
+    engine = engine_for(sc)
+    assert engine.unit_streams
+    raw = engine.run()
+    single = engine_for(sc)
+    single.unit_streams = False  # the same plans through one stream per device
+    one = single.run()
+    assert np.nanmax(raw.end) < np.nanmax(one.end) * (1 - 1e-3)
+    att, exp = PHASE_INDEX["attention"], PHASE_INDEX["expert"]
+    s, e = raw.start, raw.end  # (steps, layers, devices, micro-batches, phases)
+    overlap = np.minimum(e[..., 1, att], e[..., 0, exp]) - np.maximum(s[..., 1, att], s[..., 0, exp])
+    assert np.nanmax(overlap) > 0  # mb1's attention (PIM) beside mb0's experts (xPU)
+    plan = raw.plans[0]  # the step's micro-batches merged: their phase seconds added up
+    for phase, arr in (("attention", plan.attention), ("expert", plan.expert)):
+        spans = np.nan_to_num((e - s)[0, :, :, :, PHASE_INDEX[phase]], nan=0.0).sum(axis=2)
+        assert (spans >= arr * (1 - 1e-9)).all()
+    summary = summarize(sc, raw).summary
+    assert summary["steps"] == 2 and summary["step_latency_s"]["mean"] > 0
+
+
+def test_a_single_unit_run_keeps_one_stream_per_device(tmp_path, toy_config):
+    from moesim.simulator.compose import engine_for
+
+    cfg = copy.deepcopy(toy_config)
+    cfg["policies"] = {"overlap": "two_batch"}
+    assert not engine_for(load_scenario(toy_file(tmp_path, cfg))).unit_streams

@@ -124,7 +124,7 @@ def test_w8a16_reads_fp8_weights_but_computes_at_bf16_peak():
     from moesim.simulator.machine import ComputeUnit
 
     unit = ComputeUnit("accelerator", "device", plain, CostModel(plain), 0.0, float("inf"), None, 1)
-    machine = type("M", (), {"cost": unit.cost, "accelerator": unit})()
+    machine = type("M", (), {"cost": unit.cost, "accelerator": unit, "units": {"accelerator": unit}})()
     a = StepCosts(model, machine, 1, expert_precision(model, None))
     b = StepCosts(w8a16, machine, 1, expert_precision(w8a16, None))
     assert a.expert_dtype == "fp8" and b.expert_dtype == "bf16"

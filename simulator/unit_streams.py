@@ -1,0 +1,102 @@
+"""The step interpreter with a stream per compute unit: where a program has several micro-batches
+and parts of a layer run on units beside the accelerator, each micro-batch's instructions run as
+their own chain, and each unit of the device runs one piece of work at a time (first come, first
+served), so one micro-batch's attention on a PIM or the host CPU overlaps another's experts on
+the accelerator where the dependencies allow (Duplex's co-processing, MoE-Lens's CPU/GPU
+pipelining).
+
+A compute instruction runs its part's seconds on each unit that has any (`StepPlan.unit_time`,
+the accelerator's share first, a hand-off counting on the unit it hands to); a wait holds only its
+own micro-batch. Phase spans are the micro-batch's own, so with units computing at once the
+phase shares of device time may add up past 1. Used by the engine where plans carry
+`unit_time`, the program has more than one micro-batch and nothing is offloaded; single-unit
+runs keep `interpreter.device_stream` (bit-identical results).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Generator
+
+import numpy as np
+import simpy
+
+from moesim.errors import MoesimError
+from moesim.simulator.interpreter import collective_of, compile_for_device
+from moesim.simulator.program import ALL_REDUCE, ALL_REDUCE_MORE, BESIDE, COMPUTE, SUBMIT, WAIT, WAIT_ARRIVAL, Program
+
+if TYPE_CHECKING:
+    from moesim.simulator.engine import Engine
+
+
+def _run_on_units(env: simpy.Environment, seconds: np.ndarray, units: list[simpy.Resource], st: list, en: list,
+                  i: int) -> Generator:
+    """One part's work: its seconds on each unit in turn, each unit taken while it runs."""
+    started = False
+    for u, t in enumerate(seconds.tolist()):
+        if t <= 0:
+            continue
+        with units[u].request() as turn:
+            yield turn
+            if not started:
+                st[i] = env.now
+                started = True
+            yield env.timeout(t)
+    if not started:
+        st[i] = env.now
+    en[i] = env.now
+
+
+def _chain(engine: "Engine", code: list[tuple], split: np.ndarray, colls, units: list[simpy.Resource], st: list,
+           en: list, d: int) -> Generator:
+    """One micro-batch's instructions in order; `split` is its plan's (parts, units, layers) seconds."""
+    env = engine.env
+    beside = None  # a compute running beside the next wait (shared experts during dispatch)
+    for op, i, operand, layer, _mb, m, _phase in code:
+        if op == COMPUTE:
+            yield from _run_on_units(env, split[operand, :, layer], units, st, en, i)
+        elif op == BESIDE:
+            beside = env.process(_run_on_units(env, split[operand, :, layer], units, st, en, i))
+        elif op == SUBMIT:
+            collective_of(colls, operand, layer, m).submit(d)
+        elif op in (WAIT, WAIT_ARRIVAL):
+            st[i] = env.now
+            yield from collective_of(colls, operand, layer, m).inbound(d)
+            if beside is not None:
+                yield beside
+                beside = None
+            en[i] = env.now
+        elif op in (ALL_REDUCE, ALL_REDUCE_MORE):
+            coll = collective_of(colls, operand, layer, m)
+            if op == ALL_REDUCE:
+                st[i] = env.now
+            coll.submit(d)
+            yield from coll.inbound(d)
+            en[i] = env.now
+        else:
+            raise MoesimError("a program run with a stream per unit uses compute, beside, submit, wait and "
+                              "all_reduce (wait_then fuses a compute into a wait, which one stream per unit cannot)")
+
+
+def unit_device_stream(engine: "Engine", d: int, program: Program) -> Generator:
+    """Run `program` on device `d` for every step, one chain per micro-batch, one queue per unit."""
+    env = engine.env
+    MB = program.microbatches
+    code = compile_for_device(program, d, engine.n, engine.P, engine.moe_index)
+    chains = [[ins for ins in code if ins[4] == mb] for mb in range(MB)]
+    units = [simpy.Resource(env, capacity=1) for _ in engine.sc.machine.units]
+    s = 0
+    plans = engine.plans(0)
+    while plans is not None:
+        if (yield from engine.begin_step(plans, s, d)):  # serving: replayed from a cached timeline
+            s += 1
+            plans = engine.plans(s)
+            continue
+        st, en = engine.times(s)
+        runs = [env.process(_chain(engine, chains[mb], plans[mb].unit_time[:, :, :, d],
+                                   engine.collectives(s, mb), units, st, en, d)) for mb in range(MB)]
+        yield env.all_of(runs)
+        engine.step_done(d, s)
+        if engine.interactive:
+            yield from engine.iteration_barrier(s)
+        s += 1
+        plans = engine.plans(s)
