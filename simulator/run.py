@@ -112,7 +112,11 @@ def _write_files(result: SimResult, run_dir: Path, overrides: list[str]) -> None
         result.iterations.to_csv(run_dir / "iterations.csv", index=False)
     steps = sc.config.outputs.trace_steps
     if steps:
-        write_chrome_trace(result.phases, run_dir / "trace.json", steps, sc.device.name, copies, host_jobs)
+        per_mb = result.raw.microbatch_plans or [[p] for p in result.raw.plans]
+        handoffs = [[p.handoff for p in plans] for plans in per_mb[:steps]]
+        write_chrome_trace(result.phases, run_dir / "trace.json", steps, sc.device.name, copies, host_jobs,
+                           handoffs if any(h is not None for hs in handoffs for h in hs) else None,
+                           tuple(u.name for u in sc.machine.units.values()))
     json_io.write(run_dir / "summary.json", summary, indent=2)  # last: its status marks the run complete
 
 

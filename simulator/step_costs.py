@@ -84,15 +84,18 @@ class LayerOps:
         return self.time(self.shared_expert) + self.crossing_time("shared_expert")
 
     def unit_split(self, labels: tuple[str, ...]) -> np.ndarray:
-        """(units, 3) seconds of attention, dense FFN and shared experts on each unit (`labels` in
-        machine order); a hand-off counts on the unit it hands to (that unit waits for it)."""
-        out = np.zeros((len(labels), 3))
+        """(2, units, 3): seconds of attention, dense FFN and shared experts on each unit (`labels`
+        in machine order), a hand-off counting on the unit it hands to (that unit waits for it);
+        then the hand-offs alone."""
+        out = np.zeros((2, len(labels), 3))
         index = {label: k for k, label in enumerate(labels)}
         for p, rows in enumerate((self.attention, self.dense_ffn, self.shared_expert)):
             for r in rows:
-                out[index[r.unit], p] += r.cost.time
+                out[0, index[r.unit], p] += r.cost.time
         for phase, c in self.crossings:
-            out[index[c.unit], ("attention", "dense_ffn", "shared_expert").index(phase)] += c.time
+            k = ("attention", "dense_ffn", "shared_expert").index(phase)
+            out[0, index[c.unit], k] += c.time
+            out[1, index[c.unit], k] += c.time
         return out
 
 

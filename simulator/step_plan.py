@@ -54,6 +54,7 @@ class StepPlan:
     # (parts, units, L, N) seconds of attention, dense FFN, shared and routed experts on each unit (in
     # machine order) where a part may run off the accelerator; None: everything on the accelerator
     unit_time: np.ndarray | None = None
+    handoff: np.ndarray | None = None  # (parts, units, L, N) of unit_time: the activations' hand-offs to the unit
 
     @property
     def dispatch(self) -> np.ndarray:
@@ -113,7 +114,8 @@ def merge_microbatches(plans: list[StepPlan]) -> StepPlan:
         experts_active=np.maximum.reduce([p.experts_active for p in plans]), expert_tokens=add("expert_tokens"),
         slot_tokens=add("slot_tokens"), slot_time=add("slot_time"),
         moe_reduce_bytes=sum(p.moe_reduce_bytes for p in plans), inputs=first.inputs,
-        expert_unit=first.expert_unit, unit_time=None if first.unit_time is None else add("unit_time"))  # auto: the first micro-batch's units stand for the step
+        expert_unit=first.expert_unit, unit_time=None if first.unit_time is None else add("unit_time"),
+        handoff=None if first.handoff is None else add("handoff"))  # auto: the first micro-batch's units stand for the step
 
 
 @dataclass
@@ -183,22 +185,29 @@ class StepPipeline:
         layer_ops, attention, dense, shared, unit_time = self._compute(inp, tokens)
         expert, rows_computed, active, expert_tokens, rows_dropped, slot_tokens, slot_time, traffic, unit_of = \
             self._moe(counts, tokens, routed)
+        if unit_time is not None:  # the routed rows' hand-off to the expert unit each device's layer ran on
+            pick = unit_of if unit_of is not None else np.zeros_like(rows_computed, dtype=np.int64)
+            rows_in = rows_computed * self.moe_tp  # MoE-TP: each shard takes its whole group's rows
+            expert_handoff = np.choose(pick, [k.crossing(rows_in) for k in self.costs.experts])
         if traffic.residency is not None:  # tokens move between layers (exflow): compute follows them
             attention, dense, shared = (follow_residency(a, tokens, traffic.residency, moe)
                                         for a in (attention, dense, shared))
             if unit_time is not None:
-                unit_time = np.stack([[follow_residency(u, tokens, traffic.residency, moe) for u in part]
-                                      for part in unit_time])
+                unit_time = np.stack([[[follow_residency(u, tokens, traffic.residency, moe) for u in part]
+                                       for part in kind] for kind in unit_time])
         full = np.zeros((L, n))
         full[moe] = expert
+        handoff = None
         if unit_time is not None:  # (parts, units, L, n): the experts on the unit each device's layer picked
             index = {label: k for k, label in enumerate(self.costs.unit_labels)}
             on = np.array([index[k.unit.label] for k in self.costs.experts])[unit_of if unit_of is not None
                                                                              else np.zeros_like(expert, dtype=np.int64)]
-            experts = np.zeros((len(index), L, n))
+            experts, crossed = np.zeros((len(index), L, n)), np.zeros((len(index), L, n))
             for k in range(len(index)):
                 experts[k][moe] = np.where(on == k, expert, 0.0)
-            unit_time = np.concatenate([unit_time, experts[None]])
+                crossed[k][moe] = np.where(on == k, expert_handoff, 0.0)
+            handoff = np.concatenate([unit_time[1], crossed[None]])
+            unit_time = np.concatenate([unit_time[0], experts[None]])
         replica_tokens = tokens.reshape(-1, self.tp).sum(axis=1).max() if tokens.size else 0
         ab = dtype_bytes(act_dtype(m))
         reduce_bytes = 0.0
@@ -212,7 +221,7 @@ class StepPipeline:
             rows_routed=counts.sum(axis=(1, 2)), rows_dropped=rows_dropped, rows_computed=rows_computed,
             experts_active=active, expert_tokens=expert_tokens, slot_tokens=slot_tokens, slot_time=slot_time,
             moe_reduce_bytes=reduce_bytes, inputs=inp, layer_ops=layer_ops, microbatch=inp.microbatch,
-            expert_unit=unit_of, unit_time=unit_time)
+            expert_unit=unit_of, unit_time=unit_time, handoff=handoff)
 
     def _compute(self, inp: StepInput, tokens: np.ndarray):
         """Non-expert compute of every (layer, device), from the step's own tokens."""
@@ -230,7 +239,7 @@ class StepPipeline:
         ops_of = {}  # (kind, key): LayerOps, costed once per distinct pair
         times = np.empty((len(self._kinds), len(distinct), 3))
         labels = self.costs.unit_labels
-        splits = np.empty((len(self._kinds), len(distinct), len(labels), 3)) if self.costs.splits_units else None
+        splits = np.empty((len(self._kinds), len(distinct), 2, len(labels), 3)) if self.costs.splits_units else None
         for i, kind in enumerate(self._kinds):
             for (b, t), j in distinct.items():
                 if inp.attention is not None:
@@ -244,7 +253,8 @@ class StepPipeline:
         layer_ops = [[ops_of[kind, k] for k in keys] for kind in self._kinds]
         per_device = times[:, which]  # (L, n, 3)
         attention, dense, shared = (np.ascontiguousarray(per_device[..., k]) for k in range(3))
-        unit_time = None if splits is None else np.ascontiguousarray(splits[:, which].transpose(3, 2, 0, 1))
+        # (2, parts, units, L, n): seconds on each unit, then the hand-offs among them
+        unit_time = None if splits is None else np.ascontiguousarray(splits[:, which].transpose(2, 4, 3, 0, 1))
         return layer_ops, attention.reshape(L, n), dense.reshape(L, n), shared.reshape(L, n), unit_time
 
     def _moe(self, counts: np.ndarray, tokens: np.ndarray, routed: RoutingStep | None = None):

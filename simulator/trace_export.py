@@ -3,7 +3,9 @@
 One process per device, with a compute track and a communication track; each (step, layer,
 phase) is a complete ("X") event with microsecond timestamps. Offloading runs add a track of
 expert copies into the device (from issue to landing, with the transfer itself as its own span)
-and one of experts run on the host CPU for the device.
+and one of experts run on the host CPU for the device. A part of a layer that ran on a unit beside
+the accelerator adds its activations' hand-off on a track of its own: to the unit as the part
+starts, back as it ends (each half of the part's hand-off time, `StepPlan.handoff`).
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ import pandas as pd
 from moesim import json_io
 from moesim.simulator.phases import COMPUTE_PHASES
 
-_TRACKS = {"compute": 0, "communication": 1, "expert copies": 2, "host CPU experts": 3}
+_TRACKS = {"compute": 0, "communication": 1, "expert copies": 2, "host CPU experts": 3, "unit hand-offs": 4}
+_PARTS = ("attention", "dense_ffn", "shared_expert", "expert")  # StepPlan.unit_time / handoff order
 
 
 def chrome_trace(phases: pd.DataFrame, max_step: int, device_name: str, copies: pd.DataFrame | None = None,
-                 host_jobs: pd.DataFrame | None = None) -> dict[str, Any]:
-    """Trace events for the steps below `max_step`."""
+                 host_jobs: pd.DataFrame | None = None, handoffs: list[list[np.ndarray | None]] | None = None,
+                 unit_labels: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Trace events for the steps below `max_step`; `handoffs[step][microbatch]` is that plan's
+    (parts, units, layers, devices) hand-off seconds (None: nothing ran off the accelerator)."""
     rows = phases[(phases["step"] < max_step) & (phases["duration_s"] > 0)]
     events: list[dict[str, Any]] = []
     for dev in np.unique(phases["device"]):
@@ -45,6 +50,8 @@ def chrome_trace(phases: pd.DataFrame, max_step: int, device_name: str, copies: 
             "ph": "X", "ts": round(start * 1e6, 4), "dur": round(dur * 1e6, 4), "pid": int(dev),
             "tid": 0 if comp else 1, "args": args,
         })
+    if handoffs is not None:
+        events += _handoff_events(rows, handoffs, unit_labels)
     if copies is not None:
         events += _copy_events(copies[(copies["step"] < max_step) & copies["end_s"].notna()])
     if host_jobs is not None:
@@ -54,6 +61,30 @@ def chrome_trace(phases: pd.DataFrame, max_step: int, device_name: str, copies: 
                            "pid": int(row.device), "tid": _TRACKS["host CPU experts"],
                            "args": {"step": int(row.step), "layer": int(row.layer), "tokens": float(row.tokens)}})
     return {"traceEvents": events, "displayTimeUnit": "ns", "otherData": {"generator": "moesim"}}
+
+
+def _handoff_events(rows: pd.DataFrame, handoffs: list[list[np.ndarray | None]],
+                    labels: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Each part's hand-off to the unit that ran it, as two spans around the part's own span."""
+    out = []
+    parts = rows[rows["phase"].astype(str).isin(_PARTS)]
+    mbs = parts["microbatch"].to_numpy() if "microbatch" in parts else np.zeros(len(parts), dtype=np.int64)
+    for (step, layer, dev, phase, start, dur), m in zip(
+            parts[["step", "layer", "device", "phase", "start_s", "duration_s"]].itertuples(index=False, name=None),
+            mbs):
+        plans = handoffs[int(step)] if int(step) < len(handoffs) else []
+        h = plans[max(int(m), 0)] if max(int(m), 0) < len(plans) else None
+        if h is None:
+            continue
+        for u, seconds in enumerate(h[_PARTS.index(str(phase)), :, int(layer), int(dev)].tolist()):
+            if seconds <= 0:
+                continue
+            half = seconds / 2
+            for name, ts in ((f"to {labels[u]}", start), (f"back from {labels[u]}", start + dur - half)):
+                out.append({"name": f"{phase} {name}", "cat": "hand-off", "ph": "X", "ts": round(ts * 1e6, 4),
+                            "dur": round(half * 1e6, 4), "pid": int(dev), "tid": _TRACKS["unit hand-offs"],
+                            "args": {"step": int(step), "layer": int(layer), "unit": labels[u]}})
+    return out
 
 
 def _copy_events(copies: pd.DataFrame) -> list[dict[str, Any]]:
@@ -70,5 +101,6 @@ def _copy_events(copies: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def write_chrome_trace(phases: pd.DataFrame, path: str | Path, max_step: int, device_name: str,
-                       copies: pd.DataFrame | None = None, host_jobs: pd.DataFrame | None = None) -> None:
-    json_io.write(path, chrome_trace(phases, max_step, device_name, copies, host_jobs))
+                       copies: pd.DataFrame | None = None, host_jobs: pd.DataFrame | None = None,
+                       handoffs: list[list[np.ndarray | None]] | None = None, unit_labels: tuple[str, ...] = ()) -> None:
+    json_io.write(path, chrome_trace(phases, max_step, device_name, copies, host_jobs, handoffs, unit_labels))

@@ -334,3 +334,27 @@ def test_a_single_unit_run_keeps_one_stream_per_device(tmp_path, toy_config):
     cfg = copy.deepcopy(toy_config)
     cfg["policies"] = {"overlap": "two_batch"}
     assert not engine_for(load_scenario(toy_file(tmp_path, cfg))).unit_streams
+
+
+def test_hand_offs_between_units_are_costed_and_appear_in_the_trace(tmp_path, toy_config):
+    """A part on the PIM hands its activations over and back: the plan's handoff is the op rows'
+    link crossing, and trace.json shows both halves on the device's hand-off track."""
+    import json
+
+    from moesim.simulator.run import write_run_dir
+
+    cfg = copy.deepcopy(toy_config)
+    sc = load_scenario(toy_pim(tmp_path, cfg, attention="pim", expert="pim"))
+    res = simulate(sc)
+    plan = res.raw.plans[0]
+    rows = pipeline_for(sc).op_rows(plan, 0, 1)
+    crossing = rows[rows.op == "pim_link_crossing"].groupby("phase").time_s.sum()
+    assert plan.handoff[0, 1, 0, 1] == pytest.approx(crossing["attention"], rel=1e-12)
+    assert plan.handoff[3, 1, 0, 1] == pytest.approx(crossing["expert"], rel=1e-12)
+    run = write_run_dir(res, tmp_path / "run")
+    events = json.loads((run / "trace.json").read_text())["traceEvents"]
+    hand = [e for e in events if e.get("cat") == "hand-off" and e["pid"] == 1 and e["args"]["step"] == 0]
+    assert {e["name"] for e in hand} == {"attention to pim", "attention back from pim", "expert to pim",
+                                         "expert back from pim"}
+    total = sum(e["dur"] for e in hand if e["name"].startswith("attention")) / 1e6
+    assert total == pytest.approx(crossing["attention"], rel=1e-3)
