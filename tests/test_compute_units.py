@@ -358,3 +358,17 @@ def test_hand_offs_between_units_are_costed_and_appear_in_the_trace(tmp_path, to
                                          "expert back from pim"}
     total = sum(e["dur"] for e in hand if e["name"].startswith("attention")) / 1e6
     assert total == pytest.approx(crossing["attention"], rel=1e-3)
+
+
+def test_serving_with_units_computing_at_once_serves_every_request():
+    """The stream-per-unit interpreter keeps the serving hooks (arrivals, the iteration barrier,
+    replayed iterations): every request finishes with all its tokens."""
+    from conftest import shrink_serving
+
+    cfg = shrink_serving(example_config("serving-mixtral-8xh100.yaml"), requests=6, output_tokens=4)
+    cfg["hardware"] = {"cluster": "duplex-h100-pim-8"}
+    cfg["policies"] = {"units": {"attention": "pim"}, "overlap": "two_batch"}
+    res = simulate(resolve(config_from_dict(cfg, EXAMPLES)))
+    req = res.requests
+    assert req["finished"].all() and (req["tokens_emitted"] == req["output_tokens"]).all()
+    assert res.summary["units"]["compute_share"]["pim"] > 0
