@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
+import simpy
+
 from moesim.simulator.capacity import CapacityPolicy
 from moesim.simulator.config import config_error
 from moesim.simulator.dispatch import DispatchAlgorithm, DispatchLayout
@@ -21,6 +23,7 @@ from moesim.simulator.dispatch.hierarchical import Hierarchical
 from moesim.simulator.dispatch.low_latency import LowLatency
 from moesim.simulator.dispatch.token_stays import TokenStays, exflow_problem
 from moesim.simulator.engine import Engine
+from moesim.simulator.offload.manager import OffloadManager
 from moesim.simulator.memory import kv_bytes_per_token
 from moesim.simulator.ops import token_bytes
 from moesim.simulator.overlap.schedules import Schedule
@@ -103,8 +106,10 @@ def engine_for(sc: Scenario, progress: Callable[[int], None] | None = None,
     (the scenario's pipeline over its step source, behind the serving iteration cache where asked;
     or `plans`, built by hand, with `program` in place of the schedule's where given)."""
     comm_kind = dispatch_algorithm(sc).comm_kind
+    env = simpy.Environment()
+    offload = OffloadManager(sc, env) if sc.offload is not None else None
     if plans is not None:
-        return Engine(sc, plans, program or step_program(sc), comm_kind, progress=progress)
+        return Engine(sc, plans, program or step_program(sc), comm_kind, progress=progress, env=env, offload=offload)
     pipeline = pipeline_for(sc)
     source = step_source_for(sc)
     serving = sc.config.serving is not None
@@ -116,7 +121,7 @@ def engine_for(sc: Scenario, progress: Callable[[int], None] | None = None,
         cache = IterationCache(pipeline)
         feed = cache.plans(source)
     return Engine(sc, feed, step_program(sc, serving), comm_kind, source=source, cache=cache, ahead=True,
-                  steps=getattr(source, "steps", None), progress=progress)
+                  steps=getattr(source, "steps", None), progress=progress, env=env, offload=offload)
 
 
 def exflow_kv_bytes(sc: Scenario) -> tuple[float, ...]:

@@ -88,13 +88,19 @@ class Engine:
     (its floors). `source`: the step source behind the plans where it reads the engine's clock
     (serving). `ahead`: the plans may be built ahead in a forked child (the scenario's own pipeline,
 for `steps` steps). `cache`: the serving
-    iteration cache that fed the plans, if any."""
+    iteration cache that fed the plans, if any. `env` and `offload`: the SimPy environment and the
+    offload manager living in it, where the scenario offloads (composed by `engine_for`)."""
 
     def __init__(self, scenario: Scenario, plans: Iterable[list[StepPlan]], program: Program, comm_kind: str,
                  *, source=None, cache=None, ahead: bool = False, steps: int | None = None,
-                 progress: Callable[[int], None] | None = None):
+                 progress: Callable[[int], None] | None = None, env: simpy.Environment | None = None,
+                 offload: OffloadManager | None = None):
         self.sc = scenario
-        self.env = simpy.Environment()
+        self.env = env if env is not None else simpy.Environment()
+        if (offload is None) != (scenario.offload is None):
+            raise MoesimError("an offloading scenario's engine needs its offload manager (compose.engine_for builds "
+                              "it), and only such a scenario's")
+        self.offload = offload
         self.fabric = Fabric(scenario.routes)
         self.source = source
         self.cache = cache  # serving: replays iterations whose shape was simulated before
@@ -140,7 +146,6 @@ for `steps` steps). `cache`: the serving
         self.moe_tp = mt
         self._moe_ring = _ring(n, mt) if mt > 1 else None
         self._moe_extra_latency = (2 * (mt - 1) - 1) * hop if mt > 1 else 0.0
-        self.offload = OffloadManager(scenario, self.env) if scenario.offload is not None else None
         group = np.arange(n) // max(scenario.ep * scenario.moe_tp, 1)
         # serving: idle data-parallel ranks still run the MoE layers (SGLang's DP attention), so an
         # all-to-all synchronises its whole EP group, and the busiest rank is everyone's straggler

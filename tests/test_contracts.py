@@ -91,6 +91,23 @@ def test_dispatch_algorithms_and_schedules_are_built_in_compose_only():
     assert found == []
 
 
+COMPOSED = {"Engine", "OffloadManager", "IterationCache", "StepPipeline", "StepCosts", "FixedBatch"}
+
+
+def test_the_engine_and_what_it_runs_are_composed_in_compose_only():
+    """Only compose.py constructs the engine, its offload manager, the iteration cache, the step
+    pipeline and its costs (before issue 25 the engine's constructor composed most of them)."""
+    found = []
+    for folder in PRODUCTION:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if path.name == "compose.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in COMPOSED:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.func.id}(...)")
+    assert found == []
+
+
 @dataclass(frozen=True)
 class Teleport:
     """A test's own dispatch algorithm: direct traffic, priced as DeepEP's low-latency kernels."""
