@@ -388,6 +388,9 @@ def _roofline(args: argparse.Namespace) -> int:
             rows = scenario_roofline(sc, args.layer, args.step, args.rank, others=devices[1:])
         except StepOutOfRange as err:
             raise ConfigError(str(err), field="--step") from None
+        # the node's other units are drawn too (scenario_roofline costs the layer on each of them)
+        devices += [u.device for u in sc.machine.units.values()
+                    if not u.is_accelerator and u.device.name not in {d.name for d in devices}]
         weight = float(sc.precision.expert_bytes().max()) if not sc.precision.uniform_native else None
         name = sc.name
         facts = [("scenario", f"{sc.name}: {model.name} on {sc.cluster.name} (ep={sc.ep}, tp={sc.tp}, dp={sc.dp})"),
