@@ -372,3 +372,19 @@ def test_serving_with_units_computing_at_once_serves_every_request():
     req = res.requests
     assert req["finished"].all() and (req["tokens_emitted"] == req["output_tokens"]).all()
     assert res.summary["units"]["compute_share"]["pim"] > 0
+
+
+def test_moesim_roofline_draws_every_unit_of_the_node(tmp_path):
+    """The roofline of a Duplex scenario has the Logic-PIM's roof and ridge beside the xPU's, and
+    its rows say which unit ran each op."""
+    import pandas as pd
+
+    from moesim.cli import main
+
+    out = tmp_path / "rf"
+    assert main(["roofline", str(EXAMPLES / "duplex-mixtral-decode-8.yaml"), "--out", str(out)]) == 0
+    ridge = pd.read_csv(out / "ridge.csv").set_index("device")
+    assert {"H100-SXM", "Logic-PIM"} <= set(ridge.index)
+    assert ridge.loc["Logic-PIM", "ridge_flop_per_byte"] < ridge.loc["H100-SXM", "ridge_flop_per_byte"]
+    rows = pd.read_csv(out / "roofline.csv")
+    assert "pim" in set(rows[rows.device == "H100-SXM"].unit)
