@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moesim.outputs import atomic_file
 from moesim.simulator.config import load_config
 from moesim.simulator.run import simulate
 
@@ -129,10 +130,13 @@ def compare(old: dict, new: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--save", type=Path)
+    parser.add_argument("--save", type=Path, help="write the digest here (a new file; --force replaces one)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --save file")
     parser.add_argument("--against", type=Path)
     parser.add_argument("--only", default="")
     args = parser.parse_args()
+    if args.save and args.save.exists() and not args.force:
+        parser.error(f"{args.save} exists; give another --save path or --force to replace it")
     reference = json.loads(args.against.read_text()) if args.against else {}
     out: dict = {}
     failed = 0
@@ -147,7 +151,8 @@ def main() -> int:
         print(f"{name:34s} {time.process_time() - t0:6.1f} CPU s  {verdict}", flush=True)
     print(f"{len(out)} variants, {failed} different, {time.process_time() - t_all:.0f} CPU s")
     if args.save:
-        args.save.write_text(json.dumps(out, indent=1, sort_keys=True))
+        with atomic_file(args.save, option="--save", force=args.force) as tmp:  # never a half-written digest
+            tmp.write_text(json.dumps(out, indent=1, sort_keys=True))
     return 1 if failed else 0
 
 

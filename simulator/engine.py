@@ -86,10 +86,10 @@ class Engine:
 
     `plans`: per-step lists of micro-batch plans. `comm_kind`: the dispatch algorithm's kernel kind
     (its floors). `source`: the step source behind the plans where it reads the engine's clock
-    (serving). `ahead`: the plans may be built ahead in a forked child (the scenario's own pipeline,
-for `steps` steps). `cache`: the serving
-    iteration cache that fed the plans, if any. `env` and `offload`: the SimPy environment and the
-    offload manager living in it, where the scenario offloads (composed by `engine_for`)."""
+    (serving). `ahead`: the plans may be built ahead in a forked child (the scenario's own
+    pipeline, for `steps` steps). `cache`: the serving iteration cache that fed the plans, if any.
+    `env` and `offload`: the SimPy environment and the offload manager living in it, where the
+    scenario offloads (composed by `engine_for`)."""
 
     def __init__(self, scenario: Scenario, plans: Iterable[list[StepPlan]], program: Program, comm_kind: str,
                  *, source=None, cache=None, ahead: bool = False, steps: int | None = None,

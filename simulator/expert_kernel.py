@@ -60,16 +60,16 @@ class ExpertKernel:
     def crossing(self, rows: np.ndarray) -> np.ndarray:
         """Seconds a device's routed rows take to the unit and back (0 on the accelerator, and
         where no row arrives)."""
-        unit = self.unit
-        if unit.is_accelerator:
+        if self.unit.is_accelerator:
             return np.zeros_like(rows, dtype=float)
         nbytes = rows * token_bytes(self.model, act_dtype(self.model))
-        return np.where(rows > 0, 2 * (unit.latency + nbytes / unit.bandwidth), 0.0)
+        return np.where(rows > 0, self.unit.crossing(nbytes), 0.0)
 
     def device_time(self, slot_tokens: np.ndarray, slot_expert: np.ndarray, onehot: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray]:
-        """((Lm, ep) time of each device's experts per layer, (Lm, J) time charged to each copy);
-        `onehot[l, j, d]` says which device of the group holds copy j."""
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """((Lm, ep) time of each device's experts per layer, its hand-off included; (Lm, J) time
+        charged to each copy; (Lm, ep) the hand-off alone); `onehot[l, j, d]` says which device of
+        the group holds copy j."""
         _, _, work, overhead = self.terms(slot_tokens, slot_expert)
         if self.kernel != "per_expert":
             busy = np.einsum("lj,ljd->ld", (slot_tokens > 0).astype(float), onehot)
@@ -80,6 +80,7 @@ class ExpertKernel:
         else:
             slot_time = work + overhead
             total = np.einsum("lj,ljd->ld", slot_time, onehot)
-        if not self.unit.is_accelerator:  # the routed rows go to the unit and back
-            total += self.crossing(np.einsum("lj,ljd->ld", slot_tokens, onehot))
-        return total, slot_time
+        if self.unit.is_accelerator:
+            return total, slot_time, np.zeros_like(total)
+        handoff = self.crossing(np.einsum("lj,ljd->ld", slot_tokens, onehot))  # the rows there and back
+        return total + handoff, slot_time, handoff

@@ -11,7 +11,7 @@ schedule gets them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Generator
+from typing import TYPE_CHECKING, Any, Callable, Generator
 
 from moesim.errors import MoesimError
 from moesim.simulator.phases import EXP, STALL
@@ -48,111 +48,122 @@ def collective_of(colls, which: int, layer: int, m: int):
     return colls.moe_reduce[m]
 
 
-def device_stream(engine: "Engine", d: int, program: Program) -> Generator:
-    """Run `program` on device `d` for every step the engine's plans hold."""
-    env = engine.env
-    MB = program.microbatches
-    P = engine.P
-    code = compile_for_device(program, d, engine.n, P, engine.moe_index)
-    last = len(code) - 1
-    offload = engine.offload
-    fused = False  # the previous wait already ran the next compute in its wake-up
-    s = 0
+def run_steps(engine: "Engine", d: int, run_step: Callable[[int, list, Any], Generator]) -> Generator:
+    """Every step the engine's plans hold, on device `d`: the serving hooks (start at an arrival,
+    replay a cached iteration, the iteration barrier) around `run_step(s, plans, carry)`, whose
+    return value is handed to the next step's call (None to the first). Both interpreters use it."""
+    s, carry = 0, None
     plans = engine.plans(0)
     while plans is not None:
-        if (yield from engine.begin_step(plans, s, d)):  # serving: replayed from a cached timeline
-            s += 1
-            plans = engine.plans(s)
-            continue
-        st, en = engine.times(s)
-        dur = [[x[d] for x in engine.lists(s, mb)] for mb in range(MB)]
-        colls = [engine.collectives(s, mb) for mb in range(MB)]
-        free_at = None  # a `beside` compute's end: the next wait does not end before it
-        off_wait = None  # offloading: what this MoE layer's experts wait for
-        for k, (op, i, operand, layer, mb, m, _) in enumerate(code):
-            if op == COMPUTE:
-                if fused:
-                    fused = False
-                else:
-                    st[i] = env.now
-                    yield env.timeout(dur[mb][operand][layer])
-                en[i] = env.now
-            elif op == SUBMIT:
-                coll = collective_of(colls[mb], operand, layer, m)
-                coll.submit(d)
-                if offload is not None and operand == DISPATCH:  # the router has chosen: look up the cache
-                    plan = plans[mb]
-                    w = offload.demand(plan, d, m)
-                    offload.prefetch(plan, d, m)
-                    off_wait = w if (w.fetched or w.host) else None  # all resident: the no-offload timeline
-            elif op == WAIT_THEN:
-                coll = collective_of(colls[mb], operand, layer, m)
-                nb = env.now if free_at is None else free_at
-                free_at = None
-                if off_wait is not None:  # copies or host jobs to wait for before the experts
-                    if k == last or code[k + 1][6] != EXP:
-                        raise MoesimError("with offloading, a program's dispatch wait must run the experts next")
-                    yield from coll.inbound(d, not_before=nb)
-                    st[i] = nb
-                    base = i - i % P
-                    ready = en[i] = st[base + STALL] = env.now
-                    stall = yield from engine.run_offloaded_experts(off_wait)
-                    en[base + STALL] = st[base + EXP] = ready + stall
-                    off_wait = None
-                    fused = True
-                    continue
-                if k < last:
-                    nxt = code[k + 1]
-                    then, nxt_st = dur[nxt[4]][nxt[2]][nxt[3]], st
-                else:  # the next step's first compute (a fixed batch: the next step is known already)
-                    following = engine.plans(s + 1)
-                    nxt = code[0]
-                    then, nxt_st = None, None
-                    if following is not None:
-                        then = engine.lists(s + 1, nxt[4])[nxt[2]][d][nxt[3]]
-                        nxt_st = engine.times(s + 1)[0]
-                if then is None:
-                    yield from coll.inbound(d, not_before=nb, then=0.0)
-                    st[i] = nb
-                    en[i] = coll.received_at(d, not_before=nb)
-                    continue
-                yield from coll.inbound(d, not_before=nb, then=then)
-                st[i] = nb
-                en[i] = nxt_st[nxt[1]] = coll.received_at(d, nb)
-                fused = True
-            elif op == WAIT:
-                if off_wait is not None:
+        if not (yield from engine.begin_step(plans, s, d)):  # True: replayed from a cached timeline
+            carry = yield from run_step(s, plans, carry)
+            engine.step_done(d, s)
+            if engine.interactive:
+                yield from engine.iteration_barrier(s)
+        s += 1
+        plans = engine.plans(s)
+
+
+def device_stream(engine: "Engine", d: int, program: Program) -> Generator:
+    """Run `program` on device `d` for every step the engine's plans hold."""
+    code = compile_for_device(program, d, engine.n, engine.P, engine.moe_index)
+    MB = program.microbatches
+    return run_steps(engine, d, lambda s, plans, fused: _program_step(engine, d, code, MB, s, plans, bool(fused)))
+
+
+def _program_step(engine: "Engine", d: int, code: list[tuple], MB: int, s: int, plans: list,
+                  fused: bool) -> Generator:
+    """One step of the compiled program on device `d`; returns whether its last wait already ran
+    the next step's first compute in its wake-up (`fused`, carried into the next step)."""
+    env = engine.env
+    P = engine.P
+    last = len(code) - 1
+    offload = engine.offload
+    st, en = engine.times(s)
+    dur = [[x[d] for x in engine.lists(s, mb)] for mb in range(MB)]
+    colls = [engine.collectives(s, mb) for mb in range(MB)]
+    free_at = None  # a `beside` compute's end: the next wait does not end before it
+    off_wait = None  # offloading: what this MoE layer's experts wait for
+    for k, (op, i, operand, layer, mb, m, _) in enumerate(code):
+        if op == COMPUTE:
+            if fused:
+                fused = False
+            else:
+                st[i] = env.now
+                yield env.timeout(dur[mb][operand][layer])
+            en[i] = env.now
+        elif op == SUBMIT:
+            coll = collective_of(colls[mb], operand, layer, m)
+            coll.submit(d)
+            if offload is not None and operand == DISPATCH:  # the router has chosen: look up the cache
+                plan = plans[mb]
+                w = offload.demand(plan, d, m)
+                offload.prefetch(plan, d, m)
+                off_wait = w if (w.fetched or w.host) else None  # all resident: the no-offload timeline
+        elif op == WAIT_THEN:
+            coll = collective_of(colls[mb], operand, layer, m)
+            nb = env.now if free_at is None else free_at
+            free_at = None
+            if off_wait is not None:  # copies or host jobs to wait for before the experts
+                if k == last or code[k + 1][6] != EXP:
                     raise MoesimError("with offloading, a program's dispatch wait must run the experts next")
-                coll = collective_of(colls[mb], operand, layer, m)
-                nb = env.now if free_at is None else free_at
-                free_at = None
-                st[i] = nb
                 yield from coll.inbound(d, not_before=nb)
-                en[i] = env.now
-            elif op == BESIDE:
-                now = env.now
-                st[i] = now
-                free_at = en[i] = now + dur[mb][operand][layer]
-            elif op == WAIT_ARRIVAL:
-                coll = collective_of(colls[mb], operand, layer, m)
-                nb = env.now if free_at is None else free_at
-                free_at = None
+                st[i] = nb
+                base = i - i % P
+                ready = en[i] = st[base + STALL] = env.now
+                stall = yield from engine.run_offloaded_experts(off_wait)
+                en[base + STALL] = st[base + EXP] = ready + stall
+                off_wait = None
+                fused = True
+                continue
+            if k < last:
+                nxt = code[k + 1]
+                then, nxt_st = dur[nxt[4]][nxt[2]][nxt[3]], st
+            else:  # the next step's first compute (a fixed batch: the next step is known already)
+                following = engine.plans(s + 1)
+                nxt = code[0]
+                then, nxt_st = None, None
+                if following is not None:
+                    then = engine.lists(s + 1, nxt[4])[nxt[2]][d][nxt[3]]
+                    nxt_st = engine.times(s + 1)[0]
+            if then is None:
                 yield from coll.inbound(d, not_before=nb, then=0.0)
                 st[i] = nb
                 en[i] = coll.received_at(d, not_before=nb)
-            elif op == ALL_REDUCE:
-                coll = collective_of(colls[mb], operand, layer, m)
-                st[i] = env.now
-                coll.submit(d)
-                yield from coll.inbound(d)
-                en[i] = env.now
-            elif op == ALL_REDUCE_MORE:
-                coll = collective_of(colls[mb], operand, layer, m)
-                coll.submit(d)
-                yield from coll.inbound(d)
-                en[i] = env.now
-        engine.step_done(d, s)
-        if engine.interactive:
-            yield from engine.iteration_barrier(s)
-        s += 1
-        plans = engine.plans(s)
+                continue
+            yield from coll.inbound(d, not_before=nb, then=then)
+            st[i] = nb
+            en[i] = nxt_st[nxt[1]] = coll.received_at(d, nb)
+            fused = True
+        elif op == WAIT:
+            if off_wait is not None:
+                raise MoesimError("with offloading, a program's dispatch wait must run the experts next")
+            coll = collective_of(colls[mb], operand, layer, m)
+            nb = env.now if free_at is None else free_at
+            free_at = None
+            st[i] = nb
+            yield from coll.inbound(d, not_before=nb)
+            en[i] = env.now
+        elif op == BESIDE:
+            now = env.now
+            st[i] = now
+            free_at = en[i] = now + dur[mb][operand][layer]
+        elif op == WAIT_ARRIVAL:
+            coll = collective_of(colls[mb], operand, layer, m)
+            nb = env.now if free_at is None else free_at
+            free_at = None
+            yield from coll.inbound(d, not_before=nb, then=0.0)
+            st[i] = nb
+            en[i] = coll.received_at(d, not_before=nb)
+        elif op == ALL_REDUCE:
+            coll = collective_of(colls[mb], operand, layer, m)
+            st[i] = env.now
+            coll.submit(d)
+            yield from coll.inbound(d)
+            en[i] = env.now
+        elif op == ALL_REDUCE_MORE:
+            coll = collective_of(colls[mb], operand, layer, m)
+            coll.submit(d)
+            yield from coll.inbound(d)
+            en[i] = env.now
+    return fused

@@ -53,10 +53,11 @@ class ComputeUnit:
     def is_accelerator(self) -> bool:
         return self.name == ACCELERATOR
 
-    def crossing(self, nbytes: float) -> float:
-        """Seconds to hand `nbytes` of activations to the unit and take the result back (0 on the accelerator)."""
+    def crossing(self, nbytes):
+        """Seconds to hand `nbytes` (a number or an array) of activations to the unit and take the
+        result back: 2 x (latency + bytes / bandwidth); 0 on the accelerator."""
         if self.is_accelerator:
-            return 0.0
+            return 0.0 * nbytes
         return 2 * (self.latency + nbytes / self.bandwidth)
 
 

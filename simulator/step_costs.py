@@ -160,36 +160,34 @@ class StepCosts:
         activation = tokens * token_bytes(self.model, act_dtype(self.model))
         units = part.units
 
-        def placed(unit: ComputeUnit) -> tuple[list[OpRow], list[tuple[str, Crossing]], float]:
-            rows = [self._row(op, unit.cost, unit.label) for op in make_ops(unit.cost.dtypes)]
-            cross = [(phase, Crossing(unit.label, unit.crossing(activation)))] if not unit.is_accelerator else []
+        def rows_on(unit: ComputeUnit) -> list[OpRow]:
+            return [self._row(op, unit.cost, unit.label) for op in make_ops(unit.cost.dtypes)]
+
+        def handoff(unit: ComputeUnit) -> list[tuple[str, Crossing]]:
+            return [] if unit.is_accelerator else [(phase, Crossing(unit.label, unit.crossing(activation)))]
+
+        def mixed(home: list[OpRow], unit: ComputeUnit, take) -> tuple[list[OpRow], list, float]:
+            """Each op on `unit` where take(its row at home, its row there), else at home; the
+            hand-off once if any op moved; the part's total time."""
+            rows = [t if take(h, t) else h for h, t in zip(home, rows_on(unit))]
+            cross = handoff(unit) if any(r is not h for r, h in zip(rows, home)) else []
             return rows, cross, sum(r.cost.time for r in rows) + sum(c.time for _, c in cross)
 
         if part.rule == "named":
-            rows, cross, _ = placed(units[0])
-            return rows, cross
-        if part.rule == "threshold":
-            home_rows, _, _ = placed(units[0])
-            there = [self._row(op, units[1].cost, units[1].label) for op in make_ops(units[1].cost.dtypes)]
-            rows = [t if (h.op.flops / h.op.bytes if h.op.bytes else float("inf")) < part.op_per_byte else h
-                    for h, t in zip(home_rows, there)]
-            moved = any(r is not h for r, h in zip(rows, home_rows))
-            return rows, [(phase, Crossing(units[1].label, units[1].crossing(activation)))] if moved else []
+            return rows_on(units[0]), handoff(units[0])
         home = next(u for u in units if u.is_accelerator)
-        home_rows, _, best = placed(home)
-        best_rows, best_cross = home_rows, []
+        home_rows = rows_on(home)
+        if part.rule == "threshold":
+            rows, cross, _ = mixed(home_rows, units[1], lambda h, t: (h.op.flops / h.op.bytes if h.op.bytes
+                                                                      else float("inf")) < part.op_per_byte)
+            return rows, cross
+        best: tuple[list[OpRow], list, float] = (home_rows, [], sum(r.cost.time for r in home_rows))
         for unit in units:
-            if unit.is_accelerator:
-                continue
-            there = [self._row(op, unit.cost, unit.label) for op in make_ops(unit.cost.dtypes)]
-            rows = [t if t.cost.time < h.cost.time else h for h, t in zip(home_rows, there)]
-            if all(r is h for r, h in zip(rows, home_rows)):
-                continue  # nothing is faster there
-            cross = [(phase, Crossing(unit.label, unit.crossing(activation)))]
-            total = sum(r.cost.time for r in rows) + cross[0][1].time
-            if total < best:
-                best_rows, best_cross, best = rows, cross, total
-        return best_rows, best_cross
+            if not unit.is_accelerator:
+                candidate = mixed(home_rows, unit, lambda h, t: t.cost.time < h.cost.time)
+                if candidate[2] < best[2]:
+                    best = candidate
+        return best[0], best[1]
 
     @lru_cache(maxsize=4096)
     def layer_ops(self, layer_kind: tuple, batch: float, seq_len: int, kv_len: int, phase: str,

@@ -115,7 +115,7 @@ def merge_microbatches(plans: list[StepPlan]) -> StepPlan:
         slot_tokens=add("slot_tokens"), slot_time=add("slot_time"),
         moe_reduce_bytes=sum(p.moe_reduce_bytes for p in plans), inputs=first.inputs,
         expert_unit=first.expert_unit, unit_time=None if first.unit_time is None else add("unit_time"),
-        handoff=None if first.handoff is None else add("handoff"))  # auto: the first micro-batch's units stand for the step
+        handoff=None if first.handoff is None else add("handoff"))  # expert_unit: the first micro-batch's
 
 
 @dataclass
@@ -183,12 +183,8 @@ class StepPipeline:
         if moe.size:  # a trace decides each device's real tokens: attention is sized from them
             tokens = counts[0].sum(axis=1) // m.moe.top_k if counts.shape[1] == n else tokens
         layer_ops, attention, dense, shared, unit_time = self._compute(inp, tokens)
-        expert, rows_computed, active, expert_tokens, rows_dropped, slot_tokens, slot_time, traffic, unit_of = \
-            self._moe(counts, tokens, routed)
-        if unit_time is not None:  # the routed rows' hand-off to the expert unit each device's layer ran on
-            pick = unit_of if unit_of is not None else np.zeros_like(rows_computed, dtype=np.int64)
-            rows_in = rows_computed * self.moe_tp  # MoE-TP: each shard takes its whole group's rows
-            expert_handoff = np.choose(pick, [k.crossing(rows_in) for k in self.costs.experts])
+        (expert, rows_computed, active, expert_tokens, rows_dropped, slot_tokens, slot_time, traffic, unit_of,
+         expert_handoff) = self._moe(counts, tokens, routed)
         if traffic.residency is not None:  # tokens move between layers (exflow): compute follows them
             attention, dense, shared = (follow_residency(a, tokens, traffic.residency, moe)
                                         for a in (attention, dense, shared))
@@ -270,6 +266,7 @@ class StepPipeline:
         groups = ns // ep
         expert_time = np.zeros((Lm, ns))
         unit_of = np.zeros((Lm, ns), dtype=np.int64)  # the expert unit of each device's layer (costs.experts)
+        expert_handoff = np.zeros((Lm, ns))  # its routed rows' hand-off to that unit and back
         rows_dropped = np.zeros(Lm, dtype=np.int64)
         rows_computed = np.zeros((Lm, ns))
         active = np.zeros((Lm, ns), dtype=np.int64)
@@ -288,11 +285,11 @@ class StepPipeline:
             sent = kept.astype(float) if self.identity_slots else self.replicas(kept)
             all_rows[g] = sent
             slot_tokens = self.replicas.slot_tokens(kept, sent)
-            times, slot_time = costs.experts[0].device_time(slot_tokens, pl.slot_expert, onehot)
+            times, slot_time, handoff = costs.experts[0].device_time(slot_tokens, pl.slot_expert, onehot)
             if len(costs.experts) > 1:  # each device's layer on the unit its rule picks
-                options = [(times, slot_time)] + [k.device_time(slot_tokens, pl.slot_expert, onehot)
-                                                  for k in costs.experts[1:]]
-                stacked = np.stack([t for t, _ in options])  # (units, Lm, ep)
+                options = [(times, slot_time, handoff)] + [k.device_time(slot_tokens, pl.slot_expert, onehot)
+                                                           for k in costs.experts[1:]]
+                stacked = np.stack([t for t, _, _ in options])  # (units, Lm, ep)
                 if costs.expert_rule.rule == "threshold":  # the device's layer's FLOPs per weight byte
                     flops, mem, _, _ = costs.experts[0].terms(slot_tokens, pl.slot_expert)
                     dev_flops, dev_bytes = (np.einsum("lj,ljd->ld", x, onehot) for x in (flops, mem))
@@ -303,9 +300,11 @@ class StepPipeline:
                     pick = np.argmin(stacked, axis=0)
                 unit_of[:, devs] = pick
                 times = np.take_along_axis(stacked, pick[None], axis=0)[0]
+                handoff = np.take_along_axis(np.stack([h for _, _, h in options]), pick[None], axis=0)[0]
                 slot_unit = np.einsum("ljd,ld->lj", onehot, pick.astype(float)).round().astype(np.int64)
-                slot_time = np.take_along_axis(np.stack([s for _, s in options]), slot_unit[None], axis=0)[0]
+                slot_time = np.take_along_axis(np.stack([s for _, s, _ in options]), slot_unit[None], axis=0)[0]
             expert_time[:, devs] = times
+            expert_handoff[:, devs] = handoff
             kept_tokens.append(slot_tokens)
             kept_time.append(slot_time)
             rows_computed[:, devs] = np.einsum("lj,ljd->ld", slot_tokens, onehot)
@@ -317,10 +316,11 @@ class StepPipeline:
             traffic = _expand_shards(traffic, mt, self.tp, tokens, self.layout)
             expert_time = np.repeat(expert_time, mt, axis=1)
             unit_of = np.repeat(unit_of, mt, axis=1)
+            expert_handoff = np.repeat(expert_handoff, mt, axis=1)
             rows_computed = np.repeat(rows_computed, mt, axis=1) / mt
             active = np.repeat(active, mt, axis=1)
         return (expert_time, rows_computed, active, expert_tokens, rows_dropped, np.stack(kept_tokens),
-                np.stack(kept_time), traffic, unit_of if len(costs.experts) > 1 else None)
+                np.stack(kept_time), traffic, unit_of if len(costs.experts) > 1 else None, expert_handoff)
 
     def _token_ids(self, routed: RoutingStep | None, rows_dropped: np.ndarray) -> TokenIds | None:
         """The step's per-token expert ids for dispatch, where they say exactly where every row

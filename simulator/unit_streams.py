@@ -21,7 +21,7 @@ import numpy as np
 import simpy
 
 from moesim.errors import MoesimError
-from moesim.simulator.interpreter import collective_of, compile_for_device
+from moesim.simulator.interpreter import collective_of, compile_for_device, run_steps
 from moesim.simulator.program import ALL_REDUCE, ALL_REDUCE_MORE, BESIDE, COMPUTE, SUBMIT, WAIT, WAIT_ARRIVAL, Program
 
 if TYPE_CHECKING:
@@ -84,19 +84,10 @@ def unit_device_stream(engine: "Engine", d: int, program: Program) -> Generator:
     code = compile_for_device(program, d, engine.n, engine.P, engine.moe_index)
     chains = [[ins for ins in code if ins[4] == mb] for mb in range(MB)]
     units = [simpy.Resource(env, capacity=1) for _ in engine.sc.machine.units]
-    s = 0
-    plans = engine.plans(0)
-    while plans is not None:
-        if (yield from engine.begin_step(plans, s, d)):  # serving: replayed from a cached timeline
-            s += 1
-            plans = engine.plans(s)
-            continue
+
+    def step(s: int, plans: list, _carry) -> Generator:
         st, en = engine.times(s)
-        runs = [env.process(_chain(engine, chains[mb], plans[mb].unit_time[:, :, :, d],
-                                   engine.collectives(s, mb), units, st, en, d)) for mb in range(MB)]
-        yield env.all_of(runs)
-        engine.step_done(d, s)
-        if engine.interactive:
-            yield from engine.iteration_barrier(s)
-        s += 1
-        plans = engine.plans(s)
+        yield env.all_of([env.process(_chain(engine, chains[mb], plans[mb].unit_time[:, :, :, d],
+                                             engine.collectives(s, mb), units, st, en, d)) for mb in range(MB)])
+
+    return run_steps(engine, d, step)

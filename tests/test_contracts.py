@@ -77,17 +77,20 @@ STAGE_OBJECTS = {"Direct", "Dedup", "Hierarchical", "LowLatency", "TokenStays", 
                  "TWO_BATCH", "SHORTCUT"}
 
 
+def outside_compose():
+    """(path, AST node) of every node of every production module but compose.py."""
+    for folder in PRODUCTION:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if path.name != "compose.py":
+                for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                    yield path.relative_to(ROOT), node
+
+
 def test_dispatch_algorithms_and_schedules_are_built_in_compose_only():
     """No production module but compose.py imports an algorithm's class or a schedule: nothing else
     can keep its own table of names (before issue 25 five files re-read the algorithm's name)."""
-    found = []
-    for folder in PRODUCTION:
-        for path in sorted((ROOT / folder).rglob("*.py")):
-            if path.name == "compose.py":
-                continue
-            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                if isinstance(node, ast.ImportFrom):
-                    found += [f"{path.relative_to(ROOT)}: {a.name}" for a in node.names if a.name in STAGE_OBJECTS]
+    found = [f"{path}: {a.name}" for path, node in outside_compose() if isinstance(node, ast.ImportFrom)
+             for a in node.names if a.name in STAGE_OBJECTS]
     assert found == []
 
 
@@ -97,14 +100,8 @@ COMPOSED = {"Engine", "OffloadManager", "IterationCache", "StepPipeline", "StepC
 def test_the_engine_and_what_it_runs_are_composed_in_compose_only():
     """Only compose.py constructs the engine, its offload manager, the iteration cache, the step
     pipeline and its costs (before issue 25 the engine's constructor composed most of them)."""
-    found = []
-    for folder in PRODUCTION:
-        for path in sorted((ROOT / folder).rglob("*.py")):
-            if path.name == "compose.py":
-                continue
-            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in COMPOSED:
-                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.func.id}(...)")
+    found = [f"{path}:{node.lineno}: {node.func.id}(...)" for path, node in outside_compose()
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in COMPOSED]
     assert found == []
 
 
