@@ -55,6 +55,15 @@ VARIANTS: list[tuple[str, str, list[str]]] = [
     ("serving-mixtral-two-batch", "serving-mixtral-8xh100.yaml", ["serving.num_requests=16",
                                                                   "policies.overlap=two_batch"]),
 ]
+DUPLEX = "duplex-mixtral-decode-8.yaml"
+VARIANTS += [  # nodes of several units: the rules that pick a unit, a stream per unit, a host unit
+    ("duplex-fastest", DUPLEX, []),
+    ("duplex-threshold", DUPLEX, ["policies.units.attention=threshold", "policies.units.expert=threshold",
+                                  "policies.units.threshold={unit: pim, op_per_byte: 32}"]),
+    ("duplex-qwen3-fastest", DUPLEX, ["model=Qwen3-30B-A3B", "workload.batch_size=64"]),
+    ("duplex-two-batch-streams", DUPLEX, ["policies.overlap=two_batch", "policies.units.attention=pim"]),
+    ("gh200-grace-attention", "gh200-mixtral-grace-attention.yaml", []),
+]
 for overlap in ("none", "two_batch", "shortcut"):
     for extra_name, extra in (("", []), ("-tp2", ["parallelism.tp=2", "parallelism.dp=4"]),
                               ("-moetp2", ["parallelism.moe_tp=2", "parallelism.ep=4"]),

@@ -5,7 +5,8 @@ unit of the node buys, as the simulator models it (every figure is a model outpu
    1..256 on eight H100-class xPUs, each with a Logic-PIM on its HBM
    (hardware_profiles/clusters/duplex-h100-pim-8.yaml, assumptions labelled there): step time on
    the xPU alone, on the PIM alone, with `fastest` (each attention op, each device's expert
-   layer, on the unit that finishes it first), and with two-batch overlap, attention on the PIM
+   layer, on the unit that finishes it first), with `co_process` (a device's expert copies split,
+   hot on the xPU and cold on the PIM at once), and with two-batch overlap, attention on the PIM
    and a stream per unit (one micro-batch's attention beside the other's experts; "2-batch"
    against the xPU alone without overlap); which ops the PIM takes at each batch, the share
    of expert layers it runs, and the batch where experts move back to the xPU, against the
@@ -79,11 +80,13 @@ def duplex(steps: int) -> None:
           "(PIM compute roof = xPU weight-read roof)")
     fastest = {"attention": "fastest", "expert": "fastest"}
     pim_only = {"attention": "pim", "expert": "pim"}  # neither model has a dense or shared FFN
+    co = {"attention": "fastest", "expert": "co_process"}
     streams = {"attention": "pim", "expert": "fastest"}  # with two_batch: a stream per unit
     for model in ("Mixtral-8x7B", "Qwen3-30B-A3B"):
         print(f"\n   {model}")
-        print(f"   {'batch':>5} {'xPU':>10} {'PIM only':>10} {'fastest':>10} {'speed-up':>8} {'2-batch':>10} "
-              f"{'speed-up':>8} {'expert layers':>13} {'rows/expert':>11}  attention ops on the PIM")
+        print(f"   {'batch':>5} {'xPU':>10} {'PIM only':>10} {'fastest':>10} {'speed-up':>8} {'co-process':>10} "
+              f"{'speed-up':>8} {'2-batch':>10} {'speed-up':>8} {'layers':>6} {'copies':>6} {'rows/expert':>11}  "
+              "attention ops on the PIM")
         crossover = None
         for batch in (1, 2, 4, 8, 16, 32, 64, 128, 256):
             try:
@@ -94,17 +97,20 @@ def duplex(steps: int) -> None:
             pim, _ = duplex_point(model, batch, steps, pim_only)
             best, (sc, pipe, plan) = duplex_point(model, batch, steps, fastest)
             both, _ = duplex_point(model, batch, steps, streams, overlap="two_batch")
-            on_pim = float((plan.expert_unit == 1).mean()) if plan.expert_unit is not None else 0.0
+            split, (_, _, co_plan) = duplex_point(model, batch, steps, co)
+            on_pim, copies_on_pim = (float((p.slot_unit[p.slot_tokens > 0] == 1).mean()) for p in (plan, co_plan))
             busy = plan.rows_computed / max(plan.experts_active.max(), 1)
             rows = pipe.op_rows(plan, sc.model.moe_layers[0], 0)
             att = rows[(rows.phase == "attention") & (rows.unit == "pim")].op.tolist()
             if crossover is None and on_pim < 0.5:
                 crossover = batch
             print(f"   {batch:>5} {xpu * 1e3:>8.2f}ms {pim * 1e3:>8.2f}ms {best * 1e3:>8.2f}ms {xpu / best:>7.2f}x "
-                  f"{both * 1e3:>8.2f}ms {xpu / both:>7.2f}x {on_pim:>12.0%} {float(np.mean(busy)):>11.1f}  "
-                  f"{', '.join(att) or '-'}")
-        print(f"   experts move back to the xPU (under half the device-layers on the PIM) from batch "
-              f"{crossover if crossover else '> 256'}")
+                  f"{split * 1e3:>8.2f}ms {xpu / split:>7.2f}x {both * 1e3:>8.2f}ms {xpu / both:>7.2f}x "
+                  f"{on_pim:>6.0%} {copies_on_pim:>6.0%} {float(np.mean(busy)):>11.1f}  {', '.join(att) or '-'}")
+        print(f"   experts move back to the xPU (under fastest, under half the device-layers on the PIM) from "
+              f"batch {crossover if crossover else '> 256'}")
+    print("\n   layers: share of expert copies with rows on the PIM under fastest (a device's layer moves whole);"
+          "\n   copies: the same under co_process (a device's hot copies on the xPU, its cold ones on the PIM, at once)")
 
 
 def moe_lens(steps: int) -> None:

@@ -33,7 +33,12 @@ from moesim.simulator.overlap.two_batch import TWO_BATCH
 from moesim.simulator.program import Program, StepShape
 from moesim.simulator.replica_split import ReplicaSplit, split_weights
 from moesim.simulator.scenario import Scenario
-from moesim.simulator.step_costs import PartUnits, StepCosts, UnitChoice
+from moesim.simulator.step_costs import StepCosts, UnitChoice
+from moesim.simulator.unit_rules import UnitRule
+from moesim.simulator.unit_rules.co_process import CoProcess
+from moesim.simulator.unit_rules.fastest import Fastest
+from moesim.simulator.unit_rules.named import Named
+from moesim.simulator.unit_rules.threshold import Threshold
 from moesim.simulator.step_plan import StepPipeline, StepPlan
 from moesim.simulator.step_source import FixedBatch
 
@@ -54,6 +59,18 @@ DISPATCH_ALGORITHMS: dict[str, Callable[[Scenario], DispatchAlgorithm]] = {
     "low_latency": lambda sc: LowLatency(sc.config.policies.dispatch.kernel_latency),
     "exflow": _exflow,
     "all_gather": lambda sc: AllGather(),
+}
+
+def _threshold(sc: Scenario) -> Threshold:
+    rule = sc.config.policies.units.threshold
+    return Threshold((sc.machine.accelerator, sc.machine.units[rule.unit]), rule.op_per_byte)
+
+
+# `policies.units.<part>`, where not a unit's name: name -> the rule choosing among the node's units
+UNIT_RULES: dict[str, Callable[[Scenario], UnitRule]] = {
+    "fastest": lambda sc: Fastest(tuple(sc.machine.units.values())),
+    "threshold": _threshold,
+    "co_process": lambda sc: CoProcess(tuple(sc.machine.units.values())),
 }
 
 # `policies.overlap`: name -> the schedule whose program every device runs
@@ -158,23 +175,16 @@ def pipeline_for(sc: Scenario) -> StepPipeline:
 
 
 def unit_choice(sc: Scenario) -> UnitChoice:
-    """`policies.units` as units of the machine (`fastest`: every unit may take an op; `threshold`:
-    the accelerator and the rule's unit); offloading's `hybrid.attention: host` is attention on the
-    host unit."""
-    units = sc.machine.units
+    """`policies.units` as a rule per part (a unit's name: that unit; else the rule of that name);
+    offloading's `hybrid.attention: host` is attention on the host unit."""
     cfg = sc.config.policies.units
-    off = sc.offload
 
-    def pick(name: str) -> PartUnits:
-        if name == "fastest":
-            return PartUnits(tuple(units.values()), "fastest")
-        if name == "threshold":
-            rule = cfg.threshold
-            return PartUnits((sc.machine.accelerator, units[rule.unit]), "threshold", rule.op_per_byte)
-        return PartUnits((units[name],))
+    def pick(name: str) -> UnitRule:
+        make = UNIT_RULES.get(name)
+        return make(sc) if make is not None else Named((sc.machine.units[name],))
 
     attention = cfg.attention
-    if off is not None and off.config.hybrid.attention == "host":
+    if sc.offload is not None and sc.offload.config.hybrid.attention == "host":
         attention = "host"
     return UnitChoice(pick(attention), pick(cfg.dense_ffn), pick(cfg.shared_expert), pick(cfg.expert))
 

@@ -184,17 +184,20 @@ UNIT_NAME = r"^[a-z][a-z0-9_]*$"
 class UnitsConfig(_Strict):
     """Which compute unit of a node runs each part of a layer (simulator/machine.py ComputeUnit).
 
-    A value is a unit of the cluster's nodes (`accelerator`, `host`, or a name from node.units),
-    `fastest`: each op goes to whichever of the accelerator and one other unit finishes the part
-    first, its activations' hand-off included (so Duplex's Op/B rule emerges from the costs), or
-    `threshold`: ops under `threshold.op_per_byte` FLOP/B go to `threshold.unit`, the rest stay on
-    the accelerator (the rule as a fixed number). Routed experts choose per device and layer (the
-    device's experts of a layer run as one kernel)."""
+    A value is a unit of the cluster's nodes (`accelerator`, `host`, or a name from node.units) or
+    a rule (compose.UNIT_RULES, simulator/unit_rules/): `fastest`: each op goes to whichever of the
+    accelerator and one other unit finishes the part first, its activations' hand-off included (so
+    Duplex's Op/B rule emerges from the costs; a device's routed experts of a layer move as one
+    kernel); `threshold`: ops under `threshold.op_per_byte` FLOP/B go to `threshold.unit`, the rest
+    stay on the accelerator (the rule as a fixed number); `co_process`: as fastest, but a device's
+    expert copies split across units that compute at once, hottest first to the unit that would
+    finish each earliest (Duplex's co-processing)."""
 
     attention: str = Field("accelerator", pattern=UNIT_NAME, description="attention, its projections and the KV cache")
     dense_ffn: str = Field("accelerator", pattern=UNIT_NAME, description="the FFN of dense layers")
     shared_expert: str = Field("accelerator", pattern=UNIT_NAME, description="shared experts")
-    expert: str = Field("accelerator", pattern=UNIT_NAME, description="routed experts (per device and layer)")
+    expert: str = Field("accelerator", pattern=UNIT_NAME, description="routed experts (per device and layer; "
+                        "per expert copy under co_process)")
     threshold: "OpPerByteRule | None" = Field(None, description="the fixed Op/B rule a part set to threshold follows")
 
     @model_validator(mode="after")

@@ -4,9 +4,8 @@ Each expert copy is costed on the unit's roofline at its token count (weight-onl
 formats compute in the activation dtype); the kernel form adds its launches and, for `fused`,
 the per-layer floor and the token passes (`moe_kernel_cost`). A unit off the accelerator also
 takes the device's routed rows over and back (`ComputeUnit.crossing`). With several candidate
-units (`policies.units.expert: fastest` or `threshold`) the step pipeline runs each (layer,
-device) on the one that finishes first, or by the layer's Op/B: Duplex's expert co-processing at
-the granularity of a device's layer.
+units the part's rule (simulator/unit_rules/) says which unit computes each copy; a device's
+units then run at once, each costing only its copies (`device_time(on=..., present=...)`).
 """
 
 from __future__ import annotations
@@ -65,22 +64,31 @@ class ExpertKernel:
         nbytes = rows * token_bytes(self.model, act_dtype(self.model))
         return np.where(rows > 0, self.unit.crossing(nbytes), 0.0)
 
-    def device_time(self, slot_tokens: np.ndarray, slot_expert: np.ndarray, onehot: np.ndarray
+    def total(self, work: np.ndarray, busy: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Seconds the unit spends on a device's experts: `work` the copies' summed GEMM time
+        (their launches in it for per_expert), `busy` copies with rows, `rows` routed rows; the
+        grouped launch and the fused form's floor and token passes added, then the hand-off."""
+        total = work
+        if self.kernel != "per_expert":
+            total = total + self.launch(busy)
+            if self.kernel == "fused":
+                total += self.moe_kernel.fixed_and_tokens(rows)
+        return total if self.unit.is_accelerator else total + self.crossing(rows)
+
+    def device_time(self, slot_tokens: np.ndarray, slot_expert: np.ndarray, onehot: np.ndarray,
+                    on: np.ndarray | None = None, present: np.ndarray | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """((Lm, ep) time of each device's experts per layer, its hand-off included; (Lm, J) time
         charged to each copy; (Lm, ep) the hand-off alone); `onehot[l, j, d]` says which device of
-        the group holds copy j."""
+        the group holds copy j. With `on` (Lm, J) only those copies run here, and only devices
+        `present` (Lm, ep) spend anything (the others' layers do not touch this unit)."""
         _, _, work, overhead = self.terms(slot_tokens, slot_expert)
-        if self.kernel != "per_expert":
-            busy = np.einsum("lj,ljd->ld", (slot_tokens > 0).astype(float), onehot)
-            total = np.einsum("lj,ljd->ld", work, onehot) + self.launch(busy)
-            if self.kernel == "fused":
-                total += self.moe_kernel.fixed_and_tokens(np.einsum("lj,ljd->ld", slot_tokens, onehot))
-            slot_time = work
-        else:
-            slot_time = work + overhead
-            total = np.einsum("lj,ljd->ld", slot_time, onehot)
-        if self.unit.is_accelerator:
-            return total, slot_time, np.zeros_like(total)
-        handoff = self.crossing(np.einsum("lj,ljd->ld", slot_tokens, onehot))  # the rows there and back
-        return total + handoff, slot_time, handoff
+        slot_time = work if self.kernel != "per_expert" else work + overhead
+        charged, tokens = (slot_time, slot_tokens) if on is None else (slot_time * on, slot_tokens * on)
+        rows = np.einsum("lj,ljd->ld", tokens, onehot)
+        busy = np.einsum("lj,ljd->ld", (tokens > 0).astype(float), onehot) if self.kernel != "per_expert" else None
+        total = self.total(np.einsum("lj,ljd->ld", charged, onehot), busy, rows)
+        handoff = self.crossing(rows)
+        if present is not None:
+            total, handoff = np.where(present, total, 0.0), np.where(present, handoff, 0.0)
+        return total, slot_time, handoff

@@ -60,7 +60,36 @@ def _moe_rows(pipe: "StepPipeline", plan: "StepPlan", layer: int, device: int) -
     slots = np.flatnonzero((pl.slot_device[mi] == local) & (plan.slot_tokens[g, mi] > 0))
     out: list[tuple] = []
     machine = costs.machine
-    kernel = costs.experts[0 if plan.expert_unit is None else int(plan.expert_unit[mi, device])]
+    on = np.zeros(pl.slot_device.shape[1], dtype=np.int64) if plan.slot_unit is None else plan.slot_unit[g, mi]
+    present = {0}
+    if plan.slot_unit is not None and plan.unit_time is not None:  # the units that spent time on the layer
+        index = {label: i for i, label in enumerate(costs.unit_labels)}
+        present = {k for k, kernel in enumerate(costs.experts)
+                   if plan.unit_time[3, index[kernel.unit.label], layer, device] > 0} or {0}
+    for k in sorted(present):  # each unit's share of the device's layer (they run at once)
+        out.extend(_expert_unit_rows(costs, costs.experts[k], pl, plan, layer, device, g, mi, slots[on[slots] == k]))
+    kind = pipe.dispatch.comm_kind
+    for name, stages in (("dispatch", plan.traffic.dispatch), ("combine", plan.traffic.combine)):
+        for i, stage in enumerate(stages):
+            sent = stage[mi, device].copy()
+            sent[device] = 0.0
+            if sent.sum() <= 0:
+                continue
+            floor = comm_cost.injection_time(machine.routes, kind, device, sent, plan.traffic.kernel_latency)
+            pairs = np.zeros((sent.size, sent.size), dtype=bool)
+            pairs[device] = sent > 0
+            source = comm_cost.provenance(machine.routes, kind, pairs)
+            op = name if len(stages) == 1 else f"{name}_stage{i + 1}"
+            out.append((layer, device, name, op, "network", "comm", "", 0.0, 0.0, float(sent.sum()), floor, "link",
+                        np.nan, f"link profiles: {source} (a lower bound: the fabric times it with contention)"))
+    return out
+
+
+def _expert_unit_rows(costs, kernel, pl, plan: "StepPlan", layer: int, device: int, g: int, mi: int,
+                      slots: np.ndarray) -> list[tuple]:
+    """Rows of the expert copies `slots` of a device's layer on one unit (`kernel`): each copy's
+    GEMM, the grouped launch, the fused form's floor and token passes, the rows' hand-off."""
+    out: list[tuple] = []
     cost, unit = kernel.cost, kernel.unit.label
     tokens = plan.slot_tokens[g, mi][None, :]
     flops, mem, work, overhead = kernel.terms(tokens, pl.slot_expert[mi][None, :])
@@ -89,20 +118,6 @@ def _moe_rows(pipe: "StepPipeline", plan: "StepPlan", layer: int, device: int) -
     if crossing:
         out.append((layer, device, "expert", f"{unit}_link_crossing", f"{unit} link", "comm", "", 0.0, 0.0, np.nan,
                     crossing, "link", np.nan, "link profile"))
-    kind = pipe.dispatch.comm_kind
-    for name, stages in (("dispatch", plan.traffic.dispatch), ("combine", plan.traffic.combine)):
-        for i, stage in enumerate(stages):
-            sent = stage[mi, device].copy()
-            sent[device] = 0.0
-            if sent.sum() <= 0:
-                continue
-            floor = comm_cost.injection_time(machine.routes, kind, device, sent, plan.traffic.kernel_latency)
-            pairs = np.zeros((sent.size, sent.size), dtype=bool)
-            pairs[device] = sent > 0
-            source = comm_cost.provenance(machine.routes, kind, pairs)
-            op = name if len(stages) == 1 else f"{name}_stage{i + 1}"
-            out.append((layer, device, name, op, "network", "comm", "", 0.0, 0.0, float(sent.sum()), floor, "link",
-                        np.nan, f"link profiles: {source} (a lower bound: the fabric times it with contention)"))
     return out
 
 

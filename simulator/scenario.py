@@ -286,11 +286,14 @@ def _check_units(sf: ScenarioFile, machine: Machine) -> None:
              for part in ("attention", "dense_ffn", "shared_expert", "expert")]
     if cfg.policies.units.threshold is not None:
         named.append(("policies.units.threshold.unit", cfg.policies.units.threshold.unit))
+    from moesim.simulator.compose import UNIT_RULES
+
     for field, name in named:
-        if name not in ("fastest", "threshold") and name not in machine.units:
+        rules = [] if field.endswith("threshold.unit") else list(UNIT_RULES)
+        if name not in rules and name not in machine.units:
+            choose = f", or choose one of the rules {', '.join(rules)}" if rules else ""
             raise config_error(sf, field, f"unit '{name}' is not a unit of cluster '{machine.cluster.name}' (its "
-                               f"units: {', '.join(have)}; add it to the cluster's node.units, or choose fastest "
-                               "or threshold)")
+                               f"units: {', '.join(have)}; add it to the cluster's node.units{choose})")
     if cfg.offload is not None and cfg.policies.units.expert != "accelerator":
         raise config_error(sf, "policies.units.expert", "routed experts are sent to a unit while offloading decides "
                            "where experts live; with offload:, run cold experts on the host with "

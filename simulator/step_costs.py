@@ -7,9 +7,9 @@ these rows, so the roofline and the tests read the numbers the engine used.
 
 Each part of a layer runs on the compute unit `policies.units` names for it (`UnitChoice`): its
 ops are costed with that unit's cost model, and a part off the accelerator pays the crossing of
-its activations to the unit and back (`ComputeUnit.crossing`), once per layer. `auto` sends each
-op to whichever of the accelerator and one other unit finishes the part first, crossing
-included. Norms, the embedding, the LM head and the router stay on the accelerator.
+its activations to the unit and back (`ComputeUnit.crossing`), once per layer; the part's rule
+(simulator/unit_rules/: a named unit, fastest, threshold, co_process) picks each op's unit. Norms,
+the embedding, the LM head and the router stay on the accelerator.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ from moesim.simulator.ops import (
     token_bytes,
 )
 from moesim.simulator.step_source import AttentionMix
+from moesim.simulator.unit_rules import UnitRule
+from moesim.simulator.unit_rules.named import Named
 from moesim.workloads.model_spec import ModelSpec
 
 
@@ -100,28 +102,17 @@ class LayerOps:
 
 
 @dataclass(frozen=True)
-class PartUnits:
-    """Where one part of a layer may run and by which rule: `named` (the one unit given),
-    `fastest` (the accelerator first, then every other unit) or `threshold` (the accelerator and
-    the rule's unit; ops under `op_per_byte` FLOP/B go to the latter)."""
-
-    units: tuple[ComputeUnit, ...]
-    rule: str = "named"
-    op_per_byte: float | None = None
-
-
-@dataclass(frozen=True)
 class UnitChoice:
     """Where each part of a layer runs."""
 
-    attention: PartUnits
-    dense_ffn: PartUnits
-    shared_expert: PartUnits
-    expert: PartUnits
+    attention: UnitRule
+    dense_ffn: UnitRule
+    shared_expert: UnitRule
+    expert: UnitRule
 
     @classmethod
     def on(cls, unit: ComputeUnit) -> "UnitChoice":
-        one = PartUnits((unit,))
+        one = Named((unit,))
         return cls(one, one, one, one)
 
 
@@ -139,7 +130,7 @@ class StepCosts:
         self.precision = precision
         # the routed experts on each candidate unit (one, or every unit under auto)
         self.experts = tuple(ExpertKernel(model, u, expert_kernel, precision, moe_tp) for u in self.units.expert.units)
-        self.expert_rule = self.units.expert  # how a device's layer picks among `experts`
+        self.expert_rule = self.units.expert  # which of `experts` computes each expert copy
         self.unit_labels = tuple(u.label for u in machine.units.values())
         parts = (self.units.attention, self.units.dense_ffn, self.units.shared_expert, self.units.expert)
         # whether any part may run off the accelerator: then plans say how much ran on each unit
@@ -152,13 +143,11 @@ class StepCosts:
         cost = cost or self.cost
         return OpRow(op, unit, cost.op_cost(op))
 
-    def _on_units(self, phase: str, part: PartUnits, make_ops, tokens: float
+    def _on_units(self, phase: str, rule: UnitRule, make_ops, tokens: float
                   ) -> tuple[list[OpRow], list[tuple[str, Crossing]]]:
-        """A part's ops on its unit (named), split by Op/B between the accelerator and the rule's
-        unit (threshold), or split between the accelerator and the one other unit that finishes
-        the part first with its hand-off (fastest); `make_ops(dtypes)` builds the ops."""
+        """A part's ops on the units its rule picks (simulator/unit_rules/), a unit off the
+        accelerator paying its activations' hand-off; `make_ops(dtypes)` builds the ops."""
         activation = tokens * token_bytes(self.model, act_dtype(self.model))
-        units = part.units
 
         def rows_on(unit: ComputeUnit) -> list[OpRow]:
             return [self._row(op, unit.cost, unit.label) for op in make_ops(unit.cost.dtypes)]
@@ -166,28 +155,7 @@ class StepCosts:
         def handoff(unit: ComputeUnit) -> list[tuple[str, Crossing]]:
             return [] if unit.is_accelerator else [(phase, Crossing(unit.label, unit.crossing(activation)))]
 
-        def mixed(home: list[OpRow], unit: ComputeUnit, take) -> tuple[list[OpRow], list, float]:
-            """Each op on `unit` where take(its row at home, its row there), else at home; the
-            hand-off once if any op moved; the part's total time."""
-            rows = [t if take(h, t) else h for h, t in zip(home, rows_on(unit))]
-            cross = handoff(unit) if any(r is not h for r, h in zip(rows, home)) else []
-            return rows, cross, sum(r.cost.time for r in rows) + sum(c.time for _, c in cross)
-
-        if part.rule == "named":
-            return rows_on(units[0]), handoff(units[0])
-        home = next(u for u in units if u.is_accelerator)
-        home_rows = rows_on(home)
-        if part.rule == "threshold":
-            rows, cross, _ = mixed(home_rows, units[1], lambda h, t: (h.op.flops / h.op.bytes if h.op.bytes
-                                                                      else float("inf")) < part.op_per_byte)
-            return rows, cross
-        best: tuple[list[OpRow], list, float] = (home_rows, [], sum(r.cost.time for r in home_rows))
-        for unit in units:
-            if not unit.is_accelerator:
-                candidate = mixed(home_rows, unit, lambda h, t: t.cost.time < h.cost.time)
-                if candidate[2] < best[2]:
-                    best = candidate
-        return best[0], best[1]
+        return rule.part(rows_on, handoff)
 
     @lru_cache(maxsize=4096)
     def layer_ops(self, layer_kind: tuple, batch: float, seq_len: int, kv_len: int, phase: str,

@@ -21,6 +21,7 @@ from moesim.simulator.plan_rows import plan_op_rows
 from moesim.simulator.replica_split import ReplicaSplit
 from moesim.simulator.step_costs import LayerOps, StepCosts
 from moesim.simulator.step_source import StepInput, split_microbatches
+from moesim.simulator.unit_rules import ExpertOptions
 from moesim.units import dtype_bytes
 from moesim.workloads.model_spec import ModelSpec
 from moesim.workloads.routing import RoutingSource, RoutingStep
@@ -50,7 +51,7 @@ class StepPlan:
     inputs: StepInput | None = None
     layer_ops: list[list[LayerOps]] | None = None  # [layer][device] the non-expert ops costed
     microbatch: int = 0
-    expert_unit: np.ndarray | None = None  # (L_moe, N) which candidate expert unit ran each device's layer
+    slot_unit: np.ndarray | None = None  # (groups, L_moe, J) which candidate expert unit computed each copy
     # (parts, units, L, N) seconds of attention, dense FFN, shared and routed experts on each unit (in
     # machine order) where a part may run off the accelerator; None: everything on the accelerator
     unit_time: np.ndarray | None = None
@@ -114,8 +115,8 @@ def merge_microbatches(plans: list[StepPlan]) -> StepPlan:
         experts_active=np.maximum.reduce([p.experts_active for p in plans]), expert_tokens=add("expert_tokens"),
         slot_tokens=add("slot_tokens"), slot_time=add("slot_time"),
         moe_reduce_bytes=sum(p.moe_reduce_bytes for p in plans), inputs=first.inputs,
-        expert_unit=first.expert_unit, unit_time=None if first.unit_time is None else add("unit_time"),
-        handoff=None if first.handoff is None else add("handoff"))  # expert_unit: the first micro-batch's
+        slot_unit=first.slot_unit, unit_time=None if first.unit_time is None else add("unit_time"),
+        handoff=None if first.handoff is None else add("handoff"))  # slot_unit: the first micro-batch's
 
 
 @dataclass
@@ -183,8 +184,8 @@ class StepPipeline:
         if moe.size:  # a trace decides each device's real tokens: attention is sized from them
             tokens = counts[0].sum(axis=1) // m.moe.top_k if counts.shape[1] == n else tokens
         layer_ops, attention, dense, shared, unit_time = self._compute(inp, tokens)
-        (expert, rows_computed, active, expert_tokens, rows_dropped, slot_tokens, slot_time, traffic, unit_of,
-         expert_handoff) = self._moe(counts, tokens, routed)
+        (expert, rows_computed, active, expert_tokens, rows_dropped, slot_tokens, slot_time, traffic, slot_unit,
+         unit_busy, unit_handoff) = self._moe(counts, tokens, routed)
         if traffic.residency is not None:  # tokens move between layers (exflow): compute follows them
             attention, dense, shared = (follow_residency(a, tokens, traffic.residency, moe)
                                         for a in (attention, dense, shared))
@@ -194,14 +195,12 @@ class StepPipeline:
         full = np.zeros((L, n))
         full[moe] = expert
         handoff = None
-        if unit_time is not None:  # (parts, units, L, n): the experts on the unit each device's layer picked
+        if unit_time is not None:  # (parts, units, L, n): the experts' seconds on each unit
             index = {label: k for k, label in enumerate(self.costs.unit_labels)}
-            on = np.array([index[k.unit.label] for k in self.costs.experts])[unit_of if unit_of is not None
-                                                                             else np.zeros_like(expert, dtype=np.int64)]
             experts, crossed = np.zeros((len(index), L, n)), np.zeros((len(index), L, n))
-            for k in range(len(index)):
-                experts[k][moe] = np.where(on == k, expert, 0.0)
-                crossed[k][moe] = np.where(on == k, expert_handoff, 0.0)
+            for i, kernel in enumerate(self.costs.experts):
+                experts[index[kernel.unit.label]][moe] += unit_busy[i]
+                crossed[index[kernel.unit.label]][moe] += unit_handoff[i]
             handoff = np.concatenate([unit_time[1], crossed[None]])
             unit_time = np.concatenate([unit_time[0], experts[None]])
         replica_tokens = tokens.reshape(-1, self.tp).sum(axis=1).max() if tokens.size else 0
@@ -217,7 +216,7 @@ class StepPipeline:
             rows_routed=counts.sum(axis=(1, 2)), rows_dropped=rows_dropped, rows_computed=rows_computed,
             experts_active=active, expert_tokens=expert_tokens, slot_tokens=slot_tokens, slot_time=slot_time,
             moe_reduce_bytes=reduce_bytes, inputs=inp, layer_ops=layer_ops, microbatch=inp.microbatch,
-            expert_unit=unit_of, unit_time=unit_time, handoff=handoff)
+            slot_unit=slot_unit, unit_time=unit_time, handoff=handoff)
 
     def _compute(self, inp: StepInput, tokens: np.ndarray):
         """Non-expert compute of every (layer, device), from the step's own tokens."""
@@ -265,8 +264,11 @@ class StepPipeline:
         ns = counts.shape[1]
         groups = ns // ep
         expert_time = np.zeros((Lm, ns))
-        unit_of = np.zeros((Lm, ns), dtype=np.int64)  # the expert unit of each device's layer (costs.experts)
-        expert_handoff = np.zeros((Lm, ns))  # its routed rows' hand-off to that unit and back
+        costs = self.costs
+        K = len(costs.experts)
+        unit_busy = np.zeros((K, Lm, ns))  # each expert unit's seconds on each device's layer
+        unit_handoff = np.zeros((K, Lm, ns))  # of which the routed rows' hand-off to it and back
+        slot_units: list[np.ndarray] = []  # per group, (Lm, J): the unit computing each copy
         rows_dropped = np.zeros(Lm, dtype=np.int64)
         rows_computed = np.zeros((Lm, ns))
         active = np.zeros((Lm, ns), dtype=np.int64)
@@ -275,7 +277,6 @@ class StepPipeline:
         onehot = self.onehot
         all_rows = np.zeros((groups, Lm, ep, pl.slot_expert.shape[1]))
         kept_tokens, kept_time = [], []
-        costs = self.costs
         for g in range(groups):
             devs = slice(g * ep, (g + 1) * ep)
             c = counts[:, devs, :]
@@ -285,26 +286,23 @@ class StepPipeline:
             sent = kept.astype(float) if self.identity_slots else self.replicas(kept)
             all_rows[g] = sent
             slot_tokens = self.replicas.slot_tokens(kept, sent)
-            times, slot_time, handoff = costs.experts[0].device_time(slot_tokens, pl.slot_expert, onehot)
-            if len(costs.experts) > 1:  # each device's layer on the unit its rule picks
-                options = [(times, slot_time, handoff)] + [k.device_time(slot_tokens, pl.slot_expert, onehot)
-                                                           for k in costs.experts[1:]]
-                stacked = np.stack([t for t, _, _ in options])  # (units, Lm, ep)
-                if costs.expert_rule.rule == "threshold":  # the device's layer's FLOPs per weight byte
-                    flops, mem, _, _ = costs.experts[0].terms(slot_tokens, pl.slot_expert)
-                    dev_flops, dev_bytes = (np.einsum("lj,ljd->ld", x, onehot) for x in (flops, mem))
-                    with np.errstate(divide="ignore", invalid="ignore"):
-                        low = dev_flops / dev_bytes < costs.expert_rule.op_per_byte
-                    pick = np.where(low & (dev_bytes > 0), 1, 0)
-                else:  # fastest
-                    pick = np.argmin(stacked, axis=0)
-                unit_of[:, devs] = pick
-                times = np.take_along_axis(stacked, pick[None], axis=0)[0]
-                handoff = np.take_along_axis(np.stack([h for _, _, h in options]), pick[None], axis=0)[0]
-                slot_unit = np.einsum("ljd,ld->lj", onehot, pick.astype(float)).round().astype(np.int64)
-                slot_time = np.take_along_axis(np.stack([s for _, s, _ in options]), slot_unit[None], axis=0)[0]
+            if len(costs.experts) == 1:
+                times, slot_time, handoff = costs.experts[0].device_time(slot_tokens, pl.slot_expert, onehot)
+                on_units = times[None]
+                handoffs = handoff[None]
+            else:  # each expert copy on the unit the rule picks; a device's units run at once
+                split = costs.expert_rule.experts(ExpertOptions(costs.experts, slot_tokens, pl.slot_expert, onehot))
+                runs = [k.device_time(slot_tokens, pl.slot_expert, onehot, split.slot_unit == i, split.present[i])
+                        for i, k in enumerate(costs.experts)]
+                on_units = np.stack([total for total, _, _ in runs])  # (K, Lm, ep)
+                handoffs = np.stack([h for _, _, h in runs])
+                times = on_units.max(axis=0)
+                slot_time = np.take_along_axis(np.stack([t for _, t, _ in runs]), split.slot_unit[None], axis=0)[0]
+                slot_units.append(split.slot_unit)
+            if costs.splits_units:
+                unit_busy[:, :, devs] = on_units
+                unit_handoff[:, :, devs] = handoffs
             expert_time[:, devs] = times
-            expert_handoff[:, devs] = handoff
             kept_tokens.append(slot_tokens)
             kept_time.append(slot_time)
             rows_computed[:, devs] = np.einsum("lj,ljd->ld", slot_tokens, onehot)
@@ -315,12 +313,12 @@ class StepPipeline:
         if mt > 1:
             traffic = _expand_shards(traffic, mt, self.tp, tokens, self.layout)
             expert_time = np.repeat(expert_time, mt, axis=1)
-            unit_of = np.repeat(unit_of, mt, axis=1)
-            expert_handoff = np.repeat(expert_handoff, mt, axis=1)
+            unit_busy = np.repeat(unit_busy, mt, axis=2)
+            unit_handoff = np.repeat(unit_handoff, mt, axis=2)
             rows_computed = np.repeat(rows_computed, mt, axis=1) / mt
             active = np.repeat(active, mt, axis=1)
         return (expert_time, rows_computed, active, expert_tokens, rows_dropped, np.stack(kept_tokens),
-                np.stack(kept_time), traffic, unit_of if len(costs.experts) > 1 else None, expert_handoff)
+                np.stack(kept_time), traffic, np.stack(slot_units) if slot_units else None, unit_busy, unit_handoff)
 
     def _token_ids(self, routed: RoutingStep | None, rows_dropped: np.ndarray) -> TokenIds | None:
         """The step's per-token expert ids for dispatch, where they say exactly where every row

@@ -372,6 +372,8 @@ CLUSTER_CASES = [
          ["toy-cluster.yaml", "node.units[0].memory", "own"]),
     Case("cfg-units-unknown-unit", sc({"policies": {"units": {"attention": "pim"}}}), SIM,
          ["scenario.yaml", "policies.units.attention", "unit 'pim'", "accelerator"]),
+    Case("cfg-units-rule-misspelt", sc({"policies": {"units": {"expert": "coprocess"}}}), SIM,
+         ["scenario.yaml", "policies.units.expert", "unit 'coprocess'", "co_process", "fastest"]),
     Case("cfg-units-threshold-without-rule", sc({"policies": {"units": {"attention": "threshold"}}}), SIM,
          ["scenario.yaml", "policies.units", "threshold needs policies.units.threshold"]),
     Case("cfg-units-threshold-unit-unknown", sc({"policies": {"units": {

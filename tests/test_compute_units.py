@@ -241,6 +241,49 @@ def test_a_fixed_op_per_byte_threshold_splits_ops_and_expert_layers_by_their_int
     assert expert_units == [{"device"}, {"pim"}]  # 4095 rows: ~Op/B 4095; one row: ~1
 
 
+def _coprocess_plans(tmp_path, toy_config, counts):
+    cfg = copy.deepcopy(toy_config)
+    cfg["workload"]["routing"]["counts"] = counts
+    cfg["workload"]["batch_size"] = sum(map(sum, counts)) // 2
+    out = {}
+    for rule in ("accelerator", "fastest", "co_process"):
+        sc = load_scenario(toy_pim(tmp_path / rule, cfg, expert=rule))
+        pipe = pipeline_for(sc)
+        out[rule] = (pipe, scenario_plan(sc, 0, pipe))
+    return out
+
+
+def test_co_process_runs_a_hot_expert_on_the_xpu_beside_a_cold_one_on_the_pim(tmp_path, toy_config):
+    """Duplex's co-processing: device 0 holds a hot expert (4000 rows) and a cold one (2 rows).
+    co_process keeps the hot one on the xPU and sends the cold one to the PIM; the two units run
+    at once, so the layer takes the slower unit's rows (a hand sum of the op rows, hand-off
+    included), less than fastest, which can only move the whole layer."""
+    plans = _coprocess_plans(tmp_path, toy_config, [[2000, 1, 0, 0], [2000, 1, 0, 0]])
+    pipe, plan = plans["co_process"]
+    assert plan.slot_unit[0, 0, :2].tolist() == [0, 1]  # expert 0 on the xPU, expert 1 on the PIM
+    rows = pipe.op_rows(plan, 0, 0).query("phase == 'expert'")
+    by_unit = rows.groupby("unit").time_s.sum()
+    assert set(rows[rows.op.str.startswith("expert[")].groupby("unit").op.apply(tuple).items()) == \
+        {("device", ("expert[0]",)), ("pim", ("expert[1]",))}
+    assert plan.expert[0, 0] == pytest.approx(max(by_unit["device"], by_unit["pim"] + by_unit["pim link"]), rel=1e-12)
+    fastest = plans["fastest"][1].expert[0, 0]
+    assert fastest == plans["accelerator"][1].expert[0, 0]  # moving the whole layer does not pay here
+    assert plan.expert[0, 0] < fastest * (1 - 1e-3)
+    assert plan.unit_time[3, :, 0, 0].tolist() == pytest.approx([by_unit["device"], by_unit["pim"] + by_unit["pim link"]])
+
+
+@pytest.mark.parametrize("counts", [[[200, 100, 0, 0], [200, 100, 0, 0]], [[1, 1, 1, 1], [1, 1, 1, 1]],
+                                    [[2000, 1, 0, 3], [1990, 1, 13, 0]]])
+def test_co_process_never_loses_to_moving_the_whole_layer(tmp_path, toy_config, counts):
+    """Where splitting buys nothing, co_process runs each device's layer as fastest does (both
+    experts warm on the xPU; every expert cold, the whole layer on the PIM); it is never slower."""
+    plans = _coprocess_plans(tmp_path, toy_config, counts)
+    co, fastest = plans["co_process"][1].expert, plans["fastest"][1].expert
+    assert (co <= fastest * (1 + 1e-12)).all()
+    if counts[0] != [2000, 1, 0, 3]:
+        np.testing.assert_array_equal(co, fastest)
+
+
 def test_threshold_without_its_rule_is_a_config_error(tmp_path, toy_config):
     with pytest.raises(ConfigError, match="threshold needs policies.units.threshold"):
         load_scenario(toy_pim(tmp_path, toy_config, attention="threshold"))

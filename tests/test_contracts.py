@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import simpy
 
+from moesim.errors import ConfigError
 from moesim.hardware_profiles import load_device
 from moesim.reports import compare_report, run_report
 from moesim.simulator.config import config_from_dict
@@ -195,6 +196,53 @@ def test_a_new_overlap_schedule_is_its_program_and_one_line_in_compose(tmp_path,
     moe = ~np.isnan(new.raw.start[..., dispatch])
     assert (new.raw.end[..., shared][moe] <= new.raw.start[..., dispatch][moe] + 1e-15).all()
     assert np.nanmax(new.raw.end) >= np.nanmax(old.raw.end) * (1 - 1e-12)
+
+
+@dataclass(frozen=True)
+class Alternate:
+    """A test's own unit rule: every op of a chain on the accelerator; expert copy j of a device's
+    layer on unit j mod K, all units at once."""
+
+    units: tuple
+    name: str = "alternate"
+
+    def part(self, rows_on, handoff):
+        return rows_on(self.units[0]), []
+
+    def experts(self, options):
+        from moesim.simulator.unit_rules import ExpertSplit
+
+        Lm, J, ep = options.onehot.shape
+        slot_unit = np.broadcast_to(np.arange(J) % len(self.units), (Lm, J)).copy()
+        present = np.stack([np.einsum("lj,ljd->ld", (slot_unit == k).astype(float), options.onehot) > 0
+                            for k in range(len(self.units))])
+        return ExpertSplit(slot_unit, present)
+
+
+def test_a_new_unit_rule_is_its_class_and_one_line_in_compose(tmp_path, monkeypatch, toy_config):
+    """Plugged in by one line of compose's table, the test's rule passes the config check (a unit
+    name or a rule's name) and runs from YAML: the plan puts the copies where the rule says and a
+    device's expert time is its slower unit's."""
+    from moesim.simulator import compose
+    from moesim.simulator.compose import pipeline_for
+    from moesim.simulator.roofline import scenario_plan
+    from moesim.simulator.run import simulate
+    from moesim.simulator.scenario import load_scenario
+    from test_compute_units import toy_pim
+
+    monkeypatch.setitem(compose.UNIT_RULES, "alternate", lambda sc: Alternate(tuple(sc.machine.units.values())))
+    sc = load_scenario(toy_pim(tmp_path, toy_config, expert="alternate"))
+    pipe = pipeline_for(sc)
+    plan = scenario_plan(sc, 0, pipe)
+    assert plan.slot_unit[0, 0].tolist() == [0, 1, 0, 1]
+    for d in range(2):
+        rows = pipe.op_rows(plan, 0, d).query("phase == 'expert'")
+        per_unit = rows.groupby(rows.unit.str.replace(" link", "")).time_s.sum()
+        assert plan.expert[0, d] == pytest.approx(per_unit.max(), rel=1e-12)
+    assert simulate(sc).summary["step_latency_s"]["mean"] > 0
+    with pytest.raises(ConfigError, match="unit .alternate. is not a unit"):  # without its line, not a rule
+        monkeypatch.delitem(compose.UNIT_RULES, "alternate")
+        load_scenario(toy_pim(tmp_path / "again", toy_config, expert="alternate"))
 
 
 def test_plans_built_in_a_forked_child_or_a_thread_give_the_same_run(monkeypatch):
