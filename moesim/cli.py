@@ -364,6 +364,7 @@ def _roofline(args: argparse.Namespace) -> int:
     from moesim.simulator.ops import act_dtype, gemm_dtype
     from moesim.simulator.roofline import (StepOutOfRange, device_roof, expert_sweep, model_roofline, ridge_tokens,
                                            scenario_roofline)
+    from moesim.simulator.compose import routing_generator
     from moesim.simulator.scenario import load_scenario
     from moesim.workloads import load_model
     import pandas as pd
@@ -381,7 +382,7 @@ def _roofline(args: argparse.Namespace) -> int:
         if args.rank >= sc.num_devices:
             raise ConfigError(f"device {args.rank} does not exist: {sc.cluster.name} has devices 0..{sc.num_devices - 1}",
                               field="--rank")
-        if args.step >= sc.steps and sc.config.workload.routing.generator == "trace" \
+        if args.step >= sc.steps and routing_generator(sc.config.workload.routing.generator).replays_trace \
                 and not sc.config.workload.routing.repeat:
             raise ConfigError(f"step {args.step} is past the scenario's {sc.steps} steps", field="--step")
         try:

@@ -13,6 +13,8 @@ from typing import Callable, Iterable
 
 import simpy
 
+from moesim.placement.placement import Placement, contiguous, round_robin
+from moesim.workloads.batching import MIXED, PREEMPT, PREFILL_FIRST, RESERVE, IterationOrder, KvPolicy, SchedulerPolicy
 from moesim.simulator.capacity import CapacityPolicy
 from moesim.simulator.config import config_error
 from moesim.simulator.dispatch import DispatchAlgorithm, DispatchLayout
@@ -23,8 +25,11 @@ from moesim.simulator.dispatch.hierarchical import Hierarchical
 from moesim.simulator.dispatch.low_latency import LowLatency
 from moesim.simulator.dispatch.token_stays import TokenStays, exflow_problem
 from moesim.simulator.engine import Engine
+from moesim.simulator.offload.expert_cache import LFU, LRU, PINNED, CachePolicy
 from moesim.simulator.offload.manager import OffloadManager
+from moesim.simulator.offload.prefetch import AffinityPrefetch, OraclePrefetch, PredictorPrefetch, Prefetcher
 from moesim.simulator.memory import kv_bytes_per_token
+from moesim.simulator.moe_kernel_cost import FUSED, GROUPED, PER_EXPERT, KernelForm
 from moesim.simulator.ops import token_bytes
 from moesim.simulator.overlap.schedules import Schedule
 from moesim.simulator.overlap.sequential import SEQUENTIAL
@@ -32,6 +37,15 @@ from moesim.simulator.overlap.shortcut import SHORTCUT
 from moesim.simulator.overlap.two_batch import TWO_BATCH
 from moesim.simulator.program import Program, StepShape
 from moesim.simulator.replica_split import ReplicaSplit, split_weights
+from moesim.simulator.routing_generators import (
+    FIXED,
+    LOAD_MATRIX,
+    SYNTHETIC,
+    TRACE,
+    UNIFORM,
+    ZIPF,
+    RoutingGenerator,
+)
 from moesim.simulator.scenario import Scenario
 from moesim.simulator.step_costs import StepCosts, UnitChoice
 from moesim.simulator.unit_rules import UnitRule
@@ -40,6 +54,7 @@ from moesim.simulator.unit_rules.fastest import Fastest
 from moesim.simulator.unit_rules.named import Named
 from moesim.simulator.unit_rules.threshold import Threshold
 from moesim.simulator.step_plan import StepPipeline, StepPlan
+from moesim.simulator.serving.config import ServingConfig
 from moesim.simulator.step_source import FixedBatch
 
 
@@ -73,8 +88,43 @@ UNIT_RULES: dict[str, Callable[[Scenario], UnitRule]] = {
     "co_process": lambda sc: CoProcess(tuple(sc.machine.units.values())),
 }
 
+# `workload.routing.generator`: name -> the generator and its facts
+ROUTING_GENERATORS: dict[str, RoutingGenerator] = {
+    "uniform": UNIFORM,
+    "zipf": ZIPF,
+    "fixed": FIXED,
+    "trace": TRACE,
+    "synthetic": SYNTHETIC,
+    "load_matrix": LOAD_MATRIX,
+}
+
+# `placement.policy`: name -> (experts, ep, MoE layers) -> the placement
+PLACEMENT_POLICIES: dict[str, Callable[[int, int, int], Placement]] = {"contiguous": contiguous,
+                                                                       "round_robin": round_robin}
+
+# `policies.expert_kernel`: name -> how a device's routed experts of a layer launch
+EXPERT_KERNEL_FORMS: dict[str, KernelForm] = {"fused": FUSED, "grouped": GROUPED, "per_expert": PER_EXPERT}
+
+# `offload.cache.policy`: name -> the replacement policy of every device's expert cache
+CACHE_POLICIES: dict[str, CachePolicy] = {"lru": LRU, "lfu": LFU, "pinned": PINNED}
+
+# `offload.prefetch.policy`: name -> the prefetcher (a class: built per run from its config and statistics)
+PREFETCH_POLICIES: dict[str, type[Prefetcher]] = {"none": Prefetcher, "oracle": OraclePrefetch,
+                                                  "affinity": AffinityPrefetch, "predictor": PredictorPrefetch}
+
+# `serving.scheduler.order`: name -> in what order an iteration takes decodes and prefill work
+SERVING_ORDERS: dict[str, IterationOrder] = {"mixed": MIXED, "prefill_first": PREFILL_FIRST}
+
+# `serving.scheduler.kv_policy`: name -> how admission counts KV
+KV_POLICIES: dict[str, KvPolicy] = {"reserve": RESERVE, "preempt": PREEMPT}
+
 # `policies.overlap`: name -> the schedule whose program every device runs
 OVERLAP_SCHEDULES: dict[str, Schedule] = {"none": SEQUENTIAL, "two_batch": TWO_BATCH, "shortcut": SHORTCUT}
+
+
+def routing_generator(name: str) -> RoutingGenerator:
+    """`workload.routing.generator` as its generator (the config check has vetted the name)."""
+    return ROUTING_GENERATORS[name]
 
 
 def dispatch_algorithm(sc: Scenario) -> DispatchAlgorithm:
@@ -124,7 +174,10 @@ def engine_for(sc: Scenario, progress: Callable[[int], None] | None = None,
     or `plans`, built by hand, with `program` in place of the schedule's where given)."""
     comm_kind = dispatch_algorithm(sc).comm_kind
     env = simpy.Environment()
-    offload = OffloadManager(sc, env) if sc.offload is not None else None
+    offload = None
+    if sc.offload is not None:
+        off = sc.offload.config
+        offload = OffloadManager(sc, env, CACHE_POLICIES[off.cache.policy], PREFETCH_POLICIES[off.prefetch.policy])
     if plans is not None:
         return Engine(sc, plans, program or step_program(sc), comm_kind, progress=progress, env=env, offload=offload)
     pipeline = pipeline_for(sc)
@@ -167,7 +220,7 @@ def pipeline_for(sc: Scenario) -> StepPipeline:
     layout = dispatch_layout(sc)
     node_of_local = layout.node_of[:sc.ep] - layout.node_of[0]
     replicas = ReplicaSplit(sc.placement, split_weights(sc.placement, node_of_local, pol.dispatch.replica_choice))
-    costs = StepCosts(m, sc.machine, sc.tp, sc.precision, expert_kernel=pol.expert_kernel, small_ops=pol.small_ops,
+    costs = StepCosts(m, sc.machine, sc.tp, sc.precision, expert_kernel=EXPERT_KERNEL_FORMS[pol.expert_kernel], small_ops=pol.small_ops,
                       moe_tp=sc.moe_tp, units=unit_choice(sc))
     capacity = CapacityPolicy(pol.capacity_factor, pol.overflow, m.moe.top_k, m.moe.num_experts)
     return StepPipeline(m, sc.num_devices, sc.tp, sc.ep, sc.routing, capacity, replicas, dispatch_algorithm(sc),
@@ -189,12 +242,19 @@ def unit_choice(sc: Scenario) -> UnitChoice:
     return UnitChoice(pick(attention), pick(cfg.dense_ffn), pick(cfg.shared_expert), pick(cfg.expert))
 
 
+def scheduler_policy(cfg: ServingConfig) -> SchedulerPolicy:
+    """`serving.scheduler` as the continuous batcher's policy."""
+    sched = cfg.scheduler
+    return SchedulerPolicy(sched.max_batch_tokens, sched.max_running, SERVING_ORDERS[sched.order],
+                           sched.chunked_prefill, KV_POLICIES[sched.kv_policy])
+
+
 def step_source_for(sc: Scenario):
     """The config's step source: the serving scheduler for a `serving:` config, else the workload
     as a fixed batch for `workload.steps` steps."""
     if sc.config.serving is not None:
         from moesim.simulator.serving.setup import serving_source
 
-        return serving_source(sc)
+        return serving_source(sc, scheduler_policy(sc.config.serving))
     wl = sc.config.workload
     return FixedBatch(wl.steps, wl.phase, sc.moe_tokens, wl.seq_len if wl.phase == "prefill" else 1, wl.kv_len or 0)

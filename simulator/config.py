@@ -16,12 +16,13 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from moesim.errors import ConfigError
+from moesim.simulator.config_choice import one_of
 from moesim.simulator.offload.config import OffloadConfig, PrecisionConfig
 from moesim.simulator.serving.config import ServingConfig
 from moesim.workloads.arrivals import MAX_TOKENS, WHY_TOKENS, Tokens
 from moesim.workloads.synthetic_routing import RoutingModelConfig
 from moesim.units import Seconds
-from moesim.yaml_io import at_most, load_yaml, parse_yaml, resolve_lenient, validate
+from moesim.yaml_io import at_most, check_file, load_yaml, parse_yaml, resolve_lenient, validate
 
 
 class _Strict(BaseModel):
@@ -57,8 +58,25 @@ class ParallelismConfig(_Strict):
                         "devices form one MoE group")
 
 
+def config_file(sf: "ScenarioFile", field: str, value: str, what: str) -> Path:
+    """The file a config field names (relative to the config); missing or odd, the error names both."""
+    path = Path(sf.resolve_path(value))
+    try:
+        return check_file(path, what)
+    except ConfigError as err:
+        raise config_error(sf, field, f"{path}: {err.detail}") from None
+
+
+def _replays_trace(generator: str) -> bool:
+    """Whether the routing generator replays a trace (which fixes the tokens of every step)."""
+    from moesim.simulator.compose import ROUTING_GENERATORS
+
+    return ROUTING_GENERATORS[generator].replays_trace
+
+
 class PlacementConfig(_Strict):
-    policy: Literal["contiguous", "round_robin"] | None = None
+    policy: Annotated[str, one_of("PLACEMENT_POLICIES", "placement policy")] | None = Field(
+        None, description="contiguous (default): expert e on device e // (E / ep); round_robin: on e mod ep")
     file: str | None = Field(None, description="placement file (YAML) written by `moesim place` or by hand")
 
     @model_validator(mode="after")
@@ -71,7 +89,9 @@ class PlacementConfig(_Strict):
 
 
 class RoutingConfig(_Strict):
-    generator: Literal["uniform", "zipf", "fixed", "trace", "synthetic", "load_matrix"] = "uniform"
+    generator: Annotated[str, one_of("ROUTING_GENERATORS", "routing generator")] = Field(
+        "uniform", description="uniform, zipf, fixed (counts), trace (a trace file), synthetic (a generator "
+        "model), load_matrix (measured expert loads); simulator/routing_generators.py")
     alpha: float = Field(1.2, gt=0, description="Zipf exponent")
     shuffle: bool = Field(True, description="Zipf: hot experts differ per layer")
     counts: list[list[Tokens]] | None = Field(
@@ -99,18 +119,15 @@ class RoutingConfig(_Strict):
 
     @model_validator(mode="after")
     def _source_given(self) -> "RoutingConfig":
-        if self.generator == "fixed" and self.counts is None:
-            raise ValueError("routing.generator 'fixed' needs routing.counts")
-        if self.generator == "trace" and not self.trace:
-            raise ValueError("routing.generator 'trace' needs routing.trace (a trace file)")
-        if self.generator == "synthetic" and self.synthetic is None:
-            raise ValueError("routing.generator 'synthetic' needs routing.synthetic (inline or a YAML path)")
-        if self.generator == "load_matrix" and not self.loads:
-            raise ValueError("routing.generator 'load_matrix' needs routing.loads (a load file or a list of them)")
-        if (self.per_token or self.max_nodes is not None) and self.generator not in ("uniform", "zipf", "load_matrix"):
-            raise ValueError(f"routing.per_token and routing.max_nodes apply to the uniform, zipf and load_matrix "
-                             f"generators, not '{self.generator}' (traces and the synthetic generator already draw "
-                             "per token)")
+        from moesim.simulator.compose import ROUTING_GENERATORS
+
+        gen = ROUTING_GENERATORS[self.generator]
+        if gen.needs is not None and getattr(self, gen.needs) in (None, "", []):
+            raise ValueError(f"routing.generator '{self.generator}' needs routing.{gen.needs} ({gen.needs_what})")
+        if (self.per_token or self.max_nodes is not None) and not gen.per_token:
+            able = [name for name, g in ROUTING_GENERATORS.items() if g.per_token]
+            raise ValueError(f"routing.per_token and routing.max_nodes apply to the {', '.join(able)} generators, "
+                             f"not '{self.generator}' (it already draws per token, or draws counts only)")
         return self
 
 
@@ -122,7 +139,7 @@ class WorkloadConfig(_Strict):
     kv_len: Tokens | None = Field(None, ge=0, description="context already cached, for decode")
     steps: Annotated[int, at_most(MAX_STEPS, "steps", "simulate a few hundred: steady-state metrics need no "
                                   "more")] = Field(1, ge=1)
-    routing: RoutingConfig = RoutingConfig()
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
 
     @model_validator(mode="after")
     def _shape(self) -> "WorkloadConfig":
@@ -131,7 +148,7 @@ class WorkloadConfig(_Strict):
                              f"replica is more than moesim can simulate: at most {MAX_TOKENS:,} ({WHY_TOKENS})")
         both = self.batch_size is not None and self.tokens_per_device is not None
         neither = self.batch_size is None and self.tokens_per_device is None
-        if both or (neither and self.routing.generator != "trace"):
+        if both or (neither and not _replays_trace(self.routing.generator)):
             raise ValueError("give exactly one of workload.batch_size or workload.tokens_per_device "
                              "(with a trace, neither: the trace's first step sets the tokens per device)")
         if self.phase == "prefill" and self.seq_len is None:
@@ -141,25 +158,10 @@ class WorkloadConfig(_Strict):
         return self
 
 
-def _one_of(table: str, what: str):
-    """A validator: the name is a key of compose's `table` (the one list of choices; read lazily,
-    since compose imports this module)."""
-
-    def check(name: str) -> str:
-        from moesim.simulator import compose
-
-        names = getattr(compose, table)
-        if name not in names:
-            raise ValueError(f"unknown {what} '{name}'; choose one of {', '.join(names)}")
-        return name
-
-    return AfterValidator(check)
-
-
 class DispatchConfig(_Strict):
     """How routed tokens travel to their experts and back (simulator/dispatch/)."""
 
-    algorithm: Annotated[str, _one_of("DISPATCH_ALGORITHMS", "dispatch algorithm")] = Field(
+    algorithm: Annotated[str, one_of("DISPATCH_ALGORITHMS", "dispatch algorithm")] = Field(
         "direct", description="direct: a row per (token, expert) (Megatron); dedup: a token once per device; "
         "hierarchical: once per node over the network, then NVLink forwarding (DeepEP normal); "
         "low_latency: per (token, expert) RDMA with a per-kernel floor (DeepEP low-latency); "
@@ -222,11 +224,11 @@ UnitsConfig.model_rebuild()
 class PoliciesConfig(_Strict):
     dispatch: DispatchConfig = DispatchConfig()
     units: UnitsConfig = Field(UnitsConfig(), description="which compute unit runs each part of a layer")
-    overlap: Annotated[str, _one_of("OVERLAP_SCHEDULES", "overlap schedule")] = Field(
+    overlap: Annotated[str, one_of("OVERLAP_SCHEDULES", "overlap schedule")] = Field(
         "none", description="none: phases in order; two_batch: two micro-batches, one computes while the "
         "other's all-to-all is in flight (DeepSeek); shortcut: a layer's dispatch overlaps its attention "
         "and dense compute (ScMoE)")
-    expert_kernel: Literal["fused", "grouped", "per_expert"] = Field(
+    expert_kernel: Annotated[str, one_of("EXPERT_KERNEL_FORMS", "expert kernel form")] = Field(
         "fused", description="fused: the MoE layer as serving kernels run it (a per-layer floor, one "
         "grouped-GEMM launch, memory passes over every routed row; simulator/moe_kernel_cost.py); grouped: "
         "one grouped-GEMM launch only; per_expert: one launch per expert")
@@ -286,7 +288,7 @@ class ScenarioConfig(_Strict):
         if (self.workload is None) == (self.serving is None):
             raise ValueError("give workload (a fixed batch for N steps) or serving (requests), not both or neither")
         if self.serving is not None:
-            if self.routing is not None and self.routing.generator == "trace":
+            if self.routing is not None and _replays_trace(self.routing.generator):
                 raise ValueError("serving routes tokens with a generator (uniform, zipf, synthetic, fixed); a trace "
                                  "fixes tokens per step, which a scheduler decides here")
             if self.offload is not None:

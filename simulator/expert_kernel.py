@@ -14,21 +14,22 @@ import numpy as np
 
 from moesim.simulator.expert_precision import ExpertPrecision
 from moesim.simulator.machine import ComputeUnit
-from moesim.simulator.moe_kernel_cost import MoeKernelCost
+from moesim.simulator.moe_kernel_cost import KernelForm, MoeKernelCost
 from moesim.simulator.ops import act_dtype, ffn_flops_bytes, gemm_dtype, token_bytes
 from moesim.units import dtype_bytes
 from moesim.workloads.model_spec import ModelSpec
 
 
 class ExpertKernel:
-    """The routed experts of a device's layer on `unit` under kernel form `kernel`."""
+    """The routed experts of a device's layer on `unit` under kernel form `form`."""
 
-    def __init__(self, model: ModelSpec, unit: ComputeUnit, kernel: str, precision: ExpertPrecision, moe_tp: int):
+    def __init__(self, model: ModelSpec, unit: ComputeUnit, form: KernelForm, precision: ExpertPrecision,
+                 moe_tp: int):
         m = model
-        self.model, self.unit, self.kernel, self.moe_tp = model, unit, kernel, moe_tp
+        self.model, self.unit, self.form, self.moe_tp = model, unit, form, moe_tp
         self.cost = unit.cost
         self.dtype = m.expert_compute_dtype or gemm_dtype(m.routed_expert_dtype, self.cost.dtypes, act_dtype(m))
-        self.moe_kernel = MoeKernelCost(self.cost, kernel, m.hidden_size, m.moe.expert_intermediate_size / moe_tp,
+        self.moe_kernel = MoeKernelCost(self.cost, form, m.hidden_size, m.moe.expert_intermediate_size / moe_tp,
                                         dtype_bytes(act_dtype(m)), act_dtype(m))
         self.weight_bytes = precision.expert_bytes() / moe_tp  # (Lm, E) bytes of one shard of each expert
         self.quantized = precision.quantized if not precision.uniform_native else None
@@ -69,9 +70,9 @@ class ExpertKernel:
         (their launches in it for per_expert), `busy` copies with rows, `rows` routed rows; the
         grouped launch and the fused form's floor and token passes added, then the hand-off."""
         total = work
-        if self.kernel != "per_expert":
+        if self.form.grouped:
             total = total + self.launch(busy)
-            if self.kernel == "fused":
+            if self.form.floor_and_passes:
                 total += self.moe_kernel.fixed_and_tokens(rows)
         return total if self.unit.is_accelerator else total + self.crossing(rows)
 
@@ -83,10 +84,10 @@ class ExpertKernel:
         the group holds copy j. With `on` (Lm, J) only those copies run here, and only devices
         `present` (Lm, ep) spend anything (the others' layers do not touch this unit)."""
         _, _, work, overhead = self.terms(slot_tokens, slot_expert)
-        slot_time = work if self.kernel != "per_expert" else work + overhead
+        slot_time = work if self.form.grouped else work + overhead
         charged, tokens = (slot_time, slot_tokens) if on is None else (slot_time * on, slot_tokens * on)
         rows = np.einsum("lj,ljd->ld", tokens, onehot)
-        busy = np.einsum("lj,ljd->ld", (tokens > 0).astype(float), onehot) if self.kernel != "per_expert" else None
+        busy = np.einsum("lj,ljd->ld", (tokens > 0).astype(float), onehot) if self.form.grouped else None
         total = self.total(np.einsum("lj,ljd->ld", charged, onehot), busy, rows)
         handoff = self.crossing(rows)
         if present is not None:

@@ -79,15 +79,10 @@ def straggler_ratios(sc: Scenario, raw: EngineResult) -> np.ndarray:
 def _routing_provenance(sc: Scenario) -> dict[str, Any]:
     """Where the routing came from (a generator and its parameters, or a trace file)."""
     rc = sc.config.workload.routing
+    from moesim.simulator.compose import routing_generator
+
     out: dict[str, Any] = {"generator": rc.generator}
-    if rc.generator == "trace":
-        out.update(trace=str(sc.routing.trace.path), source_map=sc.routing.mode, repeat=rc.repeat)
-    elif rc.generator == "zipf":
-        out.update(alpha=rc.alpha, shuffle=rc.shuffle)
-    elif rc.generator == "synthetic":
-        out["model"] = sc.routing.cfg.model_dump(exclude={"popularity": {"weights"}})
-    elif rc.generator == "load_matrix":
-        out.update(loads=sc.routing.history.describe(), window=rc.window, steps_per_window=rc.steps_per_window)
+    out.update(routing_generator(rc.generator).describe(rc, sc.routing))
     return out
 
 

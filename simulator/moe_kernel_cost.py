@@ -14,12 +14,14 @@ an MoE layer as a handful of kernels whatever its experts and tokens, so its tim
   b_row = (hidden_passes x hidden + intermediate_passes x intermediate) x activation bytes,
   at the memory efficiency of kind `moe_tokens`.
 
-`expert_kernel` picks the form: `fused` (all of the above), `grouped` (one launch, no floor or token
-term: the earlier model) or `per_expert` (one launch per expert, a plain `gemm` each: the legacy
-model). A calibration may carry a fitted `moe_kernel` (floor and passes) that replaces the profile's.
+`policies.expert_kernel` picks the form (`KernelForm`, named in compose.EXPERT_KERNEL_FORMS): `fused`
+(all of the above), `grouped` (one launch, no floor or token term: the earlier model) or
+`per_expert` (one launch per expert, a plain `gemm` each: the legacy model). A calibration may carry a fitted `moe_kernel` (floor and passes) that replaces the profile's.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,18 +29,29 @@ from moesim.hardware_profiles.schema import MoeKernelSpec
 from moesim.simulator.cost_model import CostModel
 from moesim.simulator.ops import Op
 
-KERNELS = ("fused", "grouped", "per_expert")
+
+@dataclass(frozen=True)
+class KernelForm:
+    """How a device's routed experts of a layer launch: as one grouped GEMM (else one plain GEMM
+    per expert, each its own launch), and whether the per-layer floor and token passes are paid."""
+
+    name: str
+    grouped: bool
+    floor_and_passes: bool
+
+
+FUSED = KernelForm("fused", grouped=True, floor_and_passes=True)
+GROUPED = KernelForm("grouped", grouped=True, floor_and_passes=False)
+PER_EXPERT = KernelForm("per_expert", grouped=False, floor_and_passes=False)
 
 
 class MoeKernelCost:
     """Costs the routed-expert part of one device's MoE layer under one kernel form."""
 
-    def __init__(self, cost: CostModel, kernel: str, hidden: float | np.ndarray, intermediate: float | np.ndarray,
-                 act_bytes: float, act_dtype: str):
+    def __init__(self, cost: CostModel, form: KernelForm, hidden: float | np.ndarray,
+                 intermediate: float | np.ndarray, act_bytes: float, act_dtype: str):
         """hidden / intermediate may be arrays (one layer shape per routed-row count: calibration)."""
-        if kernel not in KERNELS:
-            raise ValueError(f"unknown expert_kernel '{kernel}'; valid: {', '.join(KERNELS)}")
-        self.cost, self.kernel = cost, kernel
+        self.cost, self.form = cost, form
         self.act_dtype = act_dtype
         cal = cost.device.calibration
         self.spec: MoeKernelSpec = (cal.moe_kernel if cal is not None and cal.moe_kernel is not None
@@ -48,24 +61,24 @@ class MoeKernelCost:
     @property
     def gemm_kind(self) -> str:
         """The op kind the experts' GEMMs are costed as: one grouped GEMM, or a plain GEMM each."""
-        return "gemm" if self.kernel == "per_expert" else "grouped_gemm"
+        return "grouped_gemm" if self.form.grouped else "gemm"
 
     @property
     def floor(self) -> float:
         """Fixed cost of one MoE layer on a device (0 outside the fused form)."""
-        return self.spec.layer_floor if self.kernel == "fused" else 0.0
+        return self.spec.layer_floor if self.form.floor_and_passes else 0.0
 
     def launch(self, active: np.ndarray, dtype: str) -> np.ndarray:
         """Launch overhead of a device's experts: one per active expert (per_expert), else one per
         device that runs any expert."""
         per_op = self.cost.overhead(self.gemm_kind, dtype)
-        if self.kernel == "per_expert":
+        if not self.form.grouped:
             return active * per_op
         return np.where(active > 0, per_op, 0.0)
 
     def token_bytes(self, rows: np.ndarray | float) -> np.ndarray:
         """Bytes the routed rows move outside the GEMMs (0 outside the fused form)."""
-        scale = self.row_bytes if self.kernel == "fused" else 0.0
+        scale = self.row_bytes if self.form.floor_and_passes else 0.0
         return np.asarray(rows, dtype=float) * scale
 
     def token_time(self, rows: np.ndarray | float) -> np.ndarray:
@@ -76,7 +89,7 @@ class MoeKernelCost:
 
     def ops(self, rows: float) -> list[Op]:
         """The form's ops beside the GEMMs, as readable rows: the floor and the token passes."""
-        if self.kernel != "fused":
+        if not self.form.floor_and_passes:
             return []
         return [Op("moe_floor", "floor", "expert", 0.0, 0.0, 0.0, self.act_dtype, fixed=self.floor),
                 Op("moe_token_passes", "moe_tokens", "expert", 0.0, float(self.token_bytes(rows)), float(rows),

@@ -105,7 +105,7 @@ def _expert_unit_rows(costs, kernel, pl, plan: "StepPlan", layer: int, device: i
         out.append((layer, device, "expert", f"expert[{int(pl.slot_expert[mi, j])}]", unit, kind, dtype,
                     float(tokens[0, j]), float(flops[0, j]), float(mem[0, j]), t, bound,
                     _sol_ratio(cost, flops[0, j], mem[0, j], dtype, t), source))
-    if costs.expert_kernel != "per_expert" and slots.size:
+    if costs.expert_kernel.grouped and slots.size:
         out.append((layer, device, "expert", "grouped_gemm_launch", unit, "launch", "", 0.0, 0.0, 0.0,
                     float(kernel.launch(np.array([1.0]))[0]), "overhead", np.nan, source))
     rows_in = float(tokens[0, slots].sum())

@@ -23,7 +23,7 @@ import pandas as pd
 
 from moesim.hardware_profiles.schema import DeviceSpec
 from moesim.simulator.cost_model import CostModel
-from moesim.simulator.moe_kernel_cost import MoeKernelCost
+from moesim.simulator.moe_kernel_cost import FUSED, MoeKernelCost
 from moesim.simulator.ops import (
     LayerContext,
     Op,
@@ -210,7 +210,7 @@ def _recast(ops: list[Op], model: ModelSpec, cost: CostModel) -> list[Op]:
     out = []
     for op in ops:
         if op.kind == "floor":  # the other device's own fused-MoE floor
-            floor = MoeKernelCost(cost, "fused", 0.0, 0.0, 0.0, op.dtype).floor
+            floor = MoeKernelCost(cost, FUSED, 0.0, 0.0, 0.0, op.dtype).floor
             out.append(Op(op.name, op.kind, op.phase, 0.0, 0.0, 0.0, op.dtype, fixed=floor))
             continue
         if op.kind in ("gemm", "grouped_gemm") and op.name.startswith("expert["):
@@ -251,7 +251,7 @@ def model_layer_ops(model: ModelSpec, phase: str, batch: int, seq_len: int, kv_l
     compute_dtype = model.expert_compute_dtype or gemm_dtype(wd, dt, act_dtype(model))
     ops.append(Op(f"expert[x{active}]", "grouped_gemm", "expert", float(flops) * active, float(mem) * active,
                   per_expert, compute_dtype))
-    kernel = MoeKernelCost(device, "fused", model.hidden_size, model.moe.expert_intermediate_size,
+    kernel = MoeKernelCost(device, FUSED, model.hidden_size, model.moe.expert_intermediate_size,
                            dtype_bytes(act_dtype(model)), act_dtype(model))
     return ops + kernel.ops(float(tokens * model.moe.top_k))
 

@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from moesim.errors import ConfigError
-from moesim.yaml_io import check_file
 from moesim.hardware_profiles import ClusterSpec, DeviceSpec, load_cluster, load_device
 from moesim.hardware_profiles.topology import Routes
-from moesim.placement import Placement, contiguous, load_placement_file, round_robin
-from moesim.simulator.config import ScenarioConfig, ScenarioFile, WorkloadConfig, config_error, load_config
+from moesim.placement import Placement, load_placement_file
+from moesim.simulator.config import ScenarioConfig, ScenarioFile, WorkloadConfig, config_error, config_file, load_config
 from moesim.simulator.cost_model import CostModel
 from moesim.simulator.dispatch.token_stays import exflow_problem
 from moesim.simulator.machine import Machine, Scale, build_machine
@@ -25,16 +24,13 @@ from moesim.simulator.expert_precision import ExpertPrecision, expert_precision
 from moesim.simulator.memory import MemoryEstimate
 from moesim.simulator.memory_ledger import resident_memory, usable_bytes, workload_memory
 from moesim.simulator.offload.setup import OffloadSetup, OffloadSetupError
+from moesim.simulator.routing_generators import RoutingInputs, build_routing
 from moesim.units import dtype_bytes, fmt_bytes
 from moesim.workloads import ModelSpec, load_model
 from moesim.errors import TraceError
-from moesim.workloads.load_matrix import read_load_matrix
-from moesim.workloads.load_matrix_routing import LoadMatrixRouting
-from moesim.workloads.node_limited_routing import NodeLimitedRouting, PerTokenRouting
-from moesim.workloads.routing import FixedRouting, PopularityRouting, RoutingSource, uniform_routing, zipf_routing
-from moesim.workloads.synthetic_routing import RoutingModelConfig, SyntheticRouting, load_routing_model
+from moesim.workloads.routing import RoutingSource
 from moesim.workloads.trace_reader import open_trace
-from moesim.workloads.trace_routing import TraceRouting, trace_tokens_per_device
+from moesim.workloads.trace_routing import trace_tokens_per_device
 
 
 @dataclass
@@ -92,15 +88,6 @@ class Scenario:
     @property
     def seed(self) -> int:
         return self.config.seed
-
-
-def _config_file(sf: ScenarioFile, field: str, value: str, what: str) -> Path:
-    """The file a config field names (relative to the config); missing or odd, the error names both."""
-    path = Path(sf.resolve_path(value))
-    try:
-        return check_file(path, what)
-    except ConfigError as err:
-        raise config_error(sf, field, f"{path}: {err.detail}") from None
 
 
 def _wrap(sf: ScenarioFile, field: str, err: ConfigError) -> ConfigError:
@@ -221,11 +208,11 @@ def _placement(sf: ScenarioFile, model: ModelSpec, ep: int) -> Placement:
     cfg = sf.config.placement
     experts, n_moe = model.moe.num_experts, len(model.moe_layers)
     if cfg.file:
-        path = _config_file(sf, "placement.file", cfg.file, "placement file")
+        path = config_file(sf, "placement.file", cfg.file, "placement file")
         return load_placement_file(path, experts, ep, n_moe)
-    if cfg.policy == "round_robin":
-        return round_robin(experts, ep, n_moe)
-    return contiguous(experts, ep, n_moe)
+    from moesim.simulator.compose import PLACEMENT_POLICIES
+
+    return PLACEMENT_POLICIES[cfg.policy](experts, ep, n_moe)
 
 
 def _trace_workload(sf: ScenarioFile, model: ModelSpec, n: int, tp: int) -> tuple[object | None, ScenarioConfig]:
@@ -233,7 +220,9 @@ def _trace_workload(sf: ScenarioFile, model: ModelSpec, n: int, tp: int) -> tupl
     whose workload has the trace's mean tokens per device where it gives neither a batch nor tokens."""
     cfg = sf.config
     wl, rc = cfg.workload, cfg.workload.routing
-    if rc.generator != "trace":
+    from moesim.simulator.compose import routing_generator
+
+    if not routing_generator(rc.generator).replays_trace:
         return None, cfg
     trace_path = Path(sf.resolve_path(rc.trace))
     try:
@@ -306,36 +295,11 @@ def _check_units(sf: ScenarioFile, machine: Machine) -> None:
 
 def _routing(sf: ScenarioFile, cfg: ScenarioConfig, model: ModelSpec, trace, n: int, par: Parallelism,
              moe_tokens: np.ndarray, placement: Placement, machine: Machine) -> RoutingSource:
-    rc = cfg.workload.routing
-    experts, top_k, n_moe = model.moe.num_experts, model.moe.top_k, len(model.moe_layers)
-    if rc.generator == "uniform":
-        routing: RoutingSource = uniform_routing(experts, top_k, n_moe, cfg.seed)
-    elif rc.generator == "zipf":
-        routing = zipf_routing(experts, top_k, n_moe, rc.alpha, cfg.seed, rc.shuffle)
-    elif rc.generator == "trace":
-        try:
-            routing = TraceRouting(trace, n, par.tp, rc.source_map, rc.repeat)
-        except TraceError as err:
-            raise config_error(sf, "workload.routing.source_map", str(err)) from None
-    elif rc.generator == "synthetic":
-        routing = _synthetic_routing(sf, rc.synthetic, experts, top_k, n_moe, cfg.seed)
-    elif rc.generator == "load_matrix":
-        routing = _load_matrix_routing(sf, model, cfg.seed)
-    else:
-        counts = np.asarray(rc.counts)
-        if counts.shape != (n, experts):
-            raise config_error(sf, "workload.routing.counts", f"expected {n} rows (devices) of {experts} "
-                               f"counts (experts), got shape {counts.shape}")
-        if (counts < 0).any() or not np.array_equal(counts.sum(axis=1), moe_tokens * top_k):
-            raise config_error(sf, "workload.routing.counts", "each device's row must be non-negative and "
-                               f"sum to top_k x its tokens = {(moe_tokens * top_k).tolist()}")
-        routing = FixedRouting(experts, top_k, counts)
-    if not (rc.per_token or rc.max_nodes is not None):
-        return routing
-    per_token = (lambda r: _per_token_routing(sf, r, placement, machine, par.moe_tp, rc.max_nodes, cfg.seed))
-    if isinstance(routing, LoadMatrixRouting):
-        return routing.map_sources(per_token)
-    return per_token(routing)
+    """The routing source of the generator the config names (compose.ROUTING_GENERATORS)."""
+    from moesim.simulator.compose import routing_generator
+
+    inputs = RoutingInputs(sf, cfg, model, trace, n, par, moe_tokens, placement, machine)
+    return build_routing(routing_generator(cfg.workload.routing.generator), inputs)
 
 
 def _precision(sf: ScenarioFile, model: ModelSpec) -> ExpertPrecision:
@@ -385,56 +349,6 @@ def _memory(sf: ScenarioFile, cfg: ScenarioConfig, model: ModelSpec, machine: Ma
                        "reserve); lower the batch or kv_len, raise ep/tp, quantize experts (precision.bits) "
                        "or offload them (offload:)")
 
-
-
-def _per_token_routing(sf: ScenarioFile, counts_routing: PopularityRouting, placement: Placement, machine: Machine,
-                       moe_tp: int, max_nodes: int | None, seed: int) -> RoutingSource:
-    """The uniform/zipf popularity drawn token by token, node-limited where `max_nodes` is given
-    (a token's experts on at most that many nodes of its EP group, by the primary copies' nodes)."""
-    pop = counts_routing.popularity
-    try:
-        if max_nodes is None:
-            return PerTokenRouting(counts_routing.num_experts, counts_routing.top_k, pop, seed)
-        group_node = machine.node_of[::moe_tp][: placement.num_devices]
-        group_node = group_node - group_node.min()
-        return NodeLimitedRouting(counts_routing.num_experts, counts_routing.top_k, pop,
-                                  group_node[primary_devices(placement)], max_nodes, seed)
-    except ValueError as err:
-        raise config_error(sf, "workload.routing.max_nodes", str(err)) from None
-
-
-def primary_devices(placement: Placement) -> np.ndarray:
-    """(layers, experts) group-local device of each expert's first copy."""
-    out = np.full((placement.num_layers, placement.num_experts), -1, dtype=np.int64)
-    for layer in range(placement.num_layers):
-        live = placement.slot_share[layer] > 0
-        experts, devices = placement.slot_expert[layer][live], placement.slot_device[layer][live]
-        first = np.unique(experts, return_index=True)[1]
-        out[layer, experts[first]] = devices[first]
-    return out
-
-
-def _synthetic_routing(sf: ScenarioFile, spec: RoutingModelConfig | str, experts: int, top_k: int, layers: int,
-                       seed: int) -> SyntheticRouting:
-    """The composable generator from an inline config or a generator YAML (e.g. `moesim trace fit`)."""
-    field = "workload.routing.synthetic"
-    if isinstance(spec, str):
-        spec = load_routing_model(_config_file(sf, field, spec, "generator file"))
-    try:
-        return SyntheticRouting(spec, experts, top_k, layers, seed)
-    except ValueError as err:
-        raise config_error(sf, field + ".popularity", str(err)) from None
-
-
-def _load_matrix_routing(sf: ScenarioFile, model: ModelSpec, seed: int) -> LoadMatrixRouting:
-    """Replay of measured expert loads (one file or a history of windows), checked against the model."""
-    rc = sf.config.workload.routing
-    files = [rc.loads] if isinstance(rc.loads, str) else rc.loads
-    history = read_load_matrix([Path(f) if Path(f).is_absolute() else sf.base_dir / f for f in files], model)
-    try:
-        return LoadMatrixRouting(history, model.moe.top_k, rc.window, rc.steps_per_window, seed)
-    except ValueError as err:
-        raise config_error(sf, "workload.routing.window", str(err)) from None
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:

@@ -23,6 +23,7 @@ from moesim.simulator.cost_model import CostModel, OpCost
 from moesim.simulator.expert_kernel import ExpertKernel
 from moesim.simulator.expert_precision import ExpertPrecision
 from moesim.simulator.machine import ComputeUnit, Machine
+from moesim.simulator.moe_kernel_cost import FUSED, KernelForm
 from moesim.simulator.ops import (
     LayerContext,
     Op,
@@ -120,7 +121,7 @@ class StepCosts:
     """Costs a step's ops on a machine for one model and parallelism."""
 
     def __init__(self, model: ModelSpec, machine: Machine, tp: int, precision: ExpertPrecision, *,
-                 expert_kernel: str = "fused", small_ops: bool = False, moe_tp: int = 1,
+                 expert_kernel: KernelForm = FUSED, small_ops: bool = False, moe_tp: int = 1,
                  units: UnitChoice | None = None):
         self.model, self.machine, self.tp, self.moe_tp = model, machine, tp, moe_tp
         self.cost: CostModel = machine.cost

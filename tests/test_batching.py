@@ -10,7 +10,8 @@ import itertools
 import numpy as np
 import pytest
 
-from moesim.workloads.batching import BatchItem, ContinuousBatcher, SchedulerPolicy
+from moesim.simulator.compose import KV_POLICIES, SERVING_ORDERS
+from moesim.workloads.batching import PREEMPT, BatchItem, ContinuousBatcher, SchedulerPolicy
 
 
 def P(rid, tokens, kv):
@@ -38,7 +39,7 @@ def step_all(b: ContinuousBatcher, now_of=lambda it: float(it)):
 
 def _two(order):
     # r0: prompt 3, output 2; r1: prompt 2, output 1; both arrive at 0; 4 tokens per iteration
-    b = ContinuousBatcher(SchedulerPolicy(max_batch_tokens=4, max_running=4, order=order), kv_capacity_tokens=100)
+    b = ContinuousBatcher(SchedulerPolicy(max_batch_tokens=4, max_running=4, order=SERVING_ORDERS[order]), kv_capacity_tokens=100)
     b.submit(1, 0.0, 2, 1)  # submitted out of order: the queue is FIFO by (arrival, id)
     b.submit(0, 0.0, 3, 2)
     return b
@@ -68,7 +69,7 @@ def test_hand_prefill_first():
 def test_hand_preempt():
     # KV 6 tokens, 8 tokens per iteration, 2 running; r0: prompt 2, output 4; r1: prompt 2, output 3;
     # r2: prompt 1, output 1, waits for a running slot
-    b = ContinuousBatcher(SchedulerPolicy(8, 2, kv_policy="preempt"), kv_capacity_tokens=6)
+    b = ContinuousBatcher(SchedulerPolicy(8, 2, kv_policy=PREEMPT), kv_capacity_tokens=6)
     b.submit(0, 0.0, 2, 4)
     b.submit(1, 0.0, 2, 3)
     b.submit(2, 0.0, 1, 1)
@@ -131,7 +132,7 @@ def test_request_that_can_never_fit_raises():
     reserve.submit(1, 0.0, 6, 4)  # 10 fits exactly
     with pytest.raises(ValueError, match=r"request 7\b.*6 \+ 5 = 11.*10"):
         reserve.submit(7, 0.0, 6, 5)
-    preempt = ContinuousBatcher(SchedulerPolicy(8, 2, kv_policy="preempt"), kv_capacity_tokens=10)
+    preempt = ContinuousBatcher(SchedulerPolicy(8, 2, kv_policy=PREEMPT), kv_capacity_tokens=10)
     preempt.submit(1, 0.0, 6, 5)  # caches at most 6 + 5 - 1 = 10
     with pytest.raises(ValueError, match=r"request 8\b.*11"):
         preempt.submit(8, 0.0, 6, 6)
@@ -186,9 +187,9 @@ def run_checked(policy: SchedulerPolicy, cap: float, reqs, seed=0):
         ids = [i.request_id for i in batch]
         assert len(set(ids)) == len(ids)
         assert sum(i.tokens for i in batch) <= policy.max_batch_tokens
-        if policy.order == "prefill_first":
+        if policy.order.name == "prefill_first":
             assert len({i.phase for i in batch}) == 1
-        if policy.order == "mixed":  # decodes first
+        if policy.order.name == "mixed":  # decodes first
             phases = [i.phase for i in batch]
             assert phases == sorted(phases, key=lambda ph: ph != "decode")
         em = b.emitted(batch)
@@ -228,7 +229,7 @@ def run_checked(policy: SchedulerPolicy, cap: float, reqs, seed=0):
             cached[rid] = it.kv_len + it.tokens
         assert em == expect_em
         assert len(cached) <= policy.max_running
-        if policy.kv_policy == "preempt":
+        if policy.kv_policy.preempt:
             kv = sum(cached.values())  # the iteration's peak: nothing is freed before it ends
         else:
             kv = sum(req[r][2] + req[r][3] for r in cached)
@@ -240,7 +241,7 @@ def run_checked(policy: SchedulerPolicy, cap: float, reqs, seed=0):
             finished.add(rid)
         for rid in cached:
             assert emitted[rid] < req[rid][3] or attempt[rid] < target[rid]
-        live = sum(cached.values()) if policy.kv_policy == "preempt" else sum(req[r][2] + req[r][3] for r in cached)
+        live = sum(cached.values()) if policy.kv_policy.preempt else sum(req[r][2] + req[r][3] for r in cached)
         assert b.kv_used_tokens == live and b.running == len(cached)
         stats["iterations"] += 1
         t += 1e-3 + 1e-5 * sum(i.tokens for i in batch)
@@ -267,7 +268,7 @@ def test_reserve_never_exceeds_capacity_nor_preempts():
 def test_preempt_caps_cached_kv_and_recomputes():
     reqs = random_requests(2)  # prompt + output - 1 <= 159
     cap = 300
-    b, s = run_checked(SchedulerPolicy(256, 32, kv_policy="preempt"), cap, reqs)
+    b, s = run_checked(SchedulerPolicy(256, 32, kv_policy=PREEMPT), cap, reqs)
     assert s["preemptions"] > 10 and sum(b.preemptions().values()) == s["preemptions"]
     assert s["reprefill_checked"] > 0  # re-prefills of prompt + generated were seen and checked
     assert s["peak_kv"] == cap or s["peak_kv"] > cap - 100
@@ -277,7 +278,7 @@ def test_preempt_caps_cached_kv_and_recomputes():
                          list(itertools.product(["mixed", "prefill_first"], [True, False], ["reserve", "preempt"])))
 def test_conservation_every_policy(order, chunked, kv_policy):
     reqs = random_requests(3, n=120, prompt=(1, 70), output=(1, 25))
-    policy = SchedulerPolicy(96, 8, order=order, chunked_prefill=chunked, kv_policy=kv_policy)
+    policy = SchedulerPolicy(96, 8, order=SERVING_ORDERS[order], chunked_prefill=chunked, kv_policy=KV_POLICIES[kv_policy])
     _, s = run_checked(policy, 200, reqs, seed=4)
     assert s["peak_kv"] > 200 - 95 and (s["preemptions"] > 0) == (kv_policy == "preempt")
     _, s = run_checked(policy, float("inf"), reqs, seed=5)
@@ -290,7 +291,7 @@ def test_transferred_requests_decode_without_a_prefill(kv_policy):
     then needs output - 1 decodes; the KV it holds counts from admission."""
     from moesim.workloads.batching import ContinuousBatcher, SchedulerPolicy
 
-    b = ContinuousBatcher(SchedulerPolicy(max_batch_tokens=8, max_running=4, kv_policy=kv_policy), 100)
+    b = ContinuousBatcher(SchedulerPolicy(max_batch_tokens=8, max_running=4, kv_policy=KV_POLICIES[kv_policy]), 100)
     b.submit(0, 0.0, prompt_tokens=10, output_tokens=3, transferred=True)
     first = b.next_batch(0.0)
     assert first == []  # admitted, nothing to compute yet

@@ -82,9 +82,9 @@ def test_a_device_without_rows_still_pays_the_floor(tmp_path, toy_config):
 
 
 def test_more_routed_rows_never_cost_less():
-    from moesim.simulator.moe_kernel_cost import MoeKernelCost
+    from moesim.simulator.moe_kernel_cost import FUSED, MoeKernelCost
 
-    kernel = MoeKernelCost(CostModel(load_device("H100-SXM")), "fused", 7168, 2048, 2, "bf16")
+    kernel = MoeKernelCost(CostModel(load_device("H100-SXM")), FUSED, 7168, 2048, 2, "bf16")
     t = kernel.fixed_and_tokens(np.arange(0, 100000, 997, dtype=float))
     assert (np.diff(t) > 0).all() and t[0] == pytest.approx(kernel.floor)
 

@@ -10,6 +10,7 @@ import pytest
 from moesim.errors import ConfigError
 from moesim.simulator.run import simulate
 from moesim.simulator.scenario import load_scenario
+from moesim.simulator.compose import scheduler_policy
 from moesim.simulator.serving.source import ServingSource
 from moesim.simulator.serving.config import ServingConfig
 
@@ -57,7 +58,7 @@ def test_hand_calculated_schedule_gives_exact_ttft_and_itl():
                         scheduler={"max_batch_tokens": 4, "max_running": 4})
     requests = pd.DataFrame({"request_id": [0, 1], "arrival_s": [0.0, 0.5], "prompt_tokens": [3, 2],
                              "output_tokens": [2, 2]})
-    source = ServingSource(cfg, requests, replicas=1, tp=1, kv_capacity_tokens=1000.0)
+    source = ServingSource(cfg, requests, replicas=1, tp=1, kv_capacity_tokens=1000.0, policy=scheduler_policy(cfg))
     steps = drive(source, 1.0)
     assert [(s, a, b) for s, a, b in steps] == [(0, 0.0, 1.0), (1, 1.0, 2.0), (2, 2.0, 3.0)]
     times: dict[int, list[float]] = {}
@@ -75,7 +76,7 @@ def test_idle_replicas_wait_for_the_next_arrival():
                         output_tokens={"dist": "fixed", "value": 1}, num_requests=2)
     requests = pd.DataFrame({"request_id": [0, 1], "arrival_s": [0.0, 10.0], "prompt_tokens": [4, 4],
                              "output_tokens": [1, 1]})
-    source = ServingSource(cfg, requests, replicas=2, tp=1, kv_capacity_tokens=100.0)
+    source = ServingSource(cfg, requests, replicas=2, tp=1, kv_capacity_tokens=100.0, policy=scheduler_policy(cfg))
     steps = drive(source, 1.0)
     assert steps == [(0, 0.0, 1.0), (1, 10.0, 11.0)]  # nothing runs between 1 s and the arrival at 10 s
 

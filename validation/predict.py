@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moesim.simulator.cost_model import CostModel
-from moesim.simulator.moe_kernel_cost import MoeKernelCost
+from moesim.simulator.moe_kernel_cost import FUSED, MoeKernelCost
 from moesim.validation.measure import OpSpec
 
 
@@ -139,7 +139,7 @@ def fused_fixed(cost: CostModel, rows: np.ndarray, hidden: np.ndarray, inter: np
     """Everything of a fused MoE layer but its experts' work: the floor, one grouped-GEMM launch and
     the token passes over `rows` routed rows (the engine's `MoeKernelCost`, over arrays of shapes)."""
     act = dtype if dtype in ("bf16", "fp16", "fp32") else "bf16"  # fp8 GEMMs: 16-bit activations between them
-    kernel = MoeKernelCost(cost, "fused", hidden, inter, 4 if act == "fp32" else 2, act)
+    kernel = MoeKernelCost(cost, FUSED, hidden, inter, 4 if act == "fp32" else 2, act)
     return kernel.fixed_and_tokens(rows) + kernel.launch(np.ones_like(rows), dtype)
 
 

@@ -7,17 +7,17 @@ request table (see `arrivals.generate_requests`) with a callback that times each
 
 Policy (`SchedulerPolicy`), each iteration formed at time t with a budget of `max_batch_tokens`:
 
-1. order="mixed": every running request that has finished its prefill decodes one token
+1. order MIXED: every running request that has finished its prefill decodes one token
    (admission order); then running requests whose prompt is only partly prefilled continue
    (chunked prefill); then arrived requests (arrival_s <= t) are admitted strictly FIFO by
    (arrival_s, request_id) while fewer than `max_running` run, budget is left and the KV rule
    allows; each gets min(remaining prompt, remaining budget) prompt tokens (with
    chunked_prefill=False only a whole prompt that fits the remaining budget is admitted, and the
-   queue waits behind it). order="prefill_first": the prefill part of that rule alone (continuing
+   queue waits behind it). order PREFILL_FIRST: the prefill part of that rule alone (continuing
    chunks, then admissions) when it schedules anything, otherwise the decodes alone.
-2. KV: kv_policy="reserve" admits a request only if the reserved tokens (prompt + output of every
+2. KV: kv_policy RESERVE admits a request only if the reserved tokens (prompt + output of every
    running request) plus its own prompt + output fit `kv_capacity_tokens`; it can never run out
-   later. kv_policy="preempt" counts the tokens actually cached; a request is admitted if its
+   later. kv_policy PREEMPT counts the tokens actually cached; a request is admitted if its
    prompt fits next to what is cached (including this iteration's tokens so far); when the
    decodes of an iteration need more KV than is free, the most recently admitted running
    requests are preempted (recompute) until they fit: each frees its KV and goes back to the
@@ -45,7 +45,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 from itertools import chain
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -55,24 +55,61 @@ IterationTimeFn = Callable[[int, int, int], float]
 
 
 @dataclass(frozen=True)
+class IterationOrder:
+    """In what order an iteration takes its two kinds of work: `form(decodes, prefills, items)`
+    calls the scheduler's two fillers (each appends to `items`) as the order says."""
+
+    name: str
+    form: Callable[[Callable[[], None], Callable[[], None], list], None]
+
+
+def _mixed(decodes: Callable[[], None], prefills: Callable[[], None], items: list) -> None:
+    decodes()
+    prefills()
+
+
+def _prefill_first(decodes: Callable[[], None], prefills: Callable[[], None], items: list) -> None:
+    prefills()
+    if not items:
+        decodes()
+
+
+MIXED = IterationOrder("mixed", _mixed)
+PREFILL_FIRST = IterationOrder("prefill_first", _prefill_first)
+
+
+@dataclass(frozen=True)
+class KvPolicy:
+    """How admission counts KV: `preempt` counts the tokens actually cached and preempts when
+    decodes run out; otherwise a request reserves its prompt + output at admission."""
+
+    name: str
+    preempt: bool
+
+    def tokens_held(self, prompt, output):
+        """KV tokens one request must find room for to run at all (numbers or arrays)."""
+        return prompt + (1 if self.preempt else output)
+
+
+RESERVE = KvPolicy("reserve", preempt=False)
+PREEMPT = KvPolicy("preempt", preempt=True)
+
+
+@dataclass(frozen=True)
 class SchedulerPolicy:
     """How one replica forms iterations (see the module docstring)."""
 
     max_batch_tokens: int = 8192  # tokens per iteration (prefill chunk tokens + one per decode)
     max_running: int = 256        # sequences running at once
-    order: Literal["mixed", "prefill_first"] = "mixed"
+    order: IterationOrder = MIXED
     chunked_prefill: bool = True  # False: a prompt is admitted only if all of it fits the remaining budget
-    kv_policy: Literal["reserve", "preempt"] = "reserve"
+    kv_policy: KvPolicy = RESERVE
 
     def __post_init__(self) -> None:
         if self.max_running < 1 or self.max_batch_tokens < self.max_running:
             raise ValueError(f"need 1 <= max_running <= max_batch_tokens (got max_running={self.max_running}, "
                              f"max_batch_tokens={self.max_batch_tokens}) so every running decode fits in an "
                              f"iteration")
-        if self.order not in ("mixed", "prefill_first"):
-            raise ValueError(f"order must be 'mixed' or 'prefill_first', got {self.order!r}")
-        if self.kv_policy not in ("reserve", "preempt"):
-            raise ValueError(f"kv_policy must be 'reserve' or 'preempt', got {self.kv_policy!r}")
 
 
 @dataclass(frozen=True)
@@ -123,7 +160,7 @@ class ContinuousBatcher:
             raise ValueError(f"kv_capacity_tokens must be > 0, got {kv_capacity_tokens!r}")
         self.policy = policy
         self.kv_capacity_tokens = kv_capacity_tokens
-        self._preempt = policy.kv_policy == "preempt"
+        self._preempt = policy.kv_policy.preempt
         self._reqs: dict[int, _Request] = {}
         self._front: deque[_Request] = deque()  # preempted, to be readmitted first
         self._ready: deque[_Request] = deque()  # sorted by (arrival, id); every _future key is larger
@@ -256,13 +293,7 @@ class ContinuousBatcher:
                 n += 1
                 kv += chunk if preempt else r.prompt + r.output
 
-        if pol.order == "mixed":
-            decodes()
-            prefills()
-        else:
-            prefills()
-            if not items:
-                decodes()
+        pol.order.form(decodes, prefills, items)
         self._plan = _Plan(items, admitted, victims)
         return list(items)
 

@@ -8,10 +8,11 @@ expert weights, globally or per expert, and applies with or without offloading.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from moesim.simulator.config_choice import one_of
 from moesim.units import Bytes
 
 
@@ -39,7 +40,9 @@ class CacheConfig(_Strict):
     capacity: int | Bytes | None = Field(
         None, description="per device: experts (an integer) or bytes ('12 GB'); None: what device memory "
                           "leaves after weights, KV cache and activations")
-    policy: Literal["lru", "lfu", "pinned"] = "lru"
+    policy: Annotated[str, one_of("CACHE_POLICIES", "cache policy")] = Field(
+        "lru", description="lru, lfu (frequency over the run, LRU among ties) or pinned (the hottest experts "
+        "never leave; LRU for the rest); simulator/offload/expert_cache.py")
     scope: Literal["device", "layer"] = Field("device", description="device: one cache for all layers; layer: "
                                              "each MoE layer its own equal share (as Mixtral-offloading does)")
     pinned_fraction: float = Field(0.5, ge=0, le=1, description="pinned: share of the cache held by the "
@@ -48,7 +51,9 @@ class CacheConfig(_Strict):
 
 
 class PrefetchConfig(_Strict):
-    policy: Literal["none", "oracle", "affinity", "predictor"] = "none"
+    policy: Annotated[str, one_of("PREFETCH_POLICIES", "prefetch policy")] = Field(
+        "none", description="none, oracle (the experts the layer will use), affinity (layer-to-layer "
+        "transitions) or predictor (a gate predictor of given accuracy); simulator/offload/prefetch.py")
     lookahead: int = Field(1, ge=1, description="prefetch for the MoE layer this many layers ahead")
     accuracy: float = Field(0.8, ge=0, le=1, description="predictor: share of the true experts it names")
     experts: int | None = Field(None, ge=1, description="affinity: experts prefetched per layer and device; "

@@ -17,9 +17,31 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Hashable, Iterable, Literal
+from typing import Callable, Hashable, Iterable
 
-Policy = Literal["lru", "lfu", "pinned"]
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """A replacement policy: whether it pins a fixed set of experts, and which resident to evict
+    (`victim(candidates oldest first, use counts)`)."""
+
+    name: str
+    victim: Callable[[list, dict], Hashable]
+    pins: bool = False
+
+
+def _least_recent(candidates: list, freq: dict) -> Hashable:
+    return candidates[0]
+
+
+def _least_frequent(candidates: list, freq: dict) -> Hashable:
+    """The least used over the run; LRU order breaks ties (min keeps the first of equals)."""
+    return min(candidates, key=lambda k: freq.get(k, 0))
+
+
+LRU = CachePolicy("lru", _least_recent)
+LFU = CachePolicy("lfu", _least_frequent)
+PINNED = CachePolicy("pinned", _least_recent, pins=True)
 
 
 class CacheFullError(ValueError):
@@ -45,16 +67,14 @@ class ExpertCache:
     """Resident experts of one device, keyed by (layer, expert) or any hashable."""
 
     capacity: float
-    policy: Policy = "lru"
+    policy: CachePolicy = LRU
     pinned: frozenset = frozenset()
     stats: CacheStats = field(default_factory=CacheStats)
     size: Callable[[Hashable], float] | None = None  # units one expert takes; None: 1 each
 
     def __post_init__(self) -> None:
-        if self.policy not in ("lru", "lfu", "pinned"):
-            raise ValueError(f"unknown cache policy '{self.policy}'; choose lru, lfu or pinned")
         self._size = self.size or (lambda key: 1.0)
-        pinned = self.pinned if self.policy == "pinned" else frozenset()
+        pinned = self.pinned if self.policy.pins else frozenset()
         if not pinned and self.capacity < 1:
             raise ValueError(f"an expert cache needs room for at least one expert, got capacity {self.capacity}")
         self.used = float(sum(self._size(k) for k in pinned))
@@ -83,10 +103,7 @@ class ExpertCache:
             unit = " bytes" if self.size else " experts"
             raise CacheFullError(f"a cache of {self.capacity:,.0f}{unit} cannot hold the {len(protect)} experts one "
                                  f"layer needs plus {len(self._pinned)} pinned ones")
-        if self.policy == "lfu":
-            rank = {k: i for i, k in enumerate(self._order)}  # LRU order breaks frequency ties
-            return min(candidates, key=lambda k: (self._freq.get(k, 0), rank[k]))
-        return candidates[0]
+        return self.policy.victim(candidates, self._freq)
 
     def _insert(self, key: Hashable, protect: set) -> None:
         need = self._size(key)
@@ -163,7 +180,7 @@ class LayeredCache:
     """One cache per MoE layer, each with an equal share of the device's capacity (Mixtral-offloading
     keeps k experts per layer): layers never evict each other's experts. Keys are (layer, expert)."""
 
-    def __init__(self, layers: int, capacity: float, policy: Policy = "lru", pinned: frozenset = frozenset(),
+    def __init__(self, layers: int, capacity: float, policy: CachePolicy = LRU, pinned: frozenset = frozenset(),
                  size: Callable[[Hashable], float] | None = None):
         share = capacity / layers if size else float(int(capacity // layers))
         self.capacity = capacity

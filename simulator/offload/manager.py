@@ -25,7 +25,7 @@ import simpy
 from moesim.errors import ConfigError
 from moesim.simulator.offload.cache_warmup import warm_order
 from moesim.simulator.offload.copy_engine import Copy, CopyEngine
-from moesim.simulator.offload.expert_cache import CacheFullError, ExpertCache, LayeredCache
+from moesim.simulator.offload.expert_cache import LRU, CacheFullError, CachePolicy, ExpertCache, LayeredCache
 from moesim.workloads.routing_statistics import ExpertStatistics, expert_statistics, statistics_window
 from moesim.simulator.ops import act_dtype, ffn_flops_bytes, token_bytes
 from moesim.simulator.offload.prefetch import Prefetcher
@@ -76,7 +76,9 @@ class DemandCounts:
 
 
 class OffloadManager:
-    def __init__(self, sc: Scenario, env: simpy.Environment):
+    def __init__(self, sc: Scenario, env: simpy.Environment, cache_policy: CachePolicy = LRU,
+                 prefetch: type[Prefetcher] = Prefetcher):
+        """`cache_policy` and `prefetch` (a Prefetcher class) are the config's, from compose."""
         self.sc, self.env = sc, env
         setup = sc.offload
         assert setup is not None
@@ -87,7 +89,7 @@ class OffloadManager:
         n_moe = len(sc.model.moe_layers)
         first, count, in_sample = statistics_window(sc.routing, sc.steps, self.cfg.stats_steps)
         self.stats: ExpertStatistics = expert_statistics(sc.routing, sc.moe_tokens, n_moe, count, first, in_sample)
-        self.prefetcher = Prefetcher(self.cfg.prefetch, self.stats, sc.seed)
+        self.prefetcher = prefetch(self.cfg.prefetch, self.stats, sc.seed)
         nbytes = setup.expert_bytes
         self.key_bytes = lambda key: float(nbytes[key[0], key[1]])
         size = self.key_bytes if setup.by_bytes else None
@@ -97,7 +99,7 @@ class OffloadManager:
         for d in range(sc.num_devices):
             order = warm_order(self.stats.load, self.owned_all(d))
             pinned: frozenset = frozenset()
-            if self.cfg.cache.policy == "pinned":
+            if cache_policy.pins:
                 if layered:  # the hottest of each layer, within that layer's share
                     pinned = frozenset().union(*(self._pinned([k for k in order if k[0] == m], size, part)
                                                  for m in range(n_moe)))
@@ -105,9 +107,9 @@ class OffloadManager:
                     pinned = self._pinned(order, size, setup.capacity)
             try:
                 if layered:
-                    cache = LayeredCache(n_moe, setup.capacity, self.cfg.cache.policy, pinned, size=size)
+                    cache = LayeredCache(n_moe, setup.capacity, cache_policy, pinned, size=size)
                 else:
-                    cache = ExpertCache(setup.capacity, self.cfg.cache.policy, pinned, size=size)
+                    cache = ExpertCache(setup.capacity, cache_policy, pinned, size=size)
             except ValueError as err:
                 share = f" ({n_moe} MoE layers share it under cache.scope: layer)" if layered else ""
                 raise ConfigError(f"{err}: the cache is {setup.capacity_text()} per device{share}",

@@ -23,12 +23,12 @@ from moesim.simulator.offload.config import PrefetchConfig
 
 
 class Prefetcher:
+    """Names nothing: the base of every prefetch policy, and `none` itself."""
+
+    active = False
+
     def __init__(self, cfg: PrefetchConfig, stats: ExpertStatistics, seed: int):
         self.cfg, self.stats, self.seed = cfg, stats, seed
-
-    @property
-    def active(self) -> bool:
-        return self.cfg.policy != "none"
 
     def predict(self, device: int, step: int, layer: int, target: int, owned: np.ndarray, true_next: np.ndarray,
                 current_load: np.ndarray) -> list[int]:
@@ -36,14 +36,25 @@ class Prefetcher:
 
         `true_next`: experts the device will really run at `target` (only the oracle and the
         predictor's accuracy model may look); `current_load`: tokens per expert at `layer`."""
-        policy = self.cfg.policy
-        if policy == "oracle":
-            return [int(e) for e in true_next]
-        if policy == "predictor":
-            return self._predictor(device, step, target, owned, true_next)
-        if policy == "affinity":
-            return self._affinity(layer, target, owned, current_load)
         return []
+
+
+class OraclePrefetch(Prefetcher):
+    """Exactly the experts the target layer will use on the device (an upper bound)."""
+
+    active = True
+
+    def predict(self, device, step, layer, target, owned, true_next, current_load) -> list[int]:
+        return [int(e) for e in true_next]
+
+
+class PredictorPrefetch(Prefetcher):
+    """A gate predictor of given accuracy (Pre-gated MoE, ExpertFlow)."""
+
+    active = True
+
+    def predict(self, device, step, layer, target, owned, true_next, current_load) -> list[int]:
+        return self._predictor(device, step, target, owned, true_next)
 
     def _predictor(self, device: int, step: int, target: int, owned: np.ndarray, true_next: np.ndarray) -> list[int]:
         rng = np.random.default_rng((self.seed, 0x5EED, step, target, device))
@@ -55,6 +66,15 @@ class Prefetcher:
             weight = self.stats.load[target, wrong] + 1e-9
             named += [int(e) for e in rng.choice(wrong, size=n_wrong, replace=False, p=weight / weight.sum())]
         return named
+
+
+class AffinityPrefetch(Prefetcher):
+    """The experts most likely to follow this layer's choices (Read-ME, ExFlow)."""
+
+    active = True
+
+    def predict(self, device, step, layer, target, owned, true_next, current_load) -> list[int]:
+        return self._affinity(layer, target, owned, current_load)
 
     def _affinity(self, layer: int, target: int, owned: np.ndarray, current_load: np.ndarray) -> list[int]:
         score = np.asarray(current_load, dtype=float)
@@ -69,3 +89,4 @@ class Prefetcher:
         with a Poisson number of tokens per expert at its mean load."""
         load = self.stats.load[target, owned]
         return max(1, int(round(float((1.0 - np.exp(-load)).sum()))))
+

@@ -7,10 +7,11 @@ when the last one finishes, after `think_time`. Lengths come from distributions 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from moesim.simulator.config_choice import one_of
 from moesim.units import Seconds
 from moesim.workloads.arrivals import Arrivals, LengthDist, RequestCount, Span, Tokens, span_problem
 
@@ -24,11 +25,11 @@ class SchedulerConfig(_Strict):
 
     max_batch_tokens: Tokens = Field(8192, ge=1, description="tokens per iteration: prefill chunks + one per decode")
     max_running: RequestCount = Field(256, ge=1, description="sequences running at once per replica")
-    order: Literal["mixed", "prefill_first"] = Field(
+    order: Annotated[str, one_of("SERVING_ORDERS", "scheduler order")] = Field(
         "mixed", description="mixed: decodes and prefill chunks share an iteration; prefill_first: an iteration "
         "with prefill work runs only prefill")
     chunked_prefill: bool = Field(True, description="split long prompts over iterations")
-    kv_policy: Literal["reserve", "preempt"] = Field(
+    kv_policy: Annotated[str, one_of("KV_POLICIES", "KV policy")] = Field(
         "reserve", description="reserve: admit a request only when its whole KV (prompt + output) fits; "
         "preempt: admit when the prompt fits, preempt (recompute) the newest requests when decodes run out")
 

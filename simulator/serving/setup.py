@@ -22,6 +22,7 @@ from moesim.simulator.ops import act_dtype
 from moesim.simulator.scenario import Scenario
 from moesim.simulator.serving.source import ServingSource, request_table
 from moesim.units import dtype_bytes, fmt_bytes
+from moesim.workloads.batching import SchedulerPolicy
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,8 @@ def rank_memory(sc: Scenario) -> RankMemory:
     return RankMemory(capacity, est.weights, activations, comm, reserve, max(kv, 0.0), per_token)
 
 
-def serving_source(sc: Scenario) -> ServingSource:
+def serving_source(sc: Scenario, policy: SchedulerPolicy) -> ServingSource:
+    """The serving step source of a scenario under its scheduler `policy` (compose.scheduler_policy)."""
     cfg = sc.config.serving
     mem = rank_memory(sc)
     requests = sc.serving_requests if sc.serving_requests is not None else request_table(cfg, sc.seed,
@@ -77,7 +79,7 @@ def serving_source(sc: Scenario) -> ServingSource:
     if len(requests) == 0:
         raise ConfigError("the traffic produced no requests (check serving.duration and the arrival rate)",
                           file=sc.source.path, field="serving")
-    need = requests["prompt_tokens"] + (requests["output_tokens"] if cfg.scheduler.kv_policy == "reserve" else 1)
+    need = policy.kv_policy.tokens_held(requests["prompt_tokens"], requests["output_tokens"])
     largest = int(need.max())
     if mem.kv_tokens < largest:
         raise ConfigError(
@@ -89,5 +91,5 @@ def serving_source(sc: Scenario) -> ServingSource:
             "tokens; raise ep/tp, quantize the experts, shorten requests or lower scheduler.max_batch_tokens",
             file=sc.source.path, field="serving")
     replicas = sc.num_devices // sc.tp
-    return ServingSource(cfg, requests, replicas, sc.tp, float(mem.kv_tokens),
+    return ServingSource(cfg, requests, replicas, sc.tp, float(mem.kv_tokens), policy,
                          config_file=str(sc.source.path) if sc.source.path else None)

@@ -61,6 +61,7 @@ class ServingSource:
     replicas: int
     tp: int
     kv_capacity_tokens: float
+    policy: SchedulerPolicy = SchedulerPolicy()  # the config's scheduler (compose.scheduler_policy)
     clock: Callable[[], float] = lambda: 0.0
     interactive: bool = True  # iterations depend on simulated time: no building ahead
     config_file: str | None = None  # the scenario config, for errors found during the run
@@ -69,10 +70,7 @@ class ServingSource:
     first_scheduled: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        sched = self.cfg.scheduler
-        policy = SchedulerPolicy(sched.max_batch_tokens, sched.max_running, sched.order, sched.chunked_prefill,
-                                 sched.kv_policy)
-        self.batchers = [ContinuousBatcher(policy, self.kv_capacity_tokens) for _ in range(self.replicas)]
+        self.batchers = [ContinuousBatcher(self.policy, self.kv_capacity_tokens) for _ in range(self.replicas)]
         self._transferred = (self.requests["transferred"].to_numpy(dtype=bool) if "transferred" in self.requests
                              else np.zeros(len(self.requests), dtype=bool))
         self._ids = self.requests["request_id"].to_numpy(dtype=np.int64)  # by row (ids need not be 0..n-1)
