@@ -59,7 +59,7 @@ from moesim.simulator.step_source import FixedBatch
 
 
 def _exflow(sc: Scenario) -> TokenStays:
-    problem = exflow_problem(sc)  # checked again here: a study may have swapped the placement
+    problem = exflow_problem(sc, overlap_schedule(sc))
     if problem is not None:
         raise config_error(sc.source, *problem)
     kv = exflow_kv_bytes(sc) if sc.config.policies.dispatch.kv_sync == "per_layer" else ()

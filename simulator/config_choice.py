@@ -20,4 +20,5 @@ def one_of(table: str, what: str) -> AfterValidator:
             raise ValueError(f"unknown {what} '{name}'; choose one of {', '.join(names)}")
         return name
 
+    check.table = table  # type: ignore[attr-defined]  (the contract tests find each slot's table)
     return AfterValidator(check)

@@ -18,7 +18,6 @@ from moesim.hardware_profiles.topology import Routes
 from moesim.placement import Placement, load_placement_file
 from moesim.simulator.config import ScenarioConfig, ScenarioFile, WorkloadConfig, config_error, config_file, load_config
 from moesim.simulator.cost_model import CostModel
-from moesim.simulator.dispatch.token_stays import exflow_problem
 from moesim.simulator.machine import Machine, Scale, build_machine
 from moesim.simulator.expert_precision import ExpertPrecision, expert_precision
 from moesim.simulator.memory import MemoryEstimate
@@ -128,9 +127,10 @@ def resolve(sf: ScenarioFile) -> Scenario:
         dp=par.dp, placement=placement, routing=routing, batch_per_replica=batch, moe_tokens=moe_tokens,
         memory=memory, precision=precision, offload=offload, moe_tp=par.moe_tp,
     )
-    problem = exflow_problem(scenario)  # exflow dispatch needs per-token ids: say so before the run
-    if problem is not None:
-        raise config_error(sf, *problem)
+    from moesim.simulator.compose import dispatch_algorithm, overlap_schedule
+
+    overlap_schedule(scenario)  # a schedule or an algorithm that cannot run the scenario says so now
+    dispatch_algorithm(scenario)  # (exflow needs per-token ids; a study that swaps the placement asks again)
     return scenario
 
 

@@ -75,7 +75,9 @@ def test_hardware_scale_reaches_the_other_devices_of_the_roofline():
 PRODUCTION = ["simulator", "studies", "reports", "moesim", "placement", "workloads", "validation", "kernels",
               "hardware_profiles"]
 STAGE_OBJECTS = {"Direct", "Dedup", "Hierarchical", "LowLatency", "TokenStays", "AllGather", "SEQUENTIAL",
-                 "TWO_BATCH", "SHORTCUT"}
+                 "TWO_BATCH", "SHORTCUT", "Fastest", "Threshold", "CoProcess", "UNIFORM", "ZIPF", "FIXED", "TRACE",
+                 "SYNTHETIC", "LOAD_MATRIX", "GROUPED", "PER_EXPERT", "LFU", "PINNED", "OraclePrefetch",
+                 "AffinityPrefetch", "PredictorPrefetch", "PREFILL_FIRST", "PREEMPT"}
 
 
 def outside_compose():
@@ -88,10 +90,15 @@ def outside_compose():
 
 
 def test_dispatch_algorithms_and_schedules_are_built_in_compose_only():
-    """No production module but compose.py imports an algorithm's class or a schedule: nothing else
-    can keep its own table of names (before issue 25 five files re-read the algorithm's name)."""
+    """No production module but compose.py imports an algorithm's class, a schedule, a unit rule,
+    a routing generator, a kernel form, a cache or prefetch policy or a serving order other than
+    the defaults: nothing else can keep its own table of names (before issue 25 five files re-read
+    the algorithm's name)."""
+    def sibling(path: Path, module: str | None) -> bool:  # a rule built on another of its own package
+        return module is not None and "/".join(module.split(".")[1:-1]) == path.parent.as_posix()
+
     found = [f"{path}: {a.name}" for path, node in outside_compose() if isinstance(node, ast.ImportFrom)
-             for a in node.names if a.name in STAGE_OBJECTS]
+             and not sibling(path, node.module) for a in node.names if a.name in STAGE_OBJECTS]
     assert found == []
 
 
@@ -307,3 +314,125 @@ def test_resolving_leaves_the_validated_config_as_it_was():
     sc = resolve(sf)
     assert sf.config.model_dump() == before and sf.config.workload.tokens_per_device is None
     assert sc.config.workload.tokens_per_device == int(sc.moe_tokens.mean()) > 0
+
+
+# ---- every named slot of the config: its table in compose.py, its name compared nowhere else ----
+
+def _models(model, seen=None):
+    """Every pydantic model reachable from `model` through its fields."""
+    import typing
+
+    from pydantic import BaseModel
+
+    seen = seen if seen is not None else set()
+    if model in seen:
+        return seen
+    seen.add(model)
+    for info in model.model_fields.values():
+        stack = [info.annotation]
+        while stack:
+            t = stack.pop()
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                _models(t, seen)
+            stack.extend(typing.get_args(t))
+    return seen
+
+
+def slot_tables() -> dict[str, str]:
+    """`Model.field` -> the compose table its config check reads, for every named slot of the config."""
+    import typing
+
+    from moesim.simulator.config import ScenarioConfig
+
+    out = {}
+    for model in _models(ScenarioConfig):
+        for name, info in model.model_fields.items():
+            metadata = list(info.metadata)
+            for t in [info.annotation, *typing.get_args(info.annotation)]:
+                metadata += list(getattr(t, "__metadata__", ()))
+            for m in metadata:
+                table = getattr(getattr(m, "func", None), "table", None)
+                if table is not None:
+                    out[f"{model.__name__}.{name}"] = table
+    return out
+
+
+def compose_tables() -> dict[str, dict]:
+    from moesim.simulator import compose
+
+    return {name: value for name, value in vars(compose).items() if name.isupper() and isinstance(value, dict)}
+
+
+def test_every_named_slot_of_the_config_is_checked_against_its_table_in_compose():
+    """Each table of compose.py is what one config field's check reads (policies.units' rules
+    are read by the scenario's unit check, since a unit's name is also allowed there)."""
+    slots = slot_tables()
+    assert set(slots.values()) | {"UNIT_RULES"} == set(compose_tables())
+    assert {"RoutingConfig.generator", "PlacementConfig.policy", "DispatchConfig.algorithm",
+            "PoliciesConfig.overlap", "PoliciesConfig.expert_kernel", "CacheConfig.policy", "PrefetchConfig.policy",
+            "SchedulerConfig.order", "SchedulerConfig.kv_policy"} <= set(slots)
+
+
+def test_no_module_but_compose_compares_a_slot_with_one_of_its_names():
+    """Outside compose.py no production code compares a named slot's value with one of the names
+    (before issue 25 routing, placement, kernel form, cache, prefetch and serving order each
+    branched on their names where used)."""
+    tables = compose_tables()
+    names = {n for table in tables.values() for n in table}
+    fields = {slot.split(".")[1] for slot in slot_tables()} | {"attention", "dense_ffn", "shared_expert", "expert"}
+
+    def is_slot(node) -> bool:
+        return isinstance(node, ast.Attribute) and node.attr in fields
+
+    def literals(node) -> set:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return {node.value}
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return set().union(*(literals(e) for e in node.elts)) if node.elts else set()
+        return set()
+
+    found = []
+    for path, node in outside_compose():
+        if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            if any(is_slot(s) for s in sides) and names & set().union(*(literals(s) for s in sides)):
+                found.append(f"{path}:{node.lineno}: {ast.unparse(node)}")
+    assert found == []
+
+
+def _decode_first(decodes, prefills, items):
+    """A test's own serving order: an iteration with decodes runs only decodes."""
+    decodes()
+    if not items:
+        prefills()
+
+
+def test_a_new_serving_order_is_its_function_and_one_line_in_compose(monkeypatch):
+    """Plugged in by one line of compose's table, the test's order passes the config check and
+    the scheduler runs it: once a request decodes, no iteration mixes prefill with decode work,
+    and every request still finishes with all its tokens."""
+    import pandas as pd
+
+    from moesim.simulator import compose
+    from moesim.simulator.serving.config import ServingConfig
+    from moesim.simulator.serving.source import ServingSource
+    from moesim.workloads.batching import IterationOrder
+    from test_serving import drive
+
+    monkeypatch.setitem(compose.SERVING_ORDERS, "decode_first", IterationOrder("decode_first", _decode_first))
+    cfg = ServingConfig(arrivals={"process": "poisson", "rate": 1.0}, prompt_tokens={"dist": "fixed", "value": 1},
+                        output_tokens={"dist": "fixed", "value": 1}, num_requests=3,
+                        scheduler={"max_batch_tokens": 16, "max_running": 4, "order": "decode_first"})
+    requests = pd.DataFrame({"request_id": [0, 1, 2], "arrival_s": [0.0, 0.5, 1.5], "prompt_tokens": [3, 2, 4],
+                             "output_tokens": [3, 2, 2]})
+    source = ServingSource(cfg, requests, replicas=1, tp=1, kv_capacity_tokens=1000.0,
+                           policy=compose.scheduler_policy(cfg))
+    drive(source, 1.0)
+    kinds = [{item.phase for item in it.batches[0]} for it in source.iterations]
+    assert all(len(k) == 1 for k in kinds) and {"decode"} in kinds and {"prefill"} in kinds
+    emitted = sum(len(it.emitted[0]) for it in source.iterations)
+    assert emitted == int(requests.output_tokens.sum())
+    monkeypatch.delitem(compose.SERVING_ORDERS, "decode_first")
+    with pytest.raises(ValueError, match="unknown scheduler order 'decode_first'"):
+        ServingConfig(arrivals={"process": "poisson", "rate": 1.0}, prompt_tokens={"dist": "fixed", "value": 1},
+                      output_tokens={"dist": "fixed", "value": 1}, num_requests=1, scheduler={"order": "decode_first"})

@@ -143,6 +143,7 @@ def test_a_swapped_placement_with_replicas_is_refused(tmp_path):
     """A study may swap the placement after the config was checked: the pipeline checks again."""
     from dataclasses import replace
 
+    from moesim.simulator.compose import overlap_schedule
     from moesim.simulator.dispatch.token_stays import exflow_problem
 
     sc = load_scenario(toy_file(tmp_path, _exflow_config(per_token=True)))
@@ -151,7 +152,7 @@ def test_a_swapped_placement_with_replicas_is_refused(tmp_path):
                        slot_device=np.concatenate([pl.slot_device, (pl.slot_device[:, :1] + 1) % 4], axis=1),
                        slot_share=np.concatenate([pl.slot_share, pl.slot_share[:, :1]], axis=1) *
                        np.where(np.arange(pl.slot_expert.shape[1] + 1) % pl.slot_expert.shape[1] == 0, 0.5, 1.0))
-    assert exflow_problem(replace(sc, placement=replicas))[0] == "placement"
+    assert exflow_problem(replace(sc, placement=replicas), overlap_schedule(sc))[0] == "placement"
     with pytest.raises(ConfigError, match="redundant expert copies"):
         pipeline_for(replace(sc, placement=replicas))
 

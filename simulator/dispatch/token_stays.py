@@ -82,16 +82,15 @@ def gives_token_ids(routing) -> bool:
     return None  # unknown: the plan checks each step
 
 
-def exflow_problem(sc) -> tuple[str, str] | None:
-    """(config field, error message) when a scenario cannot run exflow dispatch, else None."""
-    if sc.config.policies.dispatch.algorithm != NAME:
-        return None
+def exflow_problem(sc, schedule) -> tuple[str, str] | None:
+    """(config field, error message) when a scenario cannot run exflow dispatch under its overlap
+    `schedule`, else None."""
     pol, pl = sc.config.policies, sc.placement
     E = sc.model.moe.num_experts
     if sc.tp > 1 or sc.moe_tp > 1:
         return "parallelism", exflow_error(f"parallelism has tp={sc.tp}, moe_tp={sc.moe_tp} (a token's attention "
                                            "or experts span several devices)")
-    if pol.overlap != "none":
+    if not schedule.token_ids:
         return "policies.overlap", exflow_error(f"overlap is '{pol.overlap}' (its micro-batches or early dispatch "
                                                 "carry no per-token ids)")
     if pol.capacity_factor is not None and pol.overflow == "drop":

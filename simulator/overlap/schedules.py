@@ -13,9 +13,12 @@ class Schedule:
     """An overlap schedule (`policies.overlap`): `program(shape)` is one step's instructions for
     every device (simulator/program.py); `microbatches` is how many parts the pipeline splits a
     step into for it; `offload`: whether its programs can wait for expert copies (each dispatch
-    wait runs the experts in the same wake-up, `wait_then`), which expert offloading needs."""
+    wait runs the experts in the same wake-up, `wait_then`), which expert offloading needs;
+    `token_ids`: whether its dispatch carries the step's per-token expert ids (one micro-batch,
+    dispatched after attention), which dispatch that follows tokens (exflow) needs."""
 
     name: str
     program: Callable[[StepShape], Program]
     microbatches: int = 1
     offload: bool = False
+    token_ids: bool = False

@@ -36,4 +36,4 @@ def sequential_program(shape: StepShape) -> Program:
     return Program(tuple(out))
 
 
-SEQUENTIAL = Schedule("none", sequential_program, offload=True)
+SEQUENTIAL = Schedule("none", sequential_program, offload=True, token_ids=True)
