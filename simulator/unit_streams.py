@@ -6,8 +6,9 @@ the accelerator where the dependencies allow (Duplex's co-processing, MoE-Lens's
 pipelining).
 
 A compute instruction runs its part's seconds on each unit that has any (`StepPlan.unit_time`,
-the accelerator's share first, a hand-off counting on the unit it hands to); a wait holds only its
-own micro-batch. Phase spans are the micro-batch's own, so with units computing at once the
+the accelerator's share first, a hand-off counting on the unit it hands to): a chain of ops one
+unit after the other, a device's routed experts (split by co_process) on their units at once; a
+wait holds only its own micro-batch. Phase spans are the micro-batch's own, so with units computing at once the
 phase shares of device time may add up past 1. Used by the engine where plans carry
 `unit_time`, the program has more than one micro-batch and nothing is offloaded; single-unit
 runs keep `interpreter.device_stream` (bit-identical results).
@@ -22,7 +23,17 @@ import simpy
 
 from moesim.errors import MoesimError
 from moesim.simulator.interpreter import collective_of, compile_for_device, run_steps
-from moesim.simulator.program import ALL_REDUCE, ALL_REDUCE_MORE, BESIDE, COMPUTE, SUBMIT, WAIT, WAIT_ARRIVAL, Program
+from moesim.simulator.program import (
+    ALL_REDUCE,
+    ALL_REDUCE_MORE,
+    BESIDE,
+    COMPUTE,
+    SUBMIT,
+    WAIT,
+    WAIT_ARRIVAL,
+    WORK,
+    Program,
+)
 
 if TYPE_CHECKING:
     from moesim.simulator.engine import Engine
@@ -46,16 +57,38 @@ def _run_on_units(env: simpy.Environment, seconds: np.ndarray, units: list[simpy
     en[i] = env.now
 
 
+def _run_at_once(env: simpy.Environment, seconds: np.ndarray, units: list[simpy.Resource], st: list, en: list,
+                 i: int) -> Generator:
+    """A part whose shares on different units are independent (a device's expert copies split by
+    co_process): each unit runs its share when it is free; the part ends with the last share."""
+    work = [(u, t) for u, t in enumerate(seconds.tolist()) if t > 0]
+    if len(work) <= 1:
+        yield from _run_on_units(env, seconds, units, st, en, i)
+        return
+    starts: list[float] = []
+
+    def share(u: int, t: float) -> Generator:
+        with units[u].request() as turn:
+            yield turn
+            starts.append(env.now)
+            yield env.timeout(t)
+
+    yield env.all_of([env.process(share(u, t)) for u, t in work])
+    st[i] = min(starts)
+    en[i] = env.now
+
+
 def _chain(engine: "Engine", code: list[tuple], split: np.ndarray, colls, units: list[simpy.Resource], st: list,
            en: list, d: int) -> Generator:
     """One micro-batch's instructions in order; `split` is its plan's (parts, units, layers) seconds."""
     env = engine.env
     beside = None  # a compute running beside the next wait (shared experts during dispatch)
     for op, i, operand, layer, _mb, m, _phase in code:
+        run = _run_at_once if operand == WORK["expert"] and op in (COMPUTE, BESIDE) else _run_on_units
         if op == COMPUTE:
-            yield from _run_on_units(env, split[operand, :, layer], units, st, en, i)
+            yield from run(env, split[operand, :, layer], units, st, en, i)
         elif op == BESIDE:
-            beside = env.process(_run_on_units(env, split[operand, :, layer], units, st, en, i))
+            beside = env.process(run(env, split[operand, :, layer], units, st, en, i))
         elif op == SUBMIT:
             collective_of(colls, operand, layer, m).submit(d)
         elif op in (WAIT, WAIT_ARRIVAL):

@@ -403,6 +403,57 @@ def test_hand_offs_between_units_are_costed_and_appear_in_the_trace(tmp_path, to
     assert total == pytest.approx(crossing["attention"], rel=1e-3)
 
 
+def test_a_split_expert_layer_runs_on_its_units_at_once():
+    """The stream per unit runs a device's expert copies split across two units at once (hand
+    check): both units free, the part takes the longer share; the xPU busy until 5, its share
+    starts then while the PIM's ran from 0; a chain of ops (attention) runs its shares in turn."""
+    import simpy
+
+    from moesim.simulator.unit_streams import _run_at_once, _run_on_units
+
+    def run(part, busy_until: float = 0.0):
+        env = simpy.Environment()
+        units = [simpy.Resource(env, capacity=1) for _ in range(2)]
+        st, en = [None], [None]
+
+        def hold():
+            with units[0].request() as turn:
+                yield turn
+                yield env.timeout(busy_until)
+
+        if busy_until:
+            env.process(hold())
+        env.process(part(env, np.array([3.0, 2.0]), units, st, en, 0))
+        env.run()
+        return st[0], en[0]
+
+    assert run(_run_at_once) == (0.0, 3.0)
+    assert run(_run_at_once, busy_until=5.0) == (0.0, 8.0)  # the PIM's share ran 0-2 beside the wait
+    assert run(_run_on_units) == (0.0, 5.0)
+
+
+def test_co_process_under_two_batch_overlap_runs_on_a_stream_per_unit(tmp_path, toy_config):
+    """co_process with two micro-batches: the engine runs a stream per unit, a micro-batch's expert
+    phase lasts at least its slower unit's share, and the step ends."""
+    from moesim.simulator.compose import engine_for
+    from moesim.simulator.phases import PHASE_INDEX
+
+    cfg = copy.deepcopy(toy_config)
+    cfg["workload"]["routing"]["counts"] = [[2000, 1, 0, 0], [2000, 1, 0, 0]]
+    cfg["workload"]["batch_size"] = 2001
+    path = toy_pim(tmp_path, cfg, expert="co_process")
+    text = yaml.safe_load(path.read_text())
+    text["policies"]["overlap"] = "two_batch"
+    path.write_text(yaml.safe_dump(text))
+    engine = engine_for(load_scenario(path))
+    assert engine.unit_streams
+    raw = engine.run()
+    span = (raw.end - raw.start)[0, 0, 0, :, PHASE_INDEX["expert"]]  # step 0, layer 0, device 0, per micro-batch
+    split = np.stack([p.unit_time[3, :, 0, 0] for p in raw.microbatch_plans[0]])  # (micro-batch, units)
+    assert (split[0] > 0).all(), "micro-batch 0's expert layer is split across the xPU and the PIM"
+    assert (span >= split.max(axis=1) * (1 - 1e-9)).all()
+
+
 def test_serving_with_units_computing_at_once_serves_every_request():
     """The stream-per-unit interpreter keeps the serving hooks (arrivals, the iteration barrier,
     replayed iterations): every request finishes with all its tokens."""
