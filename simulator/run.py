@@ -34,12 +34,9 @@ def simulate(scenario: Scenario | ScenarioFile | str | Path,
         engine.progress = lambda step: progress(len(engine.source.finished))
     raw = engine.run()
     result = summarize(scenario, raw)
-    if uses_units(scenario):  # which unit ran what, from the first step's plan
-        from moesim.simulator.compose import pipeline_for
-        from moesim.simulator.roofline import scenario_plan
-
-        pipeline = pipeline_for(scenario)
-        result.summary["units"] = unit_usage(scenario, pipeline, scenario_plan(scenario, 0, pipeline))
+    usage = unit_usage(scenario, raw.plans) if uses_units(scenario) else None
+    if usage is not None:  # which unit ran what, over every step the engine ran
+        result.summary["units"] = usage
     if scenario.config.serving is not None:
         from moesim.simulator.serving.outcome import serving_outcome
 

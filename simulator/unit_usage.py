@@ -1,15 +1,17 @@
 """Which compute unit ran what: summary.json's `units` for a scenario that sends parts of a layer
-to units beside the accelerator (model output, read from the op rows of the engine's plan of the
-first step, every layer and device)."""
+to units beside the accelerator (model output: the seconds each unit spent on each part, summed
+over every step the engine ran, every layer and device, from the plans' `unit_time`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from moesim.simulator.scenario import Scenario
-from moesim.simulator.step_plan import StepPipeline, StepPlan
+import numpy as np
 
-PARTS = ("attention", "dense_ffn", "shared_expert", "expert")
+from moesim.simulator.scenario import Scenario
+from moesim.simulator.step_plan import StepPlan
+
+PARTS = ("attention", "dense_ffn", "shared_expert", "expert")  # StepPlan.unit_time's order
 
 
 def uses_units(sc: Scenario) -> bool:
@@ -19,24 +21,26 @@ def uses_units(sc: Scenario) -> bool:
     return hybrid or any(getattr(units, p) != "accelerator" for p in PARTS)
 
 
-def unit_usage(sc: Scenario, pipeline: StepPipeline, plan: StepPlan) -> dict[str, Any]:
-    """The rule of each part, and each unit's share (by unit name) of the step's compute time and of
-    its hand-offs."""
-    rows = pipeline.op_rows(plan)
-    name = {u.label: u.name for u in sc.machine.units.values()}
-    rows = rows.assign(unit=rows["unit"].map(lambda label: name.get(label, label)))
-    compute = rows[rows["kind"] != "comm"]
-    handoff = rows[(rows["kind"] == "comm") & rows["unit"].str.endswith(" link")]
-    total = float(compute["time_s"].sum()) + float(handoff["time_s"].sum())
-    by_unit = compute.groupby("unit")["time_s"].sum()
-    by_part = {p: {u: float(t) for u, t in compute[compute["phase"] == p].groupby("unit")["time_s"].sum().items()}
-               for p in PARTS if (compute["phase"] == p).any()}
+def unit_usage(sc: Scenario, plans: list[StepPlan]) -> dict[str, Any] | None:
+    """The rule of each part, each unit's share (by unit name) of the run's compute seconds and
+    the hand-offs' share, and the seconds of each part on each unit; None where no plan says."""
+    timed = [p for p in plans if p.unit_time is not None]
+    if not timed:
+        return None
+    busy = sum(p.unit_time.sum(axis=(2, 3)) for p in timed)  # (parts, units), hand-offs included
+    handed = sum(p.handoff.sum(axis=(2, 3)) for p in timed if p.handoff is not None)
+    compute = busy - handed
+    names = list(sc.machine.units)
+    total = float(busy.sum())
+    by_unit = compute.sum(axis=0)
     cfg = sc.config.policies.units
     return {
         "rules": {p: getattr(cfg, p) for p in PARTS},
-        "step": plan.step,
-        "compute_share": {u: float(t) / total if total else 0.0 for u, t in by_unit.items()},
-        "handoff_share": float(handoff["time_s"].sum()) / total if total else 0.0,
-        "seconds_by_part": by_part,
-        "source": "model (op rows of the engine's plan of the step, every layer and device)",
+        "steps": len(timed),
+        "compute_share": {u: float(by_unit[k]) / total if total else 0.0 for k, u in enumerate(names)},
+        "handoff_share": float(np.sum(handed)) / total if total else 0.0,
+        "seconds_by_part": {p: {u: float(compute[i, k]) for k, u in enumerate(names) if compute[i, k] > 0}
+                            for i, p in enumerate(PARTS) if compute[i].sum() > 0},
+        "source": "model (the seconds each unit spent on each part in the engine's plans, every step, layer "
+                  "and device)",
     }

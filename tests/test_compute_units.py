@@ -8,6 +8,7 @@ import copy
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -290,15 +291,24 @@ def test_threshold_without_its_rule_is_a_config_error(tmp_path, toy_config):
 
 
 def test_the_summary_says_which_unit_ran_what(tmp_path, toy_config):
-    """summary.json's units: shares of step 0's compute by unit and of hand-offs add up to 1, and
-    the seconds by part are the plan's op rows."""
-    res = simulate(load_scenario(toy_pim(tmp_path, toy_config, attention="pim")))
+    """summary.json's units: shares of the run's compute by unit and of hand-offs add up to 1, and
+    the seconds by part and unit are the op rows of every step's plan (hand sum), hand-offs apart."""
+    cfg = copy.deepcopy(toy_config)
+    cfg["workload"]["steps"] = 3
+    res = simulate(load_scenario(toy_pim(tmp_path, cfg, attention="pim")))
     units = res.summary["units"]
     assert units["rules"]["attention"] == "pim" and set(units["compute_share"]) == {"accelerator", "pim"}
     assert sum(units["compute_share"].values()) + units["handoff_share"] == pytest.approx(1.0)
-    plan = scenario_plan(res.scenario, 0)
-    on_pim = units["seconds_by_part"]["attention"]["pim"]
-    assert 0 < on_pim < plan.attention.sum()
+    assert units["steps"] == 3
+    pipe = pipeline_for(res.scenario)
+    rows = pd.concat([pipe.op_rows(p) for p in res.raw.plans])
+    compute = rows[rows.kind != "comm"].replace({"unit": {"device": "accelerator"}})
+    want = compute.groupby(["phase", "unit"]).time_s.sum()
+    got = {(part, unit): t for part, by in units["seconds_by_part"].items() for unit, t in by.items()}
+    assert got == pytest.approx({k: v for k, v in want.items() if v > 0}, rel=1e-9)
+    crossing = rows[rows.unit.str.endswith(" link")].time_s.sum()
+    total = sum(got.values()) + crossing
+    assert units["handoff_share"] == pytest.approx(crossing / total, rel=1e-9)
     (tmp_path / "plain").mkdir()
     assert "units" not in simulate(load_scenario(toy_file(tmp_path / "plain", toy_config))).summary
 
