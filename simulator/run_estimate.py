@@ -18,6 +18,7 @@ from moesim.errors import MoesimError
 from moesim.simulator.compose import dispatch_algorithm, overlap_schedule
 from moesim.simulator.phases import PHASES
 from moesim.simulator.scenario import Scenario
+from moesim.simulator.unit_usage import PARTS, uses_units
 from moesim.units import fmt_bytes
 
 SECONDS_PER_EVENT = 12e-6  # SimPy wake-up of one device with its bookkeeping
@@ -69,6 +70,8 @@ def estimate_run(sc: Scenario, steps: int | None = None) -> RunEstimate:
     groups = max(n // max(sc.ep * sc.moe_tp, 1), 1)
     timeline = 2 * L * n * mb * P * (8 + 8 + 12)  # start/end: list slots, half hold a float object, then arrays
     plan = mb * (2 * stages * Lm * n * n * 8 + 8 * L * n * 8 + 2 * groups * Lm * slots * 8 + Lm * n * 24)
+    if uses_units(sc):  # each part's seconds per unit and its hand-offs; each expert copy's unit
+        plan += mb * (2 * len(PARTS) * len(sc.machine.units) * L * n * 8 + groups * Lm * slots * 8)
     if sc.config.workload.routing.per_token or sc.config.workload.routing.max_nodes:
         plan += mb * Lm * int(sc.moe_tokens.sum()) * m.moe.top_k * 4
     phase_rows = L * n * mb * 7 * 64  # about 7 phases run per layer, ~64 bytes a row in the table

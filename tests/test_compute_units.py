@@ -313,6 +313,19 @@ def test_the_summary_says_which_unit_ran_what(tmp_path, toy_config):
     assert "units" not in simulate(load_scenario(toy_file(tmp_path / "plain", toy_config))).summary
 
 
+def test_the_run_estimate_counts_the_plans_per_unit_arrays(tmp_path, toy_config):
+    """A run that sends parts to units keeps each part's seconds per unit and its hand-offs
+    (2 x 4 parts x 2 units x L layers x 2 devices doubles) and each expert copy's unit (1 group x
+    Lm MoE layers x 4 copies) per plan: the estimate grows by exactly that."""
+    from moesim.simulator.run_estimate import estimate_run
+
+    one = estimate_run(load_scenario(toy_pim(tmp_path / "a", toy_config)))
+    two = estimate_run(load_scenario(toy_pim(tmp_path / "b", toy_config, attention="pim")))
+    sc = load_scenario(toy_pim(tmp_path / "c", toy_config))
+    L, Lm = sc.model.num_layers, len(sc.model.moe_layers)
+    assert two.memory_bytes - one.memory_bytes == 2 * 4 * 2 * L * 2 * 8 + Lm * 4 * 8
+
+
 def test_serving_with_attention_on_grace_budgets_the_kv_cache_in_grace_memory():
     """A serving rank whose attention runs on a unit of its own memory admits by that unit's share
     of memory (LPDDR5X on a GH200), not by what HBM leaves after the weights."""
