@@ -250,7 +250,7 @@ def print_summary(result: Any, console: Console) -> None:
     if units:  # a part of the layer ran off the accelerator
         shares = ", ".join(f"{u} {f:.0%}"
                            for u, f in sorted(units["compute_share"].items(), key=lambda kv: -kv[1]))
-        head.add_row("compute by unit (step 0)", f"{shares}, hand-offs {units['handoff_share']:.0%}")
+        head.add_row("compute by unit", f"{shares}, hand-offs {units['handoff_share']:.0%}")
     bar = s.get("error_bar") or {}
     head.add_row("error bar", f"±{bar['relative']:.1%} (calibrated profile's held-out MAPE)"
                  if bar.get("relative") is not None else "none (datasheet profile, error never measured)")
