@@ -152,6 +152,7 @@ class Engine:
         self._group_pairs = (group[:, None] == group[None, :]) & ~np.eye(n, dtype=bool)
         # comm kernel costs (comm_cost): each collective's kind and every device's floor in it
         self._moe_kind = comm_kind
+        self._single_ep = scenario.ep == 1
         self._moe_floor = _floors(scenario.routes, self._moe_kind, self._group_pairs)
         self._tp_floor = _floors(scenario.routes, "all_reduce", _group_pairs(n, tp)) if tp > 1 else None
         self._moe_tp_floor = _floors(scenario.routes, "all_reduce", _group_pairs(n, mt)) if mt > 1 else None
@@ -207,11 +208,20 @@ class Engine:
             kind, extra = self._moe_kind, tr.kernel_latency or 0.0
             floor = self._moe_floor if tr.kernel_latency is None else None
             skipped = tr.combine_skipped  # a combine that moves nothing launches no kernel: no floor, no wait
+            # ep = 1 (MoE-TP alone): a layer whose bytes all stay on their devices runs no all-to-all at all;
+            # with ep > 1 every rank launches the kernel (DeepEP, NCCL) whatever this layer's counts
+            moves_d, moves_c = (_moves(dis), _moves(com)) if self._single_ep else ([True] * len(dis[0]),) * 2
             nobody = np.zeros((self.n, self.n), dtype=bool)
-            moe = [(make_collective(env, fabric, [s[m] for s in dis], extra, need_d[m], kind, floor),
-                    make_collective(env, fabric, [s[m] for s in com], 0.0, nobody, kind, None)
-                    if skipped is not None and skipped[m] else
-                    make_collective(env, fabric, [s[m] for s in com], extra, need_c[m], kind, floor))
+
+            def kernel(stages, m: int, need, moves: bool, skip: bool = False):
+                if skip:
+                    return make_collective(env, fabric, [s[m] for s in stages], 0.0, nobody, kind, None)
+                if not moves:  # every byte stays on its device: one idle stage, nobody waits
+                    return make_collective(env, fabric, [stages[0][m]], 0.0, nobody, kind, None)
+                return make_collective(env, fabric, [s[m] for s in stages], extra, need, kind, floor)
+
+            moe = [(kernel(dis, m, need_d[m], moves_d[m]),
+                    kernel(com, m, need_c[m], moves_c[m], skipped is not None and bool(skipped[m])))
                    for m in range(dis[0].shape[0])]
             tp = []
             if self._tp_ring is not None:
@@ -376,6 +386,12 @@ class Engine:
             end[..., _STRAG] = split
             start[..., _COMB] = split
         self.start[:, moe], self.end[:, moe] = all_start, all_end
+
+
+def _moves(stages: list[np.ndarray]) -> list[bool]:
+    """Per MoE layer, whether a dispatch or combine sends any byte off its own device."""
+    off = sum(s.sum(axis=(1, 2)) - np.einsum("lii->l", s) for s in stages)
+    return (off > 0).tolist()
 
 
 def _pairs_of(stages: list[np.ndarray]) -> list:
