@@ -3,13 +3,15 @@
 Run:  python benchmarks/bench_serving.py [--repeats 3] [--quick]
 
 1. The issue-16 scenario: DeepSeek-V3 on 16 x H100 (attention DP16 + EP16, two nodes),
-   1024-token prompts, 256-token replies, a closed loop of 64 users, 512 requests: median wall
+   1024-token prompts, 256-token replies, a closed loop of 64 users all started at t = 0 (in
+   lockstep; the bundled example now runs it as traffic), 512 requests: median wall
    seconds of `simulate` (config to results, no run directory) over repeated runs. Target <= 10 s
    on a 2-core machine.
 2. The iteration cache (`serving.iteration_cache`, on by default) against the full simulation
    of every iteration on the same runs: relative differences of TTFT/TPOT/E2E percentiles and
-   throughput, for the closed loop above (fewer requests, so the full run stays short) and for an
-   open loop with varied lengths, where batch shapes repeat less.
+   throughput, for the lockstep closed loop above (fewer requests, so the full run stays short),
+   for the bundled example's desynchronised closed loop, and for an open loop with varied
+   lengths, where batch shapes repeat less.
 3. How wall time grows with requests and with concurrency (cache on).
 """
 
@@ -28,13 +30,22 @@ from moesim.simulator.run import simulate
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def config(requests: int = 512, users: int = 64, output: int = 256, cache: bool = True, open_rate: float | None = None) -> dict:
+def config(requests: int = 512, users: int = 64, output: int = 256, cache: bool = True, open_rate: float | None = None,
+           desync: bool = False) -> dict:
     cfg = yaml.safe_load((EXAMPLES / "serving-deepseek-v3-dp16-ep16.yaml").read_text())
     sv = cfg["serving"]
-    sv.update(num_requests=requests, iteration_cache=cache, output_tokens={"dist": "fixed", "value": output})
+    # issue 16's lockstep closed loop: fixed lengths, every user at t = 0, no think time
+    sv.update(num_requests=requests, iteration_cache=cache, output_tokens={"dist": "fixed", "value": output},
+              prompt_tokens={"dist": "fixed", "value": 1024}, think_time=0.0, ramp_up=0.0, ramp="even")
+    if desync:  # the bundled example's traffic: lognormal lengths, random start phases, exponential think
+        bundled = yaml.safe_load((EXAMPLES / "serving-deepseek-v3-dp16-ep16.yaml").read_text())["serving"]
+        for key in ("prompt_tokens", "think_time", "ramp_up", "ramp"):
+            sv[key] = bundled[key]
+        sv["output_tokens"] = {"dist": "lognormal", "mean": output, "std": output / 2, "min": 4, "max": 4 * output}
     if open_rate is not None:  # open loop, varied lengths
         sv.pop("users")
-        sv.pop("think_time", None)
+        for key in ("think_time", "ramp_up", "ramp"):
+            sv.pop(key, None)
         sv["arrivals"] = {"process": "poisson", "rate": open_rate}
         sv["prompt_tokens"] = {"dist": "lognormal", "mean": 1024, "std": 512, "min": 32, "max": 4096}
         sv["output_tokens"] = {"dist": "lognormal", "mean": output, "std": output / 2, "min": 4, "max": 4 * output}
@@ -80,6 +91,8 @@ def main() -> None:
         return
     print("\niteration cache against the full simulation (same runs, same seed):")
     for label, kw in (("closed loop, 64 users, 128 requests, 64-token replies", dict(requests=128, output=64)),
+                      ("closed loop as traffic (random start phases, exponential think, lognormal lengths)",
+                       dict(requests=128, output=64, desync=True)),
                       ("open loop, 4 req/s, 96 requests, lognormal lengths", dict(requests=96, output=64, open_rate=4.0))):
         (tc, cached), (tf, full) = run(config(cache=True, **kw)), run(config(cache=False, **kw))
         print(f"  {label}: {tc:.1f} s with the cache, {tf:.1f} s without")

@@ -939,7 +939,10 @@ def serving_load(cfg: dict[str, Any]) -> str:
     """The offered load in words, from the resolved config's serving section."""
     if cfg.get("users") is not None:
         think = cfg.get("think_time") or 0.0
-        return f"closed loop, {cfg['users']} concurrent user(s), think time {_time(float(think)) if think else '0'}"
+        think_text = _items(think) if isinstance(think, dict) else (_time(float(think)) if think else "0")
+        ramp = cfg.get("ramp_up") or 0.0
+        start = f", users start over {_time(float(ramp))} ({cfg.get('ramp', 'even')})" if ramp else ", all at t = 0"
+        return f"closed loop, {cfg['users']} concurrent user(s), think time {think_text}{start}"
     return f"open loop, arrivals {_items(cfg.get('arrivals'))}"
 
 

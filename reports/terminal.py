@@ -476,6 +476,9 @@ def print_serving_summary(result: Any, console: Console) -> None:
               f"({mem['kv_tokens']:,} tokens), other {fmt_bytes(mem['activations'] + mem['comm_buffers'])}, "
               f"reserve {fmt_bytes(mem['runtime_reserve'])}")
     print_table(console, h)
+    warning = (sv.get("traffic") or {}).get("warning")
+    if warning:
+        console.print(f"[bold yellow]warning:[/] {warning}")
 
 
 def print_sweep_table(table: pd.DataFrame, title: str, console: Console) -> None:

@@ -7,12 +7,13 @@ when the last one finishes, after `think_time`. Lengths come from distributions 
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from moesim.simulator.config_choice import one_of
 from moesim.units import Seconds
+from moesim.workloads.closed_loop import ThinkDist
 from moesim.workloads.arrivals import Arrivals, LengthDist, RequestCount, Span, Tokens, span_problem
 
 
@@ -65,10 +66,25 @@ class DisaggregationConfig(_Strict):
     decode: PoolConfig
 
 
+def _think_kind(value: Any) -> str:
+    """Which form a think time takes: a mapping is a distribution, anything else seconds."""
+    return "dist" if isinstance(value, (dict, BaseModel)) else "seconds"
+
+
+#: seconds (a number with an optional unit), or a distribution of them
+ThinkTime = Annotated[Annotated[Annotated[Span, Field(ge=0)], Tag("seconds")] | Annotated[ThinkDist, Tag("dist")],
+                      Discriminator(_think_kind)]
+
+
 class ServingConfig(_Strict):
     arrivals: Arrivals | None = Field(None, description="open loop: the arrival process")
     users: RequestCount | None = Field(None, ge=1, description="closed loop: concurrent users")
-    think_time: Span = Field(0.0, ge=0, description="closed loop: pause between a reply and the next request")
+    think_time: ThinkTime = Field(0.0, description="closed loop: pause between a reply and the user's next "
+                                        "request: seconds, or {dist: exponential, mean} / uniform / lognormal")
+    ramp_up: Span = Field(0.0, ge=0, description="closed loop: the users' first requests spread over this many "
+                          "seconds (0: all at t = 0, which with fixed lengths runs in lockstep)")
+    ramp: Literal["even", "random"] = Field("even", description="closed loop: users start evenly over ramp_up, or "
+                                            "each at a random phase in it")
     prompt_tokens: LengthDist | None = None
     output_tokens: LengthDist | None = None
     num_requests: RequestCount | None = Field(None, ge=1)
@@ -90,6 +106,9 @@ class ServingConfig(_Strict):
                 raise ValueError("a closed loop needs serving.num_requests (requests in all, over every user)")
             if self.duration is not None:
                 raise ValueError("serving.duration bounds open-loop arrivals; a closed loop uses num_requests")
+        elif self.ramp_up or self.think_time != 0.0 or self.ramp != "even":
+            raise ValueError("serving.think_time, serving.ramp_up and serving.ramp shape a closed loop "
+                             "(serving.users); an open loop's timing is its arrival process")
         if self.disaggregation is not None and self.users is not None:
             raise ValueError("prefill/decode disaggregation runs an open loop (serving.arrivals): a closed loop's "
                              "next request would couple the two pools' simulations")

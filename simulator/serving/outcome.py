@@ -10,6 +10,7 @@ from moesim.simulator.engine import EngineResult
 from moesim.simulator.scenario import Scenario
 from moesim.simulator.serving.iteration_cache import IterationCache
 from moesim.simulator.serving.results import iteration_cache_summary, request_table, serving_summary
+from moesim.simulator.serving.lockstep import lockstep
 from moesim.simulator.serving.setup import rank_memory
 from moesim.simulator.serving.source import ServingSource
 
@@ -62,6 +63,7 @@ def serving_outcome(sc: Scenario, raw: EngineResult, source: ServingSource,
     summary["replicas"] = len(source.batchers)
     summary["iterations"] = len(source.iterations)
     summary["iteration_cache"] = cache_outcome(cache, start, end)
+    summary["traffic"] = lockstep(iterations, len(source.batchers))
     return table, iterations, summary
 
 

@@ -13,6 +13,7 @@ iteration is formed) plus the think time.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -24,6 +25,7 @@ from moesim.simulator.serving.config import ServingConfig
 from moesim.simulator.step_source import AttentionMix, StepInput
 from moesim.workloads.arrivals import RequestsConfig, generate_requests, sample_lengths
 from moesim.workloads.batching import BatchItem, ContinuousBatcher, SchedulerPolicy
+from moesim.workloads.closed_loop import request_delays
 
 
 #: simulated seconds past which float64 no longer resolves token times (spacing ~1e-7 s at 1e9 s)
@@ -77,6 +79,9 @@ class ServingSource:
         self._prompt = self.requests["prompt_tokens"].to_numpy(dtype=np.int64)
         self._output = self.requests["output_tokens"].to_numpy(dtype=np.int64)
         self.arrival = self.requests["arrival_s"].to_numpy(dtype=np.float64).copy()
+        # closed loop: each request's delay after its user's previous reply (or t = 0), drawn up front
+        self._delay = (self.requests["delay_s"].to_numpy(dtype=np.float64) if "delay_s" in self.requests
+                       else np.zeros(len(self.requests)))
         self._pending: list[tuple[float, int]] = []  # (arrival, row) not yet routed to a replica, sorted
         self._next_request = 0  # closed loop: the next request (row) a user sends
         self._user_ready = 0  # closed loop: users whose request finished, about to send the next
@@ -88,11 +93,14 @@ class ServingSource:
 
     # ---- traffic ---------------------------------------------------------------------------
     def _send(self, count: int, at: float) -> None:
-        """Closed loop: the next `count` requests are sent at `at`."""
+        """Closed loop: `count` users' replies came at `at`: each sends the next request its delay
+        (think time, or start offset) later."""
         for _ in range(count):
-            if self._next_request < len(self.arrival):
-                self.arrival[self._next_request] = at
-                self._pending.append((at, self._next_request))
+            row = self._next_request
+            if row < len(self.arrival):
+                sent = at + float(self._delay[row])
+                self.arrival[row] = sent
+                bisect.insort(self._pending, (sent, row))
                 self._next_request += 1
 
     def _route(self, now: float) -> None:
@@ -120,7 +128,7 @@ class ServingSource:
         horizon = self.cfg.horizon
         while True:
             now = check_time(self.clock(), self.config_file)
-            self._send(self._user_ready, now + self.cfg.think_time)
+            self._send(self._user_ready, now)
             self._user_ready = 0
             if horizon is not None and now >= horizon:
                 return
@@ -185,10 +193,11 @@ def request_table(cfg: ServingConfig, seed: int, base_dir) -> pd.DataFrame:
                              num_requests=cfg.num_requests, duration=cfg.duration)
         return generate_requests(req, seed, base_dir)
     n = int(cfg.num_requests)
-    _, prompt_ss, output_ss = np.random.SeedSequence(int(seed)).spawn(3)
+    _, prompt_ss, output_ss, delay_ss = np.random.SeedSequence(int(seed)).spawn(4)
     return pd.DataFrame({
         "request_id": np.arange(n, dtype=np.int64),
         "arrival_s": np.full(n, np.nan),
         "prompt_tokens": sample_lengths(cfg.prompt_tokens, np.random.default_rng(prompt_ss), n),
         "output_tokens": sample_lengths(cfg.output_tokens, np.random.default_rng(output_ss), n),
+        "delay_s": request_delays(n, int(cfg.users), cfg.think_time, cfg.ramp_up, cfg.ramp, delay_ss),
     })
