@@ -15,6 +15,7 @@ import simpy
 
 from moesim.placement.placement import Placement, contiguous, round_robin
 from moesim.workloads.batching import MIXED, PREEMPT, PREFILL_FIRST, RESERVE, IterationOrder, KvPolicy, SchedulerPolicy
+from moesim.simulator.allreduce import AUTO, NCCL, ONE_SHOT_ALWAYS, TWO_SHOT_ALWAYS, AllReduceChoice
 from moesim.simulator.capacity import CapacityPolicy
 from moesim.simulator.config import config_error
 from moesim.simulator.dispatch import DispatchAlgorithm, DispatchLayout
@@ -118,6 +119,10 @@ SERVING_ORDERS: dict[str, IterationOrder] = {"mixed": MIXED, "prefill_first": PR
 # `serving.scheduler.kv_policy`: name -> how admission counts KV
 KV_POLICIES: dict[str, KvPolicy] = {"reserve": RESERVE, "preempt": PREEMPT}
 
+# `policies.tp_allreduce`: name -> how TP and MoE-TP groups all-reduce (simulator/allreduce.py)
+ALLREDUCE_ALGORITHMS: dict[str, AllReduceChoice] = {"auto": AUTO, "nccl": NCCL, "one_shot": ONE_SHOT_ALWAYS,
+                                                    "two_shot": TWO_SHOT_ALWAYS}
+
 # `policies.overlap`: name -> the schedule whose program every device runs
 OVERLAP_SCHEDULES: dict[str, Schedule] = {"none": SEQUENTIAL, "two_batch": TWO_BATCH, "shortcut": SHORTCUT}
 
@@ -173,13 +178,15 @@ def engine_for(sc: Scenario, progress: Callable[[int], None] | None = None,
     (the scenario's pipeline over its step source, behind the serving iteration cache where asked;
     or `plans`, built by hand, with `program` in place of the schedule's where given)."""
     comm_kind = dispatch_algorithm(sc).comm_kind
+    allreduce = ALLREDUCE_ALGORITHMS[sc.config.policies.tp_allreduce]
     env = simpy.Environment()
     offload = None
     if sc.offload is not None:
         off = sc.offload.config
         offload = OffloadManager(sc, env, CACHE_POLICIES[off.cache.policy], PREFETCH_POLICIES[off.prefetch.policy])
     if plans is not None:
-        return Engine(sc, plans, program or step_program(sc), comm_kind, progress=progress, env=env, offload=offload)
+        return Engine(sc, plans, program or step_program(sc), comm_kind, progress=progress, env=env, offload=offload,
+                      allreduce=allreduce)
     pipeline = pipeline_for(sc)
     source = step_source_for(sc)
     serving = sc.config.serving is not None
@@ -191,7 +198,8 @@ def engine_for(sc: Scenario, progress: Callable[[int], None] | None = None,
         cache = IterationCache(pipeline)
         feed = cache.plans(source)
     return Engine(sc, feed, step_program(sc, serving), comm_kind, source=source, cache=cache, ahead=True,
-                  steps=getattr(source, "steps", None), progress=progress, env=env, offload=offload)
+                  steps=getattr(source, "steps", None), progress=progress, env=env, offload=offload,
+                  allreduce=allreduce)
 
 
 def exflow_kv_bytes(sc: Scenario) -> tuple[float, ...]:

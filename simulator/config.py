@@ -232,6 +232,10 @@ class PoliciesConfig(_Strict):
         "fused", description="fused: the MoE layer as serving kernels run it (a per-layer floor, one "
         "grouped-GEMM launch, memory passes over every routed row; simulator/moe_kernel_cost.py); grouped: "
         "one grouped-GEMM launch only; per_expert: one launch per expert")
+    tp_allreduce: Annotated[str, one_of("ALLREDUCE_ALGORITHMS", "all-reduce algorithm")] = Field(
+        "auto", description="how TP and MoE-TP groups all-reduce: auto (as vLLM's custom all-reduce picks by "
+        "message size: one-shot, two-shot, NCCL above 8 MiB or across nodes), nccl (ring), one_shot, two_shot; "
+        "simulator/allreduce.py")
     small_ops: bool = Field(True, description="cost norms, the embedding lookup and the LM head")
     capacity_factor: float | None = Field(None, gt=0, description="None: no capacity limit")
     overflow: Literal["keep", "drop"] = "keep"

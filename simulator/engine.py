@@ -21,6 +21,7 @@ import simpy
 from moesim import interrupts
 from moesim.errors import MoesimError
 from moesim.simulator import comm_cost
+from moesim.simulator.allreduce import NCCL, AllReduceChoice, GroupAllReduce
 from moesim.simulator.collectives import GroupCollective, make_collective, staged_pairs
 from moesim.simulator.network import Fabric, sending_pairs
 from moesim.simulator.offload.manager import LayerWait, OffloadManager
@@ -94,7 +95,8 @@ class Engine:
     def __init__(self, scenario: Scenario, plans: Iterable[list[StepPlan]], program: Program, comm_kind: str,
                  *, source=None, cache=None, ahead: bool = False, steps: int | None = None,
                  progress: Callable[[int], None] | None = None, env: simpy.Environment | None = None,
-                 offload: OffloadManager | None = None):
+                 offload: OffloadManager | None = None, allreduce: AllReduceChoice = NCCL):
+        """`allreduce`: how TP and MoE-TP groups all-reduce (`policies.tp_allreduce`, from compose)."""
         self.sc = scenario
         self.env = env if env is not None else simpy.Environment()
         if (offload is None) != (scenario.offload is None):
@@ -109,13 +111,13 @@ class Engine:
             source.bind_clock(lambda: self.env.now)
         self._feed = plan_feed(iter(plans), steps, self.interactive, ahead)
         try:
-            self._set_up(scenario, progress, program, comm_kind)
+            self._set_up(scenario, progress, program, comm_kind, allreduce)
         except BaseException:  # an error or an interrupt here must not leave the feed's child running
             self._feed.close()
             raise
 
     def _set_up(self, scenario: Scenario, progress: Callable[[int], None] | None, program: Program,
-                comm_kind: str) -> None:
+                comm_kind: str, allreduce: AllReduceChoice) -> None:
         """Everything the engine holds besides its plan feed (split out so a failure closes the feed)."""
         self.program = program
         self.progress = progress
@@ -139,13 +141,18 @@ class Engine:
         self.microbatches = program.microbatches
         tp = scenario.tp
         self.tp = tp
-        self._tp_ring = _ring(n, tp) if tp > 1 else None
         hop = scenario.routes.pair_latency[0, 1] if n > 1 else 0.0
-        self._tp_extra_latency = (2 * (tp - 1) - 1) * hop if tp > 1 else 0.0
+        node_of = scenario.machine.node_of
+
+        def one_node(size: int) -> bool:  # every group of `size` ranks inside one node (one NVLink domain)
+            return bool((node_of.reshape(-1, size).min(axis=1) == node_of.reshape(-1, size).max(axis=1)).all())
+
+        self._tp_ar = GroupAllReduce(allreduce, n, tp, hop, one_node(tp)) if tp > 1 else None
         mt = scenario.moe_tp
         self.moe_tp = mt
-        self._moe_ring = _ring(n, mt) if mt > 1 else None
-        self._moe_extra_latency = (2 * (mt - 1) - 1) * hop if mt > 1 else 0.0
+        # MoE-TP reduces with an all-reduce where tp >= moe_tp, else a reduce-scatter back to the DP ranks (NCCL)
+        moe_choice = allreduce if tp >= mt else NCCL
+        self._moe_ar = GroupAllReduce(moe_choice, n, mt, hop, one_node(mt)) if mt > 1 else None
         group = np.arange(n) // max(scenario.ep * scenario.moe_tp, 1)
         # serving: idle data-parallel ranks still run the MoE layers (SGLang's DP attention), so an
         # all-to-all synchronises its whole EP group, and the busiest rank is everyone's straggler
@@ -224,16 +231,17 @@ class Engine:
                     kernel(com, m, need_c[m], moves_c[m], skipped is not None and bool(skipped[m])))
                    for m in range(dis[0].shape[0])]
             tp = []
-            if self._tp_ring is not None:
+            if self._tp_ar is not None:
                 groups = np.arange(self.n) // self.tp
-                tp = [tuple(GroupCollective(env, fabric, self._tp_ring * plan.tp_bytes, groups, self._tp_extra_latency,
-                                            "all_reduce", self._tp_floor) for _ in range(2))
+                matrix, added, _ = self._tp_ar.terms(plan.tp_bytes)
+                tp = [tuple(GroupCollective(env, fabric, matrix, groups, added, "all_reduce", self._tp_floor)
+                            for _ in range(2))
                       for _ in self.is_moe]
             reduce = []
-            if self._moe_ring is not None:
+            if self._moe_ar is not None:
                 groups = np.arange(self.n) // self.moe_tp
-                reduce = [GroupCollective(env, fabric, self._moe_ring * plan.moe_reduce_bytes, groups,
-                                          self._moe_extra_latency, "all_reduce", self._moe_tp_floor)
+                matrix, added, _ = self._moe_ar.terms(plan.moe_reduce_bytes)
+                reduce = [GroupCollective(env, fabric, matrix, groups, added, "all_reduce", self._moe_tp_floor)
                           for _ in range(len(moe))]
             colls = self._by_step[key] = StepCollectives(moe, tp, reduce)
             self._forget()
@@ -416,12 +424,3 @@ def _floors(routes, kind: str, pairs: np.ndarray):
     if not comm_cost.has_floors(routes, kind):
         return None
     return comm_cost.device_floors(routes, kind, pairs).tolist()
-
-
-def _ring(n: int, size: int) -> np.ndarray:
-    """Ring all-reduce within contiguous groups of `size` devices: rank r sends to rank r+1."""
-    ring = np.zeros((n, n))
-    for r in range(n):
-        base = (r // size) * size
-        ring[r, base + (r - base + 1) % size] = 1.0
-    return ring

@@ -372,6 +372,8 @@ CLUSTER_CASES = [
          ["toy-cluster.yaml", "node.units[0].memory", "own"]),
     Case("cfg-units-unknown-unit", sc({"policies": {"units": {"attention": "pim"}}}), SIM,
          ["scenario.yaml", "policies.units.attention", "unit 'pim'", "accelerator"]),
+    Case("cfg-allreduce-unknown", sc({"policies": {"tp_allreduce": "tree"}}), SIM,
+         ["scenario.yaml", "policies.tp_allreduce", "one_shot"]),
     Case("cfg-units-rule-misspelt", sc({"policies": {"units": {"expert": "coprocess"}}}), SIM,
          ["scenario.yaml", "policies.units.expert", "unit 'coprocess'", "co_process", "fastest"]),
     Case("cfg-units-threshold-without-rule", sc({"policies": {"units": {"attention": "threshold"}}}), SIM,
