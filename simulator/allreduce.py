@@ -17,7 +17,9 @@ beyond the flows' own path latency (each round one path latency, with the kernel
   custom_all_reduce.py: up to `max_size` 8 MiB, NCCL above; groups spanning nodes use NCCL).
 
 The round counts are this model's assumptions (the kernels' barriers as described above), not
-measurements; calibrate the `all_reduce` floor from nccl-tests where it matters.
+measurements. Where the profile gives kind `all_reduce` a floor (a datasheet figure, or fitted
+from nccl-tests by `moesim calibrate --from-nccl-tests`), that floor is NCCL's whole fixed cost
+(its ring steps included), so the ring adds no rounds; the custom algorithms never pay it.
 """
 
 from __future__ import annotations
@@ -72,8 +74,12 @@ class GroupAllReduce:
     """The all-reduce of contiguous groups of `size` of `n` devices under a choice: the bytes each
     rank sends to each other (an (n, n) matrix) and the latency added on top, per message."""
 
-    def __init__(self, choice: AllReduceChoice, n: int, size: int, hop: float, one_node: bool):
+    def __init__(self, choice: AllReduceChoice, n: int, size: int, hop: float, one_node: bool,
+                 nccl_floor: bool = False):
+        """`nccl_floor`: the profile gives kind `all_reduce` a floor (datasheet or fitted from
+        nccl-tests): it is NCCL's whole fixed cost, so the ring adds no rounds of its own."""
         self.choice, self.size, self.hop, self.one_node = choice, size, hop, one_node
+        self.nccl_floor = nccl_floor
         rank = np.arange(n)
         base = (rank // size) * size
         self._ring = np.zeros((n, n))
@@ -82,19 +88,21 @@ class GroupAllReduce:
         self._pairs = (same & ~np.eye(n, dtype=bool)).astype(float)
         self._cache: dict[float, tuple[np.ndarray, float, str]] = {}
 
-    def terms(self, ring_bytes: float) -> tuple[np.ndarray, float, str]:
-        """(bytes matrix, added latency, algorithm name) of the all-reduce whose ring form sends
-        `ring_bytes` per rank (what plans carry: 2 (n-1)/n x S)."""
+    def terms(self, ring_bytes: float) -> tuple[np.ndarray, float, bool]:
+        """(bytes matrix, added latency, whether NCCL's `all_reduce` floor applies) of the
+        all-reduce whose ring form sends `ring_bytes` per rank (what plans carry: 2 (n-1)/n x S)."""
         hit = self._cache.get(ring_bytes)
         if hit is None:
             n = self.size
             message = ring_payload(ring_bytes, n)
             algo = self.choice.algorithm(message, n, self.one_node)
-            if algo.pattern == "ring":
+            nccl = algo.pattern == "ring"
+            if nccl:
                 matrix = self._ring * ring_bytes
             else:
                 matrix = self._pairs * (algo.bytes_per_peer(n) * message)
-            hit = (matrix, algo.rounds(n) * self.hop, algo.name)
+            rounds = 0 if nccl and self.nccl_floor else algo.rounds(n)
+            hit = (matrix, rounds * self.hop, nccl)
             if len(self._cache) < 4096:
                 self._cache[ring_bytes] = hit
         return hit

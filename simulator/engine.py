@@ -147,12 +147,13 @@ class Engine:
         def one_node(size: int) -> bool:  # every group of `size` ranks inside one node (one NVLink domain)
             return bool((node_of.reshape(-1, size).min(axis=1) == node_of.reshape(-1, size).max(axis=1)).all())
 
-        self._tp_ar = GroupAllReduce(allreduce, n, tp, hop, one_node(tp)) if tp > 1 else None
+        measured = comm_cost.has_floors(scenario.routes, "all_reduce")
+        self._tp_ar = GroupAllReduce(allreduce, n, tp, hop, one_node(tp), measured) if tp > 1 else None
         mt = scenario.moe_tp
         self.moe_tp = mt
         # MoE-TP reduces with an all-reduce where tp >= moe_tp, else a reduce-scatter back to the DP ranks (NCCL)
         moe_choice = allreduce if tp >= mt else NCCL
-        self._moe_ar = GroupAllReduce(moe_choice, n, mt, hop, one_node(mt)) if mt > 1 else None
+        self._moe_ar = GroupAllReduce(moe_choice, n, mt, hop, one_node(mt), measured) if mt > 1 else None
         group = np.arange(n) // max(scenario.ep * scenario.moe_tp, 1)
         # serving: idle data-parallel ranks still run the MoE layers (SGLang's DP attention), so an
         # all-to-all synchronises its whole EP group, and the busiest rank is everyone's straggler
@@ -233,15 +234,17 @@ class Engine:
             tp = []
             if self._tp_ar is not None:
                 groups = np.arange(self.n) // self.tp
-                matrix, added, _ = self._tp_ar.terms(plan.tp_bytes)
-                tp = [tuple(GroupCollective(env, fabric, matrix, groups, added, "all_reduce", self._tp_floor)
+                matrix, added, nccl = self._tp_ar.terms(plan.tp_bytes)
+                floor = self._tp_floor if nccl else None
+                tp = [tuple(GroupCollective(env, fabric, matrix, groups, added, "all_reduce", floor)
                             for _ in range(2))
                       for _ in self.is_moe]
             reduce = []
             if self._moe_ar is not None:
                 groups = np.arange(self.n) // self.moe_tp
-                matrix, added, _ = self._moe_ar.terms(plan.moe_reduce_bytes)
-                reduce = [GroupCollective(env, fabric, matrix, groups, added, "all_reduce", self._moe_tp_floor)
+                matrix, added, nccl = self._moe_ar.terms(plan.moe_reduce_bytes)
+                floor = self._moe_tp_floor if nccl else None
+                reduce = [GroupCollective(env, fabric, matrix, groups, added, "all_reduce", floor)
                           for _ in range(len(moe))]
             colls = self._by_step[key] = StepCollectives(moe, tp, reduce)
             self._forget()

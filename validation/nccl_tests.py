@@ -146,7 +146,8 @@ def comm_costs(fits: dict[str, dict[str, float]], link_bandwidth: float, path_la
     """The simulator's comm kernel costs {kind: {floor, efficiency, half_bytes}} of the collectives it
     runs, from `fit_collectives` on a link of `link_bandwidth` (B/s, before efficiency) whose
     device-to-device paths take `path_latency` (the latency the engine adds itself, once per
-    all-to-all and 2(n-1) times per ring all-reduce, is taken out of the floor); and warnings."""
+    collective: its flows' path; a measured all-reduce floor stands for the ring's steps, which
+    the engine then does not add, simulator/allreduce.py); and warnings."""
     costs, warnings = {}, []
     for name, fit in fits.items():
         kind = COMM_KIND.get(name)
@@ -157,8 +158,7 @@ def comm_costs(fits: dict[str, dict[str, float]], link_bandwidth: float, path_la
             warnings.append(f"{name}: bus bandwidth {fit['bus_bandwidth'] / 1e9:.0f} GB/s is above the link's "
                             f"{link_bandwidth / 1e9:.0f} GB/s (NVLS, in-network reduction?); efficiency set to 1")
             eff = 1.0
-        n = max(int(fit.get("ranks", 0)), 2)
-        engine_latency = path_latency * (2 * (n - 1) if kind == "all_reduce" else 1)  # engine.py's ring; a path
+        engine_latency = path_latency  # the flows' one path; the floor holds the rest (a ring's steps too)
         floor = fit["latency"] - engine_latency
         if floor < 0:
             warnings.append(f"{name}: fitted latency {fit['latency'] * 1e6:.1f} us is below the path latency the "
