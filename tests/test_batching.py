@@ -305,3 +305,21 @@ def test_transferred_requests_decode_without_a_prefill(kv_policy):
     assert b.commit(third) == [0] and b.done
     with pytest.raises(ValueError, match="output_tokens >= 2"):
         b.submit(1, 0.0, 10, 1, transferred=True)
+
+
+@pytest.mark.parametrize("kv_policy", ["reserve", "preempt"])
+def test_a_cached_prefix_is_attended_to_not_prefilled(kv_policy):
+    """Prefix caching: a 10-token prompt with 6 tokens cached prefills only the last 4, over the 6
+    cached ones (kv_len 6), and emits its first token from that chunk; the KV held counts the
+    prefix (preempt: 6 + 4 cached after the chunk; reserve: prompt + output)."""
+    b = ContinuousBatcher(SchedulerPolicy(max_batch_tokens=8, max_running=4, kv_policy=KV_POLICIES[kv_policy]), 100)
+    b.submit(0, 0.0, 10, 3, cached_tokens=6)
+    batch = b.next_batch(0.0)
+    assert batch == [BatchItem(0, "prefill", 4, 6)]
+    assert b.emitted(batch) == [0]
+    b.commit(batch)
+    assert b.kv_used_tokens == (10 if kv_policy == "preempt" else 13)
+    batch = b.next_batch(1.0)
+    assert batch == [BatchItem(0, "decode", 1, 10)]
+    with pytest.raises(ValueError, match="cached_tokens"):
+        b.submit(1, 0.0, 5, 2, cached_tokens=5)  # the last prompt token is always computed

@@ -126,3 +126,26 @@ def test_the_iteration_cache_stays_within_half_a_percent_on_a_desynchronised_loo
             assert cached["latency"][metric][q] == pytest.approx(full["latency"][metric][q], rel=5e-3), (metric, q)
     assert cached["throughput"]["output_tokens_per_s"] == pytest.approx(full["throughput"]["output_tokens_per_s"],
                                                                        rel=5e-3)
+
+
+def test_prefix_caching_skips_the_cached_prefill_and_shortens_ttft():
+    """Half of every prompt cached: the iterations prefill exactly the uncached tokens (summed over
+    requests), the summary says so, and TTFT falls against the same traffic without the cache."""
+    from conftest import shrink_serving
+
+    runs = {}
+    for hit in (None, 0.5):
+        cfg = shrink_serving(example_config("serving-mixtral-8xh100.yaml"), requests=12, output_tokens=4)
+        cfg["serving"]["prompt_tokens"] = {"dist": "uniform", "low": 200, "high": 600}
+        if hit is not None:
+            cfg["serving"]["prefix_cache"] = {"hit_rate": hit}
+        runs[hit] = simulate(config_from_dict(cfg, EXAMPLES))
+    cached = runs[0.5]
+    req = cached.requests
+    want = int((req.prompt_tokens - np.minimum(np.rint(0.5 * req.prompt_tokens), req.prompt_tokens - 1)).sum())
+    assert int(cached.iterations.prefill_tokens.sum()) == want
+    pc = cached.summary["serving"]["prefix_cache"]
+    assert pc["cached_tokens"] == int(req.prompt_tokens.sum()) - want and 0.45 < pc["cached_share"] < 0.55
+    assert "prefix_cache" not in runs[None].summary["serving"]
+    ttft = [r.summary["serving"]["latency"]["ttft_s"]["p50"] for r in (runs[None], cached)]
+    assert ttft[1] < ttft[0]

@@ -123,12 +123,14 @@ class BatchItem:
 
 
 class _Request:
-    __slots__ = ("id", "arrival", "prompt", "output", "target", "prefilled", "generated", "transferred")
+    __slots__ = ("id", "arrival", "prompt", "output", "target", "prefilled", "generated", "transferred", "prefix")
 
-    def __init__(self, rid: int, arrival: float, prompt: int, output: int, transferred: bool = False) -> None:
+    def __init__(self, rid: int, arrival: float, prompt: int, output: int, transferred: bool = False,
+                 prefix: int = 0) -> None:
         self.id, self.arrival, self.prompt, self.output = rid, arrival, prompt, output
         self.target = prompt   # tokens to prefill: prompt, or prompt + generated after a preemption
-        self.prefilled = prompt if transferred else 0     # of target, in this admission
+        self.prefix = prefix   # prompt tokens found in the prefix cache: their KV is reused, not computed
+        self.prefilled = prompt if transferred else prefix     # of target, in this admission
         self.generated = 1 if transferred else 0     # output tokens emitted so far
         self.transferred = transferred  # prefilled elsewhere (disaggregation): its KV and first token arrive
 
@@ -172,11 +174,16 @@ class ContinuousBatcher:
 
     # ---- requests --------------------------------------------------------------------------
     def submit(self, request_id: int, arrival_s: float, prompt_tokens: int, output_tokens: int,
-               transferred: bool = False) -> None:
+               transferred: bool = False, cached_tokens: int = 0) -> None:
         """Queue a request. `transferred`: it was prefilled on another instance (prefill/decode
         disaggregation): it arrives with its prompt's KV and first token, is admitted without a
-        prefill chunk and decodes from the next iteration on (it needs output_tokens >= 2)."""
+        prefill chunk and decodes from the next iteration on (it needs output_tokens >= 2).
+        `cached_tokens`: the prompt's prefix found in the prefix cache (at most prompt - 1: the last
+        token is always computed, for its logits): its prefill starts after them, attending to them."""
         rid, p, m = int(request_id), int(prompt_tokens), int(output_tokens)
+        c = int(cached_tokens)
+        if not 0 <= c < max(p, 1):
+            raise ValueError(f"request {rid}: cached_tokens must be in [0, prompt_tokens - 1] (got {c} of {p})")
         if transferred and m < 2:
             raise ValueError(f"request {rid}: a transferred request needs output_tokens >= 2 (got {m}); its first "
                              "token came with the prefill")
@@ -201,7 +208,7 @@ class ContinuousBatcher:
             if longest > self.policy.max_batch_tokens:
                 raise ValueError(f"request {rid} can never run without chunked prefill: a prefill of {longest} "
                                  f"tokens > max_batch_tokens = {self.policy.max_batch_tokens}")
-        r = _Request(rid, float(arrival_s), p, m, transferred)
+        r = _Request(rid, float(arrival_s), p, m, transferred, 0 if transferred else c)
         self._reqs[rid] = r
         key = (r.arrival, rid)
         ready = self._ready
@@ -286,12 +293,12 @@ class ContinuousBatcher:
                     continue
                 if not pol.chunked_prefill and r.target > budget:
                     break
-                chunk = min(r.target, budget)
-                items.append(BatchItem(r.id, "prefill", chunk, 0))
+                chunk = min(r.target - r.prefilled, budget)  # after the cached prefix, which it attends to
+                items.append(BatchItem(r.id, "prefill", chunk, r.prefilled))
                 admitted.append(r)
                 budget -= chunk
                 n += 1
-                kv += chunk if preempt else r.prompt + r.output
+                kv += r.prefilled + chunk if preempt else r.prompt + r.output
 
         pol.order.form(decodes, prefills, items)
         self._plan = _Plan(items, admitted, victims)
@@ -315,7 +322,7 @@ class ContinuousBatcher:
             running.pop()
             self._kv -= v.cached()
             v.target = v.prompt + v.generated
-            v.prefilled = 0
+            v.prefilled = v.prefix  # the prefix cache still holds its shared prefix
             self._front.appendleft(v)
             self._preemptions[v.id] = self._preemptions.get(v.id, 0) + 1
         for r in plan.admitted:
@@ -330,6 +337,8 @@ class ContinuousBatcher:
                 self._kv += r.prompt + r.output
             elif r.transferred and r.prefilled == r.target:  # its KV arrived with it (no prefill item)
                 self._kv += r.cached()
+            elif r.prefix:  # its cached prefix's KV (the chunk's tokens are added with the items below)
+                self._kv += r.prefix
         finished: list[int] = []
         for item in items:
             r = self._reqs[item.request_id]

@@ -64,6 +64,13 @@ def serving_outcome(sc: Scenario, raw: EngineResult, source: ServingSource,
     summary["iterations"] = len(source.iterations)
     summary["iteration_cache"] = cache_outcome(cache, start, end)
     summary["traffic"] = lockstep(iterations, len(source.batchers))
+    if "cached_tokens" in source.requests:  # prefix caching: the prompt tokens whose prefill was skipped
+        cached, prompt = (int(source.requests[c].sum()) for c in ("cached_tokens", "prompt_tokens"))
+        summary["prefix_cache"] = {"hit_rate": cfg.prefix_cache.hit_rate if cfg.prefix_cache else None,
+                                   "prompt_tokens": prompt, "cached_tokens": cached,
+                                   "cached_share": cached / prompt if prompt else 0.0,
+                                   "source": "model (each prompt's cached prefix: round(hit_rate x prompt), "
+                                             "at most prompt - 1)"}
     return table, iterations, summary
 
 

@@ -78,6 +78,8 @@ class ServingSource:
         self._ids = self.requests["request_id"].to_numpy(dtype=np.int64)  # by row (ids need not be 0..n-1)
         self._prompt = self.requests["prompt_tokens"].to_numpy(dtype=np.int64)
         self._output = self.requests["output_tokens"].to_numpy(dtype=np.int64)
+        self._cached = (self.requests["cached_tokens"].to_numpy(dtype=np.int64) if "cached_tokens" in self.requests
+                        else np.zeros(len(self.requests), dtype=np.int64))
         self.arrival = self.requests["arrival_s"].to_numpy(dtype=np.float64).copy()
         # closed loop: each request's delay after its user's previous reply (or t = 0), drawn up front
         self._delay = (self.requests["delay_s"].to_numpy(dtype=np.float64) if "delay_s" in self.requests
@@ -114,7 +116,7 @@ class ServingSource:
             self._load[r] += 1
             self.replica_of[rid] = r
             self.batchers[r].submit(rid, arrival, int(self._prompt[row]), int(self._output[row]),
-                                    bool(self._transferred[row]))
+                                    bool(self._transferred[row]), int(self._cached[row]))
             k += 1
         del self._pending[:k]
 
@@ -187,7 +189,22 @@ class ServingSource:
 
 def request_table(cfg: ServingConfig, seed: int, base_dir) -> pd.DataFrame:
     """The requests of a run: open loop from the arrival process; closed loop with lengths drawn
-    the same way and arrival times left to the simulation (NaN until a user sends them)."""
+    the same way and arrival times left to the simulation (NaN until a user sends them); with
+    prefix caching, the tokens of each prompt found cached (`cached_tokens`)."""
+    return with_prefix_cache(_requests(cfg, seed, base_dir), cfg)
+
+
+def with_prefix_cache(requests: pd.DataFrame, cfg: ServingConfig) -> pd.DataFrame:
+    """The table with `cached_tokens`: round(hit_rate x prompt), at most prompt - 1 (no column
+    without prefix caching)."""
+    if cfg.prefix_cache is None:
+        return requests
+    prompt = requests["prompt_tokens"].to_numpy(dtype=np.int64)
+    cached = np.minimum(np.rint(cfg.prefix_cache.hit_rate * prompt).astype(np.int64), prompt - 1)
+    return requests.assign(cached_tokens=cached)
+
+
+def _requests(cfg: ServingConfig, seed: int, base_dir) -> pd.DataFrame:
     if cfg.arrivals is not None:
         req = RequestsConfig(arrivals=cfg.arrivals, prompt_tokens=cfg.prompt_tokens, output_tokens=cfg.output_tokens,
                              num_requests=cfg.num_requests, duration=cfg.duration)
