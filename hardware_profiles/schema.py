@@ -115,7 +115,11 @@ class DeviceSpec(_Strict):
     overhead: Seconds = Field(5e-6, ge=0, description="fixed cost per op (kernel launch)")
     gemm_tile: int = Field(64, ge=1, description="token-dimension tile a GEMM pads to")
     moe_kernel: MoeKernelSpec = Field(MoeKernelSpec(), description="the fused MoE layer's floor and "
-                                      "per-row passes (simulator/moe_kernel_cost.py)")
+                                      "per-row passes (simulator/moe_kernel_cost.py; the triton_fused family)")
+    moe_kernels: dict[str, MoeKernelSpec] = Field(default_factory=dict, description="other MoE kernel families "
+                                                  "this device runs (cutlass_grouped, deepgemm_contiguous, "
+                                                  "deepgemm_masked): each its own floor, passes and compute "
+                                                  "efficiency per dtype (policies.expert_kernel names one)")
     sources: dict[str, str] = Field(default_factory=dict)
     notes: str = ""
     calibration: CalibrationSpec | None = Field(None, description="fitted efficiencies from `moesim calibrate`")

@@ -30,7 +30,15 @@ from moesim.simulator.offload.expert_cache import LFU, LRU, PINNED, CachePolicy
 from moesim.simulator.offload.manager import OffloadManager
 from moesim.simulator.offload.prefetch import AffinityPrefetch, OraclePrefetch, PredictorPrefetch, Prefetcher
 from moesim.simulator.memory import kv_bytes_per_token
-from moesim.simulator.moe_kernel_cost import FUSED, GROUPED, PER_EXPERT, KernelForm
+from moesim.simulator.moe_kernel_cost import (
+    CUTLASS_GROUPED,
+    DEEPGEMM_CONTIGUOUS,
+    DEEPGEMM_MASKED,
+    FUSED,
+    GROUPED,
+    PER_EXPERT,
+    KernelForm,
+)
 from moesim.simulator.ops import token_bytes
 from moesim.simulator.overlap.schedules import Schedule
 from moesim.simulator.overlap.sequential import SEQUENTIAL
@@ -104,7 +112,15 @@ PLACEMENT_POLICIES: dict[str, Callable[[int, int, int], Placement]] = {"contiguo
                                                                        "round_robin": round_robin}
 
 # `policies.expert_kernel`: name -> how a device's routed experts of a layer launch
-EXPERT_KERNEL_FORMS: dict[str, KernelForm] = {"fused": FUSED, "grouped": GROUPED, "per_expert": PER_EXPERT}
+EXPERT_KERNEL_FORMS: dict[str, KernelForm] = {
+    "fused": FUSED,  # vLLM / SGLang's Triton fused_moe (the device profile's moe_kernel)
+    "triton_fused": FUSED,
+    "cutlass_grouped": CUTLASS_GROUPED,
+    "deepgemm_contiguous": DEEPGEMM_CONTIGUOUS,  # prefill: DeepEP normal dispatch + DeepGEMM contiguous layout
+    "deepgemm_masked": DEEPGEMM_MASKED,  # decode: DeepEP low-latency dispatch + DeepGEMM masked layout
+    "grouped": GROUPED,
+    "per_expert": PER_EXPERT,
+}
 
 # `offload.cache.policy`: name -> the replacement policy of every device's expert cache
 CACHE_POLICIES: dict[str, CachePolicy] = {"lru": LRU, "lfu": LFU, "pinned": PINNED}
@@ -228,11 +244,24 @@ def pipeline_for(sc: Scenario) -> StepPipeline:
     layout = dispatch_layout(sc)
     node_of_local = layout.node_of[:sc.ep] - layout.node_of[0]
     replicas = ReplicaSplit(sc.placement, split_weights(sc.placement, node_of_local, pol.dispatch.replica_choice))
-    costs = StepCosts(m, sc.machine, sc.tp, sc.precision, expert_kernel=EXPERT_KERNEL_FORMS[pol.expert_kernel], small_ops=pol.small_ops,
+    costs = StepCosts(m, sc.machine, sc.tp, sc.precision, expert_kernel=expert_kernel_form(sc), small_ops=pol.small_ops,
                       moe_tp=sc.moe_tp, units=unit_choice(sc))
     capacity = CapacityPolicy(pol.capacity_factor, pol.overflow, m.moe.top_k, m.moe.num_experts)
     return StepPipeline(m, sc.num_devices, sc.tp, sc.ep, sc.routing, capacity, replicas, dispatch_algorithm(sc),
                         costs, layout, moe_tp=sc.moe_tp, microbatches=overlap_schedule(sc).microbatches)
+
+
+def expert_kernel_form(sc: Scenario) -> KernelForm:
+    """`policies.expert_kernel` as its form; a kernel family every unit that may run the experts
+    must describe in its device profile (`moe_kernels`), else a config error."""
+    form = EXPERT_KERNEL_FORMS[sc.config.policies.expert_kernel]
+    for unit in unit_choice(sc).expert.units:
+        try:
+            form.spec(unit.device)
+        except KeyError as err:
+            raise config_error(sc.source, "policies.expert_kernel", f"{err.args[0]}; add one to its profile "
+                               "(with its source), or choose fused, grouped or per_expert") from None
+    return form
 
 
 def unit_choice(sc: Scenario) -> UnitChoice:

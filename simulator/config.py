@@ -230,8 +230,9 @@ class PoliciesConfig(_Strict):
         "and dense compute (ScMoE)")
     expert_kernel: Annotated[str, one_of("EXPERT_KERNEL_FORMS", "expert kernel form")] = Field(
         "fused", description="fused: the MoE layer as serving kernels run it (a per-layer floor, one "
-        "grouped-GEMM launch, memory passes over every routed row; simulator/moe_kernel_cost.py); grouped: "
-        "one grouped-GEMM launch only; per_expert: one launch per expert")
+        "grouped-GEMM launch, memory passes over every routed row; simulator/moe_kernel_cost.py) = "
+        "triton_fused; cutlass_grouped, deepgemm_contiguous, deepgemm_masked: a kernel family the device "
+        "profile describes (moe_kernels); grouped: one grouped-GEMM launch only; per_expert: one launch per expert")
     tp_allreduce: Annotated[str, one_of("ALLREDUCE_ALGORITHMS", "all-reduce algorithm")] = Field(
         "auto", description="how TP and MoE-TP groups all-reduce: auto (as vLLM's custom all-reduce picks by "
         "message size: one-shot, two-shot, NCCL above 8 MiB or across nodes), nccl (ring), one_shot, two_shot; "

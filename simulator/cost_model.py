@@ -36,10 +36,18 @@ NO_LAUNCH_KINDS = ("moe_tokens",)
 FALLBACK_KIND = {"grouped_gemm": "gemm", "gemv": "gemm"}
 
 
+def base_kind(kind: str) -> str:
+    """A kernel family's op kind (grouped_gemm.deepgemm_masked) as the kind it refines (grouped_gemm)."""
+    return kind.split(".", 1)[0]
+
+
 def fit_keys(kind: str, dtype: str) -> tuple[str, ...]:
     """The calibration keys that may hold an op's fit, most specific first: KIND@DTYPE, KIND, then
     the same for the kind it falls back to (grouped_gemm -> gemm), then any GEMM fit."""
     keys = [f"{kind}@{dtype}", kind]
+    if base_kind(kind) != kind:  # a kernel family: then the kind it refines
+        kind = base_kind(kind)
+        keys += [f"{kind}@{dtype}", kind]
     parent = FALLBACK_KIND.get(kind)
     if parent:
         keys += [f"{parent}@{dtype}", parent]
@@ -55,15 +63,21 @@ class ProfileEfficiency:
 
     compute_eff: float
     memory_eff: float
-    grouped_compute: tuple[tuple[str, float], ...] = ()  # (dtype, efficiency) of grouped GEMMs
+    grouped_compute: tuple[tuple[str, str, float], ...] = ()  # (kind, dtype, efficiency) of grouped GEMMs
 
     def compute(self, kind: str, rows: np.ndarray, dtype: str = "bf16") -> float:
-        if kind == "grouped_gemm":
-            return dict(self.grouped_compute).get(dtype, self.compute_eff)
+        if base_kind(kind) == "grouped_gemm":  # a kernel family's own, else the fused kernel's, else GEMM's
+            table = {(k, d): e for k, d, e in self.grouped_compute}
+            return table.get((kind, dtype), self.compute_eff if kind != "grouped_gemm" else
+                             table.get(("grouped_gemm", dtype), self.compute_eff))
         return self.compute_eff
 
     def memory(self, kind: str, nbytes: np.ndarray, dtype: str = "bf16") -> float:
         return self.memory_eff
+
+    def family_dtypes(self) -> set[tuple[str, str]]:
+        """(kind, dtype) pairs a kernel family's profile entry gives a compute efficiency for."""
+        return {(k, d) for k, d, _ in self.grouped_compute if k != "grouped_gemm"}
 
 
 @dataclass(frozen=True)
@@ -91,6 +105,8 @@ class CalibratedEfficiency:
         return ceiling * x / (x + half)
 
     def compute(self, kind: str, rows: np.ndarray, dtype: str = "bf16") -> np.ndarray | float:
+        if base_kind(kind) != kind and (kind, dtype) in self.fallback.family_dtypes():
+            return self.fallback.compute(kind, rows, dtype)  # a family's own figure beats a fit of other kernels
         fit = self._fit(kind, dtype)
         return self.fallback.compute(kind, rows, dtype) if fit is None else \
             self._saturating(rows, fit.compute_max, fit.rows_half)
@@ -145,7 +161,7 @@ class CostModel:
         nbytes = np.asarray(nbytes, dtype=float)
         rows = np.asarray(rows, dtype=float)
         eff = self.efficiency
-        if kind in ("gemm", "grouped_gemm") and isinstance(eff, CalibratedEfficiency) and \
+        if base_kind(kind) in ("gemm", "grouped_gemm") and isinstance(eff, CalibratedEfficiency) and \
                 eff.fitted_key("gemv", dtype) in ("gemv", f"gemv@{dtype}"):
             single = rows <= 1
             if single.any():
@@ -214,8 +230,10 @@ class CostModel:
 
 def profile_efficiency(device: DeviceSpec) -> ProfileEfficiency:
     """The datasheet efficiencies of a device profile (GEMM, memory, grouped GEMM per dtype)."""
-    return ProfileEfficiency(device.efficiency.compute, device.efficiency.memory,
-                             tuple(sorted(device.moe_kernel.compute.items())))
+    grouped = [("grouped_gemm", d, e) for d, e in device.moe_kernel.compute.items()]
+    grouped += [(f"grouped_gemm.{family}", d, e) for family, spec in device.moe_kernels.items()
+                for d, e in spec.compute.items()]
+    return ProfileEfficiency(device.efficiency.compute, device.efficiency.memory, tuple(sorted(grouped)))
 
 
 def held_out_mape(validation: dict[str, float]) -> float | None:

@@ -38,9 +38,32 @@ class KernelForm:
     name: str
     grouped: bool
     floor_and_passes: bool
+    family: str | None = None  # the device profile's moe_kernels entry; None: its moe_kernel (Triton fused)
+
+    @property
+    def kind(self) -> str:
+        """The op kind its GEMMs are costed as: a family's own grouped GEMM, the fused one, or a plain GEMM."""
+        if not self.grouped:
+            return "gemm"
+        return "grouped_gemm" if self.family is None else f"grouped_gemm.{self.family}"
+
+    def spec(self, device) -> MoeKernelSpec:
+        """The device's floor and passes for this form (a family's entry; else its moe_kernel, or
+        the calibration's fit of it)."""
+        if self.family is not None:
+            if self.family not in device.moe_kernels:
+                have = ", ".join(device.moe_kernels) or "none"
+                raise KeyError(f"device {device.name} has no moe_kernels.{self.family} entry (its families: {have})")
+            return device.moe_kernels[self.family]
+        cal = device.calibration
+        return cal.moe_kernel if cal is not None and cal.moe_kernel is not None else device.moe_kernel
 
 
 FUSED = KernelForm("fused", grouped=True, floor_and_passes=True)
+CUTLASS_GROUPED = KernelForm("cutlass_grouped", grouped=True, floor_and_passes=True, family="cutlass_grouped")
+DEEPGEMM_CONTIGUOUS = KernelForm("deepgemm_contiguous", grouped=True, floor_and_passes=True,
+                                 family="deepgemm_contiguous")
+DEEPGEMM_MASKED = KernelForm("deepgemm_masked", grouped=True, floor_and_passes=True, family="deepgemm_masked")
 GROUPED = KernelForm("grouped", grouped=True, floor_and_passes=False)
 PER_EXPERT = KernelForm("per_expert", grouped=False, floor_and_passes=False)
 
@@ -53,15 +76,13 @@ class MoeKernelCost:
         """hidden / intermediate may be arrays (one layer shape per routed-row count: calibration)."""
         self.cost, self.form = cost, form
         self.act_dtype = act_dtype
-        cal = cost.device.calibration
-        self.spec: MoeKernelSpec = (cal.moe_kernel if cal is not None and cal.moe_kernel is not None
-                                    else cost.device.moe_kernel)
+        self.spec: MoeKernelSpec = form.spec(cost.device)
         self.row_bytes = (self.spec.hidden_passes * hidden + self.spec.intermediate_passes * intermediate) * act_bytes
 
     @property
     def gemm_kind(self) -> str:
         """The op kind the experts' GEMMs are costed as: one grouped GEMM, or a plain GEMM each."""
-        return "grouped_gemm" if self.form.grouped else "gemm"
+        return self.form.kind
 
     @property
     def floor(self) -> float:
@@ -101,6 +122,8 @@ class MoeKernelCost:
 
     def provenance(self) -> str:
         """Where the floor and the per-row passes come from."""
+        if self.form.family is not None:
+            return f"datasheet (moe_kernels.{self.form.family})"
         cal = self.cost.device.calibration
         if cal is not None and cal.moe_kernel is not None:
             return "calibrated fit (moe_kernel)"

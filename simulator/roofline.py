@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from moesim.hardware_profiles.schema import DeviceSpec
-from moesim.simulator.cost_model import CostModel
+from moesim.simulator.cost_model import CostModel, base_kind
 from moesim.simulator.moe_kernel_cost import FUSED, MoeKernelCost
 from moesim.simulator.ops import (
     LayerContext,
@@ -213,7 +213,7 @@ def _recast(ops: list[Op], model: ModelSpec, cost: CostModel) -> list[Op]:
             floor = MoeKernelCost(cost, FUSED, 0.0, 0.0, 0.0, op.dtype).floor
             out.append(Op(op.name, op.kind, op.phase, 0.0, 0.0, 0.0, op.dtype, fixed=floor))
             continue
-        if op.kind in ("gemm", "grouped_gemm") and op.name.startswith("expert["):
+        if base_kind(op.kind) in ("gemm", "grouped_gemm") and op.name.startswith("expert["):
             dtype = gemm_dtype(model.routed_expert_dtype, cost.dtypes, act_dtype(model))
         elif op.kind == "gemm":
             dtype = gemm_dtype(model.weight_dtype, cost.dtypes, act_dtype(model))

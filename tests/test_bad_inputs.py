@@ -286,6 +286,12 @@ CONFIG_CASES = [
 ]
 
 DEVICE_CASES = [
+    Case("dev-moe-family-efficiency-above-one", dev({"moe_kernels": {"deepgemm_masked": {"compute": {"fp8": 1.5}}}}),
+         SIM, ["toy-device.yaml", "moe_kernels.deepgemm_masked.compute", "(0, 1]"]),
+    Case("dev-moe-family-negative-floor", dev({"moe_kernels": {"cutlass_grouped": {"layer_floor": "-1 us"}}}), SIM,
+         ["toy-device.yaml", "moe_kernels.cutlass_grouped.layer_floor"]),
+    Case("cfg-expert-kernel-family-missing", sc({"policies": {"expert_kernel": "deepgemm_masked"}}), SIM,
+         ["scenario.yaml", "policies.expert_kernel", "moe_kernels.deepgemm_masked"]),
     Case("dev-bf16-negative", dev({"compute.bf16": "-5 TFLOPS"}), SIM, ["toy-device.yaml", "compute.bf16", "greater than 0"]),
     Case("dev-bf16-zero", dev({"compute.bf16": 0}), SIM, ["toy-device.yaml", "compute.bf16", "greater than 0"]),
     Case("dev-bf16-nan", dev({"compute.bf16": float("nan")}), SIM, ["toy-device.yaml", "compute.bf16", "finite"]),

@@ -205,3 +205,81 @@ def test_a_bad_weight_dtype_in_a_table_names_the_column_and_line(tmp_path):
                      "fused_moe,bf16,fp9,2,64,32,1,1 1,1e-5\n")
     with pytest.raises(ConfigError, match=r"weight_dtype.*line 2|line 2.*weight_dtype|row 0 \(line 2\)"):
         calibrate_from_table(table, "H100-SXM", tmp_path / "o")
+
+
+# ---- kernel families (issue 26) ---------------------------------------------------------------
+
+def _family_toy(tmp_path, toy_config, kernel: str, families: dict):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = toy_file(tmp_path, {**toy_config, "policies": {"expert_kernel": kernel}})
+    device = tmp_path / "toy-device.yaml"
+    spec = yaml.safe_load(device.read_text())
+    spec["moe_kernel"] = {"layer_floor": "10 us", "hidden_passes": 2, "intermediate_passes": 3}
+    spec["moe_kernels"] = families
+    device.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_a_kernel_family_brings_its_own_floor_passes_and_compute_efficiency(tmp_path, toy_config):
+    """The toy's device 0 under a family with floor 4 us, no hidden pass, one intermediate pass:
+    floor + its expert's weight read + 4 rows of one intermediate pass (hand calculation); a
+    compute-bound expert under the family's 0.5 compute efficiency costs twice its work at 1.0."""
+    from moesim.simulator.compose import pipeline_for
+    from moesim.simulator.roofline import scenario_plan
+    from moesim.simulator.scenario import load_scenario
+
+    fam = {"deepgemm_masked": {"layer_floor": "4 us", "hidden_passes": 0, "intermediate_passes": 1,
+                               "compute": {"bf16": 0.5}}}
+    sc = load_scenario(_family_toy(tmp_path / "a", toy_config, "deepgemm_masked", fam))
+    plan = scenario_plan(sc, 0, pipeline_for(sc))
+    rows, ab = 4, 2
+    flops = 2 * 3 * H * I * rows  # three GEMMs of the expert, 4 rows
+    gemm = max(flops / (100e12 * 0.5), (WEIGHTS + rows * ROW) / 1e12)
+    assert plan.expert[0, 0] == pytest.approx(4e-6 + gemm + rows * I * ab / 1e12, rel=1e-9)
+    fused = load_scenario(_family_toy(tmp_path / "b", toy_config, "fused", fam))
+    fplan = scenario_plan(fused, 0, pipeline_for(fused))
+    assert fplan.expert[0, 0] == pytest.approx(10e-6 + max(flops / 100e12, (WEIGHTS + rows * ROW) / 1e12)
+                                               + rows * PASSES / 1e12, rel=1e-9)
+    rows_table = pipeline_for(sc).op_rows(plan, 0, 0)
+    assert any("moe_kernels.deepgemm_masked" in s for s in rows_table.source)
+
+
+def test_a_family_the_device_does_not_describe_is_a_config_error(tmp_path, toy_config):
+    with pytest.raises(ConfigError) as err:
+        simulate(_family_toy(tmp_path, toy_config, "deepgemm_contiguous", {}))
+    assert err.value.field == "policies.expert_kernel" and "moe_kernels.deepgemm_contiguous" in str(err.value)
+
+
+def test_deepgemm_prefill_on_h800_costs_its_published_efficiency():
+    """DeepSeek-V3 prefill on H800: DeepGEMM's contiguous layout (0.6 of fp8 peak, its README) makes
+    the compute-bound expert layers cheaper than the Triton fused kernels' 0.3; every family's
+    efficiency stays within (0, 1]."""
+    from moesim.simulator.config import config_from_dict
+
+    from conftest import EXAMPLES, example_config
+
+    times = {}
+    for kernel in ("fused", "deepgemm_contiguous"):
+        cfg = example_config("deepseek-v3-prefill-4x8-h800.yaml")
+        cfg["workload"]["steps"] = 1
+        cfg["policies"]["expert_kernel"] = kernel
+        times[kernel] = simulate(config_from_dict(cfg, EXAMPLES)).summary["step_latency_s"]["mean"]
+    assert times["deepgemm_contiguous"] < 0.9 * times["fused"]
+    for name in ("H100-SXM", "H800"):
+        for family, spec in load_device(name).moe_kernels.items():
+            assert all(0 < e <= 1 for e in spec.compute.values()), (name, family)
+
+
+def test_a_familys_own_efficiency_wins_over_a_calibration_of_other_kernels():
+    """A calibration that fitted `grouped_gemm` (the project's own kernels) does not replace a
+    kernel family's published compute efficiency; the family's memory efficiency still comes from
+    the fit, and a dtype the family does not give falls back to the fit."""
+    from moesim.simulator.cost_model import ProfileEfficiency
+
+    fit = KindEfficiency(compute_max=0.9, rows_half=1.0, memory_max=0.7, bytes_half=1.0, overhead=0.0)
+    profile = ProfileEfficiency(0.7, 0.8, (("grouped_gemm.deepgemm_masked", "fp8", 0.5),))
+    cal = CalibratedEfficiency({"grouped_gemm": fit}, profile)
+    rows = np.array([1e9])
+    assert cal.compute("grouped_gemm.deepgemm_masked", rows, "fp8") == 0.5
+    assert cal.compute("grouped_gemm.deepgemm_masked", rows, "bf16") == pytest.approx(0.9, rel=1e-6)
+    assert cal.memory("grouped_gemm.deepgemm_masked", np.array([1e12]), "fp8") == pytest.approx(0.7, rel=1e-6)
