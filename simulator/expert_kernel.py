@@ -14,7 +14,7 @@ import numpy as np
 
 from moesim.simulator.expert_precision import ExpertPrecision
 from moesim.simulator.machine import ComputeUnit
-from moesim.simulator.moe_kernel_cost import KernelForm, MoeKernelCost
+from moesim.simulator.moe_kernel_cost import KernelForm, MoeKernelCost, device_rows
 from moesim.simulator.ops import act_dtype, ffn_flops_bytes, gemm_dtype, token_bytes
 from moesim.units import dtype_bytes
 from moesim.workloads.model_spec import ModelSpec
@@ -86,7 +86,7 @@ class ExpertKernel:
         _, _, work, overhead = self.terms(slot_tokens, slot_expert)
         slot_time = work if self.form.grouped else work + overhead
         charged, tokens = (slot_time, slot_tokens) if on is None else (slot_time * on, slot_tokens * on)
-        rows = np.einsum("lj,ljd->ld", tokens, onehot)
+        rows = device_rows(tokens, onehot)
         busy = np.einsum("lj,ljd->ld", (tokens > 0).astype(float), onehot) if self.form.grouped else None
         total = self.total(np.einsum("lj,ljd->ld", charged, onehot), busy, rows)
         handoff = self.crossing(rows)

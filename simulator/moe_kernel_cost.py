@@ -68,6 +68,19 @@ GROUPED = KernelForm("grouped", grouped=True, floor_and_passes=False)
 PER_EXPERT = KernelForm("per_expert", grouped=False, floor_and_passes=False)
 
 
+def routed_rows(counts) -> np.ndarray | float:
+    """Rows (token, expert) that reach a device: the sum of its local experts' token counts (last
+    axis). The token passes are charged on these, in a table fit (`validation/predict.py`) and in
+    the engine (`device_rows`, the same count per device of an EP group)."""
+    return np.asarray(counts, dtype=float).sum(axis=-1)
+
+
+def device_rows(slot_tokens: np.ndarray, onehot: np.ndarray) -> np.ndarray:
+    """(Lm, ep) `routed_rows` of every device: the tokens of the expert copies it holds
+    (`onehot[l, j, d]`: device d holds copy j)."""
+    return np.einsum("lj,ljd->ld", slot_tokens, onehot)
+
+
 class MoeKernelCost:
     """Costs the routed-expert part of one device's MoE layer under one kernel form."""
 

@@ -19,6 +19,8 @@ Host<->device copies are fitted as latency + bytes / bandwidth on the link.
 
 from __future__ import annotations
 
+import itertools
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,13 +33,14 @@ from moesim.validation.predict import Elementary, expand, predict_expanded
 MODEL_FORM = ("e_c(rows) = c_max*rows/(rows+rows_half); e_m(bytes) = m_max*bytes/(bytes+bytes_half); "
               "time = max(F_pad/(peak*e_c), B/(bw*e_m)) + overhead; links: latency + bytes/bandwidth")
 _LO = np.array([0.01, -1.0, 0.01, 0.0, -8.0])  # c_max, log10 rows_half, m_max, log10 bytes_half, log10 overhead
-_HI = np.array([20.0, 4.0, 20.0, 10.0, -1.0])  # maxima are relative to the datasheet peak, which may be off
+_HI = np.array([1.0, 4.0, 1.0, 10.0, -1.0])  # efficiencies are fractions of the datasheet peak: at most 1
 TILES = (1, 2, 4, 8, 16, 32, 64, 128)
 # A weak prior pulls each compute ceiling toward the datasheet efficiency (one extra residual of this
 # weight in log space): where the fitted token range never leaves the memory-bound regime the data
 # cannot say what the ceiling is, and an unconstrained fit runs off with it (a 0.5x time error at
 # 8k tokens, where the datasheet was within 12%); where the data do say, they outweigh it.
 PRIOR_WEIGHT = 0.1
+PASSES_PRIOR_WEIGHT = 0.03  # the token-pass scale: the rows say it where the experts stay weight-bound
 
 
 @dataclass
@@ -274,24 +277,29 @@ def fit_table_ops(ops: list[TableOp], measured: np.ndarray, device: DeviceSpec) 
 # --- The fused MoE layer (simulator/moe_kernel_cost.py) ---
 
 FUSED_NFEV = 60  # per start: converged starts take 30-40; a start that wanders is cut off (it never won)
-FUSED_PARAMS = 4  # log10 floor, and per dtype the grouped GEMM's c_max, log10 rows_half, m_max
+FUSED_PARAMS = 5  # log10 floor, log10 token-pass scale, and per dtype the grouped GEMM's c_max, log10 rows_half, m_max
+MAX_HIDDEN_PASSES, MAX_INTERMEDIATE_PASSES = 8.0, 12.0  # physical bounds on a routed row's passes outside the GEMMs
 FUSED_FORM = ("fused MoE layer = floor + grouped launch + sum_e max(F_e/(peak*c_max*rows/(rows+rows_half)), "
-              "B_e/(bw*m_max)) + rows*(hidden_passes*H + intermediate_passes*I)*act_bytes/(bw*e_copy)")
+              "B_e/(bw*m_max)) + rows*s*(hidden_passes*H + intermediate_passes*I)*act_bytes/(bw*e_copy), "
+              "s the fitted token-pass scale")
 
 
 def fit_fused(ops: list[TableOp], measured: np.ndarray, device: DeviceSpec, kinds: dict[str, KindEfficiency]
               ) -> tuple[dict[str, KindEfficiency], MoeKernelSpec]:
-    """Fit the fused MoE layer's form to measured fused layers: the device's layer floor, and per
-    dtype the grouped GEMM's compute ceiling, half-saturation rows and memory ceiling (the GEMM fits
-    already in `kinds` stay as they are). The token passes stream memory like a device copy, so
-    they run at the fitted copy efficiency (else the datasheet's): fitting their rate too would
-    trade it against the grouped GEMM's compute (both grow with the routed rows) and extrapolate
-    badly. The grouped launch is folded into the floor (both are paid once per layer). Robust
+    """Fit the fused MoE layer's form to measured fused layers: the device's layer floor, the
+    token passes' coefficient (a scale s on the profile's hidden and intermediate passes per routed
+    row, bounded by 0 and MAX_*_PASSES: kernels differ 5-10x in it), and per dtype the grouped
+    GEMM's compute ceiling (at most 1), half-saturation rows and memory ceiling (the GEMM fits
+    already in `kinds` stay as they are). The passes stream memory like a device copy, at the
+    fitted copy efficiency (else the datasheet's). A weak prior holds s near 1 and each compute
+    ceiling near the datasheet where the rows cannot tell them apart (both grow with the routed
+    rows). The grouped launch is folded into the floor (both are paid once per layer). Robust
     log-time least squares over arrays expanded once."""
     from scipy.optimize import least_squares
 
     prepared = PreparedOps(ops)
     dtypes = list(dict.fromkeys(op.dtype for op in ops))
+    base = device.moe_kernel
     gemm_fit = kinds.get("gemm")
     bytes_half = gemm_fit.bytes_half if gemm_fit is not None else 0.0
     copy = kinds.get("copy")
@@ -301,11 +309,14 @@ def fit_fused(ops: list[TableOp], measured: np.ndarray, device: DeviceSpec, kind
     def unpack(theta: np.ndarray) -> tuple[dict[str, KindEfficiency], MoeKernelSpec]:
         fitted = {"moe_tokens": tokens}
         for j, dtype in enumerate(dtypes):
-            c_max, log_half, m_max = theta[1 + 3 * j: 4 + 3 * j]
+            c_max, log_half, m_max = theta[2 + 3 * j: 5 + 3 * j]
             fitted[f"grouped_gemm@{dtype}"] = KindEfficiency(compute_max=float(c_max), rows_half=float(10 ** log_half),
                                                              memory_max=float(m_max), bytes_half=bytes_half,
                                                              overhead=0.0)
-        spec = device.moe_kernel.model_copy(update={"layer_floor": float(10 ** theta[0])})
+        scale = float(10 ** theta[1])
+        spec = device.moe_kernel.model_copy(update={"layer_floor": float(10 ** theta[0]),
+                                                    "hidden_passes": base.hidden_passes * scale,
+                                                    "intermediate_passes": base.intermediate_passes * scale})
         return fitted, spec
 
     def predict_with(theta: np.ndarray) -> np.ndarray:
@@ -317,13 +328,16 @@ def fit_fused(ops: list[TableOp], measured: np.ndarray, device: DeviceSpec, kind
 
     def residuals(theta: np.ndarray) -> np.ndarray:
         fit = np.log(predict_with(theta)) - np.log(measured)
-        return np.append(fit, PRIOR_WEIGHT * (np.log(theta[1::3]) - prior))
+        return np.concatenate([fit, PRIOR_WEIGHT * (np.log(theta[2::3]) - prior),
+                               [PASSES_PRIOR_WEIGHT * np.log(10 ** theta[1])]])
 
-    lo = [-7.0] + [0.01, -1.0, 0.01] * len(dtypes)
-    hi = [-2.0] + [20.0, 4.0, 20.0] * len(dtypes)
+    passes = max(base.hidden_passes / MAX_HIDDEN_PASSES, base.intermediate_passes / MAX_INTERMEDIATE_PASSES)
+    top = np.log10(1.0 / passes) if passes > 0 else 0.0  # the scale that reaches a physical bound
+    lo = [-7.0, -2.0] + [0.01, -1.0, 0.01] * len(dtypes)
+    hi = [-2.0, top] + [1.0, 4.0, 1.0] * len(dtypes)
     best = None
-    for floor0, half0 in ((-4.7, 1.5), (-4.3, 2.5), (-5.0, 0.0)):
-        x0 = np.array([floor0] + [device.efficiency.compute, half0, device.efficiency.memory] * len(dtypes))
+    for (floor0, half0), scale0 in itertools.product(((-4.7, 1.5), (-4.3, 2.5), (-5.0, 0.0)), (0.0, 0.5)):
+        x0 = np.array([floor0, scale0] + [device.efficiency.compute, half0, device.efficiency.memory] * len(dtypes))
         x0 = np.clip(x0, np.array(lo) + 1e-6, np.array(hi) - 1e-6)
         res = least_squares(residuals, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.05, max_nfev=FUSED_NFEV)
         if best is None or res.cost < best.cost:

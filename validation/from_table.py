@@ -17,8 +17,8 @@ Three table formats are read:
    | kind | gemm, grouped_gemm, fused_moe, moe_layer, attention, copy, h2d or d2h |
    | dtype | fp32, bf16, fp16 or fp8 (torch names float32, bfloat16, float16, float8_e4m3fn too); default bf16 |
    | m, k, n | gemm: rows (tokens) x in x out; grouped_gemm / fused_moe / moe_layer: m total tokens, k hidden, n expert width |
-   | experts, tokens_per_expert | grouped_gemm / fused_moe / moe_layer: tokens per expert as space-separated integers, or `experts` alone (m spread evenly) |
-   | top_k | moe_layer, fused_moe: experts per token (fused_moe: its token passes run over m x top_k rows; blank: the rows of tokens_per_expert) |
+   | experts, tokens_per_expert | grouped_gemm / fused_moe / moe_layer: tokens per expert as space-separated integers, or `experts` alone (m x top_k rows spread evenly for fused_moe / moe_layer, m for grouped_gemm) |
+   | top_k | moe_layer, fused_moe: experts per token; the token passes run over the rows that reach the device, the sum of tokens_per_expert (`moe_kernel_cost.routed_rows`, as the engine charges them) |
    | weight_dtype | fused_moe: the experts' weight dtype where it differs from `dtype` (fp8 weights under bf16 compute) |
    | flops, bytes | attention: FLOPs and bytes as the engine counts its attention core (simulator/ops.py); `m` its rows (tokens) |
    | copy_bytes | copy / h2d / d2h: bytes copied |
@@ -189,8 +189,8 @@ def _generic(path: Path, df: pd.DataFrame, time_col: str, default_dtype: str) ->
                 experts = int(r.num(i, "experts", integer=True,
                                     need=f"an integer > 0 (or {counts_col} given)"))
                 tokens = int(r.num(i, "m", integer=True))
-                counts = _even(tokens * (int(r.num(i, "top_k", integer=True, default=1)) if kind == "moe_layer"
-                                         else 1), experts)
+                routed = kind in ("moe_layer", "fused_moe")  # every token goes to top_k experts: m x top_k rows
+                counts = _even(tokens * (int(r.num(i, "top_k", integer=True, default=1)) if routed else 1), experts)
             row.update(counts=counts, m=r.num(i, "m", integer=True, default=float(sum(counts))),
                        experts=len(counts))
             if kind == "moe_layer":

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moesim.simulator.cost_model import CostModel
-from moesim.simulator.moe_kernel_cost import FUSED, MoeKernelCost
+from moesim.simulator.moe_kernel_cost import FUSED, MoeKernelCost, routed_rows
 from moesim.validation.measure import OpSpec
 
 
@@ -87,7 +87,7 @@ def expand(specs: list[OpSpec], elem: int, weight_elem: float | None = None) -> 
                     nbytes.append(3.0 * s.k * s.n * welem + c * (2 * s.k + 3 * s.n) * elem)
                     rows.append(float(c))
                     owner.append(i)
-            fused_rows[i] = float(s.m * s.top_k) if s.top_k else float(sum(s.counts))
+            fused_rows[i] = float(routed_rows(s.counts))  # the rows that reach the device, as the engine counts
             hidden[i], inter[i] = s.k, s.n
         elif s.kind == "moe_layer":  # the kernels the torch GroupedMoE forward launches, in order
             rows_routed = s.m * s.top_k
