@@ -88,6 +88,9 @@ class CalibrationSpec(_Strict):
     date: str = ""
     model_form: str = ""
     validation: dict[str, float] = Field(default_factory=dict, description="held-out error summary (MAPE, ...)")
+    residuals: dict[str, list[float]] = Field(default_factory=dict, description="log(measured / predicted) of the "
+                                              "held-out rows after the fit, by op kind: the prediction intervals "
+                                              "(simulator/prediction_interval.py) draw from them")
     moe_kernel: MoeKernelSpec | None = Field(None, description="fitted fused-MoE floor and per-row passes; "
                                              "replace the profile's moe_kernel")
     verdict: str = Field("", description="whether the fit beat the datasheet on held-out data")

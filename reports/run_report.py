@@ -409,7 +409,10 @@ def error_bar_line(bar: dict | None) -> str:
         return ("Error bar: none. " + (bar["source"] if bar else "This run predates error bars.")
                 + " Every number here is a model output.")
     lo, hi = bar["step_latency_s"]
-    return (f"Error bar: ±{bar['relative']:.1%} ({bar['source']}): step latency {_ms(lo)} .. {_ms(hi)}. "
+    rel = bar["relative"]
+    width = (f"{rel[0]:+.1%} .. {rel[1]:+.1%}, a {bar['level']:.0%} interval" if isinstance(rel, list)
+             else f"±{rel:.1%}")
+    return (f"Error bar: {width} ({bar['source']}): step latency {_ms(lo)} .. {_ms(hi)}. "
             "Communication is costed from link profiles and is not covered by this interval.")
 
 

@@ -252,8 +252,14 @@ def print_summary(result: Any, console: Console) -> None:
                            for u, f in sorted(units["compute_share"].items(), key=lambda kv: -kv[1]))
         head.add_row("compute by unit", f"{shares}, hand-offs {units['handoff_share']:.0%}")
     bar = s.get("error_bar") or {}
-    head.add_row("error bar", f"±{bar['relative']:.1%} (calibrated profile's held-out MAPE)"
-                 if bar.get("relative") is not None else "none (datasheet profile, error never measured)")
+    rel = bar.get("relative")
+    if isinstance(rel, list):  # an interval from held-out residuals
+        text = f"{rel[0]:+.1%} .. {rel[1]:+.1%} ({bar['level']:.0%} interval from held-out residuals)"
+    elif rel is not None:
+        text = f"±{rel:.1%} (calibrated profile's held-out MAPE)"
+    else:
+        text = "none (datasheet profile, error never measured)"
+    head.add_row("error bar", text)
     print_table(console, head)
     share = Table(title="where the time went (share of device time)")
     share.add_column("phase")

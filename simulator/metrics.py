@@ -86,14 +86,22 @@ def _routing_provenance(sc: Scenario) -> dict[str, Any]:
     return out
 
 
-def error_bar(sc: Scenario, step_latency: float, throughput: float) -> dict:
-    """An interval on the headline metrics from the device profile's measured error: a calibrated
-    profile's worst held-out MAPE (its fit costs every compute op on the critical path); none for
-    a datasheet profile, whose error was never measured (communication is costed from link
-    profiles either way)."""
+def error_bar(sc: Scenario, step_latency: float, throughput: float, raw: EngineResult | None = None) -> dict:
+    """An interval on the headline metrics from the device profile's measured error: with held-out
+    residuals (a calibration of this project's since issue 26), each op kind's residuals
+    propagated through the first step (simulator/prediction_interval.py); else a calibrated
+    profile's worst held-out MAPE; none for a datasheet profile, whose error was never measured
+    (communication is costed from link profiles either way)."""
     from moesim.simulator.cost_model import held_out_mape
 
     cal = sc.device.calibration
+    if cal is not None and cal.residuals and raw is not None and raw.plans and raw.plans[0].layer_ops is not None:
+        from moesim.simulator.compose import pipeline_for
+        from moesim.simulator.prediction_interval import busiest_compute, prediction_interval
+
+        rows = pipeline_for(sc).op_rows(raw.plans[0])
+        return prediction_interval(cal.residuals, step_latency, throughput, busiest_compute(rows), sc.seed,
+                                   sc.device.name)
     mape = held_out_mape(cal.validation) if cal is not None else None
     if mape is None:
         return {"relative": None, "source": "datasheet profile: its error was never measured (calibrate the device "
@@ -184,7 +192,7 @@ def summarize(sc: Scenario, raw: EngineResult) -> SimResult:
                      "expert_kernel": sc.config.policies.expert_kernel, "moe_tp": sc.moe_tp},
         "straggler_ratio": {"mean": float(ratios.mean()) if ratios.size else 1.0,
                             "max": float(ratios.max()) if ratios.size else 1.0},
-        "error_bar": error_bar(sc, float(step_latency.mean()), tokens_per_step * steps / makespan),
+        "error_bar": error_bar(sc, float(step_latency.mean()), tokens_per_step * steps / makespan, raw),
         "bytes_by_link_class": by_class,
         "all_to_all_payload_bytes": payload,
         "tokens": {"routed_assignments": routed, "computed_assignments": computed,

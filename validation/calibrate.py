@@ -37,6 +37,7 @@ from moesim.validation.machine import busy_warning, cpu_datasheet_profile, cuda_
 from moesim.validation.measure import (DEFAULT_GPU_MODELS, DTYPE_BYTES, FULL, SMALL, GridConfig, OpSpec,
                                        calibration_grid, measure, model_grid)
 from moesim.validation.predict import predict
+from moesim.validation.residuals import held_out_residuals
 
 SIM_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
@@ -210,6 +211,7 @@ def run_calibration(device: str = "cpu", size: str = "small", dtype: str = "floa
         model_form=MODEL_FORM + ("; " + FUSED_FORM if fit.moe_kernel is not None else ""), moe_kernel=fit.moe_kernel,
         validation={f"{r.split}_mape_after": float(r.after_mape) for r in held.itertuples()}
         | {f"{r.split}_mape_before": float(r.before_mape) for r in held.itertuples()},
+        residuals=held_out_residuals(table),
         verdict=sentence, warnings=warnings)
     calibrated = replace_profile(tiled, calibration, sentence, warnings)
     write_profile(calibrated, out / f"{calibrated.name}.yaml", warnings)

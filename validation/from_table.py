@@ -72,6 +72,7 @@ from moesim.validation.calibrate import Calibration, replace_profile, write_prof
 from moesim.validation.errors import error_table
 from moesim.validation.fit import FUSED_FORM, MODEL_FORM, TableOp, calibrated_cost, fit_table_ops, predict_ops
 from moesim.validation.measure import OpSpec
+from moesim.validation.residuals import held_out_residuals
 from moesim.yaml_io import check_file
 
 KINDS = ("gemm", "grouped_gemm", "grouped_gemm_triton", "fused_moe", "moe_layer", "attention", "copy", "h2d", "d2h")
@@ -393,7 +394,8 @@ def calibrate_from_table(path: str | Path | Sequence[str | Path | tuple[str | Pa
         date=date or datetime.date.today().isoformat(),
         model_form=MODEL_FORM + ("; " + FUSED_FORM if fit.moe_kernel is not None else ""), moe_kernel=fit.moe_kernel,
         validation={f"{r.split}_mape_after": float(r.after_mape) for r in held.itertuples()}
-        | {f"{r.split}_mape_before": float(r.before_mape) for r in held.itertuples()})
+        | {f"{r.split}_mape_before": float(r.before_mape) for r in held.itertuples()},
+        residuals=held_out_residuals(table))
     calibrated = replace_profile(tiled, calibration)
     write_profile(calibrated, out / f"{calibrated.name}.yaml")
     errors.to_csv(out / "errors.csv", index=False)
