@@ -179,6 +179,7 @@ def test_fit_from_a_fused_table_recovers_the_floor_and_predicts_held_out_rows(tm
     cal = calibrate_from_table(table, "H100-SXM", tmp_path / "out")
     spec = cal.profile.calibration
     assert spec.moe_kernel.layer_floor == pytest.approx(30e-6, rel=0.15)
+    assert cal.verdict and spec.verdict == cal.verdict and "beats the datasheet" in cal.verdict  # issue 26: none
     assert set(cal.table.split) == {"fit", "holdout_random", "holdout_slice"}  # the top token range left out
     # the table has the profile's own token passes: fitting their coefficient too costs the
     # extrapolation a little (7.6% -> 9.0%); on a table whose passes are 2.5x it wins (9.1% -> 7.0%)

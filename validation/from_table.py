@@ -68,7 +68,7 @@ import pandas as pd
 from moesim.errors import ConfigError
 from moesim.hardware_profiles.schema import CalibrationSpec, DeviceSpec
 from moesim.simulator.cost_model import CostModel
-from moesim.validation.calibrate import Calibration, replace_profile, write_profile
+from moesim.validation.calibrate import Calibration, replace_profile, verdict, write_profile
 from moesim.validation.errors import error_table
 from moesim.validation.fit import FUSED_FORM, MODEL_FORM, TableOp, calibrated_cost, fit_table_ops, predict_ops
 from moesim.validation.measure import OpSpec
@@ -389,15 +389,16 @@ def calibrate_from_table(path: str | Path | Sequence[str | Path | tuple[str | Pa
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "measurements.csv", index=False)
     held = errors[(errors["kind"] == "all") & (errors["split"] != "fit")]
+    sentence, warnings = verdict(errors)  # as a measured calibration's: better or worse on each held-out split
     calibration = CalibrationSpec(
         kinds=fit.kinds, links=fit.links, machine=machine, versions=versions, measurements="measurements.csv",
         date=date or datetime.date.today().isoformat(),
         model_form=MODEL_FORM + ("; " + FUSED_FORM if fit.moe_kernel is not None else ""), moe_kernel=fit.moe_kernel,
         validation={f"{r.split}_mape_after": float(r.after_mape) for r in held.itertuples()}
         | {f"{r.split}_mape_before": float(r.before_mape) for r in held.itertuples()},
-        residuals=held_out_residuals(table))
-    calibrated = replace_profile(tiled, calibration)
-    write_profile(calibrated, out / f"{calibrated.name}.yaml")
+        residuals=held_out_residuals(table), verdict=sentence, warnings=warnings)
+    calibrated = replace_profile(tiled, calibration, sentence, warnings)
+    write_profile(calibrated, out / f"{calibrated.name}.yaml", warnings)
     errors.to_csv(out / "errors.csv", index=False)
     counts = table.groupby("split").size().to_dict()
     facts = [("source", "external table(s) of measured op times: " + ", ".join(str(p) for p in paths)),
@@ -407,4 +408,4 @@ def calibrate_from_table(path: str | Path | Sequence[str | Path | tuple[str | Pa
              ("rows", f"{len(table)} measured ops ({', '.join(f'{k} {v}' for k, v in counts.items())}); "
                       f"dtypes {', '.join(sorted(table['dtype'].unique()))}"),
              ("model form", MODEL_FORM)]
-    return Calibration(calibrated, base, table, errors, out, facts)
+    return Calibration(calibrated, base, table, errors, out, facts, sentence, warnings)
