@@ -116,6 +116,8 @@ class DeviceSpec(_Strict):
     compute: dict[str, PeakRate] = Field(description="dense peak FLOP/s per dtype (no sparsity), each > 0")
     efficiency: EfficiencySpec = EfficiencySpec()
     overhead: Seconds = Field(5e-6, ge=0, description="fixed cost per op (kernel launch)")
+    sms: int | None = Field(None, ge=1, description="streaming multiprocessors (or compute units): a "
+                            "communication kernel holding some of them slows the compute it overlaps")
     gemm_tile: int = Field(64, ge=1, description="token-dimension tile a GEMM pads to")
     moe_kernel: MoeKernelSpec = Field(MoeKernelSpec(), description="the fused MoE layer's floor and "
                                       "per-row passes (simulator/moe_kernel_cost.py; the triton_fused family)")

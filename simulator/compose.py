@@ -9,6 +9,7 @@ build any of these objects by hand instead.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Iterable
 
 import simpy
@@ -25,7 +26,9 @@ from moesim.simulator.dispatch.direct import Direct
 from moesim.simulator.dispatch.hierarchical import Hierarchical
 from moesim.simulator.dispatch.low_latency import LowLatency
 from moesim.simulator.dispatch.token_stays import TokenStays, exflow_problem
+from moesim.simulator.cost_model import CostModel
 from moesim.simulator.engine import Engine
+from moesim.simulator.machine import Machine
 from moesim.simulator.offload.expert_cache import LFU, LRU, PINNED, CachePolicy
 from moesim.simulator.offload.manager import OffloadManager
 from moesim.simulator.offload.prefetch import AffinityPrefetch, OraclePrefetch, PredictorPrefetch, Prefetcher
@@ -238,14 +241,56 @@ def dispatch_layout(sc: Scenario) -> DispatchLayout:
                           token_bytes(sc.model, pol.dispatch_dtype), token_bytes(sc.model, pol.combine_dtype))
 
 
+def comm_sm_share(sc: Scenario) -> tuple[int, int] | None:
+    """(SMs the all-to-all's kernels hold, the accelerator's SMs) where compute overlaps them under
+    the scenario's schedule, else None; `comm_sms` set for a device whose profile gives no `sms` is a
+    config error (the algorithm's default is then not applied)."""
+    held = sc.config.policies.dispatch.comm_sms
+    given = held is not None
+    if not given:
+        held = getattr(dispatch_algorithm(sc), "comm_sms", 0)
+    if not held or not overlap_schedule(sc).overlaps_comm:
+        return None
+    sms = sc.device.sms
+    if sms is None and not given:  # the algorithm's default on a device that does not say: nothing to take
+        return None
+    if sms is None:
+        raise config_error(sc.source, "policies.dispatch.comm_sms", f"the dispatch kernels hold {held} SMs while "
+                           f"compute overlaps them, but device {sc.device.name} does not say how many it has (add "
+                           "`sms` to its profile, or set policies.dispatch.comm_sms: 0)")
+    if held >= sms:
+        raise config_error(sc.source, "policies.dispatch.comm_sms", f"{held} SMs for communication leave none of "
+                           f"{sc.device.name}'s {sms} for compute")
+    return held, sms
+
+
+def compute_machine(sc: Scenario) -> Machine:
+    """The machine compute is costed on: the scenario's, its accelerator left (sms - comm_sms) / sms
+    of its SMs (peak and bandwidth alike) where the all-to-all's kernels hold some while compute
+    overlaps them (DeepEP's normal kernels under two-batch overlap)."""
+    share = comm_sm_share(sc)
+    if share is None:
+        return sc.machine
+    held, sms = share
+    left = (sms - held) / sms
+    acc = sc.machine.accelerator
+    cost = acc.cost
+    slowed = CostModel(cost.device, cost.efficiency, cost.flops_scale * left,
+                       cost.bandwidth / cost.device.memory.bandwidth * left)
+    units = {**sc.machine.units, acc.name: dataclasses.replace(acc, cost=slowed)}
+    return dataclasses.replace(sc.machine, units=units)
+
+
 def pipeline_for(sc: Scenario) -> StepPipeline:
     """The step pipeline a scenario's config asks for."""
     m, pol = sc.model, sc.config.policies
     layout = dispatch_layout(sc)
     node_of_local = layout.node_of[:sc.ep] - layout.node_of[0]
     replicas = ReplicaSplit(sc.placement, split_weights(sc.placement, node_of_local, pol.dispatch.replica_choice))
-    costs = StepCosts(m, sc.machine, sc.tp, sc.precision, expert_kernel=expert_kernel_form(sc), small_ops=pol.small_ops,
-                      moe_tp=sc.moe_tp, units=unit_choice(sc))
+    machine = compute_machine(sc)
+    on = sc if machine is sc.machine else dataclasses.replace(sc, machine=machine)  # its units cost compute
+    costs = StepCosts(m, machine, sc.tp, sc.precision, expert_kernel=expert_kernel_form(on), small_ops=pol.small_ops,
+                      moe_tp=sc.moe_tp, units=unit_choice(on))
     capacity = CapacityPolicy(pol.capacity_factor, pol.overflow, m.moe.top_k, m.moe.num_experts)
     return StepPipeline(m, sc.num_devices, sc.tp, sc.ep, sc.routing, capacity, replicas, dispatch_algorithm(sc),
                         costs, layout, moe_tp=sc.moe_tp, microbatches=overlap_schedule(sc).microbatches)

@@ -172,6 +172,9 @@ class DispatchConfig(_Strict):
         "per_layer", description="exflow only: per_layer: each token's new KV entries are all-gathered over the EP "
         "group on the next MoE layer's dispatch (context coherence); none: contexts are assumed to be where "
         "attention needs them already (an optimistic bound)")
+    comm_sms: int | None = Field(None, ge=0, description="SMs the dispatch/combine kernels hold while compute "
+                                 "overlaps them (two_batch, shortcut); None: the algorithm's (hierarchical: "
+                                 "DeepEP's 20; low_latency: 0; NCCL all-to-all: 0)")
     kernel_latency: Seconds | None = Field(None, ge=0, description="low_latency: fixed cost of each dispatch or "
                                            "combine kernel (launch, signalling, polling); default: the cluster "
                                            "profile's low_latency floor")

@@ -10,7 +10,7 @@ from moesim import json_io
 from moesim.errors import ConfigError
 from moesim.outputs import atomic_dir
 from moesim.simulator.config import ScenarioFile
-from moesim.simulator.compose import engine_for
+from moesim.simulator.compose import comm_sm_share, engine_for
 from moesim.simulator.metrics import SimResult, summarize
 from moesim.simulator.run_tables import expert_time_table, link_table, traffic_table
 from moesim.simulator.scenario import Scenario, load_scenario, resolve
@@ -34,6 +34,12 @@ def simulate(scenario: Scenario | ScenarioFile | str | Path,
         engine.progress = lambda step: progress(len(engine.source.finished))
     raw = engine.run()
     result = summarize(scenario, raw)
+    share = comm_sm_share(scenario)
+    if share is not None:  # the all-to-all's kernels hold SMs while compute overlaps them
+        result.summary["sm_partition"] = {"comm_sms": share[0], "sms": share[1],
+                                          "compute_left": (share[1] - share[0]) / share[1],
+                                          "source": "model: every accelerator op of the overlapped step at "
+                                                    "(sms - comm_sms) / sms of peak and bandwidth"}
     usage = unit_usage(scenario, raw.plans) if uses_units(scenario) else None
     if usage is not None:  # which unit ran what, over every step the engine ran
         result.summary["units"] = usage

@@ -8,6 +8,7 @@ import importlib
 
 import numpy as np
 import pytest
+import yaml
 
 import moesim
 from moesim.simulator.compose import engine_for
@@ -243,3 +244,51 @@ def test_every_public_name_imports():
                    "simulator.dispatch.low_latency", "simulator.overlap.two_batch", "simulator.overlap.shortcut",
                    "simulator.offload.manager", "studies.placement_study", "workloads.routing_statistics"):
         importlib.import_module(f"moesim.{module}")
+
+
+# ---- SMs held by communication kernels (issue 26) ------------------------------------------------
+
+def _toy_sms(tmp_path, toy_config, overlap: str, comm_sms, sms=10):
+    import copy
+
+    cfg = copy.deepcopy(toy_config)
+    cfg["policies"] = {"overlap": overlap, "dispatch": {"algorithm": "hierarchical"}}
+    if comm_sms is not None:
+        cfg["policies"]["dispatch"]["comm_sms"] = comm_sms
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = toy_file(tmp_path, cfg)
+    device = tmp_path / "toy-device.yaml"
+    spec = yaml.safe_load(device.read_text())
+    if sms is not None:
+        spec["sms"] = sms
+    device.write_text(yaml.safe_dump(spec))
+    return load_scenario(path)
+
+
+def test_communication_kernels_holding_sms_slow_the_compute_they_overlap(tmp_path, toy_config):
+    """Two-batch overlap with the dispatch kernels holding 2 of the toy's 10 SMs: every compute op
+    takes 10/8 of its time (the toy has no launch overhead: exactly); without overlap, or with no
+    SM held, compute is as before; the summary says what was assumed."""
+    from moesim.simulator.compose import pipeline_for
+    from moesim.simulator.roofline import scenario_plan
+
+    def plan(sc):
+        return scenario_plan(sc, 0, pipeline_for(sc))
+
+    held = _toy_sms(tmp_path / "a", toy_config, "two_batch", 2)
+    free = _toy_sms(tmp_path / "b", toy_config, "two_batch", 0)
+    alone = _toy_sms(tmp_path / "c", toy_config, "none", 2)
+    p_held, p_free, p_alone = plan(held), plan(free), plan(alone)
+    for part in ("attention", "expert"):
+        np.testing.assert_allclose(getattr(p_held, part), getattr(p_free, part) * 10 / 8, rtol=1e-12)
+        np.testing.assert_allclose(getattr(p_alone, part), getattr(p_free, part), rtol=1e-12)
+    summary = simulate(held).summary["sm_partition"]
+    assert (summary["comm_sms"], summary["sms"], summary["compute_left"]) == (2, 10, 0.8)
+    assert "sm_partition" not in simulate(free).summary
+
+
+def test_sms_held_need_the_device_to_say_how_many_it_has(tmp_path, toy_config):
+    with pytest.raises(ConfigError, match="sms"):
+        simulate(_toy_sms(tmp_path / "a", toy_config, "two_batch", 2, sms=None))
+    with pytest.raises(ConfigError, match="leave none"):
+        simulate(_toy_sms(tmp_path / "b", toy_config, "two_batch", 10))

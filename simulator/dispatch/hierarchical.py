@@ -38,6 +38,10 @@ def forwarding(layout: DispatchLayout, g: int) -> tuple[np.ndarray, np.ndarray, 
 class Hierarchical:
     name: str = "hierarchical"
     comm_kind: str = "hierarchical"
+    # SMs DeepEP's normal kernels hold while compute overlaps them: Buffer.num_sms defaults to 20
+    # (deepseek-ai/DeepEP deep_ep/buffer.py), as the DeepSeek-V3 report (arXiv 2412.19437, sec. 3.2.2)
+    # gives 20 of an H800's 132 SMs to communication
+    comm_sms: int = 20
     stages: int = 2
     flow_from_top1: bool = False
 

@@ -18,6 +18,7 @@ class LowLatency:
     kernel_latency: float | None = None  # seconds per dispatch or combine kernel (None: the profile's floor)
     name: str = "low_latency"
     comm_kind: str = "low_latency"
+    comm_sms: int = 0  # DeepEP's low-latency kernels receive by a hook, holding no SM while compute runs (its README)
     stages: int = 1
     flow_from_top1: bool = False
 

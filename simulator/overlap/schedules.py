@@ -15,10 +15,12 @@ class Schedule:
     step into for it; `offload`: whether its programs can wait for expert copies (each dispatch
     wait runs the experts in the same wake-up, `wait_then`), which expert offloading needs;
     `token_ids`: whether its dispatch carries the step's per-token expert ids (one micro-batch,
-    dispatched after attention), which dispatch that follows tokens (exflow) needs."""
+    dispatched after attention), which dispatch that follows tokens (exflow) needs; `overlaps_comm`:
+    compute runs while the all-to-all's kernels hold SMs (`policies.dispatch.comm_sms`)."""
 
     name: str
     program: Callable[[StepShape], Program]
     microbatches: int = 1
     offload: bool = False
     token_ids: bool = False
+    overlaps_comm: bool = False  # compute runs while an all-to-all is in flight (its kernels' SMs are taken)

@@ -28,4 +28,4 @@ def shortcut_program(shape: StepShape) -> Program:
     return Program(tuple(out))
 
 
-SHORTCUT = Schedule("shortcut", shortcut_program)
+SHORTCUT = Schedule("shortcut", shortcut_program, overlaps_comm=True)

@@ -50,4 +50,4 @@ def two_batch_program(shape: StepShape) -> Program:
     return Program(tuple(out), MB)
 
 
-TWO_BATCH = Schedule("two_batch", two_batch_program, MICROBATCHES)
+TWO_BATCH = Schedule("two_batch", two_batch_program, MICROBATCHES, overlaps_comm=True)
