@@ -21,6 +21,7 @@ from moesim.simulator.capacity import CapacityPolicy
 from moesim.simulator.config import config_error
 from moesim.simulator.dispatch import DispatchAlgorithm, DispatchLayout
 from moesim.simulator.dispatch.all_gather import AllGather
+from moesim.simulator.dispatch.by_phase import ByPhase
 from moesim.simulator.dispatch.dedup import Dedup
 from moesim.simulator.dispatch.direct import Direct
 from moesim.simulator.dispatch.hierarchical import Hierarchical
@@ -86,6 +87,7 @@ DISPATCH_ALGORITHMS: dict[str, Callable[[Scenario], DispatchAlgorithm]] = {
     "low_latency": lambda sc: LowLatency(sc.config.policies.dispatch.kernel_latency),
     "exflow": _exflow,
     "all_gather": lambda sc: AllGather(),
+    "auto": lambda sc: ByPhase(Hierarchical(), LowLatency(sc.config.policies.dispatch.kernel_latency)),
 }
 
 def _threshold(sc: Scenario) -> Threshold:

@@ -167,7 +167,8 @@ class DispatchConfig(_Strict):
         "low_latency: per (token, expert) RDMA with a per-kernel floor (DeepEP low-latency); "
         "exflow: a token stays on its top-1 expert's device between MoE layers, one all-to-all per layer "
         "(ExFlow; needs per-token routing ids, simulator/dispatch/token_stays.py); all_gather: every token to "
-        "every device of its EP group, a reduce-scatter back (Megatron-Core's allgather dispatcher)")
+        "every device of its EP group, a reduce-scatter back (Megatron-Core's allgather dispatcher); auto: "
+        "hierarchical for a step with prefill work, low_latency for a decode-only one (SGLang's DeepEP auto mode)")
     kv_sync: Literal["per_layer", "none"] = Field(
         "per_layer", description="exflow only: per_layer: each token's new KV entries are all-gathered over the EP "
         "group on the next MoE layer's dispatch (context coherence); none: contexts are assumed to be where "

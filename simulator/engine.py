@@ -162,6 +162,7 @@ class Engine:
         self._moe_kind = comm_kind
         self._single_ep = scenario.ep == 1
         self._moe_floor = _floors(scenario.routes, self._moe_kind, self._group_pairs)
+        self._floors = {self._moe_kind: self._moe_floor}  # per comm kind (a step may run other kernels)
         self._tp_floor = _floors(scenario.routes, "all_reduce", _group_pairs(n, tp)) if tp > 1 else None
         self._moe_tp_floor = _floors(scenario.routes, "all_reduce", _group_pairs(n, mt)) if mt > 1 else None
         self._size = L * n * self.microbatches * self.P
@@ -198,6 +199,12 @@ class Engine:
         """Flat start/end lists of a step, indexed ((layer x N + device) x MB + microbatch) x P + phase."""
         return self._times[step]
 
+    def _floor_of(self, kind: str):
+        """Every device's floor for the all-to-all kernels of `kind` (computed once per kind)."""
+        if kind not in self._floors:
+            self._floors[kind] = _floors(self.sc.routes, kind, self._group_pairs)
+        return self._floors[kind]
+
     def collectives(self, step: int, mb: int = 0) -> StepCollectives:
         """Every collective of a step's micro-batch, made when the first device needs them; dropped
         two steps later (a device entering step s has every device's step s-2 combine behind it)."""
@@ -213,8 +220,8 @@ class Engine:
             if self.interactive and len(dis) == 1:  # serving: every rank of an EP group enters each all-to-all
                 need_d = need_c = [self._group_pairs] * len(need_d)
             # an explicit kernel latency (policies.dispatch.kernel_latency) replaces the profile's floor
-            kind, extra = self._moe_kind, tr.kernel_latency or 0.0
-            floor = self._moe_floor if tr.kernel_latency is None else None
+            kind, extra = tr.kind or self._moe_kind, tr.kernel_latency or 0.0
+            floor = self._floor_of(kind) if tr.kernel_latency is None else None
             skipped = tr.combine_skipped  # a combine that moves nothing launches no kernel: no floor, no wait
             # ep = 1 (MoE-TP alone): a layer whose bytes all stay on their devices runs no all-to-all at all;
             # with ep > 1 every rank launches the kernel (DeepEP, NCCL) whatever this layer's counts

@@ -68,7 +68,7 @@ def _moe_rows(pipe: "StepPipeline", plan: "StepPlan", layer: int, device: int) -
                    if plan.unit_time[3, index[kernel.unit.label], layer, device] > 0} or {0}
     for k in sorted(present):  # each unit's share of the device's layer (they run at once)
         out.extend(_expert_unit_rows(costs, costs.experts[k], pl, plan, layer, device, g, mi, slots[on[slots] == k]))
-    kind = pipe.dispatch.comm_kind
+    kind = plan.traffic.kind or pipe.dispatch.comm_kind
     for name, stages in (("dispatch", plan.traffic.dispatch), ("combine", plan.traffic.combine)):
         for i, stage in enumerate(stages):
             sent = stage[mi, device].copy()

@@ -110,7 +110,7 @@ def merge_microbatches(plans: list[StepPlan]) -> StepPlan:
         step=first.step, attention=add("attention"), dense_ffn=add("dense_ffn"), shared_expert=add("shared_expert"),
         expert=add("expert"), tp_bytes=sum(p.tp_bytes for p in plans),
         traffic=Traffic(stages_d, stages_c, first.traffic.kernel_latency, residency=residency,
-                        combine_skipped=skipped),
+                        combine_skipped=skipped, kind=first.traffic.kind),
         rows_routed=add("rows_routed"), rows_dropped=add("rows_dropped"), rows_computed=add("rows_computed"),
         experts_active=np.maximum.reduce([p.experts_active for p in plans]), expert_tokens=add("expert_tokens"),
         slot_tokens=add("slot_tokens"), slot_time=add("slot_time"),
@@ -170,10 +170,11 @@ class StepPipeline:
         counts = self.routing.step(inp.step, np.asarray(inp.moe_tokens, dtype=np.int64),
                                    len(self.moe_layers)).counts
         shares = split_counts(counts, [p.moe_tokens for p in parts])
-        return [self.plan(p, c) for p, c in zip(parts, shares)]
+        return [self.plan(p, c, whole=inp) for p, c in zip(parts, shares)]
 
-    def plan(self, inp: StepInput, counts: np.ndarray | None = None) -> StepPlan:
-        """The plan of one step input (routed here unless its counts[l, s, e] are given)."""
+    def plan(self, inp: StepInput, counts: np.ndarray | None = None, whole: StepInput | None = None) -> StepPlan:
+        """The plan of one step input (routed here unless its counts[l, s, e] are given); `whole`:
+        the step a micro-batch is part of (an algorithm that picks its kernels per step reads it)."""
         m, n, L = self.model, self.num_devices, self.model.num_layers
         moe = self.moe_layers
         tokens = np.asarray(inp.moe_tokens, dtype=np.int64)
@@ -185,7 +186,7 @@ class StepPipeline:
             tokens = counts[0].sum(axis=1) // m.moe.top_k if counts.shape[1] == n else tokens
         layer_ops, attention, dense, shared, unit_time = self._compute(inp, tokens)
         (expert, rows_computed, active, expert_tokens, rows_dropped, slot_tokens, slot_time, traffic, slot_unit,
-         unit_busy, unit_handoff) = self._moe(counts, tokens, routed)
+         unit_busy, unit_handoff) = self._moe(counts, tokens, routed, whole or inp)
         if traffic.residency is not None:  # tokens move between layers (exflow): compute follows them
             attention, dense, shared = (follow_residency(a, tokens, traffic.residency, moe)
                                         for a in (attention, dense, shared))
@@ -252,7 +253,8 @@ class StepPipeline:
         unit_time = None if splits is None else np.ascontiguousarray(splits[:, which].transpose(2, 4, 3, 0, 1))
         return layer_ops, attention.reshape(L, n), dense.reshape(L, n), shared.reshape(L, n), unit_time
 
-    def _moe(self, counts: np.ndarray, tokens: np.ndarray, routed: RoutingStep | None = None):
+    def _moe(self, counts: np.ndarray, tokens: np.ndarray, routed: RoutingStep | None = None,
+             inp: StepInput | None = None):
         """Capacity, replica split, expert costs and dispatch of every MoE layer (vectorised)."""
         ep, mt = self.ep, self.moe_tp
         n = self.num_devices
@@ -308,8 +310,9 @@ class StepPipeline:
             rows_computed[:, devs] = np.einsum("lj,ljd->ld", slot_tokens, onehot)
             active[:, devs] = np.einsum("lj,ljd->ld", (slot_tokens > 0).astype(float), onehot).astype(np.int64)
             device_rows[:, devs, devs] = np.matmul(sent, onehot)  # rows (token, expert) from src to dst
-        traffic = self.dispatch(device_rows, all_rows, pl.slot_device, tokens, self.layout,
-                                self._token_ids(routed, rows_dropped))
+        args = (device_rows, all_rows, pl.slot_device, tokens, self.layout, self._token_ids(routed, rows_dropped))
+        by_step = getattr(self.dispatch, "traffic", None)  # an algorithm that picks its kernels per step
+        traffic = by_step(inp, *args) if by_step is not None and inp is not None else self.dispatch(*args)
         if mt > 1:
             traffic = _expand_shards(traffic, mt, self.tp, tokens, self.layout)
             expert_time = np.repeat(expert_time, mt, axis=1)

@@ -271,3 +271,38 @@ def test_all_gather_needs_no_placement_to_price(tmp_path):
 
     sc = load_scenario(toy_file(tmp_path, two_node_config("all_gather")))
     assert not pair_token_cost(sc).any()
+
+
+# ---- auto: the kernels by phase (issue 26) ---------------------------------------------------
+
+def test_auto_dispatch_runs_normal_kernels_for_prefill_and_low_latency_for_decode():
+    """A fixed prefill batch under auto runs exactly as hierarchical, a decode batch exactly as
+    low_latency (the same timeline); in serving, an iteration with a prefill chunk anywhere runs
+    the normal kernels on every rank and micro-batch, a decode-only one the low-latency kernels."""
+    import copy
+
+    from moesim.simulator.compose import engine_for
+    from moesim.simulator.config import config_from_dict
+    from moesim.simulator.scenario import resolve
+
+    from conftest import EXAMPLES, example_config, shrink_serving
+
+    for example, same in (("deepseek-v3-prefill-4x8-h800.yaml", "hierarchical"),
+                          ("deepseek-v3-decode-4x8-h800.yaml", "low_latency")):
+        runs = {}
+        for algo in ("auto", same):
+            cfg = example_config(example)
+            cfg["workload"]["steps"] = 1
+            cfg["policies"]["dispatch"] = {"algorithm": algo}
+            runs[algo] = engine_for(resolve(config_from_dict(cfg, EXAMPLES))).run()
+        np.testing.assert_array_equal(runs["auto"].end, runs[same].end)
+    cfg = shrink_serving(example_config("serving-deepseek-v3-4x8-h800-deepep.yaml"), requests=8, output_tokens=6)
+    cfg["policies"]["dispatch"] = {"algorithm": "auto"}
+    cfg["serving"]["iteration_cache"] = False
+    engine = engine_for(resolve(config_from_dict(copy.deepcopy(cfg), EXAMPLES)))
+    raw = engine.run()
+    for it, plans in zip(engine.source.iterations, raw.microbatch_plans):
+        prefill = any(item.phase == "prefill" for batch in it.batches for item in batch)
+        assert {p.traffic.kind for p in plans} == {"hierarchical" if prefill else "low_latency"}
+    kinds = {p.traffic.kind for p in raw.plans}
+    assert kinds == {"hierarchical", "low_latency"}

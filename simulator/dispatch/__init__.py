@@ -51,6 +51,9 @@ class Traffic:
     # (Lm,) True where a layer's combine moves nothing and launches no kernel (no floor); None: every
     # layer launches its combine kernel
     combine_skipped: np.ndarray | None = None
+    # the comm kind its kernels are costed as where a step's algorithm differs from the scenario's
+    # (auto dispatch: hierarchical for prefill, low_latency for decode); None: the scenario's
+    kind: str | None = None
 
     def total(self, which: str) -> np.ndarray:
         """(Lm, N, N) bytes summed over stages (what the links carry)."""
