@@ -150,6 +150,8 @@ def fiddler(steps: int) -> None:
     print(f"  misses fetched over PCIe on demand (offloading, LRU):        {fetch * 1e3:8.2f} ms/step")
     print(f"  misses run on the host unit (offload.hybrid.cold_experts):    {on_miss * 1e3:8.2f} ms/step")
     print(f"  every expert on the host unit (policies.units.expert: host): {on_host * 1e3:8.2f} ms/step")
+    source = simulate(resolve(config_from_dict(copy.deepcopy(cold), EXAMPLES))).summary["offload"]["host_cost_source"]
+    print(f"  host CPU expert costs from: {source}")
 
 
 def gh200_offload(steps: int) -> None:

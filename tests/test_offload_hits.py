@@ -130,3 +130,18 @@ def test_terminal_shows_late_hits_within_80_columns(tmp_path):
     text = out.getvalue()
     assert "late hits" in text and f"{o['late_hits']:,}" in text
     assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_a_run_with_host_experts_says_where_their_cost_comes_from():
+    """Fiddler-style host experts are costed from the host CPU profile's constants unless that CPU
+    was calibrated: the summary says which (issue 26)."""
+    from moesim.simulator.config import config_from_dict
+
+    from conftest import EXAMPLES
+
+    cfg = example_config("offload-mixtral-4090-lru.yaml")
+    cfg["workload"]["steps"] = 1
+    cfg["offload"]["hybrid"] = {"cold_experts": "host"}
+    source = simulate(config_from_dict(cfg, EXAMPLES)).summary["offload"]["host_cost_source"]
+    assert source.startswith("Ryzen-9-7950X: datasheet constants (compute 0.5, memory 0.7")
+    assert "moesim calibrate --device cpu" in source

@@ -62,6 +62,7 @@ def offload_summary(sc: Scenario, raw: EngineResult) -> dict[str, Any] | None:
         "bytes_fetched_by_kind": by_kind,
         "host_activation_bytes": off.activation_bytes,
         "host_experts_run": len(host),
+        "host_cost_source": _host_cost_source(sc),
         "stall_s": {"total_device_s": float(stall.sum()),
                     "worst_device_per_step_mean_s": float(stall.sum(axis=1).max(axis=1).mean()) if stall.size else 0.0,
                     "share_of_device_time": float(stall.sum() / (sc.num_devices * makespan))},
@@ -99,3 +100,19 @@ def layer_offload_columns(sc: Scenario, raw: EngineResult) -> pd.DataFrame:
         runs = host.groupby(["step", "layer"]).size().rename("runs")
         out["host_experts"] = out.join(runs, on=["step", "layer"])["runs"].fillna(0).astype(int).to_numpy()
     return out
+
+
+def _host_cost_source(sc) -> str | None:
+    """Where the host unit's expert GEMMs get their efficiency: a calibration of the host CPU
+    (`moesim calibrate --device cpu`, fed into its profile) or the profile's datasheet constants."""
+    host = sc.machine.host
+    if host is None:
+        return None
+    cost = host.cost
+    source = cost.provenance("gemm", "bf16")
+    if source == "datasheet":
+        eff = host.device.efficiency
+        source = (f"datasheet constants (compute {eff.compute:g}, memory {eff.memory:g} of peak; measure them with "
+                  "`moesim calibrate --device cpu` and name that profile as the host)")
+    return f"{host.device.name}: {source}"
+
