@@ -48,10 +48,13 @@ _redelivering = 0  # signals this module sends itself (not the user's: they do n
 
 def _where_exceptions_are_ignored(frame) -> bool:
     """A frame whose exception Python would print and drop ("Exception ignored in ..."): a weakref
-    callback of the import system, or a finaliser."""
+    callback (of the import system, or of weakref.py's containers, which the garbage collector runs
+    anywhere), or a finaliser."""
     while frame is not None:
         code = frame.f_code
         if code.co_name == "__del__" or (code.co_filename.startswith("<frozen importlib") and code.co_name == "cb"):
+            return True
+        if code.co_filename.endswith(("weakref.py", "_weakrefset.py")) and code.co_name in ("remove", "_remove"):
             return True
         frame = frame.f_back
     return False

@@ -312,3 +312,23 @@ def test_an_error_without_a_signal_is_not_taken_for_one(monkeypatch):
     monkeypatch.setattr(cli, "build_parser", lambda: parser)
     with pytest.raises(ImportError):
         cli.main([])
+
+
+def test_a_signal_inside_a_weakref_callback_is_raised_again_where_it_is_not_lost():
+    """A signal that lands in a WeakValueDictionary's removal callback (the garbage collector runs
+    it anywhere; Python would print "Exception ignored" with a traceback and drop the exception) is
+    redelivered to the main thread, which then stops (CI: roofline-0-SIGINT printed that traceback)."""
+    from types import SimpleNamespace
+
+    from moesim import interrupts
+
+    code = SimpleNamespace(co_name="remove", co_filename="/usr/lib/python3.11/weakref.py")
+    frame = SimpleNamespace(f_code=code, f_back=None)
+    assert interrupts._where_exceptions_are_ignored(frame)
+    with interrupts.handling_signals():
+        interrupts._handler(signal.SIGINT, frame)  # remembered, not raised here
+        with pytest.raises(KeyboardInterrupt):
+            for _ in range(200):
+                time.sleep(0.01)
+    assert not interrupts._where_exceptions_are_ignored(SimpleNamespace(f_code=SimpleNamespace(
+        co_name="remove", co_filename="/work/app/cleanup.py"), f_back=None))
