@@ -143,8 +143,12 @@ def pending() -> int | None:
 
 
 def check() -> None:
-    """Raise `Interrupted` if a signal was received (it may have been swallowed where it landed)."""
+    """Raise `Interrupted` if a signal was received (it may have been swallowed where it landed, or
+    be waiting for its redelivery): from here on it is being handled, so a signal that comes after
+    (that redelivery included) is remembered, not raised into the cleanup."""
+    global _raised
     if _seen:
+        _raised = True
         raise Interrupted(_seen[0])
 
 
