@@ -161,8 +161,8 @@ class Engine:
         # comm kernel costs (comm_cost): each collective's kind and every device's floor in it
         self._moe_kind = comm_kind
         self._single_ep = scenario.ep == 1
-        self._moe_floor = _floors(scenario.routes, self._moe_kind, self._group_pairs)
-        self._floors = {self._moe_kind: self._moe_floor}  # per comm kind (a step may run other kernels)
+        # every device's kernel floor per comm kind (a step may run kernels of another kind: auto dispatch)
+        self._floors = {self._moe_kind: _floors(scenario.routes, self._moe_kind, self._group_pairs)}
         self._tp_floor = _floors(scenario.routes, "all_reduce", _group_pairs(n, tp)) if tp > 1 else None
         self._moe_tp_floor = _floors(scenario.routes, "all_reduce", _group_pairs(n, mt)) if mt > 1 else None
         self._size = L * n * self.microbatches * self.P

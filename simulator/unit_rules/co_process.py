@@ -50,7 +50,8 @@ class CoProcess(Fastest):
         present = busy > 0
         present[0] = True
         split = ExpertSplit(slot_unit, present)
-        whole = Fastest.experts(self, options)  # a device's layer wholly on one unit, where that is faster
-        better = options.makespan(whole) < options.makespan(split)  # (Lm, ep)
+        totals = np.stack([options.whole_layer(k)[0] for k in range(K)])  # each device's layer wholly on unit k
+        whole = options.per_device(np.argmin(totals, axis=0))  # where that is faster (as fastest would)
+        better = totals.min(axis=0) < options.makespan(split)  # (Lm, ep)
         return ExpertSplit(np.where(better[layers[:, None], device], whole.slot_unit, slot_unit),
                            np.where(better[None], whole.present, present))
