@@ -166,9 +166,10 @@ _DTYPE_FALLBACK: dict[str, tuple[str, ...]] = {
 }
 
 
-# The communication kernels the engine runs: a plain all-to-all (direct and dedup dispatch and
-# combine), DeepEP normal (hierarchical), DeepEP low-latency, and the ring all-reduce (TP, MoE-TP).
-CommKind = Literal["all_to_all", "hierarchical", "low_latency", "all_reduce"]
+# The communication kernels: a plain all-to-all (direct and dedup dispatch and combine), DeepEP
+# normal (hierarchical), DeepEP low-latency, the ring all-reduce (TP, MoE-TP), and NCCL's all-gather
+# and reduce-scatter (gradient and sharded-weight traffic; fitted from nccl-tests like the others).
+CommKind = Literal["all_to_all", "hierarchical", "low_latency", "all_reduce", "all_gather", "reduce_scatter"]
 
 
 class CommCost(_Strict):
@@ -183,6 +184,23 @@ class CommCost(_Strict):
                                      "messages (eff_max); default: the link's efficiency")
     half_bytes: Bytes = Field(0.0, ge=0, description="bytes of one peer message at which the link reaches half "
                               "of eff_max (0: every message size reaches it)")
+    floors: dict[int, Seconds] = Field(default_factory=dict, description="the floor at given group sizes (GPU "
+                                       "count of the kernel's group, e.g. {2: 6 us, 8: 11 us} from nccl-tests at "
+                                       "-g 2 and -g 8): linear in the group size between them, the nearest one "
+                                       "outside; replaces `floor` where given")
+    combine_floor: Seconds | None = Field(None, ge=0, description="the floor of the combine kernel of a dispatch/"
+                                          "combine pair where it differs from the dispatch's (DeepEP publishes "
+                                          "them separately); default: the dispatch floor")
+
+    @field_validator("floors")
+    @classmethod
+    def _floor_sizes(cls, v: dict[int, float]) -> dict[int, float]:
+        bad = [n for n in v if n < 2]
+        if bad:
+            raise ValueError(f"floors are keyed by a group size of at least 2 GPUs, got {bad[0]}")
+        if any(t < 0 for t in v.values()):
+            raise ValueError("a floor is a time of at least 0")
+        return dict(sorted(v.items()))
 
 
 class LinkSpec(_Strict):

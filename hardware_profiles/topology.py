@@ -20,29 +20,27 @@ import numpy as np
 
 from moesim.errors import ConfigError
 from moesim.hardware_profiles.loader import load_link
-from moesim.hardware_profiles.schema import ClusterSpec, CommKind, LinkSpec
+from moesim.hardware_profiles.schema import ClusterSpec, CommCost, CommKind, LinkSpec
 
 COMM_KINDS: tuple[str, ...] = get_args(CommKind)
 
 
-def link_comm(cluster: ClusterSpec, link: LinkSpec) -> dict[str, tuple[float, float, float, str]]:
-    """(floor s, eff_max, half_bytes, source) of each comm kind on one link: the cluster's measured
-    values first, then the link's datasheet defaults, else no floor at the link's efficiency."""
+def link_comm(cluster: ClusterSpec, link: LinkSpec) -> dict[str, tuple[CommCost, str]]:
+    """Each comm kind's cost on one link (efficiency filled in) and where it came from: the cluster's
+    measured values first, then the link's datasheet defaults, else no floor at the link's efficiency."""
     out = {}
     for kind in COMM_KINDS:
         measured = cluster.collectives.get(kind, {}).get(link.name)  # type: ignore[call-overload]
         if not cluster.comm_floors:
-            out[kind] = (0.0, link.efficiency, 0.0, "comm floors off (link efficiency only)")
+            cost, source = CommCost(), "comm floors off (link efficiency only)"
         elif measured is not None:
             key = f"collectives.{kind}.{link.name}"
-            out[kind] = (measured.floor, measured.efficiency or link.efficiency, measured.half_bytes,
-                         cluster.sources.get(key, f"measured, cluster profile {cluster.name} {key}"))
+            cost, source = measured, cluster.sources.get(key, f"measured, cluster profile {cluster.name} {key}")
         elif kind in link.collectives:
-            c = link.collectives[kind]  # type: ignore[index]
-            out[kind] = (c.floor, c.efficiency or link.efficiency, c.half_bytes,
-                         f"datasheet default ({link.name} collectives.{kind})")
+            cost, source = link.collectives[kind], f"datasheet default ({link.name} collectives.{kind})"  # type: ignore[index]
         else:
-            out[kind] = (0.0, link.efficiency, 0.0, f"no {kind} floor for {link.name} (link efficiency only)")
+            cost, source = CommCost(), f"no {kind} floor for {link.name} (link efficiency only)"
+        out[kind] = (cost.model_copy(update={"efficiency": cost.efficiency or link.efficiency}), source)
     return out
 
 
@@ -113,10 +111,30 @@ def build_topology(cluster: ClusterSpec, link_bandwidth_scale: float = 1.0) -> n
 class LinkComm:
     """One comm kind's numbers per directed link (index as `Routes.link_names`)."""
 
-    floor: np.ndarray  # seconds per kernel call
+    floor: np.ndarray  # seconds per kernel call (any group size without `floors`)
     efficiency: np.ndarray  # eff_max
     half_bytes: np.ndarray  # per-message bytes at half of eff_max
     source: list[str]
+    floors: list[dict[int, float]] = field(default_factory=list)  # per link: floor by group size ({}: `floor`)
+    combine_floor: np.ndarray | None = None  # per link: the combine kernel's floor (NaN: the dispatch floor)
+
+    def floor_at(self, group: int, role: str = "dispatch") -> np.ndarray:
+        """Per link: the floor of a kernel over a group of `group` GPUs (`role` combine: the combine
+        kernel's own floor where the profile gives one). Between the sizes of `floors` linear in the
+        group size, the nearest given size outside them."""
+        out = self.floor.copy()
+        for i, table in enumerate(self.floors):
+            if table:
+                sizes = np.fromiter(table, dtype=float)
+                out[i] = float(np.interp(group, sizes, np.fromiter(table.values(), dtype=float)))
+        if role == "combine" and self.combine_floor is not None:
+            out = np.where(np.isnan(self.combine_floor), out, self.combine_floor)
+        return out
+
+    def charges(self) -> bool:
+        """Whether this kind costs anything beyond bytes / (bandwidth x efficiency) on some link."""
+        return bool((self.floor > 0).any() or (self.half_bytes > 0).any() or any(self.floors)
+                    or (self.combine_floor is not None and (np.nan_to_num(self.combine_floor) > 0).any()))
 
 
 @dataclass(frozen=True)
@@ -179,8 +197,12 @@ def compute_routes(g: nx.DiGraph) -> Routes:
     if edges and all("comm" in g.edges[e] for e in edges):
         for kind in COMM_KINDS:
             vals = [g.edges[e]["comm"][kind] for e in edges]
-            comm[kind] = LinkComm(np.array([v[0] for v in vals]), np.array([v[1] for v in vals]),
-                                  np.array([v[2] for v in vals]), [v[3] for v in vals])
+            costs = [c for c, _ in vals]
+            combine = np.array([np.nan if c.combine_floor is None else c.combine_floor for c in costs])
+            comm[kind] = LinkComm(np.array([c.floor for c in costs]), np.array([c.efficiency for c in costs]),
+                                  np.array([c.half_bytes for c in costs]), [src for _, src in vals],
+                                  [dict(c.floors) for c in costs],
+                                  None if np.isnan(combine).all() else combine)
     return Routes(
         num_devices=n,
         link_names=edges,

@@ -49,28 +49,38 @@ def transfer_time(message_bytes, bandwidth, eff_max, half_bytes, floor, latency=
     return floor + latency + link_seconds(message_bytes, bandwidth, eff_max, half_bytes)
 
 
-def pair_floor(routes: Routes, kind: str) -> np.ndarray:
-    """(N, N) the largest floor of a kind on each device-to-device path (0 on the diagonal)."""
+def pair_floor(routes: Routes, kind: str, group: int = 0, role: str = "dispatch") -> np.ndarray:
+    """(N, N) the largest floor of a kind on each device-to-device path (0 on the diagonal), for a
+    kernel over `group` GPUs (0: the profile's default floor) as its `role` (dispatch or combine)."""
     n = routes.num_devices
     out = np.zeros(n * n)
     comm = routes.comm.get(kind)
     if comm is not None and routes.pair_links.size:
+        per_link = comm.floor_at(group, role) if group else comm.floor
         pair = np.repeat(np.arange(n * n), np.diff(routes.pair_ptr))
-        np.maximum.at(out, pair, comm.floor[routes.pair_links])
+        np.maximum.at(out, pair, per_link[routes.pair_links])
     return out.reshape(n, n)
 
 
-def device_floors(routes: Routes, kind: str, pairs: np.ndarray) -> np.ndarray:
-    """(N,) each device's floor for a kernel over `pairs` (N, N bool: the peers of its group): the
-    largest floor on the paths to and from its peers; 0 for a device without peers."""
-    pf = np.where(pairs, pair_floor(routes, kind), 0.0)
-    return np.maximum(pf.max(axis=1), pf.max(axis=0)) if pf.size else np.zeros(routes.num_devices)
+def device_floors(routes: Routes, kind: str, pairs: np.ndarray, role: str = "dispatch") -> np.ndarray:
+    """(N,) each device's floor for a kernel over `pairs` (N, N bool: the peers of its group) as its
+    `role`: the largest floor, at its group's size (peers + itself), on the paths to and from its
+    peers; 0 for a device without peers."""
+    pairs = np.asarray(pairs, dtype=bool)
+    sizes = pairs.sum(axis=1) + 1
+    out = np.zeros(routes.num_devices)
+    for size in np.unique(sizes[sizes > 1]):
+        rows = sizes == size
+        pf = np.where(pairs, pair_floor(routes, kind, int(size), role), 0.0)
+        both = np.maximum(pf.max(axis=1), pf.max(axis=0))
+        out[rows] = both[rows]
+    return out
 
 
 def has_floors(routes: Routes, kind: str) -> bool:
     """Whether a kind charges anything beyond bytes / (bandwidth x efficiency)."""
     comm = routes.comm.get(kind)
-    return comm is not None and bool((comm.floor > 0).any() or (comm.half_bytes > 0).any())
+    return comm is not None and comm.charges()
 
 
 def provenance(routes: Routes, kind: str, pairs: np.ndarray | None = None) -> str:
@@ -90,11 +100,14 @@ def provenance(routes: Routes, kind: str, pairs: np.ndarray | None = None) -> st
     return "; ".join(known or sources) or "link profiles (bandwidth x efficiency)"
 
 
-def injection_time(routes: Routes, kind: str, src: int, sent: np.ndarray, floor: float | None = None) -> float:
-    """A lower bound on a device's part of a kernel: its floor (`floor`, else the largest on its paths),
-    the longest path latency, and every message's seconds on the slowest link of its path, in turn
-    (the fabric adds contention). `sent`: (N,) bytes to each device (its own entry is ignored)."""
+def injection_time(routes: Routes, kind: str, src: int, sent: np.ndarray, floor: float | None = None,
+                   group: int = 0, role: str = "dispatch") -> float:
+    """A lower bound on a device's part of a kernel: its floor (`floor`, else the largest on its paths
+    for a kernel over `group` GPUs as `role`), the longest path latency, and every message's seconds
+    on the slowest link of its path, in turn (the fabric adds contention). `sent`: (N,) bytes to
+    each device (its own entry is ignored)."""
     comm = routes.comm.get(kind)
+    link_floor = None if comm is None else (comm.floor_at(group, role) if group else comm.floor)
     total, latency, worst_floor = 0.0, 0.0, 0.0
     for dst in np.flatnonzero(sent > 0):
         if dst == src:
@@ -104,7 +117,7 @@ def injection_time(routes: Routes, kind: str, src: int, sent: np.ndarray, floor:
             secs = sent[dst] / routes.link_bandwidth[links]
         else:
             secs = link_seconds(sent[dst], routes.link_peak[links], comm.efficiency[links], comm.half_bytes[links])
-            worst_floor = max(worst_floor, float(comm.floor[links].max()))
+            worst_floor = max(worst_floor, float(link_floor[links].max()))
         total += float(np.max(secs))
         latency = max(latency, float(routes.pair_latency[src, dst]))
     return total + latency + (worst_floor if floor is None else floor)

@@ -162,7 +162,7 @@ class Engine:
         self._moe_kind = comm_kind
         self._single_ep = scenario.ep == 1
         # every device's kernel floor per comm kind (a step may run kernels of another kind: auto dispatch)
-        self._floors = {self._moe_kind: _floors(scenario.routes, self._moe_kind, self._group_pairs)}
+        self._floors: dict[tuple[str, str], list[float] | None] = {}
         self._tp_floor = _floors(scenario.routes, "all_reduce", _group_pairs(n, tp)) if tp > 1 else None
         self._moe_tp_floor = _floors(scenario.routes, "all_reduce", _group_pairs(n, mt)) if mt > 1 else None
         self._size = L * n * self.microbatches * self.P
@@ -199,11 +199,13 @@ class Engine:
         """Flat start/end lists of a step, indexed ((layer x N + device) x MB + microbatch) x P + phase."""
         return self._times[step]
 
-    def _floor_of(self, kind: str):
-        """Every device's floor for the all-to-all kernels of `kind` (computed once per kind)."""
-        if kind not in self._floors:
-            self._floors[kind] = _floors(self.sc.routes, kind, self._group_pairs)
-        return self._floors[kind]
+    def _floor_of(self, kind: str, role: str = "dispatch"):
+        """Every device's floor for the all-to-all kernels of `kind` as `role` (dispatch or combine:
+        DeepEP's two kernels have floors of their own), computed once per (kind, role)."""
+        key = (kind, role)
+        if key not in self._floors:
+            self._floors[key] = _floors(self.sc.routes, kind, self._group_pairs, role)
+        return self._floors[key]
 
     def collectives(self, step: int, mb: int = 0) -> StepCollectives:
         """Every collective of a step's micro-batch, made when the first device needs them; dropped
@@ -221,22 +223,23 @@ class Engine:
                 need_d = need_c = [self._group_pairs] * len(need_d)
             # an explicit kernel latency (policies.dispatch.kernel_latency) replaces the profile's floor
             kind, extra = tr.kind or self._moe_kind, tr.kernel_latency or 0.0
-            floor = self._floor_of(kind) if tr.kernel_latency is None else None
+            floors = (self._floor_of(kind), self._floor_of(kind, "combine")) if tr.kernel_latency is None \
+                else (None, None)
             skipped = tr.combine_skipped  # a combine that moves nothing launches no kernel: no floor, no wait
             # ep = 1 (MoE-TP alone): a layer whose bytes all stay on their devices runs no all-to-all at all;
             # with ep > 1 every rank launches the kernel (DeepEP, NCCL) whatever this layer's counts
             moves_d, moves_c = (_moves(dis), _moves(com)) if self._single_ep else ([True] * len(dis[0]),) * 2
             nobody = np.zeros((self.n, self.n), dtype=bool)
 
-            def kernel(stages, m: int, need, moves: bool, skip: bool = False):
+            def kernel(stages, m: int, need, moves: bool, floor, skip: bool = False):
                 if skip:
                     return make_collective(env, fabric, [s[m] for s in stages], 0.0, nobody, kind, None)
                 if not moves:  # every byte stays on its device: one idle stage, nobody waits
                     return make_collective(env, fabric, [stages[0][m]], 0.0, nobody, kind, None)
                 return make_collective(env, fabric, [s[m] for s in stages], extra, need, kind, floor)
 
-            moe = [(kernel(dis, m, need_d[m], moves_d[m]),
-                    kernel(com, m, need_c[m], moves_c[m], skipped is not None and bool(skipped[m])))
+            moe = [(kernel(dis, m, need_d[m], moves_d[m], floors[0]),
+                    kernel(com, m, need_c[m], moves_c[m], floors[1], skipped is not None and bool(skipped[m])))
                    for m in range(dis[0].shape[0])]
             tp = []
             if self._tp_ar is not None:
@@ -428,9 +431,9 @@ def _group_pairs(n: int, size: int) -> np.ndarray:
     return (group[:, None] == group[None, :]) & ~np.eye(n, dtype=bool)
 
 
-def _floors(routes, kind: str, pairs: np.ndarray):
-    """Every device's kernel floor of a comm kind over its group's pairs, as a list (None: the kind
-    charges nothing beyond bandwidth x efficiency, so collectives skip the floor)."""
+def _floors(routes, kind: str, pairs: np.ndarray, role: str = "dispatch"):
+    """Every device's kernel floor of a comm kind over its group's pairs as `role`, as a list (None:
+    the kind charges nothing beyond bandwidth x efficiency, so collectives skip the floor)."""
     if not comm_cost.has_floors(routes, kind):
         return None
-    return comm_cost.device_floors(routes, kind, pairs).tolist()
+    return comm_cost.device_floors(routes, kind, pairs, role).tolist()

@@ -69,13 +69,15 @@ def _moe_rows(pipe: "StepPipeline", plan: "StepPlan", layer: int, device: int) -
     for k in sorted(present):  # each unit's share of the device's layer (they run at once)
         out.extend(_expert_unit_rows(costs, costs.experts[k], pl, plan, layer, device, g, mi, slots[on[slots] == k]))
     kind = plan.traffic.kind or pipe.dispatch.comm_kind
+    group = pipe.ep * pipe.moe_tp  # the kernel's group: the EP group (of MoE-TP shards)
     for name, stages in (("dispatch", plan.traffic.dispatch), ("combine", plan.traffic.combine)):
         for i, stage in enumerate(stages):
             sent = stage[mi, device].copy()
             sent[device] = 0.0
             if sent.sum() <= 0:
                 continue
-            floor = comm_cost.injection_time(machine.routes, kind, device, sent, plan.traffic.kernel_latency)
+            floor = comm_cost.injection_time(machine.routes, kind, device, sent, plan.traffic.kernel_latency,
+                                             group, name)
             pairs = np.zeros((sent.size, sent.size), dtype=bool)
             pairs[device] = sent > 0
             source = comm_cost.provenance(machine.routes, kind, pairs)
