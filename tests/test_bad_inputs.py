@@ -334,6 +334,18 @@ LINK_CASES = [
     Case("link-bandwidth-missing", link({"bandwidth": DROP}), SIM, ["toy-link.yaml", "bandwidth", "missing"]),
     Case("link-typo-latency", sub("toy-link.yaml", "latency:", "latncy:"), SIM,
          ["toy-link.yaml", "latncy", "did you mean 'latency'"]),
+    Case("link-floors-group-of-one", link({"collectives": {"all_to_all": {"floors": {1: "3 us"}}}}), SIM,
+         ["toy-link.yaml", "collectives.all_to_all.floors", "at least 2"]),
+    Case("link-floors-negative", link({"collectives": {"all_reduce": {"floors": {2: "-3 us"}}}}), SIM,
+         ["toy-link.yaml", "collectives.all_reduce.floors"]),
+    Case("link-floors-words", link({"collectives": {"all_reduce": {"floors": {"eight": "3 us"}}}}), SIM,
+         ["toy-link.yaml", "collectives.all_reduce.floors", "eight"]),
+    Case("link-floors-not-a-table", link({"collectives": {"all_reduce": {"floors": "3 us"}}}), SIM,
+         ["toy-link.yaml", "collectives.all_reduce.floors"]),
+    Case("link-combine-floor-negative", link({"collectives": {"low_latency": {"combine_floor": "-1 us"}}}), SIM,
+         ["toy-link.yaml", "collectives.low_latency.combine_floor", "greater than or equal to 0"]),
+    Case("link-collective-kind-unknown", link({"collectives": {"broadcast": {"floor": "3 us"}}}), SIM,
+         ["toy-link.yaml", "collectives", "broadcast", "all_gather"]),
 ]
 
 CLUSTER_CASES = [
@@ -722,6 +734,10 @@ GEMM_HEAD = "kind,dtype,m,k,n,time_s\n"
 def op_table(text: str | bytes) -> dict[str, Any]:
     """The toy files (the profile to calibrate) plus an op timing table t.csv."""
     return {**TOY, "t.csv": text}
+
+
+MOE_HEAD = "kind,dtype,m,k,n,experts,top_k,time_s,"  # a fused_moe row; a case appends one column and its cell
+MOE_ROW = "fused_moe,bf16,16,64,128,4,2,1e-5,"
 
 
 def gemm_rows(*cells: str) -> str:
@@ -1400,6 +1416,42 @@ TABLE_CASES = [
     Case("tab-no-profile", op_table(gemm_rows("1e-5")), TABLE[:3] + ["--out", "out"], ["profile"]),
     Case("tab-profile-unknown", op_table(gemm_rows("1e-5")), TABLE[:4] + ["h100x"] + TABLE[5:], ["h100x"]),
     Case("tab-missing-file", TOY, TABLE, ["t.csv", "not found"]),
+    # the MoE columns (kernel, quant, ep, moe_tp, distribution, draws, seed): validation/from_table.py
+    Case("tab-kernel-unknown", op_table(MOE_HEAD + "kernel\n" + MOE_ROW + "magic\n"), TABLE,
+         ["t.csv", "kernel", "line 2", "magic", "triton_fused", "per_expert"]),
+    Case("tab-kernel-gemm-only-on-fused", op_table(MOE_HEAD + "kernel\n" + MOE_ROW + "grouped\n"), TABLE,
+         ["t.csv", "kernel", "line 2", "grouped_gemm"]),
+    Case("tab-kernel-on-a-gemm", op_table("kind,dtype,m,k,n,time_s,kernel\ngemm,bf16,16,64,128,1e-5,fused\n"), TABLE,
+         ["t.csv", "kernel", "line 2"]),
+    Case("tab-quant-unknown", op_table(MOE_HEAD + "quant\n" + MOE_ROW + "int4\n"), TABLE,
+         ["t.csv", "quant", "line 2", "per_tensor", "block"]),
+    Case("tab-quant-on-bf16", op_table(MOE_HEAD + "quant\n" + MOE_ROW + "block\n"), TABLE,
+         ["t.csv", "quant", "line 2", "fp8"]),
+    Case("tab-ep-zero", op_table(MOE_HEAD + "ep\n" + MOE_ROW + "0\n"), TABLE, ["t.csv", "ep", "line 2", "whole number"]),
+    Case("tab-ep-fraction", op_table(MOE_HEAD + "ep\n" + MOE_ROW + "1.5\n"), TABLE, ["t.csv", "ep", "line 2"]),
+    Case("tab-ep-words", op_table(MOE_HEAD + "ep\n" + MOE_ROW + "two\n"), TABLE, ["t.csv", "ep", "'two'"]),
+    Case("tab-ep-does-not-divide-experts", op_table(MOE_HEAD + "ep\n" + MOE_ROW + "3\n"), TABLE,
+         ["t.csv", "ep", "line 2", "divides experts"]),
+    Case("tab-ep-on-moe-layer", op_table(MOE_HEAD.replace("fused_moe", "moe_layer") + "ep\n"
+                                         + MOE_ROW.replace("fused_moe", "moe_layer") + "2\n"), TABLE,
+         ["t.csv", "ep", "line 2"]),
+    Case("tab-moe-tp-does-not-divide-n", op_table(MOE_HEAD + "moe_tp\n" + MOE_ROW + "3\n"), TABLE,
+         ["t.csv", "moe_tp", "line 2", "divides"]),
+    Case("tab-distribution-unknown", op_table(MOE_HEAD + "distribution\n" + MOE_ROW + "pareto\n"), TABLE,
+         ["t.csv", "distribution", "line 2", "zipf"]),
+    Case("tab-distribution-zipf-negative", op_table(MOE_HEAD + "distribution\n" + MOE_ROW + "zipf:-1\n"), TABLE,
+         ["t.csv", "distribution", "zipf:-1"]),
+    Case("tab-distribution-zipf-words", op_table(MOE_HEAD + "distribution\n" + MOE_ROW + "zipf:steep\n"), TABLE,
+         ["t.csv", "distribution", "zipf:steep"]),
+    Case("tab-distribution-with-counts", op_table("kind,dtype,m,k,n,top_k,tokens_per_expert,distribution,time_s\n"
+                                                  "fused_moe,bf16,4,64,128,2,4 4,uniform,1e-5\n"), TABLE,
+         ["t.csv", "distribution", "tokens_per_expert"]),
+    Case("tab-draws-without-distribution", op_table(MOE_HEAD + "draws\n" + MOE_ROW + "4\n"), TABLE,
+         ["t.csv", "draws", "line 2", "distribution"]),
+    Case("tab-seed-without-distribution", op_table(MOE_HEAD + "seed\n" + MOE_ROW + "4\n"), TABLE,
+         ["t.csv", "seed", "distribution"]),
+    Case("tab-draws-zero", op_table(MOE_HEAD + "distribution,draws\n" + MOE_ROW + "uniform,0\n"), TABLE,
+         ["t.csv", "draws", "line 2"]),
 ]
 
 MODEL_CASES = [

@@ -17,9 +17,13 @@ Three table formats are read:
    | kind | gemm, grouped_gemm, fused_moe, moe_layer, attention, copy, h2d or d2h |
    | dtype | fp32, bf16, fp16 or fp8 (torch names float32, bfloat16, float16, float8_e4m3fn too); default bf16 |
    | m, k, n | gemm: rows (tokens) x in x out; grouped_gemm / fused_moe / moe_layer: m total tokens, k hidden, n expert width |
-   | experts, tokens_per_expert | grouped_gemm / fused_moe / moe_layer: tokens per expert as space-separated integers, or `experts` alone (m x top_k rows spread evenly for fused_moe / moe_layer, m for grouped_gemm) |
+   | experts, tokens_per_expert | grouped_gemm / fused_moe / moe_layer: tokens per expert of the device's (local) experts as space-separated integers, or `experts` alone (all experts of the layer: m x top_k rows spread evenly, or drawn from `distribution`, for fused_moe / moe_layer; m rows for grouped_gemm) |
    | top_k | moe_layer, fused_moe: experts per token; the token passes run over the rows that reach the device, the sum of tokens_per_expert (`moe_kernel_cost.routed_rows`, as the engine charges them) |
-   | weight_dtype | fused_moe: the experts' weight dtype where it differs from `dtype` (fp8 weights under bf16 compute) |
+   | weight_dtype | fused_moe: the experts' weight dtype where it differs from `dtype` (fp8 weights under bf16 compute: W8A16; `dtype` fp8 is W8A8) |
+   | kernel | optional, fused_moe / grouped_gemm: the kernel family that ran the row: blank, `fused` or `triton_fused` (the profile's `moe_kernel`), a name of the profile's `moe_kernels` (cutlass_grouped, deepgemm_contiguous, deepgemm_masked, ...), or for grouped_gemm rows `grouped` (one launch) / `per_expert` (one launch per expert, as a blank kernel) |
+   | quant | optional, fp8 rows (dtype fp8, or weight_dtype fp8): `per_tensor`, `per_channel` or `block` (128x128 block scales, DeepSeek-V3 style); with the dtype part of the fit key |
+   | ep, moe_tp | optional, fused_moe / grouped_gemm: expert-parallel and MoE tensor-parallel degree of the measured layer (whole numbers >= 1, default 1) |
+   | distribution, draws, seed | optional, with `experts` and no `tokens_per_expert`: `uniform` or `zipf:<s>` (0 < s <= 10), expanded into per-expert counts over `draws` draws (default 1, at most 1000) from numpy default_rng(`seed`) (default 0) |
    | flops, bytes | attention: FLOPs and bytes as the engine counts its attention core (simulator/ops.py); `m` its rows (tokens) |
    | copy_bytes | copy / h2d / d2h: bytes copied |
    | time_s | measured seconds (median of repetitions), > 0 |
@@ -37,6 +41,33 @@ Three table formats are read:
    kernels (router, softmax/top-k, permute, per-expert gate/up/down, SwiGLU, unpermute);
    `attention` one engine `attention` op; copies one `copy` op; h2d/d2h the fitted link.
 
+   The MoE columns, precisely. A fused_moe / grouped_gemm row is ONE device's part of the layer:
+   - `ep` = E: the layer has `experts` experts over E devices; the device measured holds the first
+     experts/E of them (device 0 of a contiguous placement; `experts` must divide by E). Where the
+     row gives `experts` alone, the m x top_k rows (m for grouped_gemm) of all m tokens are spread
+     over all experts (evenly, or by `distribution`) and the device keeps its experts' counts, so
+     it receives about m x top_k / E rows (exactly that share when spread evenly and E divides the
+     experts; the first experts take any remainder). `m` stays the layer's tokens. Where
+     `tokens_per_expert` is given, those are already the local experts' counts and `ep` does not
+     change them (with `experts` also given, it must be len(tokens_per_expert) x ep).
+   - `moe_tp` = T: every expert is split T ways along its width; `n` is the full expert width and
+     the device computes n / T of it (`n` must divide by T); its rows are all the rows its experts
+     receive (TP shards see every row of their experts).
+   - `distribution` (`expand_distribution`): every token picks top_k distinct experts with
+     probability proportional to the weights (uniform, or rank r weighted r**-s with the ranks dealt
+     to experts by one seeded permutation); each of `draws` draws counts the rows per expert, the
+     counts are averaged per expert over the draws (the ranks stay with their experts, so the skew
+     survives the average) and rounded to integers summing to exactly m x top_k; under `ep` the
+     device then keeps its experts' part of that average. `draws` and `seed` need `distribution`.
+   - `kernel`: rows of each family are fitted apart (below); fused_moe rows of a family are its
+     fused form (floor, passes from `moe_kernels.FAMILY`, GEMMs at kind `grouped_gemm.FAMILY`), a
+     grouped_gemm row of `grouped` or a family is its GEMMs under one launch of that kind.
+   - `quant`: each fp8 scaling mode of a family and dtype is fitted apart where the rows have
+     several (`grouped_gemm.FAMILY@fp8/block`, `gemm@fp8/per_tensor`, ...); errors.csv and the
+     verdict report each as `KIND[KERNEL DTYPE/QUANT]`. The engine has no quant mode: its
+     `KIND@DTYPE` key holds the fit of rows without a quant, else of the commonest mode.
+   A `moe_layer` row (the torch layer, all experts on one device) takes none of ep, moe_tp, kernel.
+
 2. `moesim calibrate`'s own measurements.csv (columns kind, split, m, k, n, experts, top_k, counts,
    copy_bytes, measured_s, spread, ...): its splits are kept; dtype from a `dtype` column, else the
    `dtype` argument (default bf16).
@@ -52,7 +83,14 @@ fitted ops, never fitted); GEMM and grouped rows whose token count is among the 
 the table's distinct token counts are `holdout_slice` (a token range left out entirely), and so
 are fused_moe rows in the top quarter of theirs; of the rest a random quarter per kind and dtype
 (seeded; at least 3 left to fit) is `holdout_random`. Fused rows that fit calibrate the fused
-form (floor, token-pass efficiency, grouped GEMM per dtype: validation/fit.py `fit_fused`). A bad table is a ConfigError naming the file, the column and the line.
+form (floor, token-pass efficiency, grouped GEMM per dtype: validation/fit.py `fit_fused`), once per
+kernel family present: rows of no kernel (or `fused`) fit the profile's `moe_kernel` and
+`grouped_gemm@DTYPE` (written to `calibration.moe_kernel` and `calibration.kinds`); rows of a family
+F fit F's own floor, token-pass scale and `grouped_gemm.F@DTYPE` (written to the calibrated profile's
+`moe_kernels.F`, whose `compute` figures of the fitted dtypes are dropped so the engine costs F's
+GEMMs by the fit, and to `calibration.kinds`). `policies.expert_kernel: F` then reads them as
+before. errors.csv adds a row per (split, kind[kernel]) and the verdict a clause per kernel. A bad
+table is a ConfigError naming the file, the column and the line.
 """
 
 from __future__ import annotations
@@ -83,6 +121,11 @@ DTYPES = {"fp32": ("fp32", 4), "float32": ("fp32", 4), "torch.float32": ("fp32",
           "fp8": ("fp8", 1), "float8_e4m3fn": ("fp8", 1), "torch.float8_e4m3fn": ("fp8", 1), "e4m3": ("fp8", 1)}
 GROUPED = ("grouped_gemm", "grouped_gemm_triton", "fused_moe", "moe_layer")
 HOLDOUT_SHARE = 0.25
+QUANTS = ("per_tensor", "per_channel", "block")  # fp8 scaling: one scale, one per output channel, 128x128 blocks
+FUSED_KERNELS = ("fused", "triton_fused")  # the profile's own fused kernel (moe_kernel): as a blank `kernel`
+GEMM_KERNELS = ("grouped", "per_expert")  # launch forms of GEMM-only rows (grouped_gemm), no floor or passes
+DISTRIBUTIONS = ("uniform", "zipf:<s>")
+DRAWS_MAX = 1000
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -146,8 +189,73 @@ class _Rows:
 
 
 def _even(total: int, experts: int) -> tuple[int, ...]:
+    """`total` rows over `experts` experts as evenly as integers allow (the first ones take the extra)."""
     base, extra = divmod(total, experts)
     return tuple(base + (1 if e < extra else 0) for e in range(experts))
+
+
+def parse_distribution(text: str) -> float | None:
+    """The Zipf exponent of a `distribution` cell: 0.0 for `uniform`, s for `zipf:<s>` (s > 0);
+    None where the text is neither."""
+    if text == "uniform":
+        return 0.0
+    if text.startswith("zipf:"):
+        try:
+            s = float(text[5:])
+        except ValueError:
+            return None
+        return s if np.isfinite(s) and 0 < s <= 10 else None
+    return None
+
+
+def _round_conserving(mean: np.ndarray, total: int) -> tuple[int, ...]:
+    """Integers near `mean` summing to `total`: floors, then one more to the largest remainders
+    (ties to the lower expert index)."""
+    base = np.floor(mean).astype(int)
+    short = int(total - base.sum())
+    if short > 0:
+        order = np.lexsort((np.arange(mean.size), -(mean - base)))
+        base[order[:short]] += 1
+    return tuple(int(c) for c in base)
+
+
+def expand_distribution(tokens: int, top_k: int, experts: int, distribution: str, draws: int = 1,
+                        seed: int = 0) -> tuple[int, ...]:
+    """Per-expert row counts of `tokens` tokens each routed to `top_k` distinct experts of `experts`,
+    under `distribution` (`uniform`, or `zipf:<s>`: the expert of popularity rank r, 1-based, has
+    weight r**-s), deterministically from numpy default_rng(seed):
+
+    1. the popularity ranks are dealt to the experts by one permutation (the rng's first draw), so
+       the hot experts are not always the lowest-numbered ones (uniform: no permutation needed);
+    2. each of `draws` draws routes every token to top_k distinct experts, sampled without
+       replacement in proportion to the weights (Gumbel top-k), and counts each expert's rows;
+    3. the per-expert counts are averaged over the draws (the mean count of each expert, which keeps
+       the skew: the ranks stay with their experts) and rounded to integers that sum to exactly
+       tokens x top_k (`_round_conserving`).
+    """
+    rng = np.random.default_rng(seed)
+    s = parse_distribution(distribution)
+    if s is None:
+        raise ValueError(f"unknown distribution {distribution!r}")
+    weights = np.arange(1, experts + 1, dtype=float) ** -s
+    weights = weights[rng.permutation(experts)] if s > 0 else weights
+    logw = np.log(weights / weights.sum())
+    total = np.zeros(experts)
+    chunk = max(1, 2 ** 22 // experts)  # tokens per block: at most 4M keys in memory
+    for _ in range(draws):
+        for start in range(0, tokens, chunk):
+            n = min(chunk, tokens - start)
+            keys = logw + rng.gumbel(size=(n, experts))
+            chosen = np.argpartition(-keys, top_k - 1, axis=1)[:, :top_k] if top_k < experts else \
+                np.broadcast_to(np.arange(experts), (n, experts))
+            total += np.bincount(chosen.ravel(), minlength=experts)
+    return _round_conserving(total / draws, tokens * top_k)
+
+
+def local_counts(counts: tuple[int, ...], ep: int) -> tuple[int, ...]:
+    """The counts of the experts one device of an EP group of `ep` holds: the first experts/ep
+    (device 0 of a contiguous placement, `placement.policy: contiguous`)."""
+    return counts[: len(counts) // ep]
 
 
 def _row(kind: str, dtype: str, time_s: float, line: int, source: str, split: str = "", spread: float = np.nan,
@@ -181,17 +289,17 @@ def _generic(path: Path, df: pd.DataFrame, time_col: str, default_dtype: str) ->
         spread = r.num(i, "spread", need="a number >= 0", strict=False, default=np.nan) if "spread" in df.columns \
             else np.nan
         row = _row(kind, dt, t, i + 2, str(path), split, spread, r.text(i, "shape"))
+        if kind not in GROUPED:
+            _no_moe_columns(r, i, kind)
         if kind == "gemm":
             row.update(m=r.num(i, "m", integer=True), k=r.num(i, "k", integer=True), n=r.num(i, "n", integer=True))
         elif kind in GROUPED:
-            row.update(k=r.num(i, "k", integer=True), n=r.num(i, "n", integer=True))
-            counts = r.counts(i, counts_col)
-            if not counts:
-                experts = int(r.num(i, "experts", integer=True,
-                                    need=f"an integer > 0 (or {counts_col} given)"))
-                tokens = int(r.num(i, "m", integer=True))
-                routed = kind in ("moe_layer", "fused_moe")  # every token goes to top_k experts: m x top_k rows
-                counts = _even(tokens * (int(r.num(i, "top_k", integer=True, default=1)) if routed else 1), experts)
+            ep, moe_tp = _parallel(r, i, kind)
+            n = int(r.num(i, "n", integer=True))
+            if n % moe_tp:
+                raise r.bad(i, "moe_tp", f"a degree that divides the expert width n = {n}", r.text(i, "moe_tp"))
+            row.update(k=r.num(i, "k", integer=True), n=float(n // moe_tp), ep=ep, moe_tp=moe_tp)
+            counts = _counts(r, i, kind, counts_col, ep)
             row.update(counts=counts, m=r.num(i, "m", integer=True, default=float(sum(counts))),
                        experts=len(counts))
             if kind == "moe_layer":
@@ -202,14 +310,121 @@ def _generic(path: Path, df: pd.DataFrame, time_col: str, default_dtype: str) ->
                 if wd and wd not in DTYPES:
                     raise r.bad(i, "weight_dtype", " | ".join(sorted({v[0] for v in DTYPES.values()})) + " or blank", wd)
                 row.update(weight_dtype=wd)
+            if kind in ("fused_moe", "grouped_gemm"):
+                row.update(kernel=_kernel(r, i, kind))
+            elif r.text(i, "kernel"):
+                raise r.bad(i, "kernel", "blank (a kernel family names fused_moe and grouped_gemm rows only)",
+                            r.text(i, "kernel"))
         elif kind == "attention":
             row.update(m=r.num(i, "m", need="the attention's rows (tokens), > 0"), flops=r.num(i, "flops"),
                        bytes=r.num(i, "bytes"))
         else:
             col = "copy_bytes" if "copy_bytes" in df.columns else "bytes"
             row.update(copy_bytes=r.num(i, col, integer=True, need="bytes copied, an integer > 0"))
+        row.update(quant=_quant(r, i, kind, dt, row.get("weight_dtype", "")))
         out.append(row)
     return out
+
+
+def _kernel(r: _Rows, i: int, kind: str) -> str:
+    """A fused_moe / grouped_gemm row's `kernel`, normalised ("" the profile's fused kernel); the
+    family names are checked against the device profile later (`check_kernels`)."""
+    name = r.text(i, "kernel")
+    if name in FUSED_KERNELS:
+        return ""
+    if kind == "fused_moe" and name in GEMM_KERNELS:
+        raise r.bad(i, "kernel", "a fused kernel (fused, triton_fused, or a family of the profile's moe_kernels); "
+                    f"`{name}` has no layer floor or token passes, so it names grouped_gemm rows", name)
+    if name and not name.replace("_", "").replace("-", "").isalnum():
+        raise r.bad(i, "kernel", "a kernel family name (letters, digits, _)", name)
+    return name
+
+
+def _quant(r: _Rows, i: int, kind: str, dtype: str, weight_dtype: str) -> str:
+    """A row's `quant` (fp8 scaling mode); only fp8 GEMM rows (fp8 operands, or fp8 weights) have one."""
+    q = r.text(i, "quant")
+    if not q:
+        return ""
+    if q not in QUANTS:
+        raise r.bad(i, "quant", " | ".join(QUANTS) + " or blank (W8A16: dtype bf16 with weight_dtype fp8)", q)
+    fp8 = DTYPES[dtype][0] == "fp8" or (weight_dtype and DTYPES[weight_dtype][0] == "fp8")
+    if kind not in ("gemm", "grouped_gemm", "fused_moe") or not fp8:
+        raise r.bad(i, "quant", "blank: a quant mode belongs to fp8 gemm, grouped_gemm and fused_moe rows "
+                    "(dtype fp8, or weight_dtype fp8)", q)
+    return q
+
+
+def _parallel(r: _Rows, i: int, kind: str) -> tuple[int, int]:
+    """(ep, moe_tp) of a grouped row, 1 where blank; only fused_moe and grouped_gemm rows take them."""
+    ep = int(r.num(i, "ep", integer=True, need="the expert-parallel degree, a whole number >= 1", default=1.0))
+    tp = int(r.num(i, "moe_tp", integer=True, need="the MoE tensor-parallel degree, a whole number >= 1",
+                   default=1.0))
+    if kind not in ("fused_moe", "grouped_gemm"):
+        for col, v in (("ep", ep), ("moe_tp", tp)):
+            if v != 1:
+                raise r.bad(i, col, "1 or blank (the torch moe_layer runs all experts on one device)", r.text(i, col))
+    return ep, tp
+
+
+def _counts(r: _Rows, i: int, kind: str, counts_col: str, ep: int) -> tuple[int, ...]:
+    """The token counts of the experts on the measured device: `tokens_per_expert` as given (the
+    local experts'), else `experts` with m x top_k rows (m for grouped_gemm) spread evenly or drawn
+    from `distribution`, of which the device's experts/ep take theirs (`local_counts`)."""
+    counts = r.counts(i, counts_col)
+    dist = r.text(i, "distribution")
+    for col in ("draws", "seed"):
+        if r.text(i, col) and not dist:
+            raise r.bad(i, col, "blank: draws and seed belong to a `distribution` (uniform or zipf:<s>)",
+                        r.text(i, col))
+    if counts:
+        if dist:
+            raise r.bad(i, "distribution", f"blank where {counts_col} gives the counts", dist)
+        if ep > 1 and r.text(i, "experts") and int(r.num(i, "experts", integer=True)) != len(counts) * ep:
+            raise r.bad(i, "experts", f"{len(counts)} x ep = {len(counts) * ep} ({counts_col} are the device's "
+                        f"{len(counts)} local experts' counts)", r.text(i, "experts"))
+        return counts
+    experts = int(r.num(i, "experts", integer=True, need=f"an integer > 0 (or {counts_col} given)"))
+    if experts % ep:
+        raise r.bad(i, "ep", f"a degree that divides experts = {experts}", r.text(i, "ep"))
+    tokens = int(r.num(i, "m", integer=True))
+    routed = kind in ("moe_layer", "fused_moe")  # every token goes to top_k experts: m x top_k rows
+    top_k = int(r.num(i, "top_k", integer=True, default=1)) if routed else 1
+    if not dist:
+        return local_counts(_even(tokens * top_k, experts), ep)
+    if parse_distribution(dist) is None:
+        raise r.bad(i, "distribution", "uniform or zipf:<s> with 0 < s <= 10 (e.g. zipf:1.2)", dist)
+    if top_k > experts:
+        raise r.bad(i, "top_k", f"at most experts = {experts}", r.text(i, "top_k"))
+    draws = int(r.num(i, "draws", integer=True, default=1.0, need=f"a whole number of draws, 1..{DRAWS_MAX}"))
+    if draws > DRAWS_MAX:
+        raise r.bad(i, "draws", f"a whole number of draws, 1..{DRAWS_MAX}", r.text(i, "draws"))
+    seed = int(r.num(i, "seed", integer=True, strict=False, default=0.0, need="a whole number >= 0"))
+    return local_counts(expand_distribution(tokens, top_k, experts, dist, draws, seed), ep)
+
+
+def _no_moe_columns(r: _Rows, i: int, kind: str) -> None:
+    """Rows outside the grouped kinds leave the MoE-only columns blank."""
+    for col in ("kernel", "ep", "moe_tp", "distribution", "draws", "seed"):
+        if r.text(i, col):
+            raise r.bad(i, col, f"blank for a {kind} row (it belongs to fused_moe / grouped_gemm rows)",
+                        r.text(i, col))
+
+
+def known_kernels(device: DeviceSpec) -> list[str]:
+    """The `kernel` names a table may give for `device`: its fused kernel, its moe_kernels families,
+    and the GEMM-only launch forms."""
+    return list(FUSED_KERNELS) + list(device.moe_kernels) + list(GEMM_KERNELS)
+
+
+def check_kernels(rows: list[dict], device: DeviceSpec) -> None:
+    """Every row's kernel family is one the device profile knows (ConfigError naming file and line)."""
+    known = set(known_kernels(device))
+    for row in rows:
+        name = row.get("kernel", "")
+        if name and name not in known:
+            raise ConfigError(f"row {row['line'] - 2} (line {row['line']}): unknown kernel {name!r}; profile "
+                              f"'{device.name}' knows {', '.join(known_kernels(device))}",
+                              file=row["source"], field="kernel")
 
 
 def _attention_cost(prefill: bool, batch: float, hq: float, hkv: float, hd: float, length: float
@@ -302,16 +517,55 @@ def to_ops(rows: list[dict]) -> list[TableOp]:
             welem = DTYPES[r["weight_dtype"]][1] if r.get("weight_dtype") else None
             ops.append(TableOp(OpSpec("fused_moe", r["split"], m=m, k=k, n=n, counts=r["counts"],
                                       experts=len(r["counts"]), top_k=int(r.get("top_k", 0) or 0), shape=r["shape"]),
-                               dtype, elem, weight_elem=welem))
+                               dtype, elem, weight_elem=welem, kernel=r.get("kernel", ""), quant=r.get("quant", "")))
         elif kind in GROUPED:
             ops.append(TableOp(OpSpec(kind, r["split"], m=m, k=k, n=n, counts=r["counts"],
                                       experts=int(r.get("experts", 0)), top_k=int(r.get("top_k", 0) or 0),
-                                      shape=r["shape"]), dtype, elem))
+                                      shape=r["shape"]), dtype, elem, kernel=r.get("kernel", ""),
+                               quant=r.get("quant", "")))
         elif kind == "gemm":
-            ops.append(TableOp(OpSpec("gemm", r["split"], m=m, k=k, n=n, shape=r["shape"]), dtype, elem))
+            ops.append(TableOp(OpSpec("gemm", r["split"], m=m, k=k, n=n, shape=r["shape"]), dtype, elem,
+                               quant=r.get("quant", "")))
         else:
             ops.append(TableOp(OpSpec(kind, r["split"], nbytes=int(r["copy_bytes"])), dtype, elem))
     return ops
+
+
+def fit_label(kind: str, kernel: str, quant: str, dtype: str) -> str:
+    """The errors.csv `kind` of a row's own fit: KIND[KERNEL] or KIND[KERNEL DTYPE/QUANT]; the kind
+    alone where the row names neither."""
+    if not kernel and not quant:
+        return kind
+    return f"{kind}[{kernel or 'fused'}" + (f" {dtype}/{quant}" if quant else "") + "]"
+
+
+def kernel_errors(table: pd.DataFrame) -> pd.DataFrame:
+    """`error_table`, plus, where rows name a kernel or quant mode, a row per (split, fit) of those:
+    kind `fused_moe[cutlass_grouped]`, `fused_moe[fused fp8/block]`, ... (each family's held-out error)."""
+    errors = error_table(table)
+    labels = [fit_label(k, kn, q, d) for k, kn, q, d in zip(table["kind"], table["kernel"], table["quant"],
+                                                              table["dtype"])]
+    if all(lab == k for lab, k in zip(labels, table["kind"])):
+        return errors
+    extra = error_table(table.assign(kind=labels))
+    extra = extra[(extra["kind"] != "all") & ~extra["kind"].isin(set(table["kind"]))]
+    return pd.concat([errors, extra], ignore_index=True)
+
+
+def per_kernel_verdict(errors: pd.DataFrame) -> str:
+    """A sentence on each kernel family's (and quant mode's) held-out MAPE, datasheet -> calibrated,
+    from `kernel_errors` (empty where the table names no kernel)."""
+    from moesim.validation.calibrate import SPLIT_LABEL
+
+    mine = errors[errors["kind"].str.contains("[", regex=False)]
+    parts = []
+    for label in dict.fromkeys(mine["kind"]):
+        rows = mine[(mine["kind"] == label) & (mine["split"] != "fit")]
+        text = ", ".join(f"{SPLIT_LABEL.get(r.split, r.split)} {r.before_mape:.0%} -> {r.after_mape:.0%}"
+                         for r in rows.itertuples() if np.isfinite(r.before_mape) and np.isfinite(r.after_mape))
+        if text:
+            parts.append(f"{label} {text}")
+    return (" Per kernel, held-out MAPE (datasheet -> calibrated): " + "; ".join(parts) + ".") if parts else ""
 
 
 def _flops_bytes(op: TableOp) -> tuple[float, float]:
@@ -365,6 +619,7 @@ def calibrate_from_table(path: str | Path | Sequence[str | Path | tuple[str | Pa
         assign_splits(part, seed + n)
         rows += part
     base, machine, versions = _baseline(profile, paths)
+    check_kernels(rows, base)
     ops = to_ops(rows)
     fit_rows = [i for i, op in enumerate(ops) if op.spec.split == "fit"]
     if not fit_rows:
@@ -375,29 +630,39 @@ def calibrate_from_table(path: str | Path | Sequence[str | Path | tuple[str | Pa
                               file=paths[0], field="dtype")
     measured = np.array([r["time_s"] for r in rows], dtype=float)
     fit = fit_table_ops(ops, measured, base)
-    tiled = base.model_copy(update={"gemm_tile": fit.gemm_tile, "moe_kernel": fit.moe_kernel or base.moe_kernel})
+    tiled = base.model_copy(update={"gemm_tile": fit.gemm_tile, "moe_kernel": fit.moe_kernel or base.moe_kernel,
+                                    "moe_kernels": {**base.moe_kernels, **(fit.moe_kernels or {})}})
     table = pd.DataFrame([{
         "kind": r["kind"], "dtype": op.dtype, "split": op.spec.split, "shape": r["shape"], "m": op.spec.m,
         "k": op.spec.k, "n": op.spec.n, "experts": len(op.spec.counts) if op.spec.counts else op.spec.experts,
         "top_k": op.spec.top_k, "counts": " ".join(map(str, op.spec.counts)), "copy_bytes": op.spec.nbytes,
         "flops": _flops_bytes(op)[0], "bytes": _flops_bytes(op)[1], "measured_s": r["time_s"],
-        "spread": r["spread"], "source": Path(r["source"]).name, "line": r["line"]} for r, op in zip(rows, ops)])
+        "spread": r["spread"], "source": Path(r["source"]).name, "line": r["line"], "kernel": op.kernel,
+        "quant": op.quant} for r, op in zip(rows, ops)])
     table["sim_before_s"] = predict_ops(ops, CostModel(base))
     table["sim_after_s"] = predict_ops(ops, calibrated_cost(tiled, fit.kinds), fit.links)
-    errors = error_table(table)
+    errors = kernel_errors(table)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "measurements.csv", index=False)
     held = errors[(errors["kind"] == "all") & (errors["split"] != "fit")]
     sentence, warnings = verdict(errors)  # as a measured calibration's: better or worse on each held-out split
+    sentence += per_kernel_verdict(errors)
     calibration = CalibrationSpec(
         kinds=fit.kinds, links=fit.links, machine=machine, versions=versions, measurements="measurements.csv",
         date=date or datetime.date.today().isoformat(),
-        model_form=MODEL_FORM + ("; " + FUSED_FORM if fit.moe_kernel is not None else ""), moe_kernel=fit.moe_kernel,
+        model_form=MODEL_FORM + ("; " + FUSED_FORM if fit.moe_kernel is not None or fit.moe_kernels else "")
+        + ("; per kernel family (moe_kernels." + ", moe_kernels.".join(fit.moe_kernels) + ": fitted floor and "
+           "passes, grouped_gemm.FAMILY@DTYPE)" if fit.moe_kernels else ""), moe_kernel=fit.moe_kernel,
         validation={f"{r.split}_mape_after": float(r.after_mape) for r in held.itertuples()}
         | {f"{r.split}_mape_before": float(r.before_mape) for r in held.itertuples()},
         residuals=held_out_residuals(table), verdict=sentence, warnings=warnings)
     calibrated = replace_profile(tiled, calibration, sentence, warnings)
+    if fit.moe_kernels:  # a family's fit lives in its moe_kernels entry, where the engine reads it
+        calibrated = calibrated.model_copy(update={"sources": {**calibrated.sources, **{
+            f"moe_kernels.{f}": f"calibrated: fitted by moesim calibrate --from-table ({', '.join(map(str, paths))}) "
+                                f"on {calibration.date}; its GEMMs: calibration.kinds grouped_gemm.{f}@DTYPE"
+            for f in fit.moe_kernels}}})
     write_profile(calibrated, out / f"{calibrated.name}.yaml", warnings)
     errors.to_csv(out / "errors.csv", index=False)
     counts = table.groupby("split").size().to_dict()
@@ -408,4 +673,8 @@ def calibrate_from_table(path: str | Path | Sequence[str | Path | tuple[str | Pa
              ("rows", f"{len(table)} measured ops ({', '.join(f'{k} {v}' for k, v in counts.items())}); "
                       f"dtypes {', '.join(sorted(table['dtype'].unique()))}"),
              ("model form", MODEL_FORM)]
+    if fit.moe_kernels:
+        facts.append(("kernel families fitted", ", ".join(
+            f"{f} (floor {spec.layer_floor * 1e6:.1f} us, passes {spec.hidden_passes:.2f} x hidden + "
+            f"{spec.intermediate_passes:.2f} x intermediate)" for f, spec in fit.moe_kernels.items())))
     return Calibration(calibrated, base, table, errors, out, facts, sentence, warnings)
