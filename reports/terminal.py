@@ -236,6 +236,12 @@ def print_summary(result: Any, console: Console) -> None:
     head.add_row("step latency mean / p99", f"{fmt_time(lat['mean'])} / {fmt_time(lat['p99'])}")
     head.add_row("throughput", f"{s['throughput_tokens_per_s']:,.0f} tokens/s")
     head.add_row("tokens per step", f"{s['tokens_per_step']:,}")
+    spec = s.get("speculative")
+    if spec:  # the step latency above is the verification pass; the drafts come on top
+        head.add_row("speculative (mtp) step", f"{fmt_time(spec['verify_step_s'])} verify + {spec['draft_tokens']} x "
+                     f"{fmt_time(spec['draft_pass_s'])} draft = {fmt_time(spec['step_s'])}")
+        head.add_row("accepted tokens per step", f"{spec['accepted_tokens_per_step']:.2f} "
+                     f"({spec['speedup_vs_plain']:.2f}x plain decode's tokens/s)")
     head.add_row("straggler ratio mean / max", f"{s['straggler_ratio']['mean']:.3f} / {s['straggler_ratio']['max']:.3f}")
     tok = s["tokens"]
     head.add_row("dropped (token, expert) rows", f"{tok['dropped_assignments']:,} of {tok['routed_assignments']:,}")

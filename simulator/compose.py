@@ -34,6 +34,7 @@ from moesim.simulator.offload.expert_cache import LFU, LRU, PINNED, CachePolicy
 from moesim.simulator.offload.manager import OffloadManager
 from moesim.simulator.offload.prefetch import AffinityPrefetch, OraclePrefetch, PredictorPrefetch, Prefetcher
 from moesim.simulator.memory import kv_bytes_per_token
+from moesim.simulator.speculative import kv_growth, queries_per_sequence
 from moesim.simulator.moe_kernel_cost import (
     CUTLASS_GROUPED,
     DEEPGEMM_CONTIGUOUS,
@@ -341,4 +342,6 @@ def step_source_for(sc: Scenario):
 
         return serving_source(sc, scheduler_policy(sc.config.serving))
     wl = sc.config.workload
-    return FixedBatch(wl.steps, wl.phase, sc.moe_tokens, wl.seq_len if wl.phase == "prefill" else 1, wl.kv_len or 0)
+    spec = sc.config.policies.speculative
+    per_seq = wl.seq_len if wl.phase == "prefill" else queries_per_sequence(spec)
+    return FixedBatch(wl.steps, wl.phase, sc.moe_tokens, per_seq, wl.kv_len or 0, kv_growth(spec))

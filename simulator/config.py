@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from moesim.errors import ConfigError
 from moesim.simulator.config_choice import one_of
@@ -225,6 +225,40 @@ class OpPerByteRule(_Strict):
 UnitsConfig.model_rebuild()
 
 
+class SpeculativeConfig(_Strict):
+    """Speculative decoding with multi-token prediction (DeepSeek-V3's MTP modules as the draft):
+    each decode step runs `draft_tokens` draft passes, then verifies them in one pass of the model
+    over draft_tokens + 1 tokens per sequence (simulator/speculative.py)."""
+
+    method: Literal["mtp"] = Field("mtp", description="mtp: the draft is the model's own multi-token prediction "
+                                   "module(s), `draft_layers` transformer blocks of the model's MoE layer shape")
+    draft_tokens: int = Field(1, ge=1, le=8, description="tokens drafted per step (DeepSeek-V3 serves with 1)")
+    acceptance: float | list[float] = Field(description="probability that a draft token is accepted given the ones "
+                                            "before it were: one rate for every position, or one per draft token "
+                                            "(DeepSeek-V3 reports 85-90% for its second token)")
+    draft_layers: int = Field(1, ge=1, le=8, description="transformer blocks one draft pass runs (DeepSeek-V3: 1 "
+                                                         "MTP module per predicted token)")
+
+    @field_validator("acceptance")
+    @classmethod
+    def _rates(cls, v: float | list[float]) -> float | list[float]:
+        rates = v if isinstance(v, list) else [v]
+        if not rates or any(not (0.0 <= float(r) <= 1.0) or r != r for r in rates):
+            raise ValueError("acceptance rates are probabilities in [0, 1]")
+        return v
+
+    @model_validator(mode="after")
+    def _one_rate_per_draft(self) -> "SpeculativeConfig":
+        if isinstance(self.acceptance, list) and len(self.acceptance) != self.draft_tokens:
+            raise ValueError(f"acceptance lists {len(self.acceptance)} rates for {self.draft_tokens} draft tokens: "
+                             "give one per draft token, or one number for all")
+        return self
+
+    def rates(self) -> list[float]:
+        """Per draft position, its acceptance given the earlier ones were accepted."""
+        return list(self.acceptance) if isinstance(self.acceptance, list) else [float(self.acceptance)] * self.draft_tokens
+
+
 class PoliciesConfig(_Strict):
     dispatch: DispatchConfig = DispatchConfig()
     units: UnitsConfig = Field(UnitsConfig(), description="which compute unit runs each part of a layer")
@@ -248,6 +282,8 @@ class PoliciesConfig(_Strict):
     dispatch_dtype: str = Field("bf16", description="activation dtype sent by dispatch (fp8 in DeepSeek-V3)")
     combine_dtype: str = Field("bf16")
     memory_reserve: float = Field(0.1, ge=0, lt=1, description="fraction of device memory kept free")
+    speculative: SpeculativeConfig | None = Field(None, description="speculative decoding (multi-token "
+                                                  "prediction); a fixed-batch decode workload only")
 
 
 class OutputsConfig(_Strict):
@@ -302,11 +338,17 @@ class ScenarioConfig(_Strict):
                                  "fixes tokens per step, which a scheduler decides here")
             if self.offload is not None:
                 raise ValueError("serving with expert offloading is not modelled yet; drop the offload section")
+            if self.policies.speculative is not None:
+                raise ValueError("policies.speculative is modelled for a fixed-batch decode workload, not serving yet "
+                                 "(the scheduler would have to emit several tokens per request per iteration); "
+                                 "simulate workload.phase: decode with it")
             # the rest of resolution sizes memory and routing from a workload: one decode token per device
             self.workload = WorkloadConfig(phase="decode", batch_size=1, kv_len=0, steps=1,
                                            routing=self.routing or RoutingConfig())
         elif self.routing is not None:
             raise ValueError("top-level routing is for serving; a fixed-batch workload uses workload.routing")
+        elif self.policies.speculative is not None and self.workload.phase != "decode":
+            raise ValueError("policies.speculative drafts and verifies decode tokens: it needs workload.phase: decode")
         return self
 
 

@@ -37,21 +37,31 @@ def reserve_bytes(capacity: float, reserve_share: float) -> float:
 
 
 def workload_memory(model: ModelSpec, placement: Placement, tp: int, batch: int, wl: WorkloadConfig,
-                    max_moe_tokens: int, expert_bytes: np.ndarray | None = None) -> MemoryEstimate:
-    """Peak memory per device of a workload (KV cache to the last decode step) under a placement,
-    with every placed expert resident (`expert_bytes[l, e]` each; default the model dtype)."""
-    kv_len = (wl.kv_len or 0) + wl.steps if wl.phase == "decode" else wl.seq_len
-    replica_tokens = batch * (wl.seq_len if wl.phase == "prefill" else 1)
+                    max_moe_tokens: int, expert_bytes: np.ndarray | None = None,
+                    speculative=None) -> MemoryEstimate:
+    """Peak memory per device of a workload (KV cache to the last decode step, with speculative
+    decoding its accepted tokens a step plus the drafts being verified) under a placement, with
+    every placed expert resident (`expert_bytes[l, e]` each; default the model dtype)."""
+    from moesim.simulator.speculative import kv_growth, queries_per_sequence
+
+    queries = queries_per_sequence(speculative)
+    if wl.phase == "decode":
+        kv_len = int(np.ceil((wl.kv_len or 0) + wl.steps * kv_growth(speculative))) + queries - 1
+    else:
+        kv_len = wl.seq_len
+    replica_tokens = batch * (wl.seq_len if wl.phase == "prefill" else queries)
     return estimate_memory(model, placement, tp, batch, kv_len, replica_tokens, max_moe_tokens, expert_bytes)
 
 
 def resident_memory(model: ModelSpec, placement: Placement, tp: int, moe_tp: int, batch: int, wl: WorkloadConfig,
                     max_moe_tokens: int, precision: ExpertPrecision, offload: OffloadConfig | None, machine,
-                    budget: float, units: UnitsConfig | None = None) -> tuple[MemoryEstimate, OffloadSetup | None]:
+                    budget: float, units: UnitsConfig | None = None,
+                    speculative=None) -> tuple[MemoryEstimate, OffloadSetup | None]:
     """What a device keeps under a placement (what runs on units of their own memory moved there,
     `units` being policies.units), and the offload set-up that sizes its expert cache to `budget`
     where the config offloads (raises offload's `OffloadSetupError`)."""
-    memory = workload_memory(model, placement, tp, batch, wl, max_moe_tokens, precision.expert_bytes() / moe_tp)
+    memory = workload_memory(model, placement, tp, batch, wl, max_moe_tokens, precision.expert_bytes() / moe_tp,
+                             speculative)
     if offload is None:
         if units is not None:
             memory = on_units(memory, machine, units.expert, units.attention)

@@ -44,14 +44,22 @@ class LayerContext:
 
     phase: str  # "prefill" | "decode"
     batch: int  # sequences in this device's attention replica
-    seq_len: int  # prefill prompt length (1 for decode)
+    seq_len: int  # prefill prompt length; decode: query tokens per sequence (1, or 1 + draft tokens to verify)
     kv_len: int  # decode: cached tokens before this step's token
     tp: int = 1
     moe_tokens: int = 0  # tokens this device sends into its MoE layer
 
     @property
     def attn_tokens(self) -> int:
-        return self.batch * (self.seq_len if self.phase == "prefill" else 1)
+        return self.batch * self.seq_len
+
+
+def decode_keys(kv_len: int, queries: int, window: int | None) -> tuple[float, float]:
+    """(query-key pairs, keys read) per sequence of a decode step with `queries` new tokens: the
+    i-th sees kv_len + i keys (the ones before it, causally), within the window; the cache is
+    read once for all of them (speculative verification reads it once for 1 + draft tokens)."""
+    seen = np.minimum(kv_len + np.arange(1, queries + 1), window) if window else kv_len + np.arange(1, queries + 1)
+    return float(seen.sum()), float(min(kv_len + queries, window) if window else kv_len + queries)
 
 
 def act_dtype(model: ModelSpec) -> str:
@@ -109,11 +117,10 @@ def attention_ops(model: ModelSpec, layer: int, ctx: LayerContext, dtypes: set[s
             flops = pairs * 2 * heads * (hd + hd)
             mem = T * (heads * hd * 2 + 2 * kv * hd) * ab + T * 2 * kv * hd * kvb
         else:
-            ctx_len = ctx.kv_len + 1
-            keys = min(ctx_len, window) if window else ctx_len
-            pairs = ctx.batch * keys
+            per_seq, read = decode_keys(ctx.kv_len, ctx.seq_len, window)
+            pairs = ctx.batch * per_seq
             flops = pairs * 2 * heads * (hd + hd)
-            mem = pairs * 2 * kv * hd * kvb + T * (heads * hd * 2 + 2 * kv * hd) * ab
+            mem = ctx.batch * read * 2 * kv * hd * kvb + T * (heads * hd * 2 + 2 * kv * hd) * ab
         ops.append(Op("attn_core", "attention", "attention", flops, mem, T, act_dtype(model)))
         ops.append(_gemm("o_proj", "attention", T, heads * hd, h, wb, ab, gd))
     else:
@@ -140,9 +147,10 @@ def attention_ops(model: ModelSpec, layer: int, ctx: LayerContext, dtypes: set[s
                         + T * heads * (att.qk_nope_head_dim + att.v_head_dim + 2 * att.kv_lora_rank) * ab,
                         T, gd)
             ops.append(absorb)
-            pairs = ctx.batch * (ctx.kv_len + 1)
+            per_seq, read = decode_keys(ctx.kv_len, ctx.seq_len, None)
+            pairs = ctx.batch * per_seq
             flops = pairs * 2 * heads * (latent + att.kv_lora_rank)
-            mem = pairs * latent * kvb + T * heads * (latent + att.kv_lora_rank) * ab
+            mem = ctx.batch * read * latent * kvb + T * heads * (latent + att.kv_lora_rank) * ab
         ops.append(Op("attn_core", "attention", "attention", flops, mem, T, act_dtype(model)))
         ops.append(_gemm("o_proj", "attention", T, heads * att.v_head_dim, h, wb, ab, gd))
     return ops

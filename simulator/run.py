@@ -40,6 +40,10 @@ def simulate(scenario: Scenario | ScenarioFile | str | Path,
                                           "compute_left": (share[1] - share[0]) / share[1],
                                           "source": "model: every accelerator op of the overlapped step at "
                                                     "(sms - comm_sms) / sms of peak and bandwidth"}
+    if scenario.config.policies.speculative is not None:  # drafts and accepted tokens around the verify step
+        from moesim.simulator.speculative import apply
+
+        apply(scenario, result)
     usage = unit_usage(scenario, raw.plans) if uses_units(scenario) else None
     if usage is not None:  # which unit ran what, over every step the engine ran
         result.summary["units"] = usage

@@ -243,15 +243,19 @@ def _trace_workload(sf: ScenarioFile, model: ModelSpec, n: int, tp: int) -> tupl
 def _batch(sf: ScenarioFile, wl: WorkloadConfig, par: Parallelism) -> tuple[int, np.ndarray]:
     """(sequences per attention replica, tokens each device sends into each MoE layer)."""
     tp = par.tp
+    from moesim.simulator.speculative import queries_per_sequence
+
+    per_seq = wl.seq_len if wl.phase == "prefill" else queries_per_sequence(sf.config.policies.speculative)
     if wl.batch_size is not None:
         batch = wl.batch_size
-        replica_tokens = batch * (wl.seq_len if wl.phase == "prefill" else 1)
+        replica_tokens = batch * per_seq
     else:
         replica_tokens = wl.tokens_per_device * tp
-        seq = wl.seq_len if wl.phase == "prefill" else 1
+        seq = per_seq
         if replica_tokens % seq:
             raise config_error(sf, "workload.tokens_per_device", f"tokens_per_device x tp = {replica_tokens} "
-                               f"is not a whole number of sequences of seq_len={seq}")
+                               f"is not a whole number of sequences of {seq} tokens (seq_len in prefill; in decode one, or 1 + "
+                               "policies.speculative.draft_tokens)")
         batch = replica_tokens // seq
     # tokens per tp rank as np.array_split deals them (the first ranks take one more), without
     # allocating a token array: a batch too big for memory reaches the memory check
@@ -317,7 +321,8 @@ def _memory(sf: ScenarioFile, cfg: ScenarioConfig, model: ModelSpec, machine: Ma
     budget = usable_bytes(device.memory.capacity, cfg.policies.memory_reserve)
     try:
         memory, offload = resident_memory(model, placement, par.tp, par.moe_tp, batch, wl, int(moe_tokens.max()),
-                                          precision, cfg.offload, machine, budget, cfg.policies.units)
+                                          precision, cfg.offload, machine, budget, cfg.policies.units,
+                                          cfg.policies.speculative)
     except OffloadSetupError as err:
         raise config_error(sf, err.field, str(err)) from None
     for name, held in memory.on_units:
@@ -338,7 +343,7 @@ def _memory(sf: ScenarioFile, cfg: ScenarioConfig, model: ModelSpec, machine: Ma
     grows = ""
     if wl.phase == "decode" and wl.steps > 1 and cfg.offload is None:
         first = workload_memory(model, placement, par.tp, batch, wl.model_copy(update={"steps": 1}),
-                                int(moe_tokens.max()), precision.expert_bytes() / par.moe_tp)
+                                int(moe_tokens.max()), precision.expert_bytes() / par.moe_tp, cfg.policies.speculative)
         if first.total <= budget:  # it fits at the start: the steps grow the cache past memory
             field = "workload.steps"
             grows = (f" by the last step (decode grows the KV cache a token a step, to kv_len + steps = "

@@ -77,10 +77,11 @@ class FixedBatch:
     moe_tokens: np.ndarray
     seq_len: int
     kv_len: int
+    kv_growth: float = 1.0  # decode: tokens a sequence's cache gains a step (speculative: its accepted tokens)
 
     def __iter__(self) -> Iterator[StepInput]:
         for s in range(self.steps):
-            kv = self.kv_len + s if self.phase == "decode" else 0
+            kv = self.kv_len + int(s * self.kv_growth) if self.phase == "decode" else 0
             yield StepInput(s, self.phase, self.moe_tokens, self.seq_len, kv)
 
 
