@@ -33,6 +33,9 @@ class EfficiencySpec(_Strict):
 
     compute: float = Field(0.7, gt=0, le=1)
     memory: float = Field(0.8, gt=0, le=1)
+    gemv_memory: float | None = Field(None, gt=0, le=1, description="memory efficiency of a single-row GEMM "
+                                      "(GEMV: a batch-1 decode's weight read) where it differs from `memory`; a "
+                                      "calibration that fits GEMMs replaces it")
 
 
 class KindEfficiency(_Strict):

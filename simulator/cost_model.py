@@ -64,6 +64,7 @@ class ProfileEfficiency:
     compute_eff: float
     memory_eff: float
     grouped_compute: tuple[tuple[str, str, float], ...] = ()  # (kind, dtype, efficiency) of grouped GEMMs
+    gemv_memory_eff: float | None = None  # single-row GEMMs' weight read (None: memory_eff)
 
     def compute(self, kind: str, rows: np.ndarray, dtype: str = "bf16") -> float:
         if base_kind(kind) == "grouped_gemm":  # a kernel family's own, else the fused kernel's, else GEMM's
@@ -168,7 +169,22 @@ class CostModel:
                 gemv = self._terms("gemv", flops, nbytes, rows, dtype)
                 gemm = self._terms(kind, flops, nbytes, rows, dtype)
                 return tuple(np.where(single, a, b) for a, b in zip(gemv, gemm))  # type: ignore[return-value]
-        return self._terms(kind, flops, nbytes, rows, dtype)
+        terms = self._terms(kind, flops, nbytes, rows, dtype)
+        gemv = self._gemv_default(kind, dtype)
+        if gemv is not None and (rows <= 1).any():  # a single-row GEMM streams its weights at the GEMV figure
+            compute, memory, overhead = terms
+            return compute, np.where(rows <= 1, nbytes / (self.bandwidth * gemv), memory), overhead
+        return terms
+
+    def _gemv_default(self, kind: str, dtype: str) -> float | None:
+        """The profile's GEMV memory efficiency where it applies: a GEMM kind no calibration fitted."""
+        eff = self.efficiency
+        profile = eff.fallback if isinstance(eff, CalibratedEfficiency) else eff
+        if base_kind(kind) not in ("gemm", "grouped_gemm") or getattr(profile, "gemv_memory_eff", None) is None:
+            return None
+        if isinstance(eff, CalibratedEfficiency) and eff.fitted_key(kind, dtype) is not None:
+            return None
+        return profile.gemv_memory_eff
 
     def _terms(self, kind: str, flops: np.ndarray, nbytes: np.ndarray, rows: np.ndarray, dtype: str
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -233,7 +249,8 @@ def profile_efficiency(device: DeviceSpec) -> ProfileEfficiency:
     grouped = [("grouped_gemm", d, e) for d, e in device.moe_kernel.compute.items()]
     grouped += [(f"grouped_gemm.{family}", d, e) for family, spec in device.moe_kernels.items()
                 for d, e in spec.compute.items()]
-    return ProfileEfficiency(device.efficiency.compute, device.efficiency.memory, tuple(sorted(grouped)))
+    return ProfileEfficiency(device.efficiency.compute, device.efficiency.memory, tuple(sorted(grouped)),
+                             device.efficiency.gemv_memory)
 
 
 def held_out_mape(validation: dict[str, float]) -> float | None:

@@ -112,7 +112,8 @@ def _host_cost_source(sc) -> str | None:
     source = cost.provenance("gemm", "bf16")
     if source == "datasheet":
         eff = host.device.efficiency
-        source = (f"datasheet constants (compute {eff.compute:g}, memory {eff.memory:g} of peak; measure them with "
-                  "`moesim calibrate --device cpu` and name that profile as the host)")
+        gemv = f", single-row GEMMs {eff.gemv_memory:g} of memory peak (cited default)" if eff.gemv_memory else ""
+        source = (f"datasheet constants (compute {eff.compute:g}, memory {eff.memory:g} of peak{gemv}; measure them "
+                  "with `moesim calibrate --device cpu` and name that profile as the host)")
     return f"{host.device.name}: {source}"
 
