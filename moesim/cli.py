@@ -826,7 +826,9 @@ def build_parser() -> argparse.ArgumentParser:
     cal = sub.add_parser("calibrate", help="measure ops with torch, fit the cost model, report simulated vs measured")
     cal.add_argument("--device", default="cpu", help="cpu or cuda")
     cal.add_argument("--size", choices=["small", "full"], default="small", help="grid size (small: ~30 s on a CPU)")
-    cal.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    cal.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "float8_e4m3fn"], default="float32",
+                     help="float8_e4m3fn: fp8 GEMMs and experts by torch scaled matmul (per-tensor, per-channel and "
+                          "block scales) on a GPU of compute capability 8.9+; refused on the CPU")
     cal.add_argument("--profile", help="datasheet profile to calibrate (default: matched GPU, or one built from "
                                        "/proc/cpuinfo)")
     cal.add_argument("--threads", type=_at_least(1), default=None, help="torch CPU threads (default: torch's)")

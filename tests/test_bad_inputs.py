@@ -1658,6 +1658,10 @@ ROOFLINE_CASES = [
 # Bad command-line arguments: each message must name the argument. (moesim/cli.py checks these.)
 CLI_ARG_CASES = [
     Case("arg-simulate-steps-negative", TOY, SIM + ["--steps", "-3"], ["--steps"]),
+    Case("arg-calibrate-fp8-on-cpu", {}, ["calibrate", "--device", "cpu", "--dtype", "float8_e4m3fn", "--out", "c"],
+         ["float8_e4m3fn", "no fp8 units", "GPU"]),
+    Case("arg-calibrate-dtype-unknown", {}, ["calibrate", "--device", "cpu", "--dtype", "fp4", "--out", "c"],
+         ["--dtype", "fp4", "float8_e4m3fn"]),
     Case("arg-simulate-steps-zero", TOY, SIM + ["--steps", "0"], ["--steps"]),
     Case("arg-simulate-steps-not-int", TOY, SIM + ["--steps", "many"], ["--steps"]),
     Case("arg-simulate-out-is-file", {**TOY, "f.txt": "x"}, ["simulate", "scenario.yaml", "--quiet", "--out", "f.txt"],

@@ -32,14 +32,15 @@ from moesim.errors import MoesimError
 from moesim.hardware_profiles.schema import CalibrationSpec, DeviceSpec
 from moesim.simulator.cost_model import CostModel
 from moesim.validation.errors import error_table
+from moesim.validation.fp8_ops import FP8, fp8_refusal, quant_sweep
 from moesim.validation.fit import FUSED_FORM, MODEL_FORM, calibrated_cost, fit_profile
 from moesim.validation.machine import busy_warning, cpu_datasheet_profile, cuda_datasheet_profile, describe_machine
-from moesim.validation.measure import (DEFAULT_GPU_MODELS, DTYPE_BYTES, FULL, SMALL, GridConfig, OpSpec,
+from moesim.validation.measure import (DEFAULT_GPU_MODELS, DTYPE_BYTES, FP8_KINDS, FULL, SMALL, GridConfig, OpSpec,
                                        calibration_grid, measure, model_grid)
 from moesim.validation.predict import predict
 from moesim.validation.residuals import held_out_residuals
 
-SIM_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+SIM_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float8_e4m3fn": "fp8"}
 
 
 @dataclass
@@ -166,6 +167,10 @@ def run_calibration(device: str = "cpu", size: str = "small", dtype: str = "floa
     check_device(device)
     if dtype not in DTYPE_BYTES:
         raise MoesimError(f"unknown dtype '{dtype}'; choose {', '.join(DTYPE_BYTES)}")
+    if dtype == FP8:
+        refusal = fp8_refusal(device)
+        if refusal:
+            raise MoesimError(refusal)
     import torch
 
     if threads:
@@ -174,6 +179,8 @@ def run_calibration(device: str = "cpu", size: str = "small", dtype: str = "floa
     machine, versions = describe_machine(device)  # before measuring: the load average at start
     grid, grid_name = choose_grid(device, size, dtype, grid, models)
     specs = calibration_grid(grid, device)
+    if dtype == FP8:  # scaled-matmul GEMMs and experts (per-tensor scales); the torch MoE layers have no fp8 path
+        specs = [s for s in specs if s.kind in FP8_KINDS]
     floor = None
     if device == "cuda":
         from moesim.validation.timing import host_floor
@@ -200,6 +207,15 @@ def run_calibration(device: str = "cpu", size: str = "small", dtype: str = "floa
                                  _at_floor(specs, timings, floor and floor["one_per_event_pair_s"]))
     table.to_csv(out / "measurements.csv", index=False)
     partial.unlink(missing_ok=True)
+    if dtype == FP8:  # the other scalings of the same GEMMs, for `moesim calibrate --from-table`
+        from moesim.validation.measure import _copies, rotate_bytes
+
+        shapes = sorted({(s.m, s.k, s.n) for s in specs if s.kind == "gemm" and s.split == "fit"})
+        pool = rotate_bytes(device)
+        sweep = quant_sweep(shapes, device, grid.timing, lambda b: _copies(b, pool))
+        sweep[sweep["error"] == ""].drop(columns="error").to_csv(out / "fp8_scalings.csv", index=False)
+        for quant, why in sweep[sweep["error"] != ""].groupby("quant")["error"].first().items():
+            warnings.append(f"fp8 {quant} scales: torch refused them on this GPU ({why}); fp8_scalings.csv has none")
     methods = sorted({t.method for t in timings})
     timing_info = {"methods": methods, "host_floor": floor} if floor else {"methods": methods}
     (out / "machine.json").write_text(json.dumps({"machine": machine, "versions": versions, "timing": timing_info,
@@ -227,6 +243,10 @@ def run_calibration(device: str = "cpu", size: str = "small", dtype: str = "floa
                                               if device == "cuda" else " (one call per repetition)")),
              ("model form", MODEL_FORM), ("source", "measured times (torch, medians of repetitions) against the "
                                                    "simulator's cost function")]
+    if dtype == FP8:
+        facts.append(("fp8", "GEMMs and experts through torch scaled matmul with per-tensor scales (fitted); the same "
+                             "GEMM shapes with per-channel and 128-block scales in fp8_scalings.csv (fit them with "
+                             "`moesim calibrate --from-table fp8_scalings.csv`); MoE layers are not run in fp8"))
     if floor:
         facts.append(("host floor", f"16x1024x2048 GEMM: {floor['one_per_event_pair_s'] * 1e6:.1f} us with one "
                                     f"launch per event pair, {floor['back_to_back_per_launch_s'] * 1e6:.1f} us each "

@@ -29,7 +29,8 @@ from moesim.validation.timing import Timing, time_op
 if TYPE_CHECKING:
     from moesim.workloads.model_spec import ModelSpec
 
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8_e4m3fn": 1}
+FP8_KINDS = ("gemm", "grouped_gemm", "copy", "h2d", "d2h")  # what an fp8 calibration measures (validation/fp8_ops)
 
 
 @dataclass(frozen=True)
@@ -320,6 +321,13 @@ def _runner(spec: OpSpec, device: str, dtype) -> Callable[[], object]:
         count = _copies(float(np.prod(shape)) * elem, pool)
         return itertools.cycle([torch.full(shape, 0.01, device=device, dtype=dtype) for _ in range(count)])
 
+    if dtype == torch.float8_e4m3fn and spec.kind in ("gemm", "grouped_gemm"):  # scaled matmul, per-tensor scales
+        from moesim.validation import fp8_ops
+
+        if spec.kind == "gemm":
+            return fp8_ops.gemm_runner(spec.m, spec.k, spec.n, device, _copies(float(spec.k * spec.n), pool))
+        return fp8_ops.grouped_runner(spec.counts, spec.k, spec.n, device,
+                                      _copies(float(sum(c > 0 for c in spec.counts) * spec.k * spec.n), pool))
     if spec.kind == "gemm":
         a, bs = rand(spec.m, spec.k), weights(spec.k, spec.n)
         return lambda: torch.matmul(a, next(bs))
