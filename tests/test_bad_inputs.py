@@ -747,6 +747,7 @@ LM_ROUTING = {"generator": "load_matrix", "loads": "l.csv"}
 # --- nccl-tests logs and op timing tables -------------------------------------------------------------
 
 NCCL = ["calibrate", "--from-nccl-tests", "n.log"]
+SWEEP = ["sweep", "sweep.yaml", "--out", "out", "--quiet"]
 NCCL_ROW = "     8388608       2097152     float     sum    171.2   49.00   85.75      0    170.1   49.32   86.31      0\n"
 NCCL_OK = "# nccl-tests version 2.13.8\n# Collective test starting: alltoall_perf\n" + NCCL_ROW
 TABLE = ["calibrate", "--from-table", "t.csv", "--profile", "toy-device.yaml", "--out", "out"]
@@ -912,6 +913,8 @@ SURFACES = [
             data_kinds(["not a text file"], ["no rows"])),
     Surface("nccl-log", "n.log", {}, NCCL, data_kinds(["not a text file"], ["no nccl-tests result rows"])),
     Surface("op-table", "t.csv", TOY, TABLE, data_kinds(["CSV"], ["empty"])),
+    Surface("sweep", "sweep.yaml", {**TOY, "sweep.yaml": "base: scenario.yaml\naxes: {seed: [0, 1]}\n"}, SWEEP,
+            yaml_kinds(["base", "missing"])),
     Surface("measured", "m.csv", TOY, MEAS, data_kinds(["CSV"], ["empty"])),
     Surface("calibration-table", "m.csv", calibrated({}), ROOF_SC, data_kinds(["CSV"], ["empty"])),
     Surface("run-summary", "run/summary.json", run_dir(), REPORT,
@@ -1369,6 +1372,38 @@ LOAD_MATRIX_CASES = [
          place_loads("l.pt"), ["l.pt", "3 experts"]),
 ]
 
+def sweep(text: str) -> dict[str, Any]:
+    """The toy scenario beside a sweep file."""
+    return {**TOY, "sweep.yaml": text}
+
+
+SWEEP_CASES = [
+    Case("sweep-axis-not-a-list", sweep("base: scenario.yaml\naxes: {workload.batch_size: 4}\n"), SWEEP,
+         ["sweep.yaml", "axis workload.batch_size"]),
+    Case("sweep-range-no-step", sweep("base: scenario.yaml\naxes: {workload.batch_size: {range: [1, 8]}}\n"), SWEEP,
+         ["sweep.yaml", "axis workload.batch_size"]),
+    Case("sweep-zip-unknown-axis", sweep("base: scenario.yaml\naxes: {seed: [0, 1]}\nzip: [[seed, workload.kv_len]]\n"),
+         SWEEP, ["sweep.yaml", "zip names workload.kv_len"]),
+    Case("sweep-zip-unequal", sweep("base: scenario.yaml\naxes: {seed: [0, 1], workload.kv_len: [9]}\n"
+                                    "zip: [[seed, workload.kv_len]]\n"), SWEEP, ["sweep.yaml", "equal lengths"]),
+    Case("sweep-exclude-unknown", sweep("base: scenario.yaml\naxes: {seed: [0, 1]}\nexclude: [{kv: 1}]\n"), SWEEP,
+         ["sweep.yaml", "exclude names kv"]),
+    Case("sweep-all-excluded", sweep("base: scenario.yaml\naxes: {seed: [0]}\nexclude: [{seed: 0}]\n"), SWEEP,
+         ["sweep.yaml", "exclude", "every point is excluded"]),
+    Case("sweep-base-missing", sweep("base: nowhere.yaml\naxes: {seed: [0]}\n"), SWEEP,
+         ["sweep.yaml", "nowhere.yaml", "not found"]),
+    Case("sweep-no-axes", sweep("base: scenario.yaml\naxes: {}\n"), SWEEP, ["sweep.yaml", "axes"]),
+    Case("sweep-typo-key", sweep("base: scenario.yaml\naxis: {seed: [0]}\n"), SWEEP, ["sweep.yaml", "axis"]),
+    Case("sweep-field-typo", sweep("base: scenario.yaml\naxes: {workload.batchsize: [1, 2]}\n"), SWEEP,
+         ["no point of the sweep resolves", "batchsize"]),
+    Case("sweep-workers-zero", sweep("base: scenario.yaml\naxes: {seed: [0]}\n"), SWEEP + ["--workers", "0"],
+         ["--workers", "at least 1"]),
+    Case("sweep-doubling-backwards", sweep("base: scenario.yaml\naxes: {workload.batch_size: {doubling: [8, 1]}}\n"),
+         SWEEP, ["sweep.yaml", "start <= stop"]),
+    Case("sweep-out-foreign", {**sweep("base: scenario.yaml\naxes: {seed: [0]}\n"), "out/mine.txt": "mine"},
+         SWEEP + ["--force"], ["out", "did not write"]),
+]
+
 NCCL_CASES = [
     Case("nccl-binary", {"n.log": BINARY}, NCCL, ["n.log", "not a text file", "--from-nccl-tests"]),
     Case("nccl-latin-1", {"n.log": NCCL_OK.encode() + "# caf\xe9\n".encode("latin-1")}, NCCL,
@@ -1768,6 +1803,7 @@ FILE_CASES = (CONFIG_CASES + SCENARIO_MORE_CASES + DEVICE_CASES + LINK_CASES + C
               + HF_CASES + MODEL_CASES + TRACE_CASES + PLACEMENT_CASES + PLACEMENT_MORE_CASES + REQUEST_CASES
               + REQUEST_MORE_CASES + MEASURED_CASES + MEASURED_MORE_CASES + GENERATOR_CASES + GENERATOR_MORE_CASES
               + SERVING_CASES + DISAGGREGATION_CASES + LOAD_MATRIX_CASES + NCCL_CASES + TABLE_CASES + RUN_DIR_CASES
+              + SWEEP_CASES
               + ODD_CASES)
 CASES = FILE_CASES + CLI_ARG_CASES + SET_CASES + LOAD_ARG_CASES + ROOFLINE_CASES + OUTPUT_CASES
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -1846,7 +1882,7 @@ def test_roofline_step_past_workload_steps(tmp_path: Path, monkeypatch: pytest.M
 GROUPS = {
     "scenario configs": CONFIG_CASES + SCENARIO_MORE_CASES, "--set": SET_CASES, "serving configs": SERVING_CASES,
     "disaggregation": DISAGGREGATION_CASES, "--load": LOAD_ARG_CASES, "load matrices": LOAD_MATRIX_CASES,
-    "nccl-tests logs": NCCL_CASES, "op timing tables": TABLE_CASES, "placement files": PLACEMENT_CASES
+    "nccl-tests logs": NCCL_CASES, "sweep files": SWEEP_CASES, "op timing tables": TABLE_CASES, "placement files": PLACEMENT_CASES
     + PLACEMENT_MORE_CASES, "device/link/cluster profiles": DEVICE_CASES + LINK_CASES + CLUSTER_CASES
     + PROFILE_MORE_CASES, "models (YAML, HF)": HF_CASES + MODEL_CASES, "traces": TRACE_CASES,
     "requests": REQUEST_CASES + REQUEST_MORE_CASES, "generators": GENERATOR_CASES + GENERATOR_MORE_CASES,

@@ -1,0 +1,220 @@
+"""Run a sweep's points (studies/sweep_config.py), each once, cached, locally or in worker processes.
+
+`run_sweep(cfg, base, cache_dir, workers)` returns one row per point: the point's axis values, its
+status (`ok`, or `failed` with the error: a point that does not resolve or fails to simulate is
+recorded, not fatal), its headline metrics (`HEADLINE`, from the simulation's summary; every
+number a model output) and its cache key. The key is the SHA-256 of the point's resolved config
+(every default filled), the resolved model, cluster and device specs (so an edited profile file
+is a new point) and the moesim version. A finished point's row is stored under its key in
+`cache_dir` (one JSON file each, written atomically) the moment it ends, so an interrupted sweep
+loses only the points in flight, and a rerun, or another sweep meeting the same config, reads
+them back instead of simulating again.
+
+Workers: 1 runs the points in this process; more runs them in a process pool (spawned, BLAS
+pinned to one thread each, SIGINT left to this process). Rows do not depend on which: a point's
+simulation depends only on its config and seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+from moesim.errors import MoesimError
+from moesim.studies.sweep_config import SweepConfig, overrides, points
+
+# table column -> path into summary.json's metrics (fixed-batch keys; serving keys below)
+HEADLINE = {
+    "step_latency_mean_s": ("step_latency_s", "mean"),
+    "throughput_tokens_per_s": ("throughput_tokens_per_s",),
+    "time_per_output_token_s": ("time_per_output_token_s",),
+    "straggler_ratio_mean": ("straggler_ratio", "mean"),
+    "memory_per_device_bytes": ("memory_per_device_bytes", "max"),
+}
+SERVING = {
+    "output_tokens_per_s": ("serving", "throughput", "output_tokens_per_s"),
+    "ttft_p50_s": ("serving", "latency", "ttft_s", "p50"),
+    "ttft_p99_s": ("serving", "latency", "ttft_s", "p99"),
+    "tpot_p50_s": ("serving", "latency", "tpot_s", "p50"),
+    "tpot_p99_s": ("serving", "latency", "tpot_s", "p99"),
+    "goodput_share": ("serving", "goodput", "share"),
+}
+BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _get(d: Any, path: tuple[str, ...]) -> float | None:
+    for k in path:
+        if not isinstance(d, dict) or d.get(k) is None:
+            return None
+        d = d[k]
+    return float(d)
+
+
+def point_key(sc) -> str:
+    """The cache key of a resolved scenario (module docstring)."""
+    from moesim import __version__
+
+    blob = {"config": sc.config.as_written(), "model": sc.model.model_dump(mode="json"),
+            "cluster": sc.cluster.model_dump(mode="json"), "device": sc.device.model_dump(mode="json"),
+            "moesim": __version__}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def metrics_row(sc, summary: dict[str, Any]) -> dict[str, Any]:
+    """A finished point's headline numbers (simulated)."""
+    row: dict[str, Any] = {"devices": sc.num_devices, "ep": sc.ep, "tp": sc.tp, "dp": sc.dp, "moe_tp": sc.moe_tp}
+    serving = sc.config.serving is not None
+    for name, path in (SERVING if serving else HEADLINE).items():
+        row[name] = _get(summary, path)
+    if serving:
+        row["memory_per_device_bytes"] = _get(summary, HEADLINE["memory_per_device_bytes"])
+    tokens = row.get("output_tokens_per_s") if serving else row.get("throughput_tokens_per_s")
+    row["throughput_per_device_tokens_per_s"] = tokens / sc.num_devices if tokens is not None else None
+    return row
+
+
+def simulate_point(base: str, items: list[str]) -> dict[str, Any]:
+    """Resolve and simulate one point (in a worker, or here): its row, or a failed status."""
+    from moesim.simulator.run import simulate
+    from moesim.simulator.scenario import load_scenario
+
+    try:
+        sc = load_scenario(base, items)
+        return {"status": "ok", "error": "", **metrics_row(sc, simulate(sc).summary)}
+    except MoesimError as err:  # a config that does not resolve, a workload that does not fit, ...
+        return {"status": "failed", "error": str(err)}
+
+
+class SweepCache:
+    """Finished points' rows by key: one JSON file each under a folder of moesim's own."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.root / f"{key}.json").read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return None  # absent, or a file cut short: simulate again
+
+    def put(self, key: str, row: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".partial", dir=self.root)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(row, f, default=str)
+        os.replace(tmp, self.root / f"{key}.json")
+
+
+@contextmanager
+def _pinned_blas() -> Iterator[None]:
+    """One BLAS thread per worker (spawned workers read the environment when they import numpy)."""
+    saved = {k: os.environ.get(k) for k in BLAS_THREADS}
+    os.environ.update({k: "1" for k in BLAS_THREADS})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _worker_init() -> None:
+    from moesim import interrupts
+
+    interrupts.ignore_in_child()
+
+
+def plan(cfg: SweepConfig, base: Path) -> list[tuple[dict[str, Any], list[str], str | None, str]]:
+    """(point, --set items, cache key or None, error) of every point, resolved here first: a point
+    that does not resolve has no key and is recorded as failed without simulating."""
+    from moesim.simulator.scenario import load_scenario
+
+    out = []
+    for point in points(cfg):
+        items = overrides(point)
+        try:
+            out.append((point, items, point_key(load_scenario(base, items)), ""))
+        except MoesimError as err:
+            out.append((point, items, None, str(err)))
+    return out
+
+
+def run_sweep(cfg: SweepConfig, base: Path, cache_dir: str | Path, workers: int = 1,
+              progress: Callable[[int, int, int], None] | None = None) -> pd.DataFrame:
+    """Every point's row (module docstring), in point order. `progress(done, total, from_cache)` is
+    called as points finish. An interrupt stops the sweep; the points finished so far stay cached."""
+    cache = SweepCache(cache_dir)
+    planned = plan(cfg, base)
+    if all(key is None for _, _, key, _ in planned):  # a typo in an axis, or a base that never resolves
+        raise MoesimError(f"no point of the sweep resolves; the first says: {planned[0][3]}")
+    rows: list[dict[str, Any] | None] = [None] * len(planned)
+    todo = []
+    for i, (point, items, key, error) in enumerate(planned):
+        if key is None:
+            rows[i] = {"status": "failed", "error": error}
+        elif (hit := cache.get(key)) is not None:
+            rows[i] = hit
+        else:
+            todo.append(i)
+    cached = len(planned) - len(todo)
+    done = cached
+    if progress:
+        progress(done, len(planned), cached)
+
+    def finished(i: int, row: dict[str, Any]) -> None:
+        nonlocal done
+        rows[i] = row
+        cache.put(planned[i][2], row)
+        done += 1
+        if progress:
+            progress(done, len(planned), cached)
+
+    if workers <= 1 or len(todo) <= 1:
+        for i in todo:
+            finished(i, simulate_point(str(base), planned[i][1]))
+    else:
+        _run_pool(todo, planned, base, workers, finished)
+    table = pd.DataFrame([{**point, "key": key or "", **row} for (point, _, key, _), row in zip(planned, rows)])
+    return pareto_marked(table, cfg.pareto.x, cfg.pareto.y)
+
+
+def _run_pool(todo: list[int], planned, base: Path, workers: int, finished) -> None:
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    with _pinned_blas():
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_worker_init)
+        try:
+            pending = {pool.submit(simulate_point, str(base), planned[i][1]): i for i in todo}
+            while pending:
+                ready, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in ready:
+                    finished(pending.pop(fut), fut.result())
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def pareto_marked(table: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """The table with `pareto`: True for ok points no other ok point beats (x no larger and y no
+    smaller, one of them strictly)."""
+    table = table.copy()
+    table["pareto"] = False
+    if x not in table or y not in table or "status" not in table:
+        return table
+    ok = table[(table["status"] == "ok") & table[x].notna() & table[y].notna()]
+    xs, ys = ok[x].to_numpy(float), ok[y].to_numpy(float)
+    for idx, xi, yi in zip(ok.index, xs, ys):
+        beaten = ((xs <= xi) & (ys >= yi) & ((xs < xi) | (ys > yi))).any()
+        table.loc[idx, "pareto"] = not beaten
+    return table
