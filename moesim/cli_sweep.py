@@ -1,6 +1,6 @@
 """`moesim sweep SWEEP.yaml`: run every point of a sweep (studies/sweep.py), cached and resumable,
 and write one folder: sweep.parquet and sweep.csv (a row per point), report.html/.md with the
-Pareto front, sweep.json (what ran and where its cache is).
+Pareto front, sweep_info.json (what ran and where its cache is).
 
 Finished points live in the cache (default `.moesim-sweep-cache` beside the output folder, shared
 by the sweeps written there) from the moment each ends; the output folder is written atomically at
@@ -74,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
         table = run_sweep(cfg, base, cache, args.workers, _progress(args.quiet))
     except KeyboardInterrupt:
         kept = len(list(Path(cache).glob("*.json"))) if Path(cache).is_dir() else 0
-        interrupts.keep(f"the finished points ({kept} cached in {cache}); rerun the same command to resume, "
-                        "without")
+        interrupts.keep(f"{kept} finished point(s) in the sweep cache {cache} (rerun the same command to resume: "
+                        "they are not simulated again)")
         raise
     failed = int((table["status"] != "ok").sum())
     with atomic_dir(out, command="sweep", force=args.force) as partial:
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
                  ("cache", str(cache)),
                  ("source", "every number simulated by moesim (a model output), one simulation per point")]
         write_points_report(table, partial, f"{cfg.name}: sweep (simulated)", facts, cfg.pareto.x, cfg.pareto.y)
-        json_io.write(partial / "sweep.json", {"name": cfg.name, "points": total, "failed": failed,
+        json_io.write(partial / "sweep_info.json", {"name": cfg.name, "points": total, "failed": failed,
                                                "cache": str(cache), "base": str(base)}, indent=2)
     if args.json:
         print(json_io.dumps(table.to_dict("records"), indent=2))

@@ -5,8 +5,9 @@ only on the seed and the step), so it can run ahead. In a thread it competes wit
 loop for the GIL (small numpy calls hold it); in a forked child process it does not, which
 roughly halves the wall time of long runs on two cores. The child sends each step's plans
 through a pipe (the pipe's buffer bounds how far ahead it runs); plans are plain data, so
-they pickle as they are. Where fork is unavailable, or the run is short,
-plans are built in a thread as before. Results are identical either way.
+they pickle as they are. Where fork is unavailable, the run is short, or the run is itself a
+worker of a process pool (a sweep's: daemonic, and its siblings hold the other cores), plans are
+built in a thread as before. Results are identical either way.
 """
 
 from __future__ import annotations
@@ -123,6 +124,8 @@ def plan_feed(plans: Iterator[list[StepPlan]], steps: int | None, interactive: b
     if interactive:
         return DirectFeed(plans)
     forks = sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+    # a daemonic process (a sweep's pool worker) may not have children, and its siblings hold the other cores
+    forks = forks and not multiprocessing.current_process().daemon
     if ahead and forks and steps is not None and steps >= MIN_STEPS_FOR_PROCESS:
         return ProcessFeed(plans)
     return ThreadFeed(plans)

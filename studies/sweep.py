@@ -10,8 +10,9 @@ is a new point) and the moesim version. A finished point's row is stored under i
 loses only the points in flight, and a rerun, or another sweep meeting the same config, reads
 them back instead of simulating again.
 
-Workers: 1 runs the points in this process; more runs them in a process pool (spawned, BLAS
-pinned to one thread each, SIGINT left to this process). Rows do not depend on which: a point's
+Workers: 1 runs the points in this process; more runs them in a process pool (forked where the
+platform forks, so no semaphore outlives an interrupted sweep; BLAS pinned to one thread each by
+threadpoolctl; SIGINT left to this process, which terminates the workers). Rows do not depend on which: a point's
 simulation depends only on its config and seed.
 """
 
@@ -47,7 +48,6 @@ SERVING = {
     "tpot_p99_s": ("serving", "latency", "tpot_s", "p99"),
     "goodput_share": ("serving", "goodput", "share"),
 }
-BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def _get(d: Any, path: tuple[str, ...]) -> float | None:
@@ -107,31 +107,49 @@ class SweepCache:
 
     def put(self, key: str, row: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".partial", dir=self.root)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(row, f, default=str)
-        os.replace(tmp, self.root / f"{key}.json")
+        fd, tmp = tempfile.mkstemp(prefix=f".{key}.partial-", suffix=".json", dir=self.root)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(row, f, default=str)
+            os.replace(tmp, self.root / f"{key}.json")
+        except BaseException:  # an interrupt mid-write leaves no half file behind
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 @contextmanager
-def _pinned_blas() -> Iterator[None]:
-    """One BLAS thread per worker (spawned workers read the environment when they import numpy)."""
-    saved = {k: os.environ.get(k) for k in BLAS_THREADS}
-    os.environ.update({k: "1" for k in BLAS_THREADS})
+def _signals_held() -> Iterator[None]:
+    """Fork the workers with SIGINT ignored and SIGINT/SIGTERM blocked (a fork inherits both), so
+    a signal meant for the sweep cannot land in a worker before its initializer has set its own
+    handling; a signal that arrives meanwhile stays pending here and is delivered once unblocked."""
+    import signal
+
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    old_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        signal.signal(signal.SIGINT, old_handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
 def _worker_init() -> None:
+    """A worker: SIGINT is the sweep's to handle, SIGTERM ends it; one BLAS thread (its siblings
+    hold the other cores)."""
+    import signal
+
+    from threadpoolctl import threadpool_limits
+
     from moesim import interrupts
 
     interrupts.ignore_in_child()
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    threadpool_limits(1)
 
 
 def plan(cfg: SweepConfig, base: Path) -> list[tuple[dict[str, Any], list[str], str | None, str]]:
@@ -188,21 +206,29 @@ def run_sweep(cfg: SweepConfig, base: Path, cache_dir: str | Path, workers: int 
     return pareto_marked(table, cfg.pareto.x, cfg.pareto.y)
 
 
-def _run_pool(todo: list[int], planned, base: Path, workers: int, finished) -> None:
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+def _simulate_indexed(job: tuple[int, str, list[str]]) -> tuple[int, dict[str, Any]]:
+    i, base, items = job
+    return i, simulate_point(base, items)
 
-    with _pinned_blas():
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_worker_init)
-        try:
-            pending = {pool.submit(simulate_point, str(base), planned[i][1]): i for i in todo}
-            while pending:
-                ready, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in ready:
-                    finished(pending.pop(fut), fut.result())
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+
+def _run_pool(todo: list[int], planned, base: Path, workers: int, finished) -> None:
+    """The points in a pool of worker processes, as they finish; on an interrupt or an error the
+    workers are terminated (none outlives the sweep)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    with _signals_held():
+        pool = context.Pool(min(workers, len(todo)), initializer=_worker_init)
+    results = pool.imap_unordered(_simulate_indexed, [(i, str(base), planned[i][1]) for i in todo])
+    try:
+        for i, row in results:
+            finished(i, row)
+    except BaseException:
+        pool.terminate()
+        pool.join()
+        raise
+    pool.close()
+    pool.join()
 
 
 def pareto_marked(table: pd.DataFrame, x: str, y: str) -> pd.DataFrame:

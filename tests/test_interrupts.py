@@ -26,6 +26,7 @@ from conftest import EXAMPLES, ROOT
 MIXTRAL = str(EXAMPLES / "mixtral-decode-8xh100.yaml")
 SERVING = str(EXAMPLES / "serving-mixtral-8xh100.yaml")
 TRACE = str(EXAMPLES / "traces" / "tiny-moe.parquet")
+SWEEP_FILE = str(EXAMPLES / "sweeps" / "mixtral-batch-overlap.yaml")
 TABLE = str(ROOT / "hardware_profiles" / "measurements" / "h100-2026-11-26-fused" / "measurements.csv")
 STOP_WITHIN_S = 2.0  # "within a second", with room for a loaded 2-core CI machine
 
@@ -49,6 +50,7 @@ COMMANDS = {c.name: c for c in [
                         "plain"], ["out"]),
     Command("sweep", ["simulate", SERVING, "--set", "serving.num_requests=8", "--load", "2,4,8", "--out", "out",
                       "--progress", "none"], ["out"], (0.3, 5.0)),
+    Command("sweep-file", ["sweep", SWEEP_FILE, "--out", "out", "--workers", "2", "--quiet"], ["out"], (0.3, 4.0)),
     Command("place-highs", ["place", MIXTRAL, "--methods", "eplb,ilp", "--solver", "highs", "--time-limit", "5",
                             "--out", "out"], ["out"]),
     Command("place-cbc", ["place", MIXTRAL, "--methods", "eplb,ilp", "--solver", "cbc", "--time-limit", "5",
@@ -209,7 +211,8 @@ def check(command: Command, folder: Path, seed: int, signum: int, run: str = "")
 
 
 FAST = [("simulate-none", 0, signal.SIGINT), ("simulate-plain", 1, signal.SIGTERM), ("serving", 1, signal.SIGINT),
-        ("sweep", 2, signal.SIGTERM), ("place-highs", 0, signal.SIGINT), ("place-cbc", 3, signal.SIGTERM)]
+        ("sweep", 2, signal.SIGTERM), ("sweep-file", 1, signal.SIGINT), ("place-highs", 0, signal.SIGINT),
+        ("place-cbc", 3, signal.SIGTERM)]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")

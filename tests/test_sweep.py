@@ -122,9 +122,9 @@ def test_the_command_writes_its_folder_and_resumes(tmp_path, toy_config, capsys)
     path = _files(tmp_path, toy_config, {"axes": {"workload.batch_size": [1, 2]}})
     out = tmp_path / "out"
     assert main(["sweep", path, "--out", str(out), "--quiet"]) == 0
-    for name in ("sweep.parquet", "sweep.csv", "report.html", "report.md", "sweep.json", ".moesim-output"):
+    for name in ("sweep.parquet", "sweep.csv", "report.html", "report.md", "sweep_info.json", ".moesim-output"):
         assert (out / name).exists(), name
-    assert json.loads((out / "sweep.json").read_text())["points"] == 2
+    assert json.loads((out / "sweep_info.json").read_text())["points"] == 2
     assert (tmp_path / ".moesim-sweep-cache").is_dir()
     capsys.readouterr()
     assert main(["sweep", path, "--out", str(out), "--force", "--json"]) == 0
