@@ -47,6 +47,9 @@ SERVING = {
     "tpot_p50_s": ("serving", "latency", "tpot_s", "p50"),
     "tpot_p99_s": ("serving", "latency", "tpot_s", "p99"),
     "goodput_share": ("serving", "goodput", "share"),
+    "offered_requests_per_s": ("serving", "load", "offered_requests_per_s"),
+    "achieved_requests_per_s": ("serving", "load", "achieved_requests_per_s"),
+    "saturated": ("serving", "load", "saturated"),
 }
 
 

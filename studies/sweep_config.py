@@ -164,13 +164,14 @@ def overrides(point: dict[str, Any]) -> list[str]:
     return [f"{field}={json.dumps(value)}" for field, value in point.items()]
 
 
-def load_sweep(path: str | Path) -> tuple[SweepConfig, Path]:
-    """The validated sweep file and the base config's path; a bad file is a ConfigError naming it."""
+def load_sweep(path: str | Path, schema: type[SweepConfig] = SweepConfig) -> tuple[SweepConfig, Path]:
+    """The validated file (a sweep, or a `schema` built on it) and the base config's path; a bad
+    file is a ConfigError naming it."""
     path = Path(path)
-    cfg = validate(SweepConfig, load_yaml(path), path)
+    cfg = validate(schema, load_yaml(path), path)
     base = (path.parent / cfg.base).resolve() if not Path(cfg.base).is_absolute() else Path(cfg.base)
     if not base.is_file():
-        raise ConfigError(f"base config {cfg.base} not found (relative to the sweep file)", file=path, field="base")
+        raise ConfigError(f"base config {cfg.base} not found (relative to the file)", file=path, field="base")
     n = len(points(cfg))
     if n == 0:
         raise ConfigError("every point is excluded: nothing to run", file=path, field="exclude")

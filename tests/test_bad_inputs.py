@@ -1404,6 +1404,33 @@ SWEEP_CASES = [
          SWEEP + ["--force"], ["out", "did not write"]),
 ]
 
+REC = ["recommend", "rec.yaml", "--out", "out", "--quiet"]
+REC_OK = "base: serve.yaml\naxes: {seed: [0]}\nslo: {tpot_p99: 0.1}\nload: {min: 1, max: 8}\n"
+
+
+def rec(text: str) -> dict[str, Any]:
+    """A served toy beside a recommend file."""
+    return {**serve(), "rec.yaml": text}
+
+
+RECOMMEND_CASES = [
+    Case("rec-no-slo", rec("base: serve.yaml\naxes: {seed: [0]}\nslo: {}\nload: {min: 1, max: 8}\n"), REC,
+         ["rec.yaml", "slo", "at least one"]),
+    Case("rec-slo-negative", rec(REC_OK.replace("tpot_p99: 0.1", "tpot_p99: -1")), REC,
+         ["rec.yaml", "slo.tpot_p99", "greater than 0"]),
+    Case("rec-load-reversed", rec(REC_OK.replace("min: 1, max: 8", "min: 8, max: 1")), REC,
+         ["rec.yaml", "load", "below load.min"]),
+    Case("rec-load-missing", rec("base: serve.yaml\naxes: {seed: [0]}\nslo: {tpot_p99: 0.1}\n"), REC,
+         ["rec.yaml", "load", "missing"]),
+    Case("rec-rate-axis", rec(REC_OK.replace("{seed: [0]}", "{serving.arrivals.rate: [1, 2]}")), REC,
+         ["rec.yaml", "axes", "what recommend searches"]),
+    Case("rec-closed-loop-base", {**rec(REC_OK), "serve.yaml": yaml.safe_dump(
+        {**SERVE, "serving": {**{k: v for k, v in SERVE["serving"].items() if k != "arrivals"}, "users": 4}})}, REC,
+         ["rec.yaml", "base", "open-loop"]),
+    Case("rec-top-zero", rec(REC_OK + "top: 0\n"), REC, ["rec.yaml", "top", "greater than or equal to 1"]),
+    Case("rec-out-foreign", {**rec(REC_OK), "out/mine.txt": "mine"}, REC + ["--force"], ["out", "did not write"]),
+]
+
 NCCL_CASES = [
     Case("nccl-binary", {"n.log": BINARY}, NCCL, ["n.log", "not a text file", "--from-nccl-tests"]),
     Case("nccl-latin-1", {"n.log": NCCL_OK.encode() + "# caf\xe9\n".encode("latin-1")}, NCCL,
@@ -1803,7 +1830,7 @@ FILE_CASES = (CONFIG_CASES + SCENARIO_MORE_CASES + DEVICE_CASES + LINK_CASES + C
               + HF_CASES + MODEL_CASES + TRACE_CASES + PLACEMENT_CASES + PLACEMENT_MORE_CASES + REQUEST_CASES
               + REQUEST_MORE_CASES + MEASURED_CASES + MEASURED_MORE_CASES + GENERATOR_CASES + GENERATOR_MORE_CASES
               + SERVING_CASES + DISAGGREGATION_CASES + LOAD_MATRIX_CASES + NCCL_CASES + TABLE_CASES + RUN_DIR_CASES
-              + SWEEP_CASES
+              + SWEEP_CASES + RECOMMEND_CASES
               + ODD_CASES)
 CASES = FILE_CASES + CLI_ARG_CASES + SET_CASES + LOAD_ARG_CASES + ROOFLINE_CASES + OUTPUT_CASES
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -1882,7 +1909,7 @@ def test_roofline_step_past_workload_steps(tmp_path: Path, monkeypatch: pytest.M
 GROUPS = {
     "scenario configs": CONFIG_CASES + SCENARIO_MORE_CASES, "--set": SET_CASES, "serving configs": SERVING_CASES,
     "disaggregation": DISAGGREGATION_CASES, "--load": LOAD_ARG_CASES, "load matrices": LOAD_MATRIX_CASES,
-    "nccl-tests logs": NCCL_CASES, "sweep files": SWEEP_CASES, "op timing tables": TABLE_CASES, "placement files": PLACEMENT_CASES
+    "nccl-tests logs": NCCL_CASES, "sweep files": SWEEP_CASES, "recommend files": RECOMMEND_CASES, "op timing tables": TABLE_CASES, "placement files": PLACEMENT_CASES
     + PLACEMENT_MORE_CASES, "device/link/cluster profiles": DEVICE_CASES + LINK_CASES + CLUSTER_CASES
     + PROFILE_MORE_CASES, "models (YAML, HF)": HF_CASES + MODEL_CASES, "traces": TRACE_CASES,
     "requests": REQUEST_CASES + REQUEST_MORE_CASES, "generators": GENERATOR_CASES + GENERATOR_MORE_CASES,
