@@ -102,6 +102,32 @@ def round_robin(num_experts: int, num_devices: int, num_layers: int) -> Placemen
     return _from_assignment(np.broadcast_to(assign, (num_layers, num_experts)), num_devices)
 
 
+def with_redundant_slots(base: Placement) -> Placement:
+    """A placement whose devices hold equal numbers of slots, as DeepSeek serves EP144 and EP320
+    (256 experts + 32 or 64 redundant copies, 2 or 1 per GPU): where the group's devices do not
+    divide the experts, the devices with one slot fewer each take a copy of another expert (the
+    busiest by position is not known without loads: copies go to experts in order, each to a
+    device that lacks it), and every copy of an expert serves an equal share of its tokens. A
+    placement whose devices already hold equal slots is returned as it is."""
+    ep = base.num_devices
+    per = -(-base.num_experts // ep)
+    layers = []
+    for layer in range(base.num_layers):
+        devices = base.expert_devices(layer)
+        held = np.bincount(base.slot_device[layer][base.slot_share[layer] > 0], minlength=ep)
+        short = [d for d in range(ep) for _ in range(per - int(held[d]))]
+        e = 0
+        for d in short:  # the next expert not yet on d (round the experts in order)
+            while d in devices[e % base.num_experts]:
+                e += 1
+            devices[e % base.num_experts].append(d)
+            e += 1
+        layers.append(devices)
+    if not any(len(d) > 1 for layer in layers for d in layer):
+        return base
+    return from_expert_devices(layers, ep)
+
+
 def from_expert_devices(layers: list[list[list[int]]], num_devices: int,
                         shares: list[list[list[float]]] | None = None) -> Placement:
     """Build from per-layer lists of each expert's devices (replicas split evenly by default)."""

@@ -16,6 +16,7 @@ from moesim.errors import ConfigError
 from moesim.hardware_profiles import ClusterSpec, DeviceSpec, load_cluster, load_device
 from moesim.hardware_profiles.topology import Routes
 from moesim.placement import Placement, load_placement_file
+from moesim.placement.placement import with_redundant_slots
 from moesim.simulator.config import ScenarioConfig, ScenarioFile, WorkloadConfig, config_error, config_file, load_config
 from moesim.simulator.cost_model import CostModel
 from moesim.simulator.machine import Machine, Scale, build_machine
@@ -184,11 +185,6 @@ def _parallelism(sf: ScenarioFile, model: ModelSpec, cluster: ClusterSpec) -> Pa
             raise config_error(sf, "parallelism.moe_tp", f"moe_tp={moe_tp} with attention tp={tp}: use moe_tp = tp "
                                "(experts split over the attention TP group, as vLLM/TRT-LLM do) or tp = 1 "
                                "(data-parallel attention; tokens are all-gathered within each MoE-TP group)")
-    experts = model.moe.num_experts
-    if sf.config.placement.policy and experts % ep:
-        raise config_error(sf, "parallelism.ep", f"ep={ep} does not divide the {experts} experts of "
-                           f"{model.name}; choose ep among {[d for d in range(1, n + 1) if experts % d == 0 and n % d == 0]} "
-                           "or give a placement file")
     heads = model.attention.num_heads
     if heads % tp:
         raise config_error(sf, "parallelism.tp", f"tp={tp} must divide the {heads} attention heads of {model.name}")
@@ -212,7 +208,9 @@ def _placement(sf: ScenarioFile, model: ModelSpec, ep: int) -> Placement:
         return load_placement_file(path, experts, ep, n_moe)
     from moesim.simulator.compose import PLACEMENT_POLICIES
 
-    return PLACEMENT_POLICIES[cfg.policy](experts, ep, n_moe)
+    placement = PLACEMENT_POLICIES[cfg.policy](experts, ep, n_moe)
+    # ep not dividing the experts: redundant copies even out the slots (DeepSeek's EP144 / EP320)
+    return with_redundant_slots(placement) if experts % ep else placement
 
 
 def _trace_workload(sf: ScenarioFile, model: ModelSpec, n: int, tp: int) -> tuple[object | None, ScenarioConfig]:

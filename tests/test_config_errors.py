@@ -61,7 +61,7 @@ def test_unknown_cluster_and_device_list_valid_names(tmp_path):
     assert "node.storage.link" in str(info.value) and "NVMe-Gen4-x4" in str(info.value)
 
 
-def test_ep_must_divide_experts(tmp_path):
+def test_ep_not_dividing_the_experts_gets_redundant_copies(tmp_path):
     cfg = example_config("mixtral-decode-8xh100.yaml")
     cfg["parallelism"] = {"ep": 4, "tp": 1, "dp": 8}
     # ep=4 divides the 8 experts and the 8 devices: valid
@@ -69,8 +69,10 @@ def test_ep_must_divide_experts(tmp_path):
     cfg = example_config("deepseek-v3-prefill-4x8-h800.yaml")
     cfg["model"] = "Mixtral-8x7B"
     cfg["parallelism"] = {"ep": 32, "tp": 1, "dp": 32}
-    msg = _error(tmp_path, cfg)
-    assert "parallelism.ep" in msg and "does not divide the 8 experts" in msg
+    # more devices than experts (issue 27): each of the 8 experts gets 4 copies, one slot per GPU
+    sc = load_scenario(write_config(tmp_path, cfg))
+    assert sc.placement.slot_expert.shape[1] == 32
+    assert all(len(d) == 4 for d in sc.placement.expert_devices(0))
 
 
 def test_parallelism_must_match_cluster(tmp_path):
