@@ -784,7 +784,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ".pt; several files = windows in order) replace the config's routing; the load is the "
                        "windows' mean")
     place.add_argument("--redundant", type=_at_least(0), default=0,
-                       help="expert copies beyond one each (EPLB's redundant experts)")
+                       help="expert copies beyond one each (EPLB's redundant experts); at least what fills "
+                            "every device's slots when ep does not divide the experts")
     place.add_argument("--slots", type=_at_least(1), default=None, help="expert copies per device (default ceil((E+R)/ep), "
                        "never above memory)")
     place.add_argument("--objective", choices=["time", "tokens"], default="time",

@@ -113,10 +113,14 @@ def problem_from_scenario(sc: Scenario, steps: int = 16, redundant: int = 0, slo
     """The placement problem of a scenario's first expert-parallel group over `steps` routing steps.
 
     `slots` caps expert copies per device (default: ceil((E + redundant) / ep) as EPLB lays them
-    out, never more than memory allows). `time_model` is "time" (the simulator's expert time)
+    out, never more than memory allows); `redundant` is at least what fills every device's slots
+    (ep x ceil(E / ep) - E). `time_model` is "time" (the simulator's expert time)
     or "tokens" (balance assignments, EPLB's criterion).
     """
     E, ep = sc.model.moe.num_experts, sc.ep
+    # every device holds a slot of its own: an ep that does not divide the experts (or exceeds them)
+    # takes redundant copies up to ep x ceil(E / ep), as DeepSeek's EP144 / EP320 and the simulator do
+    redundant = max(redundant, ep * -(-E // ep) - E)
     mem = memory_slots(sc)
     if slots is not None and slots > mem:
         raise ValueError(f"{slots} expert slots per device asked but each {sc.device.name} has memory for {mem} "

@@ -46,3 +46,22 @@ def test_a_run_with_ep_not_dividing_the_experts_conserves_tokens(tmp_path, toy_c
     tok = res.summary["tokens"]
     assert tok["routed_assignments"] == 4 * 4 * 1  # batch 4 on each of 4 replicas, top-1
     assert tok["computed_assignments"] == tok["routed_assignments"]  # split between copies, none lost
+
+
+def test_place_fills_every_device_when_there_are_more_devices_than_experts(tmp_path):
+    """Mixtral's 8 experts on 32 GPUs: the placement problem takes 24 redundant copies (one slot
+    per GPU), so EPLB spreads the hot experts instead of leaving 24 GPUs idle."""
+    from conftest import example_config, write_config
+
+    from moesim.placement.methods import run_method
+    from moesim.studies.placement_inputs import problem_from_scenario
+
+    cfg = example_config("deepseek-v3-prefill-4x8-h800.yaml")
+    cfg["model"] = "Mixtral-8x7B"
+    cfg["parallelism"] = {"ep": 32, "tp": 1, "dp": 32}
+    cfg["workload"] = {"phase": "decode", "batch_size": 16, "kv_len": 1024, "steps": 2,
+                       "routing": {"generator": "zipf", "alpha": 1.2}}
+    problem = problem_from_scenario(load_scenario(write_config(tmp_path, cfg)), steps=2)
+    assert problem.redundant == 24 and (problem.slots == 1).all()
+    placement = run_method("eplb", problem).placement
+    assert (np.bincount(placement.slot_device[0], minlength=32) == 1).all()  # every GPU holds an expert
