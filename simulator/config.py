@@ -360,6 +360,7 @@ class ScenarioFile:
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)  # --set FIELD=VALUE applied on top of the file
+    extends: list[str] = field(default_factory=list)  # the base configs merged under it (nearest first)
 
     @property
     def base_dir(self) -> Path:
@@ -379,7 +380,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Scenari
     `overrides` ("workload.batch_size=64", as given to --set) change the file's values first
     and are validated with them."""
     path = Path(path)
-    data = load_yaml(path)
+    from moesim.simulator.config_extends import resolve_extends
+
+    data, chain = resolve_extends(load_yaml(path), path)
     overrides = list(overrides or [])
     set_fields = apply_overrides(data, overrides)
     try:
@@ -392,7 +395,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Scenari
         raise
     if cfg.name is None:
         cfg.name = path.stem
-    return ScenarioFile(cfg, path, data, overrides)
+    return ScenarioFile(cfg, path, data, overrides, chain)
 
 
 def _within(field: str, section: str) -> bool:

@@ -91,6 +91,7 @@ def _write_files(result: SimResult, run_dir: Path, overrides: list[str]) -> None
         "moesim_version": __version__,
         "seed": sc.seed,
         "config_file": str(sc.source.path) if sc.source.path else None,
+        "extends": list(sc.source.extends),
         "overrides": overrides,
         "metrics": result.summary,
         "resolved": {
