@@ -16,6 +16,12 @@ _LAZY = {
     "load_device": ("moesim.hardware_profiles", "load_device"),
     "load_cluster": ("moesim.hardware_profiles", "load_cluster"),
     "load_model": ("moesim.workloads", "load_model"),
+    "write_run_dir": ("moesim.simulator.run", "write_run_dir"),
+    "load_sweep": ("moesim.studies.sweep_config", "load_sweep"),
+    "run_sweep": ("moesim.studies.sweep", "run_sweep"),
+    "load_recommend": ("moesim.studies.recommend", "load_recommend"),
+    "run_recommend": ("moesim.studies.recommend", "run_recommend"),
+    "bisect_capacity": ("moesim.studies.capacity", "bisect_capacity"),
 }
 
 
@@ -29,3 +35,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["__version__", *_LAZY]
+
+
+def __dir__() -> list[str]:
+    """The public names (what `dir(moesim)` lists in a notebook)."""
+    return sorted(__all__)

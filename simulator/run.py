@@ -18,10 +18,10 @@ from moesim.simulator.trace_export import write_chrome_trace
 from moesim.simulator.unit_usage import unit_usage, uses_units
 
 
-def simulate(scenario: Scenario | ScenarioFile | str | Path,
+def simulate(scenario: Scenario | ScenarioFile | str | Path | dict,
              progress: Callable[[int], None] | None = None) -> SimResult:
-    """Run a scenario (object, validated config, or config path) and return its results."""
-    if isinstance(scenario, (str, Path)):
+    """Run a scenario (object, validated config, config path or a config mapping) and return its results."""
+    if isinstance(scenario, (str, Path, dict)):
         scenario = load_scenario(scenario)
     elif isinstance(scenario, ScenarioFile):
         scenario = resolve(scenario)

@@ -354,6 +354,17 @@ def _memory(sf: ScenarioFile, cfg: ScenarioConfig, model: ModelSpec, machine: Ma
 
 
 
-def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
-    """Load, validate and resolve a scenario config file (with --set style overrides)."""
-    return resolve(load_config(path, overrides))
+def load_scenario(config: "str | Path | dict", overrides: list[str] | None = None,
+                  base_dir: str | Path | None = None) -> Scenario:
+    """Load, validate and resolve a scenario config: a file, or a mapping (a notebook's dict; its
+    relative paths resolve against `base_dir`, default the working directory), with --set style
+    overrides ("workload.batch_size=64") applied first."""
+    if isinstance(config, dict):
+        import copy
+
+        from moesim.simulator.config import apply_overrides, config_from_dict
+
+        data = copy.deepcopy(config)
+        apply_overrides(data, list(overrides or []))
+        return resolve(config_from_dict(data, base_dir))
+    return resolve(load_config(config, overrides))
