@@ -895,10 +895,11 @@ def build_parser() -> argparse.ArgumentParser:
     req.add_argument("--out", type=Path, default=None, help=".csv or .parquet")
     req.add_argument("--force", action="store_true", help="replace an existing --out file")
     req.set_defaults(func=_requests)
-    from moesim import cli_recommend, cli_sweep
+    from moesim import cli_completion, cli_recommend, cli_sweep
 
     cli_sweep.add_parser(sub)
     cli_recommend.add_parser(sub)
+    cli_completion.add_parser(sub)
     return parser
 
 
