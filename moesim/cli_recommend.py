@@ -13,19 +13,14 @@ from pathlib import Path
 
 import yaml
 
-CACHE_NAME = ".moesim-sweep-cache"
+from moesim.cli_sweep import CACHE_NAME, add_output_options
 
 
 def add_parser(sub) -> None:
     rec = sub.add_parser("recommend", help="rank a serving deployment's configurations by capacity per GPU "
                                            "within TTFT/TPOT SLOs (bisection on the arrival rate)")
     rec.add_argument("file", type=Path, help="recommend YAML: base, axes, slo, load, top")
-    rec.add_argument("--out", type=Path, default=None, help="output folder (default runs/<name>)")
-    rec.add_argument("--force", action="store_true", help="replace an output folder moesim wrote")
-    rec.add_argument("--cache", type=Path, default=None, metavar="DIR",
-                     help=f"where simulated probes are kept (default {CACHE_NAME} beside the output folder)")
-    rec.add_argument("--quiet", action="store_true", help="print nothing but errors (and --json)")
-    rec.add_argument("--json", action="store_true", help="print the ranking as JSON records on stdout")
+    add_output_options(rec, "simulated probes", "the ranking")
     rec.set_defaults(func=run)
 
 

@@ -18,18 +18,23 @@ from pathlib import Path
 CACHE_NAME = ".moesim-sweep-cache"
 
 
+def add_output_options(parser, kept: str, printed: str) -> None:
+    """--out, --force, --cache, --quiet and --json of a command that runs cached sweep points."""
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/<name>)")
+    parser.add_argument("--force", action="store_true", help="replace an output folder moesim wrote")
+    parser.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                        help=f"where {kept} are kept (default {CACHE_NAME} beside the output folder)")
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors (and --json)")
+    parser.add_argument("--json", action="store_true", help=f"print {printed} as JSON on stdout")
+
+
 def add_parser(sub) -> None:
     sw = sub.add_parser("sweep", help="run a base config over axes of config values, cached and resumable; "
                                       "a table and a Pareto report")
     sw.add_argument("sweep", type=Path, help="sweep YAML: base config, axes, zip, exclude, pareto")
-    sw.add_argument("--out", type=Path, default=None, help="output folder (default runs/<sweep name>)")
-    sw.add_argument("--force", action="store_true", help="replace an output folder moesim wrote")
     sw.add_argument("--workers", type=int, default=1, metavar="N",
                     help="worker processes (default 1: in this process; each worker pins BLAS to one thread)")
-    sw.add_argument("--cache", type=Path, default=None, metavar="DIR",
-                    help=f"where finished points are kept (default {CACHE_NAME} beside the output folder)")
-    sw.add_argument("--quiet", action="store_true", help="print nothing but errors (and --json)")
-    sw.add_argument("--json", action="store_true", help="print the table as JSON records on stdout")
+    add_output_options(sw, "finished points", "the table's records")
     sw.set_defaults(func=run)
 
 

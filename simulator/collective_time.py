@@ -31,12 +31,6 @@ def _group(routes: Routes, ranks: int) -> np.ndarray:
     return inside[:, None] & inside[None, :] & ~np.eye(n, dtype=bool)
 
 
-def _floors(routes: Routes, kind: str, pairs: np.ndarray, role: str = "dispatch") -> list[float] | None:
-    if not comm_cost.has_floors(routes, kind):
-        return None
-    return comm_cost.device_floors(routes, kind, pairs, role).tolist()
-
-
 def _run(env: simpy.Environment, coll, members: np.ndarray) -> float:
     done: list[float] = []
 
@@ -73,7 +67,7 @@ def collective_seconds(routes: Routes, kind: str, ranks: int, size_bytes: float,
         matrix = np.zeros((n, n))
         matrix[:ranks, :ranks] = inner
         group_of = np.where(np.arange(n) < ranks, 0, 1 + np.arange(n))
-        coll = GroupCollective(env, fabric, matrix, group_of, added, kind, _floors(routes, kind, pairs) if nccl else None)
+        coll = GroupCollective(env, fabric, matrix, group_of, added, kind, comm_cost.kernel_floors(routes, kind, pairs) if nccl else None)
     elif kind in RING_KINDS:
         # NCCL's ring: (n-1) steps of size / n each to the ring neighbour; a measured floor holds the steps' latency
         matrix = np.zeros((n, n))
@@ -81,8 +75,8 @@ def collective_seconds(routes: Routes, kind: str, ranks: int, size_bytes: float,
         measured = comm_cost.has_floors(routes, kind)
         group_of = np.where(np.arange(n) < ranks, 0, 1 + np.arange(n))
         coll = GroupCollective(env, fabric, matrix, group_of, 0.0 if measured else (ranks - 2) * hop, kind,
-                               _floors(routes, kind, pairs))
+                               comm_cost.kernel_floors(routes, kind, pairs))
     else:
         matrix = np.where(pairs, size_bytes / ranks, 0.0)
-        coll = Collective(env, fabric, matrix, 0.0, pairs, kind, _floors(routes, kind, pairs, role))
+        coll = Collective(env, fabric, matrix, 0.0, pairs, kind, comm_cost.kernel_floors(routes, kind, pairs, role))
     return _run(env, coll, members)

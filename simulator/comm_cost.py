@@ -77,6 +77,14 @@ def device_floors(routes: Routes, kind: str, pairs: np.ndarray, role: str = "dis
     return out
 
 
+def kernel_floors(routes: Routes, kind: str, pairs: np.ndarray, role: str = "dispatch") -> list[float] | None:
+    """Every device's kernel floor of a kind over its group's pairs as `role`, as a list (None: the
+    kind charges nothing beyond bandwidth x efficiency, so collectives skip the floor)."""
+    if not has_floors(routes, kind):
+        return None
+    return device_floors(routes, kind, pairs, role).tolist()
+
+
 def has_floors(routes: Routes, kind: str) -> bool:
     """Whether a kind charges anything beyond bytes / (bandwidth x efficiency)."""
     comm = routes.comm.get(kind)

@@ -163,8 +163,8 @@ class Engine:
         self._single_ep = scenario.ep == 1
         # every device's kernel floor per comm kind (a step may run kernels of another kind: auto dispatch)
         self._floors: dict[tuple[str, str], list[float] | None] = {}
-        self._tp_floor = _floors(scenario.routes, "all_reduce", _group_pairs(n, tp)) if tp > 1 else None
-        self._moe_tp_floor = _floors(scenario.routes, "all_reduce", _group_pairs(n, mt)) if mt > 1 else None
+        self._tp_floor = comm_cost.kernel_floors(scenario.routes, "all_reduce", _group_pairs(n, tp)) if tp > 1 else None
+        self._moe_tp_floor = comm_cost.kernel_floors(scenario.routes, "all_reduce", _group_pairs(n, mt)) if mt > 1 else None
         self._size = L * n * self.microbatches * self.P
         first = self.plans(0)
         if first is not None and len(first) != self.microbatches:
@@ -204,7 +204,7 @@ class Engine:
         DeepEP's two kernels have floors of their own), computed once per (kind, role)."""
         key = (kind, role)
         if key not in self._floors:
-            self._floors[key] = _floors(self.sc.routes, kind, self._group_pairs, role)
+            self._floors[key] = comm_cost.kernel_floors(self.sc.routes, kind, self._group_pairs, role)
         return self._floors[key]
 
     def collectives(self, step: int, mb: int = 0) -> StepCollectives:
@@ -430,10 +430,3 @@ def _group_pairs(n: int, size: int) -> np.ndarray:
     group = np.arange(n) // size
     return (group[:, None] == group[None, :]) & ~np.eye(n, dtype=bool)
 
-
-def _floors(routes, kind: str, pairs: np.ndarray, role: str = "dispatch"):
-    """Every device's kernel floor of a comm kind over its group's pairs as `role`, as a list (None:
-    the kind charges nothing beyond bandwidth x efficiency, so collectives skip the floor)."""
-    if not comm_cost.has_floors(routes, kind):
-        return None
-    return comm_cost.device_floors(routes, kind, pairs, role).tolist()

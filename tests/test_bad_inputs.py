@@ -1405,6 +1405,8 @@ SWEEP_CASES = [
          ["--workers", "at least 1"]),
     Case("sweep-doubling-backwards", sweep("base: scenario.yaml\naxes: {workload.batch_size: {doubling: [8, 1]}}\n"),
          SWEEP, ["sweep.yaml", "start <= stop"]),
+    Case("sweep-cache-is-a-file", {**sweep("base: scenario.yaml\naxes: {seed: [0]}\n"), "c.txt": "mine"},
+         SWEEP + ["--cache", "c.txt"], ["c.txt"]),
     Case("sweep-out-foreign", {**sweep("base: scenario.yaml\naxes: {seed: [0]}\n"), "out/mine.txt": "mine"},
          SWEEP + ["--force"], ["out", "did not write"]),
 ]
