@@ -33,7 +33,12 @@ def add_parser(sub) -> None:
                                       "a table and a Pareto report")
     sw.add_argument("sweep", type=Path, help="sweep YAML: base config, axes, zip, exclude, pareto")
     sw.add_argument("--workers", type=int, default=1, metavar="N",
-                    help="worker processes (default 1: in this process; each worker pins BLAS to one thread)")
+                    help="worker processes (default 1: in this process; each worker pins BLAS to one thread); "
+                         "with --ray local, the CPUs of the private Ray instance")
+    sw.add_argument("--ray", default=None, metavar="local|ADDRESS",
+                    help="run the points as Ray tasks: 'local' starts a private Ray instance, 'auto' or "
+                         "HOST:PORT joins a running cluster (nodes need moesim and the sweep's files at the same "
+                         "paths); needs pip install 'moesim[ray]'")
     add_output_options(sw, "finished points", "the table's records")
     sw.set_defaults(func=run)
 
@@ -67,16 +72,21 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise ConfigError(f"--workers takes a count of at least 1, got {args.workers}", field="--workers")
+    if args.ray is not None:
+        from moesim.studies.sweep_ray import check_address
+
+        check_address(args.ray)
     cfg, base = load_sweep(args.sweep)
     out = args.out or Path("runs") / cfg.name
     check_replaceable(out, "--out", args.force)
     cache = args.cache or out.parent / CACHE_NAME
     total = len(points(cfg))
     if not args.quiet:
-        print(f"sweep {cfg.name}: {total} points of {base.name}, {args.workers} worker(s); cache {cache}",
+        where = f"Ray ({args.ray})" if args.ray else f"{args.workers} worker(s)"
+        print(f"sweep {cfg.name}: {total} points of {base.name}, {where}; cache {cache}",
               file=sys.stderr, flush=True)
     try:
-        table = run_sweep(cfg, base, cache, args.workers, _progress(args.quiet))
+        table = run_sweep(cfg, base, cache, args.workers, _progress(args.quiet), ray=args.ray)
     except KeyboardInterrupt:
         kept = len(list(Path(cache).glob("*.json"))) if Path(cache).is_dir() else 0
         interrupts.keep(f"{kept} finished point(s) in the sweep cache {cache} (rerun the same command to resume: "

@@ -12,8 +12,9 @@ them back instead of simulating again.
 
 Workers: 1 runs the points in this process; more runs them in a process pool (forked where the
 platform forks, so no semaphore outlives an interrupted sweep; BLAS pinned to one thread each by
-threadpoolctl; SIGINT left to this process, which terminates the workers). Rows do not depend on which: a point's
-simulation depends only on its config and seed.
+threadpoolctl; SIGINT left to this process, which terminates the workers), or as Ray tasks on a
+Ray cluster (studies/sweep_ray.py). Rows do not depend on which: a point's simulation depends only
+on its config and seed.
 """
 
 from __future__ import annotations
@@ -171,9 +172,10 @@ def plan(cfg: SweepConfig, base: Path) -> list[tuple[dict[str, Any], list[str], 
 
 
 def run_sweep(cfg: SweepConfig, base: Path, cache_dir: str | Path, workers: int = 1,
-              progress: Callable[[int, int, int], None] | None = None) -> pd.DataFrame:
+              progress: Callable[[int, int, int], None] | None = None, ray: str | None = None) -> pd.DataFrame:
     """Every point's row (module docstring), in point order. `progress(done, total, from_cache)` is
-    called as points finish. An interrupt stops the sweep; the points finished so far stay cached."""
+    called as points finish. An interrupt stops the sweep; the points finished so far stay cached.
+    `ray` ('local' or a cluster address) runs the points as Ray tasks (studies/sweep_ray.py)."""
     cache = SweepCache(cache_dir)
     planned = plan(cfg, base)
     if all(key is None for _, _, key, _ in planned):  # a typo in an axis, or a base that never resolves
@@ -200,7 +202,11 @@ def run_sweep(cfg: SweepConfig, base: Path, cache_dir: str | Path, workers: int 
         if progress:
             progress(done, len(planned), cached)
 
-    if workers <= 1 or len(todo) <= 1:
+    if ray is not None and todo:
+        from moesim.studies.sweep_ray import run_points_ray
+
+        run_points_ray([(i, str(base), planned[i][1]) for i in todo], ray, workers, finished)
+    elif workers <= 1 or len(todo) <= 1:
         for i in todo:
             finished(i, simulate_point(str(base), planned[i][1]))
     else:

@@ -1409,6 +1409,12 @@ SWEEP_CASES = [
          SWEEP + ["--cache", "c.txt"], ["c.txt"]),
     Case("sweep-out-foreign", {**sweep("base: scenario.yaml\naxes: {seed: [0]}\n"), "out/mine.txt": "mine"},
          SWEEP + ["--force"], ["out", "did not write"]),
+    Case("sweep-ray-address-malformed", sweep("base: scenario.yaml\naxes: {seed: [0]}\n"), SWEEP + ["--ray", "head-node"],
+         ["--ray", "HOST:PORT", "head-node"]),
+    Case("sweep-ray-address-silent", sweep("base: scenario.yaml\naxes: {seed: [0]}\n"),
+         SWEEP + ["--ray", "127.0.0.1:1"], ["--ray 127.0.0.1:1", "no Ray cluster answers", "ray start --head"]),
+    Case("sweep-ray-port-out-of-range", sweep("base: scenario.yaml\naxes: {seed: [0]}\n"),
+         SWEEP + ["--ray", "10.0.0.1:70000"], ["--ray", "HOST:PORT"]),
 ]
 
 REC = ["recommend", "rec.yaml", "--out", "out", "--quiet"]
@@ -1833,13 +1839,31 @@ OUTPUT_CASES = [
          stats("t.parquet", "--out", "mine", "--force"), ["mine", "did not write"]),
 ]
 
+# reports (issue 27): `trace stats --html PAGE` writes one page, never over a file it did not write
+STATS_T = {**TOY, "t.parquet": parquet()}
+REPORTS_MORE_CASES = [
+    Case("html-not-html", STATS_T, stats("t.parquet", "--html", "s.txt"), ["s.txt", "--html", ".html"]),
+    Case("html-exists", {**STATS_T, "s.html": "<p>my own page</p>"}, stats("t.parquet", "--html", "s.html"),
+         ["s.html", "--html", "--force"]),
+    Case("html-foreign-force", {**STATS_T, "s.html": "<p>my own page</p>"},
+         stats("t.parquet", "--html", "s.html", "--force"), ["s.html", "--html", "not written by"]),
+    Case("html-is-a-folder", {**STATS_T, "s.html/mine.txt": "mine"}, stats("t.parquet", "--html", "s.html"),
+         ["s.html", "--html", "folder"]),
+    Case("html-under-a-file", {**STATS_T, "f.txt": "x"}, stats("t.parquet", "--html", "f.txt/s.html"),
+         ["f.txt", "--html"]),
+    Case("html-inside-out", STATS_T, stats("t.parquet", "--out", "o", "--html", "o/s.html"),
+         ["o/s.html", "--html", "--out"]),
+    Case("html-over-its-trace", {**TOY, "t.html": parquet()}, stats("t.html", "--html", "t.html", "--force"),
+         ["t.html", "--html"]),
+]
+
 FILE_CASES = (CONFIG_CASES + SCENARIO_MORE_CASES + DEVICE_CASES + LINK_CASES + CLUSTER_CASES + PROFILE_MORE_CASES
               + HF_CASES + MODEL_CASES + TRACE_CASES + PLACEMENT_CASES + PLACEMENT_MORE_CASES + REQUEST_CASES
               + REQUEST_MORE_CASES + MEASURED_CASES + MEASURED_MORE_CASES + GENERATOR_CASES + GENERATOR_MORE_CASES
               + SERVING_CASES + DISAGGREGATION_CASES + LOAD_MATRIX_CASES + NCCL_CASES + TABLE_CASES + RUN_DIR_CASES
               + SWEEP_CASES + RECOMMEND_CASES
               + ODD_CASES)
-CASES = FILE_CASES + CLI_ARG_CASES + SET_CASES + LOAD_ARG_CASES + ROOFLINE_CASES + OUTPUT_CASES
+CASES = FILE_CASES + CLI_ARG_CASES + SET_CASES + LOAD_ARG_CASES + ROOFLINE_CASES + OUTPUT_CASES + REPORTS_MORE_CASES
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
@@ -1923,6 +1947,7 @@ GROUPS = {
     "measured CSVs": MEASURED_CASES + MEASURED_MORE_CASES, "run directories": RUN_DIR_CASES,
     "other arguments": CLI_ARG_CASES + ROOFLINE_CASES, "odd files": ODD_CASES,
     "outputs (--force, inputs, names)": OUTPUT_CASES,
+    "reports (trace stats --html)": REPORTS_MORE_CASES,
 }
 
 
