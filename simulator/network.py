@@ -64,6 +64,10 @@ def _dominant_entries(entry_pair: np.ndarray, entry_link: np.ndarray, slowness: 
     return keep_links[entry_link]
 
 
+SMALL_WAVE_SOURCES = 4  # a wave of at most this many sources and
+SMALL_WAVE_FLOWS = 24  # this many (source, destination) flows is costed in plain Python (`_small_transfer`)
+
+
 class Fabric:
     """All links of the cluster; keeps when each link drains and the bytes it carried.
 
@@ -107,7 +111,12 @@ class Fabric:
         self._ranks = np.arange(n, dtype=self._key_dtype)
         self._t_src = np.zeros(n)
         n_entries = self._entry_pair.size
-        self._diag_entries = bool((self._entry_pair % (n + 1) == 0).any()) if n_entries else False
+        self._entry_on_diag = self._entry_pair % (n + 1) == 0
+        self._diag_entries = bool(self._entry_on_diag.any()) if n_entries else False
+        self._all_entries = np.arange(n_entries)
+        self._src_ptr = np.searchsorted(self._entry_src, np.arange(n + 1))  # source s: entries ptr[s]:ptr[s+1]
+        self._lists = None  # the entry arrays as Python lists, made on the first small wave
+        self._kind_list_cache: dict[str | None, tuple[list[float], list[float] | None]] = {}
         self._diag = np.arange(n) * (n + 1)
         self._no_arrival = np.full(n * n, -np.inf)
         # when every device sends, which pairs send repeats from wave to wave (all of them in the
@@ -152,7 +161,117 @@ class Fabric:
                         self._layouts.clear()
                     layout = self._layouts[key] = _StaticLayout(self, sel)
                 return self._static_transfer(layout, src, start, flat, e_bytes[sel], kind)
+        if len(src) <= SMALL_WAVE_SOURCES:
+            return self._small_transfer(src, start, matrix, kind)
         return self._general_transfer(src, start, matrix, kind)
+
+    def _small_transfer(self, src: np.ndarray, start: np.ndarray, matrix: np.ndarray,
+                        kind: str | None = None) -> np.ndarray:
+        """`_general_transfer` for a wave of few sources (a sparse all-to-all's late waves, a decode
+        step's few tokens), in plain Python: numpy's per-call cost dominates arrays this small. The
+        float operations are the vectorised path's, one for one in the same order (cumulative
+        work, the group offset of the max-plus scan), so the results are identical to the bit."""
+        n = self._n
+        lists = self._lists
+        if lists is None:
+            pair_ptr = np.searchsorted(self._entry_pair, np.arange(n * n + 1))  # pair p: entries [p], [p+1]
+            lists = self._lists = (self._slot_key.tolist(), self._entry_link.tolist(), self._pair_latency.tolist(),
+                                   pair_ptr.tolist())
+        slot_key, e_link_all, latency, pair_ptr = lists
+        inv_all, half_all = self._kind_lists(kind)
+        src_l = src.tolist()
+        start_l = start.tolist()
+        srcs = sorted(src_l)
+        rows = matrix[srcs]
+        rows[np.arange(len(srcs)), srcs] = 0.0  # a device's bytes to itself stay local
+        r_idx, d_idx = np.nonzero(rows > 0)  # in row-major order: pair order, hence entry order
+        if r_idx.size > SMALL_WAVE_FLOWS:  # few sources but many flows: numpy is faster
+            return self._general_transfer(src, start, matrix, kind)
+        self._pair_bytes.reshape(n, n)[srcs] += rows
+        sent = rows[r_idx, d_idx].tolist()
+        t_of = dict(zip(src_l, start_l))
+        rank_of = {s: r for r, s in enumerate(src_l[i] for i in sorted(range(len(src_l)), key=start_l.__getitem__))}
+        ent, pair_e, src_e, work = [], [], [], []
+        for ri, d, b in zip(r_idx.tolist(), d_idx.tolist(), sent):
+            s = srcs[ri]
+            p = s * n + d
+            for e in range(pair_ptr[p], pair_ptr[p + 1]):
+                w = b * inv_all[e]
+                if half_all is not None:
+                    w += half_all[e]
+                ent.append(e)
+                pair_e.append(p)
+                src_e.append(s)
+                work.append(w)
+        m = len(ent)
+        if m == 0:
+            self.last_pair_arrival = np.full((n, n), -np.inf)
+            return np.full(n, -np.inf)
+        keys = [slot_key[ent[i]] + rank_of[src_e[i]] for i in range(m)]
+        order = sorted(range(m), key=keys.__getitem__)  # stable: ties in entry order
+        # the max-plus FIFO scan of `_fifo`, operation for operation
+        free_at = self.free_at
+        w_s = [work[i] for i in order]
+        links_s = [e_link_all[ent[i]] for i in order]
+        cs, acc = [], 0.0
+        for w in w_s:
+            acc += w
+            cs.append(acc)
+        v, firsts, gids = [], [], []
+        g, base_cs = 0.0, 0.0
+        prev_link = -1
+        for j in range(m):
+            link = links_s[j]
+            w = w_s[j]
+            t = t_of[src_e[order[j]]]
+            if link != prev_link:
+                g += 1.0
+                base_cs = cs[j] - w
+                firsts.append(j)
+                f = float(free_at[link])
+                if f > t:
+                    t = f
+                prev_link = link
+            gids.append(g)
+            v.append(t - ((cs[j] - base_cs) - w))
+        span = float(max(v) - min(v)) + 1.0
+        done = [0.0] * m
+        firsts.append(m)
+        for k in range(len(firsts) - 1):
+            base_cs = cs[firsts[k]] - w_s[firsts[k]]
+            run = -np.inf
+            for j in range(firsts[k], firsts[k + 1]):
+                x = v[j] + gids[j] * span
+                if x > run:
+                    run = x
+                done[order[j]] = (run - gids[j] * span) + (cs[j] - base_cs)
+            free_at[links_s[firsts[k + 1] - 1]] = done[order[firsts[k + 1] - 1]]
+        arrival = np.full(n * n, -np.inf)
+        inbound = [-np.inf] * n
+        j = 0
+        while j < m:  # per pair, its last entry's drain, plus the pair's latency
+            p = pair_e[j]
+            last = done[j]
+            j += 1
+            while j < m and pair_e[j] == p:
+                if done[j] > last:
+                    last = done[j]
+                j += 1
+            a = last + latency[p]
+            arrival[p] = a
+            d = p % n
+            if a > inbound[d]:
+                inbound[d] = a
+        self.last_pair_arrival = arrival.reshape(n, n)
+        return np.array(inbound)
+
+    def _kind_lists(self, kind: str | None) -> tuple[list[float], list[float] | None]:
+        """`kind_work` as Python lists, for the small-wave path."""
+        got = self._kind_list_cache.get(kind)
+        if got is None:
+            inv, half = self.kind_work(kind)
+            got = self._kind_list_cache[kind] = (inv.tolist(), None if half is None else half.tolist())
+        return got
 
     def _static_transfer(self, layout: "_StaticLayout", src: np.ndarray, start: np.ndarray, flat: np.ndarray,
                          e_bytes: np.ndarray, kind: str | None = None) -> np.ndarray:
@@ -208,32 +327,43 @@ class Fabric:
 
     def _general_transfer(self, src: np.ndarray, start: np.ndarray, matrix: np.ndarray,
                           kind: str | None = None) -> np.ndarray:
+        """`transfer` for any wave: only the entries of the wave's sources are gathered (each
+        source's entries are one contiguous run, entries being sorted by pair), so a wave of a few
+        sources of a sparse all-to-all costs in proportion to its own flows, not to N^2."""
         n = self._n
-        if len(src) == n:
-            full = matrix.copy()
+        srcs = np.sort(src)
+        ptr = self._src_ptr
+        if srcs.size == n:
+            idx = self._all_entries
+        elif srcs.size == 1:
+            s0 = int(srcs[0])
+            idx = self._all_entries[ptr[s0]:ptr[s0 + 1]]
         else:
-            full = np.zeros((n, n))
-            full[src] = matrix[src]
-        np.fill_diagonal(full, 0.0)
-        t_src = np.zeros(n)
-        t_src[src] = start
-        rank = self._rank
-        rank[src[np.argsort(start, kind="stable")]] = self._ranks[: len(src)]
-        flat = full.ravel()
-        e_bytes = flat[self._entry_pair]
+            idx = np.concatenate([self._all_entries[ptr[s]:ptr[s + 1]] for s in srcs.tolist()])
+        e_pair = self._entry_pair[idx]
+        e_bytes = matrix.ravel()[e_pair]
+        if self._diag_entries:
+            e_bytes = np.where(self._entry_on_diag[idx], 0.0, e_bytes)
         sel = e_bytes > 0
         if not sel.any():  # nothing crosses the network (also: a single device)
             self.last_pair_arrival = np.full((n, n), -np.inf)
             return np.full(n, -np.inf)
-        self._pair_bytes += flat
-        e_pair, e_src = self._entry_pair[sel], self._entry_src[sel]
+        rows = matrix[srcs]  # the bytes the wave's sources hand over, less each one's to itself
+        rows[np.arange(srcs.size), srcs] = 0.0
+        self._pair_bytes.reshape(n, n)[srcs] += rows
+        t_src = np.zeros(n)
+        t_src[src] = start
+        rank = self._rank
+        rank[src[np.argsort(start, kind="stable")]] = self._ranks[: len(src)]
+        idx, e_pair, e_bytes = idx[sel], e_pair[sel], e_bytes[sel]
+        e_src = self._entry_src[idx]
         kind_inv, kind_half = self.kind_work(kind)
-        work = e_bytes[sel] * kind_inv[sel]
+        work = e_bytes * kind_inv[idx]
         if kind_half is not None:
-            work += kind_half[sel]
+            work += kind_half[idx]
         # a stable sort by (link, FIFO rank) keeps ties in entry order: the FIFO order
-        order = np.argsort(self._slot_key[sel] + rank[e_src], kind="stable")
-        groups = _LinkGroups(self._entry_link[sel][order])
+        order = np.argsort(self._slot_key[idx] + rank[e_src], kind="stable")
+        groups = _LinkGroups(self._entry_link[idx][order])
         busy = self._fifo(groups, t_src[e_src[order]], work[order])
 
         entry_done = np.empty(busy.size)
