@@ -12,7 +12,7 @@ tokens it holds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Generator, Iterable
 
 import numpy as np
@@ -32,6 +32,7 @@ from moesim.simulator.program import Program
 from moesim.simulator.phases import PHASES, EXP as _EXP, STRAG as _STRAG, COMB as _COMB
 from moesim.simulator.scenario import Scenario
 from moesim.simulator.step_plan import StepPlan, merge_microbatches
+from moesim.simulator.traffic_totals import reduce_traffic, traffic_totals
 
 
 @dataclass
@@ -63,6 +64,7 @@ class EngineResult:
         return np.where(np.isnan(dur), 0.0, dur).sum(axis=3)
 
 
+KEEP_FULL_PLANS = 8  # steps whose plans are kept whole after they ran (later ones: `Engine._release`)
 CHECK_EVERY = 4096  # events between looks for a signal a SimPy process may have swallowed
 
 
@@ -128,6 +130,8 @@ class Engine:
         self.moe_index = {layer: i for i, layer in enumerate(scenario.model.moe_layers)}
         self.is_moe = [scenario.model.is_moe_layer(layer) for layer in range(L)]
         self._plans: dict[int, list[StepPlan]] = {}
+        self._merged: dict[int, StepPlan] = {}  # released steps' merged plans
+        self._inter = scenario.routes.pair_inter_node
         self._times: dict[int, tuple[list[float], list[float]]] = {}
         self._step_lists: dict[tuple[int, int], tuple] = {}
         self._by_step: dict[tuple[int, int], StepCollectives] = {}
@@ -339,6 +343,23 @@ class Engine:
             for mb in range(self.microbatches):
                 self._by_step.pop((self._forgotten, mb), None)
                 self._step_lists.pop((self._forgotten, mb), None)
+            if self._forgotten >= KEEP_FULL_PLANS:
+                self._release(self._forgotten)
+
+    def _release(self, step: int) -> None:
+        """Keep only what the summary and tables read of a step every device has left: its traffic
+        as totals (traffic_totals.py), not the per-slot arrays the step's costing used, its merged
+        plan made now, and its timeline as arrays (a Python list of floats costs 4x)."""
+        per_mb = self._plans[step]
+        merged = merge_microbatches(per_mb)
+        self._merged[step] = _released(merged, self._inter)
+        if len(per_mb) > 1:
+            self._plans[step] = [_released(p, self._inter) for p in per_mb]
+        else:
+            self._plans[step] = [self._merged[step]]
+        st, en = self._times[step]
+        if isinstance(st, list):
+            self._times[step] = (np.asarray(st, dtype=float), np.asarray(en, dtype=float))
 
     def run_offloaded_experts(self, wait: LayerWait) -> Generator:
         """Run resident experts first, then each fetched expert as its copy lands, then collect the
@@ -380,7 +401,8 @@ class Engine:
         self.start = np.stack([np.asarray(self._times[s][0], dtype=float) for s in range(steps)]).reshape(shape)
         self.end = np.stack([np.asarray(self._times[s][1], dtype=float) for s in range(steps)]).reshape(shape)
         per_mb = [self._plans[s] for s in range(steps)]
-        plans = [merge_microbatches(p) for p in per_mb]
+        plans = [self._merged[s] if s in self._merged else merge_microbatches(p) for s, p in enumerate(per_mb)]
+        self._merged = {}
         self._split_straggler_wait(per_mb)
         return EngineResult(self.start, self.end, plans, self.fabric, offload=self.offload, microbatch_plans=per_mb)
 
@@ -398,7 +420,7 @@ class Engine:
         for mb in range(self.microbatches):
             start, end = all_start[:, :, :, mb], all_end[:, :, :, mb]  # views
             exp_end, comb_start, comb_end = end[..., _EXP], start[..., _COMB], end[..., _COMB]
-            senders = np.stack([p[mb].combine > 0 for p in per_mb])  # (S, Lm, src, dst)
+            senders = np.stack([traffic_totals(p[mb], self._inter).combine_senders() for p in per_mb])  # (S, Lm, src, dst)
             peer_end = np.where(senders, exp_end[:, :, :, None], -np.inf).max(axis=2)  # (S, Lm, dst)
             wait = np.clip(peer_end - comb_start, 0.0, comb_end - comb_start)
             wait = np.where(np.isfinite(wait), wait, 0.0)
@@ -430,3 +452,9 @@ def _group_pairs(n: int, size: int) -> np.ndarray:
     group = np.arange(n) // size
     return (group[:, None] == group[None, :]) & ~np.eye(n, dtype=bool)
 
+
+def _released(plan: StepPlan, inter: np.ndarray) -> StepPlan:
+    """A finished step's plan without the arrays only its simulation read: its traffic reduced to
+    totals, no per-slot tokens, times or op lists."""
+    return replace(plan, traffic=reduce_traffic(plan.traffic, inter), slot_tokens=None, slot_time=None,
+                   expert_tokens=None, layer_ops=None)

@@ -13,6 +13,7 @@ import pandas as pd
 
 from moesim.simulator.engine import EngineResult
 from moesim.simulator.phases import COMPUTE_PHASES, PHASES
+from moesim.simulator.traffic_totals import traffic_totals
 from moesim.simulator.offload.metrics import layer_offload_columns, offload_summary
 from moesim.simulator.scenario import Scenario
 
@@ -137,12 +138,12 @@ def summarize(sc: Scenario, raw: EngineResult) -> SimResult:
         by_class[cls] = by_class.get(cls, 0.0) + float(b)
     inter = routes.pair_inter_node
     payload = {"dispatch": 0.0, "combine": 0.0, "dispatch_inter_node": 0.0, "combine_inter_node": 0.0}
-    for p in raw.plans:
-        off = ~np.eye(n, dtype=bool)
-        payload["dispatch"] += float(p.dispatch[:, off].sum())
-        payload["combine"] += float(p.combine[:, off].sum())
-        payload["dispatch_inter_node"] += float(p.dispatch[:, inter].sum())
-        payload["combine_inter_node"] += float(p.combine[:, inter].sum())
+    totals = [traffic_totals(p, inter) for p in raw.plans]
+    for t in totals:
+        payload["dispatch"] += t.off_device["dispatch"]
+        payload["combine"] += t.off_device["combine"]
+        payload["dispatch_inter_node"] += t.inter_node["dispatch"]
+        payload["combine_inter_node"] += t.inter_node["combine"]
 
     compute_idx = [PHASES.index(p) for p in COMPUTE_PHASES]
     busy = dur[..., compute_idx].sum(axis=(0, 1, 3))
@@ -157,11 +158,11 @@ def summarize(sc: Scenario, raw: EngineResult) -> SimResult:
     if n_moe:  # one row per (step, MoE layer), reduced over devices with the arrays stacked
         moe_idx = np.asarray(moe, dtype=np.int64)
         expert = np.stack([p.expert[moe_idx] for p in raw.plans])  # (S, Lm, N)
-        dispatch = np.stack([p.dispatch.reshape(n_moe, -1) for p in raw.plans])  # (S, Lm, N*N)
+        dispatch_bytes = np.stack([t.layer_bytes["dispatch"] for t in totals])  # (S, Lm)
         layers = pd.DataFrame({
             "step": np.repeat(np.arange(n_steps), n_moe), "layer": np.tile(moe_idx, n_steps),
             "expert_time_max_s": expert.max(axis=2).ravel(), "expert_time_mean_s": expert.mean(axis=2).ravel(),
-            "straggler_ratio": np.asarray(ratios, dtype=float).ravel(), "dispatch_bytes": dispatch.sum(axis=2).ravel(),
+            "straggler_ratio": np.asarray(ratios, dtype=float).ravel(), "dispatch_bytes": dispatch_bytes.ravel(),
             "dropped_rows": np.stack([p.rows_dropped for p in raw.plans]).astype(np.int64).ravel(),
             "active_experts_per_device": np.stack([p.experts_active.mean(axis=1) for p in raw.plans]).ravel()})
     else:

@@ -10,18 +10,19 @@ import numpy as np
 import pandas as pd
 
 from moesim.simulator.metrics import SimResult
+from moesim.simulator.traffic_totals import traffic_totals
 
 
 def traffic_table(result: SimResult) -> pd.DataFrame:
     """(src, dst) all-to-all payload summed over the run: dispatch and combine bytes, off-device only."""
-    plans = result.raw.plans
     n = result.scenario.num_devices
-    dispatch = sum((p.dispatch.sum(axis=0) for p in plans), np.zeros((n, n)))
-    combine = sum((p.combine.sum(axis=0) for p in plans), np.zeros((n, n)))
+    inter = result.scenario.routes.pair_inter_node
+    totals = [traffic_totals(p, inter) for p in result.raw.plans]
+    dispatch = sum((t.pair_bytes["dispatch"] for t in totals), np.zeros((n, n)))
+    combine = sum((t.pair_bytes["combine"] for t in totals), np.zeros((n, n)))
     np.fill_diagonal(dispatch, 0.0)
     np.fill_diagonal(combine, 0.0)
     src, dst = np.nonzero((dispatch + combine) > 0)
-    inter = result.scenario.routes.pair_inter_node
     return pd.DataFrame({"src": src, "dst": dst, "dispatch_bytes": dispatch[src, dst],
                          "combine_bytes": combine[src, dst], "inter_node": inter[src, dst]})
 
