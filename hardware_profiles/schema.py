@@ -208,7 +208,7 @@ class CommCost(_Strict):
 
 class LinkSpec(_Strict):
     name: str
-    kind: Literal["nvlink", "pcie", "infiniband", "roce", "hccs", "ethernet", "c2c", "storage", "pim"]
+    kind: Literal["nvlink", "pcie", "infiniband", "roce", "hccs", "ub", "ethernet", "c2c", "storage", "pim"]
     bandwidth: Bandwidth = Field(gt=0, description="per direction, per endpoint, in B/s")
     latency: Seconds = Field(ge=0, description="one-way latency per message")
     efficiency: float = Field(0.8, gt=0, le=1, description="achievable fraction of bandwidth")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from moesim.placement.placement import Placement, contiguous as contiguous_layout, from_share_matrices
+from moesim.placement.placement import Placement, contiguous as contiguous_layout, from_share_matrices, with_redundant_slots
 from moesim.placement.placement import round_robin as round_robin_layout
 from moesim.placement.problem import PlacementProblem
 
@@ -25,16 +25,27 @@ def _check_one_copy_fits(problem: PlacementProblem, per_device: np.ndarray, name
         raise ValueError(f"{name} puts {per_device[d]} experts on device {d}, which has {problem.slots[d]} slots")
 
 
+def _even_slots(problem: PlacementProblem, pl: Placement) -> Placement:
+    """Where the devices do not divide the experts (or outnumber them), redundant copies even out
+    the slots, as the simulator lays out `placement.policy` contiguous and round_robin (DeepSeek's
+    EP144 / EP320: every device holds ceil(E / D) experts), where the problem's copy budget allows
+    them (moesim place always does: problem_from_scenario takes at least those redundant copies)."""
+    E, D = problem.num_experts, problem.num_devices
+    return with_redundant_slots(pl) if E % D and problem.budget >= D * -(-E // D) else pl
+
+
 def contiguous(problem: PlacementProblem, seed: int = 0) -> Placement:
-    """Experts in contiguous chunks, one copy each, the same on every layer."""
-    pl = contiguous_layout(problem.num_experts, problem.num_devices, problem.num_layers)
+    """Experts in contiguous chunks, one copy each, the same on every layer (redundant copies
+    even out the slots where the devices do not divide the experts)."""
+    pl = _even_slots(problem, contiguous_layout(problem.num_experts, problem.num_devices, problem.num_layers))
     _check_one_copy_fits(problem, pl.experts_per_device().max(axis=0), "contiguous")
     return pl
 
 
 def round_robin(problem: PlacementProblem, seed: int = 0) -> Placement:
-    """Expert e on device e mod D, one copy each."""
-    pl = round_robin_layout(problem.num_experts, problem.num_devices, problem.num_layers)
+    """Expert e on device e mod D, one copy each (redundant copies even out the slots where the
+    devices do not divide the experts)."""
+    pl = _even_slots(problem, round_robin_layout(problem.num_experts, problem.num_devices, problem.num_layers))
     _check_one_copy_fits(problem, pl.experts_per_device().max(axis=0), "round_robin")
     return pl
 

@@ -116,8 +116,8 @@ _HF_DTYPE = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float8_e
 
 def hf_config_to_spec(cfg: dict[str, Any], default_name: str = "hf-model",
                       origin: dict[str, str] | None = None) -> dict[str, Any]:
-    """Map the fields Hugging Face MoE configs use (Mixtral, DeepSeek, Qwen-MoE, OLMoE, GPT-OSS,
-    Switch) onto a ModelSpec mapping. Missing MoE fields fail loudly rather than guess; a count
+    """Map the fields Hugging Face MoE configs use (Mixtral, DeepSeek and Kimi K2, Qwen-MoE, GLM-4.5, OLMoE,
+    GPT-OSS, Llama 4, Switch) onto a ModelSpec mapping. Missing MoE fields fail loudly rather than guess; a count
     that is not a whole number of the right size raises HFConfigError naming the HF key.
     `origin`, if given, is filled with ModelSpec field path -> the HF key it was read from."""
     if "text_config" in cfg:
@@ -140,18 +140,27 @@ def hf_config_to_spec(cfg: dict[str, Any], default_name: str = "hf-model",
         raise HFConfigError(_key(cfg, "num_experts_per_tok", "experts_per_token", "moe_topk", "num_selected_experts"),
                             f"{top_k} experts per token exceeds the {experts} experts "
                             f"({_key(cfg, 'num_local_experts', 'n_routed_experts', 'num_experts')})")
-    dense_ffn = count("dense_intermediate_size", "intermediate_size", "d_ff", "ffn_dim")
-    expert_ffn = count("moe.expert_intermediate_size", "moe_intermediate_size", "expert_intermediate_size",
-                       default=dense_ffn)
+    # Llama 4: intermediate_size_mlp is the dense layers' FFN and intermediate_size the experts' (routed and shared)
+    llama4 = str(cfg.get("model_type", "")).startswith("llama4") or cfg.get("intermediate_size_mlp") is not None
+    dense_ffn = count("dense_intermediate_size", *(("intermediate_size_mlp",) if llama4 else ()), "intermediate_size",
+                      "d_ff", "ffn_dim")
+    if llama4:
+        expert_ffn = count("moe.expert_intermediate_size", "moe_intermediate_size", "expert_intermediate_size",
+                           "intermediate_size")
+    else:
+        expert_ffn = count("moe.expert_intermediate_size", "moe_intermediate_size", "expert_intermediate_size",
+                           default=dense_ffn)
     shared = count("moe.num_shared_experts", "n_shared_experts", "num_shared_experts", default=0, minimum=0) or 0
     shared_size = count(None, "shared_expert_intermediate_size", default=None, minimum=0)
     if shared_size and not shared:
         shared = 1  # Qwen2-MoE style: one shared expert of its own width
+    if llama4 and not shared:
+        shared = 1  # Llama4TextMoe always adds one shared expert of intermediate_size (the config has no field)
     first_dense = count("moe.first_dense_layers", "first_k_dense_replace", default=0, minimum=0) or 0
     if first_dense > layers:
         raise HFConfigError("first_k_dense_replace", f"{first_dense} dense layers exceed the {layers} layers")
-    freq = count("moe.layer_freq", "moe_layer_freq", "decoder_sparse_step", "encoder_sparse_step", default=1,
-                 minimum=0) or 1
+    freq = count("moe.layer_freq", "moe_layer_freq", "decoder_sparse_step", "encoder_sparse_step",
+                 "interleave_moe_layer_step", default=1, minimum=0) or 1  # Llama 4: layers step-1, 2*step-1, ...
     count("vocab_size", "vocab_size")
     groups = count("moe.expert_groups", "n_group", default=1) or 1
     if experts % groups:
