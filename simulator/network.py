@@ -123,6 +123,7 @@ class Fabric:
         # usual dense all-to-all; a fixed pattern for staged dispatch): its layout is cached
         self._dense = _StaticLayout(self, np.ones(n_entries, dtype=bool)) if n_entries else None
         self._layouts: dict[bytes, _StaticLayout] = {}
+        self._seen_once: set[bytes] = set()
 
     def kind_work(self, kind: str | None) -> tuple[np.ndarray, np.ndarray | None]:
         """Per kept entry: seconds per byte and seconds per message (None: none) of a comm kind on its
@@ -156,11 +157,15 @@ class Fabric:
             sel = e_bytes > 0
             if sel.any():
                 layout = self._layouts.get(key := sel.tobytes())
-                if layout is None:
+                if layout is None and key in self._seen_once:  # a pattern that recurs: precompute it
                     if len(self._layouts) >= 64:
                         self._layouts.clear()
                     layout = self._layouts[key] = _StaticLayout(self, sel)
-                return self._static_transfer(layout, src, start, flat, e_bytes[sel], kind)
+                if layout is not None:
+                    return self._static_transfer(layout, src, start, flat, e_bytes[sel], kind)
+                if len(self._seen_once) >= 4096:  # a layout costs more than one general wave: build it
+                    self._seen_once.clear()  # only for a pattern seen before (serving's rarely repeat)
+                self._seen_once.add(key)
         if len(src) <= SMALL_WAVE_SOURCES:
             return self._small_transfer(src, start, matrix, kind)
         return self._general_transfer(src, start, matrix, kind)
