@@ -375,16 +375,24 @@ class ScenarioFile:
         return str(resolve_lenient(self.base_dir / p))  # a symlink loop is reported by the file's reader
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ScenarioFile:
+ItemsRelativeTo = Literal["cwd", "config"]
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None,
+                items_relative_to: ItemsRelativeTo = "cwd") -> ScenarioFile:
     """Read and validate a scenario config file (schema only; see `resolve` for the rest).
     `overrides` ("workload.batch_size=64", as given to --set) change the file's values first
-    and are validated with them."""
+    and are validated with them. A relative path in an override resolves against the working
+    directory (`items_relative_to="cwd"`, what --set means; `anchor_set_paths`), or against the
+    config's folder as if written in the file (`"config"`: a sweep file's axes)."""
     path = Path(path)
     from moesim.simulator.config_extends import resolve_extends
 
     data, chain = resolve_extends(load_yaml(path), path)
     overrides = list(overrides or [])
     set_fields = apply_overrides(data, overrides)
+    if items_relative_to == "cwd":
+        anchor_set_paths(data, overrides, set_fields, path)
     try:
         cfg = validate(ScenarioConfig, data, path)
     except ConfigError as err:
@@ -430,6 +438,118 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> list[str]:
         node[parts[-1]] = value
         fields.append(key)
     return fields
+
+
+# --- paths given by --set -------------------------------------------------------------------
+# A relative path written in a config resolves against the config's folder (ScenarioFile.resolve_path);
+# one given on the command line (--set, or load_scenario's items) against the working directory.
+# anchor_set_paths makes each such path absolute before validation, so the rest of loading is the
+# same for both. Which values are paths:
+#   - fields that only ever hold a path (SET_FILE_FIELDS, SET_FOLDER_FIELDS): every relative value;
+#   - fields that hold a bundled profile name or a path (SET_NAMED_FIELDS: model, hardware.cluster): a
+#     value that contains a path separator or ends in a file suffix (PATH_SUFFIXES, `looks_like_path`);
+#     anything else (h800-4x8, DeepSeek-V3) stays a name and is looked up as one.
+# A file the value names must exist relative to the working directory, else a ConfigError names the
+# field, that path, the bundled names (named fields) and the config's folder (which is not searched).
+# Absolute paths are left alone (their readers report a missing file).
+
+SET_NAMED_FIELDS = {"model": "model", "hardware.cluster": "cluster"}  # field -> what its bundled names name
+SET_FILE_FIELDS = ("placement.file", "workload.routing.trace", "workload.routing.synthetic", "workload.routing.loads",
+                   "routing.trace", "routing.synthetic", "routing.loads", "serving.arrivals.path",
+                   "serving.prompt_tokens.path", "serving.output_tokens.path")
+SET_FOLDER_FIELDS = ("outputs.dir",)  # written, not read: not checked for existence
+PATH_SUFFIXES = (".yaml", ".yml", ".json", ".jsonl", ".parquet", ".pq", ".npz", ".npy", ".pt", ".pth", ".csv")
+
+
+def looks_like_path(value: str) -> bool:
+    """Whether a name-or-path value is a path: absolute, holding a path separator, or ending in a
+    file suffix moesim reads (a bundled name has none of these)."""
+    import os
+
+    seps = [s for s in (os.sep, os.altsep, "/") if s]
+    return Path(value).is_absolute() or any(s in value for s in seps) or Path(value).suffix.lower() in PATH_SUFFIXES
+
+
+def _bundled_names(kind: str) -> list[str]:
+    if kind == "model":
+        from moesim.workloads.models import _bundled
+
+        return sorted(_bundled())
+    from moesim.hardware_profiles.loader import list_profiles
+
+    return list_profiles("clusters")
+
+
+def _set_path_missing(text: str, where: Path, cwd: Path, config_dir: Path | None, kind: str | None) -> str:
+    """The message for a relative --set path that names nothing in the working directory."""
+    from moesim.errors import closest_names
+
+    msg = f"no file {text} in the working directory ({where})"
+    if kind is not None:
+        close = closest_names(text, _bundled_names(kind))
+        msg += f", and '{text}' is not the name of a bundled {kind}" + (
+            f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else "")
+    if config_dir is None or resolve_lenient(config_dir) == resolve_lenient(cwd):  # one place only
+        return msg
+    config_dir = resolve_lenient(config_dir)
+    msg += (f"; a relative path given by --set resolves against the working directory, not the config's folder "
+            f"({config_dir})")
+    beside = config_dir / text
+    if beside.exists():
+        msg += f", which has {beside}: give that path"
+    return msg
+
+
+def anchor_set_paths(data: dict[str, Any], overrides: list[str], fields: list[str], config_path: Path | None,
+                     cwd: Path | None = None) -> None:
+    """Make every relative path the overrides set absolute against `cwd` (default the working
+    directory), in place; a file value that names nothing there is a ConfigError naming the field,
+    the path looked at, the bundled names (model, cluster) and the config's folder. `fields` are
+    the overrides' dotted fields (from apply_overrides); every value under one came from them."""
+    import os
+
+    cwd = Path(cwd) if cwd is not None else Path.cwd()
+    config_dir = Path(config_path).parent if config_path is not None else None
+
+    def item_for(field: str) -> str:
+        given = [o for o, f in zip(overrides, fields) if _within(field, f)]
+        return given[-1] if given else ""
+
+    def anchor(field: str, holder: Any, key: Any, kind: str | None, check: bool) -> None:
+        text = holder[key]
+        if not isinstance(text, str) or not text.strip() or Path(text).expanduser().is_absolute():
+            return
+        if kind is not None and not looks_like_path(text):
+            return  # a bundled name
+        where = Path(os.path.abspath(cwd / Path(text).expanduser()))
+        if check and not os.path.lexists(where):  # a broken symlink or a loop: its reader says which
+            raise ConfigError(f"{_set_path_missing(text, where, cwd, config_dir, kind)} (given by --set "
+                              f"{item_for(field)})", file=config_path or "<config>", field=field)
+        holder[key] = str(where)
+
+    def walk(field: str, holder: Any, key: Any) -> None:
+        value = holder[key]
+        if isinstance(value, dict):
+            for k in list(value):
+                walk(f"{field}.{k}", value, k)
+            return
+        if field in SET_NAMED_FIELDS:
+            anchor(field, holder, key, SET_NAMED_FIELDS[field], check=True)
+        elif field in SET_FILE_FIELDS or field in SET_FOLDER_FIELDS:
+            check = field in SET_FILE_FIELDS
+            if isinstance(value, list):  # routing.loads: a history of files
+                for i in range(len(value)):
+                    anchor(f"{field}[{i}]", value, i, None, check)
+            else:
+                anchor(field, holder, key, None, check)
+
+    for field in dict.fromkeys(fields):  # each once, in order
+        *parents, last = field.split(".")
+        node: Any = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and last in node:
+            walk(field, node, last)
 
 
 def config_from_dict(data: dict[str, Any], base_dir: str | Path | None = None) -> ScenarioFile:

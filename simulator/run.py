@@ -48,10 +48,11 @@ def simulate(scenario: Scenario | ScenarioFile | str | Path | dict,
     if usage is not None:  # which unit ran what, over every step the engine ran
         result.summary["units"] = usage
     if scenario.config.serving is not None:
-        from moesim.simulator.serving.outcome import serving_outcome
+        from moesim.simulator.serving.outcome import drop_fixed_batch_keys, serving_outcome
 
         result.requests, result.iterations, result.summary["serving"] = serving_outcome(scenario, raw, engine.source,
                                                                                         cache=engine.cache)
+        result.summary["serving"]["iteration_latency_s"] = drop_fixed_batch_keys(result.summary)
     return result
 
 

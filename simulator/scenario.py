@@ -17,7 +17,8 @@ from moesim.hardware_profiles import ClusterSpec, DeviceSpec, load_cluster, load
 from moesim.hardware_profiles.topology import Routes
 from moesim.placement import Placement, load_placement_file
 from moesim.placement.placement import with_redundant_slots
-from moesim.simulator.config import ScenarioConfig, ScenarioFile, WorkloadConfig, config_error, config_file, load_config
+from moesim.simulator.config import (ItemsRelativeTo, ScenarioConfig, ScenarioFile, WorkloadConfig, config_error,
+                                     config_file, load_config)
 from moesim.simulator.cost_model import CostModel
 from moesim.simulator.machine import Machine, Scale, build_machine
 from moesim.simulator.expert_precision import ExpertPrecision, expert_precision
@@ -355,16 +356,25 @@ def _memory(sf: ScenarioFile, cfg: ScenarioConfig, model: ModelSpec, machine: Ma
 
 
 def load_scenario(config: "str | Path | dict", overrides: list[str] | None = None,
-                  base_dir: str | Path | None = None) -> Scenario:
+                  base_dir: str | Path | None = None, items_relative_to: ItemsRelativeTo = "cwd") -> Scenario:
     """Load, validate and resolve a scenario config: a file, or a mapping (a notebook's dict; its
     relative paths resolve against `base_dir`, default the working directory), with --set style
-    overrides ("workload.batch_size=64") applied first."""
+    overrides ("workload.batch_size=64") applied first.
+
+    A relative path in an override (`workload.routing.trace=t.parquet`, `hardware.cluster=c.yaml`)
+    resolves against the working directory, as `--set` on the command line does
+    (`items_relative_to="cwd"`, simulator/config.py `anchor_set_paths` says which values are
+    paths); `items_relative_to="config"` resolves it as if written in the config (against the
+    file's folder, or `base_dir` for a mapping), as a sweep file's axes do."""
     if isinstance(config, dict):
         import copy
 
-        from moesim.simulator.config import apply_overrides, config_from_dict
+        from moesim.simulator.config import anchor_set_paths, apply_overrides, config_from_dict
 
         data = copy.deepcopy(config)
-        apply_overrides(data, list(overrides or []))
+        items = list(overrides or [])
+        fields = apply_overrides(data, items)
+        if items_relative_to == "cwd":
+            anchor_set_paths(data, items, fields, Path(base_dir) / "scenario.yaml" if base_dir else None)
         return resolve(config_from_dict(data, base_dir))
-    return resolve(load_config(config, overrides))
+    return resolve(load_config(config, overrides, items_relative_to))

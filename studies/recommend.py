@@ -99,7 +99,7 @@ def run_recommend(cfg: RecommendConfig, base: Path, cache_dir: str | Path,
     for point in points(cfg):
         items = overrides(point)
         try:
-            sc = load_scenario(base, items + [f"{RATE}={cfg.load.min}"])
+            sc = load_scenario(base, items + [f"{RATE}={cfg.load.min}"], items_relative_to="config")
         except MoesimError as err:  # does not fit in memory, or does not resolve: never simulated
             rows.append({**point, "status": "pruned", "reason": str(err)})
             continue
@@ -107,7 +107,7 @@ def run_recommend(cfg: RecommendConfig, base: Path, cache_dir: str | Path,
 
         def meets(rate: float) -> bool:
             probe = items + [f"{RATE}={rate:.6g}"]
-            key = point_key(load_scenario(base, probe))
+            key = point_key(load_scenario(base, probe, items_relative_to="config"))
             row = cache.get(key)
             if row is None:
                 row = evaluate(str(base), probe)

@@ -91,7 +91,7 @@ def simulate_point(base: str, items: list[str]) -> dict[str, Any]:
     from moesim.simulator.scenario import load_scenario
 
     try:
-        sc = load_scenario(base, items)
+        sc = load_scenario(base, items, items_relative_to="config")  # axis paths: as written in the base
         return {"status": "ok", "error": "", **metrics_row(sc, simulate(sc).summary)}
     except MoesimError as err:  # a config that does not resolve, a workload that does not fit, ...
         return {"status": "failed", "error": str(err)}
@@ -165,7 +165,7 @@ def plan(cfg: SweepConfig, base: Path) -> list[tuple[dict[str, Any], list[str], 
     for point in points(cfg):
         items = overrides(point)
         try:
-            out.append((point, items, point_key(load_scenario(base, items)), ""))
+            out.append((point, items, point_key(load_scenario(base, items, items_relative_to="config")), ""))
         except MoesimError as err:
             out.append((point, items, None, str(err)))
     return out

@@ -17,7 +17,9 @@ pareto: {x: devices, y: throughput_per_device_tokens_per_s}   # the report's fro
 An axis is a list of values, `{range: [start, stop], step: s}` (inclusive, numbers), or
 `{doubling: [start, stop]}` (start, 2 start, ... up to stop). Axes not in a `zip` group are
 crossed with each other and with each group; a point is the base config with one value per
-axis set as `--set FIELD=VALUE` would. Points come out in a fixed order (the axes' order in the
+axis set as `--set FIELD=VALUE` would, except that a relative path in an axis resolves against
+the base config's folder, as if written in it (a path given by --set resolves against the working
+directory). Points come out in a fixed order (the axes' order in the
 file, the last one fastest), so a sweep's table rows and its cache keys do not depend on how
 it was run.
 """

@@ -176,6 +176,7 @@ def test_place_loads_uses_the_matrix(tmp_path, toy_config, capsys, monkeypatch):
 
     from moesim.studies.placement_inputs import problem_from_scenario
 
+    monkeypatch.chdir(tmp_path)  # a relative path in load_scenario's items resolves against the working directory
     sc = load_scenario(path, ["workload.routing.generator=load_matrix", "workload.routing.loads=toy-moe8.csv"])
     p = problem_from_scenario(sc, time_model="tokens")
     tokens = sc.moe_tokens.sum()  # one EP group
@@ -231,7 +232,7 @@ def test_history_that_does_not_fit_the_model(tmp_path, array, field, message):
     assert err.value.file == str(path) and err.value.field == field
 
 
-def test_config_and_cli_errors(tmp_path, toy_config, capsys):
+def test_config_and_cli_errors(tmp_path, toy_config, capsys, monkeypatch):
     path = _scenario(tmp_path, toy_config, {"generator": "load_matrix"}, batch_size=8)
     with pytest.raises(ConfigError, match="needs routing.loads"):
         load_scenario(path)
@@ -239,5 +240,6 @@ def test_config_and_cli_errors(tmp_path, toy_config, capsys):
     assert main(["place", str(path), "--loads", str(bad), "--methods", "eplb", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "--loads" in err and "4 experts per layer" in err
+    monkeypatch.chdir(tmp_path)  # the loads file, relative to the working directory
     with pytest.raises(ConfigError, match="window 5 asked but the history has 2"):
         load_scenario(path, ["workload.routing.loads=toy-moe8.csv", "workload.routing.window=5"])

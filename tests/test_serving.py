@@ -4,6 +4,8 @@ KV admission within capacity, determinism, and a deployment too small for one re
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -251,3 +253,36 @@ def test_replayed_iterations_count_their_link_bytes_once(tmp_path):
         cfg["serving"]["iteration_cache"] = cache
         moved[cache] = simulate(write_config(tmp_path, cfg, f"c{cache}.yaml")).summary["bytes_by_link_class"]
     assert moved[True]["nvlink"] == pytest.approx(moved[False]["nvlink"], rel=0.05)
+
+
+@pytest.mark.parametrize("kind", ["open", "closed", "disaggregated"])
+def test_serving_summary_has_no_fixed_batch_keys_at_top_level(tmp_path, kind, toy_config):
+    """A serving run's summary.json answers in request terms (metrics.serving); the fixed-batch
+    headline keys, computed over scheduler iterations and easy to take for TPOT, are not at its
+    top level. The iteration durations are under serving.iteration_latency_s (each pool's under
+    serving.disaggregation when the pools iterate apart)."""
+    from moesim.simulator.run import write_run_dir
+    from moesim.simulator.serving.outcome import FIXED_BATCH_KEYS
+
+    cfg = {"open": lambda: serving_config(num_requests=6), "closed": lambda: serving_config(users=2, num_requests=4),
+           "disaggregated": lambda: disaggregated_config(num_requests=4)}[kind]()
+    result = simulate(load_scenario(toy_file(tmp_path, cfg)))
+    summary = result.summary
+    assert FIXED_BATCH_KEYS == ("step_latency_s", "tokens_per_step", "throughput_tokens_per_s",
+                                "time_per_output_token_s")
+    assert not set(FIXED_BATCH_KEYS) & set(summary), sorted(summary)
+    assert "throughput_tokens_per_s" not in (summary.get("error_bar") or {})
+    sv = summary["serving"]
+    assert sv["latency"]["tpot_s"]["count"] > 0 and sv["throughput"]["output_tokens_per_s"] > 0
+    if kind == "disaggregated":
+        assert sv["iteration_latency_s"] is None
+        pools = [sv["disaggregation"][p]["iteration_latency_s"] for p in ("prefill", "decode")]
+    else:
+        pools = [sv["iteration_latency_s"]]
+    for lat in pools:
+        assert set(lat) == {"mean", "p50", "p99", "max"} and 0 < lat["mean"] <= lat["max"]
+    written = json.loads((write_run_dir(result, tmp_path / "run") / "summary.json").read_text())["metrics"]
+    assert not set(FIXED_BATCH_KEYS) & set(written)
+    (tmp_path / "fixed").mkdir()
+    fixed = simulate(load_scenario(toy_file(tmp_path / "fixed", toy_config))).summary
+    assert set(FIXED_BATCH_KEYS) <= set(fixed)  # a fixed-batch run keeps them

@@ -118,12 +118,15 @@ def simulate_disaggregated(sc: Scenario, progress=None) -> SimResult:
     summary["memory_per_rank_bytes"] = rank_memory(dec).as_dict()
     summary["replicas"] = pre_result.summary["serving"]["replicas"] + dec_result.summary["serving"]["replicas"]
     summary["iterations"] = len(iterations)
+    summary["iteration_latency_s"] = None  # the pools iterate apart: each pool's under disaggregation
     summary["disaggregation"] = {
         "prefill": {"gpus": pre.num_devices, "ep": pre.ep, "tp": pre.tp, "dp": pre.dp,
                     "iterations": pre_result.summary["serving"]["iterations"],
+                    "iteration_latency_s": pre_result.summary["serving"].get("iteration_latency_s"),
                     "memory_per_rank_bytes": rank_memory(pre).as_dict()},
         "decode": {"gpus": dec.num_devices, "ep": dec.ep, "tp": dec.tp, "dp": dec.dp,
-                   "iterations": dec_result.summary["serving"]["iterations"]},
+                   "iterations": dec_result.summary["serving"]["iterations"],
+                   "iteration_latency_s": dec_result.summary["serving"].get("iteration_latency_s")},
         "kv_transfer": {"bytes_per_token": per_token, "path_bandwidth_bytes_per_s": bandwidth,
                         "mean_s": float(np.mean(seconds)), "max_s": float(np.max(seconds)),
                         "model": "latency + prompt KV bytes / (bandwidth x prefill tp); transfers not queued"},

@@ -74,6 +74,31 @@ def serving_outcome(sc: Scenario, raw: EngineResult, source: ServingSource,
     return table, iterations, summary
 
 
+#: summary.json keys of a fixed-batch run that a serving run leaves out: they are computed over scheduler
+#: iterations and the stand-in workload a serving config resolves with (one decode token per replica), so
+#: `time_per_output_token_s` would read as TPOT and `throughput_tokens_per_s` as the output rate, and
+#: neither is. A serving run's numbers are under `serving`; the iteration durations under
+#: `serving.iteration_latency_s`.
+FIXED_BATCH_KEYS = ("step_latency_s", "tokens_per_step", "throughput_tokens_per_s", "time_per_output_token_s")
+
+
+def drop_fixed_batch_keys(summary: dict) -> dict | None:
+    """Take FIXED_BATCH_KEYS out of a serving run's summary (in place) and return what
+    `serving.iteration_latency_s` keeps: mean, p50, p99 and max seconds of a scheduler iteration
+    (first rank's start to last rank's end). The error bar keeps its interval on the mean
+    iteration (`step_latency_s`, which the run report reads) and loses the one on the stand-in
+    throughput."""
+    latency = summary.get("step_latency_s")
+    for key in FIXED_BATCH_KEYS:
+        summary.pop(key, None)
+    bar = summary.get("error_bar")
+    if isinstance(bar, dict):
+        bar.pop("throughput_tokens_per_s", None)
+        if bar.get("step_latency_s") is not None:
+            bar["applies_to"] = "step_latency_s: the mean scheduler iteration (serving.iteration_latency_s)"
+    return latency
+
+
 def cache_outcome(cache: IterationCache | None, start: np.ndarray, end: np.ndarray) -> dict | None:
     """The iteration cache's part of the summary from the (steps, replicas) step times, None without one."""
     if cache is None:
