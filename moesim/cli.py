@@ -98,11 +98,20 @@ def _simulate(args: argparse.Namespace) -> int:
     console = console_for(stderr=args.json)  # with --json, stdout carries only the JSON
     overrides = _overrides(args)
     if args.load:
+        if args.vllm_json:
+            from moesim.errors import ConfigError
+
+            raise ConfigError("--vllm-json writes the results of one serving run; with --load, run each load on "
+                              "its own (--set serving.users=N or serving.arrivals.rate=R)", field="--vllm-json")
         return _sweep(args, overrides, console)
     scenario = load_scenario(args.config, overrides)
+    if args.vllm_json:
+        _vllm_json_target(args, scenario)
     out = _run_dir_for(args, scenario, console)
     result = _simulated(args, scenario, console)
     run_dir = write_run_dir(result, out, force=args.force, overrides=overrides, keep="the run directory")
+    if args.vllm_json:
+        _write_vllm_json(args, run_dir)
     if args.json:
         from moesim import json_io
 
@@ -113,11 +122,35 @@ def _simulate(args: argparse.Namespace) -> int:
         (print_serving_summary if result.requests is not None else print_summary)(result, console)
     if not args.quiet:
         console.print(f"run directory: [bold]{run_dir}[/bold]")
+        if args.vllm_json:
+            console.print(f"vLLM benchmark JSON (simulated): [bold]{args.vllm_json}[/bold]")
     if args.report:
         page = _run_report(run_dir, None)
         if not args.quiet:
             console.print(f"report: [bold]{page}[/bold]")
     return 0
+
+
+def _vllm_json_target(args: argparse.Namespace, scenario) -> None:
+    """--vllm-json: a serving run, and a .json file that may be written (before simulating)."""
+    from moesim.errors import ConfigError
+
+    if scenario.config.serving is None:
+        raise ConfigError("--vllm-json writes a serving run's results in vLLM's serving-benchmark layout; this "
+                          "config has a fixed-batch workload (give a config with a serving: section)",
+                          field="--vllm-json")
+    _out_file(args.vllm_json, "--vllm-json", (".json",), args.force)
+
+
+def _write_vllm_json(args: argparse.Namespace, run_dir: Path) -> None:
+    """The run's results as vLLM's `vllm bench serve --save-result --save-detailed` JSON (simulated)."""
+    from moesim import json_io
+    from moesim.outputs import atomic_file
+    from moesim.simulator.serving.vllm_export import vllm_result_from_run
+
+    data = vllm_result_from_run(run_dir)
+    with atomic_file(args.vllm_json, option="--vllm-json", force=args.force, keep="the vLLM benchmark JSON") as tmp:
+        json_io.write(tmp, data)
 
 
 def _simulated(args: argparse.Namespace, scenario, console):
@@ -267,6 +300,12 @@ def _report(args: argparse.Namespace) -> int:
         out = args.out or Path("runs") / ("compare-" + "-vs-".join(Path(r).name for r in args.runs))[:120]
         with atomic_dir(out, command="report", force=args.force or args.out is None, keep="the report") as partial:
             page = out / write_comparison_report(args.runs, partial).relative_to(partial)
+        from rich.markup import escape
+
+        from moesim.reports.compare_guard import warning_for_dirs
+
+        if (warning := warning_for_dirs(args.runs)) is not None:
+            console.print(f"[bold yellow]warning:[/bold yellow] {escape(warning)}", highlight=False)
     console.print(f"report: [bold]{page}[/bold]")
     return 0
 
@@ -603,6 +642,10 @@ def _trace_stats(args: argparse.Namespace) -> int:
 
     console = console_for()
     _out_dir(args.out, force=args.force)
+    if args.html is not None:
+        from moesim.reports.trace_stats_page import check_html_target
+
+        check_html_target(args.html, args.force, args.out)
     trace = open_trace(args.file, _trace_model(args.model))
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task(f"reading {args.file.name}", total=trace.num_rows)
@@ -612,10 +655,19 @@ def _trace_stats(args: argparse.Namespace) -> int:
     if args.out:
         from moesim.outputs import atomic_dir
         from moesim.reports.trace_plots import write_stats_dir
+        from moesim.reports.trace_stats_page import write_stats_pages
 
         with atomic_dir(args.out, command="trace stats", force=args.force, keep="the statistics folder") as partial:
             files = write_stats_dir(stats, t, partial)
+            files += write_stats_pages(stats, args.file.name, partial)
         console.print(f"wrote {len(files)} files to [bold]{args.out}[/bold]")
+    if args.html is not None:
+        from moesim.outputs import atomic_file
+        from moesim.reports.trace_stats_page import write_stats_html
+
+        with atomic_file(args.html, option="--html", force=args.force, keep="the statistics page") as tmp:
+            write_stats_html(stats, t, args.file.name, tmp, args.out / "stats.html" if args.out else None)
+        console.print(f"wrote [bold]{args.html}[/bold]")
     return 0
 
 
@@ -756,6 +808,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--quiet", action="store_true", help="print nothing but errors (and --json)")
     sim.add_argument("--json", action="store_true", help="print the headline metrics as JSON on stdout")
     sim.add_argument("--report", action="store_true", help="also write the HTML/Markdown run report (RUN_DIR/report)")
+    sim.add_argument("--vllm-json", type=Path, default=None, metavar="PATH",
+                     help="serving: also write the results as vLLM's serving-benchmark JSON (vllm bench serve "
+                          "--save-result --save-detailed layout, backend moesim-simulated)")
     sim.add_argument("--load", default=None, metavar="A,B,...",
                      help="serving: one run per load (closed loop: users; open loop: requests/s) and a "
                           "throughput-latency report over them")
@@ -858,8 +913,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--model", help="check the trace against this model (name or YAML)")
     st.add_argument("--devices", type=_at_least(1), default=8, help="devices for the co-location statistics")
     st.add_argument("--max-steps", type=_at_least(1), default=None)
-    st.add_argument("--out", type=Path, default=None, help="folder for stats.json, tables and plots")
-    st.add_argument("--force", action="store_true", help="replace an existing --out folder that moesim wrote")
+    st.add_argument("--out", type=Path, default=None, help="folder for stats.json, tables, plots and stats.html")
+    st.add_argument("--html", type=Path, default=None, help="write the statistics as one self-contained HTML page")
+    st.add_argument("--force", action="store_true",
+                    help="replace an existing --out folder or --html page that moesim wrote")
     st.set_defaults(func=_trace_stats)
     fit = tsub.add_parser("fit", help="estimate the synthetic generator's parameters from a trace")
     fit.add_argument("file", type=Path)

@@ -4,7 +4,9 @@ Reads each run directory from disk (summary.json, phases.parquet, layers.csv), l
 report, so it compares runs made earlier. The first run is the reference: every later run gets a
 "change vs first" column, and a change is marked better (green) or worse (red) by the metric's
 direction (lower is better for latency, stalls, stragglers, memory and traffic; higher for
-throughput and the cache hit rate); a change in a metric with no direction is marked grey. All
+throughput and the cache hit rate); a change in a metric with no direction is marked grey. Runs
+that did different work than the first (another model, step count, phase or request count;
+reports/compare_guard.py) are named in a warning at the top and their changes marked grey. All
 numbers are model outputs of the simulator.
 """
 
@@ -18,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from moesim.errors import MoesimError
+from moesim.reports.compare_guard import comparison_warning, mismatches
 from moesim.reports.html_page import Figure, Table, legend_below, pyplot, save_figure
 from moesim.reports.run_report import (
     PHASE_ORDER,
@@ -311,7 +314,14 @@ def write_comparison_report(run_dirs: list, out_dir: str | Path) -> Path:
     frame.to_csv(out / "comparison.csv", index=False)
     first = names[0]
     src = {str(r.metrics.get("source")) for r in runs if r.metrics.get("source")}
-    blocks: list[Block] = [
+    warning = comparison_warning(runs, names)
+    for j, why in enumerate(mismatches(runs, names)):  # not like for like: changes shown, not judged
+        if why:
+            for cls in classes:
+                cls[2 + 2 * j:4 + 2 * j] = ["changed" if c in ("better", "worse") else c for c in cls[2 + 2 * j:4 + 2 * j]]
+    blocks: list[Block] = ([Block("raw", (f'<p class="verdict mixed">{html.escape(warning)}</p>', f"**{warning}**"))]
+                           if warning else [])
+    blocks += [
         Block("note", "Every number in this report is simulated, a model output of moesim, not a measurement. "
                       "Source: " + ("; ".join(sorted(src)) or "model (simulated)") + "."),
         Block("h2", "Runs"), Block("table", runs_table(runs, names)),

@@ -792,7 +792,7 @@ def plot_offload(per_layer: pd.DataFrame, run_name: str, path: Path) -> None:
 
 @dataclass(frozen=True)
 class Block:
-    """One piece of the page: kind is h2, h3, p, note, facts, table, figure, raw_table, links or code."""
+    """One piece of the page: kind is h2, h3, p, note, facts, table, figure, raw_table, raw, links or code."""
 
     kind: str
     content: Any
@@ -817,6 +817,8 @@ def render_html(title: str, blocks: list[Block], out: Path, css: str = RUN_CSS) 
             parts.append(table_html(b.content))
         elif b.kind == "raw_table":  # (html, markdown) of a table with per-cell classes
             parts.append(scroll_box(b.content[0]))
+        elif b.kind == "raw":  # (html, markdown) written by its module (the Perfetto paragraph)
+            parts.append(b.content[0])
         elif b.kind == "links":  # data files beside the report, embedded as downloads
             parts.append(files_html(out, list(b.content), "Tables"))
         elif b.kind == "figure":
@@ -841,7 +843,7 @@ def render_markdown(title: str, blocks: list[Block]) -> str:
             parts.append("\n".join(f"- **{k}**: {v}" for k, v in b.content))
         elif b.kind == "table":
             parts.append(table_markdown(b.content))
-        elif b.kind == "raw_table":
+        elif b.kind in ("raw_table", "raw"):
             parts.append(b.content[1])
         elif b.kind == "links":
             parts.append("Tables: " + ", ".join(f"[{n}]({n})" for n in b.content))
@@ -1094,10 +1096,46 @@ def serving_blocks(run: RunData, sv: dict[str, Any], out: Path, csvs: list[str])
             "attention replica, over the whole simulated run (warm-up included); from iterations.csv. Simulated.")))
     else:
         blocks.append(Block("note", "Batch size and KV-cache use: not shown, the run has no iterations.csv rows."))
+    if requests is not None and len(requests):
+        blocks += serving_more_blocks(run, requests, iterations, out)
     blocks.append(Block("note", "Below: the engine view of the same run, where a step is one scheduler iteration "
                                 "(its step latency is the iteration time; its throughput counts tokens over the "
                                 "whole simulated time, idle gaps included, unlike the measured window above)."))
     return blocks
+
+
+def serving_more_blocks(run: RunData, requests: pd.DataFrame, iterations: pd.DataFrame | None,
+                        out: Path) -> list[Block]:
+    """The per-request figures of a serving run: its timeline, queue length and KV use over time,
+    TTFT against prompt length (reports/request_timeline.py, queue_kv_plot.py, ttft_plot.py)."""
+    from moesim.reports.queue_kv_plot import QUEUE_KV_PNG, queue_and_kv
+    from moesim.reports.request_timeline import MAX_REQUESTS, TIMELINE_PNG, request_timeline
+    from moesim.reports.ttft_plot import TTFT_PNG, ttft_slo, ttft_vs_prompt
+
+    request_timeline(requests, iterations, out, TIMELINE_PNG, run.name)
+    queue_and_kv(requests, iterations, out, QUEUE_KV_PNG, run.name)
+    slo = ttft_slo(run.summary)
+    ttft_vs_prompt(requests, out, slo, TTFT_PNG, run.name)
+    return [
+        Block("figure", Figure(
+            TIMELINE_PNG, "Per-request timeline",
+            f"One row per request (at most {MAX_REQUESTS}: the first after the warm-up, by arrival), grouped by "
+            "replica: queueing (arrival to first scheduled), prefill chunks (each iteration of its replica that ran "
+            "prefill tokens between its admission and its first token) and decode (first to last output token; a "
+            "preempted request's wait again lies inside). From requests.parquet and iterations.csv. Simulated.")),
+        Block("figure", Figure(
+            QUEUE_KV_PNG, "Queue length and KV-cache use over time",
+            "Requests arrived and not yet first admitted, per replica (top; a preempted request waiting again is "
+            "not counted), and KV-cache tokens held per replica at each iteration's start (bottom). From "
+            "requests.parquet and iterations.csv, warm-up included. Simulated.")),
+        Block("figure", Figure(
+            TTFT_PNG, "TTFT against prompt length",
+            "Time to first token (queueing and prefill) of every request that emitted one, against its prompt "
+            "length; warm-up requests hollow; "
+            + ("the config's TTFT SLO is the dashed line (named in the title instead when it lies far above every "
+               "point)." if slo is not None else "the config sets no TTFT SLO.")
+            + " From requests.parquet. Simulated.")),
+    ]
 
 
 # ---------------------------------------------------------------- entry point
@@ -1134,6 +1172,9 @@ def write_run_report(run_dir: str | Path, out_dir: str | Path | None = None) -> 
     share_table = Table(["phase", "share of device time", "per step per device"], share_rows)
 
     blocks: list[Block] = [Block("note", source_line(run.summary)), Block("facts", run_facts(run))]
+    from moesim.reports.perfetto_link import perfetto_block
+
+    blocks += [Block("h2", "Timeline in Perfetto"), Block("raw", perfetto_block(run.path, out, run.summary))]
     sv = serving_of(run.summary)
     if sv is not None:
         blocks += serving_blocks(run, sv, out, csvs)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from moesim.reports.cdf_axes import fit_cdf_axis
 from moesim.reports.html_page import legend_outside, pyplot, save_figure
 
 LATENCY_PANELS = (
@@ -50,7 +51,7 @@ def measured_latencies(table: pd.DataFrame) -> dict[str, np.ndarray]:
 def latency_cdfs(table: pd.DataFrame, out_dir: str | Path, name: str = "latency_cdf.png",
                  run_name: str = "serving run") -> Path:
     """Empirical CDFs of TTFT, TPOT, ITL and E2E over the measured requests, one panel each, with
-    the p50 and p99 marked."""
+    the p50 and p99 marked; each x axis runs over its samples' own range (`cdf_axes.cdf_range`)."""
     plt = pyplot()
     samples = measured_latencies(table)
     fig, axes = plt.subplots(2, 2, figsize=(12.0, 7.5))
@@ -67,8 +68,8 @@ def latency_cdfs(table: pd.DataFrame, out_dir: str | Path, name: str = "latency_
             for q, style in ((50, "--"), (99, ":")):
                 p = float(np.percentile(x, q))
                 ax.axvline(p, color="grey", ls=style, lw=1.2, label=f"p{q} {p:.4g} {unit}")
-            ax.set_xlabel(f"{label.split(' ')[0]} ({unit})")
-            ax.set_xlim(left=0)
+            log = fit_cdf_axis(ax, x)[2]  # the data's own range (reports/cdf_axes.py), not from 0
+            ax.set_xlabel(f"{label.split(' ')[0]} ({unit}{', log scale' if log else ''})")
             legend_outside(ax, fontsize="small")
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("share of samples at or below")

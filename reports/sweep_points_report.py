@@ -3,7 +3,8 @@
 `write_points_report(table, out, title, facts, x, y)` writes report.html (self-contained) and
 report.md beside pareto.png: the front of the sweep's `pareto` pair (x smaller is better, y larger
 is better: devices against throughput per device by default), the points on it first, then
-every point with its status (a failed point's error in full). Every number is simulated.
+every point with its status (a failed point's error in full). A sweep over serving load adds
+offered_vs_achieved.png (reports/load_plot.py). Every number is simulated.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from moesim.reports.html_page import Figure, Table, finish_axes, pyplot, save_figure, write_page
+from moesim.reports.load_plot import LOAD_PNG, is_load_sweep, offered_vs_achieved
 
 PARETO_PNG = "pareto.png"
 META = ("status", "error", "key", "pareto")
@@ -49,6 +51,15 @@ def write_points_report(table: pd.DataFrame, out: Path, title: str, facts: list[
         blocks.append(("figure", Figure(PARETO_PNG, f"Pareto front: {x} (smaller) against {y} (larger)",
                                         "Every finished point (grey) and those no other point beats on both "
                                         "(red); simulated.")))
+    if is_load_sweep(table, axes):
+        labels = [", ".join(f"{a.rsplit('.', 1)[-1]}={_cell(r[a])}" for a in axes) for _, r in table.iterrows()]
+        if offered_vs_achieved(table, out, labels, title=title.removesuffix(" (simulated)")) is not None:
+            blocks.append(("figure", Figure(LOAD_PNG, "Offered against achieved load",
+                                            "Achieved requests/s (finished) against offered requests/s (arriving) "
+                                            "of every finished serving point, with the line achieved = offered and "
+                                            "the 90% saturation threshold (left); output tokens/s against offered "
+                                            "load (right). From the sweep table's offered_requests_per_s, "
+                                            "achieved_requests_per_s and output_tokens_per_s; simulated.")))
     front = table[table["pareto"]] if "pareto" in table else table.iloc[:0]
     if not front.empty:
         blocks += [("h2", "On the front"),

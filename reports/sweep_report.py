@@ -6,7 +6,7 @@ unchanged: load, offered and achieved requests/s and whether the point is satura
 of offered, see serving/results.offered_and_achieved), requests/s, output tokens/s (total and per GPU), TTFT / TPOT p50 and p99, E2E p50
 and the goodput share. `write_sweep_report` writes report.html (self-contained: the plot embedded as
 a data URI, the table as a data-URI download) and report.md beside the PNG and CSV, with the table,
-the throughput-latency plot and where latency turns up (the knee: the first point whose p99 TPOT
+the throughput-latency plot, offered against achieved load (reports/load_plot.py) and where latency turns up (the knee: the first point whose p99 TPOT
 exceeds KNEE_FACTOR times that of the lowest load) or saturates. Every number is simulated, a model output.
 """
 
@@ -21,6 +21,7 @@ import pandas as pd
 
 from moesim.errors import MoesimError
 from moesim.reports.html_page import Figure, Table, write_page
+from moesim.reports.load_plot import LOAD_PNG, offered_vs_achieved
 from moesim.reports.serving_plots import throughput_latency
 
 KNEE_FACTOR = 2.0
@@ -235,5 +236,11 @@ def write_sweep_report(points: list[tuple[str, Path]], out_dir: Path, title: str
                ("figure", Figure(SWEEP_PNG, "Throughput against latency",
                                  "Output tokens/s per GPU against TPOT (left) and TTFT (right), p50 and p99, one "
                                  "point per load, labelled. Simulated; warm-up excluded."))]
+    if offered_vs_achieved(table, out, title=str(summaries[0][1].get("name") or "load sweep")) is not None:
+        blocks.append(("figure", Figure(LOAD_PNG, "Offered against achieved load",
+                                        "Achieved requests/s (finished) against offered requests/s (arriving) per "
+                                        "load point, with the line achieved = offered and the 90% saturation "
+                                        "threshold (left); output tokens/s against offered load (right). From each "
+                                        "run's metrics.serving.load and throughput; simulated.")))
     intro = [("verdict", ("mixed" if found or saturated_rows(table) else "good", knee_sentence(table)))]
     return write_page(out, "report", title, facts, blocks, intro)

@@ -386,22 +386,10 @@ def print_trace_stats(summary: dict, console: Console) -> None:
                     "— measured", show_header=False)
     t.add_column("statistic", style="bold")
     t.add_column("value", justify="right")
-    imb, aff, drift = summary["imbalance"], summary["affinity"], summary["drift"]
+    from moesim.reports.trace_stats_page import trace_stats_rows  # the rows the HTML page shows too
 
-    def f(v: Any, fmt: str = ".3f") -> str:
-        return "n/a" if v is None else format(v, fmt)
-
-    t.add_row("load max/mean (whole trace; per step)", f"{f(imb['max_over_mean'])}; {f(imb['step_max_over_mean'])}")
-    t.add_row("load CV / normalized entropy", f"{f(imb['cv'])} / {f(imb['entropy'])}")
-    t.add_row("Zipf exponent (fitted per layer, mean)", f(imb["zipf_alpha"]))
-    t.add_row("P(top next expert | expert), lift", f"{f(aff['top1_conditional'])}, x{f(aff['lift'], '.2f')}")
-    t.add_row("mutual information / H(next layer)", f(aff["mutual_info"]))
-    t.add_row(f"pairs on one device of {aff['devices']}: contiguous / best / if independent / random",
-              f"{f(aff['colocated_contiguous'])} / {f(aff['colocated_best'])} / "
-              f"{f(aff['colocated_best_if_independent'])} / {f(aff['colocated_random'])}")
-    t.add_row("step-to-step TV (sampling alone)", f"{f(drift['step_to_step_tv'])} ({f(drift['sampling_tv'])})")
-    t.add_row("first vs last quarter TV", f(drift["first_vs_last_quarter_tv"]))
-    t.add_row(f"{summary['source_kind']} popularity TV from the layer's", f(summary["locality"]["source_tv"]))
+    for statistic, value in trace_stats_rows(summary):
+        t.add_row(statistic, value)
     print_table(console, t)
 
 

@@ -1103,6 +1103,52 @@ SET_CASES = [
     Case("set-steps-zero", TOY, SIM + ["--set", "workload.steps=0"], ["workload.steps"]),
 ]
 
+# --set paths resolve against the working directory (the case folder), not the config's folder (cfg/ here)
+
+def in_cfg(files: dict[str, Any]) -> dict[str, Any]:
+    """The case's files moved into cfg/, so the shell (the case folder) and the config's folder differ."""
+    return {f"cfg/{name}": content for name, content in files.items()}
+
+
+def set_path(*items: str, config: str = "cfg/scenario.yaml") -> list[str]:
+    """`moesim simulate` of a config in cfg/, run from the folder above it, with --set items."""
+    return ["simulate", config, "--out", "out", "--quiet"] + [a for item in items for a in ("--set", item)]
+
+
+SET_PATH_CASES = [
+    Case("set-path-cluster-nowhere", in_cfg(TOY), set_path("hardware.cluster=nope.yaml"),
+         ["hardware.cluster", "nope.yaml", "working directory", "bundled cluster", "config's folder",
+          "--set hardware.cluster=nope.yaml"]),
+    Case("set-path-cluster-beside-config-only", in_cfg(TOY), set_path("hardware.cluster=toy-cluster.yaml"),
+         ["hardware.cluster", "working directory", "cfg/toy-cluster.yaml", "give that path"]),
+    Case("set-path-cluster-near-name", in_cfg(TOY), set_path("hardware.cluster=dgx-h10.yaml"),
+         ["hardware.cluster", "bundled cluster", "did you mean 'dgx-h100'"]),
+    Case("set-path-model-nowhere", in_cfg(TOY), set_path("model=models/none.yaml"),
+         ["'model'", "models/none.yaml", "working directory", "bundled model"]),
+    Case("set-path-model-folder-nowhere", in_cfg(TOY), set_path("model=./hf-model"),
+         ["'model'", "./hf-model", "working directory", "bundled model"]),
+    Case("set-path-trace-nowhere", in_cfg(TOY),
+         set_path("workload.routing.generator=trace", "workload.routing.trace=t.parquet"),
+         ["workload.routing.trace", "t.parquet", "working directory", "config's folder"]),
+    Case("set-path-loads-list-nowhere", in_cfg(TOY),
+         set_path("workload.routing={generator: load_matrix, loads: [a.csv]}"),
+         ["workload.routing.loads[0]", "a.csv", "working directory"]),
+    Case("set-path-placement-in-section", in_cfg(TOY), set_path("placement={file: p.yaml}"),
+         ["placement.file", "p.yaml", "working directory", "--set placement={file: p.yaml}"]),
+    Case("set-path-synthetic-nowhere", in_cfg(TOY),
+         set_path("workload.routing={generator: synthetic, synthetic: g.yaml}"),
+         ["workload.routing.synthetic", "g.yaml", "working directory"]),
+    Case("set-path-serving-arrivals-file", in_cfg(serve()),
+         set_path("serving.arrivals={process: file, path: arrivals.csv}", config="cfg/serve.yaml"),
+         ["serving.arrivals.path", "arrivals.csv", "working directory"]),
+    Case("set-path-lengths-file", in_cfg(serve()),
+         set_path("serving.prompt_tokens={dist: file, path: lens.csv, column: n}", config="cfg/serve.yaml"),
+         ["serving.prompt_tokens.path", "lens.csv", "working directory"]),
+    Case("set-path-config-show", in_cfg(TOY),
+         ["config", "show", "cfg/scenario.yaml", "--set", "hardware.cluster=x/c.yaml"],
+         ["hardware.cluster", "x/c.yaml", "working directory"]),
+]
+
 SERVING_CASES = [
     Case("srv-rate-zero", serve({"serving.arrivals.rate": 0}), SRV, ["serve.yaml", "rate", "greater than 0"]),
     Case("srv-speculative", serve({"policies": {"speculative": {"acceptance": 0.8}}}), SRV,
@@ -1732,6 +1778,12 @@ ROOFLINE_CASES = [
 
 # Bad command-line arguments: each message must name the argument. (moesim/cli.py checks these.)
 CLI_ARG_CASES = [
+    Case("arg-vllm-json-fixed-batch", TOY, SIM + ["--vllm-json", "v.json"], ["--vllm-json", "serving", "fixed-batch"]),
+    Case("arg-vllm-json-with-load", serve(), load("2,4") + ["--vllm-json", "v.json"], ["--vllm-json", "--load"]),
+    Case("arg-vllm-json-suffix", serve(), SRV + ["--vllm-json", "v.txt"], ["--vllm-json", ".json"]),
+    Case("arg-vllm-json-exists", {**serve(), "v.json": "{}"}, SRV + ["--vllm-json", "v.json"],
+         ["--vllm-json", "already exists", "--force"]),
+    Case("arg-vllm-json-is-input", serve(), SRV + ["--vllm-json", "serve.yaml"], ["--vllm-json"]),
     Case("arg-simulate-steps-negative", TOY, SIM + ["--steps", "-3"], ["--steps"]),
     Case("arg-calibrate-fp8-on-cpu", {}, ["calibrate", "--device", "cpu", "--dtype", "float8_e4m3fn", "--out", "c"],
          ["float8_e4m3fn", "no fp8 units", "GPU"]),
@@ -1857,13 +1909,34 @@ REPORTS_MORE_CASES = [
          ["t.html", "--html"]),
 ]
 
+# Hugging Face keys the importer reads for Llama 4 (issue 27, the largest deployments): the MoE layer step, the
+# dense layers' FFN width, and the experts' width where intermediate_size_mlp is given
+LLAMA4 = {"model_type": "llama4", "intermediate_size_mlp": 256}
+LARGE_DEPLOY_CASES = [
+    Case("hf-llama4-interleave-words", hf(**LLAMA4, interleave_moe_layer_step="two"), HF,
+         ["config.json", "interleave_moe_layer_step", "whole number"]),
+    Case("hf-llama4-interleave-negative", hf(**LLAMA4, interleave_moe_layer_step=-2), HF,
+         ["config.json", "interleave_moe_layer_step", ">= 0"]),
+    Case("hf-llama4-interleave-fraction", hf(**LLAMA4, interleave_moe_layer_step=1.5), HF,
+         ["config.json", "interleave_moe_layer_step", "whole number"]),
+    Case("hf-llama4-dense-width-zero", hf(model_type="llama4", intermediate_size_mlp=0), HF,
+         ["config.json", "intermediate_size_mlp", ">= 1"]),
+    Case("hf-llama4-dense-width-words", hf(model_type="llama4", intermediate_size_mlp="wide"), HF,
+         ["config.json", "intermediate_size_mlp", "whole number"]),
+    Case("hf-llama4-expert-width-missing", hf(**LLAMA4, intermediate_size=DROP), HF,
+         ["config.json", "moe_intermediate_size", "missing", "intermediate_size"]),
+    Case("hf-llama4-in-text-config", {"config.json": json.dumps({"model_type": "llama4", "text_config": {
+        **HF_BASE, "model_type": "llama4_text", "intermediate_size_mlp": 256, "interleave_moe_layer_step": "two"}})},
+         HF, ["config.json", "interleave_moe_layer_step"]),
+]
+
 FILE_CASES = (CONFIG_CASES + SCENARIO_MORE_CASES + DEVICE_CASES + LINK_CASES + CLUSTER_CASES + PROFILE_MORE_CASES
               + HF_CASES + MODEL_CASES + TRACE_CASES + PLACEMENT_CASES + PLACEMENT_MORE_CASES + REQUEST_CASES
               + REQUEST_MORE_CASES + MEASURED_CASES + MEASURED_MORE_CASES + GENERATOR_CASES + GENERATOR_MORE_CASES
               + SERVING_CASES + DISAGGREGATION_CASES + LOAD_MATRIX_CASES + NCCL_CASES + TABLE_CASES + RUN_DIR_CASES
-              + SWEEP_CASES + RECOMMEND_CASES
+              + SWEEP_CASES + RECOMMEND_CASES + LARGE_DEPLOY_CASES
               + ODD_CASES)
-CASES = FILE_CASES + CLI_ARG_CASES + SET_CASES + LOAD_ARG_CASES + ROOFLINE_CASES + OUTPUT_CASES + REPORTS_MORE_CASES
+CASES = FILE_CASES + CLI_ARG_CASES + SET_CASES + SET_PATH_CASES + LOAD_ARG_CASES + ROOFLINE_CASES + OUTPUT_CASES + REPORTS_MORE_CASES
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
@@ -1938,7 +2011,7 @@ def test_roofline_step_past_workload_steps(tmp_path: Path, monkeypatch: pytest.M
 
 
 GROUPS = {
-    "scenario configs": CONFIG_CASES + SCENARIO_MORE_CASES, "--set": SET_CASES, "serving configs": SERVING_CASES,
+    "scenario configs": CONFIG_CASES + SCENARIO_MORE_CASES, "--set": SET_CASES, "--set paths": SET_PATH_CASES, "serving configs": SERVING_CASES,
     "disaggregation": DISAGGREGATION_CASES, "--load": LOAD_ARG_CASES, "load matrices": LOAD_MATRIX_CASES,
     "nccl-tests logs": NCCL_CASES, "sweep files": SWEEP_CASES, "recommend files": RECOMMEND_CASES, "op timing tables": TABLE_CASES, "placement files": PLACEMENT_CASES
     + PLACEMENT_MORE_CASES, "device/link/cluster profiles": DEVICE_CASES + LINK_CASES + CLUSTER_CASES
@@ -1948,6 +2021,7 @@ GROUPS = {
     "other arguments": CLI_ARG_CASES + ROOFLINE_CASES, "odd files": ODD_CASES,
     "outputs (--force, inputs, names)": OUTPUT_CASES,
     "reports (trace stats --html)": REPORTS_MORE_CASES,
+    "large deployments (HF Llama 4 keys)": LARGE_DEPLOY_CASES,
 }
 
 
