@@ -202,16 +202,21 @@ def _sweep_points(loads: list[float], closed: bool) -> list[tuple[str, str, str]
 
 
 def _sweep(args: argparse.Namespace, overrides: list[str], console) -> int:
-    """--load A,B,C: one serving run per load (closed loop: users; open loop: arrival rate), then a
+    """--load A,B,C: a sweep (studies/sweep.py) of one axis, the load (closed loop: users; open
+    loop: arrival rate), each point run once and cached with its run directory, then a
     throughput-latency report over them, all in one folder written atomically. An interrupted
-    sweep keeps the points it finished (in a new folder only; an earlier sweep stays untouched)
-    and says which."""
+    sweep writes no folder: its finished points stay in the sweep cache and the same command
+    resumes with only the rest; a point that fails is recorded and left out of the report."""
+    import shutil
+
     from moesim import interrupts, json_io
-    from moesim.errors import ConfigError
-    from moesim.outputs import MARKER, atomic_dir, holds_files
+    from moesim.cli_sweep import CACHE_NAME, _progress
+    from moesim.errors import ConfigError, MoesimError
+    from moesim.outputs import atomic_dir
     from moesim.reports.sweep_report import sweep_table, write_sweep_report
-    from moesim.simulator.run import write_run_dir
     from moesim.simulator.scenario import load_scenario
+    from moesim.studies.sweep import SweepCache, run_sweep
+    from moesim.studies.sweep_config import SweepConfig
 
     try:
         loads = [float(x) for x in args.load.split(",") if x.strip()]
@@ -228,33 +233,45 @@ def _sweep(args: argparse.Namespace, overrides: list[str], console) -> int:
     if closed and any(x != int(x) for x in loads):
         raise ConfigError("a closed loop sweeps whole numbers of users", field="--load")
     points = _sweep_points(loads, closed)
-    scenarios = [load_scenario(args.config, overrides + [item]) for _, item, _ in points]  # every point validates first
+    for _, item, _ in points:  # every point validates first: a load the config refuses is an error, not a point
+        load_scenario(args.config, overrides + [item])
+    field = "serving.users" if closed else "serving.arrivals.rate"
+    values = [int(x) for x in loads] if closed else [float(f"{x:g}") for x in loads]
+    cfg = SweepConfig(base=str(args.config), axes={field: values})
     root = _run_dir_for(args, base, console, "-sweep")
-    earlier = holds_files(root)
-    stopped: KeyboardInterrupt | None = None
-    kept: list[str] = []
-    with atomic_dir(root, command="simulate --load", force=args.force,
-                    keep=lambda: None if stopped else "the sweep") as partial:
-        try:
-            for (label, item, folder), sc in zip(points, scenarios):
-                write_run_dir(_simulated(args, sc, console), partial / folder, overrides=overrides + [item])
-        except KeyboardInterrupt as err:
-            kept = [label for label, _, folder in points if (partial / folder / MARKER).exists()]
-            if not kept or earlier:  # nothing to keep, or an earlier sweep there that must stay whole
-                raise
-            stopped = err
-            json_io.write(partial / "sweep.json", {"status": "interrupted", "loads": [p[0] for p in points],
-                                                    "finished": kept}, indent=2)
-            interrupts.keep(f"{len(kept)} of {len(points)} sweep points ({', '.join(kept)}) in {root}, without "
-                            "the sweep report")  # noted now: committing below re-raises the pending signal
-        else:
-            shown = [(label, root / folder) for label, _, folder in points]
-            write_sweep_report([(label, partial / folder) for label, _, folder in points], partial,
-                               f"{base.name}: throughput against latency (simulated)", shown=shown)
-            json_io.write(partial / "sweep.json", {"status": "complete", "loads": [p[0] for p in points],
-                                                    "finished": [p[0] for p in points]}, indent=2)
-    if stopped is not None:
-        raise stopped
+    cache = root.parent / CACHE_NAME
+    quiet = args.quiet or args.progress == "none"
+    if not args.quiet:
+        console.print(f"{base.name}: load sweep of {len(points)} points ({field}); cache {cache}")
+    try:
+        table = run_sweep(cfg, Path(args.config), cache, progress=_progress(quiet), extra=overrides,
+                          relative_to="cwd", keep_runs=True)
+    except KeyboardInterrupt:
+        interrupts.keep(f"the load sweep's finished points, with their run directories, in the sweep cache {cache} "
+                        "(rerun the same command to resume: they are not simulated again)")
+        raise
+    ok = table["status"] == "ok"
+    if not ok.any():
+        raise MoesimError(f"no point of the load sweep ran; the first says: {table['error'].iloc[0]}")
+    runs = SweepCache(cache)
+    with atomic_dir(root, command="simulate --load", force=args.force, keep="the sweep") as partial:
+        for (label, _, folder), key, good in zip(points, table["key"], ok):
+            if good:
+                shutil.copytree(runs.run_dir(key), partial / folder)
+        done = [(label, folder) for (label, _, folder), good in zip(points, ok) if good]
+        shown = [(label, root / folder) for label, folder in done]
+        write_sweep_report([(label, partial / folder) for label, folder in done], partial,
+                           f"{base.name}: throughput against latency (simulated)", shown=shown)
+        json_io.write(partial / "sweep.json", {"status": "complete", "loads": [p[0] for p in points],
+                                                "finished": [label for label, _ in done],
+                                                "failed": {p[0]: e for p, e, good in zip(points, table["error"], ok)
+                                                           if not good},
+                                                "cache": str(cache)}, indent=2)
+    if not ok.all() and not args.quiet:
+        for (label, _, _), err, good in zip(points, table["error"], ok):
+            if not good:
+                console.print(f"[yellow]point {label} failed:[/yellow] {err}")
+    points = [p for p, good in zip(points, ok) if good]
     table = sweep_table([(label, root / folder) for label, _, folder in points])
     page = root / "report.html"
     if args.json:

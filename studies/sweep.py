@@ -85,14 +85,21 @@ def metrics_row(sc, summary: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def simulate_point(base: str, items: list[str]) -> dict[str, Any]:
-    """Resolve and simulate one point (in a worker, or here): its row, or a failed status."""
-    from moesim.simulator.run import simulate
+def simulate_point(base: str, items: list[str], relative_to: str = "config",
+                   run_dir: str | None = None) -> dict[str, Any]:
+    """Resolve and simulate one point (in a worker, or here): its row, or a failed status. Relative
+    paths in `items` resolve against the base config's folder (`relative_to` "config", a sweep
+    file's axes) or the working directory ("cwd", a command line's --set). With `run_dir`, the
+    point's run directory is written there too (atomically)."""
+    from moesim.simulator.run import simulate, write_run_dir
     from moesim.simulator.scenario import load_scenario
 
     try:
-        sc = load_scenario(base, items, items_relative_to="config")  # axis paths: as written in the base
-        return {"status": "ok", "error": "", **metrics_row(sc, simulate(sc).summary)}
+        sc = load_scenario(base, items, items_relative_to=relative_to)
+        result = simulate(sc)
+        if run_dir is not None:
+            write_run_dir(result, run_dir, force=True, overrides=items)
+        return {"status": "ok", "error": "", **metrics_row(sc, result.summary)}
     except MoesimError as err:  # a config that does not resolve, a workload that does not fit, ...
         return {"status": "failed", "error": str(err)}
 
@@ -108,6 +115,13 @@ class SweepCache:
             return json.loads((self.root / f"{key}.json").read_text(encoding="utf-8"))
         except (FileNotFoundError, ValueError):
             return None  # absent, or a file cut short: simulate again
+
+    def run_dir(self, key: str) -> Path:
+        """Where a point's run directory is kept (sweeps that keep them: `--load`)."""
+        return self.root / "runs" / key
+
+    def has_run(self, key: str) -> bool:
+        return (self.run_dir(key) / "summary.json").is_file()
 
     def put(self, key: str, row: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -156,28 +170,35 @@ def _worker_init() -> None:
     threadpool_limits(1)
 
 
-def plan(cfg: SweepConfig, base: Path) -> list[tuple[dict[str, Any], list[str], str | None, str]]:
+def plan(cfg: SweepConfig, base: Path, extra: list[str] | tuple[str, ...] = (),
+         relative_to: str = "config") -> list[tuple[dict[str, Any], list[str], str | None, str]]:
     """(point, --set items, cache key or None, error) of every point, resolved here first: a point
-    that does not resolve has no key and is recorded as failed without simulating."""
+    that does not resolve has no key and is recorded as failed without simulating. `extra` items
+    go before every point's own (a command line's --set)."""
     from moesim.simulator.scenario import load_scenario
 
     out = []
     for point in points(cfg):
-        items = overrides(point)
+        items = list(extra) + overrides(point)
         try:
-            out.append((point, items, point_key(load_scenario(base, items, items_relative_to="config")), ""))
+            out.append((point, items, point_key(load_scenario(base, items, items_relative_to=relative_to)), ""))
         except MoesimError as err:
             out.append((point, items, None, str(err)))
     return out
 
 
 def run_sweep(cfg: SweepConfig, base: Path, cache_dir: str | Path, workers: int = 1,
-              progress: Callable[[int, int, int], None] | None = None, ray: str | None = None) -> pd.DataFrame:
+              progress: Callable[[int, int, int], None] | None = None, ray: str | None = None,
+              extra: list[str] | tuple[str, ...] = (), relative_to: str = "config",
+              keep_runs: bool = False) -> pd.DataFrame:
     """Every point's row (module docstring), in point order. `progress(done, total, from_cache)` is
     called as points finish. An interrupt stops the sweep; the points finished so far stay cached.
-    `ray` ('local' or a cluster address) runs the points as Ray tasks (studies/sweep_ray.py)."""
+    `ray` ('local' or a cluster address) runs the points as Ray tasks (studies/sweep_ray.py).
+    `extra` and `relative_to`: see `plan` and `simulate_point`. With `keep_runs` every point's run
+    directory is kept in the cache too (`run_dir_of`; a row without its run directory is rerun).
+    """
     cache = SweepCache(cache_dir)
-    planned = plan(cfg, base)
+    planned = plan(cfg, base, extra, relative_to)
     if all(key is None for _, _, key, _ in planned):  # a typo in an axis, or a base that never resolves
         raise MoesimError(f"no point of the sweep resolves; the first says: {planned[0][3]}")
     rows: list[dict[str, Any] | None] = [None] * len(planned)
@@ -185,7 +206,7 @@ def run_sweep(cfg: SweepConfig, base: Path, cache_dir: str | Path, workers: int 
     for i, (point, items, key, error) in enumerate(planned):
         if key is None:
             rows[i] = {"status": "failed", "error": error}
-        elif (hit := cache.get(key)) is not None:
+        elif (hit := cache.get(key)) is not None and (not keep_runs or cache.has_run(key)):
             rows[i] = hit
         else:
             todo.append(i)
@@ -202,33 +223,34 @@ def run_sweep(cfg: SweepConfig, base: Path, cache_dir: str | Path, workers: int 
         if progress:
             progress(done, len(planned), cached)
 
+    jobs = [(i, str(base), planned[i][1], relative_to, str(cache.run_dir(planned[i][2])) if keep_runs else None)
+            for i in todo]
     if ray is not None and todo:
         from moesim.studies.sweep_ray import run_points_ray
 
-        run_points_ray([(i, str(base), planned[i][1]) for i in todo], ray, workers, finished)
+        run_points_ray(jobs, ray, workers, finished)
     elif workers <= 1 or len(todo) <= 1:
-        for i in todo:
-            finished(i, simulate_point(str(base), planned[i][1]))
+        for job in jobs:
+            finished(job[0], simulate_point(*job[1:]))
     else:
-        _run_pool(todo, planned, base, workers, finished)
+        _run_pool(jobs, workers, finished)
     table = pd.DataFrame([{**point, "key": key or "", **row} for (point, _, key, _), row in zip(planned, rows)])
     return pareto_marked(table, cfg.pareto.x, cfg.pareto.y)
 
 
-def _simulate_indexed(job: tuple[int, str, list[str]]) -> tuple[int, dict[str, Any]]:
-    i, base, items = job
-    return i, simulate_point(base, items)
+def _simulate_indexed(job: tuple) -> tuple[int, dict[str, Any]]:
+    return job[0], simulate_point(*job[1:])
 
 
-def _run_pool(todo: list[int], planned, base: Path, workers: int, finished) -> None:
+def _run_pool(jobs: list[tuple], workers: int, finished) -> None:
     """The points in a pool of worker processes, as they finish; on an interrupt or an error the
     workers are terminated (none outlives the sweep)."""
     import multiprocessing
 
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     with _signals_held():
-        pool = context.Pool(min(workers, len(todo)), initializer=_worker_init)
-    results = pool.imap_unordered(_simulate_indexed, [(i, str(base), planned[i][1]) for i in todo])
+        pool = context.Pool(min(workers, len(jobs)), initializer=_worker_init)
+    results = pool.imap_unordered(_simulate_indexed, jobs)
     try:
         for i, row in results:
             finished(i, row)

@@ -54,9 +54,9 @@ def _import_ray():
     return ray
 
 
-def run_points_ray(jobs: list[tuple[int, str, list[str]]], address: str, workers: int,
+def run_points_ray(jobs: list[tuple], address: str, workers: int,
                    finished: Callable[[int, dict[str, Any]], None]) -> None:
-    """Every job (index, base config, --set items) as a one-CPU Ray task; `finished(index, row)` as
+    """Every job (index, then `simulate_point`'s arguments) as a one-CPU Ray task; `finished(index, row)` as
     each ends. On an interrupt or an error the tasks still running are cancelled; a private
     instance is shut down either way."""
     target = check_address(address)
@@ -73,7 +73,7 @@ def run_points_ray(jobs: list[tuple[int, str, list[str]]], address: str, workers
     from moesim.studies.sweep import simulate_point
 
     task = ray.remote(num_cpus=1, max_retries=0)(simulate_point)
-    pending = {task.remote(base, items): i for i, base, items in jobs}
+    pending = {task.remote(*job[1:]): job[0] for job in jobs}
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)

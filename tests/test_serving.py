@@ -241,6 +241,30 @@ def test_load_sweep_runs_every_point_and_writes_one_report(tmp_path, capsys):
     assert "--load" in capsys.readouterr().err
 
 
+def test_load_sweep_is_a_cached_sweep(tmp_path, monkeypatch):
+    """--load runs on the sweep library: a rerun, or a wider list sharing points, simulates only
+    the points it has not run before (their rows and run directories come from the sweep cache),
+    and the folders are the same as a fresh run's."""
+    import json
+
+    from moesim.cli import main
+    from moesim.studies import sweep as sweep_mod
+
+    path = toy_file(tmp_path, serving_config())
+    calls = []
+    real = sweep_mod.simulate_point
+    monkeypatch.setattr(sweep_mod, "simulate_point", lambda *a: calls.append(a[1]) or real(*a))
+    assert main(["simulate", str(path), "--load", "50,500", "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    assert len(calls) == 2
+    assert main(["simulate", str(path), "--load", "50,500,5000", "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert len(calls) == 3 and calls[-1][-1].startswith("serving.arrivals.rate=5000")
+    for name in ("rate=50-per-s", "rate=500-per-s"):
+        a, b = (json.loads((tmp_path / d / name / "summary.json").read_text()) for d in ("a", "b"))
+        assert a["metrics"] == b["metrics"]
+    info = json.loads((tmp_path / "b" / "sweep.json").read_text())
+    assert info["finished"] == ["rate=50/s", "rate=500/s", "rate=5000/s"] and info["failed"] == {}
+
+
 def test_replayed_iterations_count_their_link_bytes_once(tmp_path):
     """A replayed iteration adds the bytes its recorded one moved, once. They used to compound (a
     recorded iteration's delta included the replays before it), reaching 1e26 bytes on the Mixtral

@@ -55,7 +55,7 @@ def test_a_sweep_runs_each_point_once_and_reads_it_back(tmp_path, toy_config, mo
     cfg, base = load_sweep(path)
     calls = []
     real = sweep_mod.simulate_point
-    monkeypatch.setattr(sweep_mod, "simulate_point", lambda b, items: calls.append(items) or real(b, items))
+    monkeypatch.setattr(sweep_mod, "simulate_point", lambda b, items, *more: calls.append(items) or real(b, items, *more))
     first = run_sweep(cfg, base, tmp_path / "cache")
     assert len(calls) == 6 and (first["status"] == "ok").all()
     assert first["throughput_tokens_per_s"].notna().all() and first["key"].nunique() == 6
@@ -76,17 +76,17 @@ def test_an_interrupted_sweep_resumes_with_only_the_rest(tmp_path, toy_config, m
     real = sweep_mod.simulate_point
     calls = []
 
-    def stop_at_third(b, items):
+    def stop_at_third(b, items, *more):
         calls.append(items)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(b, items)
+        return real(b, items, *more)
 
     monkeypatch.setattr(sweep_mod, "simulate_point", stop_at_third)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(cfg, base, tmp_path / "cache")
     assert len(list((tmp_path / "cache").glob("*.json"))) == 2  # the two finished points are kept
-    monkeypatch.setattr(sweep_mod, "simulate_point", lambda b, items: calls.append(items) or real(b, items))
+    monkeypatch.setattr(sweep_mod, "simulate_point", lambda b, items, *more: calls.append(items) or real(b, items, *more))
     table = run_sweep(cfg, base, tmp_path / "cache")
     assert len(calls) == 3 + 3 and (table["status"] == "ok").all()  # the third point onward, once each
 
