@@ -1,18 +1,20 @@
-"""Step plans built ahead of the engine, on the second core, while the event loop runs.
+"""Step plans built ahead of the engine while the event loop runs.
 
 Routing and costing a step is numpy work that does not depend on the timeline (a plan depends
-only on the seed and the step), so it can run ahead. In a thread it competes with the event
-loop for the GIL (small numpy calls hold it); in a forked child process it does not, which
-roughly halves the wall time of long runs on two cores. The child sends each step's plans
-through a pipe (the pipe's buffer bounds how far ahead it runs); plans are plain data, so
-they pickle as they are. Where fork is unavailable, the run is short, or the run is itself a
-worker of a process pool (a sweep's: daemonic, and its siblings hold the other cores), plans are
-built in a thread as before. Results are identical either way.
+only on the seed and the step), so it can run ahead: in a thread (the default), or in a forked
+child process that sends each step's plans through a pipe (`MOESIM_PLAN_FEED=process`). The
+child avoids the GIL but pays for pickling every plan; on a quiet 2-core machine the thread is
+faster (benchmarks/bench_plan_feed.py, 2026-12-07: process/thread wall 1.07x, CPU 1.19x on
+DeepSeek-V3 decode EP32), so the child is used only where asked (it helped only under heavy
+load, 0.89x wall). Where fork is unavailable, or the run is itself a worker of a process pool
+(a sweep's: daemonic), plans are built in a thread whatever is asked. Results are identical
+either way (tests/test_contracts.py).
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -59,10 +61,13 @@ def _build_ahead(plans: Iterator[list[StepPlan]], conn, parent_end) -> None:
     are the parent's to handle (it stops the child when it stops). The parent's end of the pipe,
     inherited by the fork, is closed first: should the parent die without stopping the child, the
     next send fails and the child ends, instead of blocking on a full pipe for ever."""
+    from threadpoolctl import threadpool_limits
+
     from moesim import interrupts
 
     interrupts.ignore_in_child()
     parent_end.close()
+    threadpool_limits(1)  # the event loop holds the other core: two BLAS threads here would oversubscribe
     try:
         for step_plans in plans:
             conn.send(step_plans)
@@ -118,14 +123,16 @@ class ProcessFeed:
 
 def plan_feed(plans: Iterator[list[StepPlan]], steps: int | None, interactive: bool = False,
               ahead: bool = False):
-    """The feed for a run: built on demand for a source that reads the simulated clock; with
-    `ahead` (the scenario's own pipeline, nothing the parent must see), a child process for long
-    runs on a platform that forks cheaply (Linux); a thread otherwise."""
+    """The feed for a run: built on demand for a source that reads the simulated clock; else a
+    thread, or, where `MOESIM_PLAN_FEED=process` asks and `ahead` allows (the scenario's own
+    pipeline, nothing the parent must see), a child process for long runs on a platform that
+    forks cheaply (Linux)."""
     if interactive:
         return DirectFeed(plans)
     forks = sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
     # a daemonic process (a sweep's pool worker) may not have children, and its siblings hold the other cores
     forks = forks and not multiprocessing.current_process().daemon
-    if ahead and forks and steps is not None and steps >= MIN_STEPS_FOR_PROCESS:
+    wanted = os.environ.get("MOESIM_PLAN_FEED", "thread") == "process"
+    if wanted and ahead and forks and steps is not None and steps >= MIN_STEPS_FOR_PROCESS:
         return ProcessFeed(plans)
     return ThreadFeed(plans)

@@ -265,6 +265,7 @@ def test_plans_built_in_a_forked_child_or_a_thread_give_the_same_run(monkeypatch
     runs = {}
     for name, minimum in (("process", 1), ("thread", 10**9)):
         monkeypatch.setattr(plan_feed, "MIN_STEPS_FOR_PROCESS", minimum)
+        monkeypatch.setenv("MOESIM_PLAN_FEED", name)
         engine = engine_for(sc)
         kind = type(engine._feed).__name__
         runs[name] = (kind, engine.run())
