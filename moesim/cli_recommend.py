@@ -20,6 +20,8 @@ def add_parser(sub) -> None:
     rec = sub.add_parser("recommend", help="rank a serving deployment's configurations by capacity per GPU "
                                            "within TTFT/TPOT SLOs (bisection on the arrival rate)")
     rec.add_argument("file", type=Path, help="recommend YAML: base, axes, slo, load, top")
+    rec.add_argument("--workers", type=int, default=1, metavar="N",
+                     help="search N candidates at once in worker processes (default 1: in this process)")
     add_output_options(rec, "simulated probes", "the ranking")
     rec.set_defaults(func=run)
 
@@ -37,6 +39,10 @@ def run(args: argparse.Namespace) -> int:
     from moesim.studies.recommend import load_recommend, replay_command, run_recommend
     from moesim.studies.sweep_config import points
 
+    from moesim.errors import ConfigError
+
+    if args.workers < 1:
+        raise ConfigError(f"--workers takes a count of at least 1, got {args.workers}", field="--workers")
     cfg, base = load_recommend(args.file)
     out = args.out or Path("runs") / cfg.name
     check_replaceable(out, "--out", args.force)
@@ -46,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         show(f"recommend {cfg.name}: {len(points(cfg))} candidates of {base.name}, capacity searched in "
              f"{cfg.load.min:g}-{cfg.load.max:g} requests/s; cache {cache}")
     try:
-        table = run_recommend(cfg, base, cache, progress=show)
+        table = run_recommend(cfg, base, cache, progress=show, workers=args.workers)
     except KeyboardInterrupt:
         interrupts.keep(f"the probes simulated so far in the sweep cache {cache} (rerun the same command to "
                         "resume: they are not simulated again)")

@@ -84,47 +84,74 @@ def load_recommend(path: str | Path) -> tuple[RecommendConfig, Path]:
     return cfg, base
 
 
-def run_recommend(cfg: RecommendConfig, base: Path, cache_dir: str | Path,
+def candidate_row(cfg: RecommendConfig, base: Path, cache_dir: str | Path, point: dict[str, Any],
                   evaluate: Callable[[str, list[str]], dict[str, Any]] = simulate_point,
-                  progress: Callable[[str], None] | None = None) -> pd.DataFrame:
-    """One row per candidate, best first: its axis values, status (ok / pruned), capacity
-    (requests/s), devices, capacity per device, whether the capacity is the top of the searched
-    range, what failed just above it, and the probes simulated. `evaluate(base, items)` simulates
-    one point (a test passes its own)."""
+                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """One candidate's row: pruned (does not resolve or fit, never simulated), or its capacity by
+    bisection on the arrival rate, every probe a cached sweep point (`run_recommend`)."""
     from moesim.simulator.scenario import load_scenario
 
     cache = SweepCache(cache_dir)
     slo = cfg.slo.model_dump(exclude_none=True)
-    rows = []
-    for point in points(cfg):
-        items = overrides(point)
-        try:
-            sc = load_scenario(base, items + [f"{RATE}={cfg.load.min}"], items_relative_to="config")
-        except MoesimError as err:  # does not fit in memory, or does not resolve: never simulated
-            rows.append({**point, "status": "pruned", "reason": str(err)})
-            continue
-        limits: dict[float, str] = {}
+    items = overrides(point)
+    try:
+        sc = load_scenario(base, items + [f"{RATE}={cfg.load.min}"], items_relative_to="config")
+    except MoesimError as err:  # does not fit in memory, or does not resolve: never simulated
+        return {**point, "status": "pruned", "reason": str(err)}
+    limits: dict[float, str] = {}
 
-        def meets(rate: float) -> bool:
-            probe = items + [f"{RATE}={rate:.6g}"]
-            key = point_key(load_scenario(base, probe, items_relative_to="config"))
-            row = cache.get(key)
-            if row is None:
-                row = evaluate(str(base), probe)
-                cache.put(key, row)
-            ok, why = serving_meets(row, slo)
-            limits[rate] = why
+    def meets(rate: float) -> bool:
+        probe = items + [f"{RATE}={rate:.6g}"]
+        key = point_key(load_scenario(base, probe, items_relative_to="config"))
+        row = cache.get(key)
+        if row is None:
+            row = evaluate(str(base), probe)
+            cache.put(key, row)
+        ok, why = serving_meets(row, slo)
+        limits[rate] = why
+        if progress:
+            progress(f"{', '.join(f'{k}={v}' for k, v in point.items())}: {rate:.3g} req/s "
+                     f"{'meets the SLOs' if ok else 'misses: ' + why}")
+        return ok
+
+    found = bisect_capacity(meets, cfg.load.min, cfg.load.max, cfg.load.tolerance)
+    above = [x for x, ok in found.probes if not ok and (found.load is None or x > found.load)]
+    return {**point, "status": "ok", "reason": "", "devices": sc.num_devices,
+            "capacity_requests_per_s": found.load, "at_top_of_range": found.at_top,
+            "capacity_per_device": None if found.load is None else found.load / sc.num_devices,
+            "limited_by": limits[min(above)] if above else "", "probes": len(found.probes)}
+
+
+def _candidate_indexed(job: tuple) -> tuple[int, dict[str, Any]]:
+    i, cfg, base, cache_dir, point = job
+    return i, candidate_row(cfg, base, cache_dir, point)
+
+
+def run_recommend(cfg: RecommendConfig, base: Path, cache_dir: str | Path,
+                  evaluate: Callable[[str, list[str]], dict[str, Any]] = simulate_point,
+                  progress: Callable[[str], None] | None = None, workers: int = 1) -> pd.DataFrame:
+    """One row per candidate, best first: its axis values, status (ok / pruned), capacity
+    (requests/s), devices, capacity per device, whether the capacity is the top of the searched
+    range, what failed just above it, and the probes simulated. `evaluate(base, items)` simulates
+    one point (a test passes its own). With `workers` > 1 the candidates' searches run in a forked
+    process pool (each search is sequential: a probe depends on the last), rows as in one process."""
+    cands = points(cfg)
+    if workers <= 1 or len(cands) <= 1:
+        rows = [candidate_row(cfg, base, cache_dir, point, evaluate, progress) for point in cands]
+    else:
+        from moesim.studies.sweep import run_in_pool
+
+        rows = [None] * len(cands)
+
+        def finished(i: int, row: dict[str, Any]) -> None:
+            rows[i] = row
             if progress:
-                progress(f"{', '.join(f'{k}={v}' for k, v in point.items())}: {rate:.3g} req/s "
-                         f"{'meets the SLOs' if ok else 'misses: ' + why}")
-            return ok
+                what = ", ".join(f"{k}={v}" for k, v in cands[i].items())
+                progress(f"{what}: " + (f"capacity {row['capacity_requests_per_s']} req/s"
+                                        if row["status"] == "ok" else "pruned"))
 
-        found = bisect_capacity(meets, cfg.load.min, cfg.load.max, cfg.load.tolerance)
-        above = [x for x, ok in found.probes if not ok and (found.load is None or x > found.load)]
-        rows.append({**point, "status": "ok", "reason": "", "devices": sc.num_devices,
-                     "capacity_requests_per_s": found.load, "at_top_of_range": found.at_top,
-                     "capacity_per_device": None if found.load is None else found.load / sc.num_devices,
-                     "limited_by": limits[min(above)] if above else "", "probes": len(found.probes)})
+        run_in_pool(_candidate_indexed, [(i, cfg, base, str(cache_dir), p) for i, p in enumerate(cands)],
+                    workers, finished)
     table = pd.DataFrame(rows)
     if "capacity_per_device" in table:
         table = table.sort_values(["capacity_per_device", "capacity_requests_per_s"], ascending=False,

@@ -243,14 +243,20 @@ def _simulate_indexed(job: tuple) -> tuple[int, dict[str, Any]]:
 
 
 def _run_pool(jobs: list[tuple], workers: int, finished) -> None:
-    """The points in a pool of worker processes, as they finish; on an interrupt or an error the
-    workers are terminated (none outlives the sweep)."""
+    """The points in a pool of worker processes (`run_in_pool`)."""
+    run_in_pool(_simulate_indexed, jobs, workers, finished)
+
+
+def run_in_pool(work: Callable[[tuple], tuple[int, Any]], jobs: list[tuple], workers: int, finished) -> None:
+    """`work(job)` -> (index, result) for every job in a pool of worker processes, `finished(index,
+    result)` as each ends; on an interrupt or an error the workers are terminated (none outlives
+    the command)."""
     import multiprocessing
 
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     with _signals_held():
         pool = context.Pool(min(workers, len(jobs)), initializer=_worker_init)
-    results = pool.imap_unordered(_simulate_indexed, jobs)
+    results = pool.imap_unordered(work, jobs)
     try:
         for i, row in results:
             finished(i, row)

@@ -1473,6 +1473,7 @@ def rec(text: str) -> dict[str, Any]:
 
 
 RECOMMEND_CASES = [
+    Case("rec-workers-zero", rec(REC_OK), REC + ["--workers", "0"], ["--workers", "at least 1"]),
     Case("rec-no-slo", rec("base: serve.yaml\naxes: {seed: [0]}\nslo: {}\nload: {min: 1, max: 8}\n"), REC,
          ["rec.yaml", "slo", "at least one"]),
     Case("rec-slo-negative", rec(REC_OK.replace("tpot_p99: 0.1", "tpot_p99: -1")), REC,

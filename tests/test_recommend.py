@@ -3,6 +3,7 @@ finds a planted capacity within its tolerance; the SLO judge; a search over cand
 capacities are known by construction (the simulation replaced by a planted latency curve) ranks
 them right, prunes what does not resolve, and reuses cached probes."""
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -109,3 +110,24 @@ def test_the_command_writes_its_ranking_and_replay_commands(tmp_path):
     best = yaml.safe_load((out / "best.yaml").read_text())["best"]
     assert [b["rank"] for b in best] == list(range(1, len(best) + 1)) and best
     assert all(b["replay"].startswith("moesim simulate ") and RATE in b["replay"] for b in best)
+
+
+def test_worker_processes_give_the_in_process_ranking(tmp_path):
+    """Candidates searched in two worker processes rank exactly as searched in this one (each
+    search is its own sequence of cached probes; the cache is shared, written atomically)."""
+    from test_bad_inputs import SERVE, TOY
+
+    from moesim.cli import main
+
+    for name, text in TOY.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "serve.yaml").write_text(yaml.safe_dump(SERVE))
+    (tmp_path / "rec.yaml").write_text(yaml.safe_dump({
+        "base": "serve.yaml", "axes": {"serving.scheduler.max_running": [2, 4, 16]}, "slo": {"ttft_p99": 5.0},
+        "load": {"min": 1, "max": 1000, "tolerance": 0.5}, "top": 3}))
+    for out, cache, workers in (("one", "c1", "1"), ("two", "c2", "2")):
+        assert main(["recommend", str(tmp_path / "rec.yaml"), "--out", str(tmp_path / out), "--cache",
+                     str(tmp_path / cache), "--workers", workers, "--quiet"]) == 0
+    one, two = (pd.read_parquet(tmp_path / d / "recommend.parquet") for d in ("one", "two"))
+    pd.testing.assert_frame_equal(one, two, check_exact=True)
+    assert len(one) == 3
