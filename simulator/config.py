@@ -289,6 +289,9 @@ class PoliciesConfig(_Strict):
 class OutputsConfig(_Strict):
     dir: str | None = Field(None, description="run directory; default runs/<name>")
     trace_steps: int = Field(2, ge=0, description="steps written to trace.json (0: none)")
+    phases: Literal["full", "none"] = Field(
+        "full", description="phases.parquet, one row per (step, layer, device, phase): 'full', or 'none' to skip "
+        "it (a long serving run's largest table and half its write time; per-request and per-iteration tables stay)")
 
 
 def _folder_name(name: str | None) -> str | None:

@@ -104,7 +104,8 @@ def _write_files(result: SimResult, run_dir: Path, overrides: list[str]) -> None
         },
         "config": sc.config.as_written(),
     }
-    result.phases.to_parquet(run_dir / "phases.parquet", index=False)
+    if sc.config.outputs.phases == "full":
+        result.phases.to_parquet(run_dir / "phases.parquet", index=False)
     result.utilization.to_csv(run_dir / "utilization.csv", index=False)
     result.layers.to_csv(run_dir / "layers.csv", index=False)
     traffic_table(result).to_csv(run_dir / "traffic.csv", index=False)
@@ -140,7 +141,9 @@ def check_run_dir(path: str | Path) -> Path:
     except (OSError, ValueError):
         data = None
     status = data.get("status") if isinstance(data, dict) else None
-    missing = [f for f in RUN_FILES if not (path / f).exists()]
+    skipped = {"phases.parquet"} if isinstance(data, dict) and \
+        (data.get("config") or {}).get("outputs", {}).get("phases") == "none" else set()
+    missing = [f for f in RUN_FILES if f not in skipped and not (path / f).exists()]
     if status != "complete" or missing:
         what = f"missing {', '.join(missing)}" if missing else "its summary.json does not say it completed"
         raise ConfigError(f"{path} is not a complete run directory ({what}): it was interrupted, or written "

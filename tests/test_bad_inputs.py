@@ -282,6 +282,8 @@ CONFIG_CASES = [
          SIM, ["scenario.yaml", "workload.routing.synthetic", "not found"]),
     Case("cfg-outputs-trace-steps-negative", sc({"outputs": {"trace_steps": -1}}), SIM,
          ["scenario.yaml", "outputs.trace_steps"]),
+    Case("cfg-outputs-phases-unknown", sc({"outputs": {"phases": "aggregated"}}), SIM,
+         ["scenario.yaml", "outputs.phases", "'full'", "'none'"]),
     Case("cfg-seed-negative", sc({"seed": -1}), SIM, ["scenario.yaml", "seed"]),
     Case("cfg-model-unknown", sc({"model": "Toy-MoE9"}), SIM, ["scenario.yaml", "'model'", "unknown model 'Toy-MoE9'"]),
     Case("cfg-model-suggestion", sc({"model": "mixtral"}), SIM, ["scenario.yaml", "did you mean 'Mixtral-8x7B'"]),

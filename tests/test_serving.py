@@ -310,3 +310,19 @@ def test_serving_summary_has_no_fixed_batch_keys_at_top_level(tmp_path, kind, to
     (tmp_path / "fixed").mkdir()
     fixed = simulate(load_scenario(toy_file(tmp_path / "fixed", toy_config))).summary
     assert set(FIXED_BATCH_KEYS) <= set(fixed)  # a fixed-batch run keeps them
+
+
+def test_a_run_directory_without_its_phase_table(tmp_path):
+    """outputs.phases: none skips phases.parquet (a serving run's largest table); the run directory
+    is still complete, and the per-request and per-iteration tables stay."""
+    from moesim.cli import main
+    from moesim.simulator.run import check_run_dir
+
+    cfg = serving_config()
+    cfg["outputs"] = {"phases": "none", "trace_steps": 0}
+    path = toy_file(tmp_path, cfg)
+    out = tmp_path / "run"
+    assert main(["simulate", str(path), "--out", str(out), "--quiet"]) == 0
+    assert not (out / "phases.parquet").exists()
+    assert (out / "requests.parquet").exists() and (out / "iterations.csv").exists()
+    assert check_run_dir(out) == out  # complete: `moesim report` reads it (and says the phase figures are absent)
