@@ -52,8 +52,10 @@ def _progress(quiet: bool):
             return
         if not first:
             first.append(done)
-            if cached:
-                print(f"{cached} of {total} points from the cache", file=sys.stderr, flush=True)
+            refused = done - cached
+            if cached or refused:
+                print(f"{cached} of {total} points from the cache" + (f", {refused} refused before simulating (see the "
+                      "table's error column)" if refused else ""), file=sys.stderr, flush=True)
             return
         ran = done - first[0]
         left = total - done

@@ -210,8 +210,8 @@ def run_sweep(cfg: SweepConfig, base: Path, cache_dir: str | Path, workers: int 
             rows[i] = hit
         else:
             todo.append(i)
-    cached = len(planned) - len(todo)
-    done = cached
+    done = len(planned) - len(todo)  # read from the cache, or refused before simulating
+    cached = sum(1 for (_, _, key, _), row in zip(planned, rows) if key is not None and row is not None)
     if progress:
         progress(done, len(planned), cached)
 

@@ -89,7 +89,7 @@ def test_fit_recovers_the_planted_parameters(planted):
 def test_a_trace_synthesized_from_the_fit_reproduces_the_statistics(planted):
     source, _, _, again = planted
     s, a = source.summary, again.summary
-    # stated tolerances (README "Fitting a generator"): imbalance within 10 %, affinity mutual
+    # stated tolerances (docs/routing.md, "The routing generator"): imbalance within 10 %, affinity mutual
     # information within 25 %, top-1 conditional within 0.03, drift and locality TV within 25 %
     for key in ("max_over_mean", "cv"):
         assert a["imbalance"][key] == pytest.approx(s["imbalance"][key], rel=0.10), key
@@ -128,7 +128,7 @@ def test_the_fit_calibrates_on_the_traces_own_steps(few_tokens):
 def test_fit_keeps_affinity_on_a_trace_with_few_tokens_per_step(few_tokens):
     source, cfg, again = few_tokens
     s, a = compute_stats(source).summary["affinity"], again.summary["affinity"]
-    # stated tolerances (README "The routing generator"): few tokens per step, MI within 15 %,
+    # stated tolerances (docs/routing.md, "The routing generator"): few tokens per step, MI within 15 %,
     # top-1 conditional within 0.03 (measured over seeds: MI +2..+5 %, top-1 +0.008..+0.011)
     assert cfg.affinity == pytest.approx(0.9, abs=0.08)
     assert a["mutual_info"] == pytest.approx(s["mutual_info"], rel=0.15)

@@ -1,6 +1,6 @@
 """Convert routing dumps that are not Parquet traces into the trace table (in memory).
 
-Accepted dumps (see README "Routing traces"):
+Accepted dumps (see docs/routing.md, "Routing traces"):
 - `.npz` with dense `topk_ids` (layers, tokens, k) or (steps, layers, tokens, k), optional
   `topk_weights` of the same shape and `source` (tokens,) or (steps, tokens); or dense
   `router_logits` (layers, tokens, experts) or (steps, layers, tokens, experts); or the long
