@@ -187,31 +187,40 @@ def sweep_config(folder: Path) -> Path:
 
 
 def test_an_interrupted_sweep_keeps_its_finished_points_and_names_them(tmp_path, capsys, monkeypatch):
+    """An interrupted --load sweep writes no folder (an earlier one there stays whole); its finished
+    points stay in the sweep cache, with their run directories, and the same command resumes with
+    only the rest; a complete sweep replaces an earlier one whole."""
+    from moesim.studies import sweep as sweep_mod
+
     path = sweep_config(tmp_path)
-    real = cli._simulated
+    real = sweep_mod.simulate_point
     calls = []
 
-    def stop_at_third(*args, **kwargs):
-        calls.append(1)
+    def stop_at_third(*args):
+        calls.append(args[1])
         if len(calls) == 3:
             raise interrupts.Interrupted(15)
-        return real(*args, **kwargs)
-    monkeypatch.setattr(cli, "_simulated", stop_at_third)
+        return real(*args)
+    monkeypatch.setattr(sweep_mod, "simulate_point", stop_at_third)
     out = tmp_path / "sweep"
     rc, err = run(["simulate", path, "--load", "2,4,8,16", "--out", out, "--progress", "none"], capsys)
-    assert rc == 143 and "SIGTERM" in err and "2 of 4 sweep points (rate=2/s, rate=4/s)" in err, err
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == \
-        ["rate=2-per-s", "rate=4-per-s", "sweep.json"]
-    assert json.loads((out / "sweep.json").read_text())["status"] == "interrupted"
-    assert leftovers(tmp_path) == []
+    assert rc == 143 and "SIGTERM" in err and "sweep cache" in err and "resume" in err, err
+    assert not out.exists() and leftovers(tmp_path) == []
+    cache = tmp_path / ".moesim-sweep-cache"
+    assert len(list(cache.glob("*.json"))) == 2 and len(list((cache / "runs").iterdir())) == 2
+
+    calls.clear()  # the same command: only the two points not yet run
+    assert run(["simulate", path, "--load", "2,4,8,16", "--out", out, "--progress", "none"], capsys)[0] == 0
+    assert len(calls) == 2 and json.loads((out / "sweep.json").read_text())["status"] == "complete"
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == \
+        ["rate=16-per-s", "rate=2-per-s", "rate=4-per-s", "rate=8-per-s"]
 
     # a second interrupted sweep over it leaves the first untouched ...
     calls.clear()
-    rc, err = run(["simulate", path, "--load", "1,3,5", "--out", out, "--force", "--progress", "none"], capsys)
-    assert rc == 143 and "nothing was written" in err
-    assert (out / "rate=2-per-s").exists() and not (out / "rate=1-per-s").exists()
+    rc, err = run(["simulate", path, "--load", "1,3,5,7", "--out", out, "--force", "--progress", "none"], capsys)
+    assert rc == 143 and (out / "rate=2-per-s").exists() and not (out / "rate=1-per-s").exists()
     # ... and a complete one replaces it whole: no old point beside the new ones
-    monkeypatch.setattr(cli, "_simulated", real)
+    monkeypatch.setattr(sweep_mod, "simulate_point", real)
     assert run(["simulate", path, "--load", "1,3", "--out", out, "--force", "--progress", "none"], capsys)[0] == 0
     assert sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")) == \
         ["rate=1-per-s", "rate=3-per-s"]
