@@ -44,13 +44,16 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ConfigError(f"--workers takes a count of at least 1, got {args.workers}", field="--workers")
     cfg, base = load_recommend(args.file)
+    from moesim.studies.recommend import USERS, searched_load
+
+    unit = "users" if searched_load(base) == USERS else "requests/s"
     out = args.out or Path("runs") / cfg.name
     check_replaceable(out, "--out", args.force)
     cache = args.cache or out.parent / CACHE_NAME
     show = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     if show:
         show(f"recommend {cfg.name}: {len(points(cfg))} candidates of {base.name}, capacity searched in "
-             f"{cfg.load.min:g}-{cfg.load.max:g} requests/s; cache {cache}")
+             f"{cfg.load.min:g}-{cfg.load.max:g} {unit}; cache {cache}")
     try:
         table = run_recommend(cfg, base, cache, progress=show, workers=args.workers)
     except KeyboardInterrupt:
@@ -58,27 +61,26 @@ def run(args: argparse.Namespace) -> int:
                         "resume: they are not simulated again)")
         raise
     axes = list(cfg.axes)
-    ok = table[(table["status"] == "ok") & table["capacity_requests_per_s"].notna()] \
-        if "capacity_requests_per_s" in table else table.iloc[:0]
+    ok = table[(table["status"] == "ok") & table["capacity"].notna()] if "capacity" in table else table.iloc[:0]
     best = []
     for rank, (_, r) in enumerate(ok.head(cfg.top).iterrows(), 1):
         point = {a: (r[a].item() if hasattr(r[a], "item") else r[a]) for a in axes}
-        best.append({"rank": rank, "config": point, "capacity_requests_per_s": float(r["capacity_requests_per_s"]),
+        best.append({"rank": rank, "config": point, "capacity": float(r["capacity"]), "capacity_unit": r["capacity_unit"],
                      "devices": int(r["devices"]), "capacity_per_device": float(r["capacity_per_device"]),
                      "at_top_of_range": bool(r["at_top_of_range"]), "limited_by": r["limited_by"],
-                     "replay": replay_command(base, point, float(r["capacity_requests_per_s"]))})
+                     "replay": replay_command(base, point, float(r["capacity"]))})
     with atomic_dir(out, command="recommend", force=args.force) as partial:
         table.to_csv(partial / "recommend.csv", index=False)
         table.to_parquet(partial / "recommend.parquet", index=False)
         (partial / "best.yaml").write_text(yaml.safe_dump({"slo": cfg.slo.model_dump(exclude_none=True),
                                                            "best": best}, sort_keys=False))
-        cols = axes + [c for c in ("status", "devices", "capacity_requests_per_s", "capacity_per_device",
+        cols = axes + [c for c in ("status", "devices", "capacity", "capacity_unit", "capacity_per_device",
                                    "limited_by", "reason") if c in table]
         facts = [("base config", str(base)), ("SLO", ", ".join(f"{k} <= {v:g} s" for k, v in
                                                                cfg.slo.model_dump(exclude_none=True).items())),
-                 ("load searched", f"{cfg.load.min:g}-{cfg.load.max:g} requests/s, bisection to "
+                 ("load searched", f"{cfg.load.min:g}-{cfg.load.max:g} {unit}, bisection to "
                                    f"{cfg.load.tolerance:.0%}"),
-                 ("ranking", "capacity per device (requests/s per GPU within the SLOs), then capacity"),
+                 ("ranking", f"capacity per device ({unit} per GPU within the SLOs), then capacity"),
                  ("source", "every number simulated by moesim (a model output); probes cached in " + str(cache))]
         write_page(partial, "report", f"{cfg.name}: recommended configurations (simulated)", facts,
                    [("h2", "Candidates, best first"),
@@ -92,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
             print("no candidate meets the SLOs even at the lowest load searched (load.min)")
         for b in best:
             why = f"; above it: {b['limited_by']}" if b["limited_by"] else " (the top of the range: it may carry more)"
-            print(f"{b['rank']}. {b['config']}: {b['capacity_requests_per_s']:.3g} requests/s on {b['devices']} "
+            print(f"{b['rank']}. {b['config']}: {b['capacity']:.3g} {b['capacity_unit']} on {b['devices']} "
                   f"devices ({b['capacity_per_device']:.3g} per device){why}")
         print(f"recommend folder: {out} (best.yaml has the replay commands)")
     return 0

@@ -5,21 +5,22 @@ The file is a sweep file (studies/sweep_config.py: `base`, `axes` to search, `zi
 plus what to search for:
 
 ```yaml
-base: serving.yaml                 # an open-loop serving config (serving.arrivals)
+base: serving.yaml                 # a serving config: open loop (serving.arrivals) or closed (serving.users)
 axes: {parallelism.tp: [1, 2, 4], policies.overlap: [none, two_batch]}
 slo: {ttft_p99: 2.0, tpot_p99: 0.1}   # seconds
-load: {min: 0.5, max: 64, tolerance: 0.1}   # requests/s searched, and the bisection's relative step
+load: {min: 0.5, max: 64, tolerance: 0.1}   # requests/s (or users) searched, and the bisection's step
 top: 3
 ```
 
 Every candidate (a point of the axes) is resolved first: one whose memory does not fit, or that
 does not resolve, is pruned with the reason and never simulated. Each remaining candidate's
-capacity is found by bisection on `serving.arrivals.rate` (studies/capacity.py); each probe is a
+capacity is found by bisection on `serving.arrivals.rate` of an open loop, or on the whole number
+of `serving.users` of a closed loop (studies/capacity.py); each probe is a
 sweep point, cached like one (studies/sweep.py), so a rerun or a wider search reuses them. The
-ranking is capacity per device (requests/s per GPU), then capacity. The search is a plain grid
+ranking is capacity per device (requests/s, or users, per GPU), then capacity. The search is a plain grid
 over the axes with bisection per candidate, not Optuna: the axes are few and discrete, every
 candidate's capacity is wanted for the table, and a grid's result does not depend on a sampler's
-seed. Candidates are searched one after another in this process.
+seed. Candidates are searched one after another in this process, or in worker processes.
 """
 
 from __future__ import annotations
@@ -38,6 +39,19 @@ from moesim.studies.sweep_config import SweepConfig, load_sweep, overrides, poin
 from moesim.yaml_io import load_yaml
 
 RATE = "serving.arrivals.rate"
+USERS = "serving.users"
+
+
+def searched_load(base: str | Path) -> str:
+    """What recommend bisects on for a base config: an open loop's arrival rate (RATE) or a closed
+    loop's users (USERS)."""
+    serving = load_yaml(Path(base)).get("serving")
+    return USERS if isinstance(serving, dict) and serving.get("users") is not None else RATE
+
+
+def load_item(field: str, x: float) -> str:
+    """The --set item of one probe: users are whole (at least 1), a rate keeps 6 digits."""
+    return f"{field}={max(1, round(x))}" if field == USERS else f"{field}={x:.6g}"
 
 
 class SloSpec(BaseModel):
@@ -76,11 +90,17 @@ def load_recommend(path: str | Path) -> tuple[RecommendConfig, Path]:
     path = Path(path)
     cfg, base = load_sweep(path, RecommendConfig)
     serving = load_yaml(base).get("serving")
-    if not isinstance(serving, dict) or not isinstance(serving.get("arrivals"), dict):
-        raise ConfigError("recommend searches the arrival rate of an open-loop serving config: the base needs "
-                          "serving.arrivals (a closed loop's users are not searched yet)", file=path, field="base")
-    if RATE in cfg.axes:
-        raise ConfigError(f"{RATE} is what recommend searches; drop it from the axes", file=path, field="axes")
+    if not isinstance(serving, dict) or not (isinstance(serving.get("arrivals"), dict) or
+                                             serving.get("users") is not None):
+        raise ConfigError("recommend searches the load of a serving config: the base needs serving.arrivals (an "
+                          "open loop: its rate is searched) or serving.users (a closed loop: its users are searched)",
+                          file=path, field="base")
+    field = searched_load(base)
+    if field in cfg.axes:
+        raise ConfigError(f"{field} is what recommend searches; drop it from the axes", file=path, field="axes")
+    if field == USERS and cfg.load.max < 1:
+        raise ConfigError(f"a closed loop's load is whole users: load.max {cfg.load.max:g} is below 1", file=path,
+                          field="load.max")
     return cfg, base
 
 
@@ -94,14 +114,15 @@ def candidate_row(cfg: RecommendConfig, base: Path, cache_dir: str | Path, point
     cache = SweepCache(cache_dir)
     slo = cfg.slo.model_dump(exclude_none=True)
     items = overrides(point)
+    field = searched_load(base)
     try:
-        sc = load_scenario(base, items + [f"{RATE}={cfg.load.min}"], items_relative_to="config")
+        sc = load_scenario(base, items + [load_item(field, cfg.load.min)], items_relative_to="config")
     except MoesimError as err:  # does not fit in memory, or does not resolve: never simulated
         return {**point, "status": "pruned", "reason": str(err)}
     limits: dict[float, str] = {}
 
     def meets(rate: float) -> bool:
-        probe = items + [f"{RATE}={rate:.6g}"]
+        probe = items + [load_item(field, rate)]
         key = point_key(load_scenario(base, probe, items_relative_to="config"))
         row = cache.get(key)
         if row is None:
@@ -110,15 +131,17 @@ def candidate_row(cfg: RecommendConfig, base: Path, cache_dir: str | Path, point
         ok, why = serving_meets(row, slo)
         limits[rate] = why
         if progress:
-            progress(f"{', '.join(f'{k}={v}' for k, v in point.items())}: {rate:.3g} req/s "
+            progress(f"{', '.join(f'{k}={v}' for k, v in point.items())}: {load_item(field, rate)} "
                      f"{'meets the SLOs' if ok else 'misses: ' + why}")
         return ok
 
     found = bisect_capacity(meets, cfg.load.min, cfg.load.max, cfg.load.tolerance)
     above = [x for x, ok in found.probes if not ok and (found.load is None or x > found.load)]
+    capacity = found.load if found.load is None or field == RATE else float(max(1, round(found.load)))
     return {**point, "status": "ok", "reason": "", "devices": sc.num_devices,
-            "capacity_requests_per_s": found.load, "at_top_of_range": found.at_top,
-            "capacity_per_device": None if found.load is None else found.load / sc.num_devices,
+            "capacity": capacity, "capacity_unit": "users" if field == USERS else "requests/s",
+            "capacity_requests_per_s": capacity if field == RATE else None, "at_top_of_range": found.at_top,
+            "capacity_per_device": None if capacity is None else capacity / sc.num_devices,
             "limited_by": limits[min(above)] if above else "", "probes": len(found.probes)}
 
 
@@ -147,19 +170,19 @@ def run_recommend(cfg: RecommendConfig, base: Path, cache_dir: str | Path,
             rows[i] = row
             if progress:
                 what = ", ".join(f"{k}={v}" for k, v in cands[i].items())
-                progress(f"{what}: " + (f"capacity {row['capacity_requests_per_s']} req/s"
+                progress(f"{what}: " + (f"capacity {row['capacity']} {row['capacity_unit']}"
                                         if row["status"] == "ok" else "pruned"))
 
         run_in_pool(_candidate_indexed, [(i, cfg, base, str(cache_dir), p) for i, p in enumerate(cands)],
                     workers, finished)
     table = pd.DataFrame(rows)
     if "capacity_per_device" in table:
-        table = table.sort_values(["capacity_per_device", "capacity_requests_per_s"], ascending=False,
+        table = table.sort_values(["capacity_per_device", "capacity"], ascending=False,
                                   na_position="last", kind="stable").reset_index(drop=True)
     return table
 
 
 def replay_command(base: Path, point: dict[str, Any], rate: float | None) -> str:
-    """The command that simulates a candidate at its capacity."""
-    sets = overrides(point) + ([f"{RATE}={rate:.6g}"] if rate is not None else [])
+    """The command that simulates a candidate at its capacity (`rate`: requests/s, or users)."""
+    sets = overrides(point) + ([load_item(searched_load(base), rate)] if rate is not None else [])
     return "moesim simulate " + str(base) + "".join(f" --set '{s}'" for s in sets)

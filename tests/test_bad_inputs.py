@@ -1486,9 +1486,18 @@ RECOMMEND_CASES = [
          ["rec.yaml", "load", "missing"]),
     Case("rec-rate-axis", rec(REC_OK.replace("{seed: [0]}", "{serving.arrivals.rate: [1, 2]}")), REC,
          ["rec.yaml", "axes", "what recommend searches"]),
-    Case("rec-closed-loop-base", {**rec(REC_OK), "serve.yaml": yaml.safe_dump(
+    Case("rec-closed-loop-users-as-axis", {**rec("base: serve.yaml\naxes: {serving.users: [2, 4]}\n"
+                                                 "slo: {tpot_p99: 0.1}\nload: {min: 1, max: 8}\n"),
+                                           "serve.yaml": yaml.safe_dump(
         {**SERVE, "serving": {**{k: v for k, v in SERVE["serving"].items() if k != "arrivals"}, "users": 4}})}, REC,
-         ["rec.yaml", "base", "open-loop"]),
+         ["rec.yaml", "axes", "serving.users is what recommend searches"]),
+    Case("rec-closed-loop-under-one-user", {**rec(REC_OK.replace("min: 1, max: 8", "min: 0.1, max: 0.5")),
+                                            "serve.yaml": yaml.safe_dump(
+        {**SERVE, "serving": {**{k: v for k, v in SERVE["serving"].items() if k != "arrivals"}, "users": 4}})}, REC,
+         ["rec.yaml", "load.max", "whole users"]),
+    Case("rec-base-without-load", {**rec(REC_OK), "serve.yaml": yaml.safe_dump(
+        {**SERVE, "serving": {k: v for k, v in SERVE["serving"].items() if k != "arrivals"}})}, REC,
+         ["rec.yaml", "base", "serving.arrivals", "serving.users"]),
     Case("rec-top-zero", rec(REC_OK + "top: 0\n"), REC, ["rec.yaml", "top", "greater than or equal to 1"]),
     Case("rec-out-foreign", {**rec(REC_OK), "out/mine.txt": "mine"}, REC + ["--force"], ["out", "did not write"]),
 ]

@@ -9,7 +9,7 @@ import yaml
 
 from moesim.errors import ConfigError
 from moesim.studies.capacity import bisect_capacity, serving_meets
-from moesim.studies.recommend import RATE, load_recommend, replay_command, run_recommend
+from moesim.studies.recommend import RATE, USERS, load_recommend, replay_command, run_recommend
 
 from conftest import EXAMPLES
 
@@ -63,7 +63,7 @@ def test_recommend_ranks_candidates_by_their_planted_capacity(tmp_path):
     assert list(ok["policies.overlap"]) == ["two_batch", "none"]  # best first
     for _, r in ok.iterrows():
         cap = planted[r["policies.overlap"]]
-        assert cap / 1.05 <= r["capacity_requests_per_s"] <= cap
+        assert cap / 1.05 <= r["capacity_requests_per_s"] <= cap and r["capacity"] == r["capacity_requests_per_s"]
         assert r["capacity_per_device"] == pytest.approx(r["capacity_requests_per_s"] / 8)
         assert r["limited_by"].startswith("tpot_p99_s")
     pruned = table[table["status"] == "pruned"]
@@ -85,9 +85,32 @@ def test_bad_recommend_files(tmp_path, change, message):
         load_recommend(_file(tmp_path, **change))
 
 
-def test_a_closed_loop_base_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="open-loop"):
-        load_recommend(_file(tmp_path, base=str(EXAMPLES / "serving-deepseek-v3-dp16-ep16.yaml")))
+def test_a_closed_loop_is_searched_in_whole_users(tmp_path):
+    """A closed-loop base has its users bisected (whole numbers): the capacity is the most users
+    meeting the SLOs, within the tolerance of a planted crossing, and the replay sets the users."""
+    planted = {"none": 23, "two_batch": 41}  # users at which TPOT p99 crosses 0.1 s
+    calls = []
+
+    def evaluate(base, items):
+        got = dict(i.split("=", 1) for i in items)
+        calls.append(got[USERS])
+        users, cap = int(got[USERS]), planted[yaml.safe_load(got["policies.overlap"])]
+        return {"status": "ok", "saturated": 0.0, "ttft_p99_s": 0.5, "tpot_p99_s": 0.1 * users / (cap + 0.5)}
+
+    path = _file(tmp_path, base=str(EXAMPLES / "serving-deepseek-v3-dp16-ep16.yaml"),
+                 axes={"policies.overlap": ["none", "two_batch"]}, load={"min": 1, "max": 128, "tolerance": 0.02})
+    cfg, base = load_recommend(path)
+    table = run_recommend(cfg, base, tmp_path / "cache", evaluate)
+    assert list(table["policies.overlap"]) == ["two_batch", "none"] and (table["capacity_unit"] == "users").all()
+    for _, r in table.iterrows():
+        cap = planted[r["policies.overlap"]]
+        assert r["capacity"] == int(r["capacity"]) and cap / 1.02 - 1 <= r["capacity"] <= cap
+        assert r["capacity_requests_per_s"] is None or r["capacity_requests_per_s"] != r["capacity_requests_per_s"]
+    assert all(c == str(int(c)) for c in calls)  # every probe a whole number of users
+    assert f"--set '{USERS}=41'" in replay_command(base, {"policies.overlap": "two_batch"}, 41.0)
+    with pytest.raises(ConfigError, match="what recommend searches"):
+        load_recommend(_file(tmp_path, base=str(EXAMPLES / "serving-deepseek-v3-dp16-ep16.yaml"),
+                             axes={USERS: [1, 2]}))
 
 
 def test_the_command_writes_its_ranking_and_replay_commands(tmp_path):
