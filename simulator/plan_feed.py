@@ -127,12 +127,18 @@ def plan_feed(plans: Iterator[list[StepPlan]], steps: int | None, interactive: b
     thread, or, where `MOESIM_PLAN_FEED=process` asks and `ahead` allows (the scenario's own
     pipeline, nothing the parent must see), a child process for long runs on a platform that
     forks cheaply (Linux)."""
+    asked = os.environ.get("MOESIM_PLAN_FEED", "thread")
+    if asked not in ("thread", "process"):
+        from moesim.errors import ConfigError
+
+        raise ConfigError(f"the environment variable MOESIM_PLAN_FEED takes 'thread' (the default) or 'process', "
+                          f"got {asked!r}", field="MOESIM_PLAN_FEED")
     if interactive:
         return DirectFeed(plans)
     forks = sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
     # a daemonic process (a sweep's pool worker) may not have children, and its siblings hold the other cores
     forks = forks and not multiprocessing.current_process().daemon
-    wanted = os.environ.get("MOESIM_PLAN_FEED", "thread") == "process"
+    wanted = asked == "process"
     if wanted and ahead and forks and steps is not None and steps >= MIN_STEPS_FOR_PROCESS:
         return ProcessFeed(plans)
     return ThreadFeed(plans)

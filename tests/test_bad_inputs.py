@@ -41,6 +41,7 @@ class Case(NamedTuple):
     files: dict[str, str | bytes | Callable[[], bytes]]
     argv: list[str]
     words: list[str]
+    env: dict[str, str] = {}  # environment variables set for the case
 
 
 # --- building blocks: the toy scenario (2 devices, 4 experts, 1 MoE layer) and edits of it -------------
@@ -282,6 +283,8 @@ CONFIG_CASES = [
          SIM, ["scenario.yaml", "workload.routing.synthetic", "not found"]),
     Case("cfg-outputs-trace-steps-negative", sc({"outputs": {"trace_steps": -1}}), SIM,
          ["scenario.yaml", "outputs.trace_steps"]),
+    Case("env-plan-feed-unknown", toy(), SIM, ["MOESIM_PLAN_FEED", "'thread'", "'process'", "proc"],
+         env={"MOESIM_PLAN_FEED": "proc"}),
     Case("cfg-outputs-phases-unknown", sc({"outputs": {"phases": "aggregated"}}), SIM,
          ["scenario.yaml", "outputs.phases", "'full'", "'none'"]),
     Case("cfg-seed-negative", sc({"seed": -1}), SIM, ["scenario.yaml", "seed"]),
@@ -1996,6 +1999,8 @@ def run_case(case: Case, folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
     for name, content in case.files.items():
         write_file(folder, name, content)
     monkeypatch.chdir(folder)
+    for name, value in case.env.items():
+        monkeypatch.setenv(name, value)
     argv = [str(folder / a) if a in case.files else a for a in case.argv]
     try:
         rc = cli.main(argv)
