@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pulp
 
+from moesim import interrupts
 from moesim.placement.baselines import contiguous, eplb_global, round_robin
 from moesim.placement.ilp_matrix import (as_scenarios, cbc_stopped_on_interrupt, quiet_stdout, run_interruptibly,
                                          solve_layer_highs)
@@ -150,6 +151,7 @@ def _run_solver(prob: pulp.LpProblem, solver: str, opts: IlpOptions) -> tuple[st
         s = _WarmHiGHS(msg=opts.msg, timeLimit=opts.time_limit, gapRel=opts.gap, threads=opts.threads)
         with quiet_stdout(not opts.msg):
             prob.solve(s)
+        interrupts.check()
         info = prob.solverModel.getInfo()
         status = prob.solverModel.modelStatusToString(prob.solverModel.getModelStatus())
         bound = float(info.mip_dual_bound)
@@ -162,6 +164,7 @@ def _run_solver(prob: pulp.LpProblem, solver: str, opts: IlpOptions) -> tuple[st
                                   threads=opts.threads, logPath=str(log))
         with cbc_stopped_on_interrupt():
             prob.solve(s)
+            interrupts.check()  # PuLP's bare `except: pass` around closing CBC's log can swallow the signal
         text = log.read_text() if log.exists() else ""
     status = pulp.LpStatus[prob.status]
     m = re.search(r"^Result - (.+)$", text, re.M)

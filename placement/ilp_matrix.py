@@ -25,6 +25,7 @@ from typing import Iterator
 
 import numpy as np
 
+from moesim import interrupts
 from moesim.placement.problem import ExpertTimeModel
 
 
@@ -232,8 +233,9 @@ class _TrackedSubprocess:
         self._real, self._started = real, started
 
     def Popen(self, *args, **kwargs):  # noqa: N802 (subprocess's name)
-        proc = self._real.Popen(*args, **kwargs)
-        self._started.append(proc)
+        with interrupts.deferred():  # a signal between the fork and the append would leave CBC untracked
+            proc = self._real.Popen(*args, **kwargs)
+            self._started.append(proc)
         return proc
 
     def __getattr__(self, name: str):
@@ -280,6 +282,7 @@ def run_highs(m: LayerMatrices, warm_cols: np.ndarray | None, *, time_limit: flo
             sol.value_valid = True
             h.setSolution(sol)
         run_interruptibly(h)
+    interrupts.check()
     status = h.modelStatusToString(h.getModelStatus())
     info = h.getInfo()
     solution = h.getSolution()

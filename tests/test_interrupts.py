@@ -352,3 +352,28 @@ def test_a_redelivered_signal_after_check_raised_it_does_not_interrupt_the_clean
             interrupts.check()
         time.sleep(0.2)  # the redelivery arrives during the "cleanup": it must not raise
         assert interrupts.pending() == signal.SIGTERM
+
+
+@pytest.mark.parametrize("solver", ["cbc", "highs"])
+def test_a_signal_the_solver_library_swallowed_stops_the_placement_after_that_solve(monkeypatch, solver):
+    """PuLP closes CBC's log under a bare `except: pass`, so a signal landing there is lost as an
+    exception (CI saw place-cbc run on for 3.8 s and write its folder): the ILP raises it as soon as
+    the solve returns instead of solving the remaining layers."""
+    import pulp
+
+    from moesim import interrupts
+    from moesim.placement.ilp import IlpOptions, _run_solver
+
+    def swallowing_solve(self, solver=None, **kwargs):
+        interrupts._seen.append(signal.SIGTERM)  # the handler recorded it; the library ate the raise
+        return 1
+
+    monkeypatch.setattr(pulp.LpProblem, "solve", swallowing_solve)
+    monkeypatch.setattr(interrupts, "_seen", [])
+    prob = pulp.LpProblem("p", pulp.LpMinimize)
+    prob += prob.add_variable("x", lowBound=0)
+    if solver == "highs":
+        pytest.importorskip("highspy")
+        monkeypatch.setattr(pulp.LpProblem, "solverModel", None, raising=False)
+    with pytest.raises(interrupts.Interrupted):
+        _run_solver(prob, solver, IlpOptions(solver=solver))
