@@ -26,6 +26,7 @@ from moesim.simulator.collectives import GroupCollective, make_collective, stage
 from moesim.simulator.network import Fabric, sending_pairs
 from moesim.simulator.offload.manager import LayerWait, OffloadManager
 from moesim.simulator.interpreter import device_stream
+from moesim.simulator.lockstep import Handover, program_fits, run_lockstep
 from moesim.simulator.unit_streams import unit_device_stream
 from moesim.simulator.plan_feed import plan_feed
 from moesim.simulator.program import Program
@@ -109,8 +110,10 @@ class Engine:
         self.source = source
         self.cache = cache  # serving: replays iterations whose shape was simulated before
         self.interactive = hasattr(source, "bind_clock")  # the source forms steps at the simulated time
+        self.lockstep_clock: float | None = None  # the event-free path's time (simulator/lockstep.py)
+        self._array_times = False
         if self.interactive:
-            source.bind_clock(lambda: self.env.now)
+            source.bind_clock(self.now)
         self._feed = plan_feed(iter(plans), steps, self.interactive, ahead)
         try:
             self._set_up(scenario, progress, program, comm_kind, allreduce)
@@ -196,8 +199,23 @@ class Engine:
             self._pulled += 1
         return self._plans.get(step)
 
+    def now(self) -> float:
+        """The simulated time: the event loop's, or the event-free path's while it runs."""
+        return self.env.now if self.lockstep_clock is None else self.lockstep_clock
+
     def _alloc(self, step: int) -> None:
-        self._times[step] = ([float("nan")] * self._size, [float("nan")] * self._size)
+        if self._array_times:  # the event-free path writes whole rows of devices at once
+            self._times[step] = (np.full(self._size, np.nan), np.full(self._size, np.nan))
+        else:
+            self._times[step] = ([float("nan")] * self._size, [float("nan")] * self._size)
+
+    def use_array_times(self, arrays: bool) -> None:
+        """Keep the timelines of steps not yet run as numpy arrays (the event-free path) or lists."""
+        self._array_times = arrays
+        if arrays:
+            for step, (st, en) in self._times.items():
+                if isinstance(st, list) and all(x != x for x in st[:1]):  # not run yet (all nan)
+                    self._times[step] = (np.asarray(st, dtype=float), np.asarray(en, dtype=float))
 
     def times(self, step: int) -> tuple[list[float], list[float]]:
         """Flat start/end lists of a step, indexed ((layer x N + device) x MB + microbatch) x P + phase."""
@@ -223,8 +241,13 @@ class Engine:
             dis = tr.dispatch
             com = tr.combine
             need_d, need_c = _pairs_of(dis), _pairs_of(com)
-            if self.interactive and len(dis) == 1:  # serving: every rank of an EP group enters each all-to-all
-                need_d = need_c = [self._group_pairs] * len(need_d)
+            if self.interactive:  # serving: every rank of an EP group enters each all-to-all (staged ones too)
+                group = self._group_pairs
+                if len(dis) == 1:
+                    need_d = need_c = [group] * len(need_d)
+                elif len(dis) == 2:  # each stage's own pairs still say which bytes travel where
+                    need_d = [(first, fwd, group) for first, fwd, _ in need_d]
+                    need_c = [(first, fwd, group) for first, fwd, _ in need_c]
             # an explicit kernel latency (policies.dispatch.kernel_latency) replaces the profile's floor
             kind, extra = tr.kind or self._moe_kind, tr.kernel_latency or 0.0
             floors = (self._floor_of(kind), self._floor_of(kind, "combine")) if tr.kernel_latency is None \
@@ -312,7 +335,7 @@ class Engine:
 
     def step_started(self, step: int) -> None:
         """Serving: every device starts an iteration at the same moment (after the barrier)."""
-        self._step_t0.setdefault(step, self.env.now)
+        self._step_t0.setdefault(step, self.now())
 
     def replay(self, step: int):
         """Serving: the cached timeline this step replays, or None to simulate it."""
@@ -386,10 +409,17 @@ class Engine:
         if self._ended == 0:
             raise MoesimError("the step source yielded no steps: nothing to simulate")
         try:
-            stream = unit_device_stream if self.unit_streams else device_stream
-            for d in range(self.n):
-                self.env.process(stream(self, d, self.program))
-            run_events(self.env)
+            handover: Handover | None = Handover(0, [0.0] * self.n, False)
+            if program_fits(self):
+                handover = run_lockstep(self)
+                self.lockstep_clock = None
+            self.event_free_steps = handover.step if handover is not None else None  # None: every step
+            if handover is not None:
+                stream = unit_device_stream if self.unit_streams else device_stream
+                for d in range(self.n):
+                    self.env.process(stream(self, d, self.program, handover.step, handover.fused,
+                                            handover.clocks[d]))
+                run_events(self.env)
         except MoesimError as err:  # SimPy re-raises a process's error as a copy without its fields
             if isinstance(err.__cause__, MoesimError):
                 raise err.__cause__ from None
@@ -404,7 +434,9 @@ class Engine:
         plans = [self._merged[s] if s in self._merged else merge_microbatches(p) for s, p in enumerate(per_mb)]
         self._merged = {}
         self._split_straggler_wait(per_mb)
-        return EngineResult(self.start, self.end, plans, self.fabric, offload=self.offload, microbatch_plans=per_mb)
+        free = steps if self.event_free_steps is None else self.event_free_steps
+        return EngineResult(self.start, self.end, plans, self.fabric, offload=self.offload, microbatch_plans=per_mb,
+                            meta={"event_free_steps": free})
 
     def _split_straggler_wait(self, per_mb: list[list[StepPlan]]) -> None:
         """Split each combine wait into waiting for a slower peer's experts, then transfer.

@@ -48,12 +48,16 @@ def collective_of(colls, which: int, layer: int, m: int):
     return colls.moe_reduce[m]
 
 
-def run_steps(engine: "Engine", d: int, run_step: Callable[[int, list, Any], Generator]) -> Generator:
-    """Every step the engine's plans hold, on device `d`: the serving hooks (start at an arrival,
-    replay a cached iteration, the iteration barrier) around `run_step(s, plans, carry)`, whose
-    return value is handed to the next step's call (None to the first). Both interpreters use it."""
-    s, carry = 0, None
-    plans = engine.plans(0)
+def run_steps(engine: "Engine", d: int, run_step: Callable[[int, list, Any], Generator], first: int = 0,
+              carry: Any = None, start: float = 0.0) -> Generator:
+    """Every step the engine's plans hold from `first` on, on device `d`: the serving hooks (start
+    at an arrival, replay a cached iteration, the iteration barrier) around `run_step(s, plans,
+    carry)`, whose return value is handed to the next step's call (`carry` to the first). Both
+    interpreters use it; `start` is the device's clock where the event-free path handed over."""
+    if start > 0.0:
+        yield engine.env.timeout(start)
+    s = first
+    plans = engine.plans(s)
     while plans is not None:
         if not (yield from engine.begin_step(plans, s, d)):  # True: replayed from a cached timeline
             carry = yield from run_step(s, plans, carry)
@@ -64,11 +68,14 @@ def run_steps(engine: "Engine", d: int, run_step: Callable[[int, list, Any], Gen
         plans = engine.plans(s)
 
 
-def device_stream(engine: "Engine", d: int, program: Program) -> Generator:
-    """Run `program` on device `d` for every step the engine's plans hold."""
+def device_stream(engine: "Engine", d: int, program: Program, first: int = 0, fused: bool = False,
+                  start: float = 0.0) -> Generator:
+    """Run `program` on device `d` for every step the engine's plans hold (from `first`, at `start`,
+    the previous step's last wait having run this one's first compute where `fused`)."""
     code = compile_for_device(program, d, engine.n, engine.P, engine.moe_index)
     MB = program.microbatches
-    return run_steps(engine, d, lambda s, plans, fused: _program_step(engine, d, code, MB, s, plans, bool(fused)))
+    return run_steps(engine, d, lambda s, plans, fused: _program_step(engine, d, code, MB, s, plans, bool(fused)),
+                     first, fused, start)
 
 
 def _program_step(engine: "Engine", d: int, code: list[tuple], MB: int, s: int, plans: list,

@@ -2,9 +2,9 @@
 
 Sharing model. Every directed link of the topology is a work-conserving queue that drains at
 its achievable bandwidth (bandwidth x efficiency); flows are served in the order they start
-(FIFO by start time; ties by the order in which devices handed their bytes over, then by
-destination). A flow puts its bytes on every link of its
-path and completes when the last of those links has drained them, plus the path latency
+(FIFO by start time; ties by source device index, then by destination, so a wave's results never
+depend on the order in which the event loop ran the devices). A flow puts its bytes on every
+link of its path and completes when the last of those links has drained them, plus the path latency
 (cut-through: a flow runs at the pace of its slowest link).
 
 Why this model: what decides when a device may start its experts is when the last byte
@@ -195,7 +195,7 @@ class Fabric:
         self._pair_bytes.reshape(n, n)[srcs] += rows
         sent = rows[r_idx, d_idx].tolist()
         t_of = dict(zip(src_l, start_l))
-        rank_of = {s: r for r, s in enumerate(src_l[i] for i in sorted(range(len(src_l)), key=start_l.__getitem__))}
+        rank_of = {s: r for r, s in enumerate(sorted(srcs, key=t_of.__getitem__))}  # stable: ties by device
         ent, pair_e, src_e, work = [], [], [], []
         for ri, d, b in zip(r_idx.tolist(), d_idx.tolist(), sent):
             s = srcs[ri]
@@ -289,7 +289,7 @@ class Fabric:
         t_src = self._t_src
         t_src[src] = start
         rank = self._rank
-        rank[src[np.argsort(start, kind="stable")]] = self._ranks
+        rank[src[np.lexsort((src, start))]] = self._ranks
         if layout.dyn_pos.size == layout.slot_key.size:
             order = np.argsort(layout.slot_key + rank[layout.src], kind="stable")
         else:
@@ -359,7 +359,7 @@ class Fabric:
         t_src = np.zeros(n)
         t_src[src] = start
         rank = self._rank
-        rank[src[np.argsort(start, kind="stable")]] = self._ranks[: len(src)]
+        rank[src[np.lexsort((src, start))]] = self._ranks[: len(src)]
         idx, e_pair, e_bytes = idx[sel], e_pair[sel], e_bytes[sel]
         e_src = self._entry_src[idx]
         kind_inv, kind_half = self.kind_work(kind)

@@ -110,7 +110,8 @@ def _chain(engine: "Engine", code: list[tuple], split: np.ndarray, colls, units:
                               "all_reduce (wait_then fuses a compute into a wait, which one stream per unit cannot)")
 
 
-def unit_device_stream(engine: "Engine", d: int, program: Program) -> Generator:
+def unit_device_stream(engine: "Engine", d: int, program: Program, first: int = 0, carry=None,
+                       start: float = 0.0) -> Generator:
     """Run `program` on device `d` for every step, one chain per micro-batch, one queue per unit."""
     env = engine.env
     MB = program.microbatches
@@ -123,4 +124,4 @@ def unit_device_stream(engine: "Engine", d: int, program: Program) -> Generator:
         yield env.all_of([env.process(_chain(engine, chains[mb], plans[mb].unit_time[:, :, :, d],
                                              engine.collectives(s, mb), units, st, en, d)) for mb in range(MB)])
 
-    return run_steps(engine, d, step)
+    return run_steps(engine, d, step, first, carry, start)

@@ -285,6 +285,7 @@ CONFIG_CASES = [
          ["scenario.yaml", "outputs.trace_steps"]),
     Case("env-plan-feed-unknown", toy(), SIM, ["MOESIM_PLAN_FEED", "'thread'", "'process'", "proc"],
          env={"MOESIM_PLAN_FEED": "proc"}),
+    Case("env-engine-unknown", toy(), SIM, ["MOESIM_ENGINE", "auto", "events", "'fast'"], env={"MOESIM_ENGINE": "fast"}),
     Case("cfg-outputs-phases-unknown", sc({"outputs": {"phases": "aggregated"}}), SIM,
          ["scenario.yaml", "outputs.phases", "'full'", "'none'"]),
     Case("cfg-seed-negative", sc({"seed": -1}), SIM, ["scenario.yaml", "seed"]),
