@@ -145,6 +145,8 @@ class StepPipeline:
         np.put_along_axis(self.onehot, pl.slot_device[:, :, None], 1.0, axis=2)
         self.identity_slots = self.replicas.identity and self.replicas.weights is None
         self._kinds = [self._layer_kind(layer) for layer in range(m.num_layers)]
+        self._distinct_kinds = list(dict.fromkeys(self._kinds))  # a handful: layers share their costs
+        self._kind_of_layer = np.array([self._distinct_kinds.index(k) for k in self._kinds], dtype=np.int64)
 
     def _layer_kind(self, layer: int) -> tuple:
         att = self.model.attention
@@ -233,10 +235,11 @@ class StepPipeline:
         distinct = {k: i for i, k in enumerate(dict.fromkeys(keys))}  # devices usually share one key
         which = np.array([distinct[k] for k in keys], dtype=np.int64)
         ops_of = {}  # (kind, key): LayerOps, costed once per distinct pair
-        times = np.empty((len(self._kinds), len(distinct), 3))
+        kinds = self._distinct_kinds
+        times = np.empty((len(kinds), len(distinct), 3))
         labels = self.costs.unit_labels
-        splits = np.empty((len(self._kinds), len(distinct), 2, len(labels), 3)) if self.costs.splits_units else None
-        for i, kind in enumerate(self._kinds):
+        splits = np.empty((len(kinds), len(distinct), 2, len(labels), 3)) if self.costs.splits_units else None
+        for i, kind in enumerate(kinds):
             for (b, t), j in distinct.items():
                 if inp.attention is not None:
                     o = self.costs.mixed_layer_ops(kind, b, t)
@@ -246,11 +249,13 @@ class StepPipeline:
                 times[i, j] = (o.attention_time, o.dense_time, o.shared_time)
                 if splits is not None:
                     splits[i, j] = o.unit_split(labels)
-        layer_ops = [[ops_of[kind, k] for k in keys] for kind in self._kinds]
-        per_device = times[:, which]  # (L, n, 3)
+        per_kind = {kind: [ops_of[kind, k] for k in keys] for kind in kinds}
+        layer_ops = [per_kind[kind] for kind in self._kinds]
+        per_device = times[self._kind_of_layer][:, which]  # (L, n, 3)
         attention, dense, shared = (np.ascontiguousarray(per_device[..., k]) for k in range(3))
         # (2, parts, units, L, n): seconds on each unit, then the hand-offs among them
-        unit_time = None if splits is None else np.ascontiguousarray(splits[:, which].transpose(2, 4, 3, 0, 1))
+        unit_time = None if splits is None else np.ascontiguousarray(
+            splits[self._kind_of_layer][:, which].transpose(2, 4, 3, 0, 1))
         return layer_ops, attention.reshape(L, n), dense.reshape(L, n), shared.reshape(L, n), unit_time
 
     def _moe(self, counts: np.ndarray, tokens: np.ndarray, routed: RoutingStep | None = None,
