@@ -112,6 +112,7 @@ def test_a_closed_loop_in_lockstep_is_said_and_traffic_is_not():
     assert free["traffic"]["mixed_iteration_share"] > 0.1
 
 
+@pytest.mark.slow  # two full serving runs of a desynchronised loop (~11 s)
 def test_the_iteration_cache_stays_within_half_a_percent_on_a_desynchronised_loop():
     """With desynchronised users most iterations still replay a cached shape; the headline
     figures stay within 0.5% of simulating every iteration (measured: <= 0.05%)."""

@@ -275,6 +275,7 @@ def test_all_gather_needs_no_placement_to_price(tmp_path):
 
 # ---- auto: the kernels by phase (issue 26) ---------------------------------------------------
 
+@pytest.mark.slow  # a prefill and a decode run of DeepSeek-V3 (~7 s)
 def test_auto_dispatch_runs_normal_kernels_for_prefill_and_low_latency_for_decode():
     """A fixed prefill batch under auto runs exactly as hierarchical, a decode batch exactly as
     low_latency (the same timeline); in serving, an iteration with a prefill chunk anywhere runs
