@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 
 import simpy
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine_speed import EXAMPLES, base_config  # noqa: E402
