@@ -210,11 +210,12 @@ class Engine:
             self._times[step] = ([float("nan")] * self._size, [float("nan")] * self._size)
 
     def use_array_times(self, arrays: bool) -> None:
-        """Keep the timelines of steps not yet run as numpy arrays (the event-free path) or lists."""
+        """Allocate the timelines of steps pulled from now on as numpy arrays (the event-free path,
+        which also converts those pulled before it started: none has run) or as lists."""
         self._array_times = arrays
         if arrays:
             for step, (st, en) in self._times.items():
-                if isinstance(st, list) and all(x != x for x in st[:1]):  # not run yet (all nan)
+                if isinstance(st, list):
                     self._times[step] = (np.asarray(st, dtype=float), np.asarray(en, dtype=float))
 
     def times(self, step: int) -> tuple[list[float], list[float]]:

@@ -284,18 +284,13 @@ def _all_reduce(engine: "Engine", coll: GroupCollective, now: np.ndarray) -> np.
 
 
 def _wave(coll, times: np.ndarray) -> None:
-    """A barrier collective's one wave: every device's bytes enter the fabric at `times`."""
+    """A barrier collective's one wave, as its last submit runs it: every device's bytes enter the
+    fabric at `times` (a plain or a staged all-to-all)."""
     n = times.size
-    src = np.arange(n, dtype=np.int64)
-    if isinstance(coll, StagedCollective):
-        coll._own = times.tolist() if coll._floor is not None else coll._own
-        coll._queue, coll._times = src.tolist(), times.tolist()
-        coll._pending = [0] * n
-        coll.left = 0
-        coll._wave()
-        return
     if coll._floor is not None:
         coll._own = times.tolist()
-    coll._queue, coll._times = src.tolist(), times.tolist()
+    coll._queue, coll._times = list(range(n)), times.tolist()
     coll.left = 0
+    if isinstance(coll, StagedCollective):
+        coll._pending = [0] * n
     coll._wave()
