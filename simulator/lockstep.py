@@ -1,4 +1,4 @@
-"""The event-free interpreter: steps whose every collective is a barrier run without SimPy.
+"""The event-free interpreter: steps whose collectives need no event loop run without SimPy.
 
 When every all-to-all of a step waits for every device (a dense all-to-all, or serving's EP
 group, where every rank enters each kernel), each collective is costed in one wave, when its
@@ -11,11 +11,22 @@ the devices in, so the timeline equals the event path's to the bit (tests/test_l
 checks every bundled example).
 
 What runs here: no offloading and no per-unit streams, TP and MoE-TP only as one group of every
-device, every collective a barrier (or one that moves nothing). With one micro-batch the program
-waits for each collective before it submits the next, so the waves are ordered; with several
-(two-batch overlap) a step whose two waves fall on the same moment goes to the event loop. A fixed-batch run whose step has a sparse all-to-all hands the rest of the run
-to the event loop (`Handover`); serving with one EP group runs here whole. `MOESIM_ENGINE=events`
-forces the event loop (for comparisons).
+device, every collective a barrier (or one that moves nothing), or in a fixed batch with one
+micro-batch a sparse plain all-to-all whose devices share one kernel floor. With one micro-batch
+the program waits for each collective before it submits the next, so the waves are ordered; with
+several (two-batch overlap) a step whose two waves fall on the same moment goes to the event loop.
+
+A sparse all-to-all: the event loop runs a wave whenever a submit completes some destination's
+senders. Its flows enter the fabric in the order they are submitted (one floor for all), and each
+link serves flows FIFO by start time, so costing all of them in one pass at the end queues them
+exactly as those waves do (equal to rounding: the waves' sums restart where the pass runs on),
+and a destination wakes at its last sender's submit or its own wait, whichever is later. That
+holds while no wave of a later collective comes before this one's last (the last submit): each
+collective's first wave (the earliest moment some destination's senders have all submitted) is
+checked against it, and a step where that fails goes to the event loop, with the step before
+when the clash crosses the step boundary (that step is kept undoable until then). A fixed-batch
+run whose step cannot run here hands the rest of the run to the event loop (`Handover`); serving
+with one EP group runs here whole. `MOESIM_ENGINE=events` forces the event loop (for comparisons).
 """
 
 from __future__ import annotations
@@ -86,9 +97,14 @@ def program_fits(engine: "Engine") -> bool:
     return open_coll is None
 
 
-def _barrier(coll) -> bool | None:
+SPARSE = "sparse"  # a plain all-to-all whose destinations wait for their own senders only
+
+
+def _barrier(coll) -> bool | str | None:
     """True: every device waits for every other (one wave at the last submit); False: it moves
-    nothing and nobody waits; None: a sparse all-to-all (the event loop's business)."""
+    nothing and nobody waits; SPARSE: a plain all-to-all where some pairs send nothing, costed
+    here in one pass when every device's kernel floor is the same (so its flows enter the fabric
+    in the order they are submitted); None: the event loop's business (a sparse staged one)."""
     if isinstance(coll, Collective):
         if coll.dense:
             return True
@@ -98,6 +114,8 @@ def _barrier(coll) -> bool | None:
     else:
         return None
     if coll.need.any():
+        if isinstance(coll, Collective) and (coll._floor is None or min(coll._floor) == max(coll._floor)):
+            return SPARSE
         return None
     off = coll.matrix.copy()
     np.fill_diagonal(off, 0.0)
@@ -105,8 +123,14 @@ def _barrier(coll) -> bool | None:
 
 
 class _Ambiguous(Exception):
-    """Two waves of a step at the same moment with both collectives open: the event loop's order
-    between them is not the program's, so the step goes to the event loop."""
+    """Two waves at the same moment with both collectives open, or a wave that the event loop
+    would run before an earlier collective's last one: the event loop's order between them is not
+    the program's, so the step goes to the event loop (`previous`: the clash is with the previous
+    step's last sparse collective, so that step goes too)."""
+
+    def __init__(self, previous: bool = False):
+        super().__init__()
+        self.previous = previous
 
 
 def run_lockstep(engine: "Engine") -> Handover | None:
@@ -120,16 +144,23 @@ def run_lockstep(engine: "Engine") -> Handover | None:
     s = 0
     plans = engine.plans(0)
     engine.use_array_times(True)
+    # a step that ended on a sparse collective stays undoable until the next step's first wave is
+    # known to come after that collective's last: (step, fabric state, clocks, fused) at its start
+    open_step = None
+    after = None  # the previous step's last sparse wave: this step's waves must come later
     while plans is not None:
         interrupts.check()
         colls = kinds = None
         if not (engine.interactive and engine.replay(s) is not None):  # a replayed iteration runs no collective
             colls = [engine.collectives(s, mb) for mb in range(MB)]
             kinds = [[(_barrier(d), _barrier(c)) for d, c in cs.moe] for cs in colls]
+            sparse_here = any(k is SPARSE for per_mb in kinds for pair in per_mb for k in pair)
             if any(k is None for per_mb in kinds for pair in per_mb for k in pair) or any(
-                    len(c.members) != 1 for cs in colls for group in (*cs.tp, cs.moe_reduce) for c in group):
-                return _hand_over(engine, s, clocks, fused)
+                    len(c.members) != 1 for cs in colls for group in (*cs.tp, cs.moe_reduce) for c in group) or (
+                    sparse_here and (MB > 1 or engine.interactive)):
+                return _hand_over(engine, s, clocks, fused, open_step)
         saved = (engine.fabric.free_at.copy(), engine.fabric._pair_bytes.copy())
+        tail = None
         try:
             if engine.interactive:
                 new_clocks = _iteration(engine, s, plans, code, colls, kinds, clocks)
@@ -137,21 +168,42 @@ def run_lockstep(engine: "Engine") -> Handover | None:
                 start_at = plans[0].inputs.start_at if plans[0].inputs is not None else None
                 if start_at is not None:
                     clocks = np.where(start_at > clocks, clocks + (start_at - clocks), clocks)
-                fused, new_clocks = _step(engine, s, plans, code, colls, kinds, clocks, fused)
+                fused_out, new_clocks, tail = _step(engine, s, plans, code, colls, kinds, clocks, fused, after)
+        except _Ambiguous as clash:  # undo the step's waves; the event loop runs it from its start
+            _undo(engine, s, saved)
+            if clash.previous and open_step is not None:  # and the step before, whose last wave comes too late
+                _undo(engine, open_step[0], open_step[1])
+                return _hand_over(engine, open_step[0], open_step[2], open_step[3])
+            return _hand_over(engine, s, clocks, fused, open_step)
+        if open_step is not None:
+            _done(engine, open_step[0])
+            open_step = None
+        if not engine.interactive:
+            if tail is None:
                 _done(engine, s)
-        except _Ambiguous:  # undo the step's waves; the event loop runs it from its start
-            engine.fabric.free_at[:], engine.fabric._pair_bytes[:] = saved
-            for mb in range(MB):
-                engine._by_step.pop((s, mb), None)
-            return _hand_over(engine, s, clocks, fused)
+            else:
+                open_step = (s, saved, clocks, fused)
+            fused = fused_out
+        after = tail
         clocks = new_clocks
         s += 1
         engine.lockstep_clock = float(clocks.max())  # serving forms the next iteration at the barrier's time
         plans = engine.plans(s)
+    if open_step is not None:
+        _done(engine, open_step[0])
     return None
 
 
-def _hand_over(engine: "Engine", s: int, clocks: np.ndarray, fused: bool) -> Handover:
+def _undo(engine: "Engine", s: int, saved: tuple) -> None:
+    """Put the fabric back as it was before step `s` and drop the step's collectives."""
+    engine.fabric.free_at[:], engine.fabric._pair_bytes[:] = saved
+    for mb in range(engine.microbatches):
+        engine._by_step.pop((s, mb), None)
+
+
+def _hand_over(engine: "Engine", s: int, clocks: np.ndarray, fused: bool, open_step=None) -> Handover:
+    if open_step is not None:  # the step before ran here and is final now
+        _done(engine, open_step[0])
     engine.use_array_times(False)  # (an undone step's cells are all written again by the event loop)
     if engine.interactive:  # every device waits at the iteration barrier until the last is done
         clocks = np.full(engine.n, clocks.max())
@@ -177,7 +229,7 @@ def _iteration(engine: "Engine", s: int, plans: list, code: list, colls, kinds, 
     if replay is not None:
         t = t + np.asarray(replay.duration, dtype=float)
     else:
-        _, t = _step(engine, s, plans, code, colls, kinds, t, False)
+        _, t, _ = _step(engine, s, plans, code, colls, kinds, t, False, None)
     _done(engine, s)
     engine._iteration_end(s)
     return t
@@ -188,18 +240,29 @@ def _works(plan) -> tuple:
 
 
 def _step(engine: "Engine", s: int, plans: list, code: list, colls: list, kinds: list, now: np.ndarray,
-          fused: bool) -> tuple[bool, np.ndarray]:
+          fused: bool, after: float | None) -> tuple[bool, np.ndarray, float | None]:
     """One step of the program on every device at once; returns (fused, clocks) as the event
-    interpreter's `_program_step` leaves them."""
+    interpreter's `_program_step` leaves them, and the time of the last wave of the step's last
+    sparse collective where no barrier followed it (else None).
+
+    A sparse all-to-all runs its waves at the submits that complete a destination's senders; it
+    is costed here in one pass, which equals those waves where no wave of a later collective
+    comes before its last (checked: `after`, and each collective's first wave against it)."""
     n, P, MB = engine.n, engine.P, engine.microbatches
     width = n * MB * P  # a phase's cells for every device: i, i + MB x P, ...
     work = [_works(p) for p in plans]
     st, en = engine.times(s)
     last = len(code) - 1
     free_at = None
-    wave_at: dict[int, float] = {}  # per collective (its id): when its one wave ran
-    own: dict[int, np.ndarray] = {}
+    wave_at: dict[int, float | np.ndarray] = {}  # per collective (its id): when its one wave ran (sparse:
+    own: dict[int, np.ndarray] = {}  # per destination, the wave that completed its senders)
     last_wave = -np.inf
+    inherited = after is not None  # `after` is the previous step's
+
+    def ordered(first_wave: float) -> None:  # the event loop runs this wave after the last sparse one
+        if after is not None and not first_wave > after:
+            raise _Ambiguous(previous=inherited)
+
     for k, (op, i, operand, layer, mb, m) in enumerate(code):
         cells = slice(i, i + width, MB * P)
         if op == COMPUTE:
@@ -219,10 +282,19 @@ def _step(engine: "Engine", s: int, plans: list, code: list, colls: list, kinds:
             t = now if coll._floor is None else now + np.asarray(coll._floor)
             if coll._floor is not None:  # a device does not leave the kernel before its floor
                 own[id(coll)] = t
-            if barrier:
+            if barrier is SPARSE:
+                # a destination is ready (its wave runs) when the last of its senders submits
+                ready = np.where(coll.need, now[:, None], -np.inf).max(axis=0)
+                ordered(float(ready[np.isfinite(ready)].min()))
+                wave_at[id(coll)] = ready
+                after, inherited = float(now.max()), False  # its last wave: the last submit
+                _wave(coll, t)
+            elif barrier:
                 w = float(now.max())  # the last device's submit runs the wave
                 if MB > 1 and w <= last_wave:
                     raise _Ambiguous
+                ordered(w)
+                after = None  # every device waits for this wave: later ones follow it
                 wave_at[id(coll)] = last_wave = w
                 _wave(coll, t)
         elif op in (ALL_REDUCE, ALL_REDUCE_MORE):  # one group of every device: a barrier
@@ -231,6 +303,8 @@ def _step(engine: "Engine", s: int, plans: list, code: list, colls: list, kinds:
             w = float(now.max())
             if MB > 1 and w <= last_wave:
                 raise _Ambiguous
+            ordered(w)
+            after = None
             last_wave = w
             now = _all_reduce(engine, collective_of(colls[mb], operand, layer, m), now)
             en[cells] = now
@@ -241,7 +315,7 @@ def _step(engine: "Engine", s: int, plans: list, code: list, colls: list, kinds:
             free_at = None
             t_own = own.get(id(coll))
             nb2 = nb if t_own is None else np.where(t_own > nb, t_own, nb)
-            a = np.asarray(coll._arrival) if barrier else None
+            a = np.asarray(coll._arrival) if barrier else None  # (-inf where nothing arrives)
             used = nb2 if a is None else np.where(nb2 > a, nb2, a)  # received_at
             nxt_st = st
             then = None
@@ -256,7 +330,7 @@ def _step(engine: "Engine", s: int, plans: list, code: list, colls: list, kinds:
                         then = _works(following[nxt[4]])[nxt[2]][nxt[3]]
                         nxt_st, nxt_i = engine.times(s + 1)[0], nxt[1]
             x = used + then if then is not None else used + 0.0
-            base = now if not barrier else np.maximum(now, wave_at[id(coll)])  # woken by the wave, or later
+            base = now if not barrier else np.maximum(now, wave_at[id(coll)])  # woken by its wave, or later
             delay = x - base
             woke = np.where(delay > 0, base + delay, base)
             st[cells] = nb
@@ -268,7 +342,7 @@ def _step(engine: "Engine", s: int, plans: list, code: list, colls: list, kinds:
                     nxt_st[slice(nxt_i, nxt_i + width, MB * P)] = used
                     fused = True
             now = woke
-    return fused, now
+    return fused, now, after
 
 
 def _all_reduce(engine: "Engine", coll: GroupCollective, now: np.ndarray) -> np.ndarray:
@@ -293,4 +367,6 @@ def _wave(coll, times: np.ndarray) -> None:
     coll.left = 0
     if isinstance(coll, StagedCollective):
         coll._pending = [0] * n
+    else:
+        coll.pending = np.zeros_like(coll.pending)
     coll._wave()

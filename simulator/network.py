@@ -64,6 +64,7 @@ def _dominant_entries(entry_pair: np.ndarray, entry_link: np.ndarray, slowness: 
     return keep_links[entry_link]
 
 
+HOLES_OF_DENSE = 2  # an all-source wave with at most 1/this of its entries silent uses the dense layout
 SMALL_WAVE_SOURCES = 4  # a wave of at most this many sources and
 SMALL_WAVE_FLOWS = 24  # this many (source, destination) flows is costed in plain Python (`_small_transfer`)
 
@@ -152,9 +153,12 @@ class Fabric:
         if len(src) == self._n and not self._diag_entries and self._dense is not None:
             flat = matrix.ravel()
             e_bytes = flat[self._entry_pair]
-            if e_bytes.min() > 0:  # every pair sends: the dense all-to-all
-                return self._static_transfer(self._dense, src, start, flat, e_bytes, kind)
             sel = e_bytes > 0
+            silent = e_bytes.size - int(np.count_nonzero(sel))
+            if silent == 0:  # every pair sends: the dense all-to-all
+                return self._static_transfer(self._dense, src, start, flat, e_bytes, kind)
+            if silent * HOLES_OF_DENSE <= e_bytes.size:  # a few silent pairs: the dense layout, holes masked
+                return self._static_transfer(self._dense, src, start, flat, e_bytes, kind, silent=~sel)
             if sel.any():
                 layout = self._layouts.get(key := sel.tobytes())
                 if layout is None and key in self._seen_once:  # a pattern that recurs: precompute it
@@ -279,9 +283,14 @@ class Fabric:
         return got
 
     def _static_transfer(self, layout: "_StaticLayout", src: np.ndarray, start: np.ndarray, flat: np.ndarray,
-                         e_bytes: np.ndarray, kind: str | None = None) -> np.ndarray:
+                         e_bytes: np.ndarray, kind: str | None = None, silent: np.ndarray | None = None) -> np.ndarray:
         """`transfer` when every device sends over the entries of `layout` (the same arithmetic as
-        the general case, with the flow boundaries and the per-link order precomputed)."""
+        the general case, with the flow boundaries and the per-link order precomputed).
+
+        `silent`: the layout's entries whose pair sends nothing this wave. Each gets no work and
+        starts at -inf, so it never raises its link's running maximum: FIFO by start time puts it
+        before nothing it could delay, and a link crossed only by silent entries keeps its free
+        time; their pairs receive nothing (-inf). The same queueing as leaving them out."""
         n = self._n
         pb = self._pair_bytes
         pb += flat
@@ -300,7 +309,11 @@ class Fabric:
         work = e_bytes * inv_bw
         if half is not None:
             work += half
-        busy = self._fifo(layout.groups, t_src[layout.src[order]], work[order])
+        t = t_src[layout.src[order]]
+        if silent is not None:
+            work[silent] = 0.0
+            t[silent[order]] = -np.inf
+        busy = self._fifo(layout.groups, t, work[order], silent is not None)
         done = layout.done_ext
         done[order] = busy
         cols = layout.pair_entry_cols
@@ -308,20 +321,25 @@ class Fabric:
         for col in cols[1:]:
             np.maximum(last, done[col], out=last)
         arrival = self._no_arrival.copy()
-        arrival[layout.pairs] = last + layout.latency
+        pair_arrival = last + layout.latency
+        if silent is not None:
+            pair_arrival[flat[layout.pairs] <= 0] = -np.inf
+        arrival[layout.pairs] = pair_arrival
         self.last_pair_arrival = arrival = arrival.reshape(n, n)
         return arrival.max(axis=0)
 
-    def _fifo(self, groups: "_LinkGroups", t: np.ndarray, w: np.ndarray) -> np.ndarray:
+    def _fifo(self, groups: "_LinkGroups", t: np.ndarray, w: np.ndarray, holes: bool = False) -> np.ndarray:
         """When each entry (sorted by link, then FIFO order) has drained from its link; advances
-        every link's free time. `t`: when the entry's flow starts; `w`: its seconds of link work."""
+        every link's free time. `t`: when the entry's flow starts (-inf for a silent entry where
+        `holes`); `w`: its seconds of link work."""
         cs = np.cumsum(w)
         done_work = cs - groups.base_of(cs, w)  # the link's work up to and including this entry
         first = groups.first
         begin = t
         begin[first] = np.maximum(t[first], self.free_at[groups.links])
         v = np.subtract(begin, done_work - w, out=begin)
-        span = float(v.max() - v.min()) + 1.0
+        low = float(v.min()) if not holes else float(np.min(v, where=v > -np.inf, initial=np.inf))
+        span = float(v.max() - low) + 1.0
         offset = groups.gid * span
         v += offset
         busy = np.maximum.accumulate(v, out=v)
@@ -493,8 +511,10 @@ class Collective:
 
     Each device submits its outgoing bytes when it is ready; there is no barrier. A
     destination becomes ready once every device that sends to it has submitted; the flows
-    submitted so far are then costed as one wave, and the destination waits until its last
-    inbound byte arrives. A device that receives nothing does not wait at all.
+    submitted so far are then costed as one wave at the end of that instant (so devices that
+    submit at the same moment share it, whatever order the event loop runs them in), and the
+    destination waits until its last inbound byte arrives. A device that receives nothing does
+    not wait at all.
 
     `arrival` and `ready` are numpy arrays mirrored by Python lists for the hot scalar reads
     (`inbound`, `received_at`); assigning either attribute keeps the mirror, but they are
@@ -528,6 +548,7 @@ class Collective:
         self._arrival_array = None  # made on first read (np.full(n, -inf) until the first wave)
         self._n = n
         self._waved = False
+        self._wave_due = False  # a wave is scheduled for the end of the current instant
         self._queue: list[int] = []
         self._times: list[float] = []
         self._waiters: dict[int, tuple[Arrival, float, float]] = {}
@@ -570,8 +591,20 @@ class Collective:
         row = self.need[src]
         pending = self.pending
         pending -= row
-        # a destination of `src` whose last source this was (none is ready before)
-        if self.left == 0 or not pending[row].all():
+        if self.left == 0:
+            self._wave()
+        elif not self._wave_due and not pending[row].all():
+            # a destination of `src` whose last source this was (none is ready before): its wave
+            # runs at the end of this instant, so devices submitting at the same moment join it
+            # whatever order the event loop runs them in
+            self._wave_due = True
+            due = self.env.event()
+            due.callbacks.append(self._due_wave)
+            due.succeed()
+
+    def _due_wave(self, _event) -> None:
+        self._wave_due = False
+        if self._queue:  # (the last submit of the same instant may have run the wave already)
             self._wave()
 
     def _wave(self) -> None:

@@ -88,8 +88,8 @@ def test_static_fast_path_is_bit_identical_to_the_general_path(cluster, prune, s
     t = 0.0
     for i in range(40):
         m = rng.random((n, n)) * 1e7 + 1.0
-        if sparse:  # recurring patterns, and now and then a fresh one
-            m *= patterns[i % 3] if i % 5 else rng.random((n, n)) < 0.5
+        if sparse:  # recurring patterns, and now and then a fresh one (too sparse for the dense layout)
+            m *= patterns[i % 3] if i % 5 else rng.random((n, n)) < 0.3
         src = rng.permutation(n) if i % 2 else np.arange(n)
         start = t + (np.round(rng.random(n) * 4) * 1e-5 if i % 3 else rng.random(n) * 1e-4)
         a = fast.transfer(src, start, m)
@@ -97,6 +97,37 @@ def test_static_fast_path_is_bit_identical_to_the_general_path(cluster, prune, s
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(fast.last_pair_arrival, general.last_pair_arrival)
         np.testing.assert_array_equal(fast.free_at, general.free_at)
+        t += 3e-5
+    np.testing.assert_array_equal(fast.link_bytes, general.link_bytes)
+
+
+def _two_fabrics(cluster: str, prune: bool) -> tuple[Fabric, Fabric, int]:
+    """Two fresh fabrics of a bundled cluster (one for the path under test, one for the general path)."""
+    routes = compute_routes(build_topology(load_cluster(cluster)))
+    return Fabric(routes, prune_links=prune), Fabric(routes, prune_links=prune), routes.num_devices
+
+
+@pytest.mark.parametrize("cluster", ["h800-4x8", "dgx-h100"])
+@pytest.mark.parametrize("prune", [True, False])
+def test_a_few_silent_pairs_in_the_dense_layout_queue_as_the_general_path(cluster, prune):
+    """An all-source wave where some pairs send nothing (up to half of them) runs on the dense
+    layout with those entries masked (no work, starting at -inf): the same queueing as leaving
+    them out, so arrivals, pair arrivals and link free times equal the general path's to
+    rounding, and a silent pair receives nothing, exactly."""
+    fast, general, n = _two_fabrics(cluster, prune)
+    rng = np.random.default_rng(11)
+    t = 0.0
+    for i in range(30):
+        m = (rng.random((n, n)) * 1e7 + 1.0) * (rng.random((n, n)) < rng.uniform(0.55, 0.99))
+        if i == 7:
+            m[:, 3] = 0.0  # a device nobody sends to: its inbound links stay as they were
+        src = rng.permutation(n) if i % 2 else np.arange(n)
+        start = t + (np.round(rng.random(n) * 4) * 1e-5 if i % 3 else rng.random(n) * 1e-4)
+        a = fast.transfer(src, start, m)
+        b = general._general_transfer(src, start, m)
+        for x, y in ((a, b), (fast.last_pair_arrival, general.last_pair_arrival), (fast.free_at, general.free_at)):
+            np.testing.assert_array_equal(np.isinf(x), np.isinf(y))
+            np.testing.assert_allclose(x, y, rtol=0, atol=1e-13)  # the scan offsets each link by >= 1 s
         t += 3e-5
     np.testing.assert_array_equal(fast.link_bytes, general.link_bytes)
 
@@ -144,9 +175,7 @@ def test_small_wave_path_is_bit_identical_to_the_general_path(cluster, prune, ki
     """Waves of a few sources (a sparse all-to-all's late waves) are costed in plain Python; every
     float operation is the vectorised path's, so arrivals, per-pair arrivals, link free times and
     link bytes must agree to the bit, whatever the FIFO ties, the link state and the kernel kind."""
-    routes = compute_routes(build_topology(load_cluster(cluster)))
-    small, general = Fabric(routes, prune_links=prune), Fabric(routes, prune_links=prune)
-    n = routes.num_devices
+    small, general, n = _two_fabrics(cluster, prune)
     rng = np.random.default_rng(11)
     t = 0.0
     for i in range(120):
