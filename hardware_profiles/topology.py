@@ -176,9 +176,6 @@ def compute_routes(g: nx.DiGraph) -> Routes:
     edge_index = {e: i for i, e in enumerate(edges)}
     ptr = [0]
     links: list[int] = []
-    latency = np.zeros((n, n))
-    hops = np.zeros((n, n), dtype=np.int64)
-    inter = np.zeros((n, n), dtype=bool)
     for s, src in enumerate(devices):
         paths = nx.single_source_shortest_path(g, src)
         for d, dst in enumerate(devices):
@@ -186,12 +183,19 @@ def compute_routes(g: nx.DiGraph) -> Routes:
                 if dst not in paths:
                     raise ValueError(f"no path from {src} to {dst} in topology {g.graph.get('name')}")
                 path = paths[dst]
-                ids = [edge_index[(u, v)] for u, v in zip(path[:-1], path[1:])]
-                links.extend(ids)
-                latency[s, d] = sum(g.edges[edges[i]]["latency"] for i in ids)
-                hops[s, d] = len(ids)
-                inter[s, d] = g.nodes[src]["node"] != g.nodes[dst]["node"]
+                links.extend([edge_index[(u, v)] for u, v in zip(path[:-1], path[1:])])
             ptr.append(len(links))
+    # per pair: its path's latency (summed hop by hop in path order), hops, and whether it leaves its node
+    lens = np.diff(np.asarray(ptr, dtype=np.int64))
+    per_link = np.array([g.edges[e]["latency"] for e in edges], dtype=float)[np.asarray(links, dtype=np.int64)]
+    latency = np.zeros(n * n)
+    sending = lens > 0
+    if per_link.size:
+        latency[sending] = np.add.reduceat(per_link, np.asarray(ptr[:-1], dtype=np.int64)[sending])
+    latency = latency.reshape(n, n)
+    hops = lens.reshape(n, n)
+    node = np.array([g.nodes[d]["node"] for d in devices])
+    inter = node[:, None] != node[None, :]
     bw = np.array([g.edges[e]["bandwidth"] * g.edges[e]["efficiency"] for e in edges])
     comm = {}
     if edges and all("comm" in g.edges[e] for e in edges):

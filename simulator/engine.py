@@ -449,19 +449,20 @@ class Engine:
         moe = self.moe_layers
         if moe.size == 0:
             return
-        all_start, all_end = self.start[:, moe], self.end[:, moe]  # (S, Lm, N, MB, P) copies
-        for mb in range(self.microbatches):
-            start, end = all_start[:, :, :, mb], all_end[:, :, :, mb]  # views
-            exp_end, comb_start, comb_end = end[..., _EXP], start[..., _COMB], end[..., _COMB]
-            senders = np.stack([traffic_totals(p[mb], self._inter).combine_senders() for p in per_mb])  # (S, Lm, src, dst)
-            peer_end = np.where(senders, exp_end[:, :, :, None], -np.inf).max(axis=2)  # (S, Lm, dst)
-            wait = np.clip(peer_end - comb_start, 0.0, comb_end - comb_start)
-            wait = np.where(np.isfinite(wait), wait, 0.0)
-            split = comb_start + wait
-            start[..., _STRAG] = comb_start
-            end[..., _STRAG] = split
-            start[..., _COMB] = split
-        self.start[:, moe], self.end[:, moe] = all_start, all_end
+        for s, plans in enumerate(per_mb):  # a step at a time: (Lm, N, N) arrays, not (steps, Lm, N, N)
+            all_start, all_end = self.start[s, moe], self.end[s, moe]  # (Lm, N, MB, P) copies
+            for mb in range(self.microbatches):
+                start, end = all_start[:, :, mb], all_end[:, :, mb]  # views
+                exp_end, comb_start, comb_end = end[..., _EXP], start[..., _COMB], end[..., _COMB]
+                senders = traffic_totals(plans[mb], self._inter).combine_senders()  # (Lm, src, dst)
+                peer_end = np.where(senders, exp_end[:, :, None], -np.inf).max(axis=1)  # (Lm, dst)
+                wait = np.clip(peer_end - comb_start, 0.0, comb_end - comb_start)
+                wait = np.where(np.isfinite(wait), wait, 0.0)
+                split = comb_start + wait
+                start[..., _STRAG] = comb_start
+                end[..., _STRAG] = split
+                start[..., _COMB] = split
+            self.start[s, moe], self.end[s, moe] = all_start, all_end
 
 
 def _moves(stages: list[np.ndarray]) -> list[bool]:

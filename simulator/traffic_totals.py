@@ -49,11 +49,12 @@ def reduce_traffic(traffic, inter: np.ndarray) -> TrafficTotals:
     n = totals["dispatch"].shape[1]
     off = ~np.eye(n, dtype=bool)
     lm = totals["dispatch"].shape[0]
+    pairs = {r: t.sum(axis=0) for r, t in totals.items()}  # (N, N): the off-device sums read these, not (Lm, N, N)
     return TrafficTotals(
-        off_device={r: float(t[:, off].sum()) for r, t in totals.items()},
-        inter_node={r: float(t[:, inter].sum()) for r, t in totals.items()},
+        off_device={r: float(p[off].sum()) for r, p in pairs.items()},
+        inter_node={r: float(p[inter].sum()) for r, p in pairs.items()},
         layer_bytes={r: t.reshape(lm, -1).sum(axis=1) for r, t in totals.items()},
-        pair_bytes={r: t.sum(axis=0) for r, t in totals.items()},
+        pair_bytes=pairs,
         combine_senders_bits=np.packbits(totals["combine"] > 0, axis=None),
         shape=tuple(totals["combine"].shape), kind=getattr(traffic, "kind", None))
 
