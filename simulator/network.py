@@ -64,7 +64,8 @@ def _dominant_entries(entry_pair: np.ndarray, entry_link: np.ndarray, slowness: 
     return keep_links[entry_link]
 
 
-HOLES_OF_DENSE = 2  # an all-source wave with at most 1/this of its entries silent uses the dense layout
+HOLES_OF_DENSE = 2  # an all-source wave with at most 1/this of its entries silent uses the dense layout,
+SMALL_DENSE_ENTRIES = 8192  # as does one of a fabric with at most this many entries (unless its pattern recurs)
 SMALL_WAVE_SOURCES = 4  # a wave of at most this many sources and
 SMALL_WAVE_FLOWS = 24  # this many (source, destination) flows is costed in plain Python (`_small_transfer`)
 
@@ -124,7 +125,8 @@ class Fabric:
         # usual dense all-to-all; a fixed pattern for staged dispatch): its layout is cached
         self._dense = _StaticLayout(self, np.ones(n_entries, dtype=bool)) if n_entries else None
         self._layouts: dict[bytes, _StaticLayout] = {}
-        self._seen_once: set[bytes] = set()
+        self._seen_once: set[bytes] = set()  # sending patterns seen once (packed bits), at most this many:
+        self._seen_cap = max(16, min(4096, (64 << 20) // max(1, n_entries // 8)))  # <= 64 MiB of keys
 
     def kind_work(self, kind: str | None) -> tuple[np.ndarray, np.ndarray | None]:
         """Per kept entry: seconds per byte and seconds per message (None: none) of a comm kind on its
@@ -160,16 +162,18 @@ class Fabric:
             if silent * HOLES_OF_DENSE <= e_bytes.size:  # a few silent pairs: the dense layout, holes masked
                 return self._static_transfer(self._dense, src, start, flat, e_bytes, kind, silent=~sel)
             if sel.any():
-                layout = self._layouts.get(key := sel.tobytes())
+                layout = self._layouts.get(key := np.packbits(sel).tobytes())
                 if layout is None and key in self._seen_once:  # a pattern that recurs: precompute it
                     if len(self._layouts) >= 64:
                         self._layouts.clear()
                     layout = self._layouts[key] = _StaticLayout(self, sel)
                 if layout is not None:
                     return self._static_transfer(layout, src, start, flat, e_bytes[sel], kind)
-                if len(self._seen_once) >= 4096:  # a layout costs more than one general wave: build it
-                    self._seen_once.clear()  # only for a pattern seen before (serving's rarely repeat)
+                if len(self._seen_once) >= self._seen_cap:  # a layout costs more than one general wave: build
+                    self._seen_once.clear()  # it only for a pattern seen before (serving's rarely repeat)
                 self._seen_once.add(key)
+                if e_bytes.size <= SMALL_DENSE_ENTRIES:  # a small fabric: masking beats gathering the wave
+                    return self._static_transfer(self._dense, src, start, flat, e_bytes, kind, silent=~sel)
         if len(src) <= SMALL_WAVE_SOURCES:
             return self._small_transfer(src, start, matrix, kind)
         return self._general_transfer(src, start, matrix, kind)

@@ -75,11 +75,13 @@ def test_last_pair_arrival_holds_each_pair_of_the_last_wave():
 @pytest.mark.parametrize("cluster", ["h800-4x8", "dgx-h100"])
 @pytest.mark.parametrize("prune", [True, False])
 @pytest.mark.parametrize("sparse", [False, True])
-def test_static_fast_path_is_bit_identical_to_the_general_path(cluster, prune, sparse):
+def test_static_fast_path_is_bit_identical_to_the_general_path(cluster, prune, sparse, monkeypatch):
     """Waves where every device sends take a precomputed layout of their sending pairs (all of
     them, or a pattern that recurs, as staged dispatch's); it must give exactly the general
     computation, whatever the sources' FIFO order (ties in start time, submission order),
-    the link state and the pattern."""
+    the link state and the pattern. (A small fabric's other sparse waves take the dense layout
+    with holes, equal to rounding: the next test; here they take the general path.)"""
+    monkeypatch.setattr("moesim.simulator.network.SMALL_DENSE_ENTRIES", 0)
     routes = compute_routes(build_topology(load_cluster(cluster)))
     fast, general = Fabric(routes, prune_links=prune), Fabric(routes, prune_links=prune)
     n = routes.num_devices
@@ -110,15 +112,15 @@ def _two_fabrics(cluster: str, prune: bool) -> tuple[Fabric, Fabric, int]:
 @pytest.mark.parametrize("cluster", ["h800-4x8", "dgx-h100"])
 @pytest.mark.parametrize("prune", [True, False])
 def test_a_few_silent_pairs_in_the_dense_layout_queue_as_the_general_path(cluster, prune):
-    """An all-source wave where some pairs send nothing (up to half of them) runs on the dense
-    layout with those entries masked (no work, starting at -inf): the same queueing as leaving
-    them out, so arrivals, pair arrivals and link free times equal the general path's to
-    rounding, and a silent pair receives nothing, exactly."""
+    """An all-source wave where some pairs send nothing (up to half of them; any share on a small
+    fabric) runs on the dense layout with those entries masked (no work, starting at -inf): the
+    same queueing as leaving them out, so arrivals, pair arrivals and link free times equal the
+    general path's to rounding, and a silent pair receives nothing, exactly."""
     fast, general, n = _two_fabrics(cluster, prune)
     rng = np.random.default_rng(11)
     t = 0.0
     for i in range(30):
-        m = (rng.random((n, n)) * 1e7 + 1.0) * (rng.random((n, n)) < rng.uniform(0.55, 0.99))
+        m = (rng.random((n, n)) * 1e7 + 1.0) * (rng.random((n, n)) < rng.uniform(0.05, 0.99))
         if i == 7:
             m[:, 3] = 0.0  # a device nobody sends to: its inbound links stay as they were
         src = rng.permutation(n) if i % 2 else np.arange(n)
@@ -127,7 +129,7 @@ def test_a_few_silent_pairs_in_the_dense_layout_queue_as_the_general_path(cluste
         b = general._general_transfer(src, start, m)
         for x, y in ((a, b), (fast.last_pair_arrival, general.last_pair_arrival), (fast.free_at, general.free_at)):
             np.testing.assert_array_equal(np.isinf(x), np.isinf(y))
-            np.testing.assert_allclose(x, y, rtol=0, atol=1e-13)  # the scan offsets each link by >= 1 s
+            np.testing.assert_allclose(x, y, rtol=0, atol=1e-12)  # the scan offsets link g by g x (>= 1 s): ulp(links)
         t += 3e-5
     np.testing.assert_array_equal(fast.link_bytes, general.link_bytes)
 
