@@ -178,6 +178,11 @@ class StagedCollective:
         at_forwarder = np.where(self.first_in, self.pair, -np.inf).max(axis=0)  # first stage in, per forwarder
         via = np.where(self.forwards, at_forwarder[:, None], -np.inf).max(axis=0)
         arrival = (np.maximum(direct, via) + self.extra).tolist()
+        if self._all_need_all:  # the one wave, at the last submit: every destination is ready now
+            self._ready, self._arrival = [True] * len(arrival), arrival
+            for d in sorted(self._waiting.waiters):  # ascending, as the events are scheduled in this order
+                self._waiting.release(d, arrival[d])
+            return
         ready, known, pending = self._ready, self._arrival, self._pending
         for d in range(len(ready)):
             if not ready[d] and pending[d] == 0:
