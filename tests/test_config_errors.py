@@ -154,3 +154,40 @@ def test_decode_steps_that_outgrow_memory_blame_the_steps(tmp_path):
     cfg["workload"]["steps"] = 100_000  # fits at kv_len, not once the cache has grown by 100k tokens
     msg = _error(tmp_path, cfg)
     assert "workload.steps" in msg and "grows the KV cache" in msg
+
+
+def test_the_c_parser_loads_what_the_python_loader_loads_and_leaves_errors_to_it(tmp_path, monkeypatch):
+    """Documents load through libyaml's parser with moesim's checks (several times faster); every
+    bundled YAML gives the Python loader's data, and a document the C parser does not load is
+    loaded again by the Python loader, so an error reads the same with or without it."""
+    import glob
+
+    from moesim import yaml_io
+
+    if yaml_io._FastLoader is None:
+        pytest.skip("PyYAML was built without libyaml")
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    bundled = [p for p in glob.glob(str(root / "**" / "*.yaml"), recursive=True) if ".venv" not in p]
+    assert len(bundled) > 50
+    for path in bundled:
+        text = open(path).read()
+        assert yaml_io._load_with(yaml_io._FastLoader, text, 10**6) == yaml_io._load_with(
+            yaml_io._UniqueKeyLoader, text, 10**6), path
+    bad = {"dup.yaml": "a: 1\nb: 2\na: 3\n", "syntax.yaml": "a: [1, 2\nb: 3\n", "tiny.yaml": "x: 1e-400\n",
+           "bomb.yaml": "a: &a [1, 1]\n" + "".join(f"{c}: &{c} [*{p}, *{p}]\n" for p, c in zip("abcdefghijklmnopqrst",
+                                                                                            "bcdefghijklmnopqrstu"))}
+    for name, text in bad.items():
+        (tmp_path / name).write_text(text)
+    messages = {}
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(yaml_io, "_FastLoader", None)
+        for name in bad:
+            try:
+                got = yaml_io.load_yaml(tmp_path / name)
+                messages[fast, name] = repr(got)
+            except ConfigError as err:
+                messages[fast, name] = str(err)
+    for name in bad:
+        assert messages[True, name] == messages[False, name], name
+    assert "a" in messages[True, "dup.yaml"] and "malformed YAML" in messages[True, "syntax.yaml"]
