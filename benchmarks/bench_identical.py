@@ -112,11 +112,21 @@ def digest(example: str, overrides: list[str]) -> dict:
     entry = {"summary": _flat_numbers(result.summary)}
     if raw is not None and getattr(raw, "start", None) is not None:
         entry["timeline"] = _hash(raw.start, raw.end)
-        entry["traffic"] = _hash(*[p.dispatch for p in raw.plans], *[p.combine for p in raw.plans])
+        entry["traffic"] = _hash(*[_bytes(p, "dispatch") for p in raw.plans], *[_bytes(p, "combine") for p in raw.plans])
     if result.requests is not None:
         entry["requests"] = _hash(*[result.requests[c].to_numpy(dtype=float) for c in result.requests.columns
                                     if result.requests[c].dtype.kind in "fiu"])
     return entry
+
+
+def _bytes(plan, role: str) -> np.ndarray:
+    """A step's (Lm, N, N) bytes of `role`, or the (N, N) pair sums of a plan that holds only its
+    totals (a serving iteration replayed from the cache, whose plans the cache keeps released)."""
+    from moesim.simulator.traffic_totals import TrafficTotals
+
+    if isinstance(plan.traffic, TrafficTotals):
+        return plan.traffic.pair_bytes[role]
+    return getattr(plan, role)
 
 
 def compare(old: dict, new: dict) -> str:

@@ -33,7 +33,7 @@ from moesim.simulator.program import Program
 from moesim.simulator.phases import PHASES, EXP as _EXP, STRAG as _STRAG, COMB as _COMB
 from moesim.simulator.scenario import Scenario
 from moesim.simulator.step_plan import StepPlan, merge_microbatches
-from moesim.simulator.traffic_totals import reduce_traffic, traffic_totals
+from moesim.simulator.traffic_totals import traffic_totals
 
 
 @dataclass
@@ -355,7 +355,10 @@ class Engine:
             return
         now = self.fabric.link_bytes - self.fabric.extra_bytes  # simulated bytes only: replays add their own
         shape = (self.n_layers, self.n, self.microbatches, self.P)
-        self.cache.record(step, self._plans[step], st, en, t0, shape, now - self._link_bytes_seen)
+        # the cache keeps the plans as released (totals, not per-layer arrays): a replay simulates
+        # nothing, and every reader of a released step reads these (traffic_totals.py)
+        self.cache.record(step, [_released(p, self._inter) for p in self._plans[step]], st, en, t0, shape,
+                          now - self._link_bytes_seen)
         self._link_bytes_seen = now
 
     def _forget(self) -> None:
@@ -490,5 +493,5 @@ def _group_pairs(n: int, size: int) -> np.ndarray:
 def _released(plan: StepPlan, inter: np.ndarray) -> StepPlan:
     """A finished step's plan without the arrays only its simulation read: its traffic reduced to
     totals, no per-slot tokens, times or op lists."""
-    return replace(plan, traffic=reduce_traffic(plan.traffic, inter), slot_tokens=None, slot_time=None,
+    return replace(plan, traffic=traffic_totals(plan, inter), slot_tokens=None, slot_time=None,
                    expert_tokens=None, layer_ops=None)

@@ -21,6 +21,7 @@ from moesim.simulator.plan_rows import plan_op_rows
 from moesim.simulator.replica_split import ReplicaSplit
 from moesim.simulator.step_costs import LayerOps, StepCosts
 from moesim.simulator.step_source import StepInput, split_microbatches
+from moesim.simulator.traffic_totals import TrafficTotals, merge_totals
 from moesim.simulator.unit_rules import ExpertOptions
 from moesim.units import dtype_bytes
 from moesim.workloads.model_spec import ModelSpec
@@ -98,19 +99,25 @@ def merge_microbatches(plans: list[StepPlan]) -> StepPlan:
         return plans[0]
     first = plans[0]
 
-    def add(name: str) -> np.ndarray:
+    def add(name: str) -> np.ndarray | None:  # (None where released plans dropped the array)
+        if getattr(first, name) is None:
+            return None
         return sum((getattr(p, name) for p in plans[1:]), getattr(first, name).copy())
 
-    stages_d = [sum(p.traffic.dispatch[i] for p in plans) for i in range(len(first.traffic.dispatch))]
-    stages_c = [sum(p.traffic.combine[i] for p in plans) for i in range(len(first.traffic.combine))]
-    residency = None if first.traffic.residency is None else sum(p.traffic.residency for p in plans)
-    skipped = None if first.traffic.combine_skipped is None else \
-        np.logical_and.reduce([p.traffic.combine_skipped for p in plans])
+    if isinstance(first.traffic, TrafficTotals):  # released plans (a serving iteration replayed from the cache)
+        traffic = merge_totals([p.traffic for p in plans])
+    else:
+        stages_d = [sum(p.traffic.dispatch[i] for p in plans) for i in range(len(first.traffic.dispatch))]
+        stages_c = [sum(p.traffic.combine[i] for p in plans) for i in range(len(first.traffic.combine))]
+        residency = None if first.traffic.residency is None else sum(p.traffic.residency for p in plans)
+        skipped = None if first.traffic.combine_skipped is None else \
+            np.logical_and.reduce([p.traffic.combine_skipped for p in plans])
+        traffic = Traffic(stages_d, stages_c, first.traffic.kernel_latency, residency=residency,
+                          combine_skipped=skipped, kind=first.traffic.kind)
     return StepPlan(
         step=first.step, attention=add("attention"), dense_ffn=add("dense_ffn"), shared_expert=add("shared_expert"),
         expert=add("expert"), tp_bytes=sum(p.tp_bytes for p in plans),
-        traffic=Traffic(stages_d, stages_c, first.traffic.kernel_latency, residency=residency,
-                        combine_skipped=skipped, kind=first.traffic.kind),
+        traffic=traffic,
         rows_routed=add("rows_routed"), rows_dropped=add("rows_dropped"), rows_computed=add("rows_computed"),
         experts_active=np.maximum.reduce([p.experts_active for p in plans]), expert_tokens=add("expert_tokens"),
         slot_tokens=add("slot_tokens"), slot_time=add("slot_time"),

@@ -59,6 +59,19 @@ def reduce_traffic(traffic, inter: np.ndarray) -> TrafficTotals:
         shape=tuple(totals["combine"].shape), kind=getattr(traffic, "kind", None))
 
 
+def merge_totals(parts: list[TrafficTotals]) -> TrafficTotals:
+    """One step's totals from its micro-batches' (`step_plan.merge_microbatches` of released plans:
+    bytes add up, a pair combines where any micro-batch's does)."""
+    first = parts[0]
+    senders = np.logical_or.reduce([p.combine_senders() for p in parts])
+    return TrafficTotals(
+        off_device={r: sum(p.off_device[r] for p in parts) for r in ROLES},
+        inter_node={r: sum(p.inter_node[r] for p in parts) for r in ROLES},
+        layer_bytes={r: sum(p.layer_bytes[r] for p in parts) for r in ROLES},
+        pair_bytes={r: sum(p.pair_bytes[r] for p in parts) for r in ROLES},
+        combine_senders_bits=np.packbits(senders, axis=None), shape=first.shape, kind=first.kind)
+
+
 def traffic_totals(plan, inter: np.ndarray) -> TrafficTotals:
     """A plan's traffic totals, whether it still holds its arrays or holds only the totals."""
     tr = plan.traffic

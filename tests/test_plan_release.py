@@ -57,3 +57,28 @@ def test_totals_match_the_arrays_and_a_released_plan_says_what_to_read(monkeypat
     assert traffic_totals(released, inter) is t
     with pytest.raises(Exception, match="reduced to its totals"):
         t.total("dispatch")
+
+
+def test_micro_batch_totals_merge_to_the_totals_of_the_merged_arrays():
+    """A serving iteration replayed from the iteration cache holds released plans (the cache keeps
+    only totals); merging its micro-batches' totals gives what reducing their merged arrays gives:
+    bytes add up (whole numbers here, so exactly) and a pair combines where any micro-batch does."""
+    from moesim.simulator.compose import pipeline_for, step_source_for
+    from moesim.simulator.engine import _released
+    from moesim.simulator.step_plan import merge_microbatches
+
+    cfg = yaml.safe_load((EXAMPLES / "mixtral-decode-8xh100.yaml").read_text())
+    cfg["workload"].update(steps=1, routing={"generator": "zipf", "alpha": 1.1})
+    cfg["policies"] = dict(cfg.get("policies") or {}, overlap="two_batch")
+    sc = resolve(config_from_dict(cfg, EXAMPLES))
+    per_mb = pipeline_for(sc).step_plans(next(iter(step_source_for(sc))))
+    assert len(per_mb) == 2
+    inter = sc.routes.pair_inter_node
+    expected = reduce_traffic(merge_microbatches(per_mb).traffic, inter)
+    got = merge_microbatches([_released(p, inter) for p in per_mb])
+    assert isinstance(got.traffic, TrafficTotals) and got.slot_tokens is None
+    for field in ("off_device", "inter_node", "layer_bytes", "pair_bytes"):
+        for role in ("dispatch", "combine"):
+            np.testing.assert_array_equal(getattr(got.traffic, field)[role], getattr(expected, field)[role])
+    np.testing.assert_array_equal(got.traffic.combine_senders(), expected.combine_senders())
+    np.testing.assert_array_equal(got.expert, merge_microbatches(per_mb).expert)
