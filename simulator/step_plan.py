@@ -93,6 +93,38 @@ def split_counts(counts: np.ndarray, part_tokens: list[np.ndarray]) -> list[np.n
     return out
 
 
+def split_routed(routed: RoutingStep, part_tokens: list[np.ndarray]) -> list[RoutingStep] | None:
+    """A step routed token by token, split into parts: part i takes, at each source, the next
+    part_tokens[i][s] of its tokens with their expert ids, and its counts are those tokens' own.
+    A source's tokens are drawn alike, so which of them a part takes changes no distribution;
+    keeping the ids keeps what a deduplicating dispatch sends exact (node limits included) where
+    splitting counts would fall back to the independence estimate. None where the step has no
+    per-token ids in source order."""
+    ids, src = routed.token_experts, routed.token_source
+    if ids is None or src is None or any(e is None for e in ids):
+        return None
+    Lm, sources, E = routed.counts.shape
+    parts = [np.asarray(t, dtype=np.int64) for t in part_tokens]
+    total = np.sum(parts, axis=0)
+    src = np.asarray(src, dtype=np.int64)
+    if total.size != sources or src.size != int(total.sum()) or \
+            not np.array_equal(src, np.repeat(np.arange(sources, dtype=np.int64), total)):
+        return None
+    rank = np.arange(src.size) - np.repeat(np.cumsum(total) - total, total)  # position within its source
+    bounds = np.cumsum(parts, axis=0)  # (parts, sources): end of each part's run at each source
+    part_of = (rank[None, :] >= bounds[:, src]).sum(axis=0)  # which part takes each token
+    out = []
+    for i in range(len(parts)):
+        take = np.flatnonzero(part_of == i)
+        s = src[take]
+        experts = [np.ascontiguousarray(e[take]) for e in ids]
+        offset = (s * E)[:, None]
+        counts = np.stack([np.bincount((e + offset).ravel(), minlength=sources * E) for e in experts])
+        counts = counts.reshape(Lm, sources, E)
+        out.append(RoutingStep(counts=counts, token_experts=experts, token_source=s))
+    return out
+
+
 def merge_microbatches(plans: list[StepPlan]) -> StepPlan:
     """One plan standing for a step's micro-batches: times and bytes add up (for per-step metrics)."""
     if len(plans) == 1:
@@ -176,18 +208,22 @@ class StepPipeline:
         if self.microbatches == 1:
             return [self.plan(inp)]
         parts = split_microbatches(inp, self.microbatches)
-        counts = self.routing.step(inp.step, np.asarray(inp.moe_tokens, dtype=np.int64),
-                                   len(self.moe_layers)).counts
-        shares = split_counts(counts, [p.moe_tokens for p in parts])
+        routed = self.routing.step(inp.step, np.asarray(inp.moe_tokens, dtype=np.int64), len(self.moe_layers))
+        tokens = [p.moe_tokens for p in parts]
+        by_token = split_routed(routed, tokens)
+        if by_token is not None:  # per-token ids: each micro-batch takes its own tokens, ids and all
+            return [self.plan(p, r.counts, whole=inp, routed=r) for p, r in zip(parts, by_token)]
+        shares = split_counts(routed.counts, tokens)
         return [self.plan(p, c, whole=inp) for p, c in zip(parts, shares)]
 
-    def plan(self, inp: StepInput, counts: np.ndarray | None = None, whole: StepInput | None = None) -> StepPlan:
-        """The plan of one step input (routed here unless its counts[l, s, e] are given); `whole`:
-        the step a micro-batch is part of (an algorithm that picks its kernels per step reads it)."""
+    def plan(self, inp: StepInput, counts: np.ndarray | None = None, whole: StepInput | None = None,
+             routed: RoutingStep | None = None) -> StepPlan:
+        """The plan of one step input (routed here unless its counts[l, s, e] are given, with their
+        per-token ids in `routed` where known); `whole`: the step a micro-batch is part of (an
+        algorithm that picks its kernels per step reads it)."""
         m, n, L = self.model, self.num_devices, self.model.num_layers
         moe = self.moe_layers
         tokens = np.asarray(inp.moe_tokens, dtype=np.int64)
-        routed = None
         if counts is None:
             routed = self.routing.step(inp.step, tokens, len(moe))
             counts = routed.counts  # (Lm, N, E)

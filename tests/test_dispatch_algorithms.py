@@ -213,6 +213,29 @@ def test_node_limited_routing_keeps_each_token_within_max_nodes(tmp_path):
     assert plan.dispatch[:, inter].sum() < free.dispatch[:, inter].sum()
 
 
+def test_two_batch_micro_batches_keep_their_tokens_ids(tmp_path):
+    """Two-batch overlap splits a step routed token by token into micro-batches that take each
+    source's tokens with their ids: their distinct pairs add up to the whole step's exact count
+    (node limit kept), where splitting counts would have fallen back to the independence estimate."""
+    from moesim.simulator.step_source import FixedBatch
+    from moesim.simulator.compose import step_source_for
+
+    cfg = _per_token_config("hierarchical", max_nodes=1)
+    cfg["policies"]["overlap"] = "two_batch"
+    sc = load_scenario(toy_file(tmp_path, cfg))
+    pipe = pipeline_for(sc)
+    inp = next(iter(step_source_for(sc)))
+    plans = pipe.step_plans(inp)
+    assert len(plans) == 2 and all(p.moe_tokens.sum() > 0 for p in (pl.inputs for pl in plans))
+    whole = pipe.routing.step(inp.step, np.asarray(inp.moe_tokens), len(sc.model.moe_layers))
+    device_of = sc.placement.slot_device
+    for layer, te in enumerate(whole.token_experts):
+        exact = distinct_from_tokens(te, whole.token_source, device_of[layer], 4, 4)
+        np.testing.assert_array_equal(sum(p.traffic.distinct[layer] for p in plans), exact)
+    np.testing.assert_array_equal(sum(p.rows_computed for p in plans), pipe.plan(inp).rows_computed)
+    assert isinstance(step_source_for(sc), FixedBatch)
+
+
 def test_per_token_options_apply_to_popularity_generators_only(tmp_path):
     from moesim.errors import ConfigError
 

@@ -54,11 +54,8 @@ def expected_distinct(rows: np.ndarray, tokens: np.ndarray, group_of_slot: np.nd
 def distinct_from_tokens(token_experts: np.ndarray, token_source: np.ndarray, expert_group: np.ndarray,
                          sources: int, groups: int) -> np.ndarray:
     """(s, g) exact count of distinct (token, group) pairs, from per-token ids token_experts (T, k)."""
-    g = np.sort(np.asarray(expert_group, dtype=np.int64)[np.asarray(token_experts, dtype=np.int64)], axis=1)
-    first = np.ones(g.shape, dtype=bool)
-    first[:, 1:] = g[:, 1:] != g[:, :-1]  # first occurrence of each group in a token's sorted list
-    src = np.broadcast_to(np.asarray(token_source, dtype=np.int64)[:, None], g.shape)
-    return np.bincount((src * groups + g)[first], minlength=sources * groups).reshape(sources, groups)
+    return distinct_by_layer(np.asarray(token_experts)[None], np.asarray(token_source, dtype=np.int64),
+                             np.asarray(expert_group, dtype=np.int64), sources, groups)[0]
 
 
 def distinct_pairs(rows: np.ndarray, tokens: np.ndarray, slot_group: np.ndarray, groups: int,
@@ -71,6 +68,24 @@ def distinct_pairs(rows: np.ndarray, tokens: np.ndarray, slot_group: np.ndarray,
     sources = tokens.size
     src = np.asarray(token_ids.token_source, dtype=np.int64) - group_offset
     mine = (src >= 0) & (src < sources)
-    slot_group = np.asarray(slot_group, dtype=np.int64)
-    return np.stack([distinct_from_tokens(te[mine], src[mine], slot_group[l] if slot_group.ndim == 2 else slot_group,
-                                          sources, groups) for l, te in enumerate(token_ids.token_experts)]).astype(float)
+    ids = np.stack(token_ids.token_experts)  # (Lm, T, k)
+    if not mine.all():
+        ids, src = ids[:, mine], src[mine]
+    return distinct_by_layer(ids, src, np.asarray(slot_group, dtype=np.int64), sources, groups).astype(float)
+
+
+def distinct_by_layer(token_experts: np.ndarray, token_source: np.ndarray, expert_group: np.ndarray,
+                      sources: int, groups: int) -> np.ndarray:
+    """(Lm, s, g) `distinct_from_tokens` of every layer at once: token_experts (Lm, T, k), and
+    expert_group (E,) or (Lm, E) where each layer places its experts differently."""
+    Lm = token_experts.shape[0]
+    if expert_group.ndim == 2:
+        g = np.take_along_axis(expert_group, token_experts.reshape(Lm, -1).astype(np.int64), axis=1)
+        g = g.reshape(token_experts.shape)
+    else:
+        g = expert_group[token_experts]
+    g.sort(axis=2)
+    first = np.ones(g.shape, dtype=bool)
+    first[:, :, 1:] = g[:, :, 1:] != g[:, :, :-1]  # first occurrence of each group in a token's sorted list
+    key = g + (token_source * groups)[None, :, None] + (np.arange(Lm, dtype=np.int64) * (sources * groups))[:, None, None]
+    return np.bincount(key[first], minlength=Lm * sources * groups).reshape(Lm, sources, groups)
