@@ -61,6 +61,19 @@ PHASE_COLORS = {
     "straggler_wait": "#DA8BC3",
     "combine": "#CCB974",
     "moe_allreduce": "#937860",
+    # a training step's (lighter or darker shades of the forward's own)
+    "recompute": "#A6BDDB",
+    "attention_bwd": "#2B4C7E",
+    "tp_allreduce_bwd": "#5A4E8C",
+    "dense_ffn_bwd": "#3D8AA6",
+    "shared_expert_bwd": "#5FA347",
+    "dispatch_bwd": "#B5622E",
+    "expert_bwd": "#1B6B3D",
+    "combine_bwd": "#A8963F",
+    "grad_sync": "#E377C2",
+    "grad_sync_expert": "#F7B6D2",
+    "optimizer": "#7F7F7F",
+    "param_gather": "#BCBD22",
     "idle": "#C8C8C8",
 }
 LINK_CLASS_COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]

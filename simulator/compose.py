@@ -16,6 +16,8 @@ import simpy
 
 from moesim.placement.placement import Placement, contiguous, round_robin
 from moesim.workloads.batching import MIXED, PREEMPT, PREFILL_FIRST, RESERVE, IterationOrder, KvPolicy, SchedulerPolicy
+from moesim.simulator.training.plans import TrainingLayout, TrainingPlans, optimizer_seconds, training_layout
+from moesim.simulator.training.schedule import TRAINING
 from moesim.simulator.allreduce import AUTO, NCCL, ONE_SHOT_ALWAYS, TWO_SHOT_ALWAYS, AllReduceChoice
 from moesim.simulator.capacity import CapacityPolicy
 from moesim.simulator.config import config_error
@@ -49,7 +51,7 @@ from moesim.simulator.overlap.schedules import Schedule
 from moesim.simulator.overlap.sequential import SEQUENTIAL
 from moesim.simulator.overlap.shortcut import SHORTCUT
 from moesim.simulator.overlap.two_batch import TWO_BATCH
-from moesim.simulator.program import Program, StepShape
+from moesim.simulator.program import Program, StepShape, TrainingShape
 from moesim.simulator.replica_split import ReplicaSplit, split_weights
 from moesim.simulator.routing_generators import (
     FIXED,
@@ -182,14 +184,36 @@ def overlap_schedule(sc: Scenario) -> Schedule:
 def step_shape(sc: Scenario, serving: bool) -> StepShape:
     """What the overlap schedule sees of a scenario's steps."""
     m = sc.model
+    training = None
+    microbatches = overlap_schedule(sc).microbatches
+    if sc.config.training is not None:
+        if sc.config.policies.overlap != "none":
+            raise config_error(sc.source, "policies.overlap", "workload.phase: train runs its own program (gradient "
+                               "buckets reduced during the backward); leave policies.overlap at none")
+        lay = training_layout_of(sc)
+        microbatches = lay.microbatches
+        training = TrainingShape(lay.microbatches, lay.buckets, lay.config.recompute != "none", lay.zero_stage >= 1)
     return StepShape(tuple(m.is_moe_layer(layer) for layer in range(m.num_layers)), sc.tp > 1, sc.moe_tp > 1,
-                     overlap_schedule(sc).microbatches, sc.config.policies.overlap_shared_experts, serving)
+                     microbatches, sc.config.policies.overlap_shared_experts, serving, training)
+
+
+def training_layout_of(sc: Scenario) -> TrainingLayout:
+    """A training scenario's micro-batches per step and gradient buckets (a global batch that the
+    data-parallel ranks' micro-batches do not divide is a config error)."""
+    cfg, wl = sc.config.training, sc.config.workload
+    replicas = sc.num_devices // sc.tp
+    per_step = wl.batch_size * replicas
+    if cfg.global_batch % per_step:
+        raise config_error(sc.source, "training.global_batch", f"{cfg.global_batch} sequences is not a whole number "
+                           f"of micro-batches of workload.batch_size={wl.batch_size} on each of the {replicas} "
+                           f"data-parallel ranks ({per_step} sequences per micro-batch step)")
+    return training_layout(sc.model, cfg, sc.tp, sc.ep, cfg.global_batch // per_step)
 
 
 def step_program(sc: Scenario, serving: bool = False) -> Program:
     """One step's instructions for every device under the scenario's overlap schedule."""
     shape = step_shape(sc, serving)
-    program = overlap_schedule(sc).program(shape)
+    program = (TRAINING if shape.training is not None else overlap_schedule(sc)).program(shape)
     program.check(shape)
     return program
 
@@ -214,6 +238,10 @@ def engine_for(sc: Scenario, progress: Callable[[int], None] | None = None,
     serving = sc.config.serving is not None
     cache = None
     feed = pipeline.plans(source)
+    if sc.config.training is not None:
+        lay = training_layout_of(sc)
+        dp, edp = sc.num_devices // sc.tp, sc.num_devices // (sc.ep * sc.moe_tp)
+        feed = TrainingPlans(pipeline, lay, optimizer_seconds(sc.machine.cost, lay, dp, edp, sc.num_devices)).plans(source)
     if serving and sc.config.serving.iteration_cache:
         from moesim.simulator.serving.iteration_cache import IterationCache
 
@@ -343,5 +371,7 @@ def step_source_for(sc: Scenario):
         return serving_source(sc, scheduler_policy(sc.config.serving))
     wl = sc.config.workload
     spec = sc.config.policies.speculative
+    if wl.phase == "train":  # each micro-batch's forward runs as a prefill of its sequences
+        return FixedBatch(wl.steps, "prefill", sc.moe_tokens, wl.seq_len, 0)
     per_seq = wl.seq_len if wl.phase == "prefill" else queries_per_sequence(spec)
     return FixedBatch(wl.steps, wl.phase, sc.moe_tokens, per_seq, wl.kv_len or 0, kv_growth(spec))

@@ -19,6 +19,7 @@ from moesim.errors import ConfigError
 from moesim.simulator.config_choice import one_of
 from moesim.simulator.offload.config import OffloadConfig, PrecisionConfig
 from moesim.simulator.serving.config import ServingConfig
+from moesim.simulator.training.config import TrainingConfig
 from moesim.workloads.arrivals import MAX_TOKENS, WHY_TOKENS, Tokens
 from moesim.workloads.synthetic_routing import RoutingModelConfig
 from moesim.units import Seconds
@@ -132,7 +133,8 @@ class RoutingConfig(_Strict):
 
 
 class WorkloadConfig(_Strict):
-    phase: Literal["prefill", "decode"]
+    phase: Literal["prefill", "decode", "train"] = Field(description="prefill, decode, or train (a training "
+                                                        "step: the training: section, simulator/training/)")
     batch_size: Sequences | None = Field(None, ge=1, description="sequences per attention (DP) replica")
     tokens_per_device: Tokens | None = Field(None, ge=1, description="MoE tokens per device per step")
     seq_len: Tokens | None = Field(None, ge=1, description="prompt length of a prefill sequence")
@@ -143,7 +145,7 @@ class WorkloadConfig(_Strict):
 
     @model_validator(mode="after")
     def _shape(self) -> "WorkloadConfig":
-        if self.phase == "prefill" and self.batch_size and self.seq_len and self.batch_size * self.seq_len > MAX_TOKENS:
+        if self.phase in ("prefill", "train") and self.batch_size and self.seq_len and self.batch_size * self.seq_len > MAX_TOKENS:
             raise ValueError(f"workload.batch_size x workload.seq_len = {self.batch_size * self.seq_len:,} tokens per "
                              f"replica is more than moesim can simulate: at most {MAX_TOKENS:,} ({WHY_TOKENS})")
         both = self.batch_size is not None and self.tokens_per_device is not None
@@ -153,6 +155,9 @@ class WorkloadConfig(_Strict):
                              "(with a trace, neither: the trace's first step sets the tokens per device)")
         if self.phase == "prefill" and self.seq_len is None:
             raise ValueError("prefill needs workload.seq_len (the prompt length)")
+        if self.phase == "train" and (self.seq_len is None or self.batch_size is None):
+            raise ValueError("workload.phase: train needs workload.seq_len (the sequence length) and "
+                             "workload.batch_size (sequences per micro-batch on each data-parallel rank)")
         if self.phase == "decode" and self.kv_len is None:
             raise ValueError("decode needs workload.kv_len (tokens already in the KV cache)")
         return self
@@ -321,6 +326,8 @@ class ScenarioConfig(_Strict):
     policies: PoliciesConfig = PoliciesConfig()
     precision: PrecisionConfig = PrecisionConfig()
     offload: OffloadConfig | None = Field(None, description="expert offloading; None: every expert resident")
+    training: TrainingConfig | None = Field(None, description="workload.phase: train: accumulation, recomputation, "
+                                            "ZeRO and gradient buckets (simulator/training/config.py)")
     outputs: OutputsConfig = OutputsConfig()
     seed: int = Field(0, ge=0, description="random seed (the same config and seed give identical results)")
 
@@ -335,6 +342,12 @@ class ScenarioConfig(_Strict):
     def _workload_or_serving(self) -> "ScenarioConfig":
         if (self.workload is None) == (self.serving is None):
             raise ValueError("give workload (a fixed batch for N steps) or serving (requests), not both or neither")
+        train = self.workload is not None and self.workload.phase == "train"
+        if train != (self.training is not None):
+            raise ValueError("workload.phase: train needs a training: section (training.global_batch at least), and "
+                             "a training: section needs workload.phase: train")
+        if train and (self.offload is not None or self.policies.speculative):
+            raise ValueError("workload.phase: train is simulated without offload and policies.speculative")
         if self.serving is not None:
             if self.routing is not None and _replays_trace(self.routing.generator):
                 raise ValueError("serving routes tokens with a generator (uniform, zipf, synthetic, fixed); a trace "

@@ -30,10 +30,11 @@ from moesim.simulator.lockstep import Handover, program_fits, run_lockstep
 from moesim.simulator.unit_streams import unit_device_stream
 from moesim.simulator.plan_feed import plan_feed
 from moesim.simulator.program import Program
-from moesim.simulator.phases import PHASES, EXP as _EXP, STRAG as _STRAG, COMB as _COMB
+from moesim.simulator.phases import EXP as _EXP, STRAG as _STRAG, COMB as _COMB
 from moesim.simulator.scenario import Scenario
 from moesim.simulator.step_plan import StepPlan, merge_microbatches
 from moesim.simulator.traffic_totals import traffic_totals
+from moesim.simulator.training.grad_sync import GradientSync
 
 
 @dataclass
@@ -44,6 +45,12 @@ class StepCollectives:
     moe: list[tuple]
     tp: list[tuple]
     moe_reduce: list
+    # a training step's: the backward's (dispatch_bwd, combine_bwd) per MoE layer and TP pairs per layer,
+    # (dense, expert) gradient reductions per bucket-closing layer, ZeRO's (dense, expert) parameter gathers
+    moe_bwd: list[tuple] = field(default_factory=list)
+    tp_bwd: list[tuple] = field(default_factory=list)
+    grads: dict = field(default_factory=dict)
+    gather: tuple = ()
 
 
 @dataclass
@@ -128,7 +135,7 @@ class Engine:
         self.progress = progress
         L, n = scenario.model.num_layers, scenario.num_devices
         self.n_layers, self.n = L, n
-        self.P = len(PHASES)
+        self.P = program.phases
         self.moe_layers = np.array(scenario.model.moe_layers, dtype=np.int64)
         self.moe_index = {layer: i for i, layer in enumerate(scenario.model.moe_layers)}
         self.is_moe = [scenario.model.is_moe_layer(layer) for layer in range(L)]
@@ -173,6 +180,7 @@ class Engine:
         self._tp_floor = comm_cost.kernel_floors(scenario.routes, "all_reduce", _group_pairs(n, tp)) if tp > 1 else None
         self._moe_tp_floor = comm_cost.kernel_floors(scenario.routes, "all_reduce", _group_pairs(n, mt)) if mt > 1 else None
         self._size = L * n * self.microbatches * self.P
+        self._grad_sync = GradientSync(scenario.routes, n, tp, scenario.ep * mt)
         first = self.plans(0)
         if first is not None and len(first) != self.microbatches:
             raise MoesimError(f"the plans of step 0 have {len(first)} micro-batches but the overlap program runs "
@@ -285,6 +293,18 @@ class Engine:
                 reduce = [GroupCollective(env, fabric, matrix, groups, added, "all_reduce", floor)
                           for _ in range(len(moe))]
             colls = self._by_step[key] = StepCollectives(moe, tp, reduce)
+            if plan.training is not None:  # the backward reruns the forward's all-to-alls with their bytes
+                colls.moe_bwd = [(kernel(dis, m, need_d[m], moves_d[m], floors[0]),
+                                  kernel(com, m, need_c[m], moves_c[m], floors[1],
+                                         skipped is not None and bool(skipped[m])))
+                                 for m in range(dis[0].shape[0])]
+                if self._tp_ar is not None:
+                    groups = np.arange(self.n) // self.tp
+                    matrix, added, nccl = self._tp_ar.terms(plan.tp_bytes)
+                    floor = self._tp_floor if nccl else None
+                    colls.tp_bwd = [tuple(GroupCollective(env, fabric, matrix, groups, added, "all_reduce", floor)
+                                          for _ in range(2)) for _ in self.is_moe]
+                colls.grads, colls.gather = self._grad_sync.collectives(env, fabric, plan.training)
             self._forget()
         return colls
 
@@ -295,7 +315,8 @@ class Engine:
         if lists is None:
             plan = self.plans(step)[mb]
             lists = self._step_lists[key] = tuple(  # type: ignore[assignment]
-                a.T.tolist() for a in (plan.attention, plan.dense_ffn, plan.shared_expert, plan.expert))
+                a.T.tolist() for a in (plan.attention, plan.dense_ffn, plan.shared_expert, plan.expert)
+                + (plan.training.arrays() if plan.training is not None else ()))
             self._forget()
         return lists  # type: ignore[return-value]
 

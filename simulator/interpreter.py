@@ -21,7 +21,8 @@ from moesim.simulator.program import (ALL_REDUCE, ALL_REDUCE_MORE, BESIDE, COMPU
 if TYPE_CHECKING:
     from moesim.simulator.engine import Engine
 
-DISPATCH, COMBINE, TP_ATTENTION, TP_FFN, MOE_REDUCE = range(5)  # program.COLLECTIVES, in order
+(DISPATCH, COMBINE, TP_ATTENTION, TP_FFN, MOE_REDUCE, DISPATCH_BWD, COMBINE_BWD, TP_ATTENTION_BWD, TP_FFN_BWD,
+ GRAD_DENSE, GRAD_EXPERT, PARAM_GATHER_DENSE, PARAM_GATHER_EXPERT) = range(13)  # program.COLLECTIVES, in order
 
 
 def compile_for_device(program: Program, d: int, n: int, P: int, moe_index: dict[int, int]) -> list[tuple]:
@@ -45,7 +46,15 @@ def collective_of(colls, which: int, layer: int, m: int):
         return colls.tp[layer][0]
     if which == TP_FFN:
         return colls.tp[layer][1]
-    return colls.moe_reduce[m]
+    if which == MOE_REDUCE:
+        return colls.moe_reduce[m]
+    if which in (DISPATCH_BWD, COMBINE_BWD):
+        return colls.moe_bwd[m][which - DISPATCH_BWD]
+    if which in (TP_ATTENTION_BWD, TP_FFN_BWD):
+        return colls.tp_bwd[layer][which - TP_ATTENTION_BWD]
+    if which in (GRAD_DENSE, GRAD_EXPERT):
+        return colls.grads[layer][which - GRAD_DENSE]
+    return colls.gather[which - PARAM_GATHER_DENSE]
 
 
 def run_steps(engine: "Engine", d: int, run_step: Callable[[int, list, Any], Generator], first: int = 0,

@@ -42,6 +42,7 @@ from moesim.errors import ConfigError
 from moesim.simulator.collectives import GroupCollective, StagedCollective
 from moesim.simulator.interpreter import collective_of, compile_for_device
 from moesim.simulator.network import Collective
+from moesim.simulator.phases import INFERENCE_PHASES
 from moesim.simulator.program import (ALL_REDUCE, ALL_REDUCE_MORE, BESIDE, COMPUTE, SUBMIT, WAIT, WAIT_ARRIVAL,
                                       WAIT_THEN)
 
@@ -76,6 +77,8 @@ class Handover:
 def program_fits(engine: "Engine") -> bool:
     """Whether the run's shape allows the event-free path at all (its steps are checked one by one)."""
     if engine_choice() == "events" or engine.offload is not None or engine.unit_streams:
+        return False
+    if engine.program.phases != len(INFERENCE_PHASES):  # a training step: its backward and gradients run on events
         return False
     if engine.tp not in (1, engine.n) or engine.moe_tp not in (1, engine.n):
         return False  # several TP groups: their all-reduces interleave in time

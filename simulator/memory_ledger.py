@@ -49,7 +49,7 @@ def workload_memory(model: ModelSpec, placement: Placement, tp: int, batch: int,
         kv_len = int(np.ceil((wl.kv_len or 0) + wl.steps * kv_growth(speculative))) + queries - 1
     else:
         kv_len = wl.seq_len
-    replica_tokens = batch * (wl.seq_len if wl.phase == "prefill" else queries)
+    replica_tokens = batch * (wl.seq_len if wl.phase in ("prefill", "train") else queries)
     return estimate_memory(model, placement, tp, batch, kv_len, replica_tokens, max_moe_tokens, expert_bytes)
 
 

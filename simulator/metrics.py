@@ -44,7 +44,7 @@ def phase_table(raw: EngineResult) -> pd.DataFrame:
     end = raw.end[s, l, d, mb, p]
     table = pd.DataFrame({
         "step": s.astype(np.int32), "layer": l.astype(np.int32), "device": d.astype(np.int32),
-        "phase": pd.Categorical.from_codes(p, PHASES), "start_s": start, "end_s": end,
+        "phase": pd.Categorical.from_codes(p, PHASES[: raw.start.shape[4]]), "start_s": start, "end_s": end,
         "duration_s": end - start,
     })
     if raw.start.shape[3] > 1:
@@ -62,7 +62,7 @@ def critical_path_shares(raw: EngineResult) -> dict[str, float]:
     last = np.nanargmax(end, axis=1)
     per = dur[np.arange(dur.shape[0]), :, last].sum(axis=(0, 1))  # (P,)
     total = float(per.sum())
-    return {p: float(per[i] / total) if total else 0.0 for i, p in enumerate(PHASES)}
+    return {p: float(per[i] / total) if total else 0.0 for i, p in enumerate(PHASES[: per.size])}
 
 
 def straggler_ratios(sc: Scenario, raw: EngineResult) -> np.ndarray:
@@ -122,11 +122,14 @@ def summarize(sc: Scenario, raw: EngineResult) -> SimResult:
     makespan = float(np.nanmax(raw.end))
     phase_total = dur.sum(axis=(0, 1, 2))  # (P,)
     device_time = n * makespan
-    shares = {p: float(phase_total[i] / device_time) for i, p in enumerate(PHASES)}
+    shares = {p: float(phase_total[i] / device_time) for i, p in enumerate(PHASES[: phase_total.size])}
     shares["idle"] = max(0.0, 1.0 - sum(shares.values()))
 
     wl = sc.config.workload
-    tokens_per_step = int(sc.batch_per_replica * sc.dp * (wl.seq_len if wl.phase == "prefill" else 1))
+    if sc.config.training is not None:  # a training step: the global batch's tokens
+        tokens_per_step = int(sc.config.training.global_batch * wl.seq_len)
+    else:
+        tokens_per_step = int(sc.batch_per_replica * sc.dp * (wl.seq_len if wl.phase == "prefill" else 1))
     ratios = straggler_ratios(sc, raw)
     routed = int(sum(p.rows_routed.sum() for p in raw.plans))
     dropped = int(sum(p.rows_dropped.sum() for p in raw.plans))
@@ -145,11 +148,11 @@ def summarize(sc: Scenario, raw: EngineResult) -> SimResult:
         payload["dispatch_inter_node"] += t.inter_node["dispatch"]
         payload["combine_inter_node"] += t.inter_node["combine"]
 
-    compute_idx = [PHASES.index(p) for p in COMPUTE_PHASES]
+    compute_idx = [PHASES.index(p) for p in COMPUTE_PHASES if PHASES.index(p) < dur.shape[-1]]
     busy = dur[..., compute_idx].sum(axis=(0, 1, 3))
     per_phase_dev = dur.sum(axis=(0, 1))  # (N, P)
     util = pd.DataFrame({"device": np.arange(n), "compute_busy_s": busy, "utilization": busy / makespan})
-    for i, p in enumerate(PHASES):
+    for i, p in enumerate(PHASES[: per_phase_dev.shape[1]]):
         util[f"{p}_s"] = per_phase_dev[:, i]
     util["memory_bytes"] = np.tile(np.repeat(sc.memory.per_device, sc.moe_tp), n // (sc.ep * sc.moe_tp))
 
@@ -209,4 +212,8 @@ def summarize(sc: Scenario, raw: EngineResult) -> SimResult:
                                     **({"on_units": dict(sc.memory.on_units)} if sc.memory.on_units else {})},
         "source": "model (simulated); costs from the datasheet profile with default efficiencies",
     }
+    if sc.config.training is not None:
+        from moesim.simulator.training.summary import training_summary
+
+        summary["training"] = training_summary(sc, step_latency, phase_total, sc.machine.cost.peak("bf16"))
     return SimResult(sc, summary, util, layers, raw)

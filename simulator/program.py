@@ -21,23 +21,45 @@ The vocabulary (each names the phase it records and, for work, the plan array it
   `extend` adds its span to the phase's earlier span in the layer (the second TP all-reduce).
 
 Collectives are named: "dispatch", "combine" (per MoE layer), "tp_attention", "tp_ffn" (per layer
-under TP), "moe_reduce" (per MoE layer under MoE-TP).
+under TP), "moe_reduce" (per MoE layer under MoE-TP); a training step's backward adds "dispatch_bwd"
+(the combine's gradient, sent the dispatch's way with its bytes), "combine_bwd" (the dispatch's
+gradient, the combine's way), their TP all-reduces, and per gradient bucket (named by the layer
+that closes it) "grad_dense" / "grad_expert" over the data-parallel / expert-data-parallel
+groups, with ZeRO's "param_gather_dense" / "param_gather_expert" after the optimizer.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from moesim.simulator.phases import PHASE_INDEX
+from moesim.simulator.phases import INFERENCE_PHASES, PHASE_INDEX
 
 # opcodes (small ints: the interpreter's hot loop compares them)
 COMPUTE, BESIDE, SUBMIT, WAIT, WAIT_ARRIVAL, WAIT_THEN, ALL_REDUCE, ALL_REDUCE_MORE = range(8)
 OPCODE_NAMES = ("compute", "beside", "submit", "wait", "wait_arrival", "wait_then", "all_reduce", "all_reduce_more")
 WAITS = (WAIT, WAIT_ARRIVAL, WAIT_THEN)
-COLLECTIVES = ("dispatch", "combine", "tp_attention", "tp_ffn", "moe_reduce")
-WORK = {"attention": 0, "dense_ffn": 1, "shared_expert": 2, "expert": 3}  # the plan arrays compute reads
+COLLECTIVES = ("dispatch", "combine", "tp_attention", "tp_ffn", "moe_reduce",
+               # a training step's (simulator/training/): the backward's all-to-alls and TP all-reduces, the
+               # gradient buckets' reduction over the data-parallel groups, ZeRO's parameter all-gather
+               "dispatch_bwd", "combine_bwd", "tp_attention_bwd", "tp_ffn_bwd", "grad_dense", "grad_expert",
+               "param_gather_dense", "param_gather_expert")
+# the plan arrays compute reads (a training plan's `training` work after the forward's four)
+WORK = {"attention": 0, "dense_ffn": 1, "shared_expert": 2, "expert": 3, "recompute": 4, "attention_bwd": 5,
+        "dense_ffn_bwd": 6, "shared_expert_bwd": 7, "expert_bwd": 8, "optimizer": 9}
 
 Instruction = tuple  # (opcode, phase index or -1, layer, micro-batch, operand)
+
+
+@dataclass(frozen=True)
+class TrainingShape:
+    """What a training schedule knows beyond the layers: micro-batches accumulated per step, the
+    gradient buckets (each named by the layer that closes it, in the order the backward reaches
+    them), whether a layer's forward is rerun before its backward, and ZeRO's parameter gather."""
+
+    microbatches: int
+    buckets: tuple[int, ...]
+    recompute: bool = False
+    gather: bool = False  # ZeRO >= 1: the updated parameters are all-gathered after the optimizer
 
 
 @dataclass(frozen=True)
@@ -50,6 +72,7 @@ class StepShape:
     microbatches: int = 1
     overlap_shared_experts: bool = True  # shared experts run while dispatch is in flight
     serving: bool = False  # steps are formed at the engine's clock (no compute fused across a step's end)
+    training: TrainingShape | None = None  # a training step (simulator/training/schedule.py)
 
     @property
     def num_layers(self) -> int:
@@ -106,6 +129,7 @@ class Program:
 
     instructions: tuple[Instruction, ...]
     microbatches: int = 1
+    phases: int = len(INFERENCE_PHASES)  # phases its timeline records (a training program's: all of PHASES)
 
     def describe(self) -> list[str]:
         """One readable line per instruction (tests and `--explain` style output)."""

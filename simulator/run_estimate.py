@@ -16,7 +16,7 @@ from pathlib import Path
 
 from moesim.errors import MoesimError
 from moesim.simulator.compose import dispatch_algorithm, overlap_schedule
-from moesim.simulator.phases import PHASES
+from moesim.simulator.phases import INFERENCE_PHASES
 from moesim.simulator.scenario import Scenario
 from moesim.simulator.unit_usage import PARTS, uses_units
 from moesim.units import fmt_bytes
@@ -64,7 +64,7 @@ def estimate_run(sc: Scenario, steps: int | None = None) -> RunEstimate:
     m = sc.model
     L, Lm, n = m.num_layers, len(m.moe_layers), sc.num_devices
     mb = overlap_schedule(sc).microbatches
-    P = len(PHASES)
+    P = len(INFERENCE_PHASES)
     stages = dispatch_algorithm(sc).stages
     slots = sc.placement.slot_expert.shape[1]
     groups = max(n // max(sc.ep * sc.moe_tp, 1), 1)

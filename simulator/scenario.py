@@ -244,7 +244,7 @@ def _batch(sf: ScenarioFile, wl: WorkloadConfig, par: Parallelism) -> tuple[int,
     tp = par.tp
     from moesim.simulator.speculative import queries_per_sequence
 
-    per_seq = wl.seq_len if wl.phase == "prefill" else queries_per_sequence(sf.config.policies.speculative)
+    per_seq = wl.seq_len if wl.phase in ("prefill", "train") else queries_per_sequence(sf.config.policies.speculative)
     if wl.batch_size is not None:
         batch = wl.batch_size
         replica_tokens = batch * per_seq

@@ -22,6 +22,7 @@ from moesim.simulator.replica_split import ReplicaSplit
 from moesim.simulator.step_costs import LayerOps, StepCosts
 from moesim.simulator.step_source import StepInput, split_microbatches
 from moesim.simulator.traffic_totals import TrafficTotals, merge_totals
+from moesim.simulator.training.work import TrainingWork
 from moesim.simulator.unit_rules import ExpertOptions
 from moesim.units import dtype_bytes
 from moesim.workloads.model_spec import ModelSpec
@@ -57,6 +58,7 @@ class StepPlan:
     # machine order) where a part may run off the accelerator; None: everything on the accelerator
     unit_time: np.ndarray | None = None
     handoff: np.ndarray | None = None  # (parts, units, L, N) of unit_time: the activations' hand-offs to the unit
+    training: "TrainingWork | None" = None  # a training step's backward, gradient and optimizer work
 
     @property
     def dispatch(self) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Training mode: a training step as programs on the step pipeline."""

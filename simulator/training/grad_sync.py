@@ -1,0 +1,87 @@
+"""Gradient synchronisation of a training step as NCCL's ring runs it, on the shared fabric.
+
+Dense parameters are replicated over the data-parallel group (the ranks with the same TP rank),
+expert parameters over the expert-data-parallel group (the ranks with the same place in their
+EP x MoE-TP group). Each gradient bucket is reduced over its group by a ring: an all-reduce
+(ZeRO-0, DDP) sends 2 (n-1)/n x S to the ring neighbour, a reduce-scatter (ZeRO-1/2, Megatron's
+distributed optimizer) (n-1)/n x S, and the updated parameters come back by an all-gather of
+(n-1)/n x S after the optimizer. The fabric times the flows with contention (a bucket reduced
+during the backward shares links with its all-to-alls); each ring adds its steps' latency beyond
+the flows' own (2 (n-1) - 1 hops for an all-reduce, n - 2 for the others) unless the profile
+gives the kind a measured floor, which then holds NCCL's whole fixed cost (as in allreduce.py and
+collective_time.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import simpy
+
+from moesim.hardware_profiles.topology import Routes
+from moesim.simulator import comm_cost
+from moesim.simulator.collectives import GroupCollective
+from moesim.simulator.network import Fabric
+from moesim.simulator.training.work import TrainingWork
+
+
+class GradientSync:
+    """The gradient reductions and parameter gathers of a training step's plan (`collectives`)."""
+
+    def __init__(self, routes: Routes, n: int, tp: int, expert_span: int):
+        """`tp`: ranks of a TP group (contiguous); `expert_span`: ranks of an EP x MoE-TP group (contiguous)."""
+        self.routes, self.n = routes, n
+        self.hop = float(routes.pair_latency[0, 1]) if n > 1 else 0.0
+        rank = np.arange(n)
+        self.dense_group = rank % tp  # the data-parallel group: every rank with the same TP rank
+        self.expert_group = rank % max(expert_span, 1)
+        self._rings = {id(g): ring_neighbours(g) for g in (self.dense_group, self.expert_group)}
+        self._floors: dict[tuple[str, str], np.ndarray | None] = {}
+
+    def _floor(self, which: str, kind: str) -> np.ndarray | None:
+        key = (which, kind)
+        if key not in self._floors:
+            group = self.dense_group if which == "dense" else self.expert_group
+            pairs = (group[:, None] == group[None, :]) & ~np.eye(self.n, dtype=bool)
+            self._floors[key] = comm_cost.kernel_floors(self.routes, kind, pairs) if pairs.any() else None
+        return self._floors[key]
+
+    def ring(self, env: simpy.Environment, fabric: Fabric, which: str, kind: str, message: float) -> GroupCollective:
+        """One ring collective of `kind` (all_reduce, reduce_scatter, all_gather) of a `message` of
+        bytes per rank over the dense or expert data-parallel groups."""
+        group = self.dense_group if which == "dense" else self.expert_group
+        size = int(np.bincount(group).max())
+        share = 2.0 * (size - 1) / size if kind == "all_reduce" else (size - 1) / size
+        matrix = np.zeros((self.n, self.n))
+        src, dst = self._rings[id(group)]
+        matrix[src, dst] = share * message
+        measured = comm_cost.has_floors(self.routes, kind)
+        steps = 2 * (size - 1) - 1 if kind == "all_reduce" else size - 2
+        added = 0.0 if measured or size < 2 else max(steps, 0) * self.hop
+        return GroupCollective(env, fabric, matrix, group, added, kind, self._floor(which, kind))
+
+    def collectives(self, env: simpy.Environment, fabric: Fabric, work: TrainingWork) -> tuple[dict, tuple]:
+        """({bucket-closing layer: (dense, expert) reduction}, (dense, expert) parameter gathers)."""
+        reduce_kind = "all_reduce" if work.zero_stage == 0 else "reduce_scatter"
+        grads = {}
+        for layer in np.flatnonzero((work.grad_dense > 0) | (work.grad_expert > 0)).tolist():
+            grads[layer] = (self.ring(env, fabric, "dense", reduce_kind, float(work.grad_dense[layer])),
+                            self.ring(env, fabric, "expert", reduce_kind, float(work.grad_expert[layer])))
+        gather = ()
+        if work.zero_stage >= 1:
+            gather = (self.ring(env, fabric, "dense", "all_gather", work.param_dense),
+                      self.ring(env, fabric, "expert", "all_gather", work.param_expert))
+        return grads, gather
+
+
+def ring_neighbours(group_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(source, destination) of every ring step: each group's members in rank order, the last
+    sending to the first; a group of one sends nothing."""
+    src, dst = [], []
+    for g in np.unique(group_of):
+        members = np.flatnonzero(group_of == g)
+        if members.size > 1:
+            src.append(members)
+            dst.append(np.roll(members, -1))
+    if not src:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(src), np.concatenate(dst)

@@ -1,0 +1,165 @@
+"""A training step's micro-batch plans: each micro-batch's forward as the step pipeline plans a
+prefill of its sequences, plus its backward, recomputation, gradient and optimizer work.
+
+Backward costs come from the forward's own op rows, costed on the same cost model: a GEMM's
+backward is its data-gradient GEMM and its weight-gradient GEMM, each with the forward's FLOPs
+and bytes (dY W^T and X^T dY move the same three matrices as X W; the weight gradient's
+reduction over tokens is costed with the forward's efficiency in the token dimension, which
+calibration of backward kernels would refine); the attention core's backward is 2.5x its
+forward (FlashAttention-2's backward runs five matmuls to the forward's two, Dao 2023); norms and
+other elementwise ops read the output gradient besides their input: 2x. Routed experts: 2x
+their forward kernel time (data and weight gradients of every local copy). Recomputation reruns
+the forward of every part (full) or of the attention core (selective) before a layer's backward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from moesim.simulator.memory import attention_params
+from moesim.simulator.step_costs import LayerOps
+from moesim.simulator.step_plan import StepPipeline, StepPlan
+from moesim.simulator.step_source import StepInput
+from moesim.simulator.training.config import TrainingConfig
+from moesim.simulator.training.work import TrainingWork
+from moesim.units import dtype_bytes
+from moesim.workloads.model_spec import ModelSpec
+
+ATTENTION_CORE_BACKWARD = 2.5  # FlashAttention-2: 5 matmuls backward against 2 forward
+OPTIMIZER_BYTES = {"adam": 26.0, "sgd": 10.0}  # per parameter beside its gradient: fp32 master, moments, bf16 copy
+OPTIMIZER_FLOPS = {"adam": 12.0, "sgd": 3.0}
+
+
+@dataclass(frozen=True)
+class TrainingLayout:
+    """A training step's fixed facts: micro-batches per step, gradient buckets and bytes per rank."""
+
+    microbatches: int
+    buckets: tuple[int, ...]  # the layer closing each bucket, in the order the backward reaches them
+    grad_dense: np.ndarray  # (L,) bytes per rank of each bucket's dense gradients, at its closing layer
+    grad_expert: np.ndarray  # (L,)
+    param_dense: float  # dense parameters per rank
+    param_expert: float
+    config: TrainingConfig
+
+    @property
+    def zero_stage(self) -> int:
+        return int(self.config.zero_stage)
+
+
+def layer_params(model: ModelSpec, tp: int, ep: int) -> tuple[np.ndarray, np.ndarray]:
+    """(L,) dense and (L,) routed-expert parameters per rank of each layer (TP splits attention and
+    dense FFNs, EP the routed experts; the embedding counts in the first layer, the LM head in the
+    last; norms and router replicated)."""
+    L, h, nm = model.num_layers, model.hidden_size, model.ffn_matrices
+    dense = np.full(L, attention_params(model) / tp + 2.0 * h)
+    expert = np.zeros(L)
+    for layer in range(L):
+        if model.is_moe_layer(layer):
+            dense[layer] += nm * h * model.shared_size * model.moe.num_shared_experts + h * model.moe.num_experts
+            expert[layer] = model.moe.num_experts / ep * nm * h * model.moe.expert_intermediate_size
+        else:
+            dense[layer] += nm * h * model.dense_intermediate_size / tp
+    dense[0] += model.vocab_size * h / tp
+    dense[-1] += model.vocab_size * h / tp + h
+    return dense, expert
+
+
+def training_layout(model: ModelSpec, cfg: TrainingConfig, tp: int, ep: int, microbatches: int) -> TrainingLayout:
+    """Buckets of at least `bucket_params` parameters, filled in backward order (last layer first)."""
+    dense, expert = layer_params(model, tp, ep)
+    gb = dtype_bytes(cfg.grad_dtype)
+    grad_dense, grad_expert = np.zeros(model.num_layers), np.zeros(model.num_layers)
+    buckets, held_d, held_e = [], 0.0, 0.0
+    for layer in reversed(range(model.num_layers)):
+        held_d += dense[layer]
+        held_e += expert[layer]
+        if held_d + held_e >= cfg.bucket_params or layer == 0:
+            buckets.append(layer)
+            grad_dense[layer], grad_expert[layer] = held_d * gb, held_e * gb
+            held_d = held_e = 0.0
+    return TrainingLayout(microbatches, tuple(buckets), grad_dense, grad_expert, float(dense.sum()),
+                          float(expert.sum()), cfg)
+
+
+def backward_time(rows) -> float:
+    """Seconds of the backward of a part's forward op rows (module docstring)."""
+    total = 0.0
+    for r in rows:
+        if r.op.kind == "gemm":
+            total += 2.0 * r.cost.time  # data gradient + weight gradient
+        elif r.op.name == "attn_core":
+            total += ATTENTION_CORE_BACKWARD * r.cost.time
+        else:
+            total += 2.0 * r.cost.time
+    return total
+
+
+def _core_time(ops: LayerOps) -> float:
+    return sum(r.cost.time for r in ops.attention if r.op.name == "attn_core")
+
+
+class TrainingPlans:
+    """The plans of every training step: `microbatches` forward plans (each its own routing draw,
+    step x microbatches + mb), each with its `TrainingWork`."""
+
+    def __init__(self, pipeline: StepPipeline, layout: TrainingLayout, optimizer_seconds: np.ndarray):
+        self.pipeline, self.layout, self.optimizer_seconds = pipeline, layout, optimizer_seconds
+        self._bwd: dict[int, tuple[float, float, float, float]] = {}
+
+    def plans(self, source: Iterable[StepInput]) -> Iterator[list[StepPlan]]:
+        for inp in source:
+            yield self.step_plans(inp)
+
+    def step_plans(self, inp: StepInput) -> list[StepPlan]:
+        M = self.layout.microbatches
+        out = []
+        for mb in range(M):
+            part = dataclasses.replace(inp, step=inp.step * M + mb, microbatch=mb)
+            plan = self.pipeline.plan(part)
+            out.append(dataclasses.replace(plan, step=inp.step, training=self.work(plan, mb == M - 1)))
+        return out
+
+    def _layer_backward(self, ops: LayerOps) -> tuple[float, float, float, float]:
+        got = self._bwd.get(id(ops))
+        if got is None:
+            got = self._bwd[id(ops)] = (backward_time(ops.attention), backward_time(ops.dense_ffn),
+                                        backward_time(ops.shared_expert), _core_time(ops))
+        return got
+
+    def work(self, plan: StepPlan, last: bool) -> TrainingWork:
+        """The backward and the rest of one micro-batch's plan; gradients and the optimizer on the last."""
+        L, n = plan.attention.shape
+        per = np.array([[self._layer_backward(o) for o in row] for row in plan.layer_ops])  # (L, n, 4)
+        mode = self.layout.config.recompute
+        if mode == "full":
+            recompute = plan.attention + plan.dense_ffn + plan.shared_expert + plan.expert
+        elif mode == "selective":
+            recompute = np.ascontiguousarray(per[..., 3])
+        else:
+            recompute = np.zeros((L, n))
+        optimizer = np.zeros((L, n))
+        lay = self.layout
+        zero = np.zeros(L)
+        if last:
+            optimizer[0] = self.optimizer_seconds
+        return TrainingWork(recompute, np.ascontiguousarray(per[..., 0]), np.ascontiguousarray(per[..., 1]),
+                            np.ascontiguousarray(per[..., 2]), 2.0 * plan.expert, optimizer,
+                            lay.grad_dense if last else zero, lay.grad_expert if last else zero, lay.zero_stage,
+                            lay.param_dense * dtype_bytes("bf16"), lay.param_expert * dtype_bytes("bf16"))
+
+
+def optimizer_seconds(cost, layout: TrainingLayout, dp: int, expert_dp: int, n: int) -> np.ndarray:
+    """(n,) seconds of the optimizer step on each rank's parameters (its shard under ZeRO >= 1): a
+    memory-bound pass over the master weights, moments, gradient and the bf16 copy."""
+    cfg = layout.config
+    shard_d = dp if cfg.zero_stage >= 1 else 1
+    shard_e = expert_dp if cfg.zero_stage >= 1 else 1
+    params = layout.param_dense / shard_d + layout.param_expert / shard_e
+    nbytes = params * (OPTIMIZER_BYTES[cfg.optimizer] + dtype_bytes(cfg.grad_dtype))
+    t = float(cost.times("elementwise", params * OPTIMIZER_FLOPS[cfg.optimizer], nbytes, params))
+    return np.full(n, t)

@@ -1,0 +1,113 @@
+"""A training step on the step pipeline (issue 28): forward, backward and gradient sync checked
+by hand on a 2-device toy, the backward's all-to-alls against the forward's, determinism and
+monotonicity in link bandwidth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moesim.simulator.phases import PHASES
+from moesim.simulator.run import simulate
+from moesim.simulator.scenario import load_scenario
+
+from conftest import toy_file
+
+LINK_BW = 100e9  # toy-link.yaml: 100 GB/s, efficiency 1.0, 1 us
+
+
+def train_config(**training) -> dict:
+    return {"name": "toy-train", "model": "toy-moe8.yaml", "hardware": {"cluster": "toy-cluster.yaml"},
+            "parallelism": {"ep": 2, "tp": 1, "dp": 2},
+            "workload": {"phase": "train", "batch_size": 1, "seq_len": 128, "steps": 2,
+                         "routing": {"generator": "uniform"}},
+            "training": {"global_batch": 2, "bucket_params": 10**12, **training},
+            "outputs": {"trace_steps": 0}}
+
+
+def run(tmp_path, cfg: dict):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    return simulate(load_scenario(toy_file(tmp_path, cfg)))
+
+
+def spans(result, phase: str, mb: int = 0, step: int = 0):
+    """(L, N) start and end of a phase in a step's micro-batch."""
+    raw = result.raw
+    i = PHASES.index(phase)
+    return raw.start[step, :, :, mb, i], raw.end[step, :, :, mb, i]
+
+
+def test_two_device_step_matches_a_hand_count(tmp_path):
+    """Backward compute is 2x the forward's GEMMs (data + weight gradients), 2.5x the attention
+    core; the experts' backward 2x their forward; one bucket's ring all-reduce over dp = 2 sends
+    every dense gradient byte to the peer: S / bandwidth + path latency + one ring step."""
+    r = run(tmp_path, train_config())
+    plan = r.raw.plans[0]
+    ops = plan.layer_ops[0][0]
+    hand = sum((2.5 if o.op.name == "attn_core" else 2.0) * o.cost.time for o in ops.attention)
+    st, en = spans(r, "attention_bwd")
+    assert en[0, 0] - st[0, 0] == pytest.approx(hand, rel=1e-12)
+    st_e, en_e = spans(r, "expert_bwd")
+    st_f, en_f = spans(r, "expert")
+    np.testing.assert_allclose(en_e - st_e, 2.0 * (en_f - st_f), rtol=1e-12)
+    # dense gradients per rank, by hand (toy-moe8: h 1024, 8 heads of 128, 8 KV heads, 8 experts, vocab 1000)
+    h = 1024
+    attention = h * (8 + 2 * 8) * 128 + 8 * 128 * h
+    per_layer = attention + 2 * h + h * 8  # + two norms + router
+    dense = 2 * per_layer + 1000 * h + 1000 * h + h  # + embedding, LM head, final norm
+    S = dense * 2.0  # bf16 gradients
+    st_g, en_g = spans(r, "grad_sync")
+    _, bwd_end = spans(r, "attention_bwd")
+    ready = float(bwd_end[0].max())  # the bucket closes at layer 0: both ranks' last backward op
+    assert float(en_g[0].max()) == pytest.approx(ready + S / LINK_BW + 1e-6 + 1e-6, rel=1e-9)
+    assert r.summary["training"]["microbatches"] == 1
+    assert 0 < r.summary["training"]["mfu"] <= r.summary["training"]["hfu"] < 1
+
+
+def test_backward_all_to_alls_carry_the_forward_bytes(tmp_path):
+    """Four all-to-alls per MoE layer: every byte the forward's dispatch and combine move, the
+    backward moves again (its routing is the forward's); the rest is the gradient ring."""
+    r = run(tmp_path, train_config())
+    plans = r.raw.plans
+    off = ~np.eye(2, dtype=bool)
+    a2a = sum(float(p.dispatch[:, off].sum() + p.combine[:, off].sum()) for p in plans)
+    h = 1024
+    dense = 2 * (h * 24 * 128 + 8 * 128 * h + 2 * h + 8 * h) + 2000 * h + h
+    ring = 2 * dense * 2.0 * len(plans)  # each of the 2 ranks sends S each step
+    assert a2a > 0
+    assert float(r.raw.fabric.link_bytes.sum()) == pytest.approx(2 * a2a + ring, rel=1e-12)
+
+
+def test_training_is_deterministic_and_slower_on_slower_links(tmp_path):
+    base = train_config(zero_stage=1)
+    a, b = run(tmp_path / "a", base), run(tmp_path / "b", base)
+    assert a.summary["training"]["step_time_s"] == b.summary["training"]["step_time_s"]
+    np.testing.assert_array_equal(np.nan_to_num(a.raw.end), np.nan_to_num(b.raw.end))
+    times = []
+    for scale in (4.0, 1.0, 0.25):
+        cfg = train_config(zero_stage=1)
+        cfg["hardware"]["scale"] = {"link_bandwidth": scale}
+        times.append(run(tmp_path / f"s{scale}", cfg).summary["training"]["step_time_s"])
+    assert times[0] < times[1] < times[2]
+
+
+def test_micro_batches_recompute_and_zero_add_their_work(tmp_path):
+    """Four micro-batches accumulate before one reduction; full recomputation reruns the forward;
+    ZeRO-1 reduce-scatters (half the all-reduce's bytes) and all-gathers the parameters after."""
+    one = run(tmp_path / "one", train_config())
+    four = run(tmp_path / "four", {**train_config(), "training": {"global_batch": 8, "bucket_params": 10**12}})
+    assert four.summary["training"]["microbatches"] == 4
+    fb = float(spans(one, "attention_bwd")[1][0].max())  # one micro-batch's forward and backward
+    assert four.summary["training"]["step_time_s"] > one.summary["training"]["step_time_s"] + 2.5 * fb
+    assert all(np.isfinite(spans(four, "attention_bwd", mb)[1]).all() for mb in range(4))
+    full = run(tmp_path / "full", train_config(recompute="full"))
+    st, en = spans(full, "recompute")
+    fwd = sum(spans(full, p)[1] - spans(full, p)[0] for p in ("attention", "expert"))
+    np.testing.assert_allclose(en - st, fwd, rtol=1e-12)
+    assert full.summary["training"]["hfu"] > full.summary["training"]["mfu"]
+    zero = run(tmp_path / "zero", train_config(zero_stage=1))
+    st_p, en_p = spans(zero, "param_gather")
+    assert np.all(en_p[0] > st_p[0])
+    st_g, en_g = spans(zero, "grad_sync")
+    st_a, en_a = spans(one, "grad_sync")
+    assert float((en_g - st_g)[0].max()) < float((en_a - st_a)[0].max())
