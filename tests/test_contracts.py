@@ -437,3 +437,19 @@ def test_a_new_serving_order_is_its_function_and_one_line_in_compose(monkeypatch
     with pytest.raises(ValueError, match="unknown scheduler order 'decode_first'"):
         ServingConfig(arrivals={"process": "poisson", "rate": 1.0}, prompt_tokens={"dist": "fixed", "value": 1},
                       output_tokens={"dist": "fixed", "value": 1}, num_requests=1, scheduler={"order": "decode_first"})
+
+
+def test_every_subpackage_is_listed_for_a_wheel():
+    """A folder with an __init__.py under a mapped package is in pyproject's `packages`, or a
+    non-editable install (a wheel) leaves it out while the editable one still imports it."""
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    tool = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(tool["packages"])
+    found = set()
+    for name, folder in tool["package-dir"].items():
+        for init in (root / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(root / folder)
+            found.add(".".join([name, *rel.parts]))
+    assert not found - listed, f"subpackages missing from pyproject packages: {sorted(found - listed)}"
