@@ -318,6 +318,8 @@ def _memory(sf: ScenarioFile, cfg: ScenarioConfig, model: ModelSpec, machine: Ma
     """What each device keeps (the memory ledger), checked against what it may fill."""
     wl, device = cfg.workload, machine.device
     budget = usable_bytes(device.memory.capacity, cfg.policies.memory_reserve)
+    if cfg.training is not None:  # weights, gradients, optimizer states and activations (training/memory.py)
+        return _training_memory(sf, cfg, model, par, budget, device.name), None
     try:
         memory, offload = resident_memory(model, placement, par.tp, par.moe_tp, batch, wl, int(moe_tokens.max()),
                                           precision, cfg.offload, machine, budget, cfg.policies.units,
@@ -353,6 +355,23 @@ def _memory(sf: ScenarioFile, cfg: ScenarioConfig, model: ModelSpec, machine: Ma
                        "reserve); lower the batch or kv_len, raise ep/tp, quantize experts (precision.bits) "
                        "or offload them (offload:)")
 
+
+
+def _training_memory(sf: ScenarioFile, cfg: ScenarioConfig, model: ModelSpec, par: Parallelism, budget: float,
+                     device: str) -> MemoryEstimate:
+    """A training step's busiest rank, refused with its breakdown where it does not fit."""
+    from moesim.simulator.training.memory import check_fits, scenario_training_memory
+
+    wl = cfg.workload
+    try:
+        held = scenario_training_memory(model, par.tp, par.tp * par.dp, par.ep, par.moe_tp, wl.batch_size,
+                                        wl.seq_len, cfg.training)
+        check_fits(held, budget, f"each {device} ({fmt_bytes(budget)} usable after the "
+                   f"{cfg.policies.memory_reserve:.0%} reserve)")
+    except ConfigError as err:
+        raise config_error(sf, err.field or "training", err.detail) from None
+    ep = par.ep * par.moe_tp
+    return MemoryEstimate(held.weights, 0.0, held.activations, np.full(ep, held.total))
 
 
 def load_scenario(config: "str | Path | dict", overrides: list[str] | None = None,

@@ -20,11 +20,11 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from moesim.simulator.memory import attention_params
 from moesim.simulator.step_costs import LayerOps
 from moesim.simulator.step_plan import StepPipeline, StepPlan
 from moesim.simulator.step_source import StepInput
 from moesim.simulator.training.config import TrainingConfig
+from moesim.simulator.training.memory import stage_params
 from moesim.simulator.training.work import TrainingWork
 from moesim.units import dtype_bytes
 from moesim.workloads.model_spec import ModelSpec
@@ -54,18 +54,12 @@ class TrainingLayout:
 def layer_params(model: ModelSpec, tp: int, ep: int) -> tuple[np.ndarray, np.ndarray]:
     """(L,) dense and (L,) routed-expert parameters per rank of each layer (TP splits attention and
     dense FFNs, EP the routed experts; the embedding counts in the first layer, the LM head in the
-    last; norms and router replicated)."""
-    L, h, nm = model.num_layers, model.hidden_size, model.ffn_matrices
-    dense = np.full(L, attention_params(model) / tp + 2.0 * h)
-    expert = np.zeros(L)
+    last; norms and router replicated), as memory.py counts them."""
+    L = model.num_layers
+    dense, expert = np.zeros(L), np.zeros(L)
     for layer in range(L):
-        if model.is_moe_layer(layer):
-            dense[layer] += nm * h * model.shared_size * model.moe.num_shared_experts + h * model.moe.num_experts
-            expert[layer] = model.moe.num_experts / ep * nm * h * model.moe.expert_intermediate_size
-        else:
-            dense[layer] += nm * h * model.dense_intermediate_size / tp
-    dense[0] += model.vocab_size * h / tp
-    dense[-1] += model.vocab_size * h / tp + h
+        split, replicated, routed = stage_params(model, range(layer, layer + 1), layer == 0, layer == L - 1)
+        dense[layer], expert[layer] = split / tp + replicated, routed / ep
     return dense, expert
 
 
