@@ -367,7 +367,8 @@ def _training_memory(sf: ScenarioFile, cfg: ScenarioConfig, model: ModelSpec, pa
         held = scenario_training_memory(model, par.tp, par.tp * par.dp, par.ep, par.moe_tp, wl.batch_size,
                                         wl.seq_len, cfg.training)
         check_fits(held, budget, f"each {device} ({fmt_bytes(budget)} usable after the "
-                   f"{cfg.policies.memory_reserve:.0%} reserve)")
+                   f"{cfg.policies.memory_reserve:.0%} reserve)", int(cfg.training.zero_stage),
+                   cfg.training.recompute, max_zero=2)
     except ConfigError as err:
         raise config_error(sf, err.field or "training", err.detail) from None
     ep = par.ep * par.moe_tp

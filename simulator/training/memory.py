@@ -256,9 +256,11 @@ def training_memory(model: ModelSpec, par: TrainParallel, *, micro_batch: int, s
     return worst
 
 
-def check_fits(mem: TrainingMemory, capacity_bytes: float, where: str) -> None:
+def check_fits(mem: TrainingMemory, capacity_bytes: float, where: str, zero_stage: int = 0,
+               recompute: str = "none", max_zero: int = 3) -> None:
     """Refuse a training step whose busiest rank needs more than `capacity_bytes`, with the breakdown
-    and what to change (its largest part first)."""
+    and what to change (its largest part first; settings already taken, `zero_stage` and
+    `recompute`, and stages above `max_zero` are not suggested)."""
     if capacity_bytes <= 0:
         raise ValueError(f"capacity_bytes must be positive, got {capacity_bytes}")
     if mem.total <= capacity_bytes:
@@ -270,11 +272,18 @@ def check_fits(mem: TrainingMemory, capacity_bytes: float, where: str) -> None:
              "activations": "activation recomputation (training.recompute: selective, then full) or a "
                             "smaller micro-batch or sequence",
              "comm_buffers": "smaller communication buffers"}
-    order = sorted((k for k in hints if getattr(mem, k) > 0), key=lambda k: -getattr(mem, k))
+    taken = {"optimizer_states": zero_stage >= 1 or max_zero < 1, "gradients": zero_stage >= 2 or max_zero < 2,
+             "weights": zero_stage >= 3 or max_zero < 3, "activations": False}
+    if recompute == "full":
+        hints["activations"] = "a smaller micro-batch or sequence"
+    order = sorted((k for k in hints if getattr(mem, k) > 0 and not taken.get(k, False)), key=lambda k: -getattr(mem, k))
+    if not order:
+        order = ["activations"]
     raise ConfigError(
         f"the training step does not fit in memory on {where}: the busiest rank (pipeline stage {mem.stage}) "
         f"needs {fmt_bytes(mem.total)} ({mem.describe()}) but has {fmt_bytes(capacity_bytes)}. "
-        f"The largest part is {order[0].replace('_', ' ')}; try " + "; ".join(hints[k] for k in order)
+        f"The largest part is {max(hints, key=lambda k: getattr(mem, k)).replace('_', ' ')}; try "
+        + "; ".join(hints[k] for k in order)
         + "; or more tp / pp / ep ranks.")
 
 
