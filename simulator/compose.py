@@ -192,7 +192,8 @@ def step_shape(sc: Scenario, serving: bool) -> StepShape:
                                "buckets reduced during the backward); leave policies.overlap at none")
         lay = training_layout_of(sc)
         microbatches = lay.microbatches
-        training = TrainingShape(lay.microbatches, lay.buckets, lay.config.recompute != "none", lay.zero_stage >= 1)
+        training = TrainingShape(lay.microbatches, lay.buckets, lay.config.recompute != "none", lay.zero_stage >= 1,
+                                 lay.stages if sc.pp > 1 else (), sc.num_devices // sc.pp)
     return StepShape(tuple(m.is_moe_layer(layer) for layer in range(m.num_layers)), sc.tp > 1, sc.moe_tp > 1,
                      microbatches, sc.config.policies.overlap_shared_experts, serving, training)
 
@@ -201,13 +202,13 @@ def training_layout_of(sc: Scenario) -> TrainingLayout:
     """A training scenario's micro-batches per step and gradient buckets (a global batch that the
     data-parallel ranks' micro-batches do not divide is a config error)."""
     cfg, wl = sc.config.training, sc.config.workload
-    replicas = sc.num_devices // sc.tp
+    replicas = sc.num_devices // (sc.tp * sc.pp)  # a stage's data-parallel ranks
     per_step = wl.batch_size * replicas
     if cfg.global_batch % per_step:
         raise config_error(sc.source, "training.global_batch", f"{cfg.global_batch} sequences is not a whole number "
                            f"of micro-batches of workload.batch_size={wl.batch_size} on each of the {replicas} "
                            f"data-parallel ranks ({per_step} sequences per micro-batch step)")
-    return training_layout(sc.model, cfg, sc.tp, sc.ep, cfg.global_batch // per_step)
+    return training_layout(sc.model, cfg, sc.tp, sc.ep, cfg.global_batch // per_step, sc.pp)
 
 
 def step_program(sc: Scenario, serving: bool = False) -> Program:
@@ -240,7 +241,7 @@ def engine_for(sc: Scenario, progress: Callable[[int], None] | None = None,
     feed = pipeline.plans(source)
     if sc.config.training is not None:
         lay = training_layout_of(sc)
-        dp, edp = sc.num_devices // sc.tp, sc.num_devices // (sc.ep * sc.moe_tp)
+        dp, edp = sc.num_devices // (sc.tp * sc.pp), sc.num_devices // (sc.pp * sc.ep * sc.moe_tp)
         feed = TrainingPlans(pipeline, lay, optimizer_seconds(sc.machine.cost, lay, dp, edp, sc.num_devices)).plans(source)
     if serving and sc.config.serving.iteration_cache:
         from moesim.simulator.serving.iteration_cache import IterationCache

@@ -53,7 +53,9 @@ class HardwareConfig(_Strict):
 class ParallelismConfig(_Strict):
     ep: int | None = Field(None, ge=1, description="expert parallel group size; default devices / moe_tp")
     tp: int = Field(1, ge=1, description="tensor parallel degree of attention and dense layers")
-    dp: int | None = Field(None, ge=1, description="attention data-parallel replicas; default devices / tp")
+    dp: int | None = Field(None, ge=1, description="attention data-parallel replicas; default devices / (tp x pp)")
+    pp: int = Field(1, ge=1, description="pipeline-parallel stages (workload.phase: train): contiguous groups of "
+                    "devices / pp devices, each holding a contiguous run of layers (1F1B schedule)")
     moe_tp: int = Field(1, ge=1, description="tensor parallel degree of every expert (its intermediate "
                         "dimension split over moe_tp devices, reduced after the MoE block); ep x moe_tp "
                         "devices form one MoE group")

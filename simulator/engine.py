@@ -51,6 +51,7 @@ class StepCollectives:
     tp_bwd: list[tuple] = field(default_factory=list)
     grads: dict = field(default_factory=dict)
     gather: tuple = ()
+    pp: dict = field(default_factory=dict)  # pipeline parallelism: {stage's last layer: (activations, gradients)}
 
 
 @dataclass
@@ -180,7 +181,7 @@ class Engine:
         self._tp_floor = comm_cost.kernel_floors(scenario.routes, "all_reduce", _group_pairs(n, tp)) if tp > 1 else None
         self._moe_tp_floor = comm_cost.kernel_floors(scenario.routes, "all_reduce", _group_pairs(n, mt)) if mt > 1 else None
         self._size = L * n * self.microbatches * self.P
-        self._grad_sync = GradientSync(scenario.routes, n, tp, scenario.ep * mt)
+        self._grad_sync = GradientSync(scenario.routes, n, tp, scenario.ep * mt, scenario.pp)
         first = self.plans(0)
         if first is not None and len(first) != self.microbatches:
             raise MoesimError(f"the plans of step 0 have {len(first)} micro-batches but the overlap program runs "
@@ -305,6 +306,7 @@ class Engine:
                     colls.tp_bwd = [tuple(GroupCollective(env, fabric, matrix, groups, added, "all_reduce", floor)
                                           for _ in range(2)) for _ in self.is_moe]
                 colls.grads, colls.gather = self._grad_sync.collectives(env, fabric, plan.training)
+                colls.pp = self._grad_sync.pipeline(env, fabric, plan.training)
             self._forget()
         return colls
 

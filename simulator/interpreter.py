@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from moesim.simulator.engine import Engine
 
 (DISPATCH, COMBINE, TP_ATTENTION, TP_FFN, MOE_REDUCE, DISPATCH_BWD, COMBINE_BWD, TP_ATTENTION_BWD, TP_FFN_BWD,
- GRAD_DENSE, GRAD_EXPERT, PARAM_GATHER_DENSE, PARAM_GATHER_EXPERT) = range(13)  # program.COLLECTIVES, in order
+ GRAD_DENSE, GRAD_EXPERT, PARAM_GATHER_DENSE, PARAM_GATHER_EXPERT, PP_FWD, PP_BWD) = range(15)  # program.COLLECTIVES, in order
 
 
 def compile_for_device(program: Program, d: int, n: int, P: int, moe_index: dict[int, int]) -> list[tuple]:
@@ -30,7 +30,7 @@ def compile_for_device(program: Program, d: int, n: int, P: int, moe_index: dict
     (opcode, index, operand, layer, micro-batch, moe layer index, phase)."""
     MB = program.microbatches
     out = []
-    for op, phase, layer, mb, operand in program.instructions:
+    for op, phase, layer, mb, operand in program.instructions_for(d):
         i = ((layer * n + d) * MB + mb) * P + (phase if phase >= 0 else 0)
         out.append((op, i, operand, layer, mb, moe_index.get(layer, -1), phase))
     return out
@@ -54,7 +54,9 @@ def collective_of(colls, which: int, layer: int, m: int):
         return colls.tp_bwd[layer][which - TP_ATTENTION_BWD]
     if which in (GRAD_DENSE, GRAD_EXPERT):
         return colls.grads[layer][which - GRAD_DENSE]
-    return colls.gather[which - PARAM_GATHER_DENSE]
+    if which in (PARAM_GATHER_DENSE, PARAM_GATHER_EXPERT):
+        return colls.gather[which - PARAM_GATHER_DENSE]
+    return colls.pp[layer][which - PP_FWD]
 
 
 def run_steps(engine: "Engine", d: int, run_step: Callable[[int, list, Any], Generator], first: int = 0,

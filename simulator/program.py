@@ -42,7 +42,9 @@ COLLECTIVES = ("dispatch", "combine", "tp_attention", "tp_ffn", "moe_reduce",
                # a training step's (simulator/training/): the backward's all-to-alls and TP all-reduces, the
                # gradient buckets' reduction over the data-parallel groups, ZeRO's parameter all-gather
                "dispatch_bwd", "combine_bwd", "tp_attention_bwd", "tp_ffn_bwd", "grad_dense", "grad_expert",
-               "param_gather_dense", "param_gather_expert")
+               "param_gather_dense", "param_gather_expert",
+               # pipeline parallelism: a stage's activations to the next stage, its input gradients back
+               "pp_fwd", "pp_bwd")
 # the plan arrays compute reads (a training plan's `training` work after the forward's four)
 WORK = {"attention": 0, "dense_ffn": 1, "shared_expert": 2, "expert": 3, "recompute": 4, "attention_bwd": 5,
         "dense_ffn_bwd": 6, "shared_expert_bwd": 7, "expert_bwd": 8, "optimizer": 9}
@@ -60,6 +62,8 @@ class TrainingShape:
     buckets: tuple[int, ...]
     recompute: bool = False
     gather: bool = False  # ZeRO >= 1: the updated parameters are all-gathered after the optimizer
+    stages: tuple[tuple[int, int], ...] = ()  # pipeline parallelism: each stage's layers [first, end)
+    stage_size: int = 0  # devices per pipeline stage
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,13 @@ class Program:
     instructions: tuple[Instruction, ...]
     microbatches: int = 1
     phases: int = len(INFERENCE_PHASES)  # phases its timeline records (a training program's: all of PHASES)
+    # pipeline parallelism: each stage's own instructions, stage s on devices [s x stage_size, (s + 1) x stage_size)
+    by_stage: tuple[tuple[Instruction, ...], ...] = ()
+    stage_size: int = 0
+
+    def instructions_for(self, device: int) -> tuple[Instruction, ...]:
+        """What `device` runs: its pipeline stage's instructions, or the one program every device runs."""
+        return self.by_stage[device // self.stage_size] if self.by_stage else self.instructions
 
     def describe(self) -> list[str]:
         """One readable line per instruction (tests and `--explain` style output)."""
@@ -145,7 +156,10 @@ class Program:
     def check(self, shape: StepShape) -> None:
         """A wait_then must be followed by a compute (in the step, or the next step's first
         instruction); every collective submitted is waited for in the same step."""
-        ins = self.instructions
+        for ins in self.by_stage or (self.instructions,):
+            self._check(ins, shape)
+
+    def _check(self, ins: tuple[Instruction, ...], shape: StepShape) -> None:
         for k, (op, _, layer, mb, _) in enumerate(ins):
             if op == WAIT_THEN:
                 nxt = ins[k + 1] if k + 1 < len(ins) else ins[0]

@@ -56,6 +56,7 @@ class Scenario:
     serving_requests: "object | None" = None  # serving: a request table that replaces the config's traffic
 
     moe_tp: int = 1
+    pp: int = 1  # pipeline stages (training): devices / pp contiguous devices per stage
 
     @property
     def cluster(self) -> ClusterSpec:
@@ -106,6 +107,7 @@ class Parallelism:
     dp: int
     ep: int
     moe_tp: int
+    pp: int = 1  # pipeline stages (training): dp counts the attention replicas of every stage
 
 
 def resolve(sf: ScenarioFile) -> Scenario:
@@ -127,7 +129,7 @@ def resolve(sf: ScenarioFile) -> Scenario:
     scenario = Scenario(
         name=cfg.name or "scenario", config=cfg, source=sf, model=model, machine=machine, ep=par.ep, tp=par.tp,
         dp=par.dp, placement=placement, routing=routing, batch_per_replica=batch, moe_tokens=moe_tokens,
-        memory=memory, precision=precision, offload=offload, moe_tp=par.moe_tp,
+        memory=memory, precision=precision, offload=offload, moe_tp=par.moe_tp, pp=par.pp,
     )
     from moesim.simulator.compose import dispatch_algorithm, overlap_schedule
 
@@ -162,17 +164,25 @@ def _cluster(sf: ScenarioFile) -> ClusterSpec:
 def _parallelism(sf: ScenarioFile, model: ModelSpec, cluster: ClusterSpec) -> Parallelism:
     n = cluster.num_devices
     par = sf.config.parallelism
-    tp = par.tp
-    dp = par.dp if par.dp is not None else n // tp
-    if tp * dp != n:
-        raise config_error(sf, "parallelism", f"tp x dp = {tp} x {dp} = {tp * dp} must equal the "
+    tp, pp = par.tp, par.pp
+    train = sf.config.workload is not None and sf.config.workload.phase == "train"
+    if pp > 1 and not train:
+        raise config_error(sf, "parallelism.pp", f"pp={pp}: pipeline parallelism is simulated for training "
+                           "(workload.phase: train); inference runs every layer on every device")
+    if pp > model.num_layers:
+        raise config_error(sf, "parallelism.pp", f"pp={pp} stages for the {model.num_layers} layers of {model.name}")
+    dp = par.dp if par.dp is not None else n // (tp * pp)
+    if tp * dp * pp != n:
+        raise config_error(sf, "parallelism", f"tp x dp x pp = {tp} x {dp} x {pp} = {tp * dp * pp} must equal the "
                            f"{n} devices of cluster '{cluster.name}'")
     moe_tp = par.moe_tp
-    ep = par.ep if par.ep is not None else n // moe_tp
-    if n % (ep * moe_tp):
+    stage = n // pp  # the devices of one pipeline stage
+    ep = par.ep if par.ep is not None else stage // moe_tp
+    if stage % (ep * moe_tp):
         field = "parallelism.moe_tp" if moe_tp > 1 else "parallelism.ep"
-        raise config_error(sf, field, f"ep x moe_tp = {ep} x {moe_tp} = {ep * moe_tp} must divide the {n} devices "
-                           f"of cluster '{cluster.name}' (one MoE group is ep x moe_tp devices)")
+        within = f" of a pipeline stage ({n} / pp={pp})" if pp > 1 else f" of cluster '{cluster.name}'"
+        raise config_error(sf, field, f"ep x moe_tp = {ep} x {moe_tp} = {ep * moe_tp} must divide the {stage} "
+                           f"devices{within} (one MoE group is ep x moe_tp devices)")
     if moe_tp > 1:
         per_node = cluster.node.devices_per_node
         inter = model.moe.expert_intermediate_size
@@ -189,7 +199,7 @@ def _parallelism(sf: ScenarioFile, model: ModelSpec, cluster: ClusterSpec) -> Pa
     heads = model.attention.num_heads
     if heads % tp:
         raise config_error(sf, "parallelism.tp", f"tp={tp} must divide the {heads} attention heads of {model.name}")
-    return Parallelism(tp, dp, ep, moe_tp)
+    return Parallelism(tp, dp * pp, ep, moe_tp, pp)  # dp: attention replicas over every device (each stage's)
 
 
 def _check_policies(sf: ScenarioFile) -> None:
@@ -365,7 +375,7 @@ def _training_memory(sf: ScenarioFile, cfg: ScenarioConfig, model: ModelSpec, pa
     wl = cfg.workload
     try:
         held = scenario_training_memory(model, par.tp, par.tp * par.dp, par.ep, par.moe_tp, wl.batch_size,
-                                        wl.seq_len, cfg.training)
+                                        wl.seq_len, cfg.training, par.pp)
         check_fits(held, budget, f"each {device} ({fmt_bytes(budget)} usable after the "
                    f"{cfg.policies.memory_reserve:.0%} reserve)", int(cfg.training.zero_stage),
                    cfg.training.recompute, max_zero=2)

@@ -111,3 +111,61 @@ def test_micro_batches_recompute_and_zero_add_their_work(tmp_path):
     st_g, en_g = spans(zero, "grad_sync")
     st_a, en_a = spans(one, "grad_sync")
     assert float((en_g - st_g)[0].max()) < float((en_a - st_a)[0].max())
+
+
+def _pipeline_run(tmp_path, microbatches: int, pp: int = 4):
+    """A 4-layer toy, every layer alike, one layer per stage on 4 devices, links with no latency and
+    (nearly) unbounded bandwidth: the uniform case of the 1F1B formula."""
+    import yaml
+
+    model = {"name": "Toy-Uniform4", "num_layers": 4, "hidden_size": 1024, "vocab_size": 1000,
+             "dense_intermediate_size": 1024, "activation": "swiglu",
+             "attention": {"type": "gqa", "num_heads": 8, "num_kv_heads": 8, "head_dim": 128},
+             "moe": {"num_experts": 4, "top_k": 1, "expert_intermediate_size": 1024}, "dtype": "bf16"}
+    cfg = {"name": "toy-pp", "model": "toy-uniform4.yaml", "hardware": {"cluster": "toy-cluster-2x2.yaml"},
+           "parallelism": {"ep": 1, "tp": 1, "dp": 4 // pp, "pp": pp},
+           "workload": {"phase": "train", "batch_size": 1, "seq_len": 64, "steps": 1,
+                        "routing": {"generator": "fixed", "counts": [[64, 0, 0, 0]] * 4}},
+           "training": {"global_batch": microbatches * (4 // pp)}, "policies": {"small_ops": False},
+           "outputs": {"trace_steps": 0}}
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = toy_file(tmp_path, cfg)
+    (tmp_path / "toy-uniform4.yaml").write_text(yaml.safe_dump(model))
+    for name in ("toy-link.yaml", "toy-nic.yaml"):
+        link = yaml.safe_load((tmp_path / name).read_text())
+        link.update(latency="0 us", bandwidth="1e9 GB/s")
+        (tmp_path / name).write_text(yaml.safe_dump(link))
+    return simulate(load_scenario(path))
+
+
+@pytest.mark.parametrize("microbatches", [1, 4, 8])
+def test_1f1b_bubble_matches_its_formula(tmp_path, microbatches):
+    """p = 4 uniform stages, M micro-batches: stage 0's last backward ends at (M + p - 1)(t_f + t_b),
+    a bubble of (p - 1) / (M + p - 1) (Narayanan et al. 2021)."""
+    r = _pipeline_run(tmp_path, microbatches)
+    st, en = r.raw.start[0], r.raw.end[0]
+    one = lambda d, phase, mb=0: en[d, d, mb, PHASES.index(phase)] - st[d, d, mb, PHASES.index(phase)]
+    tf = one(0, "attention") + one(0, "expert")
+    tb = one(0, "attention_bwd") + one(0, "expert_bwd")
+    for d in range(1, 4):  # the stages are alike
+        assert one(d, "attention") + one(d, "expert") == pytest.approx(tf, rel=1e-12)
+    p, M = 4, microbatches
+    pipeline = en[0, 0, M - 1, PHASES.index("attention_bwd")] - np.nanmin(st)
+    assert pipeline == pytest.approx((M + p - 1) * (tf + tb), rel=1e-6)
+    assert 1 - M * (tf + tb) / pipeline == pytest.approx((p - 1) / (M + p - 1), rel=1e-5)
+    assert r.summary["training"]["pipeline_stages"] == 4
+    assert r.summary["training"]["time_share_by_kind"]["pipeline_wait"] > 0
+    # each stage ran only its own layer's forward, once per micro-batch
+    ran = np.isfinite(en[:, :, :, PHASES.index("attention")])
+    assert (ran.sum(axis=2) == np.eye(4, dtype=int) * M).all()
+
+
+def test_pipeline_sends_each_micro_batch_across_each_boundary_both_ways(tmp_path):
+    r = _pipeline_run(tmp_path, 2)
+    h, tokens = 1024, 64
+    sent = 3 * 2 * 2 * tokens * h * 2.0  # 3 boundaries, activations and gradients, 2 micro-batches, bf16
+    pairs = r.raw.fabric._pair_bytes.reshape(4, 4)  # bytes per (source, destination); dp = 1: no gradient ring
+    assert float(pairs.sum()) == pytest.approx(sent, rel=1e-12)
+    assert all(pairs[s, s + 1] == pairs[s + 1, s] == 2 * 2 * tokens * h for s in range(3))
+    two = _pipeline_run(tmp_path / "pp2", 2, pp=2)
+    assert two.summary["training"]["pipeline_stages"] == 2

@@ -20,20 +20,25 @@ import simpy
 from moesim.hardware_profiles.topology import Routes
 from moesim.simulator import comm_cost
 from moesim.simulator.collectives import GroupCollective
-from moesim.simulator.network import Fabric
+from moesim.simulator.network import Collective, Fabric
 from moesim.simulator.training.work import TrainingWork
 
 
 class GradientSync:
     """The gradient reductions and parameter gathers of a training step's plan (`collectives`)."""
 
-    def __init__(self, routes: Routes, n: int, tp: int, expert_span: int):
-        """`tp`: ranks of a TP group (contiguous); `expert_span`: ranks of an EP x MoE-TP group (contiguous)."""
+    def __init__(self, routes: Routes, n: int, tp: int, expert_span: int, pp: int = 1):
+        """`tp`: ranks of a TP group (contiguous); `expert_span`: ranks of an EP x MoE-TP group
+        (contiguous); `pp`: pipeline stages (contiguous blocks of n / pp ranks; groups stay within one)."""
         self.routes, self.n = routes, n
         self.hop = float(routes.pair_latency[0, 1]) if n > 1 else 0.0
         rank = np.arange(n)
-        self.dense_group = rank % tp  # the data-parallel group: every rank with the same TP rank
-        self.expert_group = rank % max(expert_span, 1)
+        size = n // pp
+        stage = rank // size
+        span = max(expert_span, 1)
+        self.dense_group = stage * tp + rank % tp  # the data-parallel group: the same stage and TP rank
+        self.expert_group = stage * span + rank % span
+        self.stage_size = size
         self._rings = {id(g): ring_neighbours(g) for g in (self.dense_group, self.expert_group)}
         self._floors: dict[tuple[str, str], np.ndarray | None] = {}
 
@@ -45,15 +50,15 @@ class GradientSync:
             self._floors[key] = comm_cost.kernel_floors(self.routes, kind, pairs) if pairs.any() else None
         return self._floors[key]
 
-    def ring(self, env: simpy.Environment, fabric: Fabric, which: str, kind: str, message: float) -> GroupCollective:
+    def ring(self, env: simpy.Environment, fabric: Fabric, which: str, kind: str, message) -> GroupCollective:
         """One ring collective of `kind` (all_reduce, reduce_scatter, all_gather) of a `message` of
-        bytes per rank over the dense or expert data-parallel groups."""
+        bytes per rank (a number, or (n,) per rank) over the dense or expert data-parallel groups."""
         group = self.dense_group if which == "dense" else self.expert_group
         size = int(np.bincount(group).max())
         share = 2.0 * (size - 1) / size if kind == "all_reduce" else (size - 1) / size
         matrix = np.zeros((self.n, self.n))
         src, dst = self._rings[id(group)]
-        matrix[src, dst] = share * message
+        matrix[src, dst] = share * np.broadcast_to(np.asarray(message, dtype=float), (self.n,))[src]
         measured = comm_cost.has_floors(self.routes, kind)
         steps = 2 * (size - 1) - 1 if kind == "all_reduce" else size - 2
         added = 0.0 if measured or size < 2 else max(steps, 0) * self.hop
@@ -71,6 +76,25 @@ class GradientSync:
             gather = (self.ring(env, fabric, "dense", "all_gather", work.param_dense),
                       self.ring(env, fabric, "expert", "all_gather", work.param_expert))
         return grads, gather
+
+    def pipeline(self, env: simpy.Environment, fabric: Fabric, work: TrainingWork) -> dict:
+        """{boundary layer: (activations forward, gradients back)}: at the last layer of each stage
+        but the last, each rank sends its activations to the rank in the same place of the next
+        stage, and that rank's input gradients (as many bytes) come back."""
+        out = {}
+        if work.activation is None:
+            return out
+        size, n = self.stage_size, self.n
+        for s, (_, end) in enumerate(work.stages[:-1]):
+            src = np.arange(s * size, (s + 1) * size)
+            colls = []
+            for a, b in ((src, src + size), (src + size, src)):
+                matrix = np.zeros((n, n))
+                matrix[a, b] = work.activation[a]
+                pairs = matrix > 0
+                colls.append(Collective(env, fabric, matrix, 0.0, pairs))
+            out[end - 1] = tuple(colls)
+        return out
 
 
 def ring_neighbours(group_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

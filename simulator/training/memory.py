@@ -288,13 +288,13 @@ def check_fits(mem: TrainingMemory, capacity_bytes: float, where: str, zero_stag
 
 
 def scenario_training_memory(model: ModelSpec, tp: int, num_devices: int, ep: int, moe_tp: int, micro_batch: int,
-                             seq_len: int, cfg) -> TrainingMemory:
-    """A training scenario's busiest rank (no pipeline parallelism yet: pp = 1), for its `training:`
+                             seq_len: int, cfg, pp: int = 1) -> TrainingMemory:
+    """A training scenario's busiest rank (over its `pp` pipeline stages), for its `training:`
     section `cfg`. The attention core is a fused (flash) kernel, as the backward's cost assumes, so
     no s x s scores are kept: recompute "none" holds what Korthikanti et al.'s selective policy
     holds. Gradients accumulate in fp32 buffers (Megatron's main_grad), whatever dtype they are
     reduced in."""
-    par = TrainParallel(tp=tp, pp=1, dp=num_devices // tp, ep=ep, expert_tp=moe_tp)
+    par = TrainParallel(tp=tp, pp=pp, dp=num_devices // (tp * pp), ep=ep, expert_tp=moe_tp)
     recompute = "selective" if cfg.recompute == "none" else cfg.recompute
     return training_memory(model, par, micro_batch=micro_batch, seq_len=seq_len, zero_stage=int(cfg.zero_stage),
                            recompute=recompute, grad_dtype="fp32", optimizer=cfg.optimizer)

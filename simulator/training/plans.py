@@ -20,6 +20,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from moesim.simulator.ops import act_dtype
 from moesim.simulator.step_costs import LayerOps
 from moesim.simulator.step_plan import StepPipeline, StepPlan
 from moesim.simulator.step_source import StepInput
@@ -36,19 +37,26 @@ OPTIMIZER_FLOPS = {"adam": 12.0, "sgd": 3.0}
 
 @dataclass(frozen=True)
 class TrainingLayout:
-    """A training step's fixed facts: micro-batches per step, gradient buckets and bytes per rank."""
+    """A training step's fixed facts: micro-batches per step, pipeline stages, gradient buckets and
+    parameters per rank."""
 
     microbatches: int
     buckets: tuple[int, ...]  # the layer closing each bucket, in the order the backward reaches them
     grad_dense: np.ndarray  # (L,) bytes per rank of each bucket's dense gradients, at its closing layer
     grad_expert: np.ndarray  # (L,)
-    param_dense: float  # dense parameters per rank
-    param_expert: float
+    dense: np.ndarray  # (L,) dense parameters per rank holding the layer
+    expert: np.ndarray  # (L,) routed-expert parameters per rank holding the layer
     config: TrainingConfig
+    stages: tuple[tuple[int, int], ...] = ((0, 0),)  # each pipeline stage's layers [first, end)
 
     @property
     def zero_stage(self) -> int:
         return int(self.config.zero_stage)
+
+    def stage_params(self, stage: int) -> tuple[float, float]:
+        """(dense, expert) parameters on a rank of `stage`."""
+        a, b = self.stages[stage]
+        return float(self.dense[a:b].sum()), float(self.expert[a:b].sum())
 
 
 def layer_params(model: ModelSpec, tp: int, ep: int) -> tuple[np.ndarray, np.ndarray]:
@@ -63,21 +71,26 @@ def layer_params(model: ModelSpec, tp: int, ep: int) -> tuple[np.ndarray, np.nda
     return dense, expert
 
 
-def training_layout(model: ModelSpec, cfg: TrainingConfig, tp: int, ep: int, microbatches: int) -> TrainingLayout:
-    """Buckets of at least `bucket_params` parameters, filled in backward order (last layer first)."""
+def training_layout(model: ModelSpec, cfg: TrainingConfig, tp: int, ep: int, microbatches: int,
+                    pp: int = 1) -> TrainingLayout:
+    """Buckets of at least `bucket_params` parameters, filled in backward order (last layer first),
+    each within one pipeline stage (a stage's first layer closes its last bucket)."""
+    from moesim.simulator.training.memory import stage_layers
+
     dense, expert = layer_params(model, tp, ep)
+    stages = tuple((r.start, r.stop) for r in stage_layers(model.num_layers, pp))
+    starts = {a for a, _ in stages}
     gb = dtype_bytes(cfg.grad_dtype)
     grad_dense, grad_expert = np.zeros(model.num_layers), np.zeros(model.num_layers)
     buckets, held_d, held_e = [], 0.0, 0.0
     for layer in reversed(range(model.num_layers)):
         held_d += dense[layer]
         held_e += expert[layer]
-        if held_d + held_e >= cfg.bucket_params or layer == 0:
+        if held_d + held_e >= cfg.bucket_params or layer in starts:
             buckets.append(layer)
             grad_dense[layer], grad_expert[layer] = held_d * gb, held_e * gb
             held_d = held_e = 0.0
-    return TrainingLayout(microbatches, tuple(buckets), grad_dense, grad_expert, float(dense.sum()),
-                          float(expert.sum()), cfg)
+    return TrainingLayout(microbatches, tuple(buckets), grad_dense, grad_expert, dense, expert, cfg, stages)
 
 
 def backward_time(rows) -> float:
@@ -139,21 +152,33 @@ class TrainingPlans:
         optimizer = np.zeros((L, n))
         lay = self.layout
         zero = np.zeros(L)
-        if last:
-            optimizer[0] = self.optimizer_seconds
+        size = n // len(lay.stages)
+        if last:  # each stage's ranks step their own parameters, recorded at the stage's first layer
+            for s, (a, _) in enumerate(lay.stages):
+                optimizer[a, s * size:(s + 1) * size] = self.optimizer_seconds[s * size:(s + 1) * size]
+        pb = dtype_bytes("bf16")
+        dense, expert = zip(*(lay.stage_params(s) for s in range(len(lay.stages))))
+        activation = np.asarray(plan.inputs.moe_tokens, dtype=float) * self.pipeline.model.hidden_size * \
+            dtype_bytes(act_dtype(self.pipeline.model)) if len(lay.stages) > 1 else None
         return TrainingWork(recompute, np.ascontiguousarray(per[..., 0]), np.ascontiguousarray(per[..., 1]),
                             np.ascontiguousarray(per[..., 2]), 2.0 * plan.expert, optimizer,
                             lay.grad_dense if last else zero, lay.grad_expert if last else zero, lay.zero_stage,
-                            lay.param_dense * dtype_bytes("bf16"), lay.param_expert * dtype_bytes("bf16"))
+                            np.repeat(np.asarray(dense) * pb, size), np.repeat(np.asarray(expert) * pb, size),
+                            activation, lay.stages)
 
 
 def optimizer_seconds(cost, layout: TrainingLayout, dp: int, expert_dp: int, n: int) -> np.ndarray:
-    """(n,) seconds of the optimizer step on each rank's parameters (its shard under ZeRO >= 1): a
-    memory-bound pass over the master weights, moments, gradient and the bf16 copy."""
+    """(n,) seconds of the optimizer step on each rank's parameters (its stage's; its shard under
+    ZeRO >= 1): a memory-bound pass over the master weights, moments, gradient and the bf16 copy."""
     cfg = layout.config
     shard_d = dp if cfg.zero_stage >= 1 else 1
     shard_e = expert_dp if cfg.zero_stage >= 1 else 1
-    params = layout.param_dense / shard_d + layout.param_expert / shard_e
-    nbytes = params * (OPTIMIZER_BYTES[cfg.optimizer] + dtype_bytes(cfg.grad_dtype))
-    t = float(cost.times("elementwise", params * OPTIMIZER_FLOPS[cfg.optimizer], nbytes, params))
-    return np.full(n, t)
+    out = np.zeros(n)
+    size = n // len(layout.stages)
+    for s in range(len(layout.stages)):
+        dense, expert = layout.stage_params(s)
+        params = dense / shard_d + expert / shard_e
+        nbytes = params * (OPTIMIZER_BYTES[cfg.optimizer] + dtype_bytes(cfg.grad_dtype))
+        out[s * size:(s + 1) * size] = float(cost.times("elementwise", params * OPTIMIZER_FLOPS[cfg.optimizer],
+                                                         nbytes, params))
+    return out

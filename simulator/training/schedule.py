@@ -1,6 +1,9 @@
-"""A training step as a program: every micro-batch's forward, then its backward, gradient
-accumulation over the micro-batches, bucketed gradient reduction overlapping the last backward,
-and the optimizer (no pipeline parallelism: every rank holds every layer).
+"""A training step as a program: every micro-batch's forward and backward, gradient accumulation
+over the micro-batches, bucketed gradient reduction overlapping the last backward, and the
+optimizer. Under pipeline parallelism each stage (a contiguous block of devices holding a
+contiguous run of layers) has its own instructions in the 1F1B order (`stage_instructions`),
+handing activations forward and gradients back to the neighbouring stages; without it, every
+rank runs every layer, one micro-batch's forward and backward after the other.
 
 Forward, per layer, as the sequential schedule runs it (attention, TP all-reduce; a MoE layer's
 dispatch with the shared experts beside it, the routed experts, the combine). Backward, layers
@@ -40,9 +43,10 @@ def _moe_block(shape: StepShape, layer: int, mb: int, part: str) -> list:
     return out
 
 
-def _forward(shape: StepShape, mb: int) -> list:
+def _forward(shape: StepShape, mb: int, layers: range) -> list:
     out = []
-    for layer, moe in enumerate(shape.is_moe):
+    for layer in layers:
+        moe = shape.is_moe[layer]
         out += attention_block(shape, layer, mb)
         if not moe:
             out += dense_ffn_block(shape, layer, mb)
@@ -53,11 +57,11 @@ def _forward(shape: StepShape, mb: int) -> list:
     return out
 
 
-def _backward(shape: StepShape, mb: int, last: bool) -> list:
+def _backward(shape: StepShape, mb: int, last: bool, layers: range) -> list:
     train = shape.training
     out = []
     buckets = set(train.buckets) if last else set()
-    for layer in reversed(range(shape.num_layers)):
+    for layer in reversed(layers):
         if train.recompute:
             out.append(compute("recompute", layer, mb))
         if shape.is_moe[layer]:
@@ -74,26 +78,62 @@ def _backward(shape: StepShape, mb: int, last: bool) -> list:
     return out
 
 
+def stage_instructions(shape: StepShape, stage: int, layers: range) -> list:
+    """One pipeline stage's step under 1F1B (Narayanan et al. 2021, PipeDream-Flush): stage s of p
+    runs min(p - s - 1, M) warm-up forwards, then alternates one forward and one backward, then
+    drains the remaining backwards. A forward waits for the previous stage's activations (phase
+    pp_recv at the layer before its first) and hands its own to the next; a backward waits for the
+    next stage's gradients and hands its input gradients back. Without pipeline parallelism (one
+    stage) this is every micro-batch's forward then backward in turn."""
+    train = shape.training
+    M, p = train.microbatches, max(len(train.stages), 1)
+    first, end = layers.start, layers.stop
+
+    def fwd(mb: int) -> list:
+        out = [wait("pp_fwd", "pp_recv", first - 1, mb)] if stage > 0 else []
+        out += _forward(shape, mb, layers)
+        return out + ([submit("pp_fwd", end - 1, mb)] if stage < p - 1 else [])
+
+    def bwd(mb: int) -> list:
+        out = [wait("pp_bwd", "pp_recv", end - 1, mb)] if stage < p - 1 else []
+        out += _backward(shape, mb, mb == M - 1, layers)
+        return out + ([submit("pp_bwd", first - 1, mb)] if stage > 0 else [])
+
+    if p == 1:
+        out = []
+        for mb in range(M):
+            out += fwd(mb) + bwd(mb)
+    else:
+        warm = min(p - stage - 1, M)
+        out = [ins for mb in range(warm) for ins in fwd(mb)]
+        for i in range(M - warm):
+            out += fwd(warm + i) + bwd(i)
+        for mb in range(M - warm, M):
+            out += bwd(mb)
+    last = M - 1
+    for layer in train.buckets:
+        if first <= layer < end:
+            out += [wait("grad_dense", "grad_sync", layer, last), wait("grad_expert", "grad_sync_expert", layer, last)]
+    out.append(compute("optimizer", first, last))
+    if train.gather:
+        out += [all_reduce("param_gather_dense", "param_gather", first, last),
+                all_reduce("param_gather_expert", "param_gather", first, last, extend=True)]
+    return out
+
+
 def training_program(shape: StepShape) -> Program:
-    """One training step's instructions for every rank (module docstring)."""
+    """One training step's instructions for every rank (module docstring), one list per pipeline stage."""
     train = shape.training
     if train is None:
         raise ValueError("the training schedule needs the step's training shape (StepShape.training)")
     if shape.moe_tp:
         raise ValueError("training with MoE-TP is not simulated yet (its backward reduction)")
     M = train.microbatches
-    out = []
-    for mb in range(M):
-        out += _forward(shape, mb)
-        out += _backward(shape, mb, mb == M - 1)
-    last = M - 1
-    for layer in train.buckets:
-        out += [wait("grad_dense", "grad_sync", layer, last), wait("grad_expert", "grad_sync_expert", layer, last)]
-    out.append(compute("optimizer", 0, last))
-    if train.gather:
-        out += [all_reduce("param_gather_dense", "param_gather", 0, last),
-                all_reduce("param_gather_expert", "param_gather", 0, last, extend=True)]
-    return Program(tuple(out), microbatches=M, phases=len(PHASES))
+    if len(train.stages) > 1:
+        by_stage = tuple(tuple(stage_instructions(shape, s, range(a, b))) for s, (a, b) in enumerate(train.stages))
+        return Program(by_stage[0], microbatches=M, phases=len(PHASES), by_stage=by_stage,
+                       stage_size=train.stage_size)
+    return Program(tuple(stage_instructions(shape, 0, range(shape.num_layers))), microbatches=M, phases=len(PHASES))
 
 
 TRAINING = Schedule("train", training_program)

@@ -22,6 +22,7 @@ EXPOSED = {
     "gradient_sync": ("grad_sync", "grad_sync_expert"),
     "optimizer": ("optimizer",),
     "parameter_gather": ("param_gather",),
+    "pipeline_wait": ("pp_recv",),
 }
 
 
@@ -41,7 +42,8 @@ def training_summary(sc, step_latency: np.ndarray, phase_total: np.ndarray, peak
         "step_time_s": step,
         "tokens_per_step": tokens,
         "tokens_per_s": tokens / step,
-        "microbatches": int(cfg.global_batch // (wl.batch_size * (n // sc.tp))),
+        "microbatches": int(cfg.global_batch // (wl.batch_size * (n // (sc.tp * sc.pp)))),
+        "pipeline_stages": sc.pp,
         "mfu": mfu(flops.model_flops, step, n, peak_flops),
         "hfu": hfu(flops.hardware_flops, step, n, peak_flops),
         "flops_count": {

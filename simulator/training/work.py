@@ -23,8 +23,10 @@ class TrainingWork:
     grad_dense: np.ndarray  # (L,) bytes of dense gradients per rank reduced over the data-parallel group
     grad_expert: np.ndarray  # (L,) bytes of expert gradients per rank over the expert-data-parallel group
     zero_stage: int = 0  # 0: all-reduce; 1-2: reduce-scatter, then the updated parameters all-gathered
-    param_dense: float = 0.0  # bytes of dense parameters per rank all-gathered after the optimizer (ZeRO >= 1)
-    param_expert: float = 0.0
+    param_dense: np.ndarray | None = None  # (N,) bytes of dense parameters each rank all-gathers (ZeRO >= 1)
+    param_expert: np.ndarray | None = None
+    activation: np.ndarray | None = None  # (N,) pipeline parallelism: bytes each rank hands to the next stage
+    stages: tuple[tuple[int, int], ...] = ()  # pipeline parallelism: each stage's layers [first, end)
 
     def arrays(self) -> tuple[np.ndarray, ...]:
         """The compute arrays in `program.WORK` order after the forward's four."""
