@@ -75,6 +75,7 @@ PHASE_COLORS = {
     "optimizer": "#7F7F7F",
     "param_gather": "#BCBD22",
     "pp_recv": "#17BECF",
+    "param_gather_bwd": "#8C564B",
     "idle": "#C8C8C8",
 }
 LINK_CLASS_COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]

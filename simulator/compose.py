@@ -192,8 +192,9 @@ def step_shape(sc: Scenario, serving: bool) -> StepShape:
                                "buckets reduced during the backward); leave policies.overlap at none")
         lay = training_layout_of(sc)
         microbatches = lay.microbatches
-        training = TrainingShape(lay.microbatches, lay.buckets, lay.config.recompute != "none", lay.zero_stage >= 1,
-                                 lay.stages if sc.pp > 1 else (), sc.num_devices // sc.pp)
+        training = TrainingShape(lay.microbatches, lay.buckets, lay.config.recompute != "none",
+                                 lay.zero_stage in (1, 2), lay.stages if sc.pp > 1 else (), sc.num_devices // sc.pp,
+                                 lay.zero_stage == 3)
     return StepShape(tuple(m.is_moe_layer(layer) for layer in range(m.num_layers)), sc.tp > 1, sc.moe_tp > 1,
                      microbatches, sc.config.policies.overlap_shared_experts, serving, training)
 
@@ -322,7 +323,7 @@ def pipeline_for(sc: Scenario) -> StepPipeline:
     machine = compute_machine(sc)
     on = sc if machine is sc.machine else dataclasses.replace(sc, machine=machine)  # its units cost compute
     costs = StepCosts(m, machine, sc.tp, sc.precision, expert_kernel=expert_kernel_form(on), small_ops=pol.small_ops,
-                      moe_tp=sc.moe_tp, units=unit_choice(on))
+                      moe_tp=sc.moe_tp, units=unit_choice(on), every_token_logits=sc.config.training is not None)
     capacity = CapacityPolicy(pol.capacity_factor, pol.overflow, m.moe.top_k, m.moe.num_experts)
     return StepPipeline(m, sc.num_devices, sc.tp, sc.ep, sc.routing, capacity, replicas, dispatch_algorithm(sc),
                         costs, layout, moe_tp=sc.moe_tp, microbatches=overlap_schedule(sc).microbatches)

@@ -52,6 +52,7 @@ class StepCollectives:
     grads: dict = field(default_factory=dict)
     gather: tuple = ()
     pp: dict = field(default_factory=dict)  # pipeline parallelism: {stage's last layer: (activations, gradients)}
+    layer_gather: dict = field(default_factory=dict)  # ZeRO-3: {layer: (gather before forward, before backward)}
 
 
 @dataclass
@@ -307,6 +308,7 @@ class Engine:
                                           for _ in range(2)) for _ in self.is_moe]
                 colls.grads, colls.gather = self._grad_sync.collectives(env, fabric, plan.training)
                 colls.pp = self._grad_sync.pipeline(env, fabric, plan.training)
+                colls.layer_gather = self._grad_sync.layer_gathers(env, fabric, plan.training)
             self._forget()
         return colls
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from moesim.simulator.engine import Engine
 
 (DISPATCH, COMBINE, TP_ATTENTION, TP_FFN, MOE_REDUCE, DISPATCH_BWD, COMBINE_BWD, TP_ATTENTION_BWD, TP_FFN_BWD,
- GRAD_DENSE, GRAD_EXPERT, PARAM_GATHER_DENSE, PARAM_GATHER_EXPERT, PP_FWD, PP_BWD) = range(15)  # program.COLLECTIVES, in order
+ GRAD_DENSE, GRAD_EXPERT, PARAM_GATHER_DENSE, PARAM_GATHER_EXPERT, PP_FWD, PP_BWD, GATHER_FWD, GATHER_BWD) = range(17)  # program.COLLECTIVES, in order
 
 
 def compile_for_device(program: Program, d: int, n: int, P: int, moe_index: dict[int, int]) -> list[tuple]:
@@ -56,7 +56,9 @@ def collective_of(colls, which: int, layer: int, m: int):
         return colls.grads[layer][which - GRAD_DENSE]
     if which in (PARAM_GATHER_DENSE, PARAM_GATHER_EXPERT):
         return colls.gather[which - PARAM_GATHER_DENSE]
-    return colls.pp[layer][which - PP_FWD]
+    if which in (PP_FWD, PP_BWD):
+        return colls.pp[layer][which - PP_FWD]
+    return colls.layer_gather[layer][which - GATHER_FWD]
 
 
 def run_steps(engine: "Engine", d: int, run_step: Callable[[int, list, Any], Generator], first: int = 0,

@@ -44,7 +44,9 @@ COLLECTIVES = ("dispatch", "combine", "tp_attention", "tp_ffn", "moe_reduce",
                "dispatch_bwd", "combine_bwd", "tp_attention_bwd", "tp_ffn_bwd", "grad_dense", "grad_expert",
                "param_gather_dense", "param_gather_expert",
                # pipeline parallelism: a stage's activations to the next stage, its input gradients back
-               "pp_fwd", "pp_bwd")
+               "pp_fwd", "pp_bwd",
+               # ZeRO-3: a layer's parameters all-gathered before its forward and before its backward
+               "gather_fwd", "gather_bwd")
 # the plan arrays compute reads (a training plan's `training` work after the forward's four)
 WORK = {"attention": 0, "dense_ffn": 1, "shared_expert": 2, "expert": 3, "recompute": 4, "attention_bwd": 5,
         "dense_ffn_bwd": 6, "shared_expert_bwd": 7, "expert_bwd": 8, "optimizer": 9}
@@ -64,6 +66,7 @@ class TrainingShape:
     gather: bool = False  # ZeRO >= 1: the updated parameters are all-gathered after the optimizer
     stages: tuple[tuple[int, int], ...] = ()  # pipeline parallelism: each stage's layers [first, end)
     stage_size: int = 0  # devices per pipeline stage
+    layer_gather: bool = False  # ZeRO-3: every layer's parameters all-gathered before its forward and backward
 
 
 @dataclass(frozen=True)

@@ -378,7 +378,7 @@ def _training_memory(sf: ScenarioFile, cfg: ScenarioConfig, model: ModelSpec, pa
                                         wl.seq_len, cfg.training, par.pp)
         check_fits(held, budget, f"each {device} ({fmt_bytes(budget)} usable after the "
                    f"{cfg.policies.memory_reserve:.0%} reserve)", int(cfg.training.zero_stage),
-                   cfg.training.recompute, max_zero=2)
+                   cfg.training.recompute, max_zero=3)
     except ConfigError as err:
         raise config_error(sf, err.field or "training", err.detail) from None
     ep = par.ep * par.moe_tp

@@ -122,8 +122,11 @@ class StepCosts:
 
     def __init__(self, model: ModelSpec, machine: Machine, tp: int, precision: ExpertPrecision, *,
                  expert_kernel: KernelForm = FUSED, small_ops: bool = False, moe_tp: int = 1,
-                 units: UnitChoice | None = None):
+                 units: UnitChoice | None = None, every_token_logits: bool = False):
+        """`every_token_logits`: the LM head runs over every token (training: every token is a
+        target), not only each sequence's last (inference)."""
         self.model, self.machine, self.tp, self.moe_tp = model, machine, tp, moe_tp
+        self.every_token_logits = every_token_logits
         self.cost: CostModel = machine.cost
         self.units = units or UnitChoice.on(machine.accelerator)
         self.expert_kernel = expert_kernel
@@ -170,7 +173,8 @@ class StepCosts:
                                         ctx.attn_tokens)
         if self.small_ops:
             att += [self._row(op) for op in norm_ops(m, ctx.attn_tokens, self.cost.dtypes)]
-            att += [self._row(op) for op in model_edge_ops(m, ctx.attn_tokens, self.tp, first, last, batch,
+            logits = ctx.attn_tokens if self.every_token_logits else batch
+            att += [self._row(op) for op in model_edge_ops(m, ctx.attn_tokens, self.tp, first, last, logits,
                                                              self.cost.dtypes)]
         dense: list[OpRow] = []
         shared: list[OpRow] = []

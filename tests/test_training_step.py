@@ -169,3 +169,36 @@ def test_pipeline_sends_each_micro_batch_across_each_boundary_both_ways(tmp_path
     assert all(pairs[s, s + 1] == pairs[s + 1, s] == 2 * 2 * tokens * h for s in range(3))
     two = _pipeline_run(tmp_path / "pp2", 2, pp=2)
     assert two.summary["training"]["pipeline_stages"] == 2
+
+
+def test_training_costs_the_lm_head_over_every_token(tmp_path):
+    """Every token of a training sequence is a target: the LM head's GEMM has seq_len x batch rows
+    (inference costs each sequence's last token only)."""
+    r = run(tmp_path, train_config())
+    last = r.raw.plans[0].layer_ops[-1][0]
+    head = [o for o in last.attention if o.op.name == "lm_head"]
+    assert len(head) == 1 and head[0].op.rows == 128  # batch 1 x seq_len 128
+    assert head[0].op.flops == pytest.approx(2 * 128 * 1024 * 1000)
+
+
+def test_zero3_gathers_each_layer_before_its_forward_and_backward(tmp_path):
+    """ZeRO-3 on dp = 2: every micro-batch gathers each layer's dense parameters (half from the peer)
+    before its forward and again before its backward; gradients are reduce-scattered (half of S
+    each way); no gather after the optimizer. Memory holds half the dense parameters."""
+    r = run(tmp_path, {**train_config(zero_stage=3), "training": {"global_batch": 4, "bucket_params": 10**12,
+                                                                  "zero_stage": 3}})
+    h = 1024
+    per_layer = h * 24 * 128 + 8 * 128 * h + 2 * h + 8 * h
+    layers = [per_layer + 1000 * h, per_layer + 1000 * h + h]  # embedding in layer 0, LM head and final norm in 1
+    M = 2
+    gathers = 2 * M * sum(layers) * 2.0 / 2 * 2  # passes x micro-batches x bf16 halves x both ranks
+    scatter = sum(layers) * 2.0 / 2 * 2  # the gradient reduce-scatter: half of S from each rank
+    off = ~np.eye(2, dtype=bool)
+    a2a = sum(float(p.dispatch[:, off].sum() + p.combine[:, off].sum()) for p in r.raw.plans)
+    steps = len(r.raw.plans)
+    assert float(r.raw.fabric.link_bytes.sum()) == pytest.approx(2 * a2a + steps * (gathers + scatter), rel=1e-12)
+    st, en = spans(r, "param_gather")
+    assert np.isfinite(en).all() and np.isfinite(spans(r, "param_gather_bwd")[1]).all()
+    assert r.summary["training"]["time_share_by_kind"]["parameter_gather"] > 0
+    zero0 = run(tmp_path / "z0", train_config())
+    assert r.scenario.memory.weights < zero0.scenario.memory.weights

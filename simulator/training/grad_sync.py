@@ -72,10 +72,37 @@ class GradientSync:
             grads[layer] = (self.ring(env, fabric, "dense", reduce_kind, float(work.grad_dense[layer])),
                             self.ring(env, fabric, "expert", reduce_kind, float(work.grad_expert[layer])))
         gather = ()
-        if work.zero_stage >= 1:
+        if work.zero_stage in (1, 2):  # ZeRO-3 keeps the parameters sharded: each layer gathers its own
             gather = (self.ring(env, fabric, "dense", "all_gather", work.param_dense),
                       self.ring(env, fabric, "expert", "all_gather", work.param_expert))
         return grads, gather
+
+    def layer_gathers(self, env: simpy.Environment, fabric: Fabric, work: TrainingWork) -> dict:
+        """ZeRO-3: {layer: (before its forward, before its backward)} all-gathers of the layer's
+        dense parameters over the data-parallel ring and its experts' over the expert-data-parallel
+        ring, as one collective that every rank of the stage takes part in (its ranks step through
+        the layers together)."""
+        if work.layer_dense is None:
+            return {}
+        n = self.n
+        stage = np.arange(n) // self.stage_size
+        rings = []
+        for group in (self.dense_group, self.expert_group):
+            size = int(np.bincount(group).max())
+            src, dst = self._rings[id(group)]
+            rings.append((src, dst, (size - 1) / size if size > 1 else 0.0, max(size - 2, 0)))
+        measured = comm_cost.has_floors(self.routes, "all_gather")
+        added = 0.0 if measured else max(r[3] for r in rings) * self.hop
+        pairs = (stage[:, None] == stage[None, :]) & ~np.eye(n, dtype=bool)
+        floor = comm_cost.kernel_floors(self.routes, "all_gather", pairs) if pairs.any() else None
+        out = {}
+        for layer in range(work.layer_dense.size):
+            matrix = np.zeros((n, n))
+            for (src, dst, share, _), message in zip(rings, (work.layer_dense[layer], work.layer_expert[layer])):
+                matrix[src, dst] += share * message
+            out[layer] = tuple(GroupCollective(env, fabric, matrix, stage, added, "all_gather", floor)
+                               for _ in range(2))
+        return out
 
     def pipeline(self, env: simpy.Environment, fabric: Fabric, work: TrainingWork) -> dict:
         """{boundary layer: (activations forward, gradients back)}: at the last layer of each stage

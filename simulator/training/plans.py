@@ -164,7 +164,8 @@ class TrainingPlans:
                             np.ascontiguousarray(per[..., 2]), 2.0 * plan.expert, optimizer,
                             lay.grad_dense if last else zero, lay.grad_expert if last else zero, lay.zero_stage,
                             np.repeat(np.asarray(dense) * pb, size), np.repeat(np.asarray(expert) * pb, size),
-                            activation, lay.stages)
+                            activation, lay.stages, lay.dense * pb if lay.zero_stage >= 3 else None,
+                            lay.expert * pb if lay.zero_stage >= 3 else None)
 
 
 def optimizer_seconds(cost, layout: TrainingLayout, dp: int, expert_dp: int, n: int) -> np.ndarray:

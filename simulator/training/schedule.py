@@ -43,10 +43,25 @@ def _moe_block(shape: StepShape, layer: int, mb: int, part: str) -> list:
     return out
 
 
+def _gather(shape: StepShape, mb: int, order: list[int], layer: int, which: str, phase: str) -> list:
+    """ZeRO-3 before `layer` (in the pass's `order`): wait for its parameters (their gather was
+    handed to the network before the previous layer ran), then start the next layer's."""
+    if not shape.training.layer_gather:
+        return []
+    k = order.index(layer)
+    out = [submit(which, layer, mb)] if k == 0 else []
+    out.append(wait(which, phase, layer, mb))
+    if k + 1 < len(order):
+        out.append(submit(which, order[k + 1], mb))
+    return out
+
+
 def _forward(shape: StepShape, mb: int, layers: range) -> list:
     out = []
+    order = list(layers)
     for layer in layers:
         moe = shape.is_moe[layer]
+        out += _gather(shape, mb, order, layer, "gather_fwd", "param_gather")
         out += attention_block(shape, layer, mb)
         if not moe:
             out += dense_ffn_block(shape, layer, mb)
@@ -61,7 +76,9 @@ def _backward(shape: StepShape, mb: int, last: bool, layers: range) -> list:
     train = shape.training
     out = []
     buckets = set(train.buckets) if last else set()
-    for layer in reversed(layers):
+    order = list(reversed(layers))
+    for layer in order:
+        out += _gather(shape, mb, order, layer, "gather_bwd", "param_gather_bwd")
         if train.recompute:
             out.append(compute("recompute", layer, mb))
         if shape.is_moe[layer]:

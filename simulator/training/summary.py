@@ -21,7 +21,7 @@ EXPOSED = {
     "tp_all_reduce": ("tp_allreduce", "tp_allreduce_bwd", "moe_allreduce"),
     "gradient_sync": ("grad_sync", "grad_sync_expert"),
     "optimizer": ("optimizer",),
-    "parameter_gather": ("param_gather",),
+    "parameter_gather": ("param_gather", "param_gather_bwd"),
     "pipeline_wait": ("pp_recv",),
 }
 

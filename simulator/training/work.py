@@ -27,6 +27,8 @@ class TrainingWork:
     param_expert: np.ndarray | None = None
     activation: np.ndarray | None = None  # (N,) pipeline parallelism: bytes each rank hands to the next stage
     stages: tuple[tuple[int, int], ...] = ()  # pipeline parallelism: each stage's layers [first, end)
+    layer_dense: np.ndarray | None = None  # (L,) ZeRO-3: bytes of each layer's dense parameters per rank (gathered)
+    layer_expert: np.ndarray | None = None  # (L,)
 
     def arrays(self) -> tuple[np.ndarray, ...]:
         """The compute arrays in `program.WORK` order after the forward's four."""
