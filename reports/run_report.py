@@ -76,6 +76,8 @@ PHASE_COLORS = {
     "param_gather": "#BCBD22",
     "pp_recv": "#17BECF",
     "param_gather_bwd": "#8C564B",
+    "straggler_wait_bwd": "#F4A6D7",
+    "peer_wait_bwd": "#D62728",
     "idle": "#C8C8C8",
 }
 LINK_CLASS_COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
@@ -1193,6 +1195,14 @@ def write_run_report(run_dir: str | Path, out_dir: str | Path | None = None) -> 
     sv = serving_of(run.summary)
     if sv is not None:
         blocks += serving_blocks(run, sv, out, csvs)
+    training = run.summary.get("metrics", {}).get("training")
+    if training is not None:
+        from moesim.reports.training_section import training_tables
+
+        head, kinds = training_tables(training)
+        blocks += [Block("h2", "Training step"), Block("table", head),
+                   Block("note", training.get("flops_count", {}).get("convention", "")),
+                   Block("h3", "Where the device time went"), Block("table", kinds)]
     blocks += [Block("h2", "Headline metrics"), Block("table", headline),
                Block("note", error_bar_line(run.summary.get("metrics", {}).get("error_bar"))),
                Block("h2", "Time share per phase"),

@@ -30,7 +30,7 @@ from moesim.simulator.lockstep import Handover, program_fits, run_lockstep
 from moesim.simulator.unit_streams import unit_device_stream
 from moesim.simulator.plan_feed import plan_feed
 from moesim.simulator.program import Program
-from moesim.simulator.phases import EXP as _EXP, STRAG as _STRAG, COMB as _COMB
+from moesim.simulator.phases import EXP as _EXP, STRAG as _STRAG, COMB as _COMB, INFERENCE_PHASES, PHASE_INDEX
 from moesim.simulator.scenario import Scenario
 from moesim.simulator.step_plan import StepPlan, merge_microbatches
 from moesim.simulator.traffic_totals import traffic_totals
@@ -468,7 +468,9 @@ class Engine:
                             meta={"event_free_steps": free})
 
     def _split_straggler_wait(self, per_mb: list[list[StepPlan]]) -> None:
-        """Split each combine wait into waiting for a slower peer's experts, then transfer.
+        """Split each combine wait into waiting for a slower peer's experts, then transfer (and in a
+        training step's backward, each dispatch wait into waiting for the peers that send to the
+        device to reach it, then transfer: the imbalance their recomputed experts carry).
 
         A device that finished its experts early waits in combine partly because a device
         holding its tokens is still computing (the straggler effect) and partly for the bytes
@@ -477,19 +479,33 @@ class Engine:
         moe = self.moe_layers
         if moe.size == 0:
             return
+        # (experts, straggler wait, combine): the forward's, and a training step's backward's
+        triples = [(_EXP, _STRAG, _COMB)]
+        if self.P > len(INFERENCE_PHASES):
+            triples.append(tuple(PHASE_INDEX[p] for p in ("expert_bwd", "straggler_wait_bwd", "combine_bwd")))
         for s, plans in enumerate(per_mb):  # a step at a time: (Lm, N, N) arrays, not (steps, Lm, N, N)
             all_start, all_end = self.start[s, moe], self.end[s, moe]  # (Lm, N, MB, P) copies
             for mb in range(self.microbatches):
                 start, end = all_start[:, :, mb], all_end[:, :, mb]  # views
-                exp_end, comb_start, comb_end = end[..., _EXP], start[..., _COMB], end[..., _COMB]
                 senders = traffic_totals(plans[mb], self._inter).combine_senders()  # (Lm, src, dst)
-                peer_end = np.where(senders, exp_end[:, :, None], -np.inf).max(axis=1)  # (Lm, dst)
-                wait = np.clip(peer_end - comb_start, 0.0, comb_end - comb_start)
-                wait = np.where(np.isfinite(wait), wait, 0.0)
-                split = comb_start + wait
-                start[..., _STRAG] = comb_start
-                end[..., _STRAG] = split
-                start[..., _COMB] = split
+                for exp, strag, comb in triples:
+                    exp_end, comb_start, comb_end = end[..., exp], start[..., comb], end[..., comb]
+                    peer_end = np.where(senders, exp_end[:, :, None], -np.inf).max(axis=1)  # (Lm, dst)
+                    wait = np.clip(peer_end - comb_start, 0.0, comb_end - comb_start)
+                    wait = np.where(np.isfinite(wait), wait, 0.0)
+                    split = comb_start + wait
+                    start[..., strag] = comb_start
+                    end[..., strag] = split
+                    start[..., comb] = split
+                if len(triples) > 1:  # the backward's dispatch: waiting for slower peers to get there
+                    disp, peer = PHASE_INDEX["dispatch_bwd"], PHASE_INDEX["peer_wait_bwd"]
+                    d_start, d_end = start[..., disp], end[..., disp]
+                    ready = np.where(np.transpose(senders, (0, 2, 1)), d_start[:, :, None], -np.inf).max(axis=1)
+                    wait = np.clip(ready - d_start, 0.0, d_end - d_start)
+                    wait = np.where(np.isfinite(wait), wait, 0.0)
+                    start[..., peer] = d_start
+                    end[..., peer] = d_start + wait
+                    start[..., disp] = d_start + wait
             self.start[s, moe], self.end[s, moe] = all_start, all_end
 
 

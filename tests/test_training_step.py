@@ -202,3 +202,33 @@ def test_zero3_gathers_each_layer_before_its_forward_and_backward(tmp_path):
     assert r.summary["training"]["time_share_by_kind"]["parameter_gather"] > 0
     zero0 = run(tmp_path / "z0", train_config())
     assert r.scenario.memory.weights < zero0.scenario.memory.weights
+
+
+def test_routing_imbalance_shows_as_straggler_time_in_training(tmp_path):
+    """Balanced routing: nobody waits for a slower peer; skewed routing: the busy experts' device
+    makes the others wait in the forward's combine and the backward's combine and dispatch (its
+    recomputed and backward experts), and the step is slower."""
+    balanced = train_config(recompute="full")
+    balanced["workload"]["routing"] = {"generator": "fixed", "counts": [[32] * 8, [32] * 8]}
+    skewed = train_config(recompute="full")
+    skewed["workload"]["routing"] = {"generator": "fixed", "counts": [[96, 64, 32, 32, 16, 8, 8, 0]] * 2}
+    b, s = run(tmp_path / "b", balanced), run(tmp_path / "s", skewed)
+    share = lambda r: r.summary["training"]["time_share_by_kind"]["straggler_wait"]
+    assert share(b) == pytest.approx(0.0, abs=1e-9)
+    assert share(s) > 0.01
+    waits = [float(np.nansum(spans(s, p)[1] - spans(s, p)[0])) for p in ("straggler_wait", "straggler_wait_bwd",
+                                                                          "peer_wait_bwd")]
+    assert all(w > 0 for w in waits)
+    assert s.summary["training"]["step_time_s"] > b.summary["training"]["step_time_s"]
+
+
+def test_run_report_has_a_training_section(tmp_path):
+    from moesim.reports.run_report import write_run_report
+    from moesim.simulator.run import write_run_dir
+
+    r = run(tmp_path / "cfg", train_config(zero_stage=1))
+    run_dir = write_run_dir(r, tmp_path / "run")
+    report = write_run_report(run_dir, tmp_path / "report")
+    md = (report.parent / "report.md").read_text()
+    assert "## Training step" in md and "MFU (model FLOPs)" in md and "backward compute" in md
+    assert f"{r.summary['training']['mfu']:.1%}" in md

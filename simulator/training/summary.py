@@ -17,7 +17,7 @@ EXPOSED = {
     "recompute": ("recompute",),
     "ep_all_to_all_forward": ("dispatch", "combine"),
     "ep_all_to_all_backward": ("dispatch_bwd", "combine_bwd"),
-    "straggler_wait": ("straggler_wait",),
+    "straggler_wait": ("straggler_wait", "straggler_wait_bwd", "peer_wait_bwd"),
     "tp_all_reduce": ("tp_allreduce", "tp_allreduce_bwd", "moe_allreduce"),
     "gradient_sync": ("grad_sync", "grad_sync_expert"),
     "optimizer": ("optimizer",),
