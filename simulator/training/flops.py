@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from moesim.simulator.memory import attention_params
 from moesim.simulator.ops import causal_pairs
+from moesim.simulator.training.memory import param_counts
 from moesim.workloads.model_spec import GQAAttention, ModelSpec
 
 RECOMPUTE = ("none", "selective", "full")
@@ -58,21 +59,15 @@ def _params(model: ModelSpec) -> tuple[float, float, float]:
     return dense, moe * m.top_k * one, moe * m.num_experts * one
 
 
-def _non_matmul(model: ModelSpec) -> float:
-    """Embedding table plus norm weights (two per layer and the final one)."""
-    return model.vocab_size * model.hidden_size + (2 * model.num_layers + 1) * model.hidden_size
-
-
 def active_params(model: ModelSpec) -> float:
-    """Parameters one token touches: all dense ones (embedding and norms included) + top_k experts."""
-    dense, active, _ = _params(model)
-    return dense + active + _non_matmul(model)
+    """Parameters one token touches: all dense ones (embedding and norms included) + top_k experts
+    (memory.py's count: one counting of parameters for memory, gradients and MFU)."""
+    return param_counts(model).active
 
 
 def total_params(model: ModelSpec) -> float:
     """All parameters, each routed expert counted once."""
-    dense, _, routed = _params(model)
-    return dense + routed + _non_matmul(model)
+    return param_counts(model).total
 
 
 def attention_forward_per_token(model: ModelSpec, seq_len: int) -> float:

@@ -1,4 +1,6 @@
-"""Gradient synchronisation of a training step as NCCL's ring runs it, on the shared fabric.
+"""A training step's collectives beside its all-to-alls, on the shared fabric: gradient
+synchronisation and ZeRO's parameter gathers as NCCL's rings run them, and the pipeline stages'
+hand-offs (`GradientSync.pipeline`).
 
 Dense parameters are replicated over the data-parallel group (the ranks with the same TP rank),
 expert parameters over the expert-data-parallel group (the ranks with the same place in their
@@ -54,14 +56,11 @@ class GradientSync:
         """One ring collective of `kind` (all_reduce, reduce_scatter, all_gather) of a `message` of
         bytes per rank (a number, or (n,) per rank) over the dense or expert data-parallel groups."""
         group = self.dense_group if which == "dense" else self.expert_group
-        size = int(np.bincount(group).max())
-        share = 2.0 * (size - 1) / size if kind == "all_reduce" else (size - 1) / size
+        share, steps = ring_terms(int(np.bincount(group).max()), kind)
         matrix = np.zeros((self.n, self.n))
         src, dst = self._rings[id(group)]
         matrix[src, dst] = share * np.broadcast_to(np.asarray(message, dtype=float), (self.n,))[src]
-        measured = comm_cost.has_floors(self.routes, kind)
-        steps = 2 * (size - 1) - 1 if kind == "all_reduce" else size - 2
-        added = 0.0 if measured or size < 2 else max(steps, 0) * self.hop
+        added = 0.0 if comm_cost.has_floors(self.routes, kind) else steps * self.hop
         return GroupCollective(env, fabric, matrix, group, added, kind, self._floor(which, kind))
 
     def collectives(self, env: simpy.Environment, fabric: Fabric, work: TrainingWork) -> tuple[dict, tuple]:
@@ -86,11 +85,8 @@ class GradientSync:
             return {}
         n = self.n
         stage = np.arange(n) // self.stage_size
-        rings = []
-        for group in (self.dense_group, self.expert_group):
-            size = int(np.bincount(group).max())
-            src, dst = self._rings[id(group)]
-            rings.append((src, dst, (size - 1) / size if size > 1 else 0.0, max(size - 2, 0)))
+        rings = [(*self._rings[id(group)], *ring_terms(int(np.bincount(group).max()), "all_gather"))
+                 for group in (self.dense_group, self.expert_group)]
         measured = comm_cost.has_floors(self.routes, "all_gather")
         added = 0.0 if measured else max(r[3] for r in rings) * self.hop
         pairs = (stage[:, None] == stage[None, :]) & ~np.eye(n, dtype=bool)
@@ -122,6 +118,16 @@ class GradientSync:
                 colls.append(Collective(env, fabric, matrix, 0.0, pairs))
             out[end - 1] = tuple(colls)
         return out
+
+
+def ring_terms(size: int, kind: str) -> tuple[float, int]:
+    """(bytes each rank sends its ring neighbour, as a multiple of the message; latency steps beyond
+    the flows' own) of NCCL's ring `kind` over `size` ranks; a group of one moves nothing."""
+    if size < 2:
+        return 0.0, 0
+    if kind == "all_reduce":
+        return 2.0 * (size - 1) / size, 2 * (size - 1) - 1
+    return (size - 1) / size, size - 2
 
 
 def ring_neighbours(group_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

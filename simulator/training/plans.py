@@ -116,7 +116,7 @@ class TrainingPlans:
 
     def __init__(self, pipeline: StepPipeline, layout: TrainingLayout, optimizer_seconds: np.ndarray):
         self.pipeline, self.layout, self.optimizer_seconds = pipeline, layout, optimizer_seconds
-        self._bwd: dict[int, tuple[float, float, float, float]] = {}
+        self._bwd: dict[int, tuple[LayerOps, tuple[float, float, float, float]]] = {}
 
     def plans(self, source: Iterable[StepInput]) -> Iterator[list[StepPlan]]:
         for inp in source:
@@ -132,11 +132,14 @@ class TrainingPlans:
         return out
 
     def _layer_backward(self, ops: LayerOps) -> tuple[float, float, float, float]:
+        """(attention, dense FFN, shared experts) backward seconds and the attention core's forward,
+        once per distinct LayerOps (the cost cache hands out the same object for the same shape;
+        the entry keeps it, so its id cannot be reused by another)."""
         got = self._bwd.get(id(ops))
-        if got is None:
-            got = self._bwd[id(ops)] = (backward_time(ops.attention), backward_time(ops.dense_ffn),
-                                        backward_time(ops.shared_expert), _core_time(ops))
-        return got
+        if got is None or got[0] is not ops:
+            got = self._bwd[id(ops)] = (ops, (backward_time(ops.attention), backward_time(ops.dense_ffn),
+                                              backward_time(ops.shared_expert), _core_time(ops)))
+        return got[1]
 
     def work(self, plan: StepPlan, last: bool) -> TrainingWork:
         """The backward and the rest of one micro-batch's plan; gradients and the optimizer on the last."""
